@@ -1,0 +1,34 @@
+# Shared by scripts/dev and scripts/test: make the Python environment from uv.lock.
+# Everything is installed by these scripts, never by hand, so a fresh machine and CI behave alike.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Outside the checkout, so fresh clones (CI's included) reuse downloads; devstack/keycloak.py agrees.
+CACHE="${BRIDGE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tiktok-keycloak-bridge}"
+UV_VERSION="0.13.8"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+ensure_uv() {
+    if [ -x "$CACHE/uv/bin/uv" ]; then UV="$CACHE/uv/bin/uv"; return; fi
+    log "installing uv $UV_VERSION into $CACHE/uv"
+    python3 -m venv "$CACHE/uv"
+    "$CACHE/uv/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+    UV="$CACHE/uv/bin/uv"
+}
+
+ensure_python_env() {
+    ensure_uv
+    log "syncing .venv from uv.lock"
+    (cd "$ROOT" && UV_PYTHON_DOWNLOADS=never "$UV" sync --frozen --extra dev --quiet)
+    PY="$ROOT/.venv/bin/python"
+}
+
+ensure_redis_server() {
+    if command -v redis-server >/dev/null 2>&1; then return; fi
+    log "redis-server missing: installing Debian package redis-server"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system-wide instance; the project starts its own on free ports.
+    $sudo service redis-server stop >/dev/null 2>&1 || true
+}
