@@ -1,0 +1,68 @@
+"""`python -m bridge` / `bridge`: serve, check the configuration, print the public JWKS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from bridge import logs
+from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        # Name the variables; never echo their values (they may be secrets).
+        problems = "; ".join(
+            f"BRIDGE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        sys.exit(f"configuration error: {problems}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bridge", description="TikTok to Keycloak token exchange bridge")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (share the cache via Redis)")
+    commands.add_parser("check-config", help="validate the BRIDGE_* environment and exit")
+    commands.add_parser("jwks", help="print the public JWKS (for a Keycloak IdP without a JWKS URL)")
+    args = parser.parse_args(argv)
+
+    settings = _load_settings()
+    logs.configure(settings.log_level)
+    if args.command == "check-config":
+        print("configuration ok")  # noqa: T201
+        return
+    if args.command == "jwks":
+        from bridge.resources import Resources  # noqa: PLC0415 - loads keys only when asked
+
+        print(json.dumps(Resources.from_settings(settings).signer.jwks(), indent=2))  # noqa: T201
+        return
+
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    uvicorn.run(
+        "bridge.app:serve_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,  # keep our JSON logging
+        proxy_headers=True,
+        timeout_graceful_shutdown=20,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

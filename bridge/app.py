@@ -1,0 +1,159 @@
+"""The ASGI application: routes, error handlers turning the one error tree into RFC answers, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge import endpoints
+from bridge.errors import BridgeError, ServerError, to_oauth_error
+from bridge.logs import request_id
+from bridge.resources import Resources
+from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    import httpx2
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_LENGTH = 64
+
+
+def error_response(exc: BridgeError, *, path: str) -> Response:
+    oauth = to_oauth_error(exc)
+    level = logging.WARNING if oauth.status_code >= 500 else logging.INFO  # noqa: PLR2004
+    log.log(
+        level,
+        "request refused",
+        extra={"path": path, "error": oauth.error, "status": oauth.status_code, "detail": exc.detail},
+    )
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **oauth.headers()}
+    return JSONResponse(
+        {"error": oauth.error, "error_description": oauth.description},
+        status_code=oauth.status_code,
+        headers=headers,
+    )
+
+
+async def _bridge_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BridgeError)  # noqa: S101 - registered for BridgeError only
+    return error_response(exc, path=request.url.path)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # noqa: S101 - registered for HTTPException only
+    names = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse(
+        {"error": names.get(exc.status_code, "invalid_request"), "error_description": str(exc.detail)},
+        status_code=exc.status_code,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # A bug, not bad input: log what it was (no traceback: locals could hold a token), answer generically.
+    log.error("unexpected error", extra={"path": request.url.path, "error_type": type(exc).__name__})
+    return error_response(ServerError(detail=type(exc).__name__), path=request.url.path)
+
+
+class RequestIdMiddleware:
+    """Give every request an id (or keep a sane incoming X-Request-ID), log one access line, echo the id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = (
+            incoming
+            if 0 < len(incoming) <= MAX_REQUEST_ID_LENGTH and incoming.replace("-", "").isalnum()
+            else secrets.token_hex(8)
+        )
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+            request_id.reset(token)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
+) -> Starlette:
+    """Build the app; `mounts` routes outbound calls to test transports (e.g. the TikTok emulator)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        resources = Resources.from_settings(settings or Settings(), mounts=mounts)
+        app.state.resources = resources
+        try:
+            yield
+        finally:
+            await resources.aclose()
+
+    routes = [
+        Route(endpoints.TOKEN_PATH, endpoints.token, methods=["POST"]),
+        Route(
+            "/.well-known/oauth-authorization-server",
+            endpoints.authorization_server_metadata,
+            methods=["GET"],
+        ),
+        Route(endpoints.JWKS_PATH, endpoints.jwks, methods=["GET"]),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            BridgeError: _bridge_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def serve_app() -> Starlette:
+    """The factory `bridge serve` hands uvicorn: every worker process configures its own logging."""
+    settings = Settings()
+    from bridge import logs  # noqa: PLC0415 - only the server process configures logging globally
+
+    logs.configure(settings.log_level)
+    return create_app(settings)

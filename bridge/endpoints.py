@@ -1,0 +1,118 @@
+"""Thin HTTP adapters: read the request, call the use case, shape the answer. No logic of their own."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse, Response
+
+from bridge.errors import BridgeError, OAuthError, UpstreamError
+from bridge.rfc8693 import (
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    MAX_BODY_BYTES,
+    SUPPORTED_REQUESTED_TOKEN_TYPES,
+    SUPPORTED_SUBJECT_TOKEN_TYPES,
+    exchange_response,
+    parse_exchange_request,
+    parse_form,
+)
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from bridge.resources import Resources
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH = "/token"  # noqa: S105 - a path
+JWKS_PATH = "/.well-known/jwks.json"
+# RFC 6749 §5.1: token responses must not be cached by anyone.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class BodyTooLarge(OAuthError):
+    status_code = 413
+    default_description = "The request body is too large."
+
+
+def resources_of(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """Read at most `limit` bytes; a larger body is refused without buffering it whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+async def token(request: Request) -> Response:
+    resources = resources_of(request)
+    body = await read_body(request)
+    exchange_request = parse_exchange_request(parse_form(body, request.headers.get("content-type")))
+    exchanged = await resources.exchange.exchange(exchange_request)
+    log.info(
+        "token exchanged",
+        extra={
+            "outcome": "issued",
+            "keycloak_user_id": exchanged.user_id,
+            "user_created": exchanged.created,
+            "subject_token_type": exchange_request.subject_token_type,
+        },
+    )
+    return JSONResponse(
+        exchange_response(exchanged.issued, exchange_request.requested_token_type), headers=NO_STORE
+    )
+
+
+async def authorization_server_metadata(request: Request) -> Response:
+    """RFC 8414 metadata, so clients discover the token endpoint and what it accepts."""
+    issuer = resources_of(request).settings.issuer_url
+    metadata: dict[str, Any] = {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}{TOKEN_PATH}",
+        "jwks_uri": f"{issuer}{JWKS_PATH}",
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": [],
+        # Not registered RFC 8414 names, but what clients ask for most: which token types we take.
+        "subject_token_types_supported": list(SUPPORTED_SUBJECT_TOKEN_TYPES),
+        "requested_token_types_supported": list(SUPPORTED_REQUESTED_TOKEN_TYPES),
+    }
+    return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
+
+
+async def jwks(request: Request) -> Response:
+    # Short max-age: Keycloak and others must see a rotated key soon after it is published.
+    return JSONResponse(resources_of(request).signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    resources = resources_of(request)
+    checks: dict[str, str] = {}
+    for name, probe in (("keycloak", resources.keycloak.ping), ("cache", resources.cache.ping)):
+        try:
+            await probe()
+        except (UpstreamError, BridgeError) as exc:
+            log.warning("readiness check failed", extra={"check": name, "detail": exc.detail})
+            checks[name] = "unavailable"
+        else:
+            checks[name] = "ok"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )

@@ -1,0 +1,168 @@
+"""The one exception tree of the bridge, and how each branch reaches a client.
+
+    BridgeError
+    ├── OAuthError                    answered as RFC 6749 §5.2 JSON with its own status
+    │   ├── InvalidRequest            400 invalid_request (RFC 8693 §2.2.2: also for a bad subject_token)
+    │   │   ├── SubjectTokenRejected  TikTok refused the token or code
+    │   │   ├── MissingScope          the TikTok grant lacks a scope the bridge needs
+    │   │   ├── UserNotFound          TikTok answered without a user
+    │   │   ├── AccountDisabled       the Keycloak user is disabled
+    │   │   ├── RegistrationClosed    policy forbids creating a new user
+    │   │   └── EmailTaken            the pseudo-email belongs to another account
+    │   ├── InvalidClient             401 invalid_client
+    │   ├── UnsupportedGrantType      400 unsupported_grant_type
+    │   ├── InvalidScope              400 invalid_scope
+    │   ├── InvalidTarget             400 invalid_target
+    │   ├── RateLimited               429 slow_down-style refusal with Retry-After (RFC 6585)
+    │   ├── TemporarilyUnavailable    503 temporarily_unavailable with Retry-After
+    │   └── ServerError               500 server_error: our fault or our configuration's, never input's
+    └── UpstreamError                 raised by adapters; never shown to a client as it is
+        ├── UpstreamUnavailable       TikTok, Keycloak or the cache cannot be reached or is overloaded
+        └── UpstreamProtocolError     an upstream answered in a way the bridge cannot use
+
+`description` is a fixed, client-safe sentence; `detail` (never sent) goes to the logs, and must itself
+never hold a token, code or secret. `UpstreamUnavailable` maps to `TemporarilyUnavailable` and
+`UpstreamProtocolError` to `ServerError` in `to_oauth_error`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Upstream = Literal["tiktok", "keycloak", "cache"]
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class OAuthError(BridgeError):
+    """An error with an RFC 6749 §5.2 representation."""
+
+    error: ClassVar[str] = "invalid_request"
+    status_code: ClassVar[int] = 400
+    default_description: ClassVar[str] = "The request is invalid."
+
+    def __init__(self, description: str | None = None, *, detail: str = "") -> None:
+        super().__init__(detail or (description or self.default_description))
+        self.description = description or self.default_description
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class SubjectTokenRejected(InvalidRequest):
+    default_description = "The subject_token was rejected by TikTok."
+
+
+class MissingScope(InvalidRequest):
+    default_description = "The TikTok grant lacks the user.info.basic scope."
+
+
+class UserNotFound(InvalidRequest):
+    default_description = "TikTok returned no user for the subject_token."
+
+
+class AccountDisabled(InvalidRequest):
+    default_description = "The account is disabled."
+
+
+class RegistrationClosed(InvalidRequest):
+    default_description = "Registration of new accounts is closed."
+
+
+class EmailTaken(InvalidRequest):
+    default_description = "The e-mail address is already used by another account."
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status_code = 401
+    default_description = "Client authentication failed."
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="token"'}
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+    default_description = "Only urn:ietf:params:oauth:grant-type:token-exchange is supported."
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+    default_description = "The requested scope is invalid or not allowed."
+
+
+class InvalidTarget(OAuthError):
+    error = "invalid_target"
+    default_description = "The bridge cannot issue tokens for a resource or audience parameter."
+
+
+class _RetryAfterMixin(OAuthError):
+    def __init__(self, description: str | None = None, *, retry_after: int = 5, detail: str = "") -> None:
+        super().__init__(description, detail=detail)
+        self.retry_after = max(1, int(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(_RetryAfterMixin):
+    error = "invalid_request"
+    status_code = 429
+    default_description = "Too many requests; retry later."
+
+
+class TemporarilyUnavailable(_RetryAfterMixin):
+    error = "temporarily_unavailable"
+    status_code = 503
+    default_description = "A service the bridge depends on is unavailable; retry later."
+
+
+class ServerError(OAuthError):
+    error = "server_error"
+    status_code = 500
+    default_description = "The bridge could not complete the request."
+
+
+class UpstreamError(BridgeError):
+    """An upstream service failed; adapters raise this, with the library error as __cause__."""
+
+    def __init__(self, upstream: Upstream, detail: str) -> None:
+        super().__init__(f"{upstream}: {detail}")
+        self.upstream = upstream
+
+
+class UpstreamUnavailable(UpstreamError):
+    def __init__(self, upstream: Upstream, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(upstream, detail)
+        self.retry_after = retry_after
+
+
+class UpstreamProtocolError(UpstreamError):
+    pass
+
+
+_UPSTREAM_NAMES: dict[Upstream, str] = {"tiktok": "TikTok", "keycloak": "Keycloak", "cache": "The cache"}
+
+
+def to_oauth_error(exc: BridgeError) -> OAuthError:
+    """Map any bridge error to what a client may see."""
+    if isinstance(exc, OAuthError):
+        return exc
+    if isinstance(exc, UpstreamUnavailable):
+        return TemporarilyUnavailable(
+            f"{_UPSTREAM_NAMES[exc.upstream]} is unavailable; retry later.",
+            retry_after=exc.retry_after,
+            detail=exc.detail,
+        )
+    return ServerError(detail=exc.detail)

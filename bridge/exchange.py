@@ -1,0 +1,270 @@
+"""The token exchange use case: verify with TikTok, find or provision in Keycloak, mint through Keycloak.
+
+It knows its collaborators only by the protocols below, never Starlette, httpx2 or redis, so the same
+logic serves the RFC 8693 endpoint and the Strapi-compatible one.
+
+Per exchange, on the warm path (token seen within the profile TTL, user seen within the user TTL):
+no TikTok call, no Keycloak admin call, one Keycloak token call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bridge.cache import plain_key, token_key
+from bridge.errors import (
+    AccountDisabled,
+    EmailTaken,
+    RegistrationClosed,
+    SubjectTokenRejected,
+    TemporarilyUnavailable,
+    UpstreamProtocolError,
+)
+from bridge.keycloak import KeycloakUser, NotLinked, UserConflict
+from bridge.tiktok import SCOPE_BASIC, TikTokProfile
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from bridge.cache import Cache
+    from bridge.rfc8693 import ExchangeRequest, IssuedToken
+
+log = logging.getLogger(__name__)
+
+# Attributes the bridge owns on a Keycloak user; each must be declared in the realm's user profile.
+ATTR_OPEN_ID = "tiktok_open_id"
+ATTR_UNION_ID = "tiktok_union_id"
+ATTR_DISPLAY_NAME = "tiktok_display_name"
+ATTR_USERNAME = "tiktok_username"
+ATTR_VERIFIED = "tiktok_is_verified"
+MAX_USERNAME_ATTEMPTS = 3
+
+
+class TikTokGateway(Protocol):
+    async def fetch_profile(self, access_token: str, scopes: Iterable[str] = ...) -> TikTokProfile: ...
+
+
+class KeycloakGateway(Protocol):
+    async def issuer(self) -> str: ...
+    async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None: ...
+    async def get_user(self, user_id: str) -> KeycloakUser | None: ...
+    async def create_user(self, representation: dict[str, Any]) -> str: ...
+    async def update_user(self, user_id: str, representation: dict[str, Any]) -> None: ...
+    async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken: ...
+
+
+class AssertionMinter(Protocol):
+    def mint(self, subject: str, audience: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Account rules, from settings."""
+
+    idp_alias: str
+    username_prefix: str = "tiktok_"
+    email_template: str | None = None
+    registration_open: bool = True
+    profile_ttl: int = 300
+    user_ttl: int = 3600
+    negative_ttl: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    """The outcome of one exchange: Keycloak's tokens and whom they are for."""
+
+    issued: IssuedToken
+    user_id: str
+    profile: TikTokProfile
+    created: bool
+
+
+def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
+    """Same open_id, same username, on every replica: a racing duplicate create gets Keycloak's 409.
+
+    100 bits of SHA-256 in lower-case base32 fits Keycloak's username rules (stored lower-case; no
+    prohibited characters) whatever characters TikTok puts in an open_id.
+    """
+    digest = base64.b32encode(hashlib.sha256(open_id.encode()).digest()).decode().lower()[:20]
+    return f"{prefix}{digest}" if attempt == 0 else f"{prefix}{digest}-{attempt + 1}"
+
+
+def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
+    attributes = {ATTR_OPEN_ID: [profile.open_id]}
+    if profile.union_id:
+        attributes[ATTR_UNION_ID] = [profile.union_id]
+    if profile.display_name:
+        attributes[ATTR_DISPLAY_NAME] = [profile.display_name]
+    if profile.username:
+        attributes[ATTR_USERNAME] = [profile.username]
+    if profile.is_verified is not None:
+        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
+    return attributes
+
+
+def _fingerprint(attributes: dict[str, list[str]]) -> str:
+    return hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class ExchangeService:
+    def __init__(
+        self,
+        *,
+        tiktok: TikTokGateway,
+        keycloak: KeycloakGateway,
+        cache: Cache,
+        minter: AssertionMinter,
+        policy: Policy,
+    ) -> None:
+        self._tiktok = tiktok
+        self._keycloak = keycloak
+        self._cache = cache
+        self._minter = minter
+        self._policy = policy
+
+    async def exchange(self, request: ExchangeRequest) -> Exchanged:
+        profile = await self.verify_access_token(request.subject_token)
+        return await self.sign_in(profile, request.scope)
+
+    async def sign_in(self, profile: TikTokProfile, scope: tuple[str, ...]) -> Exchanged:
+        user_id, created = await self.ensure_user(profile)
+        try:
+            issued = await self._mint(profile, scope)
+        except NotLinked:
+            # Our cached id outlived the link (an admin removed it): forget it and provision afresh once.
+            await self._cache.delete(self._user_key(profile.open_id))
+            user_id, created = await self.ensure_user(profile)
+            issued = await self._mint(profile, scope)
+        return Exchanged(issued=issued, user_id=user_id, profile=profile, created=created)
+
+    # ------------------------------------------------------------------------- TikTok side
+
+    async def verify_access_token(
+        self, access_token: str, scopes: Iterable[str] = (SCOPE_BASIC,)
+    ) -> TikTokProfile:
+        profile_key = token_key("profile", access_token)
+        if cached := await self._cache.get(profile_key):
+            return TikTokProfile.from_json(cached)
+        rejected_key = token_key("rejected", access_token)
+        if await self._cache.get(rejected_key):
+            # A recently refused token is refused again without spending TikTok's quota.
+            raise SubjectTokenRejected("The TikTok access token is invalid or expired.")
+        try:
+            profile = await self._tiktok.fetch_profile(access_token, scopes)
+        except SubjectTokenRejected:
+            await self._cache.set(rejected_key, b"1", self._policy.negative_ttl)
+            raise
+        await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
+        return profile
+
+    # ----------------------------------------------------------------------- Keycloak side
+
+    def _user_key(self, open_id: str) -> str:
+        return plain_key("user", f"{self._policy.idp_alias}:{open_id}")
+
+    async def ensure_user(self, profile: TikTokProfile) -> tuple[str, bool]:
+        """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
+        attributes = profile_attributes(profile)
+        fingerprint = _fingerprint(attributes)
+        user_key = self._user_key(profile.open_id)
+        if cached := await self._cache.get(user_key):
+            entry = json.loads(cached)
+            if entry.get("fp") != fingerprint:
+                await self._sync_profile(entry["id"], attributes)
+                await self._remember(user_key, entry["id"], fingerprint)
+            return str(entry["id"]), False
+
+        user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
+        created = False
+        if user is None:
+            lock_key = plain_key("lock:provision", f"{self._policy.idp_alias}:{profile.open_id}")
+            async with self._cache.lock(lock_key, ttl=30, wait=15) as acquired:
+                if not acquired:
+                    raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")
+                # Whoever held the lock before us may have created the user meanwhile.
+                user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
+                if user is None:
+                    user_id = await self._create(profile, attributes)
+                    await self._remember(user_key, user_id, fingerprint)
+                    return user_id, True
+        if not user.enabled:
+            raise AccountDisabled(detail=f"keycloak user {user.id} is disabled")
+        if {k: user.attributes.get(k) for k in attributes} != attributes:
+            await self._update_attributes(user, attributes)
+        await self._remember(user_key, user.id, fingerprint)
+        return user.id, created
+
+    async def _remember(self, user_key: str, user_id: str, fingerprint: str) -> None:
+        value = json.dumps({"id": user_id, "fp": fingerprint}).encode()
+        await self._cache.set(user_key, value, self._policy.user_ttl)
+
+    async def _create(self, profile: TikTokProfile, attributes: dict[str, list[str]]) -> str:
+        if not self._policy.registration_open:
+            raise RegistrationClosed(detail="new TikTok user refused: registration closed")
+        representation: dict[str, Any] = {
+            "enabled": True,
+            "attributes": attributes,
+            "federatedIdentities": [
+                {
+                    "identityProvider": self._policy.idp_alias,
+                    "userId": profile.open_id,
+                    "userName": profile.username or profile.open_id,
+                }
+            ],
+        }
+        email = self._pseudo_email(profile)
+        if email is not None:
+            # A pseudo-address no one has proven to own: never marked verified.
+            representation |= {"email": email, "emailVerified": False}
+        for attempt in range(MAX_USERNAME_ATTEMPTS):
+            representation["username"] = deterministic_username(
+                self._policy.username_prefix, profile.open_id, attempt
+            )
+            try:
+                user_id = await self._keycloak.create_user(representation)
+            except UserConflict as conflict:
+                if conflict.email_taken:
+                    raise EmailTaken(detail="pseudo-email collides with another account") from conflict
+                # Lost a race (then the user is linked now) or the name belongs to someone unlinked.
+                linked = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
+                if linked is not None:
+                    if not linked.enabled:
+                        raise AccountDisabled(detail=f"keycloak user {linked.id} is disabled") from conflict
+                    return linked.id
+                continue
+            log.info("provisioned keycloak user", extra={"user_id": user_id})
+            return user_id
+        raise UpstreamProtocolError("keycloak", "every candidate username is taken by an unlinked user")
+
+    def _pseudo_email(self, profile: TikTokProfile) -> str | None:
+        template = self._policy.email_template
+        if template is None:
+            return None
+        if "{union_id}" in template and not profile.union_id:
+            return None  # TikTok sometimes omits union_id; no address rather than a wrong one
+        return template.format(open_id=profile.open_id, union_id=profile.union_id or "").lower()
+
+    async def _sync_profile(self, user_id: str, attributes: dict[str, list[str]]) -> None:
+        user = await self._keycloak.get_user(user_id)
+        if user is None:
+            return  # deleted; the grant will say so and the caller re-provisions
+        await self._update_attributes(user, attributes)
+
+    async def _update_attributes(self, user: KeycloakUser, attributes: dict[str, list[str]]) -> None:
+        # PUT wants the whole representation (partial bodies fail user-profile validation).
+        representation = dict(user.representation)
+        representation["attributes"] = {**user.attributes, **attributes}
+        for stale in {ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED} - attributes.keys():
+            representation["attributes"].pop(stale, None)
+        await self._keycloak.update_user(user.id, representation)
+
+    async def _mint(self, profile: TikTokProfile, scope: tuple[str, ...]) -> IssuedToken:
+        audience = await self._keycloak.issuer()
+        assertion = self._minter.mint(profile.open_id, audience)
+        return await self._keycloak.issue_token(assertion, scope)

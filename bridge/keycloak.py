@@ -1,0 +1,340 @@
+"""Keycloak adapter: a thin async Admin REST client and token issuance by JWT Authorization Grant.
+
+Behaviour checked against a live Keycloak 26.7.4 (see README, "How tokens are minted"):
+- `POST /admin/realms/{r}/users` with `federatedIdentities` creates and links in one call (201 + Location);
+  a taken username answers 409 `{"errorMessage": "User exists with same username"}`, a taken e-mail
+  409 `"User exists with same email"`.
+- `GET /admin/realms/{r}/users?idpAlias=..&idpUserId=..` matches the link exactly (case-sensitive).
+- The grant answers 400 `invalid_grant` with `error_description` "User not found" (no link),
+  "User is not enabled", or "Token reuse detected" (a replayed jti).
+
+The service-account token is cached (shared cache, so replicas reuse it) and refreshed single-flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from bridge.cache import plain_key
+from bridge.errors import (
+    AccountDisabled,
+    InvalidScope,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
+from bridge.rfc8693 import IssuedToken
+
+if TYPE_CHECKING:
+    from bridge.cache import Cache
+
+log = logging.getLogger(__name__)
+
+GRANT_TYPE_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+MAX_RESPONSE_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KeycloakUser:
+    id: str
+    username: str
+    enabled: bool
+    email: str | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    created_timestamp: int | None = None
+    representation: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_representation(cls, rep: dict[str, Any]) -> KeycloakUser:
+        try:
+            return cls(
+                id=str(rep["id"]),
+                username=str(rep["username"]),
+                enabled=bool(rep.get("enabled", False)),
+                email=rep.get("email"),
+                attributes={k: list(v) for k, v in (rep.get("attributes") or {}).items()},
+                created_timestamp=rep.get("createdTimestamp"),
+                representation=rep,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamProtocolError("keycloak", "malformed user representation") from exc
+
+    def attribute(self, name: str) -> str | None:
+        values = self.attributes.get(name)
+        return values[0] if values else None
+
+
+class UserConflict(UpstreamError):
+    """Keycloak refused to create a user because its username or e-mail is taken (409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("keycloak", f"409 {message}")
+        self.message = message
+
+    @property
+    def email_taken(self) -> bool:
+        return "email" in self.message.lower() and "username" not in self.message.lower()
+
+
+class NotLinked(UpstreamError):
+    """The JWT grant found no user linked to the assertion's subject (an admin removed the link)."""
+
+    def __init__(self) -> None:
+        super().__init__("keycloak", "no user linked to the assertion subject")
+
+
+@dataclass
+class _AdminToken:
+    value: str
+    expires_at: float
+
+
+class KeycloakClient:
+    """Admin API and token endpoint of one realm, over one shared HTTP client."""
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        cache: Cache,
+        *,
+        base_url: str,
+        realm: str,
+        client_id: str,
+        client_secret: str,
+    ) -> None:
+        self._http = http
+        self._cache = cache
+        self._base_url = base_url
+        self._realm = realm
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._admin_token: _AdminToken | None = None
+        self._admin_token_lock = asyncio.Lock()
+        self._issuer: str | None = None
+        self._admin_token_key = plain_key("kc-admin-token", f"{realm}:{client_id}")
+
+    @property
+    def realm_url(self) -> str:
+        return f"{self._base_url}/realms/{self._realm}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"{self._base_url}/admin/realms/{self._realm}"
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx2.TimeoutException as exc:
+            raise UpstreamUnavailable("keycloak", f"{method} {self._path(url)} timed out") from exc
+        except httpx2.HTTPError as exc:
+            raise UpstreamUnavailable(
+                "keycloak", f"{method} {self._path(url)}: {type(exc).__name__}"
+            ) from exc
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise UpstreamProtocolError("keycloak", f"{method} {self._path(url)}: answer too large")
+        if response.status_code in {502, 503, 504} or response.status_code >= 500:  # noqa: PLR2004
+            raise UpstreamUnavailable(
+                "keycloak", f"{method} {self._path(url)}: HTTP {response.status_code}", retry_after=5
+            )
+        return response
+
+    def _path(self, url: str) -> str:
+        return url.removeprefix(self._base_url)
+
+    @staticmethod
+    def _json(response: httpx2.Response) -> Any:  # noqa: ANN401
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamProtocolError("keycloak", f"HTTP {response.status_code}: body is not JSON") from exc
+
+    async def issuer(self) -> str:
+        """The realm issuer exactly as Keycloak computes it: the audience its grant accepts."""
+        if self._issuer is None:
+            response = await self._request("GET", f"{self.realm_url}/.well-known/openid-configuration")
+            if response.status_code != 200:  # noqa: PLR2004
+                raise UpstreamProtocolError("keycloak", f"discovery HTTP {response.status_code}")
+            issuer = self._json(response).get("issuer")
+            if not isinstance(issuer, str):
+                raise UpstreamProtocolError("keycloak", "discovery document has no issuer")
+            self._issuer = issuer
+        return self._issuer
+
+    async def ping(self) -> None:
+        await self.issuer()
+        self._issuer = None  # re-read next time: readiness must reflect the server now
+
+    # --------------------------------------------------------------------- service account
+
+    async def _fetch_admin_token(self) -> _AdminToken:
+        response = await self._request(
+            "POST",
+            f"{self.realm_url}/protocol/openid-connect/token",
+            data={"grant_type": "client_credentials"},
+            auth=(self._client_id, self._client_secret),
+        )
+        body = self._json(response)
+        if response.status_code != 200 or not isinstance(body.get("access_token"), str):  # noqa: PLR2004
+            raise UpstreamProtocolError(
+                "keycloak",
+                f"service-account token refused: HTTP {response.status_code} {body.get('error')}",
+            )
+        lifetime = int(body.get("expires_in") or 60)
+        # Renew a little early so a token never expires between our check and Keycloak's.
+        return _AdminToken(body["access_token"], time.time() + max(5, lifetime - 30))
+
+    async def _admin_bearer(self, *, refresh: bool = False) -> str:
+        token = self._admin_token
+        if not refresh and token is not None and token.expires_at > time.time():
+            return token.value
+        async with self._admin_token_lock:  # single-flight within the process
+            token = self._admin_token
+            if not refresh and token is not None and token.expires_at > time.time():
+                return token.value
+            if not refresh and (cached := await self._cache.get(self._admin_token_key)):
+                loaded = json.loads(cached)
+                token = _AdminToken(loaded["value"], loaded["expires_at"])
+                if token.expires_at > time.time():
+                    self._admin_token = token
+                    return token.value
+            token = await self._fetch_admin_token()
+            self._admin_token = token
+            await self._cache.set(
+                self._admin_token_key,
+                json.dumps({"value": token.value, "expires_at": token.expires_at}).encode(),
+                ttl=max(1.0, token.expires_at - time.time()),
+            )
+            return token.value
+
+    async def _admin(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
+        bearer = await self._admin_bearer()
+        response = await self._request(
+            method, f"{self.admin_url}{path}", headers={"Authorization": f"Bearer {bearer}"}, **kwargs
+        )
+        if response.status_code == 401:  # noqa: PLR2004 - token revoked or expired early: renew once
+            bearer = await self._admin_bearer(refresh=True)
+            response = await self._request(
+                method, f"{self.admin_url}{path}", headers={"Authorization": f"Bearer {bearer}"}, **kwargs
+            )
+        if response.status_code in {401, 403}:
+            raise UpstreamProtocolError(
+                "keycloak",
+                f"admin API {method} refused (HTTP {response.status_code}): check the client's roles",
+            )
+        return response
+
+    # ------------------------------------------------------------------------------- users
+
+    async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
+        response = await self._admin(
+            "GET",
+            "/users",
+            params={
+                "idpAlias": idp_alias,
+                "idpUserId": idp_user_id,
+                "briefRepresentation": "false",
+                "max": "2",
+            },
+        )
+        if response.status_code != 200:  # noqa: PLR2004
+            raise UpstreamProtocolError("keycloak", f"user search HTTP {response.status_code}")
+        users = self._json(response)
+        if not isinstance(users, list):
+            raise UpstreamProtocolError("keycloak", "user search did not return a list")
+        if len(users) > 1:
+            # Keycloak itself refuses to pick one in the grant; so do we, loudly.
+            raise UpstreamProtocolError("keycloak", "several users are linked to one TikTok identity")
+        return KeycloakUser.from_representation(users[0]) if users else None
+
+    async def get_user(self, user_id: str) -> KeycloakUser | None:
+        response = await self._admin("GET", f"/users/{user_id}")
+        if response.status_code == 404:  # noqa: PLR2004
+            return None
+        if response.status_code != 200:  # noqa: PLR2004
+            raise UpstreamProtocolError("keycloak", f"user read HTTP {response.status_code}")
+        return KeycloakUser.from_representation(self._json(response))
+
+    async def create_user(self, representation: dict[str, Any]) -> str:
+        response = await self._admin("POST", "/users", json=representation)
+        if response.status_code == 409:  # noqa: PLR2004
+            message = self._json(response).get("errorMessage", "conflict")
+            raise UserConflict(str(message))
+        if response.status_code != 201:  # noqa: PLR2004
+            raise UpstreamProtocolError(
+                "keycloak", f"user create HTTP {response.status_code}: {self._error_summary(response)}"
+            )
+        location = response.headers.get("Location", "")
+        user_id = location.rstrip("/").rsplit("/", 1)[-1]
+        if not user_id:
+            raise UpstreamProtocolError("keycloak", "user create answered without Location")
+        return user_id
+
+    async def update_user(self, user_id: str, representation: dict[str, Any]) -> None:
+        response = await self._admin("PUT", f"/users/{user_id}", json=representation)
+        if response.status_code == 409:  # noqa: PLR2004
+            raise UserConflict(str(self._json(response).get("errorMessage", "conflict")))
+        if response.status_code != 204:  # noqa: PLR2004
+            raise UpstreamProtocolError(
+                "keycloak", f"user update HTTP {response.status_code}: {self._error_summary(response)}"
+            )
+
+    async def add_link(self, user_id: str, idp_alias: str, idp_user_id: str, idp_username: str) -> None:
+        response = await self._admin(
+            "POST",
+            f"/users/{user_id}/federated-identity/{idp_alias}",
+            json={"identityProvider": idp_alias, "userId": idp_user_id, "userName": idp_username},
+        )
+        if response.status_code not in {204, 409}:
+            raise UpstreamProtocolError("keycloak", f"link HTTP {response.status_code}")
+
+    def _error_summary(self, response: httpx2.Response) -> str:
+        try:
+            body = response.json()
+        except ValueError:
+            return "(no JSON)"
+        if isinstance(body, dict):
+            return str(body.get("errorMessage") or body.get("error") or "")[:200]
+        return ""
+
+    # ------------------------------------------------------------------------------ tokens
+
+    async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken:
+        form = {"grant_type": GRANT_TYPE_JWT_BEARER, "assertion": assertion}
+        if scope:
+            form["scope"] = " ".join(scope)
+        response = await self._request(
+            "POST",
+            f"{self.realm_url}/protocol/openid-connect/token",
+            data=form,
+            auth=(self._client_id, self._client_secret),
+        )
+        body = self._json(response)
+        if not isinstance(body, dict):
+            raise UpstreamProtocolError("keycloak", "token answer is not an object")
+        if response.status_code == 200 and isinstance(body.get("access_token"), str):  # noqa: PLR2004
+            expires_in = body.get("expires_in")
+            return IssuedToken(
+                access_token=body["access_token"],
+                expires_in=int(expires_in) if isinstance(expires_in, int) else None,
+                scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
+                id_token=body.get("id_token") if isinstance(body.get("id_token"), str) else None,
+            )
+        error, description = body.get("error"), str(body.get("error_description") or "")
+        if error == "invalid_scope":
+            raise InvalidScope
+        if error == "invalid_grant" and description == "User not found":
+            raise NotLinked
+        if error == "invalid_grant" and description == "User is not enabled":
+            raise AccountDisabled
+        raise UpstreamProtocolError(
+            "keycloak", f"JWT grant refused: HTTP {response.status_code} {error}: {description[:200]}"
+        )

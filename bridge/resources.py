@@ -1,0 +1,96 @@
+"""Per-process clients, opened once in the app's lifespan and closed once at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
+from bridge.cache import Cache, MemoryCache, RedisCache
+from bridge.exchange import ExchangeService, Policy
+from bridge.keycloak import KeycloakClient
+from bridge.tiktok import TikTokClient
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from bridge.settings import Settings
+
+USER_AGENT = "tiktok-keycloak-bridge/0.1"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Everything a request handler needs; one instance per process."""
+
+    settings: Settings
+    http: httpx2.AsyncClient
+    cache: Cache
+    signer: AssertionSigner
+    tiktok: TikTokClient
+    keycloak: KeycloakClient
+    exchange: ExchangeService
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None
+    ) -> Resources:
+        key = (
+            load_key(settings.signing_key_file)
+            if settings.signing_key_file is not None
+            else load_or_generate_key(settings.data_dir)
+        )
+        signer = AssertionSigner(key=key, issuer=settings.issuer_url, lifetime=settings.assertion_lifetime)
+        timeout = httpx2.Timeout(settings.http_timeout, connect=min(2.0, settings.http_timeout))
+        http = httpx2.AsyncClient(
+            timeout=timeout,
+            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+            mounts=dict(mounts or {}),
+        )
+        cache: Cache = (
+            RedisCache.from_url(settings.redis_url.get_secret_value(), timeout=settings.http_timeout)
+            if settings.redis_url is not None
+            else MemoryCache()
+        )
+        tiktok = TikTokClient(
+            http,
+            base_url=settings.tiktok_base_url,
+            client_key=settings.tiktok_client_key,
+            client_secret=settings.tiktok_client_secret.get_secret_value(),
+        )
+        keycloak = KeycloakClient(
+            http,
+            cache,
+            base_url=settings.keycloak_base_url,
+            realm=settings.keycloak_realm,
+            client_id=settings.keycloak_client_id,
+            client_secret=settings.keycloak_client_secret.get_secret_value(),
+        )
+        policy = Policy(
+            idp_alias=settings.keycloak_idp_alias,
+            username_prefix=settings.username_prefix,
+            email_template=settings.email_template,
+            profile_ttl=settings.profile_cache_ttl,
+            user_ttl=settings.user_cache_ttl,
+            negative_ttl=settings.negative_cache_ttl,
+        )
+        exchange = ExchangeService(
+            tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy
+        )
+        return cls(
+            settings=settings,
+            http=http,
+            cache=cache,
+            signer=signer,
+            tiktok=tiktok,
+            keycloak=keycloak,
+            exchange=exchange,
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.cache.aclose()

@@ -1,0 +1,195 @@
+"""TikTok Open API v2 client: user info, authorization-code redemption, and the mapping of their errors.
+
+TikTok answers errors inside an envelope and sometimes with HTTP 200, so success is decided by the body
+(`error.code == "ok"` for user info, presence of `access_token` for the token endpoint), never by the
+status alone. Nothing in this module logs or raises a token, code or secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from bridge.errors import (
+    MissingScope,
+    SubjectTokenRejected,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+    UserNotFound,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+USER_INFO_PATH = "/v2/user/info/"
+TOKEN_PATH = "/v2/oauth/token/"  # noqa: S105 - a path
+MAX_RESPONSE_BYTES = 256 * 1024
+
+SCOPE_BASIC = "user.info.basic"
+SCOPE_PROFILE = "user.info.profile"
+# TikTok refuses the whole request when one field needs a scope the token lacks, so only ask for what
+# the granted scopes allow. Stats fields are never needed to sign a user in.
+FIELDS_BY_SCOPE: dict[str, tuple[str, ...]] = {
+    SCOPE_BASIC: ("open_id", "union_id", "avatar_url", "display_name"),
+    SCOPE_PROFILE: ("username", "is_verified"),
+}
+_RETRY_AFTER_DEFAULT = 60  # TikTok's window is one minute and it sends no Retry-After header
+
+
+@dataclass(frozen=True, slots=True)
+class TikTokProfile:
+    """The TikTok identity of one user of our app, as user info reported it."""
+
+    open_id: str
+    union_id: str | None
+    display_name: str | None
+    avatar_url: str | None = None
+    username: str | None = None
+    is_verified: bool | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "open_id": self.open_id,
+                "union_id": self.union_id,
+                "display_name": self.display_name,
+                "avatar_url": self.avatar_url,
+                "username": self.username,
+                "is_verified": self.is_verified,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TikTokProfile:
+        data = json.loads(raw)
+        return cls(
+            open_id=data["open_id"],
+            union_id=data.get("union_id"),
+            display_name=data.get("display_name"),
+            avatar_url=data.get("avatar_url"),
+            username=data.get("username"),
+            is_verified=data.get("is_verified"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CodeGrant:
+    """What TikTok's token endpoint returned for a redeemed authorization code."""
+
+    access_token: str
+    open_id: str
+    scopes: frozenset[str]
+    expires_in: int | None
+
+    def __repr__(self) -> str:
+        return f"CodeGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
+
+
+def fields_for_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    granted = set(scopes)
+    if SCOPE_BASIC not in granted:
+        raise MissingScope
+    fields: list[str] = []
+    for scope, scope_fields in FIELDS_BY_SCOPE.items():
+        if scope in granted:
+            fields.extend(scope_fields)
+    return tuple(fields)
+
+
+def _optional_str(user: dict[str, Any], name: str, limit: int = 1024) -> str | None:
+    value = user.get(name)
+    if isinstance(value, str) and value and len(value) <= limit:
+        return value
+    return None
+
+
+def parse_user_info(status: int, body: bytes) -> TikTokProfile:
+    """Interpret a /v2/user/info/ answer; the status is consulted only where the body says nothing."""
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        if status >= 500 or status == 429:  # noqa: PLR2004
+            raise UpstreamUnavailable("tiktok", f"user info HTTP {status}", retry_after=5) from exc
+        raise UpstreamProtocolError("tiktok", f"user info HTTP {status}: body is not JSON") from exc
+    error = payload.get("error") if isinstance(payload, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    log_id = error.get("log_id") if isinstance(error, dict) else None
+    if code != "ok":
+        _raise_user_info_error(status, code if isinstance(code, str) else None, log_id)
+    data = payload.get("data")
+    user = data.get("user") if isinstance(data, dict) else None
+    if not isinstance(user, dict):
+        raise UserNotFound(detail=f"TikTok user info had no user (log_id={log_id})")
+    open_id = _optional_str(user, "open_id", limit=256)
+    if open_id is None:
+        raise UserNotFound(detail=f"TikTok user info had no open_id (log_id={log_id})")
+    verified = user.get("is_verified")
+    return TikTokProfile(
+        open_id=open_id,
+        union_id=_optional_str(user, "union_id", limit=256),
+        display_name=_optional_str(user, "display_name", limit=255),
+        avatar_url=_optional_str(user, "avatar_url", limit=2048),
+        username=_optional_str(user, "username", limit=255),
+        is_verified=verified if isinstance(verified, bool) else None,
+    )
+
+
+def _raise_user_info_error(status: int, code: str | None, log_id: object) -> None:
+    where = f"user info HTTP {status} error.code={code} log_id={log_id}"
+    if code == "access_token_invalid":
+        raise SubjectTokenRejected("The TikTok access token is invalid or expired.", detail=where)
+    if code in {"scope_not_authorized", "scope_permission_missed"}:
+        raise MissingScope("The TikTok token was not granted the scopes the bridge needs.", detail=where)
+    if code == "rate_limit_exceeded" or status == 429:  # noqa: PLR2004
+        raise UpstreamUnavailable("tiktok", where, retry_after=_RETRY_AFTER_DEFAULT)
+    if code == "internal_error" or status >= 500:  # noqa: PLR2004
+        raise UpstreamUnavailable("tiktok", where, retry_after=5)
+    if status == 401:  # noqa: PLR2004
+        raise SubjectTokenRejected("The TikTok access token is invalid or expired.", detail=where)
+    raise UpstreamProtocolError("tiktok", where)
+
+
+class TikTokClient:
+    """Calls TikTok with one shared HTTP client; built once per process in the app's lifespan."""
+
+    def __init__(
+        self, http: httpx2.AsyncClient, *, base_url: str, client_key: str, client_secret: str
+    ) -> None:
+        self._http = http
+        self._base_url = base_url
+        self._client_key = client_key
+        self._client_secret = client_secret
+
+    async def fetch_profile(self, access_token: str, scopes: Iterable[str] = (SCOPE_BASIC,)) -> TikTokProfile:
+        fields = ",".join(fields_for_scopes(scopes))
+        status, body = await self._send(
+            "GET",
+            USER_INFO_PATH,
+            params={"fields": fields},
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
+        return parse_user_info(status, body)
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:  # noqa: ANN401
+        url = f"{self._base_url}{path}"
+        try:
+            async with self._http.stream(method, url, **kwargs) as response:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body.extend(chunk)
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise UpstreamProtocolError(
+                            "tiktok", f"{path} answer larger than {MAX_RESPONSE_BYTES}"
+                        )
+                return response.status_code, bytes(body)
+        except httpx2.TimeoutException as exc:
+            raise UpstreamUnavailable("tiktok", f"{path} timed out") from exc
+        except httpx2.HTTPError as exc:
+            raise UpstreamUnavailable("tiktok", f"{path}: {type(exc).__name__}") from exc

@@ -1,0 +1,172 @@
+"""The exchange use case with in-memory fakes: provisioning, caching, policies and the calls it makes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from bridge.cache import MemoryCache
+from bridge.errors import AccountDisabled, EmailTaken, RegistrationClosed, SubjectTokenRejected
+from bridge.exchange import ExchangeService, Policy, deterministic_username
+from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, ExchangeRequest
+from bridge.tiktok import TikTokProfile
+from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok
+
+PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
+
+
+def request(token: str = "act.one", scope: tuple[str, ...] = ()) -> ExchangeRequest:
+    return ExchangeRequest(
+        subject_token=token, subject_token_type=TOKEN_TYPE_ACCESS_TOKEN, requested_token_type=TOKEN_TYPE_ACCESS_TOKEN, scope=scope
+    )
+
+
+@pytest.fixture
+def tiktok() -> FakeTikTok:
+    return FakeTikTok(profiles={"act.one": PROFILE, "act.two": PROFILE})
+
+
+@pytest.fixture
+def keycloak() -> FakeKeycloak:
+    return FakeKeycloak()
+
+
+def service(tiktok: FakeTikTok, keycloak: FakeKeycloak, **policy: object) -> ExchangeService:
+    return ExchangeService(
+        tiktok=tiktok,
+        keycloak=keycloak,
+        cache=MemoryCache(),
+        minter=FakeMinter(),
+        policy=Policy(idp_alias="tiktok", **policy),  # type: ignore[arg-type]
+    )
+
+
+async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """The create call carries the link, the deterministic username and the TikTok attributes, no e-mail."""
+    result = await service(tiktok, keycloak).exchange(request())
+
+    assert result.created
+    assert result.issued.access_token == f"kc-token-for:{result.user_id}"
+    rep = keycloak.users[result.user_id]
+    assert rep["username"] == deterministic_username("tiktok_", PROFILE.open_id)
+    assert rep["federatedIdentities"] == [{"identityProvider": "tiktok", "userId": "-000AbC", "userName": "-000AbC"}]
+    assert rep["attributes"] == {
+        "tiktok_open_id": ["-000AbC"],
+        "tiktok_union_id": ["u-1"],
+        "tiktok_display_name": ["Tik Toker"],
+    }
+    assert "email" not in rep
+    assert keycloak.calls == ["find", "find", "create", "token"]
+
+
+async def test_warm_returning_user_costs_one_token_call_only(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """Within the TTLs a repeated exchange makes no TikTok call and no Keycloak admin call."""
+    bridge = service(tiktok, keycloak)
+    await bridge.exchange(request())
+    tiktok.calls.clear()
+    keycloak.calls.clear()
+
+    result = await bridge.exchange(request())
+
+    assert not result.created
+    assert tiktok.calls == []
+    assert keycloak.calls == ["token"]
+
+
+async def test_rejected_token_is_cached_negatively(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """A token TikTok refused is refused again from the cache, without a second TikTok call."""
+    bridge = service(tiktok, keycloak)
+    for _ in range(3):
+        with pytest.raises(SubjectTokenRejected):
+            await bridge.exchange(request("act.bad"))
+    assert tiktok.calls == ["act.bad"]
+
+
+async def test_disabled_user_is_refused_on_every_path(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """Disabled users are refused whether found by search (cold) or through the cached id (warm)."""
+    bridge = service(tiktok, keycloak)
+    user_id = (await bridge.exchange(request())).user_id
+    keycloak.users[user_id]["enabled"] = False
+    with pytest.raises(AccountDisabled):
+        await bridge.exchange(request())  # warm: the grant refuses
+    with pytest.raises(AccountDisabled):
+        await service(tiktok, keycloak).exchange(request())  # cold: the search result refuses
+    assert keycloak.calls[-1] == "find"  # no token was asked for on the cold path
+
+
+async def test_registration_closed_refuses_new_users_only(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """With registration closed, an existing linked user signs in and a new one is refused."""
+    await service(tiktok, keycloak).exchange(request())
+    closed = service(tiktok, keycloak, registration_open=False)
+    assert (await closed.exchange(request())).created is False
+    tiktok.profiles["act.new"] = TikTokProfile(open_id="-000New", union_id=None, display_name=None)
+    with pytest.raises(RegistrationClosed):
+        await closed.exchange(request("act.new"))
+
+
+async def test_email_template_and_collision(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """The template fills an unverified e-mail; a second identity mapping to the same address is refused."""
+    bridge = service(tiktok, keycloak, email_template="{union_id}@tiktok.invalid")
+    user_id = (await bridge.exchange(request())).user_id
+    assert keycloak.users[user_id]["email"] == "u-1@tiktok.invalid"
+    assert keycloak.users[user_id]["emailVerified"] is False
+    tiktok.profiles["act.other"] = replace(PROFILE, open_id="-000Other")
+    with pytest.raises(EmailTaken):
+        await bridge.exchange(request("act.other"))
+
+
+async def test_no_email_when_template_needs_a_missing_union_id(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """TikTok sometimes omits union_id; then no address is made up."""
+    tiktok.profiles["act.nounion"] = replace(PROFILE, union_id=None)
+    bridge = service(tiktok, keycloak, email_template="{union_id}@tiktok.invalid")
+    user_id = (await bridge.exchange(request("act.nounion"))).user_id
+    assert "email" not in keycloak.users[user_id]
+
+
+async def test_profile_change_is_synced_once(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """A changed display name updates the user once; unchanged profiles cause no admin call."""
+    bridge = service(tiktok, keycloak)
+    user_id = (await bridge.exchange(request())).user_id
+    tiktok.profiles["act.renamed"] = replace(PROFILE, display_name="New Name")
+    keycloak.calls.clear()
+
+    await bridge.exchange(request("act.renamed"))
+    await bridge.exchange(request("act.renamed"))
+
+    assert keycloak.users[user_id]["attributes"]["tiktok_display_name"] == ["New Name"]
+    assert keycloak.calls == ["get", "update", "token", "token"]
+
+
+async def test_removed_link_reprovisions_once(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """A cached id whose link is gone is forgotten; the user is provisioned again under the next username."""
+    bridge = service(tiktok, keycloak)
+    old_id = (await bridge.exchange(request())).user_id
+    keycloak.users[old_id]["federatedIdentities"] = []
+
+    result = await bridge.exchange(request())
+
+    assert result.user_id != old_id
+    assert keycloak.users[result.user_id]["username"] == deterministic_username("tiktok_", PROFILE.open_id, 1)
+
+
+async def test_concurrent_first_exchanges_create_one_user(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """Single-flight: twenty simultaneous first sign-ins of one identity create exactly one user."""
+    bridge = service(tiktok, keycloak)
+    results = await asyncio.gather(*(bridge.exchange(request()) for _ in range(20)))
+    assert len(keycloak.users) == 1
+    assert {r.user_id for r in results} == set(keycloak.users)
+
+
+def test_deterministic_username_is_stable_and_valid() -> None:
+    """Usernames depend only on the open_id and use characters Keycloak accepts."""
+    name = deterministic_username("tiktok_", "-000Ab/C:d e")
+    assert name == deterministic_username("tiktok_", "-000Ab/C:d e")
+    assert name != deterministic_username("tiktok_", "-000Ab/C:d E")
+    assert name.startswith("tiktok_")
+    assert len(name) == len("tiktok_") + 20
+    assert name == name.lower()
+    assert name.replace("_", "").isalnum()

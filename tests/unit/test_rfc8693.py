@@ -1,0 +1,153 @@
+"""Parsing and validation of RFC 8693 requests, and the shape of responses."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+
+from bridge.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
+from bridge.rfc8693 import (
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_ID_TOKEN,
+    TOKEN_TYPE_TIKTOK_CODE,
+    IssuedToken,
+    exchange_response,
+    parse_exchange_request,
+    parse_form,
+)
+
+FORM = "application/x-www-form-urlencoded"
+BASE = {
+    "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+    "subject_token": "act.abc!1234.va",
+    "subject_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+}
+
+
+def parse(**overrides: str | None) -> object:
+    form = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+    return parse_exchange_request(parse_form(urlencode(form).encode(), FORM))
+
+
+def test_minimal_request_defaults_to_an_access_token() -> None:
+    """A request with only the required parameters asks for an access token with no scope."""
+    request = parse()
+    assert request.subject_token == "act.abc!1234.va"  # type: ignore[attr-defined]
+    assert request.requested_token_type == TOKEN_TYPE_ACCESS_TOKEN  # type: ignore[attr-defined]
+    assert request.scope == ()  # type: ignore[attr-defined]
+
+
+def test_rfc8693_appendix_a_style_request_with_scope() -> None:
+    """Scope is split on spaces and de-duplicated in order (RFC 6749 §3.3)."""
+    request = parse(scope="openid profile openid")
+    assert request.scope == ("openid", "profile")  # type: ignore[attr-defined]
+
+
+def test_requesting_an_id_token_adds_openid_scope() -> None:
+    """Keycloak only issues ID tokens for OpenID requests, so the parser adds openid."""
+    request = parse(requested_token_type=TOKEN_TYPE_ID_TOKEN, scope="profile")
+    assert request.scope == ("openid", "profile")  # type: ignore[attr-defined]
+
+
+def test_repr_never_shows_the_subject_token() -> None:
+    """A request that reaches a log line through repr() does not leak the token."""
+    assert "act.abc" not in repr(parse())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "description"),
+    [
+        ({"grant_type": None}, InvalidRequest, "The grant_type parameter is missing."),
+        ({"grant_type": "authorization_code"}, UnsupportedGrantType, None),
+        ({"subject_token": None}, InvalidRequest, "The subject_token parameter is missing."),
+        ({"subject_token": ""}, InvalidRequest, "The subject_token parameter is missing."),
+        ({"subject_token": "has space"}, InvalidRequest, "The subject_token is malformed."),
+        ({"subject_token": "x" * 5000}, InvalidRequest, "The subject_token is malformed."),
+        ({"subject_token_type": None}, InvalidRequest, "The subject_token_type parameter is missing."),
+        ({"subject_token_type": "urn:x"}, InvalidRequest, "The subject_token_type is not supported."),
+        ({"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"}, InvalidRequest, None),
+        ({"actor_token": "a", "actor_token_type": TOKEN_TYPE_ACCESS_TOKEN}, InvalidRequest, None),
+        ({"actor_token_type": TOKEN_TYPE_ACCESS_TOKEN}, InvalidRequest, None),
+        ({"audience": "api"}, InvalidTarget, None),
+        ({"resource": "https://api.example"}, InvalidTarget, None),
+        ({"scope": 'bad"scope'}, InvalidScope, "The scope parameter is malformed."),
+        ({"code_verifier": "x" * 43}, InvalidRequest, None),
+        ({"subject_token_type": TOKEN_TYPE_TIKTOK_CODE}, InvalidRequest, None),
+        (
+            {"subject_token_type": TOKEN_TYPE_TIKTOK_CODE, "code_verifier": "short", "redirect_uri": "https://a"},
+            InvalidRequest,
+            "The code_verifier is malformed.",
+        ),
+    ],
+)
+def test_invalid_requests_map_to_rfc_errors(
+    overrides: dict[str, str | None], error: type[OAuthError], description: str | None
+) -> None:
+    """Each malformed request raises the RFC 6749/8693 error meant for it."""
+    with pytest.raises(error) as caught:
+        parse(**overrides)
+    assert type(caught.value) is error
+    if description is not None:
+        assert caught.value.description == description
+
+
+def test_authorization_code_request_carries_verifier_and_redirect() -> None:
+    """A TikTok authorization code needs a PKCE verifier (32 chars allowed, Android) and a redirect URI."""
+    request = parse(
+        subject_token_type=TOKEN_TYPE_TIKTOK_CODE, code_verifier="a" * 32, redirect_uri="https://app.example/cb"
+    )
+    assert request.is_authorization_code  # type: ignore[attr-defined]
+    assert request.code_verifier == "a" * 32  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "description"),
+    [
+        (b"grant_type=x", "application/json", "The body must be application/x-www-form-urlencoded."),
+        (b"grant_type=x", None, "The body must be application/x-www-form-urlencoded."),
+        (b"a=1&a=2", FORM, "The parameter (unknown) is repeated."),
+        (b"scope=a&scope=b", FORM, "The parameter scope is repeated."),
+        ("subject_token=é".encode(), FORM, "The body is not valid form encoding."),
+        (b"subject_token=%ff", FORM, "A parameter is not valid UTF-8."),
+        (b"&".join(b"p%d=1" % i for i in range(30)), FORM, None),
+        (b"x" * 20000, FORM, "The request body is too large."),
+    ],
+)
+def test_form_parsing_refuses_ambiguous_bodies(body: bytes, content_type: str | None, description: str | None) -> None:
+    """Wrong media types, repeated parameters, raw or invalid UTF-8 and oversized bodies are invalid_request."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_form(body, content_type)
+    if description is not None:
+        assert caught.value.description == description
+
+
+def test_form_parsing_accepts_charset_parameter_and_empty_values() -> None:
+    """A charset parameter on the media type is fine and blank values are kept (then judged as missing)."""
+    assert parse_form(b"a=&b=1", "application/x-www-form-urlencoded; charset=UTF-8") == {"a": "", "b": "1"}
+
+
+def test_response_for_access_token_includes_id_token_when_issued() -> None:
+    """The §2.2.1 body names the issued type, Bearer, lifetime, scope, and carries Keycloak's ID token."""
+    issued = IssuedToken(access_token="at", expires_in=300, scope="openid profile", id_token="it")
+    assert exchange_response(issued, TOKEN_TYPE_ACCESS_TOKEN) == {
+        "access_token": "at",
+        "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "openid profile",
+        "id_token": "it",
+    }
+
+
+def test_response_for_id_token_uses_token_type_n_a() -> None:
+    """An ID token is returned in access_token with token_type N_A, as §2.2.1 requires."""
+    issued = IssuedToken(access_token="at", expires_in=300, scope="openid", id_token="it")
+    assert exchange_response(issued, TOKEN_TYPE_ID_TOKEN) == {
+        "access_token": "it",
+        "issued_token_type": TOKEN_TYPE_ID_TOKEN,
+        "token_type": "N_A",
+        "expires_in": 300,
+        "scope": "openid",
+    }

@@ -1,0 +1,123 @@
+"""The in-memory cache, assertion signing and log redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet
+
+from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
+from bridge.cache import KEY_PREFIX, MemoryCache, token_key
+from bridge.errors import ServerError
+from bridge.logs import JsonFormatter, RedactingFilter, redact
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+async def test_memory_cache_expires_entries() -> None:
+    """Entries vanish after their TTL."""
+    cache = MemoryCache()
+    await cache.set("k", b"v", ttl=0.05)
+    assert await cache.get("k") == b"v"
+    await asyncio.sleep(0.06)
+    assert await cache.get("k") is None
+
+
+async def test_memory_cache_is_bounded_least_recently_used_first() -> None:
+    """The cache never holds more than its bound; the least recently used entry goes first."""
+    cache = MemoryCache(max_entries=2)
+    await cache.set("a", b"1", 60)
+    await cache.set("b", b"2", 60)
+    await cache.get("a")
+    await cache.set("c", b"3", 60)
+    assert len(cache) == 2
+    assert await cache.get("b") is None
+    assert await cache.get("a") == b"1"
+
+
+async def test_memory_lock_serialises_and_times_out() -> None:
+    """A held lock makes a second taker wait, and report failure when the wait runs out."""
+    cache = MemoryCache()
+    async with cache.lock("l", ttl=5, wait=1) as first:
+        assert first
+        async with cache.lock("l", ttl=5, wait=0.05) as second:
+            assert not second
+    async with cache.lock("l", ttl=5, wait=0.05) as again:
+        assert again
+
+
+def test_token_keys_hold_no_token() -> None:
+    """Cache keys for token-derived entries contain a SHA-256, never the token."""
+    key = token_key("profile", "act.secret-token!1234.va")
+    assert "secret" not in key
+    assert key.startswith(f"{KEY_PREFIX}profile:")
+    assert len(key.rsplit(":", 1)[1]) == 64
+
+
+def test_assertion_verifies_with_published_jwks() -> None:
+    """A minted assertion verifies with the JWKS and has the claims Keycloak checks."""
+    signer = AssertionSigner(key=load_key_from_new_pem(), issuer="https://bridge.example", lifetime=60)
+    token = signer.mint("-000abc", "https://kc.example/realms/app")
+    decoded = jwt.decode(token, KeySet.import_key_set(signer.jwks()), algorithms=["ES256"])
+    assert decoded.header == {"alg": "ES256", "kid": signer.kid, "typ": "JWT"}
+    claims = decoded.claims
+    assert (claims["iss"], claims["sub"], claims["aud"]) == ("https://bridge.example", "-000abc", "https://kc.example/realms/app")
+    assert claims["exp"] - claims["iat"] == 60
+    assert signer.mint("-000abc", "aud") != signer.mint("-000abc", "aud")  # fresh jti each time
+    assert "d" not in signer.jwks()["keys"][0]  # never the private part
+
+
+
+def load_key_from_new_pem() -> ECKey:
+    return ECKey.import_key(ECKey.generate_key("P-256", auto_kid=True).as_pem(private=True))
+
+
+def test_generated_key_is_kept_and_reused(tmp_path: Path) -> None:
+    """Without a configured key, one is generated once and every later load returns the same key."""
+    first = load_or_generate_key(tmp_path)
+    second = load_or_generate_key(tmp_path)
+    assert first.kid == second.kid
+    assert oct((tmp_path / "signing-key.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_wrong_key_type_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    """An RSA or garbage key file is refused with a message naming the file."""
+    bad = tmp_path / "key.pem"
+    bad.write_text("not a key")
+    with pytest.raises(ServerError) as caught:
+        load_key(bad)
+    assert str(bad) in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "act.8dsjbPDiBVQzq34dd1X2U47e6r6BsvP7eTBrwYa3O91XMFPpIeTq1pYYt2Ik!5096.va",
+        "rft.z4K63WtDO7SFLl4jaI3yn4sUYSlTNTAS4NiYnLRt3iwLBOIH37UUZmamqgNM!5132.va",
+        "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
+        "Bearer abcdefghijklmnop",
+        "client_secret=hunter2hunter2",
+        "code_verifier=abcdefghijklmnopqrstuvwxyz012345",
+    ],
+)
+def test_redaction_masks_credentials(secret: str) -> None:
+    """Anything shaped like a token, bearer header or secret form field is masked."""
+    masked = redact(f"upstream said: {secret} (end)")
+    assert secret not in masked
+    assert "[REDACTED]" in masked
+
+
+def test_json_log_line_is_redacted_including_extra_fields() -> None:
+    """The formatter emits one JSON object; the filter masks secrets in the message and in extras."""
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "got %s", ("act.abcdefghijkl!1234.va",), None)
+    record.detail = "Bearer abcdefghijklmnop"
+    RedactingFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert "abcdefghijkl" not in json.dumps(line)
+    assert line["level"] == "info"
