@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import endpoints
+from bridge import endpoints, strapi
 from bridge.errors import BridgeError, ServerError, to_oauth_error
 from bridge.logs import request_id
 from bridge.resources import Resources
@@ -116,10 +116,11 @@ def create_app(
     mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
 ) -> Starlette:
     """Build the app; `mounts` routes outbound calls to test transports (e.g. the TikTok emulator)."""
+    resolved = settings if settings is not None else Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        resources = Resources.from_settings(settings or Settings(), mounts=mounts)
+        resources = Resources.from_settings(resolved, mounts=mounts)
         app.state.resources = resources
         try:
             yield
@@ -137,6 +138,8 @@ def create_app(
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
     ]
+    if resolved.strapi_compat_enabled:
+        routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

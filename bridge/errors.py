@@ -3,8 +3,10 @@
     BridgeError
     ├── OAuthError                    answered as RFC 6749 §5.2 JSON with its own status
     │   ├── InvalidRequest            400 invalid_request (RFC 8693 §2.2.2: also for a bad subject_token)
-    │   │   ├── SubjectTokenRejected  TikTok refused the token or code
-    │   │   ├── MissingScope          the TikTok grant lacks a scope the bridge needs
+    │   │   ├── TikTokRefusal         TikTok said no (keeps TikTok's message for the Strapi endpoint)
+    │   │   │   ├── SubjectTokenRejected  TikTok refused the token or code
+    │   │   │   └── MissingScope      the TikTok grant lacks a scope the bridge needs
+    │   │   ├── IdentityMismatch      user info answered for another open_id than the code's
     │   │   ├── UserNotFound          TikTok answered without a user
     │   │   ├── AccountDisabled       the Keycloak user is disabled
     │   │   ├── RegistrationClosed    policy forbids creating a new user
@@ -59,12 +61,32 @@ class InvalidRequest(OAuthError):
     error = "invalid_request"
 
 
-class SubjectTokenRejected(InvalidRequest):
+class TikTokRefusal(InvalidRequest):
+    """TikTok said no; keeps TikTok's own message and HTTP status for the Strapi-compatible endpoint."""
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        detail: str = "",
+        tiktok_message: str | None = None,
+        tiktok_status: int | None = None,
+    ) -> None:
+        super().__init__(description, detail=detail)
+        self.tiktok_message = tiktok_message
+        self.tiktok_status = tiktok_status
+
+
+class SubjectTokenRejected(TikTokRefusal):
     default_description = "The subject_token was rejected by TikTok."
 
 
-class MissingScope(InvalidRequest):
+class MissingScope(TikTokRefusal):
     default_description = "The TikTok grant lacks the user.info.basic scope."
+
+
+class IdentityMismatch(InvalidRequest):
+    default_description = "TikTok's user info does not belong to the redeemed code."
 
 
 class UserNotFound(InvalidRequest):

@@ -20,9 +20,14 @@ from bridge.cache import plain_key, token_key
 from bridge.errors import (
     AccountDisabled,
     EmailTaken,
+    IdentityMismatch,
+    InvalidRequest,
+    MissingScope,
     RegistrationClosed,
+    ServerError,
     SubjectTokenRejected,
     TemporarilyUnavailable,
+    UpstreamError,
     UpstreamProtocolError,
 )
 from bridge.keycloak import KeycloakUser, NotLinked, UserConflict
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 
     from bridge.cache import Cache
     from bridge.rfc8693 import ExchangeRequest, IssuedToken
+    from bridge.tiktok import CodeGrant
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ MAX_USERNAME_ATTEMPTS = 3
 
 class TikTokGateway(Protocol):
     async def fetch_profile(self, access_token: str, scopes: Iterable[str] = ...) -> TikTokProfile: ...
+    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant: ...
 
 
 class KeycloakGateway(Protocol):
@@ -56,6 +63,9 @@ class KeycloakGateway(Protocol):
     async def create_user(self, representation: dict[str, Any]) -> str: ...
     async def update_user(self, user_id: str, representation: dict[str, Any]) -> None: ...
     async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken: ...
+    async def delete_user(self, user_id: str) -> None: ...
+    async def missing_groups(self, paths: tuple[str, ...]) -> list[str]: ...
+    async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None: ...
 
 
 class AssertionMinter(Protocol):
@@ -70,6 +80,10 @@ class Policy:
     username_prefix: str = "tiktok_"
     email_template: str | None = None
     registration_open: bool = True
+    redirect_uris: tuple[str, ...] = ()
+    access_token_scopes: tuple[str, ...] = (SCOPE_BASIC,)
+    default_groups: tuple[str, ...] = ()
+    default_realm_roles: tuple[str, ...] = ()
     profile_ttl: int = 300
     user_ttl: int = 3600
     negative_ttl: int = 30
@@ -127,9 +141,18 @@ class ExchangeService:
         self._cache = cache
         self._minter = minter
         self._policy = policy
+        self._groups_checked = False
 
     async def exchange(self, request: ExchangeRequest) -> Exchanged:
-        profile = await self.verify_access_token(request.subject_token)
+        if request.is_authorization_code:
+            # The parser guarantees both are present for this token type.
+            assert request.code_verifier is not None  # noqa: S101
+            assert request.redirect_uri is not None  # noqa: S101
+            profile = await self.verify_code(
+                request.subject_token, request.code_verifier, request.redirect_uri
+            )
+        else:
+            profile = await self.verify_access_token(request.subject_token)
         return await self.sign_in(profile, request.scope)
 
     async def sign_in(self, profile: TikTokProfile, scope: tuple[str, ...]) -> Exchanged:
@@ -143,11 +166,34 @@ class ExchangeService:
             issued = await self._mint(profile, scope)
         return Exchanged(issued=issued, user_id=user_id, profile=profile, created=created)
 
+    async def account(self, user_id: str) -> KeycloakUser:
+        """The Keycloak user behind an exchange (for answers that describe the account)."""
+        user = await self._keycloak.get_user(user_id)
+        if user is None:
+            raise UpstreamProtocolError("keycloak", "user vanished right after sign-in")
+        return user
+
     # ------------------------------------------------------------------------- TikTok side
 
-    async def verify_access_token(
-        self, access_token: str, scopes: Iterable[str] = (SCOPE_BASIC,)
-    ) -> TikTokProfile:
+    async def verify_code(self, code: str, code_verifier: str, redirect_uri: str) -> TikTokProfile:
+        """Redeem a Login Kit code with our own secret, then read the profile with the fresh token.
+
+        A code redeemed with our client secret proves the grant was made to our app, which a bare access
+        token cannot. Nothing from TikTok's token answer is kept: the TikTok tokens are dropped here.
+        """
+        if redirect_uri not in self._policy.redirect_uris:
+            raise InvalidRequest("The redirect_uri is not allowed.")
+        grant: CodeGrant = await self._tiktok.redeem_code(
+            code, code_verifier=code_verifier, redirect_uri=redirect_uri
+        )
+        if SCOPE_BASIC not in grant.scopes:
+            raise MissingScope("The user did not grant the user.info.basic scope.")
+        profile = await self._tiktok.fetch_profile(grant.access_token, sorted(grant.scopes))
+        if profile.open_id != grant.open_id:
+            raise IdentityMismatch(detail="user info open_id differs from the token answer's")
+        return profile
+
+    async def verify_access_token(self, access_token: str) -> TikTokProfile:
         profile_key = token_key("profile", access_token)
         if cached := await self._cache.get(profile_key):
             return TikTokProfile.from_json(cached)
@@ -156,12 +202,22 @@ class ExchangeService:
             # A recently refused token is refused again without spending TikTok's quota.
             raise SubjectTokenRejected("The TikTok access token is invalid or expired.")
         try:
-            profile = await self._tiktok.fetch_profile(access_token, scopes)
+            profile = await self._fetch_with_fallback(access_token)
         except SubjectTokenRejected:
             await self._cache.set(rejected_key, b"1", self._policy.negative_ttl)
             raise
         await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
         return profile
+
+    async def _fetch_with_fallback(self, access_token: str) -> TikTokProfile:
+        scopes = self._policy.access_token_scopes
+        try:
+            return await self._tiktok.fetch_profile(access_token, scopes)
+        except MissingScope:
+            if tuple(scopes) == (SCOPE_BASIC,):
+                raise
+            # This token was granted fewer scopes than the app usually asks for: basic fields suffice.
+            return await self._tiktok.fetch_profile(access_token, (SCOPE_BASIC,))
 
     # ----------------------------------------------------------------------- Keycloak side
 
@@ -218,6 +274,9 @@ class ExchangeService:
                 }
             ],
         }
+        if self._policy.default_groups:
+            await self._check_groups()
+            representation["groups"] = list(self._policy.default_groups)
         email = self._pseudo_email(profile)
         if email is not None:
             # A pseudo-address no one has proven to own: never marked verified.
@@ -238,9 +297,29 @@ class ExchangeService:
                         raise AccountDisabled(detail=f"keycloak user {linked.id} is disabled") from conflict
                     return linked.id
                 continue
-            log.info("provisioned keycloak user", extra={"user_id": user_id})
+            await self._assign_roles(user_id)
+            log.info("provisioned keycloak user", extra={"keycloak_user_id": user_id})
             return user_id
         raise UpstreamProtocolError("keycloak", "every candidate username is taken by an unlinked user")
+
+    async def _check_groups(self) -> None:
+        if self._groups_checked:
+            return
+        missing = await self._keycloak.missing_groups(self._policy.default_groups)
+        if missing:
+            raise ServerError(detail=f"BRIDGE_DEFAULT_GROUPS names groups that do not exist: {missing}")
+        self._groups_checked = True
+
+    async def _assign_roles(self, user_id: str) -> None:
+        if not self._policy.default_realm_roles:
+            return
+        try:
+            await self._keycloak.assign_realm_roles(user_id, self._policy.default_realm_roles)
+        except UpstreamError:
+            # No half-provisioned users: without its roles the account is removed again, and the next
+            # sign-in provisions it afresh.
+            await self._keycloak.delete_user(user_id)
+            raise
 
     def _pseudo_email(self, profile: TikTokProfile) -> str | None:
         template = self._policy.email_template

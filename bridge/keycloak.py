@@ -296,6 +296,38 @@ class KeycloakClient:
         if response.status_code not in {204, 409}:
             raise UpstreamProtocolError("keycloak", f"link HTTP {response.status_code}")
 
+    async def delete_user(self, user_id: str) -> None:
+        response = await self._admin("DELETE", f"/users/{user_id}")
+        if response.status_code not in {204, 404}:
+            raise UpstreamProtocolError("keycloak", f"user delete HTTP {response.status_code}")
+
+    async def missing_groups(self, paths: tuple[str, ...]) -> list[str]:
+        """The configured group paths that do not exist (Keycloak answers 500 to a create naming one)."""
+        missing = []
+        for path in paths:
+            response = await self._admin("GET", f"/group-by-path/{path.lstrip('/')}")
+            if response.status_code == 404:  # noqa: PLR2004
+                missing.append(path)
+            elif response.status_code != 200:  # noqa: PLR2004
+                raise UpstreamProtocolError("keycloak", f"group lookup HTTP {response.status_code}")
+        return missing
+
+    async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None:
+        """Map realm roles to a user. Reads them from the user's 'available' list: reading a role by name
+        needs view-realm, which the bridge's client deliberately lacks."""
+        response = await self._admin("GET", f"/users/{user_id}/role-mappings/realm/available")
+        if response.status_code != 200:  # noqa: PLR2004
+            raise UpstreamProtocolError("keycloak", f"available roles HTTP {response.status_code}")
+        available = {role.get("name"): role for role in self._json(response) if isinstance(role, dict)}
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise UpstreamProtocolError("keycloak", f"realm roles not found or not assignable: {unknown}")
+        response = await self._admin(
+            "POST", f"/users/{user_id}/role-mappings/realm", json=[available[name] for name in names]
+        )
+        if response.status_code != 204:  # noqa: PLR2004
+            raise UpstreamProtocolError("keycloak", f"role mapping HTTP {response.status_code}")
+
     def _error_summary(self, response: httpx2.Response) -> str:
         try:
             body = response.json()

@@ -77,6 +77,11 @@ class Resources:
             profile_ttl=settings.profile_cache_ttl,
             user_ttl=settings.user_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,
+            registration_open=settings.registration_open,
+            redirect_uris=settings.tiktok_redirect_uris,
+            access_token_scopes=settings.tiktok_access_token_scopes,
+            default_groups=settings.default_groups,
+            default_realm_roles=settings.default_realm_roles,
         )
         exchange = ExchangeService(
             tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy

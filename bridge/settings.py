@@ -6,9 +6,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, HttpUrl, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[int, Field(gt=0, le=86400 * 30)]
+# Lists read from one environment variable, comma-separated (a JSON list is accepted too).
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json  # noqa: PLC0415 - only for this rare spelling
+
+            return tuple(json.loads(text))
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return value
 
 
 class Settings(BaseSettings):
@@ -20,6 +33,11 @@ class Settings(BaseSettings):
     tiktok_client_key: str = Field(min_length=1)
     tiktok_client_secret: SecretStr
     tiktok_api_url: HttpUrl = HttpUrl("https://open.tiktokapis.com")
+    # Redirect URIs a Login Kit code may have been issued for; codes with any other are refused unsent.
+    tiktok_redirect_uris: CommaList = ()
+    # Scopes your app requests from users; decides which user-info fields are read for bare access
+    # tokens (codes carry their granted scopes). Falls back to user.info.basic if a token lacks the rest.
+    tiktok_access_token_scopes: CommaList = ("user.info.basic",)
 
     # Keycloak
     keycloak_url: HttpUrl
@@ -37,7 +55,12 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # Provisioning
+    # Account policies
+    registration_open: bool = True
+    default_groups: CommaList = ()  # group paths, e.g. /tiktok-users
+    default_realm_roles: CommaList = ()
+    # The Strapi "TikTok Auth Mobile" compatible endpoint, POST /api/tiktok-auth-mobile/connect.
+    strapi_compat_enabled: bool = True
     username_prefix: str = Field(default="tiktok_", pattern=r"^[a-z0-9._-]{0,32}$")
     # A pseudo-email template with the placeholders {open_id} and {union_id}. Off when unset.
     email_template: str | None = None
@@ -50,6 +73,30 @@ class Settings(BaseSettings):
     # Outbound calls
     http_timeout: float = Field(default=5.0, gt=0, le=60)
     assertion_lifetime: int = Field(default=60, ge=10, le=300)
+
+    @field_validator(
+        "tiktok_redirect_uris",
+        "tiktok_access_token_scopes",
+        "default_groups",
+        "default_realm_roles",
+        mode="before",
+    )
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("tiktok_redirect_uris")
+    @classmethod
+    def _check_redirects(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            if not uri.startswith(("https://", "http://localhost", "http://127.0.0.1")) or "#" in uri:
+                raise ValueError(f"redirect URIs must be absolute https URLs without fragment: {uri!r}")
+        return value
+
+    @field_validator("default_groups")
+    @classmethod
+    def _check_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(g if g.startswith("/") else f"/{g}" for g in value)
 
     @field_validator("email_template")
     @classmethod

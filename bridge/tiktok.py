@@ -122,7 +122,13 @@ def parse_user_info(status: int, body: bytes) -> TikTokProfile:
     code = error.get("code") if isinstance(error, dict) else None
     log_id = error.get("log_id") if isinstance(error, dict) else None
     if code != "ok":
-        _raise_user_info_error(status, code if isinstance(code, str) else None, log_id)
+        message = error.get("message") if isinstance(error, dict) else None
+        _raise_user_info_error(
+            status,
+            code if isinstance(code, str) else None,
+            log_id,
+            message[:200] if isinstance(message, str) and message else None,
+        )
     data = payload.get("data")
     user = data.get("user") if isinstance(data, dict) else None
     if not isinstance(user, dict):
@@ -141,18 +147,93 @@ def parse_user_info(status: int, body: bytes) -> TikTokProfile:
     )
 
 
-def _raise_user_info_error(status: int, code: str | None, log_id: object) -> None:
+def _raise_user_info_error(status: int, code: str | None, log_id: object, message: str | None) -> None:
     where = f"user info HTTP {status} error.code={code} log_id={log_id}"
     if code == "access_token_invalid":
-        raise SubjectTokenRejected("The TikTok access token is invalid or expired.", detail=where)
+        raise SubjectTokenRejected(
+            "The TikTok access token is invalid or expired.",
+            detail=where,
+            tiktok_message=message,
+            tiktok_status=status,
+        )
     if code in {"scope_not_authorized", "scope_permission_missed"}:
-        raise MissingScope("The TikTok token was not granted the scopes the bridge needs.", detail=where)
+        raise MissingScope(
+            "The TikTok token was not granted the scopes the bridge needs.",
+            detail=where,
+            tiktok_message=message,
+            tiktok_status=status,
+        )
     if code == "rate_limit_exceeded" or status == 429:  # noqa: PLR2004
         raise UpstreamUnavailable("tiktok", where, retry_after=_RETRY_AFTER_DEFAULT)
     if code == "internal_error" or status >= 500:  # noqa: PLR2004
         raise UpstreamUnavailable("tiktok", where, retry_after=5)
     if status == 401:  # noqa: PLR2004
-        raise SubjectTokenRejected("The TikTok access token is invalid or expired.", detail=where)
+        raise SubjectTokenRejected(
+            "The TikTok access token is invalid or expired.",
+            detail=where,
+            tiktok_message=message,
+            tiktok_status=status,
+        )
+    raise UpstreamProtocolError("tiktok", where)
+
+
+def parse_token_answer(status: int, body: bytes) -> CodeGrant:
+    """Interpret /v2/oauth/token/: success is the presence of access_token, whatever the status."""
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        if status >= 500 or status == 429:  # noqa: PLR2004
+            raise UpstreamUnavailable("tiktok", f"token HTTP {status}", retry_after=5) from exc
+        raise UpstreamProtocolError("tiktok", f"token HTTP {status}: body is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise UpstreamProtocolError("tiktok", f"token HTTP {status}: body is not an object")
+    access_token = payload.get("access_token")
+    open_id = payload.get("open_id")
+    if isinstance(access_token, str) and access_token and isinstance(open_id, str) and open_id:
+        scope = payload.get("scope")
+        expires_in = payload.get("expires_in")
+        return CodeGrant(
+            access_token=access_token,
+            open_id=open_id,
+            # TikTok separates granted scopes with commas (not spaces, unlike RFC 6749).
+            scopes=frozenset(s.strip() for s in scope.split(",") if s.strip())
+            if isinstance(scope, str)
+            else frozenset(),
+            expires_in=expires_in if isinstance(expires_in, int) else None,
+        )
+    _raise_token_error(status, payload)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _raise_token_error(status: int, payload: dict[str, Any]) -> None:
+    error = payload.get("error")
+    described = payload.get("error_description")
+    description = described if isinstance(described, str) else ""
+    where = f"token HTTP {status} error={error} log_id={payload.get('log_id')}: {description[:200]}"
+    message = description[:200] or None
+    if error == "invalid_grant":
+        raise SubjectTokenRejected(
+            "The TikTok authorization code is invalid, expired or already used.",
+            detail=where,
+            tiktok_message=message,
+        )
+    if error == "invalid_request" and "code verifier" in description.lower():
+        raise SubjectTokenRejected(
+            "The code_verifier does not match the code.", detail=where, tiktok_message=message
+        )
+    if error == "invalid_request" and "redirect_uri" in description.lower():
+        raise SubjectTokenRejected(
+            "The redirect_uri does not match the one used to obtain the code.",
+            detail=where,
+            tiktok_message=message,
+        )
+    if error in {"temporarily_unavailable", "server_error"} or status >= 500 or status == 429:  # noqa: PLR2004
+        raise UpstreamUnavailable("tiktok", where, retry_after=5)
+    if error == "access_denied":
+        raise SubjectTokenRejected(
+            "The TikTok user denied the authorization.", detail=where, tiktok_message=message
+        )
+    # invalid_client, unauthorized_client, other invalid_request: the bridge's own configuration is at fault.
     raise UpstreamProtocolError("tiktok", where)
 
 
@@ -176,6 +257,23 @@ class TikTokClient:
             headers={"Authorization": f"Bearer {access_token}"},
         )
         return parse_user_info(status, body)
+
+    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
+        """Exchange a Login Kit authorization code with our own client secret (never retried: single-use)."""
+        status, body = await self._send(
+            "POST",
+            TOKEN_PATH,
+            data={
+                "client_key": self._client_key,
+                "client_secret": self._client_secret,
+                "code": code,
+                "grant_type": "authorization_code",
+                "redirect_uri": redirect_uri,
+                "code_verifier": code_verifier,
+            },
+            headers={"Cache-Control": "no-cache"},
+        )
+        return parse_token_answer(status, body)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:  # noqa: ANN401
         url = f"{self._base_url}{path}"
