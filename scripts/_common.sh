@@ -32,3 +32,18 @@ ensure_redis_server() {
     # The package starts a system-wide instance; the project starts its own on free ports.
     $sudo service redis-server stop >/dev/null 2>&1 || true
 }
+
+ensure_java_and_maven() {
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    local missing=()
+    command -v mvn >/dev/null 2>&1 || missing+=(maven)
+    # Keycloak 26.7 runs on Java 17, 21 or 25; devstack/keycloak.py picks the best one present.
+    if ! ls /usr/lib/jvm/*/bin/java >/dev/null 2>&1 && ! command -v java >/dev/null 2>&1 && [ -z "${BRIDGE_JAVA_HOME:-}" ]; then
+        missing+=(openjdk-17-jre-headless)
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}

@@ -1,0 +1,106 @@
+"""`python -m devstack`: the whole local stack, for trying the bridge with curl.
+
+Starts the TikTok emulator (with a demo user and token), the bridge (`python -m bridge serve`, in-memory
+cache unless BRIDGE_REDIS_URL is set) and a real Keycloak with `keycloak-config/` imported. Ctrl-C stops all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from devstack.keycloak import ROOT, SetupError, progress, start_keycloak
+
+DEV_CLIENT_SECRET = "dev-only-keycloak-client-secret"  # noqa: S105 - local development realm only
+
+
+def wait_http(url: str, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SetupError(f"{what} did not answer at {url} within {timeout:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("--bridge-port", type=int, default=int(os.environ.get("BRIDGE_PORT", "8000")))
+    parser.add_argument("--keycloak-port", type=int, default=int(os.environ.get("KEYCLOAK_PORT", "8080")))
+    parser.add_argument("--tiktok-port", type=int, default=int(os.environ.get("TIKTOK_EMULATOR_PORT", "8081")))
+    args = parser.parse_args()
+
+    bridge_url = f"http://127.0.0.1:{args.bridge_port}"
+    keycloak_url = f"http://127.0.0.1:{args.keycloak_port}"
+    tiktok_url = f"http://127.0.0.1:{args.tiktok_port}"
+    env = {
+        **os.environ,
+        "BRIDGE_TIKTOK_CLIENT_KEY": os.environ.get("BRIDGE_TIKTOK_CLIENT_KEY", "emulated-client-key"),
+        "BRIDGE_TIKTOK_CLIENT_SECRET": os.environ.get("BRIDGE_TIKTOK_CLIENT_SECRET", "emulated-client-secret"),
+        "BRIDGE_TIKTOK_API_URL": tiktok_url,
+        "BRIDGE_KEYCLOAK_URL": keycloak_url,
+        "BRIDGE_KEYCLOAK_REALM": "app",
+        "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
+        "BRIDGE_KEYCLOAK_CLIENT_SECRET": DEV_CLIENT_SECRET,
+        "BRIDGE_ISSUER": bridge_url,
+        "BRIDGE_DATA_DIR": str(ROOT / "var"),
+    }
+    children: list[subprocess.Popen[bytes]] = []
+    keycloak = None
+    try:
+        progress(f"starting the TikTok emulator on {tiktok_url}")
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "devstack.tiktok_emulator", "--port", str(args.tiktok_port), "--seed-demo"],
+                env=env,
+            )
+        )
+        progress(f"starting the bridge on {bridge_url} (cache: {'Redis' if 'BRIDGE_REDIS_URL' in env else 'memory'})")
+        children.append(
+            subprocess.Popen([sys.executable, "-m", "bridge", "serve", "--port", str(args.bridge_port)], env=env)
+        )
+        wait_http(f"{bridge_url}/healthz", "the bridge")
+        keycloak = start_keycloak(
+            Path(env["BRIDGE_DATA_DIR"]) / "keycloak",
+            {
+                "BRIDGE_KEYCLOAK_REALM": "app",
+                "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
+                "BRIDGE_KEYCLOAK_CLIENT_SECRET": DEV_CLIENT_SECRET,
+                "BRIDGE_ISSUER": bridge_url,
+                "BRIDGE_JWKS_URL": f"{bridge_url}/.well-known/jwks.json",
+            },
+            http_port=args.keycloak_port,
+        )
+        progress(
+            "ready. Exchange the demo TikTok token printed above:\n"
+            f"  curl -s {bridge_url}/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n"
+            "    -d subject_token_type=urn:ietf:params:oauth:token-type:access_token -d subject_token=<demo token>\n"
+            f"Keycloak admin console: {keycloak_url}/admin (admin / admin). Ctrl-C stops everything."
+        )
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    except SetupError as exc:
+        progress(f"set-up failed: {exc}")
+        sys.exit(1)
+    finally:
+        progress("stopping")
+        if keycloak is not None:
+            keycloak.stop()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    main()

@@ -1,0 +1,205 @@
+"""Test harness: real Keycloak, real redis-server and the bridge's JWKS, started once per test run.
+
+Unit tests use none of this. Integration and end-to-end tests ask for `stack`; the first one to do so
+pays for starting Keycloak (about 15-40 s; the first run on a machine also downloads it with Maven).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import pytest
+from joserfc.jwk import ECKey
+
+from bridge.app import create_app
+from bridge.settings import Settings
+from devstack.keycloak import KeycloakServer, default_cache_dir, fetch_distribution, find_java_home, free_port
+from devstack.redis import RedisServer
+from devstack.threaded import ThreadedServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from devstack.tiktok_emulator import TikTokEmulator
+
+TIKTOK_API = "https://open.tiktokapis.com"
+CLIENT_KEY = "emulated-client-key"
+CLIENT_SECRET = "emulated-client-secret"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        elif "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+@dataclass
+class Stack:
+    """The real servers of one test run and how to configure a bridge against them."""
+
+    keycloak: KeycloakServer
+    redis: RedisServer
+    jwks_server: ThreadedServer
+    signing_key_file: Path
+    issuer: str
+    realm: str
+    client_id: str
+    client_secret: str
+
+    def settings(self, **overrides: Any) -> Settings:  # noqa: ANN401
+        values: dict[str, Any] = {
+            "tiktok_client_key": CLIENT_KEY,
+            "tiktok_client_secret": CLIENT_SECRET,
+            "tiktok_api_url": TIKTOK_API,
+            "keycloak_url": self.keycloak.url,
+            "keycloak_realm": self.realm,
+            "keycloak_client_id": self.client_id,
+            "keycloak_client_secret": self.client_secret,
+            "issuer": self.issuer,
+            "signing_key_file": self.signing_key_file,
+            "redis_url": self.redis.url,
+            "http_timeout": 5.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The same configuration as BRIDGE_* variables, for a bridge started as a process."""
+        settings = self.settings()
+        env = {
+            "BRIDGE_TIKTOK_CLIENT_KEY": settings.tiktok_client_key,
+            "BRIDGE_TIKTOK_CLIENT_SECRET": CLIENT_SECRET,
+            "BRIDGE_TIKTOK_API_URL": TIKTOK_API,
+            "BRIDGE_KEYCLOAK_URL": self.keycloak.url,
+            "BRIDGE_KEYCLOAK_REALM": self.realm,
+            "BRIDGE_KEYCLOAK_CLIENT_ID": self.client_id,
+            "BRIDGE_KEYCLOAK_CLIENT_SECRET": self.client_secret,
+            "BRIDGE_ISSUER": self.issuer,
+            "BRIDGE_SIGNING_KEY_FILE": str(self.signing_key_file),
+            "BRIDGE_REDIS_URL": self.redis.url,
+        }
+        env.update(overrides)
+        return env
+
+    def admin(self) -> httpx2.Client:
+        """A master-realm admin client, for tests to inspect and change Keycloak directly."""
+        client = httpx2.Client(base_url=f"{self.keycloak.url}/admin/realms/{self.realm}", timeout=30)
+        token = httpx2.post(
+            f"{self.keycloak.url}/realms/master/protocol/openid-connect/token",
+            data={
+                "grant_type": "password",
+                "client_id": "admin-cli",
+                "username": self.keycloak.admin_username,
+                "password": self.keycloak.admin_password,
+            },
+            timeout=30,
+        ).json()["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        return client
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("stack")
+    key_file = work / "signing-key.pem"
+    key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    realm, client_id, client_secret = "app", "tiktok-bridge", secrets.token_urlsafe(24)
+
+    jwks_port = free_port()
+    issuer = f"http://127.0.0.1:{jwks_port}"
+    realm_env = {
+        "BRIDGE_KEYCLOAK_REALM": realm,
+        "BRIDGE_KEYCLOAK_CLIENT_ID": client_id,
+        "BRIDGE_KEYCLOAK_CLIENT_SECRET": client_secret,
+        "BRIDGE_ISSUER": issuer,
+        "BRIDGE_JWKS_URL": f"{issuer}/.well-known/jwks.json",
+    }
+    distribution = fetch_distribution()
+    java_home = find_java_home()
+    keycloak = KeycloakServer(
+        instance_dir=default_cache_dir() / "keycloak" / "instances" / f"tests-{os.getpid()}",
+        realm_env=realm_env,
+    )
+    redis = RedisServer(work_dir=work / "redis")
+    redis.start()
+    stack = Stack(
+        keycloak=keycloak,
+        redis=redis,
+        jwks_server=None,  # type: ignore[arg-type] # set just below, it needs the settings
+        signing_key_file=key_file,
+        issuer=issuer,
+        realm=realm,
+        client_id=client_id,
+        client_secret=client_secret,
+    )
+    # The bridge itself publishes the JWKS Keycloak trusts, exactly as in production.
+    stack.jwks_server = ThreadedServer(create_app(stack.settings(redis_url=None)), port=jwks_port)
+    stack.jwks_server.start()
+    try:
+        keycloak.prepare(distribution)
+        keycloak.start(java_home)
+        keycloak.wait_ready()
+        yield stack
+    finally:
+        keycloak.stop()
+        stack.jwks_server.stop()
+        redis.stop()
+        # Keycloak's build is kept for the next run; only this run's copy of it goes.
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(keycloak.instance_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def emulator() -> TikTokEmulator:
+    from devstack.tiktok_emulator import TikTokEmulator  # noqa: PLC0415 - unit tests need not import it
+
+    return TikTokEmulator(client_key=CLIENT_KEY, client_secret=CLIENT_SECRET)
+
+
+@pytest.fixture
+async def flushed_redis(stack: Stack) -> None:
+    import redis.asyncio as aioredis  # noqa: PLC0415
+
+    client = aioredis.Redis.from_url(stack.redis.url)
+    await client.flushall()
+    await client.aclose()
+
+
+class BridgeClient:
+    """An in-process bridge whose outbound TikTok calls reach the emulator; Keycloak and Redis are real."""
+
+    def __init__(self, http: httpx2.AsyncClient) -> None:
+        self.http = http
+
+    async def exchange(self, subject_token: str, **form: str) -> httpx2.Response:
+        data = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": subject_token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            **form,
+        }
+        return await self.http.post("/token", data=data)
+
+
+async def running_bridge(settings: Settings, emulator: TikTokEmulator) -> AsyncIterator[BridgeClient]:
+    app = create_app(settings, mounts={TIKTOK_API: httpx2.ASGITransport(app=emulator.app)})
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
+    ):
+        yield BridgeClient(http)
+
+
+@pytest.fixture
+async def bridge(stack: Stack, emulator: TikTokEmulator, flushed_redis: None) -> AsyncIterator[BridgeClient]:
+    async for client in running_bridge(stack.settings(), emulator):
+        yield client

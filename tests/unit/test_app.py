@@ -1,0 +1,208 @@
+"""The HTTP surface with TikTok and Keycloak served by respx: error mapping, headers, discovery."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import httpx  # respx builds httpx (not httpx2) objects even when it patches httpcore2
+import httpx2
+import pytest
+from joserfc.jwk import ECKey
+
+from bridge.app import create_app
+from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    import respx
+
+KC = "http://kc.test"
+TIKTOK = "https://open.tiktokapis.com"
+FORM = {
+    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+    "subject_token": "act.valid!1234.va",
+    "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    key = tmp_path / "key.pem"
+    key.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    return Settings(
+        tiktok_client_key="key",
+        tiktok_client_secret="secret",  # noqa: S106
+        keycloak_url=KC,
+        keycloak_realm="app",
+        keycloak_client_id="tiktok-bridge",
+        keycloak_client_secret="kc-secret",  # noqa: S106
+        issuer="https://bridge.example",
+        signing_key_file=key,
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx2.AsyncClient]:
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
+    ):
+        yield http
+
+
+def mock_keycloak(router: respx.Router, *, grant: httpx.Response | None = None) -> dict[str, Any]:
+    """A Keycloak that knows one linked user; returns what was sent to its token endpoint."""
+    sent: dict[str, Any] = {}
+    router.get(f"{KC}/realms/app/.well-known/openid-configuration").respond(json={"issuer": f"{KC}/realms/app"})
+
+    def token(request: httpx.Request) -> httpx.Response:
+        form = dict(httpx.QueryParams(request.content.decode()))
+        if form["grant_type"] == "client_credentials":
+            return httpx.Response(200, json={"access_token": "admin-token", "expires_in": 300})
+        sent.update(form)
+        return grant or httpx.Response(
+            200, json={"access_token": "kc.jwt.token", "expires_in": 300, "scope": "profile email", "token_type": "Bearer"}
+        )
+
+    router.post(f"{KC}/realms/app/protocol/openid-connect/token").mock(side_effect=token)
+    router.get(f"{KC}/admin/realms/app/users").respond(
+        json=[{"id": "u-1", "username": "tiktok_x", "enabled": True, "attributes": {"tiktok_open_id": ["-000a"]}}]
+    )
+    router.put(f"{KC}/admin/realms/app/users/u-1").respond(204)
+    return sent
+
+
+def mock_tiktok(router: respx.Router, status: int = 200, code: str = "ok") -> None:
+    user = {"open_id": "-000a", "display_name": "X"} if code == "ok" else None
+    router.get(f"{TIKTOK}/v2/user/info/").respond(
+        status, json={"data": {"user": user} if user else {}, "error": {"code": code, "message": "", "log_id": "1"}}
+    )
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_successful_exchange_response_and_assertion(client: httpx2.AsyncClient, httpx2_mock: respx.Router) -> None:
+    """The answer is the §2.2.1 body with no-store; Keycloak got a jwt-bearer grant with our assertion."""
+    sent = mock_keycloak(httpx2_mock)
+    mock_tiktok(httpx2_mock)
+
+    response = await client.post("/token", data=FORM)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "access_token": "kc.jwt.token",
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "profile email",
+    }
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
+    assert sent["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    header, claims = (json.loads(_b64(part)) for part in sent["assertion"].split(".")[:2])
+    assert header["alg"] == "ES256"
+    assert (claims["iss"], claims["sub"], claims["aud"]) == ("https://bridge.example", "-000a", f"{KC}/realms/app")
+
+
+def _b64(part: str) -> bytes:
+    import base64  # noqa: PLC0415
+
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+@pytest.mark.parametrize(
+    ("tiktok_status", "tiktok_code", "status", "error"),
+    [
+        (401, "access_token_invalid", 400, "invalid_request"),
+        (200, "access_token_invalid", 400, "invalid_request"),
+        (401, "scope_not_authorized", 400, "invalid_request"),
+        (429, "rate_limit_exceeded", 503, "temporarily_unavailable"),
+        (500, "internal_error", 503, "temporarily_unavailable"),
+        (400, "invalid_params", 500, "server_error"),
+    ],
+)
+async def test_tiktok_errors_map_to_rfc_errors(
+    client: httpx2.AsyncClient,
+    httpx2_mock: respx.Router,
+    tiktok_status: int,
+    tiktok_code: str,
+    status: int,
+    error: str,
+) -> None:
+    """Each TikTok failure becomes the RFC 6749 error meant for it, with no-store and no stack trace."""
+    mock_keycloak(httpx2_mock)
+    mock_tiktok(httpx2_mock, tiktok_status, tiktok_code)
+
+    response = await client.post("/token", data=FORM)
+
+    assert response.status_code == status
+    assert set(response.json()) == {"error", "error_description"}
+    assert response.json()["error"] == error
+    assert response.headers["cache-control"] == "no-store"
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+@pytest.mark.parametrize(
+    ("grant", "status", "description"),
+    [
+        (httpx.Response(400, json={"error": "invalid_grant", "error_description": "User is not enabled"}), 400, "The account is disabled."),
+        (httpx.Response(400, json={"error": "invalid_scope"}), 400, "The requested scope is invalid or not allowed."),
+        (httpx.Response(503, text="down"), 503, "Keycloak is unavailable; retry later."),
+        (httpx.Response(400, json={"error": "invalid_grant", "error_description": "Invalid token"}), 500, "The bridge could not complete the request."),
+    ],
+)
+async def test_keycloak_grant_errors_map_to_rfc_errors(
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router, grant: httpx.Response, status: int, description: str
+) -> None:
+    """Keycloak's refusals are told apart: disabled user, bad scope, outage, or our own misconfiguration."""
+    mock_keycloak(httpx2_mock, grant=grant)
+    mock_tiktok(httpx2_mock)
+    response = await client.post("/token", data={**FORM, "scope": "openid"})
+    assert response.status_code == status
+    assert response.json()["error_description"] == description
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "error"),
+    [
+        ("post", "/token", {"content": b"x" * 70000, "headers": {"content-type": "application/x-www-form-urlencoded"}}, 413, "invalid_request"),
+        ("post", "/token", {"json": FORM}, 400, "invalid_request"),
+        ("post", "/token", {"data": {**FORM, "grant_type": "password"}}, 400, "unsupported_grant_type"),
+        ("get", "/token", {}, 405, "method_not_allowed"),
+        ("get", "/nope", {}, 404, "not_found"),
+    ],
+)
+async def test_bad_requests_are_json_errors(
+    client: httpx2.AsyncClient,
+    httpx2_mock: respx.Router,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    error: str,
+) -> None:
+    """Oversized, mistyped and misrouted requests get JSON errors, never a 500."""
+    response = await getattr(client, method)(path, **kwargs)
+    assert response.status_code == status
+    assert response.json()["error"] == error
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_discovery_documents(client: httpx2.AsyncClient, httpx2_mock: respx.Router, settings: Settings) -> None:
+    """RFC 8414 metadata advertises the token endpoint and JWKS; the JWKS holds one public ES256 key."""
+    metadata = (await client.get("/.well-known/oauth-authorization-server")).json()
+    assert metadata["issuer"] == "https://bridge.example"
+    assert metadata["token_endpoint"] == "https://bridge.example/token"
+    assert metadata["jwks_uri"] == "https://bridge.example/.well-known/jwks.json"
+    assert metadata["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    (key,) = jwks["keys"]
+    assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
+    assert "d" not in key
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
