@@ -157,21 +157,24 @@ class KeycloakClient:
         except ValueError as exc:
             raise UpstreamProtocolError("keycloak", f"HTTP {response.status_code}: body is not JSON") from exc
 
+    async def _discover_issuer(self) -> str:
+        response = await self._request("GET", f"{self.realm_url}/.well-known/openid-configuration")
+        if response.status_code != 200:  # noqa: PLR2004
+            raise UpstreamProtocolError("keycloak", f"discovery HTTP {response.status_code}")
+        issuer = self._json(response).get("issuer")
+        if not isinstance(issuer, str):
+            raise UpstreamProtocolError("keycloak", "discovery document has no issuer")
+        return issuer
+
     async def issuer(self) -> str:
         """The realm issuer exactly as Keycloak computes it: the audience its grant accepts."""
         if self._issuer is None:
-            response = await self._request("GET", f"{self.realm_url}/.well-known/openid-configuration")
-            if response.status_code != 200:  # noqa: PLR2004
-                raise UpstreamProtocolError("keycloak", f"discovery HTTP {response.status_code}")
-            issuer = self._json(response).get("issuer")
-            if not isinstance(issuer, str):
-                raise UpstreamProtocolError("keycloak", "discovery document has no issuer")
-            self._issuer = issuer
+            self._issuer = await self._discover_issuer()
         return self._issuer
 
     async def ping(self) -> None:
-        await self.issuer()
-        self._issuer = None  # re-read next time: readiness must reflect the server now
+        """Ask Keycloak now (never the cached issuer): readiness must reflect the server as it is."""
+        await self._discover_issuer()
 
     # --------------------------------------------------------------------- service account
 

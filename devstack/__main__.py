@@ -24,7 +24,7 @@ def wait_http(url: str, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own loopback URL
                 return
         except OSError:
             time.sleep(0.2)
@@ -35,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("--bridge-port", type=int, default=int(os.environ.get("BRIDGE_PORT", "8000")))
     parser.add_argument("--keycloak-port", type=int, default=int(os.environ.get("KEYCLOAK_PORT", "8080")))
-    parser.add_argument("--tiktok-port", type=int, default=int(os.environ.get("TIKTOK_EMULATOR_PORT", "8081")))
+    parser.add_argument(
+        "--tiktok-port", type=int, default=int(os.environ.get("TIKTOK_EMULATOR_PORT", "8081"))
+    )
     args = parser.parse_args()
 
     bridge_url = f"http://127.0.0.1:{args.bridge_port}"
@@ -44,7 +46,9 @@ def main() -> None:
     env = {
         **os.environ,
         "BRIDGE_TIKTOK_CLIENT_KEY": os.environ.get("BRIDGE_TIKTOK_CLIENT_KEY", "emulated-client-key"),
-        "BRIDGE_TIKTOK_CLIENT_SECRET": os.environ.get("BRIDGE_TIKTOK_CLIENT_SECRET", "emulated-client-secret"),
+        "BRIDGE_TIKTOK_CLIENT_SECRET": os.environ.get(
+            "BRIDGE_TIKTOK_CLIENT_SECRET", "emulated-client-secret"
+        ),
         "BRIDGE_TIKTOK_API_URL": tiktok_url,
         "BRIDGE_KEYCLOAK_URL": keycloak_url,
         "BRIDGE_KEYCLOAK_REALM": "app",
@@ -59,13 +63,23 @@ def main() -> None:
         progress(f"starting the TikTok emulator on {tiktok_url}")
         children.append(
             subprocess.Popen(
-                [sys.executable, "-m", "devstack.tiktok_emulator", "--port", str(args.tiktok_port), "--seed-demo"],
+                [
+                    sys.executable,
+                    "-m",
+                    "devstack.tiktok_emulator",
+                    "--port",
+                    str(args.tiktok_port),
+                    "--seed-demo",
+                ],
                 env=env,
             )
         )
-        progress(f"starting the bridge on {bridge_url} (cache: {'Redis' if 'BRIDGE_REDIS_URL' in env else 'memory'})")
+        cache = "Redis" if "BRIDGE_REDIS_URL" in env else "memory"
+        progress(f"starting the bridge on {bridge_url} (cache: {cache})")
         children.append(
-            subprocess.Popen([sys.executable, "-m", "bridge", "serve", "--port", str(args.bridge_port)], env=env)
+            subprocess.Popen(
+                [sys.executable, "-m", "bridge", "serve", "--port", str(args.bridge_port)], env=env
+            )
         )
         wait_http(f"{bridge_url}/healthz", "the bridge")
         keycloak = start_keycloak(
@@ -82,7 +96,8 @@ def main() -> None:
         progress(
             "ready. Exchange the demo TikTok token printed above:\n"
             f"  curl -s {bridge_url}/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n"
-            "    -d subject_token_type=urn:ietf:params:oauth:token-type:access_token -d subject_token=<demo token>\n"
+            "    -d subject_token_type=urn:ietf:params:oauth:token-type:access_token \\\n"
+            "    -d subject_token=<demo token>\n"
             f"Keycloak admin console: {keycloak_url}/admin (admin / admin). Ctrl-C stops everything."
         )
         signal.sigwait({signal.SIGINT, signal.SIGTERM})

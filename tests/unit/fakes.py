@@ -21,7 +21,9 @@ class FakeTikTok:
     profiles: dict[str, TikTokProfile] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
 
-    async def fetch_profile(self, access_token: str, scopes: Iterable[str] = ("user.info.basic",)) -> TikTokProfile:
+    async def fetch_profile(
+        self, access_token: str, scopes: Iterable[str] = ("user.info.basic",)
+    ) -> TikTokProfile:
         self.calls.append(access_token)
         try:
             return self.profiles[access_token]
@@ -77,7 +79,9 @@ class FakeKeycloak:
             raise NotLinked
         if not user.enabled:
             raise AccountDisabled
-        return IssuedToken(access_token=f"kc-token-for:{user.id}", expires_in=300, scope=" ".join(scope) or None)
+        return IssuedToken(
+            access_token=f"kc-token-for:{user.id}", expires_in=300, scope=" ".join(scope) or None
+        )
 
     def admin_calls(self) -> list[str]:
         return [c for c in self.calls if c != "token"]

@@ -34,11 +34,11 @@ def settings(tmp_path: Path) -> Settings:
     key.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     return Settings(
         tiktok_client_key="key",
-        tiktok_client_secret="secret",  # noqa: S106
+        tiktok_client_secret="secret",
         keycloak_url=KC,
         keycloak_realm="app",
         keycloak_client_id="tiktok-bridge",
-        keycloak_client_secret="kc-secret",  # noqa: S106
+        keycloak_client_secret="kc-secret",
         issuer="https://bridge.example",
         signing_key_file=key,
     )
@@ -57,7 +57,9 @@ async def client(settings: Settings) -> AsyncIterator[httpx2.AsyncClient]:
 def mock_keycloak(router: respx.Router, *, grant: httpx.Response | None = None) -> dict[str, Any]:
     """A Keycloak that knows one linked user; returns what was sent to its token endpoint."""
     sent: dict[str, Any] = {}
-    router.get(f"{KC}/realms/app/.well-known/openid-configuration").respond(json={"issuer": f"{KC}/realms/app"})
+    router.get(f"{KC}/realms/app/.well-known/openid-configuration").respond(
+        json={"issuer": f"{KC}/realms/app"}
+    )
 
     def token(request: httpx.Request) -> httpx.Response:
         form = dict(httpx.QueryParams(request.content.decode()))
@@ -65,12 +67,25 @@ def mock_keycloak(router: respx.Router, *, grant: httpx.Response | None = None) 
             return httpx.Response(200, json={"access_token": "admin-token", "expires_in": 300})
         sent.update(form)
         return grant or httpx.Response(
-            200, json={"access_token": "kc.jwt.token", "expires_in": 300, "scope": "profile email", "token_type": "Bearer"}
+            200,
+            json={
+                "access_token": "kc.jwt.token",
+                "expires_in": 300,
+                "scope": "profile email",
+                "token_type": "Bearer",
+            },
         )
 
     router.post(f"{KC}/realms/app/protocol/openid-connect/token").mock(side_effect=token)
     router.get(f"{KC}/admin/realms/app/users").respond(
-        json=[{"id": "u-1", "username": "tiktok_x", "enabled": True, "attributes": {"tiktok_open_id": ["-000a"]}}]
+        json=[
+            {
+                "id": "u-1",
+                "username": "tiktok_x",
+                "enabled": True,
+                "attributes": {"tiktok_open_id": ["-000a"]},
+            }
+        ]
     )
     router.put(f"{KC}/admin/realms/app/users/u-1").respond(204)
     return sent
@@ -79,12 +94,15 @@ def mock_keycloak(router: respx.Router, *, grant: httpx.Response | None = None) 
 def mock_tiktok(router: respx.Router, status: int = 200, code: str = "ok") -> None:
     user = {"open_id": "-000a", "display_name": "X"} if code == "ok" else None
     router.get(f"{TIKTOK}/v2/user/info/").respond(
-        status, json={"data": {"user": user} if user else {}, "error": {"code": code, "message": "", "log_id": "1"}}
+        status,
+        json={"data": {"user": user} if user else {}, "error": {"code": code, "message": "", "log_id": "1"}},
     )
 
 
 @pytest.mark.httpx2(assert_all_called=False)
-async def test_successful_exchange_response_and_assertion(client: httpx2.AsyncClient, httpx2_mock: respx.Router) -> None:
+async def test_successful_exchange_response_and_assertion(
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router
+) -> None:
     """The answer is the §2.2.1 body with no-store; Keycloak got a jwt-bearer grant with our assertion."""
     sent = mock_keycloak(httpx2_mock)
     mock_tiktok(httpx2_mock)
@@ -104,7 +122,11 @@ async def test_successful_exchange_response_and_assertion(client: httpx2.AsyncCl
     assert sent["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
     header, claims = (json.loads(_b64(part)) for part in sent["assertion"].split(".")[:2])
     assert header["alg"] == "ES256"
-    assert (claims["iss"], claims["sub"], claims["aud"]) == ("https://bridge.example", "-000a", f"{KC}/realms/app")
+    assert (claims["iss"], claims["sub"], claims["aud"]) == (
+        "https://bridge.example",
+        "-000a",
+        f"{KC}/realms/app",
+    )
 
 
 def _b64(part: str) -> bytes:
@@ -150,14 +172,30 @@ async def test_tiktok_errors_map_to_rfc_errors(
 @pytest.mark.parametrize(
     ("grant", "status", "description"),
     [
-        (httpx.Response(400, json={"error": "invalid_grant", "error_description": "User is not enabled"}), 400, "The account is disabled."),
-        (httpx.Response(400, json={"error": "invalid_scope"}), 400, "The requested scope is invalid or not allowed."),
+        (
+            httpx.Response(400, json={"error": "invalid_grant", "error_description": "User is not enabled"}),
+            400,
+            "The account is disabled.",
+        ),
+        (
+            httpx.Response(400, json={"error": "invalid_scope"}),
+            400,
+            "The requested scope is invalid or not allowed.",
+        ),
         (httpx.Response(503, text="down"), 503, "Keycloak is unavailable; retry later."),
-        (httpx.Response(400, json={"error": "invalid_grant", "error_description": "Invalid token"}), 500, "The bridge could not complete the request."),
+        (
+            httpx.Response(400, json={"error": "invalid_grant", "error_description": "Invalid token"}),
+            500,
+            "The bridge could not complete the request.",
+        ),
     ],
 )
 async def test_keycloak_grant_errors_map_to_rfc_errors(
-    client: httpx2.AsyncClient, httpx2_mock: respx.Router, grant: httpx.Response, status: int, description: str
+    client: httpx2.AsyncClient,
+    httpx2_mock: respx.Router,
+    grant: httpx.Response,
+    status: int,
+    description: str,
 ) -> None:
     """Keycloak's refusals are told apart: disabled user, bad scope, outage, or our own misconfiguration."""
     mock_keycloak(httpx2_mock, grant=grant)
@@ -171,7 +209,13 @@ async def test_keycloak_grant_errors_map_to_rfc_errors(
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "error"),
     [
-        ("post", "/token", {"content": b"x" * 70000, "headers": {"content-type": "application/x-www-form-urlencoded"}}, 413, "invalid_request"),
+        (
+            "post",
+            "/token",
+            {"content": b"x" * 70000, "headers": {"content-type": "application/x-www-form-urlencoded"}},
+            413,
+            "invalid_request",
+        ),
         ("post", "/token", {"json": FORM}, 400, "invalid_request"),
         ("post", "/token", {"data": {**FORM, "grant_type": "password"}}, 400, "unsupported_grant_type"),
         ("get", "/token", {}, 405, "method_not_allowed"),
@@ -194,7 +238,9 @@ async def test_bad_requests_are_json_errors(
 
 
 @pytest.mark.httpx2(assert_all_called=False)
-async def test_discovery_documents(client: httpx2.AsyncClient, httpx2_mock: respx.Router, settings: Settings) -> None:
+async def test_discovery_documents(
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router, settings: Settings
+) -> None:
     """RFC 8414 metadata advertises the token endpoint and JWKS; the JWKS holds one public ES256 key."""
     metadata = (await client.get("/.well-known/oauth-authorization-server")).json()
     assert metadata["issuer"] == "https://bridge.example"

@@ -19,7 +19,10 @@ PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Tok
 
 def request(token: str = "act.one", scope: tuple[str, ...] = ()) -> ExchangeRequest:
     return ExchangeRequest(
-        subject_token=token, subject_token_type=TOKEN_TYPE_ACCESS_TOKEN, requested_token_type=TOKEN_TYPE_ACCESS_TOKEN, scope=scope
+        subject_token=token,
+        subject_token_type=TOKEN_TYPE_ACCESS_TOKEN,
+        requested_token_type=TOKEN_TYPE_ACCESS_TOKEN,
+        scope=scope,
     )
 
 
@@ -53,7 +56,9 @@ async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
     assert result.issued.access_token == f"kc-token-for:{result.user_id}"
     rep = keycloak.users[result.user_id]
     assert rep["username"] == deterministic_username("tiktok_", PROFILE.open_id)
-    assert rep["federatedIdentities"] == [{"identityProvider": "tiktok", "userId": "-000AbC", "userName": "-000AbC"}]
+    assert rep["federatedIdentities"] == [
+        {"identityProvider": "tiktok", "userId": "-000AbC", "userName": "-000AbC"}
+    ]
     assert rep["attributes"] == {
         "tiktok_open_id": ["-000AbC"],
         "tiktok_union_id": ["u-1"],
@@ -63,7 +68,9 @@ async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
     assert keycloak.calls == ["find", "find", "create", "token"]
 
 
-async def test_warm_returning_user_costs_one_token_call_only(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+async def test_warm_returning_user_costs_one_token_call_only(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
     """Within the TTLs a repeated exchange makes no TikTok call and no Keycloak admin call."""
     bridge = service(tiktok, keycloak)
     await bridge.exchange(request())
@@ -119,7 +126,9 @@ async def test_email_template_and_collision(tiktok: FakeTikTok, keycloak: FakeKe
         await bridge.exchange(request("act.other"))
 
 
-async def test_no_email_when_template_needs_a_missing_union_id(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+async def test_no_email_when_template_needs_a_missing_union_id(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
     """TikTok sometimes omits union_id; then no address is made up."""
     tiktok.profiles["act.nounion"] = replace(PROFILE, union_id=None)
     bridge = service(tiktok, keycloak, email_template="{union_id}@tiktok.invalid")

@@ -76,7 +76,11 @@ def test_repr_never_shows_the_subject_token() -> None:
         ({"code_verifier": "x" * 43}, InvalidRequest, None),
         ({"subject_token_type": TOKEN_TYPE_TIKTOK_CODE}, InvalidRequest, None),
         (
-            {"subject_token_type": TOKEN_TYPE_TIKTOK_CODE, "code_verifier": "short", "redirect_uri": "https://a"},
+            {
+                "subject_token_type": TOKEN_TYPE_TIKTOK_CODE,
+                "code_verifier": "short",
+                "redirect_uri": "https://a",
+            },
             InvalidRequest,
             "The code_verifier is malformed.",
         ),
@@ -96,7 +100,9 @@ def test_invalid_requests_map_to_rfc_errors(
 def test_authorization_code_request_carries_verifier_and_redirect() -> None:
     """A TikTok authorization code needs a PKCE verifier (32 chars allowed, Android) and a redirect URI."""
     request = parse(
-        subject_token_type=TOKEN_TYPE_TIKTOK_CODE, code_verifier="a" * 32, redirect_uri="https://app.example/cb"
+        subject_token_type=TOKEN_TYPE_TIKTOK_CODE,
+        code_verifier="a" * 32,
+        redirect_uri="https://app.example/cb",
     )
     assert request.is_authorization_code  # type: ignore[attr-defined]
     assert request.code_verifier == "a" * 32  # type: ignore[attr-defined]
@@ -115,8 +121,10 @@ def test_authorization_code_request_carries_verifier_and_redirect() -> None:
         (b"x" * 20000, FORM, "The request body is too large."),
     ],
 )
-def test_form_parsing_refuses_ambiguous_bodies(body: bytes, content_type: str | None, description: str | None) -> None:
-    """Wrong media types, repeated parameters, raw or invalid UTF-8 and oversized bodies are invalid_request."""
+def test_form_parsing_refuses_ambiguous_bodies(
+    body: bytes, content_type: str | None, description: str | None
+) -> None:
+    """Wrong media types, repeated parameters, bad UTF-8 and oversized bodies are invalid_request."""
     with pytest.raises(InvalidRequest) as caught:
         parse_form(body, content_type)
     if description is not None:

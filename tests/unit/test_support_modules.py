@@ -67,11 +67,14 @@ def test_assertion_verifies_with_published_jwks() -> None:
     decoded = jwt.decode(token, KeySet.import_key_set(signer.jwks()), algorithms=["ES256"])
     assert decoded.header == {"alg": "ES256", "kid": signer.kid, "typ": "JWT"}
     claims = decoded.claims
-    assert (claims["iss"], claims["sub"], claims["aud"]) == ("https://bridge.example", "-000abc", "https://kc.example/realms/app")
+    assert (claims["iss"], claims["sub"], claims["aud"]) == (
+        "https://bridge.example",
+        "-000abc",
+        "https://kc.example/realms/app",
+    )
     assert claims["exp"] - claims["iat"] == 60
     assert signer.mint("-000abc", "aud") != signer.mint("-000abc", "aud")  # fresh jti each time
     assert "d" not in signer.jwks()["keys"][0]  # never the private part
-
 
 
 def load_key_from_new_pem() -> ECKey:

@@ -27,7 +27,10 @@ LOG_ID = "20250204154510E36A6DB2990C3D8E8E96"
 
 
 def envelope(user: dict[str, Any] | None = None, code: str = "ok", message: str = "") -> dict[str, Any]:
-    return {"data": {"user": user} if user is not None else {}, "error": {"code": code, "message": message, "log_id": LOG_ID}}
+    return {
+        "data": {"user": user} if user is not None else {},
+        "error": {"code": code, "message": message, "log_id": LOG_ID},
+    }
 
 
 @pytest.fixture
@@ -63,7 +66,9 @@ async def test_profile_from_documented_success_body(client: TikTokClient, httpx2
     assert request.url.params["fields"] == "open_id,union_id,avatar_url,display_name"
 
 
-async def test_profile_scope_adds_username_and_verification(client: TikTokClient, httpx2_mock: respx.Router) -> None:
+async def test_profile_scope_adds_username_and_verification(
+    client: TikTokClient, httpx2_mock: respx.Router
+) -> None:
     """With user.info.profile granted, username and is_verified are requested and read."""
     route = httpx2_mock.get(USER_INFO).respond(
         200, json=envelope({"open_id": "-000abc", "username": "tiktoker", "is_verified": True})
@@ -74,7 +79,9 @@ async def test_profile_scope_adds_username_and_verification(client: TikTokClient
 
 
 @pytest.mark.httpx2(assert_all_called=False)
-async def test_missing_basic_scope_is_refused_before_calling(client: TikTokClient, httpx2_mock: respx.Router) -> None:
+async def test_missing_basic_scope_is_refused_before_calling(
+    client: TikTokClient, httpx2_mock: respx.Router
+) -> None:
     """Without user.info.basic there is nothing to identify the user by, so TikTok is not called."""
     route = httpx2_mock.get(USER_INFO)
     with pytest.raises(MissingScope):
@@ -83,10 +90,13 @@ async def test_missing_basic_scope_is_refused_before_calling(client: TikTokClien
 
 
 @pytest.mark.parametrize("status", [401, 200])
-async def test_invalid_token_with_either_status(client: TikTokClient, httpx2_mock: respx.Router, status: int) -> None:
+async def test_invalid_token_with_either_status(
+    client: TikTokClient, httpx2_mock: respx.Router, status: int
+) -> None:
     """access_token_invalid is a rejected subject token whether TikTok sends 401 or 200."""
     httpx2_mock.get(USER_INFO).respond(
-        status, json=envelope(code="access_token_invalid", message="The access token is invalid or not found.")
+        status,
+        json=envelope(code="access_token_invalid", message="The access token is invalid or not found."),
     )
     with pytest.raises(SubjectTokenRejected) as caught:
         await client.fetch_profile("act.token")
@@ -95,7 +105,8 @@ async def test_invalid_token_with_either_status(client: TikTokClient, httpx2_moc
 
 
 @pytest.mark.parametrize(
-    ("status", "code"), [(401, "scope_not_authorized"), (400, "scope_permission_missed"), (200, "scope_not_authorized")]
+    ("status", "code"),
+    [(401, "scope_not_authorized"), (400, "scope_permission_missed"), (200, "scope_not_authorized")],
 )
 async def test_scope_errors_are_missing_scope(
     client: TikTokClient, httpx2_mock: respx.Router, status: int, code: str
@@ -116,7 +127,11 @@ async def test_scope_errors_are_missing_scope(
     ],
 )
 async def test_outages_are_unavailable_with_retry_hint(
-    client: TikTokClient, httpx2_mock: respx.Router, status: int, body: dict[str, Any] | None, retry_after: int
+    client: TikTokClient,
+    httpx2_mock: respx.Router,
+    status: int,
+    body: dict[str, Any] | None,
+    retry_after: int,
 ) -> None:
     """Rate limits and server errors are upstream unavailability, with a Retry-After suited to each."""
     if body is None:
@@ -173,7 +188,9 @@ async def test_enormous_answer_is_cut_off(client: TikTokClient, httpx2_mock: res
         await client.fetch_profile("act.token")
 
 
-async def test_wrong_types_in_optional_fields_are_ignored(client: TikTokClient, httpx2_mock: respx.Router) -> None:
+async def test_wrong_types_in_optional_fields_are_ignored(
+    client: TikTokClient, httpx2_mock: respx.Router
+) -> None:
     """Optional fields of the wrong type are dropped rather than trusted."""
     httpx2_mock.get(USER_INFO).respond(
         200, json=envelope({"open_id": "-000abc", "union_id": 5, "display_name": ["x"], "is_verified": "yes"})
