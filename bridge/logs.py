@@ -22,9 +22,11 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=!-]{8,}"),
     re.compile(r"(?i)\b(client_secret|code_verifier|subject_token|assertion|code|access_token)=[^&\s\"']+"),
 )
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+# uvicorn adds "color_message", the same text with terminal colour codes: noise in a JSON line.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
     "asctime",
+    "color_message",
 }
 
 

@@ -100,7 +100,7 @@ def main() -> None:
             "    -d subject_token=<demo token>\n"
             f"Keycloak admin console: {keycloak_url}/admin (admin / admin). Ctrl-C stops everything."
         )
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.pause()  # until Ctrl-C or SIGTERM (which _stop turns into KeyboardInterrupt)
     except KeyboardInterrupt:
         pass
     except SetupError as exc:
@@ -116,6 +116,11 @@ def main() -> None:
             child.wait(timeout=30)
 
 
+def _stop(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # A handler, not a blocked signal mask: children inherit a mask, and then could never be stopped.
+    signal.signal(signal.SIGTERM, _stop)
     main()
