@@ -34,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (share the cache via Redis)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies trusted to set X-Forwarded-For (the client IP used by rate limits)",
+    )
     commands.add_parser("check-config", help="validate the BRIDGE_* environment and exit")
     commands.add_parser("jwks", help="print the public JWKS (for a Keycloak IdP without a JWKS URL)")
     args = parser.parse_args(argv)
@@ -59,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=args.workers,
         log_config=None,  # keep our JSON logging
         proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         timeout_graceful_shutdown=20,
         server_header=False,
     )

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from bridge import endpoints, strapi
 from bridge.errors import BridgeError, ServerError, to_oauth_error
 from bridge.logs import request_id
+from bridge.metrics import EXCHANGES, metrics_endpoint
 from bridge.resources import Resources
 from bridge.settings import Settings
 
@@ -33,6 +34,8 @@ MAX_REQUEST_ID_LENGTH = 64
 
 def error_response(exc: BridgeError, *, path: str) -> Response:
     oauth = to_oauth_error(exc)
+    if path == endpoints.TOKEN_PATH:
+        EXCHANGES.labels("token", oauth.error).inc()
     level = logging.WARNING if oauth.status_code >= 500 else logging.INFO  # noqa: PLR2004
     log.log(
         level,
@@ -138,6 +141,8 @@ def create_app(
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
     ]
+    if resolved.metrics_enabled:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     if resolved.strapi_compat_enabled:
         routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
     app = Starlette(

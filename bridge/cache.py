@@ -1,4 +1,5 @@
-"""One cache interface, two implementations: Redis (shared by replicas) and process memory (embedded default).
+"""One cache interface: Redis (shared by replicas), process memory (embedded default), and the fallback
+that serves from memory while Redis is unreachable.
 
 Keys are built here only, under a versioned prefix, so a change of format never reads old entries.
 Tokens never appear in a key: they are SHA-256 hashed first (`token_key`).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -19,6 +21,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bridge.errors import UpstreamUnavailable
+from bridge.metrics import timed
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -44,6 +49,8 @@ class Cache(Protocol):
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]: ...
     async def ping(self) -> None: ...
     async def aclose(self) -> None: ...
+    @property
+    def degraded(self) -> bool: ...
 
 
 class MemoryCache:
@@ -97,6 +104,10 @@ class MemoryCache:
     async def ping(self) -> None:
         return None
 
+    @property
+    def degraded(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         self._entries.clear()
 
@@ -115,6 +126,7 @@ class RedisCache:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
+        self.connection_pool = client.connection_pool
         self._release = client.register_script(_RELEASE_SCRIPT)
 
     @classmethod
@@ -129,7 +141,9 @@ class RedisCache:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await self._redis.get(key)
+            with timed("redis", "get") as outcome:
+                value = await self._redis.get(key)
+                outcome["result"] = "ok"
         except RedisError as exc:
             raise UpstreamUnavailable("cache", f"GET failed: {type(exc).__name__}") from exc
         # The client is built without decode_responses, so values come back as bytes.
@@ -137,7 +151,9 @@ class RedisCache:
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         try:
-            await self._redis.set(key, value, px=max(1, int(ttl * 1000)))
+            with timed("redis", "set") as outcome:
+                await self._redis.set(key, value, px=max(1, int(ttl * 1000)))
+                outcome["result"] = "ok"
         except RedisError as exc:
             raise UpstreamUnavailable("cache", f"SET failed: {type(exc).__name__}") from exc
 
@@ -145,7 +161,9 @@ class RedisCache:
         if not keys:
             return
         try:
-            await self._redis.delete(*keys)
+            with timed("redis", "delete") as outcome:
+                await self._redis.delete(*keys)
+                outcome["result"] = "ok"
         except RedisError as exc:
             raise UpstreamUnavailable("cache", f"DEL failed: {type(exc).__name__}") from exc
 
@@ -156,7 +174,10 @@ class RedisCache:
         delay = 0.01
         try:
             while True:
-                if await self._redis.set(key, owner, nx=True, px=max(1, int(ttl * 1000))):
+                with timed("redis", "lock") as outcome:
+                    taken = await self._redis.set(key, owner, nx=True, px=max(1, int(ttl * 1000)))
+                    outcome["result"] = "ok"
+                if taken:
                     break
                 if time.monotonic() >= deadline:
                     yield False
@@ -181,5 +202,115 @@ class RedisCache:
         except RedisError as exc:
             raise UpstreamUnavailable("cache", f"PING failed: {type(exc).__name__}") from exc
 
+    @property
+    def degraded(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+class FallbackCache:
+    """Redis while it answers; process memory while it does not, so exchanges go on (uncached across
+    replicas, slower) instead of failing. Redis is probed again every `retry_interval` seconds by one
+    request at a time, and used again as soon as it answers: recovery needs no restart.
+
+    While degraded, provisioning locks are per process; Keycloak's 409 on the deterministic username
+    still guarantees one user per TikTok identity across replicas.
+    """
+
+    def __init__(self, primary: Cache, fallback: MemoryCache, *, retry_interval: float = 5.0) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._retry_interval = retry_interval
+        self._down_until: float | None = None
+        self._probing = False
+
+    @property
+    def degraded(self) -> bool:
+        return self._down_until is not None
+
+    def _use_primary(self) -> bool:
+        if self._down_until is None:
+            return True
+        if self._probing or time.monotonic() < self._down_until:
+            return False
+        self._probing = True  # this caller probes; the others keep to memory meanwhile
+        return True
+
+    def _failed(self, exc: UpstreamUnavailable) -> None:
+        if self._down_until is None:
+            log.warning("cache unavailable, serving from process memory", extra={"detail": exc.detail})
+        self._down_until = time.monotonic() + self._retry_interval
+        self._probing = False
+
+    def _succeeded(self) -> None:
+        if self._down_until is not None:
+            log.warning("cache available again")
+            self._down_until = None
+            self._probing = False
+
+    async def get(self, key: str) -> bytes | None:
+        if self._use_primary():
+            try:
+                value = await self._primary.get(key)
+            except UpstreamUnavailable as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+                return value
+        return await self._fallback.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if self._use_primary():
+            try:
+                await self._primary.set(key, value, ttl)
+            except UpstreamUnavailable as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+                return
+        await self._fallback.set(key, value, ttl)
+
+    async def delete(self, *keys: str) -> None:
+        # Both: an entry written to memory during an outage must not outlive its deletion.
+        await self._fallback.delete(*keys)
+        if self._use_primary():
+            try:
+                await self._primary.delete(*keys)
+            except UpstreamUnavailable as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+
+    @asynccontextmanager
+    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:
+        async with contextlib.AsyncExitStack() as stack:
+            acquired: bool | None = None
+            if self._use_primary():
+                # Only taking the lock is guarded: an error raised by the body is the body's own.
+                try:
+                    acquired = await stack.enter_async_context(self._primary.lock(key, ttl=ttl, wait=wait))
+                except UpstreamUnavailable as exc:
+                    self._failed(exc)
+                else:
+                    self._succeeded()
+            if acquired is None:
+                acquired = await stack.enter_async_context(self._fallback.lock(key, ttl=ttl, wait=wait))
+            yield acquired
+
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]:
+        return self._lock(key, ttl, wait)
+
+    async def ping(self) -> None:
+        """Raises while Redis is unreachable (readiness then says "degraded"); a success ends the outage."""
+        try:
+            await self._primary.ping()
+        except UpstreamUnavailable as exc:
+            self._failed(exc)
+            raise
+        self._succeeded()
+
+    async def aclose(self) -> None:
+        await self._primary.aclose()
+        await self._fallback.aclose()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, Response
 
 from bridge.errors import BridgeError, OAuthError, UpstreamError
+from bridge.metrics import EXCHANGES
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     MAX_BODY_BYTES,
@@ -41,6 +42,12 @@ def resources_of(request: Request) -> Resources:
     return resources
 
 
+def client_ip(request: Request) -> str | None:
+    # Behind a load balancer uvicorn rewrites this from X-Forwarded-For, for trusted proxies only
+    # (`bridge serve --forwarded-allow-ips`), so a client cannot pick its own rate-limit bucket.
+    return request.client.host if request.client is not None else None
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """Read at most `limit` bytes; a larger body is refused without buffering it whole."""
     declared = request.headers.get("content-length")
@@ -56,9 +63,11 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 async def token(request: Request) -> Response:
     resources = resources_of(request)
+    await resources.limiter.check_ip(client_ip(request))
     body = await read_body(request)
     exchange_request = parse_exchange_request(parse_form(body, request.headers.get("content-type")))
     exchanged = await resources.exchange.exchange(exchange_request)
+    EXCHANGES.labels("token", "issued").inc()
     log.info(
         "token exchanged",
         extra={
@@ -110,9 +119,15 @@ async def readyz(request: Request) -> Response:
             checks[name] = "unavailable"
         else:
             checks[name] = "ok"
-    ready = all(v == "ok" for v in checks.values())
+    if checks["cache"] != "ok" and resources.cache.degraded:
+        # Exchanges still work from process memory: degraded, but worth sending traffic to.
+        checks["cache"] = "degraded"
+    if checks["keycloak"] != "ok":
+        status, code = "unavailable", 503
+    elif checks["cache"] == "degraded":
+        status, code = "degraded", 200
+    else:
+        status, code = ("ready", 200) if checks["cache"] == "ok" else ("unavailable", 503)
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
-        status_code=200 if ready else 503,
-        headers={"Cache-Control": "no-store"},
+        {"status": status, "checks": checks}, status_code=code, headers={"Cache-Control": "no-store"}
     )

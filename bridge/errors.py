@@ -15,7 +15,7 @@
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
     │   ├── InvalidTarget             400 invalid_target
-    │   ├── RateLimited               429 slow_down-style refusal with Retry-After (RFC 6585)
+    │   ├── RateLimited               429 temporarily_unavailable with Retry-After (RFC 6585)
     │   ├── TemporarilyUnavailable    503 temporarily_unavailable with Retry-After
     │   └── ServerError               500 server_error: our fault or our configuration's, never input's
     └── UpstreamError                 raised by adapters; never shown to a client as it is
@@ -139,7 +139,8 @@ class _RetryAfterMixin(OAuthError):
 
 
 class RateLimited(_RetryAfterMixin):
-    error = "invalid_request"
+    # RFC 6749 has no code for "slow down" at the token endpoint; this one tells clients to retry later.
+    error = "temporarily_unavailable"
     status_code = 429
     default_description = "Too many requests; retry later."
 

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +32,7 @@ from bridge.errors import (
     UpstreamProtocolError,
 )
 from bridge.keycloak import KeycloakUser, NotLinked, UserConflict
+from bridge.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED
 from bridge.tiktok import SCOPE_BASIC, TikTokProfile
 
 if TYPE_CHECKING:
@@ -66,6 +68,10 @@ class KeycloakGateway(Protocol):
     async def delete_user(self, user_id: str) -> None: ...
     async def missing_groups(self, paths: tuple[str, ...]) -> list[str]: ...
     async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None: ...
+
+
+class IdentityLimiter(Protocol):
+    async def check_identity(self, open_id: str) -> None: ...
 
 
 class AssertionMinter(Protocol):
@@ -135,7 +141,9 @@ class ExchangeService:
         cache: Cache,
         minter: AssertionMinter,
         policy: Policy,
+        limiter: IdentityLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._tiktok = tiktok
         self._keycloak = keycloak
         self._cache = cache
@@ -156,6 +164,9 @@ class ExchangeService:
         return await self.sign_in(profile, request.scope)
 
     async def sign_in(self, profile: TikTokProfile, scope: tuple[str, ...]) -> Exchanged:
+        if self._limiter is not None:
+            # Per identity, before any Keycloak work: one TikTok account cannot hammer the realm.
+            await self._limiter.check_identity(profile.open_id)
         user_id, created = await self.ensure_user(profile)
         try:
             issued = await self._mint(profile, scope)
@@ -196,10 +207,13 @@ class ExchangeService:
     async def verify_access_token(self, access_token: str) -> TikTokProfile:
         profile_key = token_key("profile", access_token)
         if cached := await self._cache.get(profile_key):
+            CACHE_LOOKUPS.labels("profile", "hit").inc()
             return TikTokProfile.from_json(cached)
+        CACHE_LOOKUPS.labels("profile", "miss").inc()
         rejected_key = token_key("rejected", access_token)
         if await self._cache.get(rejected_key):
             # A recently refused token is refused again without spending TikTok's quota.
+            CACHE_LOOKUPS.labels("rejected", "hit").inc()
             raise SubjectTokenRejected("The TikTok access token is invalid or expired.")
         try:
             profile = await self._fetch_with_fallback(access_token)
@@ -230,17 +244,21 @@ class ExchangeService:
         fingerprint = _fingerprint(attributes)
         user_key = self._user_key(profile.open_id)
         if cached := await self._cache.get(user_key):
+            CACHE_LOOKUPS.labels("user", "hit").inc()
             entry = json.loads(cached)
             if entry.get("fp") != fingerprint:
                 await self._sync_profile(entry["id"], attributes)
                 await self._remember(user_key, entry["id"], fingerprint)
             return str(entry["id"]), False
 
+        CACHE_LOOKUPS.labels("user", "miss").inc()
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
         created = False
         if user is None:
             lock_key = plain_key("lock:provision", f"{self._policy.idp_alias}:{profile.open_id}")
+            waiting_since = time.perf_counter()
             async with self._cache.lock(lock_key, ttl=30, wait=15) as acquired:
+                LOCK_WAIT_SECONDS.observe(time.perf_counter() - waiting_since)
                 if not acquired:
                     raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")
                 # Whoever held the lock before us may have created the user meanwhile.
@@ -298,6 +316,7 @@ class ExchangeService:
                     return linked.id
                 continue
             await self._assign_roles(user_id)
+            USERS_PROVISIONED.inc()
             log.info("provisioned keycloak user", extra={"keycloak_user_id": user_id})
             return user_id
         raise UpstreamProtocolError("keycloak", "every candidate username is taken by an unlinked user")

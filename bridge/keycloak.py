@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+import stamina
 
 from bridge.cache import plain_key
 from bridge.errors import (
@@ -30,12 +31,24 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from bridge.metrics import timed
+from bridge.resilience import CircuitBreaker
 from bridge.rfc8693 import IssuedToken
 
 if TYPE_CHECKING:
     from bridge.cache import Cache
 
 log = logging.getLogger(__name__)
+
+
+def _is_retryable(exc: Exception) -> bool:
+    """Connection refused or a gateway/overload status: worth one more try. A read timeout is not (the
+    request may still be running) and neither is anything Keycloak answered on purpose."""
+    if not isinstance(exc, UpstreamUnavailable):
+        return False
+    cause = exc.__cause__
+    return isinstance(cause, httpx2.ConnectError) or (cause is None and "HTTP 50" in exc.detail)
+
 
 GRANT_TYPE_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_RESPONSE_BYTES = 512 * 1024
@@ -108,7 +121,11 @@ class KeycloakClient:
         realm: str,
         client_id: str,
         client_secret: str,
+        breaker: CircuitBreaker | None = None,
+        retry_attempts: int = 2,
     ) -> None:
+        self._breaker = breaker or CircuitBreaker("keycloak")
+        self._retry_attempts = retry_attempts
         self._http = http
         self._cache = cache
         self._base_url = base_url
@@ -130,7 +147,40 @@ class KeycloakClient:
 
     # ------------------------------------------------------------------------------ plumbing
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        operation: str,
+        idempotent: bool,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> httpx2.Response:
+        """One call through the breaker, timed; retried (bounded, with jitter) only if idempotent."""
+        self._breaker.before_call()
+        with timed("keycloak", operation) as outcome:
+            try:
+                if idempotent:
+                    response = await self._retrying(method, url, **kwargs)
+                else:
+                    response = await self._send(method, url, **kwargs)
+            except UpstreamUnavailable:
+                self._breaker.record_failure()
+                outcome["result"] = "unavailable"
+                raise
+            self._breaker.record_success()
+            outcome["result"] = f"{response.status_code // 100}xx"
+            return response
+
+    async def _retrying(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
+        async for attempt in stamina.retry_context(
+            on=_is_retryable, attempts=self._retry_attempts, timeout=30.0, wait_initial=0.05, wait_max=0.5
+        ):
+            with attempt:
+                return await self._send(method, url, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
         try:
             response = await self._http.request(method, url, **kwargs)
         except httpx2.TimeoutException as exc:
@@ -141,7 +191,7 @@ class KeycloakClient:
             ) from exc
         if len(response.content) > MAX_RESPONSE_BYTES:
             raise UpstreamProtocolError("keycloak", f"{method} {self._path(url)}: answer too large")
-        if response.status_code in {502, 503, 504} or response.status_code >= 500:  # noqa: PLR2004
+        if response.status_code >= 500:  # noqa: PLR2004
             raise UpstreamUnavailable(
                 "keycloak", f"{method} {self._path(url)}: HTTP {response.status_code}", retry_after=5
             )
@@ -158,7 +208,12 @@ class KeycloakClient:
             raise UpstreamProtocolError("keycloak", f"HTTP {response.status_code}: body is not JSON") from exc
 
     async def _discover_issuer(self) -> str:
-        response = await self._request("GET", f"{self.realm_url}/.well-known/openid-configuration")
+        response = await self._request(
+            "GET",
+            f"{self.realm_url}/.well-known/openid-configuration",
+            operation="discovery",
+            idempotent=True,
+        )
         if response.status_code != 200:  # noqa: PLR2004
             raise UpstreamProtocolError("keycloak", f"discovery HTTP {response.status_code}")
         issuer = self._json(response).get("issuer")
@@ -182,6 +237,8 @@ class KeycloakClient:
         response = await self._request(
             "POST",
             f"{self.realm_url}/protocol/openid-connect/token",
+            operation="service_account_token",
+            idempotent=True,  # asking for another service-account token is harmless
             data={"grant_type": "client_credentials"},
             auth=(self._client_id, self._client_secret),
         )
@@ -220,13 +277,26 @@ class KeycloakClient:
 
     async def _admin(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
         bearer = await self._admin_bearer()
+        operation = f"admin_{method.lower()}"
+        idempotent = method in {"GET", "PUT", "DELETE"}
+        url = f"{self.admin_url}{path}"
         response = await self._request(
-            method, f"{self.admin_url}{path}", headers={"Authorization": f"Bearer {bearer}"}, **kwargs
+            method,
+            url,
+            operation=operation,
+            idempotent=idempotent,
+            headers={"Authorization": f"Bearer {bearer}"},
+            **kwargs,
         )
         if response.status_code == 401:  # noqa: PLR2004 - token revoked or expired early: renew once
             bearer = await self._admin_bearer(refresh=True)
             response = await self._request(
-                method, f"{self.admin_url}{path}", headers={"Authorization": f"Bearer {bearer}"}, **kwargs
+                method,
+                url,
+                operation=operation,
+                idempotent=idempotent,
+                headers={"Authorization": f"Bearer {bearer}"},
+                **kwargs,
             )
         if response.status_code in {401, 403}:
             raise UpstreamProtocolError(
@@ -349,6 +419,8 @@ class KeycloakClient:
         response = await self._request(
             "POST",
             f"{self.realm_url}/protocol/openid-connect/token",
+            operation="jwt_grant",
+            idempotent=False,  # the assertion's jti is single-use
             data=form,
             auth=(self._client_id, self._client_secret),
         )

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import httpx2
 
 from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
-from bridge.cache import Cache, MemoryCache, RedisCache
+from bridge.cache import Cache, FallbackCache, MemoryCache, RedisCache
 from bridge.exchange import ExchangeService, Policy
 from bridge.keycloak import KeycloakClient
+from bridge.ratelimit import RateLimiter
 from bridge.tiktok import TikTokClient
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class Resources:
     tiktok: TikTokClient
     keycloak: KeycloakClient
     exchange: ExchangeService
+    limiter: RateLimiter
 
     @classmethod
     def from_settings(
@@ -51,11 +53,15 @@ class Resources:
             follow_redirects=False,
             mounts=dict(mounts or {}),
         )
-        cache: Cache = (
-            RedisCache.from_url(settings.redis_url.get_secret_value(), timeout=settings.http_timeout)
-            if settings.redis_url is not None
-            else MemoryCache()
-        )
+        cache: Cache
+        shared_redis = None
+        if settings.redis_url is not None:
+            redis_url = settings.redis_url.get_secret_value()
+            redis_cache = RedisCache.from_url(redis_url, timeout=settings.redis_timeout)
+            shared_redis = (redis_url, redis_cache.connection_pool)
+            cache = FallbackCache(redis_cache, MemoryCache(), retry_interval=settings.redis_retry_interval)
+        else:
+            cache = MemoryCache()
         tiktok = TikTokClient(
             http,
             base_url=settings.tiktok_base_url,
@@ -69,6 +75,11 @@ class Resources:
             realm=settings.keycloak_realm,
             client_id=settings.keycloak_client_id,
             client_secret=settings.keycloak_client_secret.get_secret_value(),
+        )
+        limiter = RateLimiter.build(
+            shared_redis,
+            per_ip=settings.rate_limit_per_ip if settings.rate_limit_enabled else None,
+            per_identity=settings.rate_limit_per_identity if settings.rate_limit_enabled else None,
         )
         policy = Policy(
             idp_alias=settings.keycloak_idp_alias,
@@ -84,7 +95,7 @@ class Resources:
             default_realm_roles=settings.default_realm_roles,
         )
         exchange = ExchangeService(
-            tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy
+            tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy, limiter=limiter
         )
         return cls(
             settings=settings,
@@ -94,6 +105,7 @@ class Resources:
             tiktok=tiktok,
             keycloak=keycloak,
             exchange=exchange,
+            limiter=limiter,
         )
 
     async def aclose(self) -> None:

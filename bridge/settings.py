@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # Where a generated development signing key is kept, so restarts and local replicas agree.
     data_dir: Path = Path("var")
     redis_url: SecretStr | None = None
+    # Short: while Redis hangs, every request waits this long once before falling back to memory.
+    redis_timeout: float = Field(default=0.5, gt=0, le=30)
+    # While Redis is down, how often one request tries it again.
+    redis_retry_interval: float = Field(default=5.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Account policies
@@ -61,6 +65,12 @@ class Settings(BaseSettings):
     default_realm_roles: CommaList = ()
     # The Strapi "TikTok Auth Mobile" compatible endpoint, POST /api/tiktok-auth-mobile/connect.
     strapi_compat_enabled: bool = True
+    # Rate limits ("N/second|minute|hour"), shared through Redis when configured. Empty string: off.
+    rate_limit_enabled: bool = True
+    rate_limit_per_ip: str = "60/minute"
+    rate_limit_per_identity: str = "20/minute"
+    # Prometheus metrics at GET /metrics (keep it off the public listener, e.g. at the load balancer).
+    metrics_enabled: bool = True
     username_prefix: str = Field(default="tiktok_", pattern=r"^[a-z0-9._-]{0,32}$")
     # A pseudo-email template with the placeholders {open_id} and {union_id}. Off when unset.
     email_template: str | None = None
@@ -97,6 +107,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(g if g.startswith("/") else f"/{g}" for g in value)
+
+    @field_validator("rate_limit_per_ip", "rate_limit_per_identity")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        if value:
+            from limits import parse  # noqa: PLC0415 - validation only
+
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit like '60/minute': {value!r}") from exc
+        return value
 
     @field_validator("email_template")
     @classmethod

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.endpoints import NO_STORE, read_body, resources_of
+from bridge.endpoints import NO_STORE, client_ip, read_body, resources_of
 from bridge.errors import (
     AccountDisabled,
     BridgeError,
@@ -27,6 +27,7 @@ from bridge.errors import (
     UserNotFound,
     to_oauth_error,
 )
+from bridge.metrics import EXCHANGES
 from bridge.rfc8693 import MAX_TOKEN_LENGTH
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ def plugin_message(exc: BridgeError) -> str | None:
 
 
 def error_for(exc: BridgeError) -> Response:
+    EXCHANGES.labels("strapi", to_oauth_error(exc).error).inc()
     if (message := plugin_message(exc)) is not None:
         return strapi_error(400, "ApplicationError", message)
     oauth: OAuthError = to_oauth_error(exc)
@@ -117,6 +119,7 @@ def _access_token(body: bytes) -> str | None:
 async def connect(request: Request) -> Response:
     resources = resources_of(request)
     try:
+        await resources.limiter.check_ip(client_ip(request))
         token = _access_token(await read_body(request))
         if token is None:
             return strapi_error(400, "ApplicationError", NO_TOKEN)
@@ -126,5 +129,6 @@ async def connect(request: Request) -> Response:
     except BridgeError as exc:
         log.info("strapi connect refused", extra={"error_type": type(exc).__name__, "detail": exc.detail})
         return error_for(exc)
+    EXCHANGES.labels("strapi", "issued").inc()
     log.info("strapi connect", extra={"outcome": "issued", "keycloak_user_id": user.id})
     return JSONResponse({"jwt": exchanged.issued.access_token, "user": strapi_user(user)}, headers=NO_STORE)

@@ -10,20 +10,26 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
+import stamina
 
 from bridge.errors import (
+    BridgeError,
     MissingScope,
     SubjectTokenRejected,
     UpstreamProtocolError,
     UpstreamUnavailable,
     UserNotFound,
 )
+from bridge.metrics import timed
+from bridge.resilience import CircuitBreaker
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -237,32 +243,57 @@ def _raise_token_error(status: int, payload: dict[str, Any]) -> None:
     raise UpstreamProtocolError("tiktok", where)
 
 
+class _Retryable(Exception):
+    """A failure worth one more try on an idempotent call: no connection, or a gateway error."""
+
+    def __init__(self, cause: UpstreamUnavailable) -> None:
+        super().__init__(cause.detail)
+        self.cause = cause
+
+
+_GATEWAY_STATUSES = frozenset({502, 503, 504})
+
+
 class TikTokClient:
     """Calls TikTok with one shared HTTP client; built once per process in the app's lifespan."""
 
     def __init__(
-        self, http: httpx2.AsyncClient, *, base_url: str, client_key: str, client_secret: str
+        self,
+        http: httpx2.AsyncClient,
+        *,
+        base_url: str,
+        client_key: str,
+        client_secret: str,
+        breaker: CircuitBreaker | None = None,
+        retry_attempts: int = 2,
     ) -> None:
         self._http = http
         self._base_url = base_url
         self._client_key = client_key
         self._client_secret = client_secret
+        self._breaker = breaker or CircuitBreaker("tiktok")
+        self._retry_attempts = retry_attempts
 
     async def fetch_profile(self, access_token: str, scopes: Iterable[str] = (SCOPE_BASIC,)) -> TikTokProfile:
         fields = ",".join(fields_for_scopes(scopes))
-        status, body = await self._send(
+        return await self._guarded(
+            "user_info",
+            parse_user_info,
             "GET",
             USER_INFO_PATH,
+            idempotent=True,
             params={"fields": fields},
             headers={"Authorization": f"Bearer {access_token}"},
         )
-        return parse_user_info(status, body)
 
     async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
         """Exchange a Login Kit authorization code with our own client secret (never retried: single-use)."""
-        status, body = await self._send(
+        return await self._guarded(
+            "token",
+            parse_token_answer,
             "POST",
             TOKEN_PATH,
+            idempotent=False,
             data={
                 "client_key": self._client_key,
                 "client_secret": self._client_secret,
@@ -273,7 +304,65 @@ class TikTokClient:
             },
             headers={"Cache-Control": "no-cache"},
         )
-        return parse_token_answer(status, body)
+
+    async def _guarded(
+        self,
+        operation: str,
+        parse: Callable[[int, bytes], _T],
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> _T:
+        """One call through the breaker, timed, retried only if idempotent, its answer parsed."""
+        self._breaker.before_call()
+        with timed("tiktok", operation) as outcome:
+            try:
+                status, body = await self._send_retrying(method, path, idempotent=idempotent, **kwargs)
+                result = parse(status, body)
+            except UpstreamUnavailable:
+                self._breaker.record_failure()
+                outcome["result"] = "unavailable"
+                raise
+            except BridgeError:
+                self._breaker.record_neutral()  # TikTok answered; it said no
+                outcome["result"] = "refused"
+                raise
+            self._breaker.record_success()
+            outcome["result"] = "ok"
+            return result
+
+    async def _send_retrying(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> tuple[int, bytes]:
+        if not idempotent:
+            return await self._send(method, path, **kwargs)
+        try:
+            async for attempt in stamina.retry_context(
+                on=_Retryable, attempts=self._retry_attempts, timeout=30.0, wait_initial=0.05, wait_max=0.5
+            ):
+                with attempt:
+                    return await self._attempt(method, path, **kwargs)
+        except _Retryable as exc:
+            raise exc.cause from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:  # noqa: ANN401
+        try:
+            status, body = await self._send(method, path, **kwargs)
+        except UpstreamUnavailable as exc:
+            if isinstance(exc.__cause__, httpx2.ConnectError):
+                raise _Retryable(exc) from exc
+            raise  # a read timeout: the request may be in progress; do not pile on
+        if status in _GATEWAY_STATUSES:
+            raise _Retryable(UpstreamUnavailable("tiktok", f"{path} HTTP {status}"))
+        return status, body
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:  # noqa: ANN401
         url = f"{self._base_url}{path}"

@@ -203,3 +203,13 @@ async def running_bridge(settings: Settings, emulator: TikTokEmulator) -> AsyncI
 async def bridge(stack: Stack, emulator: TikTokEmulator, flushed_redis: None) -> AsyncIterator[BridgeClient]:
     async for client in running_bridge(stack.settings(), emulator):
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_waits() -> Iterator[None]:
+    """Retries keep their attempt count in tests but never sleep (stamina's test mode)."""
+    import stamina  # noqa: PLC0415
+
+    stamina.set_testing(True, attempts=2)
+    yield
+    stamina.set_testing(False)

@@ -1,0 +1,68 @@
+"""Prometheus metrics, served at GET /metrics.
+
+With several worker processes set PROMETHEUS_MULTIPROC_DIR (an empty directory, wiped at each start)
+and the endpoint aggregates every worker's values (prometheus-client's multiprocess mode).
+Labels never carry a token, code, user id or any other unbounded value.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess as prometheus_multiprocess
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from starlette.requests import Request
+
+EXCHANGES = Counter(
+    "bridge_exchanges_total",
+    "Exchanges by endpoint and outcome (issued, or the OAuth error code)",
+    ["endpoint", "outcome"],
+)
+UPSTREAM_SECONDS = Histogram(
+    "bridge_upstream_request_seconds",
+    "Outbound call latency by upstream, operation and result",
+    ["upstream", "operation", "result"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CACHE_LOOKUPS = Counter("bridge_cache_lookups_total", "Cache lookups by kind and result", ["kind", "result"])
+LOCK_WAIT_SECONDS = Histogram(
+    "bridge_provisioning_lock_wait_seconds",
+    "Time spent waiting for the single-flight provisioning lock",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
+)
+RATE_LIMITED = Counter("bridge_rate_limit_rejections_total", "Requests refused by a rate limit", ["limit"])
+USERS_PROVISIONED = Counter("bridge_users_provisioned_total", "Keycloak users created by the bridge")
+CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker opened", ["upstream"])
+
+
+@contextmanager
+def timed(upstream: str, operation: str) -> Iterator[dict[str, str]]:
+    """Time a call; the caller sets outcome["result"] (default "error" if it raised)."""
+    outcome = {"result": "error"}
+    started = time.perf_counter()
+    try:
+        yield outcome
+    finally:
+        UPSTREAM_SECONDS.labels(upstream, operation, outcome["result"]).observe(time.perf_counter() - started)
+
+
+def _registry() -> CollectorRegistry | None:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return None
+
+
+async def metrics_endpoint(_request: Request) -> Response:
+    registry = _registry()
+    body = generate_latest(registry) if registry is not None else generate_latest()
+    return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,81 @@
+"""Rate limits per client IP and per TikTok identity, shared by replicas through Redis (RFC 6585 429).
+
+Built on `limits` (sliding-window counters; Redis storage through redis-py when BRIDGE_REDIS_URL is set,
+process memory otherwise). If the limit store itself fails, requests are let through: a Redis outage
+must not turn into a sign-in outage (the cache falls back the same way), and it is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+
+from bridge.errors import RateLimited
+from bridge.metrics import RATE_LIMITED
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "tkb:v1:ratelimit"
+
+
+class RateLimiter:
+    def __init__(self, storage: Storage, *, per_ip: str | None, per_identity: str | None) -> None:
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._storage = storage
+        self._per_ip: RateLimitItem | None = parse(per_ip) if per_ip else None
+        self._per_identity: RateLimitItem | None = parse(per_identity) if per_identity else None
+
+    @classmethod
+    def build(
+        cls,
+        redis: tuple[str, ConnectionPool] | None,
+        *,
+        per_ip: str | None,
+        per_identity: str | None,
+    ) -> RateLimiter:
+        """`redis`: the URL and the connection pool of the cache's client, so both share one pool."""
+        storage: Storage = (
+            RedisStorage(
+                f"async+{redis[0]}",
+                implementation="redispy",
+                wrap_exceptions=True,
+                key_prefix=KEY_PREFIX,
+                connection_pool=redis[1],  # type: ignore[arg-type] # passed through to redis-py
+            )
+            if redis is not None
+            else MemoryStorage()
+        )
+        return cls(storage, per_ip=per_ip, per_identity=per_identity)
+
+    async def check_ip(self, address: str | None) -> None:
+        if self._per_ip is not None and address:
+            await self._hit(self._per_ip, "ip", address)
+
+    async def check_identity(self, open_id: str) -> None:
+        if self._per_identity is not None:
+            await self._hit(self._per_identity, "identity", open_id)
+
+    async def _hit(self, item: RateLimitItem, kind: str, who: str) -> None:
+        try:
+            if await self._limiter.hit(item, kind, who):
+                return
+            reset_at, _ = await self._limiter.get_window_stats(item, kind, who)
+        except StorageError as exc:
+            log.warning(
+                "rate-limit store unavailable; request let through", extra={"error_type": type(exc).__name__}
+            )
+            return
+        RATE_LIMITED.labels(kind).inc()
+        raise RateLimited(
+            retry_after=max(1, math.ceil(reset_at - time.time())), detail=f"{kind} limit {item}"
+        )
