@@ -53,6 +53,7 @@ class Stack:
     realm: str
     client_id: str
     client_secret: str
+    java_home: Path
 
     def settings(self, **overrides: Any) -> Settings:  # noqa: ANN401
         values: dict[str, Any] = {
@@ -139,6 +140,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         realm=realm,
         client_id=client_id,
         client_secret=client_secret,
+        java_home=java_home,
     )
     # The bridge itself publishes the JWKS Keycloak trusts, exactly as in production.
     stack.jwks_server = ThreadedServer(create_app(stack.settings(redis_url=None)), port=jwks_port)

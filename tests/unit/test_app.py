@@ -252,3 +252,42 @@ async def test_discovery_documents(
     assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
     assert "d" not in key
     assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_metrics_count_exchanges_by_outcome(
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router
+) -> None:
+    """/metrics exposes exchange outcomes and upstream latencies, with no token in any label."""
+    mock_keycloak(httpx2_mock)
+    mock_tiktok(httpx2_mock, 401, "access_token_invalid")
+    before = await client.get("/metrics")
+    await client.post("/token", data=FORM)
+    after = (await client.get("/metrics")).text
+
+    def value(text: str, line_start: str) -> float:
+        lines = [ln for ln in text.splitlines() if ln.startswith(line_start)]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    metric = 'bridge_exchanges_total{endpoint="token",outcome="invalid_request"}'
+    assert value(after, metric) == value(before.text, metric) + 1
+    assert (
+        'bridge_upstream_request_seconds_count{operation="user_info",result="refused",upstream="tiktok"}'
+        in after
+    )
+    assert "act.valid" not in after
+    assert before.headers["content-type"].startswith("text/plain")
+
+
+async def test_rate_limited_request_is_429_with_retry_after(settings: Settings) -> None:
+    """Over the per-IP limit the token endpoint answers 429 temporarily_unavailable with Retry-After."""
+    app = create_app(settings.model_copy(update={"rate_limit_per_ip": "1/minute"}))
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
+    ):
+        await http.post("/token", data={"grant_type": "x"})
+        response = await http.post("/token", data={"grant_type": "x"})
+    assert response.status_code == 429
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert int(response.headers["retry-after"]) >= 1

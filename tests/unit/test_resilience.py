@@ -1,0 +1,189 @@
+"""Circuit breaker, retries, the Redis fallback cache, rate limits and the metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import httpcore2  # transport errors must come from below httpx2 to be mapped like real ones
+import httpx  # respx builds httpx objects even when it patches httpcore2
+import httpx2
+import pytest
+from limits.aio.storage import MemoryStorage
+
+from bridge.cache import FallbackCache, MemoryCache
+from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
+from bridge.ratelimit import RateLimiter
+from bridge.resilience import CircuitBreaker
+from bridge.tiktok import TikTokClient
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import respx
+
+USER_INFO = "https://open.tiktokapis.com/v2/user/info/"
+OK = {"data": {"user": {"open_id": "-000a"}}, "error": {"code": "ok", "message": "", "log_id": "1"}}
+
+
+def test_breaker_opens_after_threshold_and_fails_fast() -> None:
+    """After `threshold` outages calls are refused at once, with the cooldown left as Retry-After."""
+    breaker = CircuitBreaker("keycloak", threshold=3, cooldown=30)
+    for _ in range(3):
+        breaker.before_call()
+        breaker.record_failure()
+    assert breaker.state == "open"
+    with pytest.raises(UpstreamUnavailable) as caught:
+        breaker.before_call()
+    assert 29 <= caught.value.retry_after <= 30
+
+
+def test_breaker_half_open_lets_one_trial_through() -> None:
+    """After the cooldown one trial call passes; others wait for it; its success closes the breaker."""
+    breaker = CircuitBreaker("tiktok", threshold=1, cooldown=0.01)
+    breaker.before_call()
+    breaker.record_failure()
+    time.sleep(0.02)
+    breaker.before_call()  # the trial
+    with pytest.raises(UpstreamUnavailable):
+        breaker.before_call()
+    breaker.record_success()
+    assert breaker.state == "closed"
+    breaker.before_call()
+
+
+def test_breaker_reopens_when_the_trial_fails() -> None:
+    """A failed trial opens the breaker again for a full cooldown."""
+    breaker = CircuitBreaker("tiktok", threshold=1, cooldown=0.01)
+    breaker.record_failure()
+    time.sleep(0.02)
+    breaker.before_call()
+    breaker.record_failure()
+    assert breaker.state == "open"
+
+
+@pytest.fixture
+async def tiktok() -> AsyncIterator[TikTokClient]:
+    async with httpx2.AsyncClient(timeout=1) as http:
+        yield TikTokClient(http, base_url="https://open.tiktokapis.com", client_key="k", client_secret="s")
+
+
+async def test_user_info_is_retried_after_a_gateway_error(
+    tiktok: TikTokClient, httpx2_mock: respx.Router
+) -> None:
+    """A 503 from a gateway is retried once (user info is idempotent) and the second answer used."""
+    route = httpx2_mock.get(USER_INFO).mock(side_effect=[httpx.Response(503), httpx.Response(200, json=OK)])
+    profile = await tiktok.fetch_profile("act.t")
+    assert profile.open_id == "-000a"
+    assert route.call_count == 2
+
+
+async def test_read_timeouts_are_not_retried(tiktok: TikTokClient, httpx2_mock: respx.Router) -> None:
+    """A read timeout may mean the request is still running: it is not repeated."""
+    route = httpx2_mock.get(USER_INFO).mock(side_effect=httpcore2.ReadTimeout("slow"))
+    with pytest.raises(UpstreamUnavailable):
+        await tiktok.fetch_profile("act.t")
+    assert route.call_count == 1
+
+
+async def test_code_redemption_is_never_retried(tiktok: TikTokClient, httpx2_mock: respx.Router) -> None:
+    """Codes are single-use, so a failed redemption is not repeated even on a 503."""
+    route = httpx2_mock.post("https://open.tiktokapis.com/v2/oauth/token/").respond(503)
+    with pytest.raises(UpstreamUnavailable):
+        await tiktok.redeem_code("code", code_verifier="v" * 43, redirect_uri="https://a/cb")
+    assert route.call_count == 1
+
+
+async def test_breaker_stops_calls_to_a_dead_tiktok(tiktok: TikTokClient, httpx2_mock: respx.Router) -> None:
+    """Five outages in a row open the breaker: the sixth call never reaches the network."""
+    route = httpx2_mock.get(USER_INFO).mock(side_effect=httpcore2.ConnectError("refused"))
+    for _ in range(5):
+        with pytest.raises(UpstreamUnavailable):
+            await tiktok.fetch_profile("act.t")
+    calls = route.call_count
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await tiktok.fetch_profile("act.t")
+    assert route.call_count == calls
+    assert caught.value.detail == "tiktok: circuit open"
+
+
+async def test_refusals_do_not_count_as_outages(tiktok: TikTokClient, httpx2_mock: respx.Router) -> None:
+    """Invalid tokens are answers, not outages: however many, the breaker stays closed."""
+    body = {"data": {}, "error": {"code": "access_token_invalid", "message": "", "log_id": "1"}}
+    httpx2_mock.get(USER_INFO).respond(401, json=body)
+    for _ in range(10):
+        with pytest.raises(SubjectTokenRejected):
+            await tiktok.fetch_profile("act.t")
+
+
+class FlakyCache(MemoryCache):
+    """A primary cache that can be switched off, like a Redis that stops answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = True
+
+    def _check(self) -> None:
+        if not self.up:
+            raise UpstreamUnavailable("cache", "down")
+
+    async def get(self, key: str) -> bytes | None:
+        self._check()
+        return await super().get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._check()
+        await super().set(key, value, ttl)
+
+    async def ping(self) -> None:
+        self._check()
+
+
+async def test_fallback_cache_serves_from_memory_and_resumes() -> None:
+    """While the primary is down reads and writes go to memory; after the retry interval it is used again."""
+    primary = FlakyCache()
+    cache = FallbackCache(primary, MemoryCache(), retry_interval=0.05)
+    primary.up = False
+    await cache.set("k", b"memory", 60)
+    assert cache.degraded
+    assert await cache.get("k") == b"memory"
+
+    primary.up = True
+    await asyncio.sleep(0.06)
+    await cache.set("k", b"redis", 60)
+    assert not cache.degraded
+    assert await primary.get("k") == b"redis"
+
+
+async def test_fallback_lock_does_not_swallow_errors_of_its_body() -> None:
+    """An upstream error raised inside the lock is the body's own: it propagates, the cache stays healthy."""
+    cache = FallbackCache(FlakyCache(), MemoryCache())
+    with pytest.raises(UpstreamUnavailable) as caught:
+        async with cache.lock("l", ttl=5, wait=1):
+            raise UpstreamUnavailable("keycloak", "down")
+    assert caught.value.upstream == "keycloak"
+    assert not cache.degraded
+
+
+async def test_rate_limit_refuses_with_retry_after() -> None:
+    """Past the per-IP budget a request is refused with 429 semantics and a positive Retry-After."""
+    limiter = RateLimiter(MemoryStorage(), per_ip="2/minute", per_identity="1/minute")
+    await limiter.check_ip("10.0.0.1")
+    await limiter.check_ip("10.0.0.1")
+    await limiter.check_ip("10.0.0.2")  # another client has its own budget
+    with pytest.raises(RateLimited) as caught:
+        await limiter.check_ip("10.0.0.1")
+    assert caught.value.status_code == 429
+    assert 1 <= caught.value.retry_after <= 60
+    await limiter.check_identity("-000a")
+    with pytest.raises(RateLimited):
+        await limiter.check_identity("-000a")
+
+
+async def test_disabled_rate_limits_never_refuse() -> None:
+    """With both limits off nothing is counted or refused."""
+    limiter = RateLimiter(MemoryStorage(), per_ip=None, per_identity=None)
+    for _ in range(100):
+        await limiter.check_ip("10.0.0.1")
+        await limiter.check_identity("-000a")
