@@ -15,9 +15,12 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from bridge.errors import UpstreamUnavailable
@@ -115,6 +118,35 @@ class MemoryCache:
         return len(self._entries)
 
 
+def redis_client(url: str, *, timeout: float) -> aioredis.Redis | RedisCluster:
+    """A client for `redis://`/`rediss://`/`unix://`, `redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]`
+    (the master of a Sentinel-monitored service, followed across fail-overs) or `redis+cluster://h:p`."""
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    scheme, _, rest = url.partition("://")
+    if scheme in {"redis+sentinel", "rediss+sentinel"}:
+        credentials, _, hosts_and_path = rest.rpartition("@")
+        hosts, _, path = hosts_and_path.partition("/")
+        service, _, db = path.partition("/")
+        if not service:
+            raise ValueError("a redis+sentinel URL names the service: redis+sentinel://host:26379/mymaster")
+        password = unquote(credentials.partition(":")[2]) or None
+        sentinels = [
+            (host.rpartition(":")[0] or host, int(host.rpartition(":")[2] or 26379))
+            for host in hosts.split(",")
+        ]
+        sentinel = Sentinel(sentinels, password=password, ssl=scheme.startswith("rediss"), **options)  # type: ignore[no-untyped-call]
+        master: aioredis.Redis = sentinel.master_for(service, db=int(db or 0))
+        return master
+    if scheme in {"redis+cluster", "rediss+cluster"}:
+        return RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
+    return aioredis.Redis.from_url(url, health_check_interval=30, **options)
+
+
+def limits_storage_uri(url: str) -> str:
+    """The same Redis, as a `limits` storage URI."""
+    return f"async+{url}"
+
+
 # Release a lock only if we still own it (its value is our token): never free another holder's lock.
 _RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
@@ -124,20 +156,15 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 class RedisCache:
     """Redis-backed cache; locks are SET NX PX with an owner token (single-flight across replicas)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self._redis = client
-        self.connection_pool = client.connection_pool
+        # A plain client's pool is shared with the rate limiter; Sentinel and Cluster clients are not.
+        self.connection_pool = client.connection_pool if isinstance(client, aioredis.Redis) else None
         self._release = client.register_script(_RELEASE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float) -> RedisCache:
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
-        return cls(client)
+        return cls(redis_client(url, timeout=timeout))
 
     async def get(self, key: str) -> bytes | None:
         try:

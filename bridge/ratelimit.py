@@ -16,6 +16,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
+from limits.storage import storage_from_string
 
 from bridge.errors import RateLimited
 from bridge.metrics import RATE_LIMITED
@@ -38,23 +39,31 @@ class RateLimiter:
     @classmethod
     def build(
         cls,
-        redis: tuple[str, ConnectionPool] | None,
+        redis: tuple[str, ConnectionPool | None] | None,
         *,
         per_ip: str | None,
         per_identity: str | None,
     ) -> RateLimiter:
-        """`redis`: the URL and the connection pool of the cache's client, so both share one pool."""
-        storage: Storage = (
-            RedisStorage(
-                f"async+{redis[0]}",
+        """`redis`: the limits storage URI and, for a plain Redis, the cache's pool to share."""
+        storage: Storage
+        if redis is None:
+            storage = MemoryStorage()
+        elif redis[1] is not None:
+            storage = RedisStorage(
+                redis[0],
                 implementation="redispy",
                 wrap_exceptions=True,
                 key_prefix=KEY_PREFIX,
                 connection_pool=redis[1],  # type: ignore[arg-type] # passed through to redis-py
             )
-            if redis is not None
-            else MemoryStorage()
-        )
+        else:
+            # Sentinel or Cluster: limits opens its own connections from the same URL.
+            built = storage_from_string(
+                redis[0], implementation="redispy", wrap_exceptions=True, key_prefix=KEY_PREFIX
+            )
+            if not isinstance(built, Storage):
+                raise TypeError(f"not an async limits storage: {type(built).__name__}")
+            storage = built
         return cls(storage, per_ip=per_ip, per_identity=per_identity)
 
     async def check_ip(self, address: str | None) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import httpx2
 
 from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
-from bridge.cache import Cache, FallbackCache, MemoryCache, RedisCache
+from bridge.cache import Cache, FallbackCache, MemoryCache, RedisCache, limits_storage_uri
 from bridge.exchange import ExchangeService, Policy
 from bridge.keycloak import KeycloakClient
 from bridge.ratelimit import RateLimiter
@@ -58,7 +58,7 @@ class Resources:
         if settings.redis_url is not None:
             redis_url = settings.redis_url.get_secret_value()
             redis_cache = RedisCache.from_url(redis_url, timeout=settings.redis_timeout)
-            shared_redis = (redis_url, redis_cache.connection_pool)
+            shared_redis = (limits_storage_uri(redis_url), redis_cache.connection_pool)
             cache = FallbackCache(redis_cache, MemoryCache(), retry_interval=settings.redis_retry_interval)
         else:
             cache = MemoryCache()

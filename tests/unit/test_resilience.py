@@ -187,3 +187,16 @@ async def test_disabled_rate_limits_never_refuse() -> None:
     for _ in range(100):
         await limiter.check_ip("10.0.0.1")
         await limiter.check_identity("-000a")
+
+
+@pytest.mark.parametrize(
+    ("uri", "storage"),
+    [
+        ("async+redis+sentinel://127.0.0.1:26379/mymaster", "RedisSentinelStorage"),
+        ("async+redis+cluster://127.0.0.1:7000", "RedisClusterStorage"),
+    ],
+)
+def test_rate_limits_follow_sentinel_and_cluster_deployments(uri: str, storage: str) -> None:
+    """With a Sentinel or Cluster Redis the limiter uses the matching limits storage (no connection yet)."""
+    limiter = RateLimiter.build((uri, None), per_ip="1/minute", per_identity=None)
+    assert type(limiter._storage).__name__ == storage

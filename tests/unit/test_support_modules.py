@@ -12,7 +12,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
 from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
-from bridge.cache import KEY_PREFIX, MemoryCache, token_key
+from bridge.cache import KEY_PREFIX, MemoryCache, redis_client, token_key
 from bridge.errors import ServerError
 from bridge.logs import JsonFormatter, RedactingFilter, redact
 
@@ -124,3 +124,36 @@ def test_json_log_line_is_redacted_including_extra_fields() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert "abcdefghijkl" not in json.dumps(line)
     assert line["level"] == "info"
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("redis://:pw@127.0.0.1:6379/2", "Redis"),
+        ("rediss://cache.example:6380/0", "Redis"),
+        ("unix:///run/redis.sock?db=1", "Redis"),
+        ("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/3", "Redis"),
+        ("redis+cluster://10.0.0.1:7000", "RedisCluster"),
+    ],
+)
+def test_redis_urls_of_every_deployment_shape(url: str, kind: str) -> None:
+    """Plain, TLS, socket, Sentinel and Cluster URLs give the right client without connecting."""
+    client = redis_client(url, timeout=0.5)
+    assert type(client).__name__ == kind
+    if "sentinel" in url:
+        pool = client.connection_pool
+        assert pool.service_name == "mymaster"  # type: ignore[attr-defined]
+        assert pool.connection_kwargs["db"] == 3
+        assert [
+            tuple(s.connection_pool.connection_kwargs[k] for k in ("host", "port"))
+            for s in pool.sentinel_manager.sentinels
+        ] == [  # type: ignore[attr-defined]
+            ("10.0.0.1", 26379),
+            ("10.0.0.2", 26379),
+        ]
+
+
+def test_sentinel_url_without_service_is_refused() -> None:
+    """A Sentinel URL must name the monitored service."""
+    with pytest.raises(ValueError, match="names the service"):
+        redis_client("redis+sentinel://10.0.0.1:26379", timeout=0.5)
