@@ -19,6 +19,7 @@ from bridge.logs import request_id
 from bridge.metrics import EXCHANGES, metrics_endpoint
 from bridge.resources import Resources
 from bridge.settings import Settings
+from bridge.tracing import Tracing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -117,18 +118,25 @@ def create_app(
     settings: Settings | None = None,
     *,
     mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
+    span_exporter: object = None,
 ) -> Starlette:
-    """Build the app; `mounts` routes outbound calls to test transports (e.g. the TikTok emulator)."""
+    """Build the app. Test seams: `mounts` routes outbound calls to test transports (e.g. the TikTok
+    emulator); `span_exporter` receives the spans when tracing is enabled."""
     resolved = settings if settings is not None else Settings()
+    tracing = Tracing.from_settings(resolved, span_exporter)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         resources = Resources.from_settings(resolved, mounts=mounts)
         app.state.resources = resources
+        if tracing is not None:
+            tracing.instrument_clients(resources)
         try:
             yield
         finally:
             await resources.aclose()
+            if tracing is not None:
+                tracing.shutdown()
 
     routes = [
         Route(endpoints.TOKEN_PATH, endpoints.token, methods=["POST"]),
@@ -155,6 +163,8 @@ def create_app(
         },
     )
     app.add_middleware(RequestIdMiddleware)
+    if tracing is not None:
+        tracing.instrument_app(app)
     return app
 
 

@@ -54,6 +54,8 @@ class Cache(Protocol):
     async def aclose(self) -> None: ...
     @property
     def degraded(self) -> bool: ...
+    @property
+    def redis_client(self) -> aioredis.Redis | RedisCluster | None: ...
 
 
 class MemoryCache:
@@ -110,6 +112,10 @@ class MemoryCache:
     @property
     def degraded(self) -> bool:
         return False
+
+    @property
+    def redis_client(self) -> aioredis.Redis | RedisCluster | None:
+        return None
 
     async def aclose(self) -> None:
         self._entries.clear()
@@ -233,6 +239,10 @@ class RedisCache:
     def degraded(self) -> bool:
         return False
 
+    @property
+    def redis_client(self) -> aioredis.Redis | RedisCluster | None:
+        return self._redis
+
     async def aclose(self) -> None:
         await self._redis.aclose()
 
@@ -256,6 +266,10 @@ class FallbackCache:
     @property
     def degraded(self) -> bool:
         return self._down_until is not None
+
+    @property
+    def redis_client(self) -> aioredis.Redis | RedisCluster | None:
+        return self._primary.redis_client
 
     def _use_primary(self) -> bool:
         if self._down_until is None:

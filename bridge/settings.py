@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     rate_limit_per_identity: str = "20/minute"
     # Prometheus metrics at GET /metrics (keep it off the public listener, e.g. at the load balancer).
     metrics_enabled: bool = True
+    # OpenTelemetry tracing (needs the `otel` extra); exporter configured by OTEL_EXPORTER_OTLP_* variables.
+    otel_enabled: bool = False
+    otel_service_name: str = "tiktok-keycloak-bridge"
     username_prefix: str = Field(default="tiktok_", pattern=r"^[a-z0-9._-]{0,32}$")
     # A pseudo-email template with the placeholders {open_id} and {union_id}. Off when unset.
     email_template: str | None = None
