@@ -6,7 +6,6 @@ pays for starting Keycloak (about 15-40 s; the first run on a machine also downl
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,13 @@ from joserfc.jwk import ECKey
 
 from bridge.app import create_app
 from bridge.settings import Settings
-from devstack.keycloak import KeycloakServer, default_cache_dir, fetch_distribution, find_java_home, free_port
+from devstack.keycloak import (
+    KeycloakServer,
+    fetch_distribution,
+    find_java_home,
+    free_port,
+    reusable_instance_dir,
+)
 from devstack.redis import RedisServer
 from devstack.threaded import ThreadedServer
 
@@ -47,13 +52,13 @@ class Stack:
 
     keycloak: KeycloakServer
     redis: RedisServer
-    jwks_server: ThreadedServer
     signing_key_file: Path
     issuer: str
     realm: str
     client_id: str
     client_secret: str
     java_home: Path
+    jwks_server: ThreadedServer | None = None
 
     def settings(self, **overrides: Any) -> Settings:  # noqa: ANN401
         values: dict[str, Any] = {
@@ -113,7 +118,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     realm, client_id, client_secret = "app", "tiktok-bridge", secrets.token_urlsafe(24)
-
     jwks_port = free_port()
     issuer = f"http://127.0.0.1:{jwks_port}"
     realm_env = {
@@ -125,39 +129,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     distribution = fetch_distribution()
     java_home = find_java_home()
-    keycloak = KeycloakServer(
-        instance_dir=default_cache_dir() / "keycloak" / "instances" / f"tests-{os.getpid()}",
-        realm_env=realm_env,
-    )
-    redis = RedisServer(work_dir=work / "redis")
-    redis.start()
-    stack = Stack(
-        keycloak=keycloak,
-        redis=redis,
-        jwks_server=None,  # type: ignore[arg-type] # set just below, it needs the settings
-        signing_key_file=key_file,
-        issuer=issuer,
-        realm=realm,
-        client_id=client_id,
-        client_secret=client_secret,
-        java_home=java_home,
-    )
-    # The bridge itself publishes the JWKS Keycloak trusts, exactly as in production.
-    stack.jwks_server = ThreadedServer(create_app(stack.settings(redis_url=None)), port=jwks_port)
-    stack.jwks_server.start()
-    try:
-        keycloak.prepare(distribution)
-        keycloak.start(java_home)
-        keycloak.wait_ready()
-        yield stack
-    finally:
-        keycloak.stop()
-        stack.jwks_server.stop()
-        redis.stop()
-        # Keycloak's build is kept for the next run; only this run's copy of it goes.
-        import shutil  # noqa: PLC0415
-
-        shutil.rmtree(keycloak.instance_dir, ignore_errors=True)
+    with reusable_instance_dir("tests") as instance_dir:
+        keycloak = KeycloakServer(instance_dir=instance_dir, realm_env=realm_env)
+        redis = RedisServer(work_dir=work / "redis")
+        stack = Stack(
+            keycloak=keycloak,
+            redis=redis,
+            signing_key_file=key_file,
+            issuer=issuer,
+            realm=realm,
+            client_id=client_id,
+            client_secret=client_secret,
+            java_home=java_home,
+        )
+        # The bridge itself publishes the JWKS Keycloak trusts, exactly as in production.
+        stack.jwks_server = ThreadedServer(create_app(stack.settings(redis_url=None)), port=jwks_port)
+        try:
+            redis.start()
+            stack.jwks_server.start()
+            keycloak.prepare(distribution)
+            keycloak.start(java_home)
+            keycloak.wait_ready()
+            yield stack
+        finally:
+            keycloak.stop()
+            stack.jwks_server.stop()
+            redis.stop()
 
 
 @pytest.fixture
