@@ -6,7 +6,11 @@ pays for starting Keycloak (about 15-40 s; the first run on a machine also downl
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,6 +169,15 @@ def emulator() -> TikTokEmulator:
 
 
 @pytest.fixture
+def tiktok_server(emulator: TikTokEmulator) -> Iterator[ThreadedServer]:
+    """The emulator on a real port, for bridges running as separate processes."""
+    server = ThreadedServer(emulator.app)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 async def flushed_redis(stack: Stack) -> None:
     import redis.asyncio as aioredis  # noqa: PLC0415
 
@@ -212,3 +225,25 @@ def _no_retry_waits() -> Iterator[None]:
     stamina.set_testing(True, attempts=2)
     yield
     stamina.set_testing(False)
+
+
+def start_bridge_process(stack: Stack, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m bridge serve` as a real process on a free port, once it answers /healthz."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "--port", str(port)],
+        env={**os.environ, **stack.env(**env)},
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx2.get(f"{url}/healthz").status_code == 200:
+                return process, url
+        except httpx2.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"bridge did not start: {process.communicate()[1].decode()[-2000:]}")
+        time.sleep(0.1)

@@ -2,63 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
 import httpx2
-import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from devstack.keycloak import free_port
-from devstack.threaded import ThreadedServer
+from tests.conftest import start_bridge_process
+from tests.integration.test_exchange import linked_users
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
+    from devstack.threaded import ThreadedServer
     from devstack.tiktok_emulator import TikTokEmulator
     from tests.conftest import Stack
-
-
-@pytest.fixture
-def tiktok_server(emulator: TikTokEmulator) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(emulator.app)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_served_bridge_exchanges_a_token_and_shuts_down_cleanly(
     stack: Stack, emulator: TikTokEmulator, tiktok_server: ThreadedServer, flushed_redis: None
 ) -> None:
     """The real process serves health, metadata and an exchange, logs no token, and stops on SIGTERM."""
-    port = free_port()
-    env = {**os.environ, **stack.env(BRIDGE_TIKTOK_API_URL=tiktok_server.url)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--port", str(port)],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_bridge_process(stack, BRIDGE_TIKTOK_API_URL=tiktok_server.url)
     user = emulator.create_user(display_name="Process Test")
     token = emulator.issue_access_token(user.open_id)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx2.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert process.poll() is None, "bridge exited during start-up"
-            assert time.monotonic() < deadline, "bridge did not start"
-            time.sleep(0.1)
-
         metadata = httpx2.get(f"{base}/.well-known/oauth-authorization-server").json()
         assert metadata["token_endpoint"] == f"{stack.issuer}/token"
         ready = httpx2.get(f"{base}/readyz")
@@ -94,3 +62,38 @@ def test_served_bridge_exchanges_a_token_and_shuts_down_cleanly(
     assert token not in log
     assert response.json()["access_token"] not in log
     assert stack.client_secret not in log
+
+
+def test_sigterm_lets_an_in_flight_exchange_finish(
+    stack: Stack, emulator: TikTokEmulator, tiktok_server: ThreadedServer, flushed_redis: None
+) -> None:
+    """SIGTERM during a slow exchange: the exchange still completes with a token, then the process exits."""
+    process, base = start_bridge_process(stack, BRIDGE_TIKTOK_API_URL=tiktok_server.url)
+    user = emulator.create_user()
+    token = emulator.issue_access_token(user.open_id)
+    emulator.set_latency(1.5)  # TikTok is slow: the exchange is in flight when the signal arrives
+    result: dict[str, httpx2.Response] = {}
+
+    def exchange() -> None:
+        result["response"] = httpx2.post(
+            f"{base}/token",
+            data={
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": token,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            },
+            timeout=30,
+        )
+
+    import threading  # noqa: PLC0415
+
+    worker = threading.Thread(target=exchange)
+    worker.start()
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    worker.join(timeout=30)
+    _, stderr = process.communicate(timeout=30)
+
+    assert result["response"].status_code == 200, result["response"].text
+    assert "Application shutdown complete." in stderr.decode()
+    assert len(linked_users(stack, user.open_id)) == 1

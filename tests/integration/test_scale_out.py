@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
 import httpx2
 import pytest
 
-from devstack.keycloak import free_port
-from devstack.threaded import ThreadedServer
-from tests.conftest import Stack, running_bridge
+from tests.conftest import Stack, running_bridge, start_bridge_process
 from tests.integration.test_exchange import linked_users, verified_claims
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from devstack.threaded import ThreadedServer
     from devstack.tiktok_emulator import TikTokEmulator
 
 EXCHANGE = {
@@ -29,44 +25,26 @@ EXCHANGE = {
 
 
 @pytest.fixture
-def tiktok_server(emulator: TikTokEmulator) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(emulator.app)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def replicas(stack: Stack, tiktok_server: ThreadedServer, flushed_redis: None) -> Iterator[list[str]]:
     """Three `bridge serve` processes on one Redis, rate limits off (all load comes from one IP)."""
-    env = {
-        **os.environ,
-        **stack.env(BRIDGE_TIKTOK_API_URL=tiktok_server.url, BRIDGE_RATE_LIMIT_ENABLED="false"),
-        "BRIDGE_LOG_LEVEL": "WARNING",
-    }
-    ports = [free_port() for _ in range(3)]
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "bridge", "serve", "--port", str(port)], env=env)
-        for port in ports
+    started = [
+        start_bridge_process(
+            stack,
+            BRIDGE_TIKTOK_API_URL=tiktok_server.url,
+            BRIDGE_RATE_LIMIT_ENABLED="false",
+            BRIDGE_LOG_LEVEL="WARNING",
+        )
+        for _ in range(3)
     ]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    processes = [process for process, _ in started]
+    urls = [url for _, url in started]
     try:
-        deadline = time.monotonic() + 30
-        for url in urls:
-            while True:
-                try:
-                    if httpx2.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "replicas did not start"
-                time.sleep(0.1)
         yield urls
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
-            process.wait(timeout=30)
+            process.communicate(timeout=30)  # drains the stderr pipe while waiting
 
 
 async def test_hundred_simultaneous_first_sign_ins_over_three_replicas_create_one_user(
