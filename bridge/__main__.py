@@ -54,19 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(Resources.from_settings(settings).signer.jwks(), indent=2))  # noqa: T201
         return
 
-    import uvicorn  # noqa: PLC0415 - only the server needs it
+    from bridge import server  # noqa: PLC0415 - only the server needs uvicorn
 
-    uvicorn.run(
-        "bridge.app:serve_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,  # keep our JSON logging
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        timeout_graceful_shutdown=20,
-        server_header=False,
+    server.serve(
+        host=args.host, port=args.port, workers=args.workers, forwarded_allow_ips=args.forwarded_allow_ips
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -157,3 +158,30 @@ def test_sentinel_url_without_service_is_refused() -> None:
     """A Sentinel URL must name the monitored service."""
     with pytest.raises(ValueError, match="names the service"):
         redis_client("redis+sentinel://10.0.0.1:26379", timeout=0.5)
+
+
+def test_served_connections_disable_nagle() -> None:
+    """Accepted connections get TCP_NODELAY even when uvicorn bound the socket without IPPROTO_TCP."""
+    import socket  # noqa: PLC0415
+    from unittest.mock import MagicMock  # noqa: PLC0415
+
+    from bridge.server import NoDelayH11Protocol  # noqa: PLC0415
+
+    listener = socket.socket(family=socket.AF_INET)  # as uvicorn's bind_socket makes it: proto 0
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    try:
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        transport = MagicMock()
+        transport.get_extra_info.side_effect = lambda name, default=None: (
+            accepted if name == "socket" else default
+        )
+        protocol = NoDelayH11Protocol.__new__(NoDelayH11Protocol)
+        with contextlib.suppress(AttributeError):  # uvicorn's own set-up needs server state; ours runs first
+            protocol.connection_made(transport)
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        for s in (client, accepted, listener):
+            s.close()
