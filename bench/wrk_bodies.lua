@@ -1,6 +1,6 @@
 -- POST one form body per request, taken in order from the file named by BENCH_BODIES (one per line).
--- Single-use inputs (JWT assertions, first sign-ins) must never repeat: run with one thread (-t1) and
--- enough lines for the run. `done` prints one JSON line the benchmark script parses.
+-- Single-use inputs (JWT assertions, first sign-ins) must never repeat: run with one thread (-t1); when
+-- the lines run out the run ends early. `done` prints one JSON line the benchmark script parses.
 local bodies = {}
 local index = 0
 
@@ -18,7 +18,8 @@ function request()
     if os.getenv("BENCH_CYCLE") == "1" then
       index = 1
     else
-      -- Out of single-use inputs: repeat the last one; the script counts these as errors.
+      -- Out of single-use inputs: end the run rather than repeat one (rates use the real duration).
+      wrk.thread:stop()
       index = #bodies
     end
   end

@@ -576,10 +576,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--redirect-uri", action="append", default=[])
     parser.add_argument("--seed-demo", action="store_true", help="create a demo user and print its token")
+    parser.add_argument(
+        "--user-info-rate-limit",
+        type=int,
+        default=600,
+        help="user-info calls allowed per sliding minute (TikTok's default quota is 600; benchmarks lift it)",
+    )
     args = parser.parse_args(argv)
 
     emulator = TikTokEmulator(
-        client_key=args.client_key, client_secret=args.client_secret, redirect_uris=tuple(args.redirect_uri)
+        client_key=args.client_key,
+        client_secret=args.client_secret,
+        redirect_uris=tuple(args.redirect_uri),
+        user_info_rate_limit_per_minute=args.user_info_rate_limit,
     )
     if args.seed_demo:
         user = emulator.create_user(display_name=DEMO_DISPLAY_NAME, username="demo_tiktoker")
