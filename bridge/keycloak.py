@@ -280,16 +280,9 @@ class KeycloakClient:
         operation = f"admin_{method.lower()}"
         idempotent = method in {"GET", "PUT", "DELETE"}
         url = f"{self.admin_url}{path}"
-        response = await self._request(
-            method,
-            url,
-            operation=operation,
-            idempotent=idempotent,
-            headers={"Authorization": f"Bearer {bearer}"},
-            **kwargs,
-        )
-        if response.status_code == 401:  # noqa: PLR2004 - token revoked or expired early: renew once
-            bearer = await self._admin_bearer(refresh=True)
+        for renewed in (False, True):
+            if renewed:
+                bearer = await self._admin_bearer(refresh=True)
             response = await self._request(
                 method,
                 url,
@@ -298,6 +291,9 @@ class KeycloakClient:
                 headers={"Authorization": f"Bearer {bearer}"},
                 **kwargs,
             )
+            # 401: the token was revoked or expired early (e.g. Keycloak restarted): renew it once.
+            if response.status_code != 401:  # noqa: PLR2004
+                break
         if response.status_code in {401, 403}:
             raise UpstreamProtocolError(
                 "keycloak",

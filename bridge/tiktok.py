@@ -116,14 +116,19 @@ def _optional_str(user: dict[str, Any], name: str, limit: int = 1024) -> str | N
     return None
 
 
-def parse_user_info(status: int, body: bytes) -> TikTokProfile:
-    """Interpret a /v2/user/info/ answer; the status is consulted only where the body says nothing."""
+def _load_json(status: int, body: bytes, what: str) -> Any:  # noqa: ANN401 - checked by each caller
+    """Decode TikTok's JSON; a non-JSON body is an outage when the status says overload, else a bug."""
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except ValueError as exc:
         if status >= 500 or status == 429:  # noqa: PLR2004
-            raise UpstreamUnavailable("tiktok", f"user info HTTP {status}", retry_after=5) from exc
-        raise UpstreamProtocolError("tiktok", f"user info HTTP {status}: body is not JSON") from exc
+            raise UpstreamUnavailable("tiktok", f"{what} HTTP {status}", retry_after=5) from exc
+        raise UpstreamProtocolError("tiktok", f"{what} HTTP {status}: body is not JSON") from exc
+
+
+def parse_user_info(status: int, body: bytes) -> TikTokProfile:
+    """Interpret a /v2/user/info/ answer; the status is consulted only where the body says nothing."""
+    payload = _load_json(status, body, "user info")
     error = payload.get("error") if isinstance(payload, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     log_id = error.get("log_id") if isinstance(error, dict) else None
@@ -185,12 +190,7 @@ def _raise_user_info_error(status: int, code: str | None, log_id: object, messag
 
 def parse_token_answer(status: int, body: bytes) -> CodeGrant:
     """Interpret /v2/oauth/token/: success is the presence of access_token, whatever the status."""
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        if status >= 500 or status == 429:  # noqa: PLR2004
-            raise UpstreamUnavailable("tiktok", f"token HTTP {status}", retry_after=5) from exc
-        raise UpstreamProtocolError("tiktok", f"token HTTP {status}: body is not JSON") from exc
+    payload = _load_json(status, body, "token")
     if not isinstance(payload, dict):
         raise UpstreamProtocolError("tiktok", f"token HTTP {status}: body is not an object")
     access_token = payload.get("access_token")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
 # Pinned: the JWT Authorization Grant became a supported feature in 26.6 (CVE fixes for it in 26.5.3).
 KEYCLOAK_VERSION = "26.7.4"
@@ -38,9 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 REALM_CONFIG_DIR = ROOT / "keycloak-config"
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# Where progress goes: stderr by default; the test harness points it at pytest's terminal, which
+# otherwise captures stderr during fixture set-up and would hide it until a failure.
+progress_writer: Callable[[str], None] = _to_stderr
+
+
 def progress(message: str) -> None:
     """Tell the person waiting what a long set-up step is doing."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    progress_writer(f"[{time.strftime('%H:%M:%S')}] {message}")
 
 
 def default_cache_dir() -> Path:
@@ -310,3 +319,9 @@ def start_keycloak(instance_dir: Path, realm_env: Mapping[str, str], **kwargs: o
         server.stop()
         raise
     return server
+
+
+if __name__ == "__main__":
+    # `python -m devstack.keycloak`: fetch the distribution and pick a JDK ahead of a test run.
+    progress(f"Keycloak {KEYCLOAK_VERSION} at {fetch_distribution()}")
+    progress(f"JDK: {find_java_home()}")

@@ -21,6 +21,7 @@ from joserfc.jwk import ECKey
 
 from bridge.app import create_app
 from bridge.settings import Settings
+from devstack import keycloak as devstack_keycloak
 from devstack.keycloak import (
     KeycloakServer,
     fetch_distribution,
@@ -117,7 +118,15 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Stack]:
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if capture is not None:
+        # Starting Keycloak takes a while: show its progress even though pytest captures output.
+        def show(line: str) -> None:
+            with capture.global_and_fixture_disabled():
+                print(line, file=sys.stderr, flush=True)  # noqa: T201 - progress for the person waiting
+
+        devstack_keycloak.progress_writer = show
     work = tmp_path_factory.mktemp("stack")
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))

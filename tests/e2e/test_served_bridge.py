@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from tests.conftest import Stack
 
 
+def exchange(base: str, token: str) -> httpx2.Response:
+    return httpx2.post(
+        f"{base}/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        },
+        timeout=30,
+    )
+
+
 def test_served_bridge_exchanges_a_token_and_shuts_down_cleanly(
     stack: Stack, emulator: TikTokEmulator, tiktok_server: ThreadedServer, flushed_redis: None
 ) -> None:
@@ -32,15 +44,7 @@ def test_served_bridge_exchanges_a_token_and_shuts_down_cleanly(
         ready = httpx2.get(f"{base}/readyz")
         assert ready.json() == {"status": "ready", "checks": {"keycloak": "ok", "cache": "ok"}}
 
-        response = httpx2.post(
-            f"{base}/token",
-            data={
-                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-                "subject_token": token,
-                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            },
-            timeout=30,
-        )
+        response = exchange(base, token)
         assert response.status_code == 200, response.text
         assert response.headers["x-request-id"]
         certs = httpx2.get(f"{stack.keycloak.url}/realms/{stack.realm}/protocol/openid-connect/certs").json()
@@ -74,20 +78,12 @@ def test_sigterm_lets_an_in_flight_exchange_finish(
     emulator.set_latency(1.5)  # TikTok is slow: the exchange is in flight when the signal arrives
     result: dict[str, httpx2.Response] = {}
 
-    def exchange() -> None:
-        result["response"] = httpx2.post(
-            f"{base}/token",
-            data={
-                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-                "subject_token": token,
-                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            },
-            timeout=30,
-        )
+    def exchange_in_flight() -> None:
+        result["response"] = exchange(base, token)
 
     import threading  # noqa: PLC0415
 
-    worker = threading.Thread(target=exchange)
+    worker = threading.Thread(target=exchange_in_flight)
     worker.start()
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
