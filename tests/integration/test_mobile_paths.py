@@ -367,3 +367,22 @@ async def test_strapi_endpoint_can_be_switched_off(stack: Stack, emulator: TikTo
     async for bridge in running_bridge(stack.settings(strapi_compat_enabled=False, redis_url=None), emulator):
         response = await strapi_connect(bridge, {"access_token": "act.x!1234.va"})
     assert response.status_code == 404
+
+
+async def test_removed_link_with_registration_closed_is_refused(
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None
+) -> None:
+    """An admin removed the TikTok link and registration is closed: refused, and no new account appears."""
+    user = emulator.create_user()
+    async for bridge in running_bridge(stack.settings(), emulator):
+        assert (await bridge.exchange(emulator.issue_access_token(user.open_id))).status_code == 200
+    (old,) = linked_users(stack, user.open_id)
+    with stack.admin() as admin:
+        assert admin.delete(f"/users/{old['id']}/federated-identity/tiktok").status_code == 204
+    async for bridge in running_bridge(stack.settings(registration_open=False), emulator):
+        response = await bridge.exchange(emulator.issue_access_token(user.open_id))
+    assert response.status_code == 400
+    assert response.json()["error_description"] == "Registration of new accounts is closed."
+    assert linked_users(stack, user.open_id) == []
+    with stack.admin() as admin:
+        assert admin.get(f"/users/{old['id']}").json()["enabled"] is True  # the old account is left alone
