@@ -6,7 +6,9 @@ pays for starting Keycloak (about 15-40 s; the first run on a machine also downl
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pytest
 from joserfc.jwk import ECKey
 
 from bridge.app import create_app
+from bridge.logs import redact
 from bridge.settings import Settings
 from devstack import keycloak as devstack_keycloak
 from devstack.keycloak import (
@@ -131,6 +134,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     realm, client_id, client_secret = "app", "tiktok-bridge", secrets.token_urlsafe(24)
+    KNOWN_SECRETS.add(client_secret)
     jwks_port = free_port()
     issuer = f"http://127.0.0.1:{jwks_port}"
     realm_env = {
@@ -256,3 +260,50 @@ def start_bridge_process(stack: Stack, **env: str) -> tuple[subprocess.Popen[byt
             process.kill()
             raise RuntimeError(f"bridge did not start: {process.communicate()[1].decode()[-2000:]}")
         time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------ log audit
+# Every log record of the whole run, at every level and from every library, is kept and checked at
+# the end: a TikTok token, a JWT, a bearer credential or one of the run's secrets in any of them fails
+# the run. This is what "no secret or token in any log line" means in practice.
+
+_TOKEN_SHAPES = re.compile(
+    r"\b(?:act|rft|clt)\.[A-Za-z0-9!._~-]{16,}|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.|(?i:bearer)\s+[A-Za-z0-9._~+/=!-]{12,}"
+)
+KNOWN_SECRETS: set[str] = {CLIENT_SECRET}
+
+
+class _AuditHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.getMessage()} {vars(record)}"
+        except Exception:  # noqa: BLE001 - a record that cannot be rendered cannot leak either
+            return
+        if _TOKEN_SHAPES.search(text) or any(secret in text for secret in KNOWN_SECRETS):
+            # Say where, not what: the report must not print the secret again.
+            self.leaks.append(f"{record.name}:{record.levelname}: {redact(record.getMessage())[:120]!r}")
+
+
+_audit = _AuditHandler()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = logging.getLogger()
+    root.addHandler(_audit)
+    root.setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _audit.leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"LOG AUDIT: {len(_audit.leaks)} log records hold a token or secret:", red=True
+            )
+            for leak in _audit.leaks[:20]:
+                reporter.write_line(f"  {leak}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

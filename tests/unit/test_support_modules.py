@@ -185,3 +185,23 @@ def test_served_connections_disable_nagle() -> None:
     finally:
         for s in (client, accepted, listener):
             s.close()
+
+
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "act.ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!1234.va",
+        "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+        "Bearer abcdefghijklmnop",
+    ],
+)
+def test_log_audit_of_the_run_catches_a_leak(leak: str) -> None:
+    """The whole-run log audit (tests/conftest.py) notices a token in any record, at any level."""
+    from tests.conftest import _audit  # noqa: PLC0415
+
+    before = len(_audit.leaks)
+    logging.getLogger("some.library").debug("sent %s", leak)
+    try:
+        assert len(_audit.leaks) == before + 1
+    finally:
+        del _audit.leaks[before:]  # planted on purpose: must not fail the run
