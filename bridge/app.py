@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import endpoints, strapi
+from bridge import endpoints, openapi, strapi
 from bridge.errors import BridgeError, ServerError, to_oauth_error
 from bridge.logs import request_id
 from bridge.metrics import EXCHANGES, metrics_endpoint
@@ -149,6 +149,14 @@ def create_app(
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
     ]
+    spec = openapi.document(
+        resolved.issuer_url, strapi=resolved.strapi_compat_enabled, metrics=resolved.metrics_enabled
+    )
+
+    async def openapi_json(_request: Request) -> Response:
+        return JSONResponse(spec, headers={"Cache-Control": "public, max-age=3600"})
+
+    routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
     if resolved.metrics_enabled:
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     if resolved.strapi_compat_enabled:

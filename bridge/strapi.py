@@ -41,6 +41,7 @@ PATH = "/api/tiktok-auth-mobile/connect"
 NO_TOKEN = "No access token provided."  # noqa: S105 - a message
 # The plugin called TikTok with axios, whose error message for a non-2xx answer is this sentence.
 AXIOS_STATUS_MESSAGE = "Failed to fetch TikTok user: Request failed with status code {status}"
+STRAPI_ERROR_NAMES = {413: "PayloadTooLargeError", 429: "RateLimitError"}
 MESSAGES: dict[type[BridgeError], str] = {
     UserNotFound: "User not exist.",
     RegistrationClosed: "Register action is actually not available.",
@@ -77,6 +78,11 @@ def error_for(exc: BridgeError) -> Response:
     oauth: OAuthError = to_oauth_error(exc)
     if isinstance(oauth, TemporarilyUnavailable):
         return strapi_error(503, "ServiceUnavailableError", oauth.description, oauth.headers())
+    if oauth.status_code in STRAPI_ERROR_NAMES:
+        # Strapi's own names for these statuses; Retry-After travels with a rate limit.
+        return strapi_error(
+            oauth.status_code, STRAPI_ERROR_NAMES[oauth.status_code], oauth.description, oauth.headers()
+        )
     if oauth.status_code < 500:  # noqa: PLR2004
         return strapi_error(400, "ApplicationError", oauth.description)
     return strapi_error(500, "InternalServerError", "Internal Server Error")

@@ -291,3 +291,63 @@ async def test_rate_limited_request_is_429_with_retry_after(settings: Settings) 
     assert response.status_code == 429
     assert response.json()["error"] == "temporarily_unavailable"
     assert int(response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(("strapi", "metrics"), [(True, True), (False, False)])
+def test_openapi_document_names_exactly_the_served_routes(
+    settings: Settings, strapi: bool, metrics: bool
+) -> None:
+    """Every route the app serves is in /openapi.json with its methods, and nothing else is."""
+    from starlette.routing import Route  # noqa: PLC0415
+
+    from bridge import openapi  # noqa: PLC0415
+
+    app = create_app(
+        settings.model_copy(update={"strapi_compat_enabled": strapi, "metrics_enabled": metrics})
+    )
+    served = {
+        route.path: {m.lower() for m in (route.methods or set()) - {"HEAD"}}
+        for route in app.routes
+        if isinstance(route, Route)
+    }
+    spec = openapi.document(settings.issuer_url, strapi=strapi, metrics=metrics)
+    documented = {path: set(operations) for path, operations in spec["paths"].items()}
+    assert served == documented
+    assert spec["openapi"].startswith("3.1")
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            assert operation["responses"], "every operation documents its responses"
+
+
+async def test_openapi_is_served(client: httpx2.AsyncClient) -> None:
+    """GET /openapi.json answers the document, with the token endpoint's RFC error statuses."""
+    spec = (await client.get("/openapi.json")).json()
+    assert set(spec["paths"]["/token"]["post"]["responses"]) == {"200", "400", "413", "429", "500", "503"}
+    assert spec["servers"] == [{"url": "https://bridge.example"}]
+
+
+@pytest.mark.parametrize(
+    ("override", "body", "status", "name"),
+    [
+        ({"rate_limit_per_ip": "1/minute"}, b'{"access_token": "x"}', 429, "RateLimitError"),
+        ({}, b"{" + b" " * 20000 + b"}", 413, "PayloadTooLargeError"),
+    ],
+)
+async def test_strapi_endpoint_keeps_its_shape_for_limits(
+    settings: Settings, override: dict[str, str], body: bytes, status: int, name: str
+) -> None:
+    """Rate limits and oversized bodies answer in Strapi's error shape with the right status."""
+    app = create_app(settings.model_copy(update=override))
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
+    ):
+        path = "/api/tiktok-auth-mobile/connect"
+        if status == 429:
+            await http.post(path, content=b"{}", headers={"content-type": "application/json"})
+        response = await http.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert response.json()["error"]["name"] == name
+    assert response.json()["error"]["status"] == status
+    if status == 429:
+        assert int(response.headers["retry-after"]) >= 1

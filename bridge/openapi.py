@@ -1,0 +1,195 @@
+"""The OpenAPI 3.1 description of every endpoint, served at GET /openapi.json.
+
+Written by hand (the app has few routes and their contracts are RFC-defined); a test checks that it
+names exactly the routes the app serves, with the same methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.rfc8693 import (
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    SUPPORTED_REQUESTED_TOKEN_TYPES,
+    SUPPORTED_SUBJECT_TOKEN_TYPES,
+)
+
+_OAUTH_ERROR = {
+    "type": "object",
+    "required": ["error", "error_description"],
+    "properties": {
+        "error": {
+            "type": "string",
+            "enum": [
+                "invalid_request",
+                "invalid_client",
+                "unsupported_grant_type",
+                "invalid_scope",
+                "invalid_target",
+                "temporarily_unavailable",
+                "server_error",
+            ],
+        },
+        "error_description": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+_STRAPI_ERROR = {
+    "type": "object",
+    "required": ["data", "error"],
+    "properties": {
+        "data": {"type": "null"},
+        "error": {
+            "type": "object",
+            "required": ["status", "name", "message", "details"],
+            "properties": {
+                "status": {"type": "integer"},
+                "name": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "object"},
+            },
+        },
+    },
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _oauth_errors() -> dict[str, Any]:
+    error = {"$ref": "#/components/schemas/OAuthError"}
+    return {
+        "400": _json(error, "Invalid request (RFC 6749 §5.2, RFC 8693 §2.2.2)"),
+        "413": _json(error, "Body larger than 16 KiB"),
+        "429": _json(error, "Rate limited (RFC 6585)", _RETRY_AFTER),
+        "500": _json(error, "The bridge's own configuration or a bug"),
+        "503": _json(error, "TikTok or Keycloak unavailable", _RETRY_AFTER),
+    }
+
+
+def document(issuer: str, *, strapi: bool, metrics: bool) -> dict[str, Any]:
+    token_request = {
+        "type": "object",
+        "required": ["grant_type", "subject_token", "subject_token_type"],
+        "properties": {
+            "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
+            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "subject_token_type": {"type": "string", "enum": list(SUPPORTED_SUBJECT_TOKEN_TYPES)},
+            "requested_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
+            "scope": {"type": "string"},
+            "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{32,128}$"},
+            "redirect_uri": {"type": "string", "format": "uri"},
+        },
+    }
+    token_response = {
+        "type": "object",
+        "required": ["access_token", "issued_token_type", "token_type"],
+        "properties": {
+            "access_token": {"type": "string"},
+            "issued_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
+            "token_type": {"type": "string", "enum": ["Bearer", "N_A"]},
+            "expires_in": {"type": "integer"},
+            "scope": {"type": "string"},
+            "id_token": {"type": "string"},
+        },
+    }
+    paths: dict[str, Any] = {
+        "/token": {
+            "post": {
+                "summary": "OAuth 2.0 Token Exchange (RFC 8693): TikTok credential in, Keycloak token out",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/x-www-form-urlencoded": {"schema": token_request}},
+                },
+                "responses": {
+                    "200": _json(
+                        token_response,
+                        "RFC 8693 §2.2.1 (Cache-Control: no-store)",
+                        {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}}},
+                    ),
+                    **_oauth_errors(),
+                },
+            }
+        },
+        "/.well-known/oauth-authorization-server": {
+            "get": {
+                "summary": "Authorization server metadata (RFC 8414)",
+                "responses": {
+                    "200": _json({"type": "object", "required": ["issuer", "token_endpoint"]}, "Metadata")
+                },
+            }
+        },
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "The public keys Keycloak uses to verify the bridge's assertions",
+                "responses": {"200": _json({"type": "object", "required": ["keys"]}, "JWK Set (RFC 7517)")},
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Alive", "responses": {"200": _json({"type": "object"}, "The process runs")}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Ready: Keycloak reachable; the cache reachable or degraded to memory",
+                "responses": {
+                    "200": _json({"type": "object"}, "ready or degraded"),
+                    "503": _json({"type": "object"}, "unavailable"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+    }
+    if metrics:
+        paths["/metrics"] = {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "text exposition format", "content": {"text/plain": {}}}
+                },
+            }
+        }
+    if strapi:
+        paths["/api/tiktok-auth-mobile/connect"] = {
+            "post": {
+                "summary": "Strapi plugin 'TikTok Auth Mobile' compatible sign-in",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"access_token": {"type": "string"}}}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "required": ["jwt", "user"]},
+                        "A Keycloak token and the Strapi-shaped user",
+                    ),
+                    "400": _json(_STRAPI_ERROR, "The plugin's error shape and messages"),
+                    "413": _json(_STRAPI_ERROR, "Body larger than 16 KiB"),
+                    "429": _json(_STRAPI_ERROR, "Rate limited", _RETRY_AFTER),
+                    "500": _json(_STRAPI_ERROR, "Internal error"),
+                    "503": _json(_STRAPI_ERROR, "TikTok or Keycloak unavailable", _RETRY_AFTER),
+                },
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tiktok-keycloak-bridge", "version": "0.1.0"},
+        "servers": [{"url": issuer}],
+        "paths": paths,
+        "components": {"schemas": {"OAuthError": _OAUTH_ERROR}},
+    }
