@@ -212,7 +212,8 @@ def parse_token_answer(status: int, body: bytes) -> CodeGrant:
 
 
 def _raise_token_error(status: int, payload: dict[str, Any]) -> None:
-    error = payload.get("error")
+    # Only a string is an error code; anything else (a list, a number: found by hypothesis) is none.
+    error = payload.get("error") if isinstance(payload.get("error"), str) else None
     described = payload.get("error_description")
     description = described if isinstance(described, str) else ""
     where = f"token HTTP {status} error={error} log_id={payload.get('log_id')}: {description[:200]}"

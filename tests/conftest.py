@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+import hypothesis
 import pytest
 from joserfc.jwk import ECKey
 
@@ -39,6 +40,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from devstack.tiktok_emulator import TikTokEmulator
+
+# Property-test budgets (tests/unit/test_properties.py): bounded by default, longer with
+# `scripts/test --hypothesis-profile=long`. Registered here, before hypothesis reads the option.
+hypothesis.settings.register_profile("default", max_examples=300, deadline=None)
+hypothesis.settings.register_profile(
+    "long", max_examples=20_000, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
 
 TIKTOK_API = "https://open.tiktokapis.com"
 CLIENT_KEY = "emulated-client-key"

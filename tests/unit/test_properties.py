@@ -1,0 +1,183 @@
+"""Property-based tests: hostile and arbitrary input to every parser facing the outside world.
+
+Budget: the "default" profile (300 examples per test) runs in the normal test command; a longer one
+is `scripts/test --hypothesis-profile=long tests/unit/test_properties.py` (20,000 examples per test).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.errors import BridgeError, OAuthError
+from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_TIKTOK_CODE, parse_exchange_request, parse_form
+from bridge.strapi import _access_token
+from bridge.tiktok import CodeGrant, TikTokProfile, parse_token_answer, parse_user_info
+
+FORM = "application/x-www-form-urlencoded"
+NAMES = st.sampled_from(
+    [
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "requested_token_type",
+        "scope",
+        "audience",
+        "resource",
+        "actor_token",
+        "code_verifier",
+        "redirect_uri",
+        "client_id",
+        "x",
+    ]
+)
+VALUES = st.one_of(
+    st.text(max_size=300),
+    st.sampled_from(
+        [
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            TOKEN_TYPE_ACCESS_TOKEN,
+            TOKEN_TYPE_TIKTOK_CODE,
+            "urn:ietf:params:oauth:token-type:id_token",
+            "act.abc!1234.va",
+            "a" * 43,
+            "https://app.example/cb",
+            "",
+        ]
+    ),
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(body=st.binary(max_size=2000), content_type=st.one_of(st.none(), st.just(FORM), st.text(max_size=40)))
+def test_any_body_is_parsed_or_refused_with_an_oauth_error(body: bytes, content_type: str | None) -> None:
+    """Arbitrary bytes and content types never raise anything but an RFC 6749 error."""
+    refusal: OAuthError | None = None
+    try:
+        parse_exchange_request(parse_form(body, content_type))
+    except OAuthError as error:
+        refusal = error
+    if refusal is not None:
+        assert refusal.status_code in {400, 401, 413}
+        assert refusal.error
+
+
+@given(pairs=st.lists(st.tuples(NAMES, VALUES), max_size=12))
+def test_any_parameter_combination_is_parsed_or_refused(pairs: list[tuple[str, str]]) -> None:
+    """Well-formed forms with any mix of known, repeated, empty and odd parameters: accepted or refused."""
+    from urllib.parse import urlencode  # noqa: PLC0415
+
+    try:
+        request = parse_exchange_request(parse_form(urlencode(pairs).encode(), FORM))
+    except OAuthError:
+        return
+    # Whatever got through is what the rest of the bridge relies on.
+    assert request.subject_token
+    assert request.subject_token_type in {TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_TIKTOK_CODE}
+    assert (request.code_verifier is not None) == request.is_authorization_code
+    assert "subject_token" not in repr(request) or request.subject_token not in repr(request)
+
+
+def _body(payload: Any) -> bytes:  # noqa: ANN401
+    return json.dumps(payload).encode()
+
+
+@given(
+    status=st.sampled_from([200, 400, 401, 403, 404, 429, 500, 502, 503]),
+    payload=st.one_of(
+        JSON,
+        st.fixed_dictionaries({"data": JSON, "error": JSON}),
+        st.fixed_dictionaries(
+            {
+                "data": st.fixed_dictionaries({"user": JSON}),
+                "error": st.fixed_dictionaries({"code": st.text(max_size=30)}),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "data": st.fixed_dictionaries(
+                    {
+                        "user": st.dictionaries(
+                            st.sampled_from(
+                                [
+                                    "open_id",
+                                    "union_id",
+                                    "display_name",
+                                    "username",
+                                    "is_verified",
+                                    "avatar_url",
+                                ]
+                            ),
+                            JSON,
+                        )
+                    }
+                ),
+                "error": st.just({"code": "ok"}),
+            }
+        ),
+    ),
+    garbage=st.booleans(),
+)
+def test_any_user_info_answer_is_a_profile_or_a_bridge_error(
+    status: int,
+    payload: Any,  # noqa: ANN401 - arbitrary JSON
+    garbage: bool,
+) -> None:
+    """Truncated, wrongly typed or surprising TikTok answers give a valid profile or a bridge error."""
+    body = _body(payload)[:-3] if garbage else _body(payload)
+    try:
+        profile = parse_user_info(status, body)
+    except BridgeError:
+        return
+    assert isinstance(profile, TikTokProfile)
+    assert isinstance(profile.open_id, str)
+    assert profile.open_id
+    assert profile.is_verified in {True, False, None}
+
+
+@given(
+    status=st.sampled_from([200, 400, 401, 429, 500, 503]),
+    payload=st.one_of(
+        JSON,
+        st.dictionaries(
+            st.sampled_from(
+                ["access_token", "open_id", "scope", "expires_in", "error", "error_description", "log_id"]
+            ),
+            JSON,
+        ),
+    ),
+)
+def test_any_token_answer_is_a_grant_or_a_bridge_error(status: int, payload: Any) -> None:  # noqa: ANN401  # noqa: ANN401
+    """TikTok token-endpoint answers of any shape give a usable grant or a bridge error."""
+    try:
+        grant = parse_token_answer(status, _body(payload))
+    except BridgeError:
+        return
+    assert isinstance(grant, CodeGrant)
+    assert grant.access_token
+    assert grant.open_id
+    assert all(isinstance(scope, str) for scope in grant.scopes)
+
+
+@given(body=st.one_of(st.binary(max_size=500), JSON.map(lambda v: json.dumps(v).encode())))
+def test_any_strapi_body_gives_a_token_or_none(body: bytes) -> None:
+    """The Strapi body reader never raises: a usable token, or None ("No access token provided.")."""
+    token = _access_token(body)
+    assert token is None or (isinstance(token, str) and token.strip() == token and token)
+
+
+@given(size=st.integers(min_value=1, max_value=3_000_000))
+@settings(max_examples=20)
+def test_enormous_tiktok_answers_are_refused_before_parsing(size: int) -> None:
+    """Big but valid answers under the client's size cap still parse (larger ones are cut off before
+    parsing: test_tiktok_client.test_enormous_answer_is_cut_off)."""
+    user = {"open_id": "-000a", "display_name": "x" * min(size, 200_000)}
+    profile = parse_user_info(200, _body({"data": {"user": user}, "error": {"code": "ok"}}))
+    assert profile.open_id == "-000a"
