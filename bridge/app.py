@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import endpoints, openapi, strapi
+from bridge import endpoints, openapi, strapi, webhook
 from bridge.errors import BridgeError, ServerError, to_oauth_error
 from bridge.logs import request_id
 from bridge.metrics import EXCHANGES, metrics_endpoint
@@ -150,7 +150,10 @@ def create_app(
         Route("/readyz", endpoints.readyz, methods=["GET"]),
     ]
     spec = openapi.document(
-        resolved.issuer_url, strapi=resolved.strapi_compat_enabled, metrics=resolved.metrics_enabled
+        resolved.issuer_url,
+        strapi=resolved.strapi_compat_enabled,
+        metrics=resolved.metrics_enabled,
+        webhook=resolved.tiktok_webhook_enabled,
     )
 
     async def openapi_json(_request: Request) -> Response:
@@ -161,6 +164,8 @@ def create_app(
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     if resolved.strapi_compat_enabled:
         routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
+    if resolved.tiktok_webhook_enabled:
+        routes.append(Route(webhook.PATH, webhook.tiktok_webhook, methods=["POST"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -48,6 +48,7 @@ class Cache(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+    async def add(self, key: str, value: bytes, ttl: float) -> bool: ...
     async def delete(self, *keys: str) -> None: ...
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]: ...
     async def ping(self) -> None: ...
@@ -83,6 +84,13 @@ class MemoryCache:
         # Least recently used entries go first, so memory stays bounded whatever the traffic.
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Set only if absent (or expired); True if this call set it."""
+        if await self.get(key) is not None:
+            return False
+        await self.set(key, value, ttl)
+        return True
 
     async def delete(self, *keys: str) -> None:
         for key in keys:
@@ -189,6 +197,15 @@ class RedisCache:
                 outcome["result"] = "ok"
         except RedisError as exc:
             raise UpstreamUnavailable("cache", f"SET failed: {type(exc).__name__}") from exc
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        try:
+            with timed("redis", "add") as outcome:
+                added = await self._redis.set(key, value, px=max(1, int(ttl * 1000)), nx=True)
+                outcome["result"] = "ok"
+        except RedisError as exc:
+            raise UpstreamUnavailable("cache", f"SET NX failed: {type(exc).__name__}") from exc
+        return bool(added)
 
     async def delete(self, *keys: str) -> None:
         if not keys:
@@ -312,6 +329,17 @@ class FallbackCache:
                 self._succeeded()
                 return
         await self._fallback.set(key, value, ttl)
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        if self._use_primary():
+            try:
+                added = await self._primary.add(key, value, ttl)
+            except UpstreamUnavailable as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+                return added
+        return await self._fallback.add(key, value, ttl)
 
     async def delete(self, *keys: str) -> None:
         # Both: an entry written to memory during an outage must not outlive its deletion.

@@ -67,6 +67,7 @@ class KeycloakGateway(Protocol):
     async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken: ...
     async def delete_user(self, user_id: str) -> None: ...
     async def missing_groups(self, paths: tuple[str, ...]) -> list[str]: ...
+    async def remove_link(self, user_id: str, idp_alias: str) -> None: ...
     async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None: ...
 
 
@@ -90,6 +91,8 @@ class Policy:
     access_token_scopes: tuple[str, ...] = (SCOPE_BASIC,)
     default_groups: tuple[str, ...] = ()
     default_realm_roles: tuple[str, ...] = ()
+    # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
+    deauthorization: str = "record"
     profile_ttl: int = 300
     user_ttl: int = 3600
     negative_ttl: int = 30
@@ -176,6 +179,25 @@ class ExchangeService:
             user_id, created = await self.ensure_user(profile)
             issued = await self._mint(profile, scope)
         return Exchanged(issued=issued, user_id=user_id, profile=profile, created=created)
+
+    async def deauthorize(self, open_id: str) -> str:
+        """Apply the deauthorization policy to the user linked to `open_id`; returns what was done.
+
+        The cached user id goes in every case, so the next sign-in asks Keycloak again. (The TikTok
+        token itself was revoked by TikTok before the event was sent; a profile cached under it
+        lives out its TTL.)
+        """
+        await self._cache.delete(self._user_key(open_id))
+        if self._policy.deauthorization == "record":
+            return "recorded"
+        user = await self._keycloak.find_linked_user(self._policy.idp_alias, open_id)
+        if user is None:
+            return "no linked user"
+        if self._policy.deauthorization == "disable":
+            await self._keycloak.update_user(user.id, {**user.representation, "enabled": False})
+            return "disabled"
+        await self._keycloak.remove_link(user.id, self._policy.idp_alias)
+        return "unlinked"
 
     async def account(self, user_id: str) -> KeycloakUser:
         """The Keycloak user behind an exchange (for answers that describe the account)."""

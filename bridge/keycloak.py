@@ -397,6 +397,11 @@ class KeycloakClient:
         if response.status_code != 204:  # noqa: PLR2004
             raise UpstreamProtocolError("keycloak", f"role mapping HTTP {response.status_code}")
 
+    async def remove_link(self, user_id: str, idp_alias: str) -> None:
+        response = await self._admin("DELETE", f"/users/{user_id}/federated-identity/{idp_alias}")
+        if response.status_code not in {204, 404}:
+            raise UpstreamProtocolError("keycloak", f"unlink HTTP {response.status_code}")
+
     def _error_summary(self, response: httpx2.Response) -> str:
         try:
             body = response.json()

@@ -75,7 +75,7 @@ def _oauth_errors() -> dict[str, Any]:
     }
 
 
-def document(issuer: str, *, strapi: bool, metrics: bool) -> dict[str, Any]:
+def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) -> dict[str, Any]:
     token_request = {
         "type": "object",
         "required": ["grant_type", "subject_token", "subject_token_type"],
@@ -183,6 +183,38 @@ def document(issuer: str, *, strapi: bool, metrics: bool) -> dict[str, Any]:
                     "429": _json(_STRAPI_ERROR, "Rate limited", _RETRY_AFTER),
                     "500": _json(_STRAPI_ERROR, "Internal error"),
                     "503": _json(_STRAPI_ERROR, "TikTok or Keycloak unavailable", _RETRY_AFTER),
+                },
+            }
+        }
+    if webhook:
+        paths["/webhooks/tiktok"] = {
+            "post": {
+                "summary": "TikTok webhook: authorization.removed (signed with the app's client secret)",
+                "parameters": [
+                    {
+                        "name": "TikTok-Signature",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"status": {"enum": ["accepted", "duplicate", "ignored"]}},
+                        },
+                        "Acknowledged at once; the policy is applied afterwards",
+                    ),
+                    "400": _json({"$ref": "#/components/schemas/OAuthError"}, "Not a TikTok event"),
+                    "401": _json(
+                        {"$ref": "#/components/schemas/OAuthError"}, "Signature missing, stale or wrong"
+                    ),
+                    "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 64 KiB"),
                 },
             }
         }

@@ -93,6 +93,7 @@ class Resources:
             access_token_scopes=settings.tiktok_access_token_scopes,
             default_groups=settings.default_groups,
             default_realm_roles=settings.default_realm_roles,
+            deauthorization=settings.deauthorization_policy,
         )
         exchange = ExchangeService(
             tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy, limiter=limiter

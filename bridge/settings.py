@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_per_ip: str = "60/minute"
     rate_limit_per_identity: str = "20/minute"
+    # TikTok's deauthorization webhook (POST /webhooks/tiktok): what "authorization.removed" does to
+    # the linked Keycloak user, and how old a signed delivery may be.
+    tiktok_webhook_enabled: bool = True
+    deauthorization_policy: Literal["record", "disable", "unlink"] = "record"
+    webhook_max_age: int = Field(default=300, ge=30, le=3600)
     # Prometheus metrics at GET /metrics (keep it off the public listener, e.g. at the load balancer).
     metrics_enabled: bool = True
     # OpenTelemetry tracing (needs the `otel` extra); exporter configured by OTEL_EXPORTER_OTLP_* variables.

@@ -1,0 +1,100 @@
+"""POST /webhooks/tiktok: TikTok's `authorization.removed` event (a user disconnected our app).
+
+TikTok signs each delivery: header `TikTok-Signature: t=<unix time>,s=<hex HMAC-SHA256>` over
+`t + "." + raw body`, keyed with the app's client secret. Deliveries are at least once and retried for
+72 h unless answered 200 promptly, so the handler verifies, de-duplicates, answers 200 at once and applies
+the configured policy (record, disable or unlink) after the answer has gone out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response
+
+from bridge.cache import plain_key
+from bridge.endpoints import read_body, resources_of
+from bridge.errors import BridgeError, OAuthError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from bridge.exchange import ExchangeService
+
+log = logging.getLogger(__name__)
+
+PATH = "/webhooks/tiktok"
+EVENT_REMOVED = "authorization.removed"
+MAX_BODY_BYTES = 64 * 1024
+# TikTok retries for up to 72 hours: remember what was handled at least that long.
+SEEN_TTL = 72 * 3600
+
+
+class SignatureRejected(OAuthError):
+    error = "invalid_request"
+    status_code = 401
+    default_description = "The TikTok-Signature header is missing, stale or wrong."
+
+
+def verify_signature(
+    header: str | None, body: bytes, secret: str, *, max_age: int, now: float | None = None
+) -> None:
+    """Raise SignatureRejected unless `header` signs `body` with `secret` within `max_age` seconds."""
+    if not header:
+        raise SignatureRejected(detail="no TikTok-Signature header")
+    parts = dict(part.strip().split("=", 1) for part in header.split(",") if "=" in part)
+    timestamp, signature = parts.get("t", ""), parts.get("s", "")
+    if not timestamp.isdigit() or not signature:
+        raise SignatureRejected(detail="malformed TikTok-Signature header")
+    if abs((now if now is not None else time.time()) - int(timestamp)) > max_age:
+        raise SignatureRejected(detail="TikTok-Signature timestamp too old or in the future")
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature.lower()):
+        raise SignatureRejected(detail="TikTok-Signature does not match")
+
+
+async def _apply(exchange: ExchangeService, open_id: str, reason: object) -> None:
+    try:
+        outcome = await exchange.deauthorize(open_id)
+    except BridgeError as exc:
+        # TikTok already has its 200; the event is in the log for an operator to replay by hand.
+        log.warning(
+            "deauthorization not applied", extra={"error_type": type(exc).__name__, "detail": exc.detail}
+        )
+        return
+    log.info("tiktok deauthorization", extra={"outcome": outcome, "reason": reason})
+
+
+async def tiktok_webhook(request: Request) -> Response:
+    resources = resources_of(request)
+    settings = resources.settings
+    body = await read_body(request, limit=MAX_BODY_BYTES)
+    verify_signature(
+        request.headers.get("tiktok-signature"),
+        body,
+        settings.tiktok_client_secret.get_secret_value(),
+        max_age=settings.webhook_max_age,
+    )
+    try:
+        event: Any = json.loads(body)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("user_openid"), str):
+        return JSONResponse({"error": "invalid_request", "error_description": "Not a TikTok event."}, 400)
+    if event.get("client_key") != settings.tiktok_client_key or event.get("event") != EVENT_REMOVED:
+        # Signed by our secret but not ours to act on (another event type): acknowledged, ignored.
+        return JSONResponse({"status": "ignored"})
+    if not await resources.cache.add(plain_key("webhook", hashlib.sha256(body).hexdigest()), b"1", SEEN_TTL):
+        return JSONResponse({"status": "duplicate"})
+    try:
+        reason = json.loads(event.get("content") or "{}").get("reason")
+    except (ValueError, AttributeError):
+        reason = None
+    task = BackgroundTask(_apply, resources.exchange, event["user_openid"], reason)
+    return JSONResponse({"status": "accepted"}, background=task)

@@ -1,0 +1,49 @@
+"""TikTok webhook signature checks (HMAC-SHA256 of t + "." + body with the client secret)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from bridge.webhook import SignatureRejected, verify_signature
+
+SECRET = "emulated-client-secret"
+BODY = b'{"client_key":"k","event":"authorization.removed","create_time":1615338610,"user_openid":"-000a"}'
+
+
+def sign(body: bytes, t: int, secret: str = SECRET) -> str:
+    return f"t={t},s={hmac.new(secret.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
+
+
+def test_valid_signature_passes() -> None:
+    """A delivery signed with our secret a moment ago is accepted (upper-case hex too)."""
+    verify_signature(sign(BODY, 1_000_000), BODY, SECRET, max_age=300, now=1_000_010)
+    verify_signature(
+        sign(BODY, 1_000_000).upper().replace("T=", "t=").replace("S=", "s="),
+        BODY,
+        SECRET,
+        max_age=300,
+        now=1_000_010,
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "now"),
+    [
+        (None, 1_000_000),
+        ("", 1_000_000),
+        ("garbage", 1_000_000),
+        ("t=abc,s=00", 1_000_000),
+        (sign(BODY, 1_000_000), 1_000_301),  # too old
+        (sign(BODY, 1_000_400), 1_000_000),  # from the future
+        (sign(BODY, 1_000_000, secret="another-app"), 1_000_000),
+        (sign(BODY + b" ", 1_000_000), 1_000_000),  # body changed after signing
+    ],
+)
+def test_bad_signatures_are_rejected(header: str | None, now: int) -> None:
+    """Missing, malformed, stale, future, foreign-key and tampered deliveries are refused with 401."""
+    with pytest.raises(SignatureRejected) as caught:
+        verify_signature(header, BODY, SECRET, max_age=300, now=now)
+    assert caught.value.status_code == 401
