@@ -66,6 +66,9 @@ async def token(request: Request) -> Response:
     await resources.limiter.check_ip(client_ip(request))
     body = await read_body(request)
     exchange_request = parse_exchange_request(parse_form(body, request.headers.get("content-type")))
+    client_id = resources.clients.authenticate(
+        request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
+    )
     exchanged = await resources.exchange.exchange(exchange_request)
     EXCHANGES.labels("token", "issued").inc()
     log.info(
@@ -75,6 +78,7 @@ async def token(request: Request) -> Response:
             "keycloak_user_id": exchanged.user_id,
             "user_created": exchanged.created,
             "subject_token_type": exchange_request.subject_token_type,
+            "client_id": client_id,
         },
     )
     return JSONResponse(

@@ -9,6 +9,7 @@ import httpx2
 
 from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
 from bridge.cache import Cache, FallbackCache, MemoryCache, RedisCache, limits_storage_uri
+from bridge.clients import ClientRegistry
 from bridge.exchange import ExchangeService, Policy
 from bridge.keycloak import KeycloakClient
 from bridge.ratelimit import RateLimiter
@@ -34,6 +35,7 @@ class Resources:
     keycloak: KeycloakClient
     exchange: ExchangeService
     limiter: RateLimiter
+    clients: ClientRegistry
 
     @classmethod
     def from_settings(
@@ -107,6 +109,9 @@ class Resources:
             keycloak=keycloak,
             exchange=exchange,
             limiter=limiter,
+            clients=ClientRegistry(
+                public=frozenset(settings.public_client_ids), confidential=settings.client_secrets()
+            ),
         )
 
     async def aclose(self) -> None:

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_per_ip: str = "60/minute"
     rate_limit_per_identity: str = "20/minute"
+    # Optional client allow-list for /token: when either is set, every request must name a client_id
+    # (form or HTTP Basic). Public (mobile) clients need none; confidential ones "id=secret,id2=secret2".
+    public_client_ids: CommaList = ()
+    confidential_clients: SecretStr | None = None
     # TikTok's deauthorization webhook (POST /webhooks/tiktok): what "authorization.removed" does to
     # the linked Keycloak user, and how old a signed delivery may be.
     tiktok_webhook_enabled: bool = True
@@ -115,6 +119,27 @@ class Settings(BaseSettings):
     @classmethod
     def _check_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(g if g.startswith("/") else f"/{g}" for g in value)
+
+    @field_validator("confidential_clients")
+    @classmethod
+    def _check_clients(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            for entry in value.get_secret_value().split(","):
+                client_id, _, secret = entry.strip().partition("=")
+                if not client_id or not secret:
+                    raise ValueError("confidential_clients entries are id=secret, comma-separated")
+        return value
+
+    def client_secrets(self) -> dict[str, str]:
+        """Confidential clients by id (empty when none are configured)."""
+        if self.confidential_clients is None:
+            return {}
+        pairs = (
+            e.strip().partition("=")
+            for e in self.confidential_clients.get_secret_value().split(",")
+            if e.strip()
+        )
+        return {client_id: secret for client_id, _, secret in pairs}
 
     @field_validator("rate_limit_per_ip", "rate_limit_per_identity")
     @classmethod

@@ -260,3 +260,20 @@ async def test_removed_link_is_noticed_and_the_user_provisioned_again(
     (new,) = linked_users(stack, user.open_id)
     assert new["id"] != old["id"]
     assert verified_claims(stack, response.json()["access_token"])["sub"] == new["id"]
+
+
+async def test_allow_listed_clients_sign_in_and_others_do_not(
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None
+) -> None:
+    """With an allow-list, a known public client and a confidential client with its secret get tokens."""
+    user = emulator.create_user()
+    settings = stack.settings(public_client_ids=("ios-app",), confidential_clients="web-bff=bff-secret")
+    async for bridge in running_bridge(settings, emulator):
+        public = await bridge.exchange(emulator.issue_access_token(user.open_id), client_id="ios-app")
+        confidential = await bridge.exchange(
+            emulator.issue_access_token(user.open_id), client_id="web-bff", client_secret="bff-secret"
+        )
+        anonymous = await bridge.exchange(emulator.issue_access_token(user.open_id))
+    assert (public.status_code, confidential.status_code) == (200, 200)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"] == "invalid_client"

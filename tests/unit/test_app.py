@@ -350,3 +350,16 @@ async def test_strapi_endpoint_keeps_its_shape_for_limits(
     assert response.json()["error"]["status"] == status
     if status == 429:
         assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_allow_list_refuses_unknown_clients_before_any_upstream_call(settings: Settings) -> None:
+    """With an allow-list, a request from an unknown client is 401 invalid_client and TikTok is not called."""
+    app = create_app(settings.model_copy(update={"public_client_ids": ("ios-app",)}))
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
+    ):
+        response = await http.post("/token", data={**FORM, "client_id": "stranger"})
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+    assert response.headers["www-authenticate"].startswith("Basic")

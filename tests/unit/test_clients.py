@@ -1,0 +1,63 @@
+"""The optional client allow-list of the token endpoint."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from bridge.clients import ClientRegistry
+from bridge.errors import InvalidClient
+
+REGISTRY = ClientRegistry(public=frozenset({"ios-app", "android-app"}), confidential={"web-bff": "s3cret=x"})
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def test_off_when_nothing_is_configured() -> None:
+    """Without an allow-list every request passes and no client is named."""
+    assert ClientRegistry(frozenset(), {}).authenticate(None, None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("authorization", "form_id", "form_secret", "expected"),
+    [
+        (None, "ios-app", None, "ios-app"),
+        (None, "web-bff", "s3cret=x", "web-bff"),
+        (basic("web-bff", "s3cret%3Dx"), None, None, "web-bff"),  # RFC 6749 §2.3.1: form-encoded in Basic
+        (basic("android-app", ""), None, None, None),
+    ],
+)
+def test_known_clients_are_named(
+    authorization: str | None, form_id: str | None, form_secret: str | None, expected: str | None
+) -> None:
+    """Public clients by id alone, confidential clients with their secret, in the form or in Basic."""
+    if expected is None:
+        with pytest.raises(InvalidClient):  # a public client presenting a secret is not that client
+            REGISTRY.authenticate(authorization, form_id, form_secret)
+    else:
+        assert REGISTRY.authenticate(authorization, form_id, form_secret) == expected
+
+
+@pytest.mark.parametrize(
+    ("authorization", "form_id", "form_secret"),
+    [
+        (None, None, None),
+        (None, "unknown-app", None),
+        (None, "web-bff", None),
+        (None, "web-bff", "wrong"),
+        (basic("web-bff", "wrong"), None, None),
+        (basic("web-bff", "s3cret=x"), "web-bff", "s3cret=x"),  # two methods at once
+        ("Basic !!!not-base64", None, None),
+    ],
+)
+def test_everything_else_is_invalid_client(
+    authorization: str | None, form_id: str | None, form_secret: str | None
+) -> None:
+    """Unknown, unnamed, wrong-secret, doubly-authenticated and malformed clients get invalid_client (401)."""
+    with pytest.raises(InvalidClient) as caught:
+        REGISTRY.authenticate(authorization, form_id, form_secret)
+    assert caught.value.status_code == 401
+    assert caught.value.headers()["WWW-Authenticate"].startswith("Basic")
