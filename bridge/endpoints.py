@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.errors import BridgeError, OAuthError, UpstreamError
+from bridge.errors import BridgeError, OAuthError
 from bridge.metrics import EXCHANGES
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
@@ -118,7 +118,7 @@ async def readyz(request: Request) -> Response:
     for name, probe in (("keycloak", resources.keycloak.ping), ("cache", resources.cache.ping)):
         try:
             await probe()
-        except (UpstreamError, BridgeError) as exc:
+        except BridgeError as exc:
             log.warning("readiness check failed", extra={"check": name, "detail": exc.detail})
             checks[name] = "unavailable"
         else:

@@ -356,15 +356,6 @@ class KeycloakClient:
                 "keycloak", f"user update HTTP {response.status_code}: {self._error_summary(response)}"
             )
 
-    async def add_link(self, user_id: str, idp_alias: str, idp_user_id: str, idp_username: str) -> None:
-        response = await self._admin(
-            "POST",
-            f"/users/{user_id}/federated-identity/{idp_alias}",
-            json={"identityProvider": idp_alias, "userId": idp_user_id, "userName": idp_username},
-        )
-        if response.status_code not in {204, 409}:
-            raise UpstreamProtocolError("keycloak", f"link HTTP {response.status_code}")
-
     async def delete_user(self, user_id: str) -> None:
         response = await self._admin("DELETE", f"/users/{user_id}")
         if response.status_code not in {204, 404}:
