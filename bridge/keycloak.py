@@ -41,13 +41,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _ServerFailure(UpstreamUnavailable):
+    """Keycloak answered 5xx: overloaded or restarting, so the request was not carried out."""
+
+
 def _is_retryable(exc: Exception) -> bool:
-    """Connection refused or a gateway/overload status: worth one more try. A read timeout is not (the
-    request may still be running) and neither is anything Keycloak answered on purpose."""
-    if not isinstance(exc, UpstreamUnavailable):
-        return False
-    cause = exc.__cause__
-    return isinstance(cause, httpx2.ConnectError) or (cause is None and "HTTP 50" in exc.detail)
+    """Connection refused or a 5xx answer: worth one more try. A read timeout is not (the request may
+    still be running) and neither is anything Keycloak answered on purpose."""
+    return isinstance(exc, _ServerFailure) or (
+        isinstance(exc, UpstreamUnavailable) and isinstance(exc.__cause__, httpx2.ConnectError)
+    )
 
 
 GRANT_TYPE_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -192,7 +195,7 @@ class KeycloakClient:
         if len(response.content) > MAX_RESPONSE_BYTES:
             raise UpstreamProtocolError("keycloak", f"{method} {self._path(url)}: answer too large")
         if response.status_code >= 500:  # noqa: PLR2004
-            raise UpstreamUnavailable(
+            raise _ServerFailure(
                 "keycloak", f"{method} {self._path(url)}: HTTP {response.status_code}", retry_after=5
             )
         return response

@@ -14,6 +14,7 @@ from limits.aio.storage import MemoryStorage
 
 from bridge.cache import FallbackCache, MemoryCache
 from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
+from bridge.keycloak import KeycloakClient
 from bridge.ratelimit import RateLimiter
 from bridge.resilience import CircuitBreaker
 from bridge.tiktok import TikTokClient
@@ -93,6 +94,49 @@ async def test_code_redemption_is_never_retried(tiktok: TikTokClient, httpx2_moc
     with pytest.raises(UpstreamUnavailable):
         await tiktok.redeem_code("code", code_verifier="v" * 43, redirect_uri="https://a/cb")
     assert route.call_count == 1
+
+
+KC = "https://kc.test"
+KC_TOKEN = f"{KC}/realms/app/protocol/openid-connect/token"
+KC_USERS = f"{KC}/admin/realms/app/users"
+ADMIN_TOKEN = httpx.Response(200, json={"access_token": "adm", "expires_in": 300})
+
+
+@pytest.fixture
+async def keycloak() -> AsyncIterator[KeycloakClient]:
+    async with httpx2.AsyncClient(timeout=1) as http:
+        yield KeycloakClient(
+            http, MemoryCache(), base_url=KC, realm="app", client_id="bridge", client_secret="s"
+        )
+
+
+@pytest.mark.parametrize(
+    "first",
+    [httpx.Response(503, text="restarting"), httpcore2.ConnectError("refused")],
+    ids=["503", "refused"],
+)
+async def test_keycloak_lookups_are_retried_after_a_5xx_or_refusal(
+    keycloak: KeycloakClient, httpx2_mock: respx.Router, first: httpx.Response | Exception
+) -> None:
+    """A user search (a GET) that meets a 5xx or a refused connection is tried once more."""
+    httpx2_mock.post(KC_TOKEN).mock(return_value=ADMIN_TOKEN)
+    search = httpx2_mock.get(KC_USERS).mock(side_effect=[first, httpx.Response(200, json=[])])
+    assert await keycloak.find_linked_user("tiktok", "-000a") is None
+    assert search.call_count == 2
+
+
+@pytest.mark.parametrize(
+    "failure", [httpx.Response(503, text="restarting"), httpcore2.ReadTimeout("slow")], ids=["503", "timeout"]
+)
+async def test_keycloak_user_creation_is_never_retried(
+    keycloak: KeycloakClient, httpx2_mock: respx.Router, failure: httpx.Response | Exception
+) -> None:
+    """A POST may have created the user already: a failure is reported, not repeated."""
+    httpx2_mock.post(KC_TOKEN).mock(return_value=ADMIN_TOKEN)
+    create = httpx2_mock.post(KC_USERS).mock(side_effect=[failure])
+    with pytest.raises(UpstreamUnavailable):
+        await keycloak.create_user({"username": "tiktok_x"})
+    assert create.call_count == 1
 
 
 async def test_breaker_stops_calls_to_a_dead_tiktok(tiktok: TikTokClient, httpx2_mock: respx.Router) -> None:
