@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import httpx2
@@ -41,6 +42,9 @@ from devstack.keycloak import (
     reusable_instance_dir,
 )
 from devstack.redis import RedisServer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 LUA = ROOT / "bench" / "wrk_bodies.lua"
 EXCHANGE = {
@@ -272,6 +276,17 @@ class Measured:
         return f"{min(values):.1f}-{max(values):.1f}"
 
 
+def measure_bridge(case: Measured, stack: Stack, run_wrk: Callable[[], Run]) -> Run:
+    """Run wrk once; charge the bridge's CPU time and the upstream calls to `case`, per exchange."""
+    before_cpu, before_calls = cpu_seconds(stack.bridge.pid), upstream_counts(stack)
+    measured = run_wrk()
+    case.runs.append(measured)
+    case.cpu_ms_per_exchange.append((cpu_seconds(stack.bridge.pid) - before_cpu) * 1000 / measured.requests)
+    after_calls = upstream_counts(stack)
+    case.calls = {k: (after_calls[k] - before_calls[k]) / measured.requests for k in after_calls}
+    return measured
+
+
 def exchange_forms(tokens: list[str]) -> list[dict[str, str]]:
     return [{**EXCHANGE, "subject_token": token} for token in tokens]
 
@@ -348,14 +363,13 @@ def report(stack: Stack, args: argparse.Namespace, work: Path, key_file: Path) -
                 cycle=False,
             )
         )
-        before_cpu, before_calls = cpu_seconds(stack.bridge.pid), upstream_counts(stack)
-        measured = wrk(token_url, warm_bodies, connections=args.connections, seconds=args.seconds, cycle=True)
-        bridge_warm.runs.append(measured)
-        bridge_warm.cpu_ms_per_exchange.append(
-            (cpu_seconds(stack.bridge.pid) - before_cpu) * 1000 / measured.requests
+        measured = measure_bridge(
+            bridge_warm,
+            stack,
+            lambda: wrk(
+                token_url, warm_bodies, connections=args.connections, seconds=args.seconds, cycle=True
+            ),
         )
-        after_calls = upstream_counts(stack)
-        bridge_warm.calls = {k: (after_calls[k] - before_calls[k]) / measured.requests for k in after_calls}
         ratios.append(measured.per_second / baseline.runs[-1].per_second)
 
     first = Measured("bridge, first sign-ins (new users)", [])
@@ -363,18 +377,17 @@ def report(stack: Stack, args: argparse.Namespace, work: Path, key_file: Path) -
         progress(f"run {run + 1}/{args.runs}: first sign-ins")
         fresh = new_tokens(stack, 400 * args.seconds)
         bodies = write_bodies(work / "fresh.txt", exchange_forms([t for _, t in fresh]))
-        before_cpu, before_calls = cpu_seconds(stack.bridge.pid), upstream_counts(stack)
-        measured = wrk(token_url, bodies, connections=args.connections, seconds=args.seconds, cycle=False)
+        measured = measure_bridge(
+            first,
+            stack,
+            lambda bodies=bodies: wrk(
+                token_url, bodies, connections=args.connections, seconds=args.seconds, cycle=False
+            ),
+        )
         if measured.seconds < args.seconds - 1:
             progress(
                 f"  all {len(fresh)} new users signed in after {measured.seconds:.1f} s; rate from that time"
             )
-        first.runs.append(measured)
-        first.cpu_ms_per_exchange.append(
-            (cpu_seconds(stack.bridge.pid) - before_cpu) * 1000 / measured.requests
-        )
-        after_calls = upstream_counts(stack)
-        first.calls = {k: (after_calls[k] - before_calls[k]) / measured.requests for k in after_calls}
 
     # Added latency near half of saturation: one connection keeps the bridge at about half its peak rate.
     low_baseline = Measured("baseline, 1 connection", [])
