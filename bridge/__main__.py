@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -41,7 +42,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     commands.add_parser("check-config", help="validate the BRIDGE_* environment and exit")
     commands.add_parser("jwks", help="print the public JWKS (for a Keycloak IdP without a JWKS URL)")
+    generate = commands.add_parser(
+        "generate-key", help="write a new ES256 signing key (mode 0600) and print its kid; never overwrites"
+    )
+    generate.add_argument("path", type=Path)
     args = parser.parse_args(argv)
+
+    if args.command == "generate-key":
+        # Needs no configuration: keys are made before the bridge is configured to use them.
+        from bridge.assertions import load_key, write_new_key  # noqa: PLC0415
+
+        if not write_new_key(args.path):
+            sys.exit(f"{args.path} exists; not overwriting a key")
+        print(load_key(args.path).kid)  # noqa: T201
+        return
 
     settings = _load_settings()
     logs.configure(settings.log_level)
@@ -49,9 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("configuration ok")  # noqa: T201
         return
     if args.command == "jwks":
-        from bridge.resources import Resources  # noqa: PLC0415 - loads keys only when asked
+        from bridge.assertions import signer_from_settings  # noqa: PLC0415 - loads keys only when asked
 
-        print(json.dumps(Resources.from_settings(settings).signer.jwks(), indent=2))  # noqa: T201
+        print(json.dumps(signer_from_settings(settings).jwks(), indent=2))  # noqa: T201
         return
 
     from bridge import server  # noqa: PLC0415 - only the server needs uvicorn

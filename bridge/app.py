@@ -129,6 +129,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         resources = Resources.from_settings(resolved, mounts=mounts)
         app.state.resources = resources
+        # Key ids are public (RFC 7638 thumbprints); they let an operator follow a rotation in the logs.
+        log.info(
+            "signing keys",
+            extra={"signing_kid": resources.signer.kid, "published_kids": resources.signer.kids},
+        )
         if tracing is not None:
             tracing.instrument_clients(resources)
         try:

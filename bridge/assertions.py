@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from bridge.errors import ServerError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,37 @@ def _with_kid(key: ECKey) -> ECKey:
 def load_key(path: Path) -> ECKey:
     try:
         key = ECKey.import_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, JoseError) as exc:
         raise ServerError(detail=f"cannot load signing key {path}: {type(exc).__name__}") from exc
     if key.as_dict(private=False).get("crv") != "P-256" or not key.is_private:
         raise ServerError(detail=f"signing key {path} must be a private EC P-256 key (ES256)")
     return _with_kid(key)
+
+
+def load_public_key(path: Path) -> ECKey:
+    """A key to publish without signing with it: the next key, or the previous one (README: "Rotating
+    the signing key"). A private PEM is accepted, but only its public half is ever used or published."""
+    try:
+        key = ECKey.import_key(path.read_bytes())
+    except (OSError, ValueError, JoseError) as exc:
+        raise ServerError(detail=f"cannot load published key {path}: {type(exc).__name__}") from exc
+    public = key.as_dict(private=False)
+    if public.get("crv") != "P-256":
+        raise ServerError(detail=f"published key {path} must be an EC P-256 key (ES256)")
+    return ECKey.import_key(public | {"kid": key.thumbprint()})
+
+
+def write_new_key(path: Path) -> bool:
+    """Write a fresh P-256 private key to `path`, readable by the owner only. False if the file exists:
+    never overwrite a key (O_EXCL also settles a race between replicas in favour of the first)."""
+    pem = ECKey.generate_key("P-256").as_pem(private=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    return True
 
 
 def load_or_generate_key(data_dir: Path) -> ECKey:
@@ -48,15 +77,7 @@ def load_or_generate_key(data_dir: Path) -> ECKey:
     path = data_dir / GENERATED_KEY_NAME
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        pem = ECKey.generate_key("P-256").as_pem(private=True)
-        try:
-            # O_EXCL: if another process won the race, keep its key rather than overwrite it.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
+        if write_new_key(path):
             log.warning(
                 "generated a development signing key",
                 extra={"path": str(path), "hint": "set BRIDGE_SIGNING_KEY_FILE in production"},
@@ -66,19 +87,32 @@ def load_or_generate_key(data_dir: Path) -> ECKey:
 
 @dataclass(frozen=True)
 class AssertionSigner:
-    """Signs assertions with the active key and publishes the JWKS (active key plus any extra public keys)."""
+    """Signs assertions with the active key and publishes the JWKS: the active key first, then the
+    published-only keys that let a rotation overlap (the next key before it signs, the previous one
+    while its last assertions are still in flight)."""
 
     key: ECKey
     issuer: str
     lifetime: int = 60
+    published: tuple[ECKey, ...] = ()
 
     @property
     def kid(self) -> str:
         return str(self.key.kid)
 
+    @property
+    def kids(self) -> list[str]:
+        """Every published key id, active first, each once (the active key may also be listed)."""
+        return list(dict.fromkeys([self.kid, *(str(k.kid) for k in self.published)]))
+
     def jwks(self) -> dict[str, Any]:
-        public = self.key.as_dict(private=False) | {"use": "sig", "alg": ALGORITHM, "kid": self.kid}
-        return {"keys": [public]}
+        by_kid = {str(k.kid): k for k in (self.key, *self.published)}
+        return {
+            "keys": [
+                by_kid[kid].as_dict(private=False) | {"use": "sig", "alg": ALGORITHM, "kid": kid}
+                for kid in self.kids
+            ]
+        }
 
     def mint(self, subject: str, audience: str) -> str:
         now = int(time.time())
@@ -92,3 +126,15 @@ class AssertionSigner:
             "jti": secrets.token_urlsafe(16),
         }
         return jwt.encode({"alg": ALGORITHM, "kid": self.kid, "typ": "JWT"}, claims, self.key)
+
+
+def signer_from_settings(settings: Settings) -> AssertionSigner:
+    key = (
+        load_key(settings.signing_key_file)
+        if settings.signing_key_file is not None
+        else load_or_generate_key(settings.data_dir)
+    )
+    published = tuple(load_public_key(path) for path in settings.published_key_files)
+    return AssertionSigner(
+        key=key, issuer=settings.issuer_url, lifetime=settings.assertion_lifetime, published=published
+    )

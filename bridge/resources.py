@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
-from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
+from bridge.assertions import AssertionSigner, signer_from_settings
 from bridge.cache import Cache, FallbackCache, MemoryCache, RedisCache, limits_storage_uri
 from bridge.clients import ClientRegistry
 from bridge.exchange import ExchangeService, Policy
@@ -41,12 +41,7 @@ class Resources:
     def from_settings(
         cls, settings: Settings, *, mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None
     ) -> Resources:
-        key = (
-            load_key(settings.signing_key_file)
-            if settings.signing_key_file is not None
-            else load_or_generate_key(settings.data_dir)
-        )
-        signer = AssertionSigner(key=key, issuer=settings.issuer_url, lifetime=settings.assertion_lifetime)
+        signer = signer_from_settings(settings)
         timeout = httpx2.Timeout(settings.http_timeout, connect=min(2.0, settings.http_timeout))
         http = httpx2.AsyncClient(
             timeout=timeout,

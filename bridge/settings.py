@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # The bridge itself
     issuer: HttpUrl
     signing_key_file: Path | None = None
+    # Keys published in the JWKS without signing, so a key rotation overlaps: the next key before it
+    # signs, the previous one until its last assertions expired (README: "Rotating the signing key").
+    published_key_files: Annotated[tuple[Path, ...], NoDecode] = ()
     # Where a generated development signing key is kept, so restarts and local replicas agree.
     data_dir: Path = Path("var")
     redis_url: SecretStr | None = None
@@ -101,6 +104,7 @@ class Settings(BaseSettings):
         "tiktok_access_token_scopes",
         "default_groups",
         "default_realm_roles",
+        "published_key_files",
         mode="before",
     )
     @classmethod
