@@ -71,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from bridge import server  # noqa: PLC0415 - only the server needs uvicorn
 
     server.serve(
-        host=args.host, port=args.port, workers=args.workers, forwarded_allow_ips=args.forwarded_allow_ips
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        header_timeout=settings.client_header_timeout,
     )
 
 

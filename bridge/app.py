@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import endpoints, openapi, strapi, webhook
-from bridge.errors import BridgeError, ServerError, to_oauth_error
+from bridge.errors import BridgeError, HeadersTooLarge, ServerError, to_oauth_error
 from bridge.logs import request_id
 from bridge.metrics import EXCHANGES, metrics_endpoint
 from bridge.resources import Resources
@@ -70,6 +70,32 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     # A bug, not bad input: log what it was (no traceback: locals could hold a token), answer generically.
     log.error("unexpected error", extra={"path": request.url.path, "error_type": type(exc).__name__})
     return error_response(ServerError(detail=type(exc).__name__), path=request.url.path)
+
+
+# Request line and headers. Ours are a few hundred bytes; 16 KiB leaves room for what proxies add.
+# uvicorn's h11 bounds only headers that arrive in pieces (its buffer for an incomplete request), so a
+# large block sent at once is checked here.
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_COUNT = 64
+
+
+class HeaderLimitMiddleware:
+    """Refuse requests whose headers exceed the limits before any endpoint sees them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+            size += sum(len(name) + len(value) + 4 for name, value in headers)  # ": " and CRLF
+            if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
+                detail = f"{len(headers)} headers, {size} bytes"
+                response = error_response(HeadersTooLarge(detail=detail), path=scope["path"])
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestIdMiddleware:
@@ -180,7 +206,8 @@ def create_app(
             Exception: _unexpected_error,
         },
     )
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HeaderLimitMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # added last, so outermost: refusals get an id and a log line
     if tracing is not None:
         tracing.instrument_app(app)
     return app

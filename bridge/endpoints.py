@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.errors import BridgeError, OAuthError
+from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError
 from bridge.metrics import EXCHANGES
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
@@ -32,11 +33,6 @@ JWKS_PATH = "/.well-known/jwks.json"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-class BodyTooLarge(OAuthError):
-    status_code = 413
-    default_description = "The request body is too large."
-
-
 def resources_of(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
@@ -49,15 +45,20 @@ def client_ip(request: Request) -> str | None:
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read at most `limit` bytes; a larger body is refused without buffering it whole."""
+    """Read at most `limit` bytes, within the body timeout: a larger body is refused without buffering
+    it whole, and a client trickling its body cannot hold a worker slot for long."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise BodyTooLarge
+    try:
+        async with asyncio.timeout(resources_of(request).settings.client_body_timeout):
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise BodyTooLarge
+    except TimeoutError as exc:
+        raise BodyTimeout from exc
     return bytes(body)
 
 

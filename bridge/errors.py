@@ -15,6 +15,9 @@
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
     │   ├── InvalidTarget             400 invalid_target
+    │   ├── BodyTimeout               408 invalid_request: the body did not arrive in time
+    │   ├── BodyTooLarge              413 invalid_request
+    │   ├── HeadersTooLarge           431 invalid_request (RFC 6585)
     │   ├── RateLimited               429 temporarily_unavailable with Retry-After (RFC 6585)
     │   ├── TemporarilyUnavailable    503 temporarily_unavailable with Retry-After
     │   └── ServerError               500 server_error: our fault or our configuration's, never input's
@@ -136,6 +139,28 @@ class _RetryAfterMixin(OAuthError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class BodyTimeout(OAuthError):
+    # RFC 9110 §15.5.9: the server would not wait longer; the client may repeat the request.
+    status_code = 408
+    default_description = "The request body did not arrive in time."
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body may still be on its way
+
+
+class BodyTooLarge(OAuthError):
+    status_code = 413
+    default_description = "The request body is too large."
+
+
+class HeadersTooLarge(OAuthError):
+    status_code = 431  # RFC 6585 §5
+    default_description = "The request headers are too large."
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class RateLimited(_RetryAfterMixin):

@@ -68,7 +68,10 @@ def _oauth_errors() -> dict[str, Any]:
     error = {"$ref": "#/components/schemas/OAuthError"}
     return {
         "400": _json(error, "Invalid request (RFC 6749 §5.2, RFC 8693 §2.2.2)"),
+        "401": _json(error, "Unknown client or wrong client secret (only with a client allow-list)"),
+        "408": _json(error, "The body did not arrive within the body timeout"),
         "413": _json(error, "Body larger than 16 KiB"),
+        "431": _json(error, "Request line and headers over 16 KiB, or more than 64 headers"),
         "429": _json(error, "Rate limited (RFC 6585)", _RETRY_AFTER),
         "500": _json(error, "The bridge's own configuration or a bug"),
         "503": _json(error, "TikTok or Keycloak unavailable", _RETRY_AFTER),
@@ -179,7 +182,12 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                         "A Keycloak token and the Strapi-shaped user",
                     ),
                     "400": _json(_STRAPI_ERROR, "The plugin's error shape and messages"),
+                    "408": _json(_STRAPI_ERROR, "The body did not arrive within the body timeout"),
                     "413": _json(_STRAPI_ERROR, "Body larger than 16 KiB"),
+                    "431": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "Request line and headers over 16 KiB, or more than 64 headers",
+                    ),
                     "429": _json(_STRAPI_ERROR, "Rate limited", _RETRY_AFTER),
                     "500": _json(_STRAPI_ERROR, "Internal error"),
                     "503": _json(_STRAPI_ERROR, "TikTok or Keycloak unavailable", _RETRY_AFTER),
@@ -214,7 +222,15 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                     "401": _json(
                         {"$ref": "#/components/schemas/OAuthError"}, "Signature missing, stale or wrong"
                     ),
+                    "408": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "The body did not arrive within the body timeout",
+                    ),
                     "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 64 KiB"),
+                    "431": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "Request line and headers over 16 KiB, or more than 64 headers",
+                    ),
                 },
             }
         }

@@ -1,40 +1,87 @@
-"""Running the app under uvicorn: the settings of `bridge serve`, and one fix to uvicorn's sockets.
+"""Running the app under uvicorn: the settings of `bridge serve`, and what uvicorn's HTTP/1.1 protocol
+lacks for a server on the public internet.
 
-With `--workers N` uvicorn binds the listening socket itself as `socket.socket(family=...)`, whose
-protocol number is 0; asyncio only sets TCP_NODELAY on sockets whose protocol is IPPROTO_TCP, so every
-accepted connection keeps Nagle's algorithm. A response is written as headers, then body: the second
-write waits for the client's delayed ACK, and every request took 40 ms more (measured: 44 ms for a 405
-with two workers, 0.17 ms with one). Setting TCP_NODELAY per connection restores single-worker latency.
+1. TCP_NODELAY. With `--workers N` uvicorn binds the listening socket itself as
+   `socket.socket(family=...)`, whose protocol number is 0; asyncio only sets TCP_NODELAY on sockets whose
+   protocol is IPPROTO_TCP, so every accepted connection keeps Nagle's algorithm. A response is written as
+   headers, then body: the second write waits for the client's delayed ACK, and every request took 40 ms
+   more (measured: 44 ms for a 405 with two workers, 0.17 ms with one).
+2. A deadline for request headers. uvicorn's keep-alive timer is cancelled by any byte received, and a
+   new connection has no timer at all, so a client trickling header bytes (slowloris) holds a connection
+   for ever. Headers must now be complete within `header_timeout` of connecting or of the last response.
+   (A slow body is bounded in the app: `endpoints.read_body` answers 408.)
 """
 
 from __future__ import annotations
 
+import functools
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from bridge.app import MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
     import asyncio
 
 
-class NoDelayH11Protocol(H11Protocol):
+class BridgeH11Protocol(H11Protocol):
+    def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in {socket.AF_INET, socket.AF_INET6}:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
+        self._start_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._start_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        self._cancel_header_timer()
+        if not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self._header_timeout, self._headers_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        # A request in progress has its headers; only a connection waiting for (the rest of) a request
+        # line and headers is closed. There is no request to answer, so nothing is sent.
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and not self.transport.is_closing():
+            self.transport.close()
 
 
-def serve(*, host: str, port: int, workers: int, forwarded_allow_ips: str) -> None:
+def serve(
+    *, host: str, port: int, workers: int, forwarded_allow_ips: str, header_timeout: float = 10.0
+) -> None:
     uvicorn.run(
         "bridge.app:serve_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        http=NoDelayH11Protocol,
+        # A partial of a module-level class: it survives the pickling that starts worker processes.
+        http=functools.partial(BridgeH11Protocol, header_timeout=header_timeout),  # type: ignore[arg-type]
+        # Headers trickling in are buffered up to this much, then refused (400, connection closed);
+        # a block that arrives at once is checked by the app (431).
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_keep_alive=5,  # idle keep-alive connections (uvicorn's own timer)
         log_config=None,  # keep our JSON logging
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips,

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # While Redis is down, how often one request tries it again.
     redis_retry_interval: float = Field(default=5.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Slow clients: request headers must be complete this long after connecting (or after the last
+    # response on a kept-alive connection), and a body must arrive within this long of its headers.
+    client_header_timeout: float = Field(default=10.0, gt=0, le=300)
+    client_body_timeout: float = Field(default=10.0, gt=0, le=300)
 
     # Account policies
     registration_open: bool = True

@@ -41,7 +41,7 @@ PATH = "/api/tiktok-auth-mobile/connect"
 NO_TOKEN = "No access token provided."  # noqa: S105 - a message
 # The plugin called TikTok with axios, whose error message for a non-2xx answer is this sentence.
 AXIOS_STATUS_MESSAGE = "Failed to fetch TikTok user: Request failed with status code {status}"
-STRAPI_ERROR_NAMES = {413: "PayloadTooLargeError", 429: "RateLimitError"}
+STRAPI_ERROR_NAMES = {408: "RequestTimeoutError", 413: "PayloadTooLargeError", 429: "RateLimitError"}
 MESSAGES: dict[type[BridgeError], str] = {
     UserNotFound: "User not exist.",
     RegistrationClosed: "Register action is actually not available.",

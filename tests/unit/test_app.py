@@ -321,7 +321,17 @@ def test_openapi_document_names_exactly_the_served_routes(
 async def test_openapi_is_served(client: httpx2.AsyncClient) -> None:
     """GET /openapi.json answers the document, with the token endpoint's RFC error statuses."""
     spec = (await client.get("/openapi.json")).json()
-    assert set(spec["paths"]["/token"]["post"]["responses"]) == {"200", "400", "413", "429", "500", "503"}
+    assert set(spec["paths"]["/token"]["post"]["responses"]) == {
+        "200",
+        "400",
+        "401",
+        "408",
+        "413",
+        "429",
+        "431",
+        "500",
+        "503",
+    }
     assert spec["servers"] == [{"url": "https://bridge.example"}]
 
 

@@ -165,7 +165,7 @@ def test_served_connections_disable_nagle() -> None:
     import socket  # noqa: PLC0415
     from unittest.mock import MagicMock  # noqa: PLC0415
 
-    from bridge.server import NoDelayH11Protocol  # noqa: PLC0415
+    from bridge.server import BridgeH11Protocol  # noqa: PLC0415
 
     listener = socket.socket(family=socket.AF_INET)  # as uvicorn's bind_socket makes it: proto 0
     listener.bind(("127.0.0.1", 0))
@@ -178,7 +178,7 @@ def test_served_connections_disable_nagle() -> None:
         transport.get_extra_info.side_effect = lambda name, default=None: (
             accepted if name == "socket" else default
         )
-        protocol = NoDelayH11Protocol.__new__(NoDelayH11Protocol)
+        protocol = BridgeH11Protocol.__new__(BridgeH11Protocol)
         with contextlib.suppress(AttributeError):  # uvicorn's own set-up needs server state; ours runs first
             protocol.connection_made(transport)
         assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
