@@ -30,7 +30,7 @@ MAX_PARAMETER_LENGTH = 2048
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 # TikTok tokens and codes are printable ASCII; anything else cannot be one and is refused before any call.
-_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$")  # what a token may be: it travels in headers and forms
 # RFC 7636 §4.1 allows 43-128 characters; TikTok's Android SDK makes 32, so the floor is 32.
 _CODE_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{32,128}$")
 
@@ -155,7 +155,7 @@ def _subject(form: dict[str, str]) -> tuple[str, str]:
     subject_token = form.get("subject_token")
     if not subject_token:
         raise InvalidRequest("The subject_token parameter is missing.")
-    if len(subject_token) > MAX_TOKEN_LENGTH or not _PRINTABLE.match(subject_token):
+    if len(subject_token) > MAX_TOKEN_LENGTH or not VISIBLE_ASCII.match(subject_token):
         raise InvalidRequest("The subject_token is malformed.")
     subject_token_type = form.get("subject_token_type")
     if not subject_token_type:

@@ -25,6 +25,7 @@ from bridge.errors import (
 )
 from bridge.metrics import timed
 from bridge.resilience import CircuitBreaker
+from bridge.rfc8693 import VISIBLE_ASCII
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -276,6 +277,14 @@ class TikTokClient:
         self._retry_attempts = retry_attempts
 
     async def fetch_profile(self, access_token: str, scopes: Iterable[str] = (SCOPE_BASIC,)) -> TikTokProfile:
+        if not VISIBLE_ASCII.match(access_token):
+            # It cannot go into an Authorization header (httpx would raise; CR/LF would inject), and
+            # TikTok answers 401 access_token_invalid to any token it did not issue: say so unasked.
+            raise SubjectTokenRejected(
+                "The TikTok access token is invalid or expired.",
+                detail="token is not visible ASCII; TikTok not called",
+                tiktok_status=401,
+            )
         fields = ",".join(fields_for_scopes(scopes))
         return await self._guarded(
             "user_info",

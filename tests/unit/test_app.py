@@ -373,3 +373,20 @@ async def test_allow_list_refuses_unknown_clients_before_any_upstream_call(setti
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
     assert response.headers["www-authenticate"].startswith("Basic")
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+@pytest.mark.parametrize("token", ["\x80", "tok\r\nX-Injected: 1", "naïve-token", "a b"])
+async def test_strapi_tokens_that_cannot_be_sent_are_refused_unsent(
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router, token: str
+) -> None:
+    """A token that cannot travel in an Authorization header (found by schemathesis: "\\x80" was a 500)
+    gets the plugin's answer for a token TikTok refuses, and TikTok is never called."""
+    user_info = httpx2_mock.get(f"{TIKTOK}/v2/user/info/")
+    response = await client.post("/api/tiktok-auth-mobile/connect", json={"access_token": token})
+    assert response.status_code == 400, response.text
+    assert (
+        response.json()["error"]["message"]
+        == "Failed to fetch TikTok user: Request failed with status code 401"
+    )
+    assert not user_info.called
