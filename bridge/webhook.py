@@ -85,16 +85,26 @@ async def tiktok_webhook(request: Request) -> Response:
         event: Any = json.loads(body)
     except ValueError:
         event = None
-    if not isinstance(event, dict) or not isinstance(event.get("user_openid"), str):
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("user_openid"), str)
+        or not event["user_openid"]
+    ):
         return JSONResponse({"error": "invalid_request", "error_description": "Not a TikTok event."}, 400)
     if event.get("client_key") != settings.tiktok_client_key or event.get("event") != EVENT_REMOVED:
         # Signed by our secret but not ours to act on (another event type): acknowledged, ignored.
         return JSONResponse({"status": "ignored"})
     if not await resources.cache.add(plain_key("webhook", hashlib.sha256(body).hexdigest()), b"1", SEEN_TTL):
         return JSONResponse({"status": "duplicate"})
-    try:
-        reason = json.loads(event.get("content") or "{}").get("reason")
-    except (ValueError, AttributeError):
-        reason = None
-    task = BackgroundTask(_apply, resources.exchange, event["user_openid"], reason)
+    task = BackgroundTask(_apply, resources.exchange, event["user_openid"], _reason(event.get("content")))
     return JSONResponse({"status": "accepted"}, background=task)
+
+
+def _reason(content: object) -> object:
+    """TikTok's `content` is a JSON document in a string; anything else (found by fuzzing: a number
+    raised TypeError, a 500) just means no reason is known."""
+    try:
+        details = json.loads(content) if isinstance(content, str) else None
+    except ValueError:
+        return None
+    return details.get("reason") if isinstance(details, dict) else None

@@ -23,6 +23,7 @@ from bridge.rfc8693 import (
 )
 from bridge.strapi import _access_token
 from bridge.tiktok import CodeGrant, TikTokProfile, parse_token_answer, parse_user_info
+from bridge.webhook import _reason
 
 FORM = "application/x-www-form-urlencoded"
 NAMES = st.sampled_from(
@@ -230,3 +231,13 @@ def test_enormous_tiktok_answers_are_refused_before_parsing(size: int) -> None:
     user = {"open_id": "-000a", "display_name": "x" * min(size, 200_000)}
     profile = parse_user_info(200, _body({"data": {"user": user}, "error": {"code": "ok"}}))
     assert profile.open_id == "-000a"
+
+
+@given(content=st.one_of(JSON, st.text(max_size=200), JSON.map(json.dumps)))
+def test_webhook_event_content_of_any_shape_is_read_or_ignored(content: Any) -> None:  # noqa: ANN401
+    """TikTok's `content` field, whatever its type: a reason or None, never an exception (a number once
+    raised TypeError, a 500 found by the contract fuzzing)."""
+    reason = _reason(content)
+    if reason is not None:
+        assert isinstance(content, str)
+        assert json.loads(content)["reason"] == reason
