@@ -84,7 +84,7 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
         "required": ["grant_type", "subject_token", "subject_token_type"],
         "properties": {
             "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
-            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
             "subject_token_type": {"type": "string", "enum": list(SUPPORTED_SUBJECT_TOKEN_TYPES)},
             "requested_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
             "scope": {"type": "string"},
@@ -172,7 +172,11 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": {"type": "object", "properties": {"access_token": {"type": "string"}}}
+                            "schema": {
+                                "type": "object",
+                                "required": ["access_token"],
+                                "properties": {"access_token": {"type": "string", "minLength": 1}},
+                            }
                         }
                     },
                 },

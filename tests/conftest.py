@@ -248,14 +248,23 @@ def _no_retry_waits() -> Iterator[None]:
     stamina.set_testing(False)
 
 
-def start_bridge_process(stack: Stack, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m bridge serve` as a real process on a free port, once it answers /healthz."""
+def start_bridge_process(
+    stack: Stack, log_file: Path | None = None, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m bridge serve` as a real process on a free port, once it answers /healthz.
+
+    Its log goes to a pipe that `communicate()` reads at the end, which suits a handful of requests.
+    Give `log_file` for long runs: nobody drains the pipe meanwhile, and once its 64 KiB fill up every
+    log write blocks the server (a fuzzing run hung exactly so)."""
     port = free_port()
+    log_target = log_file.open("wb") if log_file is not None else subprocess.PIPE
     process = subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--port", str(port)],
         env={**os.environ, **stack.env(**env)},
-        stderr=subprocess.PIPE,
+        stderr=log_target,
     )
+    if log_file is not None:
+        log_target.close()  # type: ignore[union-attr]  # the child holds its own copy
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -266,7 +275,8 @@ def start_bridge_process(stack: Stack, **env: str) -> tuple[subprocess.Popen[byt
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"bridge did not start: {process.communicate()[1].decode()[-2000:]}")
+            stderr = process.communicate()[1] or (log_file.read_bytes() if log_file else b"")
+            raise RuntimeError(f"bridge did not start: {stderr.decode()[-2000:]}")
         time.sleep(0.1)
 
 
