@@ -183,11 +183,13 @@ class ExchangeService:
     async def deauthorize(self, open_id: str) -> str:
         """Apply the deauthorization policy to the user linked to `open_id`; returns what was done.
 
-        The cached user id goes in every case, so the next sign-in asks Keycloak again. (The TikTok
-        token itself was revoked by TikTok before the event was sent; a profile cached under it
-        lives out its TTL.)
+        In every case the cached user id is replaced by a tombstone with the time of revocation, kept as
+        long as a profile may stay cached. TikTok revoked the user's tokens before sending the event, but
+        profiles cached under them would otherwise keep signing in for their TTL; the tombstone refuses
+        any profile verified before it, at no extra cost on the warm path (it is the key read anyway).
         """
-        await self._cache.delete(self._user_key(open_id))
+        tombstone = json.dumps({"revoked_at": time.time()}).encode()
+        await self._cache.set(self._user_key(open_id), tombstone, self._policy.profile_ttl)
         if self._policy.deauthorization == "record":
             return "recorded"
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, open_id)
@@ -265,14 +267,20 @@ class ExchangeService:
         attributes = profile_attributes(profile)
         fingerprint = _fingerprint(attributes)
         user_key = self._user_key(profile.open_id)
-        if cached := await self._cache.get(user_key):
+        entry = json.loads(cached) if (cached := await self._cache.get(user_key)) else {}
+        if "revoked_at" in entry and profile.verified_at <= entry["revoked_at"]:
+            raise SubjectTokenRejected(
+                "The TikTok access token is invalid or expired.",
+                detail="profile verified before the user deauthorized the app",
+            )
+        if "id" in entry:
             CACHE_LOOKUPS.labels("user", "hit").inc()
-            entry = json.loads(cached)
             if entry.get("fp") != fingerprint:
                 await self._sync_profile(entry["id"], attributes)
                 await self._remember(user_key, entry["id"], fingerprint)
             return str(entry["id"]), False
 
+        # Not cached, or a tombstone and a profile verified since: ask Keycloak.
         CACHE_LOOKUPS.labels("user", "miss").inc()
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
         created = False

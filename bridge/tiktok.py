@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
@@ -59,6 +60,9 @@ class TikTokProfile:
     avatar_url: str | None = None
     username: str | None = None
     is_verified: bool | None = None
+    # When TikTok vouched for this profile (it stays cached under its token for a while): a user who
+    # deauthorized the app after this moment revoked the token it came from.
+    verified_at: float = field(default_factory=time.time, compare=False)
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -69,6 +73,7 @@ class TikTokProfile:
                 "avatar_url": self.avatar_url,
                 "username": self.username,
                 "is_verified": self.is_verified,
+                "verified_at": self.verified_at,
             },
             separators=(",", ":"),
         ).encode()
@@ -83,6 +88,7 @@ class TikTokProfile:
             avatar_url=data.get("avatar_url"),
             username=data.get("username"),
             is_verified=data.get("is_verified"),
+            verified_at=float(data.get("verified_at", 0.0)),
         )
 
 

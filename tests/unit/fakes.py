@@ -70,6 +70,13 @@ class FakeKeycloak:
         self.calls.append("update")
         self.users[user_id] = {**representation, "id": user_id}
 
+    async def remove_link(self, user_id: str, idp_alias: str) -> None:
+        self.calls.append("unlink")
+        rep = self.users[user_id]
+        rep["federatedIdentities"] = [
+            link for link in rep.get("federatedIdentities", []) if link["identityProvider"] != idp_alias
+        ]
+
     async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken:
         self.calls.append("token")
         subject = assertion.removeprefix("assertion-for:")

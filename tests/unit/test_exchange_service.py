@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import pytest
@@ -179,3 +180,29 @@ def test_deterministic_username_is_stable_and_valid() -> None:
     assert len(name) == len("tiktok_") + 20
     assert name == name.lower()
     assert name.replace("_", "").isalnum()
+
+
+@pytest.mark.parametrize("policy", ["record", "disable", "unlink"])
+async def test_deauthorization_refuses_profiles_cached_before_it(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak, policy: str
+) -> None:
+    """After the webhook, a token whose profile is still cached no longer signs in, whatever the policy
+    (TikTok revoked it; without the tombstone it worked for the profile TTL). A token verified after the
+    deauthorization (the user authorized the app again) is judged by Keycloak as usual."""
+    bridge = service(tiktok, keycloak, deauthorization=policy)
+    await bridge.exchange(request("act.one"))
+    await bridge.deauthorize(PROFILE.open_id)
+    tiktok.calls.clear()
+
+    with pytest.raises(SubjectTokenRejected):
+        await bridge.exchange(request("act.one"))
+    assert tiktok.calls == []  # refused from the cache alone
+
+    tiktok.profiles["act.new"] = replace(PROFILE, verified_at=time.time() + 1)
+    if policy == "disable":
+        with pytest.raises(AccountDisabled):
+            await bridge.exchange(request("act.new"))
+    else:
+        result = await bridge.exchange(request("act.new"))
+        assert result.created is (policy == "unlink")
+        assert (await bridge.exchange(request("act.new"))).user_id == result.user_id  # cached again
