@@ -10,8 +10,13 @@ Emulated, following TikTok's documented wire formats (see README, "TikTok emulat
   exact redirect_uri match; refresh_token with rotation; flat success JSON; errors as
   `{"error", "error_description", "log_id"}`, by default with HTTP 200.
 - `POST /v2/oauth/revoke/`.
+- Webhook delivery of `authorization.removed` when a user deauthorizes the app: the event envelope
+  `{client_key, event, create_time, user_openid, content}` (content a JSON string with `reason`), signed
+  in `TikTok-Signature: t=<unix time>,s=<hex HMAC-SHA256 of "t.body" with the client secret>`, and
+  delivered again while the receiver does not answer 200 (TikTok retries for 72 hours; here a few times,
+  quickly). The user's tokens stop working first, as on TikTok.
 Not emulated: the browser authorize page (tests mint codes through the control API instead, as Login Kit
-would hand them to an app), sandbox target users, webhooks delivery, video and other APIs.
+would hand them to an app), sandbox target users, other webhook events, video and other APIs.
 
 A control API under `/_emulator/` lets tests and the local stack create users, tokens and codes, inject
 faults and read call counters over HTTP.
@@ -24,6 +29,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -149,6 +155,9 @@ class TikTokEmulator:
     access_token_ttl: int = 86400
     refresh_token_ttl: int = 31536000
     code_ttl: int = 300
+    webhook_url: str | None = None
+    webhook_attempts: int = 3
+    webhook_retry_delay: float = 0.2
     calls: dict[str, int] = field(default_factory=lambda: {"user_info": 0, "token": 0, "revoke": 0})
     _users: dict[str, EmulatedUser] = field(default_factory=dict, repr=False)
     _tokens: dict[str, _Token] = field(default_factory=dict, repr=False)
@@ -218,6 +227,57 @@ class TikTokEmulator:
     def revoke_access_token(self, token: str) -> None:
         with self._lock:
             self._tokens.pop(token, None)
+
+    def deauthorize(self, open_id: str) -> None:
+        """The user removed the app: every access and refresh token of theirs stops working."""
+        with self._lock:
+            if open_id not in self._users:
+                raise KeyError(open_id)
+            for tokens in (self._tokens, self._refresh):
+                for token in [t for t, grant in tokens.items() if grant.open_id == open_id]:
+                    del tokens[token]
+
+    def deauthorization_event(
+        self, open_id: str, reason: int = 1, now: int | None = None
+    ) -> tuple[bytes, str]:
+        """The signed `authorization.removed` delivery: (raw body, TikTok-Signature header value)."""
+        timestamp = int(time.time()) if now is None else now
+        body = json.dumps(
+            {
+                "client_key": self.client_key,
+                "event": "authorization.removed",
+                "create_time": timestamp,
+                "user_openid": open_id,
+                "content": json.dumps({"reason": reason}),
+            }
+        ).encode()
+        mac = hmac.new(self.client_secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        return body, f"t={timestamp},s={mac.hexdigest()}"
+
+    async def deliver_deauthorization(self, open_id: str, reason: int = 1) -> list[int | str]:
+        """Deauthorize the user and deliver the webhook until it gets a 200 (each attempt signed anew,
+        as a redelivery is). Returns each attempt's HTTP status, or the transport error's name."""
+        self.deauthorize(open_id)
+        if self.webhook_url is None:
+            return []
+        import httpx2  # noqa: PLC0415 - only webhook delivery needs an HTTP client
+
+        outcomes: list[int | str] = []
+        async with httpx2.AsyncClient(timeout=5) as http:
+            for attempt in range(self.webhook_attempts):
+                if attempt:
+                    await asyncio.sleep(self.webhook_retry_delay)
+                body, signature = self.deauthorization_event(open_id, reason)
+                headers = {"Content-Type": "application/json", "TikTok-Signature": signature}
+                try:
+                    response = await http.post(self.webhook_url, content=body, headers=headers)
+                except httpx2.HTTPError as exc:
+                    outcomes.append(type(exc).__name__)
+                    continue
+                outcomes.append(response.status_code)
+                if response.status_code == 200:  # noqa: PLR2004
+                    break
+        return outcomes
 
     def issue_authorization_code(
         self,
@@ -508,6 +568,17 @@ def create_app(emulator: TikTokEmulator) -> Starlette:  # noqa: C901 - one small
             return _bad("unknown user", 404)
         return JSONResponse({"code": code}, status_code=201)
 
+    async def deauthorize(request: Request) -> Response:
+        body = await _json_object(request) or {}
+        reason = body.get("reason", 1)
+        if not isinstance(reason, int):
+            return _bad("reason must be an integer")
+        try:
+            outcomes = await emulator.deliver_deauthorization(request.path_params["open_id"], reason)
+        except KeyError:
+            return _bad("no such user", 404)
+        return JSONResponse({"deliveries": outcomes})
+
     async def fault(request: Request) -> Response:
         body = await _json_object(request)
         if (
@@ -547,6 +618,7 @@ def create_app(emulator: TikTokEmulator) -> Starlette:  # noqa: C901 - one small
             Route("/v2/oauth/revoke/", emulator.revoke, methods=["POST"]),
             Route("/_emulator/users", create_user, methods=["POST"]),
             Route("/_emulator/users/{open_id}", update_user, methods=["PATCH"]),
+            Route("/_emulator/users/{open_id}/deauthorize", deauthorize, methods=["POST"]),
             Route("/_emulator/tokens", issue_token, methods=["POST"]),
             Route("/_emulator/tokens/revoke", revoke_token, methods=["POST"]),
             Route("/_emulator/codes", issue_code, methods=["POST"]),
@@ -575,6 +647,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--client-secret", default=os.environ.get("BRIDGE_TIKTOK_CLIENT_SECRET", "emulated-client-secret")
     )
     parser.add_argument("--redirect-uri", action="append", default=[])
+    parser.add_argument("--webhook-url", help="where to deliver authorization.removed events (the bridge's)")
     parser.add_argument("--seed-demo", action="store_true", help="create a demo user and print its token")
     parser.add_argument(
         "--user-info-rate-limit",
@@ -589,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         client_secret=args.client_secret,
         redirect_uris=tuple(args.redirect_uri),
         user_info_rate_limit_per_minute=args.user_info_rate_limit,
+        webhook_url=args.webhook_url,
     )
     if args.seed_demo:
         user = emulator.create_user(display_name=DEMO_DISPLAY_NAME, username="demo_tiktoker")
