@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def _load_settings() -> Settings:
     try:
-        return Settings()
+        return Settings.load()
     except ValidationError as exc:
         # Name the variables; never echo their values (they may be secrets).
         problems = "; ".join(

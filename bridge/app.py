@@ -148,7 +148,7 @@ def create_app(
 ) -> Starlette:
     """Build the app. Test seams: `mounts` routes outbound calls to test transports (e.g. the TikTok
     emulator); `span_exporter` receives the spans when tracing is enabled."""
-    resolved = settings if settings is not None else Settings()
+    resolved = settings if settings is not None else Settings.load()
     tracing = Tracing.from_settings(resolved, span_exporter)
 
     @contextlib.asynccontextmanager
@@ -215,7 +215,7 @@ def create_app(
 
 def serve_app() -> Starlette:
     """The factory `bridge serve` hands uvicorn: every worker process configures its own logging."""
-    settings = Settings()
+    settings = Settings.load()
     from bridge import logs  # noqa: PLC0415 - only the server process configures logging globally
 
     logs.configure(settings.log_level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,6 +29,17 @@ class Settings(BaseSettings):
     """Every knob of the bridge. Secrets are `SecretStr`, so they never show in a repr or a log line."""
 
     model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="forbid", frozen=True)
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The environment, plus one file per setting in BRIDGE_SECRETS_DIR if set (Docker and
+        Kubernetes secrets: /run/secrets/bridge_tiktok_client_secret holds BRIDGE_TIKTOK_CLIENT_SECRET).
+        A variable in the environment wins over its file."""
+        secrets_dir = os.environ.get("BRIDGE_SECRETS_DIR")
+        return cls(_secrets_dir=secrets_dir) if secrets_dir else cls()
+
+    # Where BRIDGE_* files are read from (see `load`); declared so the variable is a known setting.
+    secrets_dir: Path | None = None
 
     # TikTok
     tiktok_client_key: str = Field(min_length=1)
