@@ -10,7 +10,7 @@ import httpx2
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.conftest import start_bridge_process
+from tests.conftest import _TOKEN_SHAPES, start_bridge_process
 from tests.integration.test_exchange import linked_users
 
 if TYPE_CHECKING:
@@ -54,6 +54,15 @@ def test_served_bridge_exchanges_a_token_and_shuts_down_cleanly(
         bad = httpx2.post(f"{base}/token", content=b"{}", headers={"content-type": "application/json"})
         assert bad.status_code == 400
         assert bad.json()["error"] == "invalid_request"
+        refused = exchange(base, "act.not-a-token-tiktok-knows-0123456789")
+        assert refused.status_code == 400
+
+        # Metrics labels never carry a token, a JWT or a secret (they are scraped by other systems).
+        metrics = httpx2.get(f"{base}/metrics").text
+        assert 'bridge_exchanges_total{endpoint="token",outcome="issued"}' in metrics
+        for secret in (token, "act.not-a-token", response.json()["access_token"], stack.client_secret):
+            assert secret not in metrics
+        assert not _TOKEN_SHAPES.search(metrics)
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
