@@ -35,8 +35,11 @@ KEY_PREFIX = "tkb:v1:"
 
 
 def token_key(kind: str, token: str) -> str:
-    """A cache key for something derived from a secret: only its SHA-256 is kept."""
-    return f"{KEY_PREFIX}{kind}:{hashlib.sha256(token.encode()).hexdigest()}"
+    """A cache key for something derived from a secret: only its SHA-256 is kept. Any string hashes,
+    lone surrogates included (JSON can carry them; found by fuzzing the Strapi endpoint): refusing a
+    malformed token is the TikTok client's job, not a crash here."""
+    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{KEY_PREFIX}{kind}:{digest}"
 
 
 def plain_key(kind: str, name: str) -> str:

@@ -376,14 +376,19 @@ async def test_allow_list_refuses_unknown_clients_before_any_upstream_call(setti
 
 
 @pytest.mark.httpx2(assert_all_called=False)
-@pytest.mark.parametrize("token", ["\x80", "tok\r\nX-Injected: 1", "naïve-token", "a b"])
+@pytest.mark.parametrize("token", ["\x80", "tok\r\nX-Injected: 1", "naïve-token", "a b", "\ud800"])
 async def test_strapi_tokens_that_cannot_be_sent_are_refused_unsent(
     client: httpx2.AsyncClient, httpx2_mock: respx.Router, token: str
 ) -> None:
-    """A token that cannot travel in an Authorization header (found by schemathesis: "\\x80" was a 500)
-    gets the plugin's answer for a token TikTok refuses, and TikTok is never called."""
+    """A token that cannot travel in an Authorization header (found by schemathesis: "\\x80" was a 500,
+    and so was a lone surrogate, valid in JSON, when its cache key was made) gets the plugin's answer
+    for a token TikTok refuses, and TikTok is never called."""
     user_info = httpx2_mock.get(f"{TIKTOK}/v2/user/info/")
-    response = await client.post("/api/tiktok-auth-mobile/connect", json={"access_token": token})
+    response = await client.post(
+        "/api/tiktok-auth-mobile/connect",
+        content=json.dumps({"access_token": token}).encode(),  # ASCII-escaped: a lone surrogate too
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400, response.text
     assert (
         response.json()["error"]["message"]
