@@ -50,6 +50,10 @@ class Cache(Protocol):
     """What the bridge needs from a cache. Every method raises UpstreamUnavailable('cache') on failure."""
 
     async def get(self, key: str) -> bytes | None: ...
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        """One round trip; with Redis Cluster the keys must share a hash tag (one slot)."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
     async def add(self, key: str, value: bytes, ttl: float) -> bool: ...
     async def delete(self, *keys: str) -> None: ...
@@ -80,6 +84,9 @@ class MemoryCache:
             return None
         self._entries.move_to_end(key)
         return value
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._entries[key] = (time.monotonic() + ttl, value)
@@ -170,6 +177,13 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 """
 
 
+def _as_bytes(value: object) -> bytes | None:
+    # The client is built without decode_responses, so values come back as bytes.
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
 class RedisCache:
     """Redis-backed cache; locks are SET NX PX with an owner token (single-flight across replicas)."""
 
@@ -190,8 +204,16 @@ class RedisCache:
                 outcome["result"] = "ok"
         except RedisError as exc:
             raise UpstreamUnavailable("cache", f"GET failed: {type(exc).__name__}") from exc
-        # The client is built without decode_responses, so values come back as bytes.
-        return value if isinstance(value, bytes) or value is None else value.encode()
+        return _as_bytes(value)
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        try:
+            with timed("redis", "mget") as outcome:
+                values = await self._redis.mget(keys)
+                outcome["result"] = "ok"
+        except RedisError as exc:
+            raise UpstreamUnavailable("cache", f"MGET failed: {type(exc).__name__}") from exc
+        return [_as_bytes(value) for value in values]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         try:
@@ -321,6 +343,17 @@ class FallbackCache:
                 self._succeeded()
                 return value
         return await self._fallback.get(key)
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        if self._use_primary():
+            try:
+                values = await self._primary.get_many(*keys)
+            except UpstreamUnavailable as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+                return values
+        return await self._fallback.get_many(*keys)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         if self._use_primary():

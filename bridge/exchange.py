@@ -175,7 +175,7 @@ class ExchangeService:
             issued = await self._mint(profile, scope)
         except NotLinked:
             # Our cached id outlived the link (an admin removed it): forget it and provision afresh once.
-            await self._cache.delete(self._user_key(profile.open_id))
+            await self._cache.delete(self._identity_keys(profile.open_id)[0])
             user_id, created = await self.ensure_user(profile)
             issued = await self._mint(profile, scope)
         return Exchanged(issued=issued, user_id=user_id, profile=profile, created=created)
@@ -183,13 +183,15 @@ class ExchangeService:
     async def deauthorize(self, open_id: str) -> str:
         """Apply the deauthorization policy to the user linked to `open_id`; returns what was done.
 
-        In every case the cached user id is replaced by a tombstone with the time of revocation, kept as
-        long as a profile may stay cached. TikTok revoked the user's tokens before sending the event, but
-        profiles cached under them would otherwise keep signing in for their TTL; the tombstone refuses
-        any profile verified before it, at no extra cost on the warm path (it is the key read anyway).
+        In every case a tombstone with the time of revocation is kept as long as a profile may stay
+        cached. TikTok revoked the user's tokens before sending the event, but profiles cached under them
+        would otherwise keep signing in for their TTL; the tombstone refuses any profile verified before
+        it. It has a key of its own, which sign-ins never write, so neither a later sign-in (the user
+        authorized the app again) nor one already in flight can erase it; it is read with the user id,
+        in the same round trip, so the warm path pays nothing for it.
         """
-        tombstone = json.dumps({"revoked_at": time.time()}).encode()
-        await self._cache.set(self._user_key(open_id), tombstone, self._policy.profile_ttl)
+        user_key, revoked_key = self._identity_keys(open_id)
+        await self._cache.set(revoked_key, json.dumps(time.time()).encode(), self._policy.profile_ttl)
         if self._policy.deauthorization == "record":
             return "recorded"
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, open_id)
@@ -197,9 +199,13 @@ class ExchangeService:
             return "no linked user"
         if self._policy.deauthorization == "disable":
             await self._keycloak.update_user(user.id, {**user.representation, "enabled": False})
-            return "disabled"
-        await self._keycloak.remove_link(user.id, self._policy.idp_alias)
-        return "unlinked"
+            outcome = "disabled"
+        else:
+            await self._keycloak.remove_link(user.id, self._policy.idp_alias)
+            outcome = "unlinked"
+        # The cached id now names a disabled or unlinked account: the next sign-in asks Keycloak.
+        await self._cache.delete(user_key)
+        return outcome
 
     async def account(self, user_id: str) -> KeycloakUser:
         """The Keycloak user behind an exchange (for answers that describe the account)."""
@@ -259,20 +265,24 @@ class ExchangeService:
 
     # ----------------------------------------------------------------------- Keycloak side
 
-    def _user_key(self, open_id: str) -> str:
-        return plain_key("user", f"{self._policy.idp_alias}:{open_id}")
+    def _identity_keys(self, open_id: str) -> tuple[str, str]:
+        """(cached user id, deauthorization tombstone) of one TikTok identity. One hash tag for both, so
+        Redis Cluster keeps them in one slot and MGET reads them together."""
+        tag = "{" + f"{self._policy.idp_alias}:{open_id}" + "}"
+        return plain_key("user", tag), plain_key("revoked", tag)
 
     async def ensure_user(self, profile: TikTokProfile) -> tuple[str, bool]:
         """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
         attributes = profile_attributes(profile)
         fingerprint = _fingerprint(attributes)
-        user_key = self._user_key(profile.open_id)
-        entry = json.loads(cached) if (cached := await self._cache.get(user_key)) else {}
-        if "revoked_at" in entry and profile.verified_at <= entry["revoked_at"]:
+        user_key, revoked_key = self._identity_keys(profile.open_id)
+        cached, revoked_at = await self._cache.get_many(user_key, revoked_key)
+        if revoked_at is not None and profile.verified_at <= float(revoked_at):
             raise SubjectTokenRejected(
                 "The TikTok access token is invalid or expired.",
                 detail="profile verified before the user deauthorized the app",
             )
+        entry = json.loads(cached) if cached else {}
         if "id" in entry:
             CACHE_LOOKUPS.labels("user", "hit").inc()
             if entry.get("fp") != fingerprint:
@@ -280,7 +290,7 @@ class ExchangeService:
                 await self._remember(user_key, entry["id"], fingerprint)
             return str(entry["id"]), False
 
-        # Not cached, or a tombstone and a profile verified since: ask Keycloak.
+        # Not cached: ask Keycloak.
         CACHE_LOOKUPS.labels("user", "miss").inc()
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
         created = False

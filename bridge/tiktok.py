@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
@@ -292,7 +292,10 @@ class TikTokClient:
                 tiktok_status=401,
             )
         fields = ",".join(fields_for_scopes(scopes))
-        return await self._guarded(
+        # Stamped before asking, not when the answer is read: an answer TikTok gave just before the user
+        # revoked the app, but read after the bridge heard of it, must count as older than the revocation.
+        asked_at = time.time()
+        profile = await self._guarded(
             "user_info",
             parse_user_info,
             "GET",
@@ -301,6 +304,7 @@ class TikTokClient:
             params={"fields": fields},
             headers={"Authorization": f"Bearer {access_token}"},
         )
+        return replace(profile, verified_at=asked_at)
 
     async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
         """Exchange a Login Kit authorization code with our own client secret (never retried: single-use)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
+from redis.crc import key_slot
 
 from bridge.cache import MemoryCache
 from bridge.errors import AccountDisabled, EmailTaken, RegistrationClosed, SubjectTokenRejected
@@ -14,6 +16,9 @@ from bridge.exchange import ExchangeService, Policy, deterministic_username
 from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, ExchangeRequest
 from bridge.tiktok import TikTokProfile
 from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok
+
+if TYPE_CHECKING:
+    from bridge.keycloak import KeycloakUser
 
 PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
 
@@ -206,3 +211,43 @@ async def test_deauthorization_refuses_profiles_cached_before_it(
         result = await bridge.exchange(request("act.new"))
         assert result.created is (policy == "unlink")
         assert (await bridge.exchange(request("act.new"))).user_id == result.user_id  # cached again
+    with pytest.raises(SubjectTokenRejected):
+        await bridge.exchange(request("act.one"))  # signing in again did not erase the revocation
+
+
+class GatedKeycloak(FakeKeycloak):
+    """Keycloak whose user look-up waits for a gate: a sign-in held in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().find_linked_user(idp_alias, idp_user_id)
+
+
+async def test_a_sign_in_in_flight_during_deauthorization_does_not_erase_it(tiktok: FakeTikTok) -> None:
+    """The webhook lands while a sign-in with a token verified earlier waits on Keycloak: that sign-in
+    ends (it was already under way), and the token is refused from then on."""
+    keycloak = GatedKeycloak()
+    bridge = service(tiktok, keycloak, deauthorization="record")
+    in_flight = asyncio.create_task(bridge.exchange(request("act.one")))
+    await keycloak.waiting.wait()  # its profile is verified and cached, and it has read the cache
+    await bridge.deauthorize(PROFILE.open_id)
+    keycloak.gate.set()
+    await in_flight
+
+    with pytest.raises(SubjectTokenRejected):
+        await bridge.exchange(request("act.one"))
+
+
+def test_an_identitys_user_and_tombstone_keys_share_a_redis_cluster_slot() -> None:
+    """MGET reads both in one round trip only if Redis Cluster keeps them in one slot (a hash tag)."""
+    bridge = service(FakeTikTok(profiles={}), FakeKeycloak())
+    for open_id in ("-000AbC", "a}b{c", "x" * 200):
+        user_key, revoked_key = bridge._identity_keys(open_id)
+        assert user_key != revoked_key
+        assert key_slot(user_key.encode()) == key_slot(revoked_key.encode())

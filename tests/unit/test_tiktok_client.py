@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpcore2
+import httpx
 import httpx2
 import pytest
 
@@ -204,3 +206,22 @@ def test_profile_json_round_trip() -> None:
     """Profiles survive the cache's serialisation unchanged."""
     profile = TikTokProfile("-000a", "u", "Name", "https://a", "user", is_verified=False)
     assert TikTokProfile.from_json(profile.to_json()) == profile
+
+
+async def test_a_profile_is_dated_from_before_tiktok_was_asked(
+    client: TikTokClient, httpx2_mock: respx.Router
+) -> None:
+    """A profile counts as verified when TikTok was asked, not when its answer was read: an answer given
+    just before the user revoked the app must date from before the revocation."""
+    answered_at: list[float] = []
+
+    def slow_answer(request: httpx.Request) -> httpx.Response:  # respx speaks httpx's types
+        answered_at.append(time.time())
+        time.sleep(0.05)  # the answer travels and waits to be read while the revocation lands
+        return httpx.Response(200, json=envelope({"open_id": "o-1"}))
+
+    httpx2_mock.get(USER_INFO).mock(side_effect=slow_answer)
+
+    profile = await client.fetch_profile("act.token")
+
+    assert profile.verified_at <= answered_at[0]
