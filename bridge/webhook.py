@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from bridge.errors import BridgeError, OAuthError
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from bridge.cache import Cache
     from bridge.exchange import ExchangeService
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,10 @@ EVENT_REMOVED = "authorization.removed"
 MAX_BODY_BYTES = 64 * 1024
 # TikTok retries for up to 72 hours: remember what was handled at least that long.
 SEEN_TTL = 72 * 3600
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
+HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# TikTok's open_ids are short visible-ASCII strings; anything else cannot name one of our users.
+OPEN_ID = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 class SignatureRejected(OAuthError):
@@ -50,7 +56,9 @@ def verify_signature(
         raise SignatureRejected(detail="no TikTok-Signature header")
     parts = dict(part.strip().split("=", 1) for part in header.split(",") if "=" in part)
     timestamp, signature = parts.get("t", ""), parts.get("s", "")
-    if not timestamp.isdigit() or not signature:
+    # ASCII only: headers arrive as latin-1, where "²" passes str.isdigit() but not int(), and
+    # hmac.compare_digest refuses non-ASCII text (both were 500s).
+    if not TIMESTAMP.fullmatch(timestamp) or not HEX_SHA256.fullmatch(signature):
         raise SignatureRejected(detail="malformed TikTok-Signature header")
     if abs((now if now is not None else time.time()) - int(timestamp)) > max_age:
         raise SignatureRejected(detail="TikTok-Signature timestamp too old or in the future")
@@ -59,7 +67,7 @@ def verify_signature(
         raise SignatureRejected(detail="TikTok-Signature does not match")
 
 
-async def _apply(exchange: ExchangeService, open_id: str, reason: object) -> None:
+async def _apply(exchange: ExchangeService, cache: Cache, open_id: str, reason: object) -> None:
     try:
         outcome = await exchange.deauthorize(open_id)
     except BridgeError as exc:
@@ -69,6 +77,13 @@ async def _apply(exchange: ExchangeService, open_id: str, reason: object) -> Non
         )
         return
     log.info("tiktok deauthorization", extra={"outcome": outcome, "reason": reason})
+    if cache.degraded:
+        # The revocation's record lives in this process's memory only: other replicas, and this one
+        # once Redis is back, still accept the user's cached profiles until they expire.
+        log.warning(
+            "deauthorization recorded in this process only: the shared cache is unreachable",
+            extra={"outcome": outcome},
+        )
 
 
 async def tiktok_webhook(request: Request) -> Response:
@@ -88,7 +103,7 @@ async def tiktok_webhook(request: Request) -> Response:
     if (
         not isinstance(event, dict)
         or not isinstance(event.get("user_openid"), str)
-        or not event["user_openid"]
+        or not OPEN_ID.fullmatch(event["user_openid"])
     ):
         return JSONResponse({"error": "invalid_request", "error_description": "Not a TikTok event."}, 400)
     if event.get("client_key") != settings.tiktok_client_key or event.get("event") != EVENT_REMOVED:
@@ -96,7 +111,9 @@ async def tiktok_webhook(request: Request) -> Response:
         return JSONResponse({"status": "ignored"})
     if not await resources.cache.add(plain_key("webhook", hashlib.sha256(body).hexdigest()), b"1", SEEN_TTL):
         return JSONResponse({"status": "duplicate"})
-    task = BackgroundTask(_apply, resources.exchange, event["user_openid"], _reason(event.get("content")))
+    task = BackgroundTask(
+        _apply, resources.exchange, resources.cache, event["user_openid"], _reason(event.get("content"))
+    )
     return JSONResponse({"status": "accepted"}, background=task)
 
 

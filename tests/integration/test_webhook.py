@@ -117,3 +117,17 @@ async def test_other_apps_and_events_are_ignored(emulator: TikTokEmulator, bridg
     assert other_app.json() == {"status": "ignored"}
     assert other_event.json() == {"status": "ignored"}
     assert not_json.status_code == 400
+
+
+@pytest.mark.parametrize("open_id", ["", "\ud800", "naïve", "a b", "x" * 257, 5, None])
+async def test_signed_events_naming_no_possible_user_are_refused(
+    bridge: BridgeClient, open_id: object
+) -> None:
+    """A signed event whose user_openid cannot be a TikTok open_id (a lone surrogate, valid in JSON, once
+    failed deep in the policy task) is refused with 400 before anything is applied."""
+    body = json.dumps(
+        {"client_key": CLIENT_KEY, "event": "authorization.removed", "user_openid": open_id}
+    ).encode()  # ASCII-escaped JSON, as TikTok sends it
+    response = await deliver(bridge, body)
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_request", "error_description": "Not a TikTok event."}

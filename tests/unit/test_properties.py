@@ -6,6 +6,7 @@ is `scripts/test --hypothesis-profile=long tests/unit/test_properties.py` (20,00
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -23,7 +24,7 @@ from bridge.rfc8693 import (
 )
 from bridge.strapi import _access_token
 from bridge.tiktok import CodeGrant, TikTokProfile, parse_token_answer, parse_user_info
-from bridge.webhook import _reason
+from bridge.webhook import SignatureRejected, _reason, verify_signature
 
 FORM = "application/x-www-form-urlencoded"
 NAMES = st.sampled_from(
@@ -241,3 +242,27 @@ def test_webhook_event_content_of_any_shape_is_read_or_ignored(content: Any) -> 
     if reason is not None:
         assert isinstance(content, str)
         assert json.loads(content)["reason"] == reason
+
+
+LATIN_1 = st.characters(codec="latin-1")  # what Starlette decodes header bytes as
+NOW = 1_700_000_000
+TIMESTAMPS = st.one_of(
+    st.just(str(NOW)),  # fresh, so the signature itself is compared
+    st.text(alphabet="0123456789\u00b9\u00b2\u00b3", min_size=1, max_size=12),  # str.isdigit(), not int()
+    st.text(alphabet=LATIN_1, max_size=20),
+)
+HEX_64 = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
+SIGNATURES = st.one_of(
+    HEX_64,
+    st.tuples(HEX_64, st.integers(0, 63), LATIN_1).map(lambda h: h[0][: h[1]] + h[2] + h[0][h[1] + 1 :]),
+    st.text(alphabet=LATIN_1, max_size=80),
+)
+
+
+@given(t=TIMESTAMPS, s=SIGNATURES, extra=st.text(alphabet=LATIN_1, max_size=30))
+def test_any_signature_header_is_accepted_or_refused(t: str, s: str, extra: str) -> None:
+    """Any TikTok-Signature header text ("t=\u00b2" and non-ASCII signatures were 500s) is refused with
+    SignatureRejected; it is never an exception of another kind."""
+    event("fresh timestamp" if t == str(NOW) else "other timestamp")
+    with contextlib.suppress(SignatureRejected):
+        verify_signature(f"t={t},s={s}{extra}", b"{}", "secret", max_age=300, now=NOW)
