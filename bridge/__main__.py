@@ -52,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Needs no configuration: keys are made before the bridge is configured to use them.
         from bridge.assertions import load_key, write_new_key  # noqa: PLC0415
 
-        if not write_new_key(args.path):
+        try:
+            created = write_new_key(args.path)
+        except OSError as exc:
+            # A missing or read-only directory is an operator's mistake: one line, not a traceback.
+            sys.exit(f"cannot write a key to {args.path}: {exc.strerror or type(exc).__name__}")
+        if not created:
             sys.exit(f"{args.path} exists; not overwriting a key")
         print(load_key(args.path).kid)  # noqa: T201
         return

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
@@ -21,8 +23,6 @@ from joserfc.jwk import ECKey
 from bridge.errors import ServerError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,26 @@ def load_public_key(path: Path) -> ECKey:
 
 
 def write_new_key(path: Path) -> bool:
-    """Write a fresh P-256 private key to `path`, readable by the owner only. False if the file exists:
-    never overwrite a key (O_EXCL also settles a race between replicas in favour of the first)."""
+    """Write a fresh P-256 private key to `path`, readable by the owner only; True if this call created
+    it, False if the file exists: never overwrite a key. `path` is never seen half-written: the PEM is
+    written and synced to a temporary file beside it, then hard-linked into place, and the link fails if
+    `path` exists, so racing replicas all load the first one's complete key. A failed write leaves no
+    file at `path` (nor a temporary one), so a later start generates a key again."""
     pem = ECKey.generate_key("P-256").as_pem(private=True)
+    # Same directory, so the link cannot cross file systems; mkstemp creates it with mode 0600.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink()
     return True
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import itertools
 import json
+import os
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,7 +15,13 @@ from joserfc.errors import InvalidKeyIdError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from bridge.__main__ import main
-from bridge.assertions import AssertionSigner, load_key, load_public_key, signer_from_settings
+from bridge.assertions import (
+    AssertionSigner,
+    load_key,
+    load_public_key,
+    signer_from_settings,
+    write_new_key,
+)
 from bridge.errors import ServerError
 from bridge.settings import Settings
 
@@ -119,6 +128,45 @@ def test_generate_key_writes_a_private_key_once(tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit, match="exists"):
         main(["generate-key", str(path)])
     assert path.read_bytes() == before
+
+
+def test_generate_key_into_a_missing_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    """A key path whose directory does not exist ends in a one-line error naming it, not a traceback."""
+    path = tmp_path / "missing" / "next.pem"
+    with pytest.raises(SystemExit) as caught:
+        main(["generate-key", str(path)])
+    message = str(caught.value.code)
+    assert str(path) in message
+    assert "No such file or directory" in message
+    assert "\n" not in message
+
+
+def test_a_key_is_never_visible_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the PEM is written `path` does not exist, and a write failing midway leaves no file at all."""
+    path = tmp_path / "signing-key.pem"
+    seen_while_writing: list[bool] = []
+
+    class DiskFull(io.FileIO):
+        def write(self, data: bytes, /) -> int:  # type: ignore[override]
+            seen_while_writing.append(path.exists())
+            super().write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, _mode: DiskFull(fd, "w"))
+    with pytest.raises(OSError, match="No space left"):
+        write_new_key(path)
+    assert seen_while_writing == [False]
+    assert list(tmp_path.iterdir()) == []  # neither a partial key nor the temporary file
+
+
+def test_losing_the_race_keeps_the_first_key_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A second writer is told the key exists, the first key stays as it was, and nothing is left over."""
+    path = tmp_path / "signing-key.pem"
+    assert write_new_key(path)
+    first = path.read_bytes()
+    assert not write_new_key(path)
+    assert path.read_bytes() == first
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_jwks_command_prints_every_published_key(
