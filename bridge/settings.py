@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[int, Field(gt=0, le=86400 * 30)]
@@ -34,12 +36,23 @@ class Settings(BaseSettings):
     def load(cls) -> Settings:
         """The environment, plus one file per setting in BRIDGE_SECRETS_DIR if set (Docker and
         Kubernetes secrets: /run/secrets/bridge_tiktok_client_secret holds BRIDGE_TIKTOK_CLIENT_SECRET).
-        A variable in the environment wins over its file."""
+        A variable in the environment wins over its file. Unknown BRIDGE_* variables are refused:
+        pydantic-settings would ignore them, and a misspelt optional setting (say the client allow-list)
+        would silently be off."""
+        problems = [
+            _problem(name.lower().removeprefix("bridge_"), "unknown setting{hint}", hint=_hint(name))
+            for name in sorted(os.environ)
+            if name.startswith("BRIDGE_") and name not in NOT_SETTINGS and name not in _known_variables()
+        ]
         secrets_dir = os.environ.get("BRIDGE_SECRETS_DIR")
+        if secrets_dir and not Path(secrets_dir).is_dir():
+            # pydantic-settings would only warn and go on without the files, silently dropping optional
+            # secrets (an unset BRIDGE_CONFIDENTIAL_CLIENTS turns the client allow-list off).
+            problems.append(_problem("secrets_dir", "not an existing directory: {path}", path=secrets_dir))
+        if problems:
+            # A ValidationError is reported like every other setting by `bridge check-config` and `serve`.
+            raise ValidationError.from_exception_data(cls.__name__, problems)
         return cls(_secrets_dir=secrets_dir) if secrets_dir else cls()
-
-    # Where BRIDGE_* files are read from (see `load`); declared so the variable is a known setting.
-    secrets_dir: Path | None = None
 
     # TikTok
     tiktok_client_key: str = Field(min_length=1)
@@ -197,3 +210,25 @@ class Settings(BaseSettings):
     @property
     def tiktok_base_url(self) -> str:
         return str(self.tiktok_api_url).rstrip("/")
+
+
+# BRIDGE_* variables that are not settings of the service: read by `load` itself, by the container
+# image (the port `serve` listens on) and by the project's scripts.
+NOT_SETTINGS = frozenset(
+    {"BRIDGE_SECRETS_DIR", "BRIDGE_PORT", "BRIDGE_CACHE_DIR", "BRIDGE_JAVA_HOME", "BRIDGE_AUDIT_REQUIRED"}
+)
+
+
+def _known_variables() -> set[str]:
+    return {f"BRIDGE_{name.upper()}" for name in Settings.model_fields}
+
+
+def _hint(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(_known_variables()), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _problem(field: str, message: str, **context: str) -> InitErrorDetails:
+    """One configuration problem, in the shape pydantic reports every other one."""
+    error = PydanticCustomError("bridge_setting", message, context)
+    return InitErrorDetails(type=error, loc=(field,), input=None)

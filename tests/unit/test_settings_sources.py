@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
+import pytest
+
+from bridge.__main__ import main
 from bridge.settings import Settings
 from tests.unit.test_signing_keys import ENV
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import pytest
-
 
 def test_secrets_are_read_from_files_and_the_environment_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each setting may be a file in BRIDGE_SECRETS_DIR, and a variable in the environment wins over it."""
     for name, value in ENV.items():
         if name not in {"BRIDGE_TIKTOK_CLIENT_SECRET", "BRIDGE_KEYCLOAK_CLIENT_SECRET"}:
             monkeypatch.setenv(name, value)
@@ -32,9 +35,50 @@ def test_secrets_are_read_from_files_and_the_environment_wins(
     assert Settings.load().keycloak_client_secret.get_secret_value() == "from-env"
 
 
-def test_without_a_secrets_dir_files_are_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_optional_secrets_are_read_from_the_secrets_dir_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An optional secret file counts only while BRIDGE_SECRETS_DIR names its directory, never by default."""
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
+    (tmp_path / "bridge_confidential_clients").write_text("web=from-file")
+    # Also the working directory: without BRIDGE_SECRETS_DIR, files there must not count either.
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "bridge_tiktok_client_secret").write_text("ignored")
-    assert Settings.load().tiktok_client_secret.get_secret_value() == ENV["BRIDGE_TIKTOK_CLIENT_SECRET"]
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path))
+    assert Settings.load().client_secrets() == {"web": "from-file"}
+
+    monkeypatch.delenv("BRIDGE_SECRETS_DIR")
+    assert Settings.load().client_secrets() == {}
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file"])
+def test_a_secrets_dir_that_is_not_a_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A BRIDGE_SECRETS_DIR that is no directory is a configuration error naming it, not a mere warning."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    secrets_dir = tmp_path / "secrets"
+    if kind == "a file":
+        secrets_dir.write_text("")
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(secrets_dir))
+    expected = f"BRIDGE_SECRETS_DIR: not an existing directory: {secrets_dir}"
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        main(["check-config"])
+
+
+def test_unknown_bridge_variables_are_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt setting is an error naming it (with the setting it resembles), not silently ignored;
+    the variables of the project's own scripts are not settings and pass."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BRIDGE_CACHE_DIR", "cache")  # read by scripts/_common.sh
+    assert Settings.load().client_secrets() == {}
+
+    monkeypatch.setenv("BRIDGE_CONFIDENTAL_CLIENTS", "web=secret-never-echoed")
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config"])
+    assert str(exited.value) == (
+        "configuration error: BRIDGE_CONFIDENTAL_CLIENTS: unknown setting; "
+        "did you mean BRIDGE_CONFIDENTIAL_CLIENTS?"
+    )
