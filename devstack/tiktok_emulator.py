@@ -14,7 +14,8 @@ Emulated, following TikTok's documented wire formats (see README, "TikTok emulat
   `{client_key, event, create_time, user_openid, content}` (content a JSON string with `reason`), signed
   in `TikTok-Signature: t=<unix time>,s=<hex HMAC-SHA256 of "t.body" with the client secret>`, and
   delivered again while the receiver does not answer 200 (TikTok retries for 72 hours; here a few times,
-  quickly). The user's tokens stop working first, as on TikTok.
+  quickly): the same body each time, signed anew. The user's tokens and pending authorization codes stop
+  working first, as on TikTok.
 Not emulated: the browser authorize page (tests mint codes through the control API instead, as Login Kit
 would hand them to an app), sandbox target users, other webhook events, video and other APIs.
 
@@ -229,46 +230,62 @@ class TikTokEmulator:
             self._tokens.pop(token, None)
 
     def deauthorize(self, open_id: str) -> None:
-        """The user removed the app: every access and refresh token of theirs stops working."""
+        """The user removed the app: every access and refresh token and every pending authorization code
+        of theirs stops working (a code minted before the removal must not grant the app a fresh token)."""
         with self._lock:
             if open_id not in self._users:
                 raise KeyError(open_id)
             for tokens in (self._tokens, self._refresh):
                 for token in [t for t, grant in tokens.items() if grant.open_id == open_id]:
                     del tokens[token]
+            for code in [c for c, grant in self._codes.items() if grant.open_id == open_id]:
+                del self._codes[code]
+
+    def deauthorization_body(self, open_id: str, reason: int = 1, now: int | None = None) -> bytes:
+        """The raw `authorization.removed` event; `create_time` is when the user removed the app."""
+        return json.dumps(
+            {
+                "client_key": self.client_key,
+                "event": "authorization.removed",
+                "create_time": int(time.time()) if now is None else now,
+                "user_openid": open_id,
+                "content": json.dumps({"reason": reason}),
+            }
+        ).encode()
+
+    def webhook_signature(self, body: bytes, now: int | None = None) -> str:
+        """The `TikTok-Signature` header value for delivering `body` at `now`."""
+        timestamp = int(time.time()) if now is None else now
+        mac = hmac.new(self.client_secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        return f"t={timestamp},s={mac.hexdigest()}"
 
     def deauthorization_event(
         self, open_id: str, reason: int = 1, now: int | None = None
     ) -> tuple[bytes, str]:
         """The signed `authorization.removed` delivery: (raw body, TikTok-Signature header value)."""
-        timestamp = int(time.time()) if now is None else now
-        body = json.dumps(
-            {
-                "client_key": self.client_key,
-                "event": "authorization.removed",
-                "create_time": timestamp,
-                "user_openid": open_id,
-                "content": json.dumps({"reason": reason}),
-            }
-        ).encode()
-        mac = hmac.new(self.client_secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-        return body, f"t={timestamp},s={mac.hexdigest()}"
+        body = self.deauthorization_body(open_id, reason, now)
+        return body, self.webhook_signature(body, now)
 
     async def deliver_deauthorization(self, open_id: str, reason: int = 1) -> list[int | str]:
-        """Deauthorize the user and deliver the webhook until it gets a 200 (each attempt signed anew,
-        as a redelivery is). Returns each attempt's HTTP status, or the transport error's name."""
+        """Deauthorize the user and deliver the webhook until it gets a 200. Returns each attempt's HTTP
+        status, or the transport error's name."""
         self.deauthorize(open_id)
         if self.webhook_url is None:
             return []
         import httpx2  # noqa: PLC0415 - only webhook delivery needs an HTTP client
 
+        # One event, built once: a redelivery carries the very same bytes (receivers de-duplicate on
+        # them), and only the signature is renewed, so its timestamp stays within the receiver's max age.
+        body = self.deauthorization_body(open_id, reason)
         outcomes: list[int | str] = []
         async with httpx2.AsyncClient(timeout=5) as http:
             for attempt in range(self.webhook_attempts):
                 if attempt:
                     await asyncio.sleep(self.webhook_retry_delay)
-                body, signature = self.deauthorization_event(open_id, reason)
-                headers = {"Content-Type": "application/json", "TikTok-Signature": signature}
+                headers = {
+                    "Content-Type": "application/json",
+                    "TikTok-Signature": self.webhook_signature(body),
+                }
                 try:
                     response = await http.post(self.webhook_url, content=body, headers=headers)
                 except httpx2.HTTPError as exc:
