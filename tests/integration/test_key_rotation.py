@@ -56,6 +56,13 @@ async def exchange_ok(replica: BridgeClient, token: str, stack: Stack, keycloak_
     return subject
 
 
+async def published_kids(replica: BridgeClient) -> set[str]:
+    """The key ids a replica publishes in its JWKS, the set Keycloak verifies assertions against."""
+    response = await replica.http.get("/.well-known/jwks.json")
+    assert response.status_code == 200, response.text
+    return {str(key["kid"]) for key in response.json()["keys"]}
+
+
 async def test_signing_key_rotates_without_a_failed_exchange(
     stack: Stack, emulator: TikTokEmulator, tmp_path: Path, flushed_redis: None
 ) -> None:
@@ -68,6 +75,7 @@ async def test_signing_key_rotates_without_a_failed_exchange(
             signing_key_file=signing, published_key_files=published, rate_limit_enabled=False
         )
 
+    old_kid, new_kid = load_key(old).kid, load_key(new).kid
     user = emulator.create_user()
     token = emulator.issue_access_token(user.open_id)
     before, prepublished, switched, retired = step(old), step(old, new), step(new, old), step(new)
@@ -81,6 +89,7 @@ async def test_signing_key_rotates_without_a_failed_exchange(
             async for old_replica in running_bridge(before, emulator):
                 subject = await exchange_ok(old_replica, token, stack, None)
             async for rolling in running_bridge(prepublished, emulator):
+                assert await published_kids(rolling) == {old_kid, new_kid}
                 await exchange_ok(rolling, token, stack, subject)
             # 2. The operator clears Keycloak's keys cache, so it learns the next key before it signs.
             clear_keycloak_keys_cache(stack)
@@ -99,6 +108,7 @@ async def test_signing_key_rotates_without_a_failed_exchange(
         # 4. Once no replica signs with the old key and its last assertions have expired, it is retired.
         with published_jwks(stack, retired):
             async for new_replica in running_bridge(retired, emulator):
+                assert await published_kids(new_replica) == {new_kid}  # the old kid is no longer served
                 await exchange_ok(new_replica, token, stack, subject)
                 # The retired key is really gone: once Keycloak reloads the JWKS, it refuses it.
                 clear_keycloak_keys_cache(stack)
@@ -115,4 +125,3 @@ async def test_signing_key_rotates_without_a_failed_exchange(
         )
         stack.jwks_server.start()
         clear_keycloak_keys_cache(stack)  # so later tests' old-key assertions are checked afresh
-    assert load_key(new).kid != load_key(old).kid
