@@ -10,21 +10,30 @@ lacks for a server on the public internet.
    new connection has no timer at all, so a client trickling header bytes (slowloris) holds a connection
    for ever. Headers must now be complete within `header_timeout` of connecting or of the last response.
    (A slow body is bounded in the app: `endpoints.read_body` answers 408.)
+3. JSON answers to what h11 cannot parse. uvicorn answers a malformed request with a plain-text 400, and
+   h11 refuses request headers still incomplete past its buffer limit the same way: headers over
+   MAX_HEADER_BYTES that arrive in pieces got that 400, and at once the app's JSON 431. Both are now the
+   bridge's own error bodies: 431 when the buffer overflowed, `invalid_request` 400 otherwise.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import socket
 from typing import TYPE_CHECKING, Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bridge.app import MAX_HEADER_BYTES
+from bridge.errors import HeadersTooLarge, InvalidRequest
 
 if TYPE_CHECKING:
     import asyncio
+
+    from bridge.errors import OAuthError
 
 
 class BridgeH11Protocol(H11Protocol):
@@ -58,6 +67,25 @@ class BridgeH11Protocol(H11Protocol):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's fixed text, replaced
+        buffered, _ = self.conn.trailing_data
+        refusal: OAuthError = (
+            HeadersTooLarge(detail=f"{len(buffered)} bytes of incomplete headers")
+            if len(buffered) > MAX_HEADER_BYTES
+            else InvalidRequest("The request is not valid HTTP/1.1.")
+        )
+        body = json.dumps({"error": refusal.error, "error_description": refusal.description}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"connection", b"close"),
+        ]
+        self.transport.write(self.conn.send(h11.Response(status_code=refusal.status_code, headers=headers)))
+        self.transport.write(self.conn.send(h11.Data(data=body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
+
     def _headers_timed_out(self) -> None:
         self._header_timer = None
         # A request in progress has its headers; only a connection waiting for (the rest of) a request
@@ -78,10 +106,10 @@ def serve(
         workers=workers,
         # A partial of a module-level class: it survives the pickling that starts worker processes.
         http=functools.partial(BridgeH11Protocol, header_timeout=header_timeout),  # type: ignore[arg-type]
-        # Headers trickling in are buffered up to this much, then refused (400, connection closed);
-        # a block that arrives at once is checked by the app (431).
+        # Headers still incomplete past this are refused (431 above); a block that arrives complete is
+        # checked by the app (431 too). Equal to h11's default today; stated, as the two must agree.
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        timeout_keep_alive=5,  # idle keep-alive connections (uvicorn's own timer)
+        timeout_keep_alive=5,  # idle keep-alive connections (uvicorn's default, stated)
         log_config=None,  # keep our JSON logging
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips,
