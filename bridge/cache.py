@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
@@ -29,9 +29,10 @@ from bridge.metrics import timed
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
 
 KEY_PREFIX = "tkb:v1:"
+T = TypeVar("T")
 
 
 def token_key(kind: str, token: str) -> str:
@@ -197,50 +198,34 @@ class RedisCache:
     def from_url(cls, url: str, *, timeout: float) -> RedisCache:
         return cls(redis_client(url, timeout=timeout))
 
-    async def get(self, key: str) -> bytes | None:
+    async def _command(self, name: str, command: Awaitable[T]) -> T:
+        """Run one Redis command, timed under `name`; a Redis failure becomes UpstreamUnavailable."""
         try:
-            with timed("redis", "get") as outcome:
-                value = await self._redis.get(key)
+            with timed("redis", name) as outcome:
+                result = await command
                 outcome["result"] = "ok"
         except RedisError as exc:
-            raise UpstreamUnavailable("cache", f"GET failed: {type(exc).__name__}") from exc
-        return _as_bytes(value)
+            raise UpstreamUnavailable("cache", f"{name} failed: {type(exc).__name__}") from exc
+        return result
+
+    async def get(self, key: str) -> bytes | None:
+        return _as_bytes(await self._command("get", self._redis.get(key)))
 
     async def get_many(self, *keys: str) -> list[bytes | None]:
-        try:
-            with timed("redis", "mget") as outcome:
-                values = await self._redis.mget(keys)
-                outcome["result"] = "ok"
-        except RedisError as exc:
-            raise UpstreamUnavailable("cache", f"MGET failed: {type(exc).__name__}") from exc
+        values = await self._command("mget", self._redis.mget(keys))
         return [_as_bytes(value) for value in values]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        try:
-            with timed("redis", "set") as outcome:
-                await self._redis.set(key, value, px=max(1, int(ttl * 1000)))
-                outcome["result"] = "ok"
-        except RedisError as exc:
-            raise UpstreamUnavailable("cache", f"SET failed: {type(exc).__name__}") from exc
+        await self._command("set", self._redis.set(key, value, px=max(1, int(ttl * 1000))))
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
-        try:
-            with timed("redis", "add") as outcome:
-                added = await self._redis.set(key, value, px=max(1, int(ttl * 1000)), nx=True)
-                outcome["result"] = "ok"
-        except RedisError as exc:
-            raise UpstreamUnavailable("cache", f"SET NX failed: {type(exc).__name__}") from exc
-        return bool(added)
+        return bool(
+            await self._command("add", self._redis.set(key, value, px=max(1, int(ttl * 1000)), nx=True))
+        )
 
     async def delete(self, *keys: str) -> None:
-        if not keys:
-            return
-        try:
-            with timed("redis", "delete") as outcome:
-                await self._redis.delete(*keys)
-                outcome["result"] = "ok"
-        except RedisError as exc:
-            raise UpstreamUnavailable("cache", f"DEL failed: {type(exc).__name__}") from exc
+        if keys:
+            await self._command("delete", self._redis.delete(*keys))
 
     @asynccontextmanager
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:
