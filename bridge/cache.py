@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from bridge.errors import UpstreamUnavailable
 from bridge.metrics import timed
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 KEY_PREFIX = "tkb:v1:"
 T = TypeVar("T")
+# redis-py's cluster client raises RedisClusterException, which is no RedisError, when it can reach no
+# node: without it a Redis Cluster outage escaped the fallback to memory as a 500.
+REDIS_FAILURES = (RedisError, RedisClusterException)
 
 
 def token_key(kind: str, token: str) -> str:
@@ -204,7 +207,7 @@ class RedisCache:
             with timed("redis", name) as outcome:
                 result = await command
                 outcome["result"] = "ok"
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise UpstreamUnavailable("cache", f"{name} failed: {type(exc).__name__}") from exc
         return result
 
@@ -244,13 +247,13 @@ class RedisCache:
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise UpstreamUnavailable("cache", f"lock failed: {type(exc).__name__}") from exc
         try:
             yield True
         finally:
             # If Redis is gone now, the lock expires by itself after ttl.
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await self._release(keys=[key], args=[owner])
 
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]:
@@ -259,7 +262,7 @@ class RedisCache:
     async def ping(self) -> None:
         try:
             await self._redis.ping()
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise UpstreamUnavailable("cache", f"PING failed: {type(exc).__name__}") from exc
 
     @property

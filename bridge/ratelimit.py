@@ -18,6 +18,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
+from bridge.cache import REDIS_FAILURES
 from bridge.errors import RateLimited
 from bridge.metrics import RATE_LIMITED
 
@@ -79,7 +80,9 @@ class RateLimiter:
             if await self._limiter.hit(item, kind, who):
                 return
             reset_at, _ = await self._limiter.get_window_stats(item, kind, who)
-        except StorageError as exc:
+        # limits wraps the errors of a plain Redis; the cluster client's own (no node reachable) it
+        # lets through, so those are caught here too.
+        except (StorageError, *REDIS_FAILURES) as exc:
             log.warning(
                 "rate-limit store unavailable; request let through", extra={"error_type": type(exc).__name__}
             )

@@ -1,4 +1,5 @@
-"""Start and stop a real redis-server (Debian's package) on a free loopback port."""
+"""Start and stop a real redis-server (Debian's package) on a free loopback port, alone or as a small
+Redis Cluster."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class RedisServer:
     work_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -40,6 +42,7 @@ class RedisServer:
             "--appendonly", "no",
             "--dir", str(self.work_dir),
             "--logfile", str(self.work_dir / f"redis-{self.port}.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_ready()
@@ -68,3 +71,66 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+@dataclass
+class RedisClusterNodes:
+    """A throwaway Redis Cluster of `size` masters on loopback, every slot assigned, no replicas."""
+
+    work_dir: Path
+    size: int = 3
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise SetupError("redis-cli not found; Debian: apt-get install redis-tools")
+        for _ in range(self.size):
+            port = free_port()
+            node = RedisServer(
+                work_dir=self.work_dir,
+                port=port,
+                # The bus port is by default port + 10000, which may be taken or past 65535.
+                extra_args=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-port", str(free_port()),
+                    "--cluster-config-file", f"nodes-{port}.conf",
+                ),
+            )  # fmt: skip
+            self.nodes.append(node)
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise SetupError(
+                f"redis-cli --cluster create failed: {created.stdout[-500:]}{created.stderr[-500:]}"
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                for node in self.nodes
+            ]
+            if all("cluster_state:ok" in state for state in states):
+                return
+            time.sleep(0.1)
+        raise SetupError(f"Redis Cluster on {addresses} not ready after {timeout} s")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

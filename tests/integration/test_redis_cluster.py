@@ -1,0 +1,103 @@
+"""Redis Cluster for real: three masters of Debian's redis-server with every slot assigned, used by the
+cache and the rate limits as a `redis+cluster://` deployment would use them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.crc import key_slot
+
+from bridge.cache import FallbackCache, MemoryCache, RedisCache, limits_storage_uri
+from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
+from bridge.exchange import ExchangeService, Policy
+from bridge.ratelimit import RateLimiter
+from devstack.redis import RedisClusterNodes
+from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok
+from tests.unit.test_exchange_service import PROFILE, request
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def start_cluster(tmp_path_factory: pytest.TempPathFactory) -> RedisClusterNodes:
+    nodes = RedisClusterNodes(work_dir=tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        nodes.start()
+    except BaseException:
+        nodes.stop()
+        raise
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    nodes = start_cluster(tmp_path_factory)
+    yield nodes
+    nodes.stop()
+
+
+async def test_sign_in_and_deauthorization_work_through_a_cluster(cluster: RedisClusterNodes) -> None:
+    """The user id and the tombstone are read together (one MGET, one hash slot): a returning user needs
+    no Keycloak look-up, and a revoked token is refused."""
+    cache = RedisCache.from_url(cluster.url, timeout=2)
+    keycloak = FakeKeycloak()
+    bridge = ExchangeService(
+        tiktok=FakeTikTok(profiles={"act.one": PROFILE}),
+        keycloak=keycloak,
+        cache=cache,
+        minter=FakeMinter(),
+        policy=Policy(idp_alias="tiktok", deauthorization="record"),
+    )
+    try:
+        first = await bridge.exchange(request("act.one"))
+        keycloak.calls.clear()
+        again = await bridge.exchange(request("act.one"))
+        assert (again.user_id, again.created) == (first.user_id, False)
+        assert "find" not in keycloak.calls  # the cached id came back through the cluster
+
+        await bridge.deauthorize(PROFILE.open_id)
+        with pytest.raises(SubjectTokenRejected):
+            await bridge.exchange(request("act.one"))
+    finally:
+        await cache.aclose()
+
+
+async def test_keys_of_different_slots_fail_as_a_cache_error(cluster: RedisClusterNodes) -> None:
+    """What the shared hash tag avoids: the cluster refuses MGET across slots (CROSSSLOT), and that
+    failure is the cache's UpstreamUnavailable, never an exception of the Redis client."""
+    keys = ("tkb:v1:a", "tkb:v1:b")
+    assert key_slot(keys[0].encode()) != key_slot(keys[1].encode())
+    cache = RedisCache.from_url(cluster.url, timeout=2)
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await cache.get_many(*keys)
+    finally:
+        await cache.aclose()
+
+
+async def test_a_cluster_outage_is_served_from_memory_and_limits_fail_open(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Every node stopped: the cache serves from process memory (degraded) and the rate limits, which
+    were shared through the cluster, let requests through instead of failing them."""
+    nodes = start_cluster(tmp_path_factory)
+    cache = FallbackCache(RedisCache.from_url(nodes.url, timeout=1), MemoryCache(), retry_interval=60)
+    limiter = RateLimiter.build((limits_storage_uri(nodes.url), None), per_ip="1/minute", per_identity=None)
+    try:
+        await cache.set("tkb:v1:before", b"1", 60)
+        assert await cache.get("tkb:v1:before") == b"1"
+        await limiter.check_ip("192.0.2.1")
+        with pytest.raises(RateLimited):
+            await limiter.check_ip("192.0.2.1")  # the limit is kept in the cluster
+
+        nodes.stop()
+
+        assert await cache.get_many("tkb:v1:user:{x}", "tkb:v1:revoked:{x}") == [None, None]
+        assert cache.degraded
+        await cache.set("tkb:v1:during", b"2", 60)
+        assert await cache.get("tkb:v1:during") == b"2"
+        await limiter.check_ip("192.0.2.1")  # let through: the store is gone
+    finally:
+        nodes.stop()
+        await cache.aclose()
