@@ -80,16 +80,21 @@ def nothing_audited(dependencies: list[dict[str, Any]]) -> bool:
     return bool(dependencies) and all(d.get("skip_reason") for d in dependencies)
 
 
+def vulnerabilities_found(source: str, vulnerable: list[dict[str, Any]]) -> str:
+    """The failure message naming each vulnerable pin and its advisories."""
+    found = "; ".join(
+        f"{d['name']} {d['version']}: {', '.join(v['id'] for v in d['vulns'])}" for d in vulnerable
+    )
+    return f"{source}: known vulnerabilities in {len(vulnerable)} locked packages: {found}"
+
+
 def verdict(dependencies: list[dict[str, Any]], service: str, *, require: bool) -> tuple[bool, str]:
     """(passed, message) for pip-audit's per-dependency results."""
     vulnerable = [d for d in dependencies if d.get("vulns")]
     skipped = [d for d in dependencies if d.get("skip_reason")]
     audited = len(dependencies) - len(skipped)
     if vulnerable:
-        found = "; ".join(
-            f"{d['name']} {d['version']}: {', '.join(v['id'] for v in d['vulns'])}" for d in vulnerable
-        )
-        return False, f"pip-audit: known vulnerabilities in {len(vulnerable)} locked packages: {found}"
+        return False, vulnerabilities_found("pip-audit", vulnerable)
     if nothing_audited(dependencies):
         message = (
             f"pip-audit: NOT AUDITED. The {service} vulnerability service answered for none of the "
@@ -157,10 +162,7 @@ def fallback_verdict(dependencies: list[dict[str, Any]], *, require: bool) -> tu
     vulnerable = [d for d in dependencies if d.get("vulns")]
     skipped = [d for d in dependencies if d.get("skip_reason")]
     if vulnerable:
-        found = "; ".join(
-            f"{d['name']} {d['version']}: {', '.join(v['id'] for v in d['vulns'])}" for d in vulnerable
-        )
-        return False, f"PyPI advisories: known vulnerabilities in {len(vulnerable)} locked packages: {found}"
+        return False, vulnerabilities_found("PyPI advisories", vulnerable)
     message = (
         f"PyPI advisories of latest releases: {len(dependencies) - len(skipped)} of {len(dependencies)} "
         "locked packages audited, no known vulnerabilities"
