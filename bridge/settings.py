@@ -39,10 +39,11 @@ class Settings(BaseSettings):
         A variable in the environment wins over its file. Unknown BRIDGE_* variables are refused:
         pydantic-settings would ignore them, and a misspelt optional setting (say the client allow-list)
         would silently be off."""
+        known = _known_variables() | NOT_SETTINGS
         problems = [
             _problem(name.lower().removeprefix("bridge_"), "unknown setting{hint}", hint=_hint(name))
             for name in sorted(os.environ)
-            if name.startswith("BRIDGE_") and name not in NOT_SETTINGS and name not in _known_variables()
+            if name.startswith("BRIDGE_") and name not in known
         ]
         secrets_dir = os.environ.get("BRIDGE_SECRETS_DIR")
         if secrets_dir and not Path(secrets_dir).is_dir():
@@ -212,8 +213,8 @@ class Settings(BaseSettings):
         return str(self.tiktok_api_url).rstrip("/")
 
 
-# BRIDGE_* variables that are not settings of the service: read by `load` itself, by the container
-# image (the port `serve` listens on) and by the project's scripts.
+# BRIDGE_* variables that are not settings of the service: read by `load` itself and by the project's
+# scripts (scripts/_common.sh, devstack: the local stack's port, caches, JDK and audit strictness).
 NOT_SETTINGS = frozenset(
     {"BRIDGE_SECRETS_DIR", "BRIDGE_PORT", "BRIDGE_CACHE_DIR", "BRIDGE_JAVA_HOME", "BRIDGE_AUDIT_REQUIRED"}
 )
