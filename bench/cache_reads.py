@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge.cache import RedisCache
+from bridge.redis_connection import RedisConnection
 from devstack.redis import RedisServer
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ USER_KEY, REVOKED_KEY = "tkb:v1:user:{tiktok:o}", "tkb:v1:revoked:{tiktok:o}"
 
 
 async def measure(url: str, calls: int) -> None:
-    cache = RedisCache.from_url(url, timeout=2)
+    redis = RedisConnection.from_url(url, timeout=2)
+    cache = RedisCache(redis.client)
     await cache.set(USER_KEY, b'{"id":"00000000-0000-0000-0000-000000000000","fp":"f"}', 600)
     cases: list[tuple[str, Callable[[], Awaitable[object]]]] = [
         ("GET user id", lambda: cache.get(USER_KEY)),
@@ -41,7 +43,7 @@ async def measure(url: str, calls: int) -> None:
             cpu_us = 1e6 * (time.process_time() - cpu) / calls
             print(f"{label:<26} {wall_us:7.1f} us wall {cpu_us:7.1f} us CPU per read")
     finally:
-        await cache.aclose()
+        await redis.aclose()
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import endpoints, openapi, strapi, webhook
-from bridge.errors import BridgeError, HeadersTooLarge, ServerError, to_oauth_error
+from bridge.errors import BridgeError, HeadersTooLarge, ServerError
 from bridge.logs import request_id
-from bridge.metrics import EXCHANGES, metrics_endpoint
 from bridge.resources import Resources
 from bridge.settings import Settings
 from bridge.tracing import Tracing
+from bridge.web import error_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -31,24 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_ID_LENGTH = 64
-
-
-def error_response(exc: BridgeError, *, path: str) -> Response:
-    oauth = to_oauth_error(exc)
-    if path == endpoints.TOKEN_PATH:
-        EXCHANGES.labels("token", oauth.error).inc()
-    level = logging.WARNING if oauth.status_code >= 500 else logging.INFO  # noqa: PLR2004
-    log.log(
-        level,
-        "request refused",
-        extra={"path": path, "error": oauth.error, "status": oauth.status_code, "detail": exc.detail},
-    )
-    headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **oauth.headers()}
-    return JSONResponse(
-        {"error": oauth.error, "error_description": oauth.description},
-        status_code=oauth.status_code,
-        headers=headers,
-    )
 
 
 async def _bridge_error(request: Request, exc: Exception) -> Response:
@@ -192,7 +174,7 @@ def create_app(
 
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
     if resolved.metrics_enabled:
-        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+        routes.append(Route("/metrics", endpoints.metrics, methods=["GET"]))
     if resolved.strapi_compat_enabled:
         routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
     if resolved.tiktok_webhook_enabled:

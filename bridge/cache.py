@@ -1,73 +1,33 @@
-"""One cache interface: Redis (shared by replicas), process memory (embedded default), and the fallback
-that serves from memory while Redis is unreachable.
+"""The cache implementations of `ports.Cache`: Redis (shared by replicas), process memory (the embedded
+default), and the fallback that serves from memory while Redis is unreachable.
 
-Keys are built here only, under a versioned prefix, so a change of format never reads old entries.
-Tokens never appear in a key: they are SHA-256 hashed first (`token_key`).
+Keys are named in `keys.py`; this module stores whatever key it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import unquote
-
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisClusterException, RedisError
+from typing import TYPE_CHECKING, TypeVar
 
 from bridge.errors import UpstreamUnavailable
 from bridge.metrics import timed
+from bridge.redis_connection import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
-KEY_PREFIX = "tkb:v1:"
+    from bridge.ports import Cache
+    from bridge.redis_connection import RedisClient
+
 T = TypeVar("T")
-# redis-py's cluster client raises RedisClusterException, which is no RedisError, when it can reach no
-# node: without it a Redis Cluster outage escaped the fallback to memory as a 500.
-REDIS_FAILURES = (RedisError, RedisClusterException)
-
-
-def token_key(kind: str, token: str) -> str:
-    """A cache key for something derived from a secret: only its SHA-256 is kept. Any string hashes,
-    lone surrogates included (JSON can carry them; found by fuzzing the Strapi endpoint): refusing a
-    malformed token is the TikTok client's job, not a crash here."""
-    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{KEY_PREFIX}{kind}:{digest}"
-
-
-def plain_key(kind: str, name: str) -> str:
-    return f"{KEY_PREFIX}{kind}:{name}"
-
-
-class Cache(Protocol):
-    """What the bridge needs from a cache. Every method raises UpstreamUnavailable('cache') on failure."""
-
-    async def get(self, key: str) -> bytes | None: ...
-    async def get_many(self, *keys: str) -> list[bytes | None]:
-        """One round trip; with Redis Cluster the keys must share a hash tag (one slot)."""
-        ...
-
-    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
-    async def add(self, key: str, value: bytes, ttl: float) -> bool: ...
-    async def delete(self, *keys: str) -> None: ...
-    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]: ...
-    async def ping(self) -> None: ...
-    async def aclose(self) -> None: ...
-    @property
-    def degraded(self) -> bool: ...
-    @property
-    def redis_client(self) -> aioredis.Redis | RedisCluster | None: ...
 
 
 class MemoryCache:
@@ -135,44 +95,11 @@ class MemoryCache:
     def degraded(self) -> bool:
         return False
 
-    @property
-    def redis_client(self) -> aioredis.Redis | RedisCluster | None:
-        return None
-
     async def aclose(self) -> None:
         self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def redis_client(url: str, *, timeout: float) -> aioredis.Redis | RedisCluster:
-    """A client for `redis://`/`rediss://`/`unix://`, `redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]`
-    (the master of a Sentinel-monitored service, followed across fail-overs) or `redis+cluster://h:p`."""
-    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    scheme, _, rest = url.partition("://")
-    if scheme in {"redis+sentinel", "rediss+sentinel"}:
-        credentials, _, hosts_and_path = rest.rpartition("@")
-        hosts, _, path = hosts_and_path.partition("/")
-        service, _, db = path.partition("/")
-        if not service:
-            raise ValueError("a redis+sentinel URL names the service: redis+sentinel://host:26379/mymaster")
-        password = unquote(credentials.partition(":")[2]) or None
-        sentinels = [
-            (host.rpartition(":")[0] or host, int(host.rpartition(":")[2] or 26379))
-            for host in hosts.split(",")
-        ]
-        sentinel = Sentinel(sentinels, password=password, ssl=scheme.startswith("rediss"), **options)  # type: ignore[no-untyped-call]
-        master: aioredis.Redis = sentinel.master_for(service, db=int(db or 0))
-        return master
-    if scheme in {"redis+cluster", "rediss+cluster"}:
-        return RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
-    return aioredis.Redis.from_url(url, health_check_interval=30, **options)
-
-
-def limits_storage_uri(url: str) -> str:
-    """The same Redis, as a `limits` storage URI."""
-    return f"async+{url}"
 
 
 # Release a lock only if we still own it (its value is our token): never free another holder's lock.
@@ -191,15 +118,10 @@ def _as_bytes(value: object) -> bytes | None:
 class RedisCache:
     """Redis-backed cache; locks are SET NX PX with an owner token (single-flight across replicas)."""
 
-    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
+    def __init__(self, client: RedisClient) -> None:
+        # The process's one client (`RedisConnection`), closed by its owner, not by the cache.
         self._redis = client
-        # A plain client's pool is shared with the rate limiter; Sentinel and Cluster clients are not.
-        self.connection_pool = client.connection_pool if isinstance(client, aioredis.Redis) else None
         self._release = client.register_script(_RELEASE_SCRIPT)
-
-    @classmethod
-    def from_url(cls, url: str, *, timeout: float) -> RedisCache:
-        return cls(redis_client(url, timeout=timeout))
 
     async def _command(self, name: str, command: Awaitable[T]) -> T:
         """Run one Redis command, timed under `name`; a Redis failure becomes UpstreamUnavailable."""
@@ -260,21 +182,14 @@ class RedisCache:
         return self._lock(key, ttl, wait)
 
     async def ping(self) -> None:
-        try:
-            await self._redis.ping()
-        except REDIS_FAILURES as exc:
-            raise UpstreamUnavailable("cache", f"PING failed: {type(exc).__name__}") from exc
+        await self._command("ping", self._redis.ping())
 
     @property
     def degraded(self) -> bool:
         return False
 
-    @property
-    def redis_client(self) -> aioredis.Redis | RedisCluster | None:
-        return self._redis
-
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        return None
 
 
 class FallbackCache:
@@ -297,10 +212,6 @@ class FallbackCache:
     def degraded(self) -> bool:
         return self._down_until is not None
 
-    @property
-    def redis_client(self) -> aioredis.Redis | RedisCluster | None:
-        return self._primary.redis_client
-
     def _use_primary(self) -> bool:
         if self._down_until is None:
             return True
@@ -321,75 +232,49 @@ class FallbackCache:
             self._down_until = None
             self._probing = False
 
-    async def get(self, key: str) -> bytes | None:
+    async def _either(self, primary: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]) -> T:
+        """Redis if it is to be tried and answers; process memory otherwise."""
         if self._use_primary():
             try:
-                value = await self._primary.get(key)
+                result = await primary()
             except UpstreamUnavailable as exc:
                 self._failed(exc)
             else:
                 self._succeeded()
-                return value
-        return await self._fallback.get(key)
+                return result
+        return await fallback()
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._either(lambda: self._primary.get(key), lambda: self._fallback.get(key))
 
     async def get_many(self, *keys: str) -> list[bytes | None]:
-        if self._use_primary():
-            try:
-                values = await self._primary.get_many(*keys)
-            except UpstreamUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return values
-        return await self._fallback.get_many(*keys)
+        return await self._either(
+            lambda: self._primary.get_many(*keys), lambda: self._fallback.get_many(*keys)
+        )
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        if self._use_primary():
-            try:
-                await self._primary.set(key, value, ttl)
-            except UpstreamUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return
-        await self._fallback.set(key, value, ttl)
+        await self._either(
+            lambda: self._primary.set(key, value, ttl), lambda: self._fallback.set(key, value, ttl)
+        )
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
-        if self._use_primary():
-            try:
-                added = await self._primary.add(key, value, ttl)
-            except UpstreamUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return added
-        return await self._fallback.add(key, value, ttl)
+        return await self._either(
+            lambda: self._primary.add(key, value, ttl), lambda: self._fallback.add(key, value, ttl)
+        )
 
     async def delete(self, *keys: str) -> None:
         # Both: an entry written to memory during an outage must not outlive its deletion.
         await self._fallback.delete(*keys)
-        if self._use_primary():
-            try:
-                await self._primary.delete(*keys)
-            except UpstreamUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
+        await self._either(lambda: self._primary.delete(*keys), _nothing)
 
     @asynccontextmanager
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:
         async with contextlib.AsyncExitStack() as stack:
-            acquired: bool | None = None
-            if self._use_primary():
-                # Only taking the lock is guarded: an error raised by the body is the body's own.
-                try:
-                    acquired = await stack.enter_async_context(self._primary.lock(key, ttl=ttl, wait=wait))
-                except UpstreamUnavailable as exc:
-                    self._failed(exc)
-                else:
-                    self._succeeded()
-            if acquired is None:
-                acquired = await stack.enter_async_context(self._fallback.lock(key, ttl=ttl, wait=wait))
+            # Only taking the lock is guarded: an error raised by the body is the body's own.
+            acquired = await self._either(
+                lambda: stack.enter_async_context(self._primary.lock(key, ttl=ttl, wait=wait)),
+                lambda: stack.enter_async_context(self._fallback.lock(key, ttl=ttl, wait=wait)),
+            )
             yield acquired
 
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]:
@@ -407,3 +292,7 @@ class FallbackCache:
     async def aclose(self) -> None:
         await self._primary.aclose()
         await self._fallback.aclose()
+
+
+async def _nothing() -> None:
+    return None

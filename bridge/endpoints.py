@@ -2,66 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError
-from bridge.metrics import EXCHANGES
+from bridge.errors import BridgeError
+from bridge.metrics import exposition
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
-    MAX_BODY_BYTES,
     SUPPORTED_REQUESTED_TOKEN_TYPES,
     SUPPORTED_SUBJECT_TOKEN_TYPES,
     exchange_response,
     parse_exchange_request,
     parse_form,
 )
+from bridge.web import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
-
-    from bridge.resources import Resources
 
 log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/token"  # noqa: S105 - a path
 JWKS_PATH = "/.well-known/jwks.json"
-# RFC 6749 §5.1: token responses must not be cached by anyone.
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def resources_of(request: Request) -> Resources:
-    resources: Resources = request.app.state.resources
-    return resources
-
-
-def client_ip(request: Request) -> str | None:
-    # Behind a load balancer uvicorn rewrites this from X-Forwarded-For, for trusted proxies only
-    # (`bridge serve --forwarded-allow-ips`), so a client cannot pick its own rate-limit bucket.
-    return request.client.host if request.client is not None else None
-
-
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read at most `limit` bytes, within the body timeout: a larger body is refused without buffering
-    it whole, and a client trickling its body cannot hold a worker slot for long."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    body = bytearray()
-    try:
-        async with asyncio.timeout(resources_of(request).settings.client_body_timeout):
-            async for chunk in request.stream():
-                body.extend(chunk)
-                if len(body) > limit:
-                    raise BodyTooLarge
-    except TimeoutError as exc:
-        raise BodyTimeout from exc
-    return bytes(body)
-
-
+@counts_exchanges("token")
 async def token(request: Request) -> Response:
     resources = resources_of(request)
     await resources.limiter.check_ip(client_ip(request))
@@ -71,7 +39,6 @@ async def token(request: Request) -> Response:
         request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
     )
     exchanged = await resources.exchange.exchange(exchange_request)
-    EXCHANGES.labels("token", "issued").inc()
     log.info(
         "token exchanged",
         extra={
@@ -128,11 +95,18 @@ async def readyz(request: Request) -> Response:
         # Exchanges still work from process memory: degraded, but worth sending traffic to.
         checks["cache"] = "degraded"
     if checks["keycloak"] != "ok":
-        status, code = "unavailable", 503
+        status, code = "unavailable", HTTPStatus.SERVICE_UNAVAILABLE
     elif checks["cache"] == "degraded":
-        status, code = "degraded", 200
+        status, code = "degraded", HTTPStatus.OK
+    elif checks["cache"] == "ok":
+        status, code = "ready", HTTPStatus.OK
     else:
-        status, code = ("ready", 200) if checks["cache"] == "ok" else ("unavailable", 503)
+        status, code = "unavailable", HTTPStatus.SERVICE_UNAVAILABLE
     return JSONResponse(
         {"status": status, "checks": checks}, status_code=code, headers={"Cache-Control": "no-store"}
     )
+
+
+async def metrics(_request: Request) -> Response:
+    body, media_type = exposition()
+    return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})

@@ -5,13 +5,16 @@
     │   ├── InvalidRequest            400 invalid_request (RFC 8693 §2.2.2: also for a bad subject_token)
     │   │   ├── TikTokRefusal         TikTok said no (keeps TikTok's message for the Strapi endpoint)
     │   │   │   ├── SubjectTokenRejected  TikTok refused the token or code
+    │   │   │   │   └── AccessTokenRejected   ... an access token, in the words the Strapi plugin used
     │   │   │   └── MissingScope      the TikTok grant lacks a scope the bridge needs
     │   │   ├── IdentityMismatch      user info answered for another open_id than the code's
     │   │   ├── UserNotFound          TikTok answered without a user
     │   │   ├── AccountDisabled       the Keycloak user is disabled
     │   │   ├── RegistrationClosed    policy forbids creating a new user
     │   │   └── EmailTaken            the pseudo-email belongs to another account
+    │   ├── InvalidGrant              400 invalid_grant: a refresh token unknown, expired, revoked or reused
     │   ├── InvalidClient             401 invalid_client
+    │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery TikTok did not sign
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
     │   ├── InvalidTarget             400 invalid_target
@@ -23,15 +26,22 @@
     │   └── ServerError               500 server_error: our fault or our configuration's, never input's
     └── UpstreamError                 raised by adapters; never shown to a client as it is
         ├── UpstreamUnavailable       TikTok, Keycloak or the cache cannot be reached or is overloaded
-        └── UpstreamProtocolError     an upstream answered in a way the bridge cannot use
+        ├── UpstreamProtocolError     an upstream answered in a way the bridge cannot use
+        ├── UserConflict              Keycloak refused a user: its username or e-mail is taken (409)
+        └── NotLinked                 Keycloak's grant found no user linked to the assertion's subject
 
 `description` is a fixed, client-safe sentence; `detail` (never sent) goes to the logs, and must itself
-never hold a token, code or secret. `UpstreamUnavailable` maps to `TemporarilyUnavailable` and
-`UpstreamProtocolError` to `ServerError` in `to_oauth_error`.
+never hold a token, code or secret. `UpstreamUnavailable` maps to `TemporarilyUnavailable` and every
+other `UpstreamError` to `ServerError` in `to_oauth_error`. `OAuthError.body()` and `.headers()` are the
+one shape of an error answer (RFC 6749 §5.2, `Cache-Control: no-store` always): the app, the raw HTTP
+protocol in `server.py` and the webhook all answer with them.
+
+This module imports nothing outside the standard library, so the use case can depend on it freely.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import ClassVar, Literal
 
 Upstream = Literal["tiktok", "keycloak", "cache"]
@@ -49,14 +59,21 @@ class OAuthError(BridgeError):
     """An error with an RFC 6749 §5.2 representation."""
 
     error: ClassVar[str] = "invalid_request"
-    status_code: ClassVar[int] = 400
+    status_code: ClassVar[int] = HTTPStatus.BAD_REQUEST
     default_description: ClassVar[str] = "The request is invalid."
 
     def __init__(self, description: str | None = None, *, detail: str = "") -> None:
         super().__init__(detail or (description or self.default_description))
         self.description = description or self.default_description
 
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
     def headers(self) -> dict[str, str]:
+        """Every error answer's headers: never cached (RFC 6749 §5.1), plus what the error adds."""
+        return {"Cache-Control": "no-store", "Pragma": "no-cache", **self.extra_headers()}
+
+    def extra_headers(self) -> dict[str, str]:
         return {}
 
 
@@ -84,6 +101,10 @@ class SubjectTokenRejected(TikTokRefusal):
     default_description = "The subject_token was rejected by TikTok."
 
 
+class AccessTokenRejected(SubjectTokenRejected):
+    default_description = "The TikTok access token is invalid or expired."
+
+
 class MissingScope(TikTokRefusal):
     default_description = "The TikTok grant lacks the user.info.basic scope."
 
@@ -108,13 +129,23 @@ class EmailTaken(InvalidRequest):
     default_description = "The e-mail address is already used by another account."
 
 
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+    default_description = "The refresh token is invalid, expired or revoked."
+
+
 class InvalidClient(OAuthError):
     error = "invalid_client"
-    status_code = 401
+    status_code = HTTPStatus.UNAUTHORIZED
     default_description = "Client authentication failed."
 
-    def headers(self) -> dict[str, str]:
+    def extra_headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Basic realm="token"'}
+
+
+class WebhookSignatureRejected(OAuthError):
+    status_code = HTTPStatus.UNAUTHORIZED
+    default_description = "The TikTok-Signature header is missing, stale or wrong."
 
 
 class UnsupportedGrantType(OAuthError):
@@ -137,48 +168,48 @@ class _RetryAfterMixin(OAuthError):
         super().__init__(description, detail=detail)
         self.retry_after = max(1, int(retry_after))
 
-    def headers(self) -> dict[str, str]:
+    def extra_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
 
 
 class BodyTimeout(OAuthError):
     # RFC 9110 §15.5.9: the server would not wait longer; the client may repeat the request.
-    status_code = 408
+    status_code = HTTPStatus.REQUEST_TIMEOUT
     default_description = "The request body did not arrive in time."
 
-    def headers(self) -> dict[str, str]:
+    def extra_headers(self) -> dict[str, str]:
         return {"Connection": "close"}  # the rest of the body may still be on its way
 
 
 class BodyTooLarge(OAuthError):
-    status_code = 413
+    status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     default_description = "The request body is too large."
 
 
 class HeadersTooLarge(OAuthError):
-    status_code = 431  # RFC 6585 §5
+    status_code = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE  # RFC 6585 §5
     default_description = "The request headers are too large."
 
-    def headers(self) -> dict[str, str]:
+    def extra_headers(self) -> dict[str, str]:
         return {"Connection": "close"}
 
 
 class RateLimited(_RetryAfterMixin):
     # RFC 6749 has no code for "slow down" at the token endpoint; this one tells clients to retry later.
     error = "temporarily_unavailable"
-    status_code = 429
+    status_code = HTTPStatus.TOO_MANY_REQUESTS
     default_description = "Too many requests; retry later."
 
 
 class TemporarilyUnavailable(_RetryAfterMixin):
     error = "temporarily_unavailable"
-    status_code = 503
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
     default_description = "A service the bridge depends on is unavailable; retry later."
 
 
 class ServerError(OAuthError):
     error = "server_error"
-    status_code = 500
+    status_code = HTTPStatus.INTERNAL_SERVER_ERROR
     default_description = "The bridge could not complete the request."
 
 
@@ -191,13 +222,38 @@ class UpstreamError(BridgeError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    def __init__(self, upstream: Upstream, detail: str, *, retry_after: int = 5) -> None:
+    """`retryable`: the request was certainly not carried out (no connection, a gateway's 5xx), so an
+    idempotent call may be sent again; a timeout is not retryable (the request may still be running)."""
+
+    def __init__(
+        self, upstream: Upstream, detail: str, *, retry_after: int = 5, retryable: bool = False
+    ) -> None:
         super().__init__(upstream, detail)
         self.retry_after = retry_after
+        self.retryable = retryable
 
 
 class UpstreamProtocolError(UpstreamError):
     pass
+
+
+class UserConflict(UpstreamError):
+    """Keycloak refused to create or update a user because its username or e-mail is taken (409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("keycloak", f"409 {message}")
+        self.message = message
+
+    @property
+    def email_taken(self) -> bool:
+        return "email" in self.message.lower() and "username" not in self.message.lower()
+
+
+class NotLinked(UpstreamError):
+    """The JWT grant found no user linked to the assertion's subject (an admin removed the link)."""
+
+    def __init__(self) -> None:
+        super().__init__("keycloak", "no user linked to the assertion subject")
 
 
 _UPSTREAM_NAMES: dict[Upstream, str] = {"tiktok": "TikTok", "keycloak": "Keycloak", "cache": "The cache"}

@@ -1,7 +1,9 @@
 """The token exchange use case: verify with TikTok, find or provision in Keycloak, mint through Keycloak.
 
-It knows its collaborators only by the protocols below, never Starlette, httpx2 or redis, so the same
-logic serves the RFC 8693 endpoint and the Strapi-compatible one.
+It knows its collaborators only by the protocols of `ports.py`, and imports nothing but the bridge's
+dependency-free modules (model, errors, keys, ports) and its metrics, so the same logic serves the
+RFC 8693 endpoint and the Strapi-compatible one, and loads without httpx2, redis or Starlette (a test
+holds it to that).
 
 Per exchange, on the warm path (token seen within the profile TTL, user seen within the user TTL):
 no TikTok call, no Keycloak admin call, one Keycloak token call.
@@ -14,98 +16,51 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from bridge.cache import plain_key, token_key
+from bridge import keys
 from bridge.errors import (
+    AccessTokenRejected,
     AccountDisabled,
     EmailTaken,
     IdentityMismatch,
     InvalidRequest,
     MissingScope,
+    NotLinked,
     RegistrationClosed,
     ServerError,
     SubjectTokenRejected,
     TemporarilyUnavailable,
     UpstreamError,
     UpstreamProtocolError,
+    UserConflict,
 )
-from bridge.keycloak import KeycloakUser, NotLinked, UserConflict
 from bridge.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED
-from bridge.tiktok import SCOPE_BASIC, TikTokProfile
+from bridge.model import (
+    ATTR_DISPLAY_NAME,
+    ATTR_OPEN_ID,
+    ATTR_UNION_ID,
+    ATTR_USERNAME,
+    ATTR_VERIFIED,
+    SCOPE_BASIC,
+    Exchanged,
+    KeycloakUser,
+    Policy,
+    TikTokProfile,
+)
+from bridge.rfc8693 import CodeExchange
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from bridge.cache import Cache
-    from bridge.rfc8693 import ExchangeRequest, IssuedToken
-    from bridge.tiktok import CodeGrant
+    from bridge.model import CodeGrant, IssuedToken
+    from bridge.ports import AssertionMinter, Cache, IdentityLimiter, KeycloakGateway, TikTokGateway
+    from bridge.rfc8693 import ExchangeRequest
 
 log = logging.getLogger(__name__)
 
-# Attributes the bridge owns on a Keycloak user; each must be declared in the realm's user profile.
-ATTR_OPEN_ID = "tiktok_open_id"
-ATTR_UNION_ID = "tiktok_union_id"
-ATTR_DISPLAY_NAME = "tiktok_display_name"
-ATTR_USERNAME = "tiktok_username"
-ATTR_VERIFIED = "tiktok_is_verified"
 MAX_USERNAME_ATTEMPTS = 3
-
-
-class TikTokGateway(Protocol):
-    async def fetch_profile(self, access_token: str, scopes: Iterable[str] = ...) -> TikTokProfile: ...
-    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant: ...
-
-
-class KeycloakGateway(Protocol):
-    async def issuer(self) -> str: ...
-    async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None: ...
-    async def get_user(self, user_id: str) -> KeycloakUser | None: ...
-    async def create_user(self, representation: dict[str, Any]) -> str: ...
-    async def update_user(self, user_id: str, representation: dict[str, Any]) -> None: ...
-    async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken: ...
-    async def delete_user(self, user_id: str) -> None: ...
-    async def missing_groups(self, paths: tuple[str, ...]) -> list[str]: ...
-    async def remove_link(self, user_id: str, idp_alias: str) -> None: ...
-    async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None: ...
-
-
-class IdentityLimiter(Protocol):
-    async def check_identity(self, open_id: str) -> None: ...
-
-
-class AssertionMinter(Protocol):
-    def mint(self, subject: str, audience: str) -> str: ...
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Account rules, from settings."""
-
-    idp_alias: str
-    username_prefix: str = "tiktok_"
-    email_template: str | None = None
-    registration_open: bool = True
-    redirect_uris: tuple[str, ...] = ()
-    access_token_scopes: tuple[str, ...] = (SCOPE_BASIC,)
-    default_groups: tuple[str, ...] = ()
-    default_realm_roles: tuple[str, ...] = ()
-    # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
-    deauthorization: str = "record"
-    profile_ttl: int = 300
-    user_ttl: int = 3600
-    negative_ttl: int = 30
-
-
-@dataclass(frozen=True, slots=True)
-class Exchanged:
-    """The outcome of one exchange: Keycloak's tokens and whom they are for."""
-
-    issued: IssuedToken
-    user_id: str
-    profile: TikTokProfile
-    created: bool
+# How long one replica may hold the provisioning lock, and how long another waits for it.
+PROVISIONING_LOCK_TTL = 30
+PROVISIONING_LOCK_WAIT = 15
 
 
 def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
@@ -155,15 +110,10 @@ class ExchangeService:
         self._groups_checked = False
 
     async def exchange(self, request: ExchangeRequest) -> Exchanged:
-        if request.is_authorization_code:
-            # The parser guarantees both are present for this token type.
-            assert request.code_verifier is not None  # noqa: S101
-            assert request.redirect_uri is not None  # noqa: S101
-            profile = await self.verify_code(
-                request.subject_token, request.code_verifier, request.redirect_uri
-            )
+        if isinstance(request, CodeExchange):
+            profile = await self.verify_code(request.code, request.code_verifier, request.redirect_uri)
         else:
-            profile = await self.verify_access_token(request.subject_token)
+            profile = await self.verify_access_token(request.access_token)
         return await self.sign_in(profile, request.scope)
 
     async def sign_in(self, profile: TikTokProfile, scope: tuple[str, ...]) -> Exchanged:
@@ -175,7 +125,7 @@ class ExchangeService:
             issued = await self._mint(profile, scope)
         except NotLinked:
             # Our cached id outlived the link (an admin removed it): forget it and provision afresh once.
-            await self._cache.delete(self._identity_keys(profile.open_id)[0])
+            await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
             user_id, created = await self.ensure_user(profile)
             issued = await self._mint(profile, scope)
         return Exchanged(issued=issued, user_id=user_id, profile=profile, created=created)
@@ -190,7 +140,8 @@ class ExchangeService:
         authorized the app again) nor one already in flight can erase it; it is read with the user id,
         in the same round trip, so the warm path pays nothing for it.
         """
-        user_key, revoked_key = self._identity_keys(open_id)
+        alias = self._policy.idp_alias
+        user_key, revoked_key = keys.linked_user(alias, open_id), keys.deauthorized(alias, open_id)
         await self._cache.set(revoked_key, json.dumps(time.time()).encode(), self._policy.profile_ttl)
         if self._policy.deauthorization == "record":
             return "recorded"
@@ -235,16 +186,16 @@ class ExchangeService:
         return profile
 
     async def verify_access_token(self, access_token: str) -> TikTokProfile:
-        profile_key = token_key("profile", access_token)
+        profile_key = keys.profile(access_token)
         if cached := await self._cache.get(profile_key):
             CACHE_LOOKUPS.labels("profile", "hit").inc()
             return TikTokProfile.from_json(cached)
         CACHE_LOOKUPS.labels("profile", "miss").inc()
-        rejected_key = token_key("rejected", access_token)
+        rejected_key = keys.rejected(access_token)
         if await self._cache.get(rejected_key):
             # A recently refused token is refused again without spending TikTok's quota.
             CACHE_LOOKUPS.labels("rejected", "hit").inc()
-            raise SubjectTokenRejected("The TikTok access token is invalid or expired.")
+            raise AccessTokenRejected(detail="refused by TikTok recently (negative cache)")
         try:
             profile = await self._fetch_with_fallback(access_token)
         except SubjectTokenRejected:
@@ -265,23 +216,18 @@ class ExchangeService:
 
     # ----------------------------------------------------------------------- Keycloak side
 
-    def _identity_keys(self, open_id: str) -> tuple[str, str]:
-        """(cached user id, deauthorization tombstone) of one TikTok identity. One hash tag for both, so
-        Redis Cluster keeps them in one slot and MGET reads them together."""
-        tag = "{" + f"{self._policy.idp_alias}:{open_id}" + "}"
-        return plain_key("user", tag), plain_key("revoked", tag)
-
     async def ensure_user(self, profile: TikTokProfile) -> tuple[str, bool]:
         """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
         attributes = profile_attributes(profile)
         fingerprint = _fingerprint(attributes)
-        user_key, revoked_key = self._identity_keys(profile.open_id)
+        alias = self._policy.idp_alias
+        user_key, revoked_key = (
+            keys.linked_user(alias, profile.open_id),
+            keys.deauthorized(alias, profile.open_id),
+        )
         cached, revoked_at = await self._cache.get_many(user_key, revoked_key)
         if revoked_at is not None and profile.verified_at <= float(revoked_at):
-            raise SubjectTokenRejected(
-                "The TikTok access token is invalid or expired.",
-                detail="profile verified before the user deauthorized the app",
-            )
+            raise AccessTokenRejected(detail="profile verified before the user deauthorized the app")
         entry = json.loads(cached) if cached else {}
         if "id" in entry:
             CACHE_LOOKUPS.labels("user", "hit").inc()
@@ -295,9 +241,11 @@ class ExchangeService:
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
         created = False
         if user is None:
-            lock_key = plain_key("lock:provision", f"{self._policy.idp_alias}:{profile.open_id}")
+            lock_key = keys.provisioning_lock(alias, profile.open_id)
             waiting_since = time.perf_counter()
-            async with self._cache.lock(lock_key, ttl=30, wait=15) as acquired:
+            async with self._cache.lock(
+                lock_key, ttl=PROVISIONING_LOCK_TTL, wait=PROVISIONING_LOCK_WAIT
+            ) as acquired:
                 LOCK_WAIT_SECONDS.observe(time.perf_counter() - waiting_since)
                 if not acquired:
                     raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")

@@ -17,93 +17,31 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httpx2
-import stamina
 
-from bridge.cache import plain_key
+from bridge import keys
 from bridge.errors import (
     AccountDisabled,
     InvalidScope,
-    UpstreamError,
+    NotLinked,
     UpstreamProtocolError,
     UpstreamUnavailable,
+    UserConflict,
 )
-from bridge.metrics import timed
-from bridge.resilience import CircuitBreaker
-from bridge.rfc8693 import IssuedToken
+from bridge.model import IssuedToken, KeycloakUser
+from bridge.resilience import CircuitBreaker, guarded_call
 
 if TYPE_CHECKING:
-    from bridge.cache import Cache
+    from bridge.ports import Cache
 
 log = logging.getLogger(__name__)
 
-
-class _ServerFailure(UpstreamUnavailable):
-    """Keycloak answered 5xx: overloaded or restarting, so the request was not carried out."""
-
-
-def _is_retryable(exc: Exception) -> bool:
-    """Connection refused or a 5xx answer: worth one more try. A read timeout is not (the request may
-    still be running) and neither is anything Keycloak answered on purpose."""
-    return isinstance(exc, _ServerFailure) or (
-        isinstance(exc, UpstreamUnavailable) and isinstance(exc.__cause__, httpx2.ConnectError)
-    )
-
-
 GRANT_TYPE_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_RESPONSE_BYTES = 512 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class KeycloakUser:
-    id: str
-    username: str
-    enabled: bool
-    email: str | None = None
-    attributes: dict[str, list[str]] = field(default_factory=dict)
-    created_timestamp: int | None = None
-    representation: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_representation(cls, rep: dict[str, Any]) -> KeycloakUser:
-        try:
-            return cls(
-                id=str(rep["id"]),
-                username=str(rep["username"]),
-                enabled=bool(rep.get("enabled", False)),
-                email=rep.get("email"),
-                attributes={k: list(v) for k, v in (rep.get("attributes") or {}).items()},
-                created_timestamp=rep.get("createdTimestamp"),
-                representation=rep,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamProtocolError("keycloak", "malformed user representation") from exc
-
-    def attribute(self, name: str) -> str | None:
-        values = self.attributes.get(name)
-        return values[0] if values else None
-
-
-class UserConflict(UpstreamError):
-    """Keycloak refused to create a user because its username or e-mail is taken (409)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("keycloak", f"409 {message}")
-        self.message = message
-
-    @property
-    def email_taken(self) -> bool:
-        return "email" in self.message.lower() and "username" not in self.message.lower()
-
-
-class NotLinked(UpstreamError):
-    """The JWT grant found no user linked to the assertion's subject (an admin removed the link)."""
-
-    def __init__(self) -> None:
-        super().__init__("keycloak", "no user linked to the assertion subject")
 
 
 @dataclass
@@ -138,7 +76,7 @@ class KeycloakClient:
         self._admin_token: _AdminToken | None = None
         self._admin_token_lock = asyncio.Lock()
         self._issuer: str | None = None
-        self._admin_token_key = plain_key("kc-admin-token", f"{realm}:{client_id}")
+        self._admin_token_key = keys.admin_token(realm, client_id)
 
     @property
     def realm_url(self) -> str:
@@ -160,43 +98,33 @@ class KeycloakClient:
         **kwargs: Any,  # noqa: ANN401
     ) -> httpx2.Response:
         """One call through the breaker, timed; retried (bounded, with jitter) only if idempotent."""
-        self._breaker.before_call()
-        with timed("keycloak", operation) as outcome:
-            try:
-                if idempotent:
-                    response = await self._retrying(method, url, **kwargs)
-                else:
-                    response = await self._send(method, url, **kwargs)
-            except UpstreamUnavailable:
-                self._breaker.record_failure()
-                outcome["result"] = "unavailable"
-                raise
-            self._breaker.record_success()
-            outcome["result"] = f"{response.status_code // 100}xx"
-            return response
-
-    async def _retrying(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
-        async for attempt in stamina.retry_context(
-            on=_is_retryable, attempts=self._retry_attempts, timeout=30.0, wait_initial=0.05, wait_max=0.5
-        ):
-            with attempt:
-                return await self._send(method, url, **kwargs)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await guarded_call(
+            self._breaker,
+            operation,
+            lambda: self._send(method, url, **kwargs),
+            idempotent=idempotent,
+            attempts=self._retry_attempts,
+            result_label=lambda response: f"{response.status_code // 100}xx",
+        )
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401
         try:
             response = await self._http.request(method, url, **kwargs)
         except httpx2.TimeoutException as exc:
+            # The request may still be running in Keycloak: not repeated.
             raise UpstreamUnavailable("keycloak", f"{method} {self._path(url)} timed out") from exc
         except httpx2.HTTPError as exc:
             raise UpstreamUnavailable(
-                "keycloak", f"{method} {self._path(url)}: {type(exc).__name__}"
+                "keycloak",
+                f"{method} {self._path(url)}: {type(exc).__name__}",
+                retryable=isinstance(exc, httpx2.ConnectError),
             ) from exc
         if len(response.content) > MAX_RESPONSE_BYTES:
             raise UpstreamProtocolError("keycloak", f"{method} {self._path(url)}: answer too large")
-        if response.status_code >= 500:  # noqa: PLR2004
-            raise _ServerFailure(
-                "keycloak", f"{method} {self._path(url)}: HTTP {response.status_code}", retry_after=5
+        if response.status_code >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            # Overloaded or restarting: the request was not carried out, so an idempotent one may repeat.
+            raise UpstreamUnavailable(
+                "keycloak", f"{method} {self._path(url)}: HTTP {response.status_code}", retryable=True
             )
         return response
 
@@ -217,7 +145,7 @@ class KeycloakClient:
             operation="discovery",
             idempotent=True,
         )
-        if response.status_code != 200:  # noqa: PLR2004
+        if response.status_code != HTTPStatus.OK:
             raise UpstreamProtocolError("keycloak", f"discovery HTTP {response.status_code}")
         issuer = self._json(response).get("issuer")
         if not isinstance(issuer, str):
@@ -246,7 +174,7 @@ class KeycloakClient:
             auth=(self._client_id, self._client_secret),
         )
         body = self._json(response)
-        if response.status_code != 200 or not isinstance(body.get("access_token"), str):  # noqa: PLR2004
+        if response.status_code != HTTPStatus.OK or not isinstance(body.get("access_token"), str):
             raise UpstreamProtocolError(
                 "keycloak",
                 f"service-account token refused: HTTP {response.status_code} {body.get('error')}",
@@ -295,9 +223,9 @@ class KeycloakClient:
                 **kwargs,
             )
             # 401: the token was revoked or expired early (e.g. Keycloak restarted): renew it once.
-            if response.status_code != 401:  # noqa: PLR2004
+            if response.status_code != HTTPStatus.UNAUTHORIZED:
                 break
-        if response.status_code in {401, 403}:
+        if response.status_code in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
             raise UpstreamProtocolError(
                 "keycloak",
                 f"admin API {method} refused (HTTP {response.status_code}): check the client's roles",
@@ -317,7 +245,7 @@ class KeycloakClient:
                 "max": "2",
             },
         )
-        if response.status_code != 200:  # noqa: PLR2004
+        if response.status_code != HTTPStatus.OK:
             raise UpstreamProtocolError("keycloak", f"user search HTTP {response.status_code}")
         users = self._json(response)
         if not isinstance(users, list):
@@ -329,18 +257,18 @@ class KeycloakClient:
 
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         response = await self._admin("GET", f"/users/{user_id}")
-        if response.status_code == 404:  # noqa: PLR2004
+        if response.status_code == HTTPStatus.NOT_FOUND:
             return None
-        if response.status_code != 200:  # noqa: PLR2004
+        if response.status_code != HTTPStatus.OK:
             raise UpstreamProtocolError("keycloak", f"user read HTTP {response.status_code}")
         return KeycloakUser.from_representation(self._json(response))
 
     async def create_user(self, representation: dict[str, Any]) -> str:
         response = await self._admin("POST", "/users", json=representation)
-        if response.status_code == 409:  # noqa: PLR2004
+        if response.status_code == HTTPStatus.CONFLICT:
             message = self._json(response).get("errorMessage", "conflict")
             raise UserConflict(str(message))
-        if response.status_code != 201:  # noqa: PLR2004
+        if response.status_code != HTTPStatus.CREATED:
             raise UpstreamProtocolError(
                 "keycloak", f"user create HTTP {response.status_code}: {self._error_summary(response)}"
             )
@@ -352,16 +280,16 @@ class KeycloakClient:
 
     async def update_user(self, user_id: str, representation: dict[str, Any]) -> None:
         response = await self._admin("PUT", f"/users/{user_id}", json=representation)
-        if response.status_code == 409:  # noqa: PLR2004
+        if response.status_code == HTTPStatus.CONFLICT:
             raise UserConflict(str(self._json(response).get("errorMessage", "conflict")))
-        if response.status_code != 204:  # noqa: PLR2004
+        if response.status_code != HTTPStatus.NO_CONTENT:
             raise UpstreamProtocolError(
                 "keycloak", f"user update HTTP {response.status_code}: {self._error_summary(response)}"
             )
 
     async def delete_user(self, user_id: str) -> None:
         response = await self._admin("DELETE", f"/users/{user_id}")
-        if response.status_code not in {204, 404}:
+        if response.status_code not in {HTTPStatus.NO_CONTENT, HTTPStatus.NOT_FOUND}:
             raise UpstreamProtocolError("keycloak", f"user delete HTTP {response.status_code}")
 
     async def missing_groups(self, paths: tuple[str, ...]) -> list[str]:
@@ -369,9 +297,9 @@ class KeycloakClient:
         missing = []
         for path in paths:
             response = await self._admin("GET", f"/group-by-path/{path.lstrip('/')}")
-            if response.status_code == 404:  # noqa: PLR2004
+            if response.status_code == HTTPStatus.NOT_FOUND:
                 missing.append(path)
-            elif response.status_code != 200:  # noqa: PLR2004
+            elif response.status_code != HTTPStatus.OK:
                 raise UpstreamProtocolError("keycloak", f"group lookup HTTP {response.status_code}")
         return missing
 
@@ -379,7 +307,7 @@ class KeycloakClient:
         """Map realm roles to a user. Reads them from the user's 'available' list: reading a role by name
         needs view-realm, which the bridge's client deliberately lacks."""
         response = await self._admin("GET", f"/users/{user_id}/role-mappings/realm/available")
-        if response.status_code != 200:  # noqa: PLR2004
+        if response.status_code != HTTPStatus.OK:
             raise UpstreamProtocolError("keycloak", f"available roles HTTP {response.status_code}")
         available = {role.get("name"): role for role in self._json(response) if isinstance(role, dict)}
         unknown = [name for name in names if name not in available]
@@ -388,12 +316,12 @@ class KeycloakClient:
         response = await self._admin(
             "POST", f"/users/{user_id}/role-mappings/realm", json=[available[name] for name in names]
         )
-        if response.status_code != 204:  # noqa: PLR2004
+        if response.status_code != HTTPStatus.NO_CONTENT:
             raise UpstreamProtocolError("keycloak", f"role mapping HTTP {response.status_code}")
 
     async def remove_link(self, user_id: str, idp_alias: str) -> None:
         response = await self._admin("DELETE", f"/users/{user_id}/federated-identity/{idp_alias}")
-        if response.status_code not in {204, 404}:
+        if response.status_code not in {HTTPStatus.NO_CONTENT, HTTPStatus.NOT_FOUND}:
             raise UpstreamProtocolError("keycloak", f"unlink HTTP {response.status_code}")
 
     def _error_summary(self, response: httpx2.Response) -> str:
@@ -422,7 +350,7 @@ class KeycloakClient:
         body = self._json(response)
         if not isinstance(body, dict):
             raise UpstreamProtocolError("keycloak", "token answer is not an object")
-        if response.status_code == 200 and isinstance(body.get("access_token"), str):  # noqa: PLR2004
+        if response.status_code == HTTPStatus.OK and isinstance(body.get("access_token"), str):
             expires_in = body.get("expires_in")
             return IssuedToken(
                 access_token=body["access_token"],

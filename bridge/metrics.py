@@ -1,4 +1,4 @@
-"""Prometheus metrics, served at GET /metrics.
+"""Prometheus metrics (served at GET /metrics by `endpoints.metrics`).
 
 With several worker processes set PROMETHEUS_MULTIPROC_DIR (an empty directory, wiped at each start)
 and the endpoint aggregates every worker's values (prometheus-client's multiprocess mode).
@@ -14,12 +14,9 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess as prometheus_multiprocess
-from starlette.responses import Response
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from starlette.requests import Request
 
 EXCHANGES = Counter(
     "bridge_exchanges_total",
@@ -40,6 +37,9 @@ LOCK_WAIT_SECONDS = Histogram(
 )
 RATE_LIMITED = Counter("bridge_rate_limit_rejections_total", "Requests refused by a rate limit", ["limit"])
 USERS_PROVISIONED = Counter("bridge_users_provisioned_total", "Keycloak users created by the bridge")
+SESSIONS = Counter(
+    "bridge_sessions_total", "Bridge session events: started, refreshed, retried_in_grace, ended_<reason>", ["event"]
+)
 CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker opened", ["upstream"])
 
 
@@ -54,15 +54,10 @@ def timed(upstream: str, operation: str) -> Iterator[dict[str, str]]:
         UPSTREAM_SECONDS.labels(upstream, operation, outcome["result"]).observe(time.perf_counter() - started)
 
 
-def _registry() -> CollectorRegistry | None:
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric (of every worker, in multiprocess mode) and its media type."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return registry
-    return None
-
-
-async def metrics_endpoint(_request: Request) -> Response:
-    registry = _registry()
-    body = generate_latest(registry) if registry is not None else generate_latest()
-    return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

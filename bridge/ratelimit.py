@@ -13,59 +13,27 @@ import time
 from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
-from limits.storage import storage_from_string
 
-from bridge.cache import REDIS_FAILURES
 from bridge.errors import RateLimited
 from bridge.metrics import RATE_LIMITED
+from bridge.redis_connection import REDIS_FAILURES
 
 if TYPE_CHECKING:
-    from redis.asyncio import ConnectionPool
+    from limits.aio.storage import Storage
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "tkb:v1:ratelimit"
-
 
 class RateLimiter:
+    """`storage`: the process's shared Redis (`RedisConnection.limits_storage`) or limits' MemoryStorage."""
+
     def __init__(self, storage: Storage, *, per_ip: str | None, per_identity: str | None) -> None:
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._storage = storage
         self._per_ip: RateLimitItem | None = parse(per_ip) if per_ip else None
         self._per_identity: RateLimitItem | None = parse(per_identity) if per_identity else None
-
-    @classmethod
-    def build(
-        cls,
-        redis: tuple[str, ConnectionPool | None] | None,
-        *,
-        per_ip: str | None,
-        per_identity: str | None,
-    ) -> RateLimiter:
-        """`redis`: the limits storage URI and, for a plain Redis, the cache's pool to share."""
-        storage: Storage
-        if redis is None:
-            storage = MemoryStorage()
-        elif redis[1] is not None:
-            storage = RedisStorage(
-                redis[0],
-                implementation="redispy",
-                wrap_exceptions=True,
-                key_prefix=KEY_PREFIX,
-                connection_pool=redis[1],  # type: ignore[arg-type] # passed through to redis-py
-            )
-        else:
-            # Sentinel or Cluster: limits opens its own connections from the same URL.
-            built = storage_from_string(
-                redis[0], implementation="redispy", wrap_exceptions=True, key_prefix=KEY_PREFIX
-            )
-            if not isinstance(built, Storage):
-                raise TypeError(f"not an async limits storage: {type(built).__name__}")
-            storage = built
-        return cls(storage, per_ip=per_ip, per_identity=per_identity)
 
     async def check_ip(self, address: str | None) -> None:
         if self._per_ip is not None and address:

@@ -1,9 +1,14 @@
-"""Guards for outbound calls: a circuit breaker per upstream, and retries for idempotent requests only.
+"""Guards for outbound calls: `guarded_call`, the one way an adapter calls TikTok or Keycloak.
 
-Retries use stamina (exponential backoff with jitter, bounded by attempts *and* total time). Only calls
-that are safe to repeat are retried: TikTok user info, Keycloak reads and the service-account token.
-Never retried: TikTok code redemption (codes are single-use), the JWT grant (its `jti` is single-use),
-user creation (Keycloak's 409 handles races, not blind repeats).
+Each call goes through the upstream's circuit breaker, is timed, and is retried only if it is idempotent
+and failed in a way that proves it was not carried out (`UpstreamUnavailable.retryable`: no connection,
+a gateway's 5xx). Retries use stamina (exponential backoff with jitter, bounded by attempts *and* total
+time). Only calls that are safe to repeat are retried: TikTok user info, Keycloak reads and the
+service-account token. Never retried: TikTok code redemption (codes are single-use), the JWT grant (its
+`jti` is single-use), user creation (Keycloak's 409 handles races, not blind repeats).
+
+What the breaker counts: an `UpstreamUnavailable` is a failure; any other `BridgeError` means the upstream
+answered and said no (alive: neutral); a result is a success.
 
 The breaker is ours, deliberately small: the maintained alternatives either route every call through a
 message bus (purgatory, whose Redis extra also pins redis<6) or are synchronous (pybreaker). After
@@ -17,13 +22,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-from bridge.errors import UpstreamUnavailable
-from bridge.metrics import CIRCUIT_OPENED
+import stamina
+
+from bridge.errors import BridgeError, UpstreamUnavailable
+from bridge.metrics import CIRCUIT_OPENED, timed
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from bridge.errors import Upstream
+
+T = TypeVar("T")
+# Bounds of the retries of one idempotent call: a dead upstream costs at most this much.
+RETRY_TIMEOUT = 30.0
+RETRY_WAIT_INITIAL = 0.05
+RETRY_WAIT_MAX = 0.5
 
 State = Literal["closed", "open", "half_open"]
 
@@ -72,3 +87,54 @@ class CircuitBreaker:
     def record_neutral(self) -> None:
         """An answer that is not an outage (e.g. a 4xx): the upstream is alive."""
         self.record_success()
+
+
+def _is_retryable(exc: Exception) -> bool:
+    return isinstance(exc, UpstreamUnavailable) and exc.retryable
+
+
+async def guarded_call(
+    breaker: CircuitBreaker,
+    operation: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    idempotent: bool,
+    attempts: int = 2,
+    result_label: Callable[[T], str] | None = None,
+) -> T:
+    """Run `call` through `breaker`, timed as (upstream, operation), retried only if `idempotent`.
+
+    `call` sends the request and interprets the answer, raising `UpstreamUnavailable` (retryable or not)
+    or another `BridgeError`. `result_label` names a result in the latency metric (default "ok").
+    """
+    breaker.before_call()
+    with timed(breaker.upstream, operation) as outcome:
+        try:
+            if idempotent and attempts > 1:
+                result = await _retrying(call, attempts)
+            else:
+                result = await call()
+        except UpstreamUnavailable:
+            breaker.record_failure()
+            outcome["result"] = "unavailable"
+            raise
+        except BridgeError:
+            breaker.record_neutral()  # the upstream answered; it said no
+            outcome["result"] = "refused"
+            raise
+        breaker.record_success()
+        outcome["result"] = result_label(result) if result_label is not None else "ok"
+        return result
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], attempts: int) -> T:
+    async for attempt in stamina.retry_context(
+        on=_is_retryable,
+        attempts=attempts,
+        timeout=RETRY_TIMEOUT,
+        wait_initial=RETRY_WAIT_INITIAL,
+        wait_max=RETRY_WAIT_MAX,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable")  # pragma: no cover - stamina re-raises the last failure

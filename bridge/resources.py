@@ -6,18 +6,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx2
+from limits.aio.storage import MemoryStorage, Storage
 
 from bridge.assertions import AssertionSigner, signer_from_settings
-from bridge.cache import Cache, FallbackCache, MemoryCache, RedisCache, limits_storage_uri
+from bridge.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.clients import ClientRegistry
-from bridge.exchange import ExchangeService, Policy
+from bridge.exchange import ExchangeService
 from bridge.keycloak import KeycloakClient
+from bridge.model import Policy
 from bridge.ratelimit import RateLimiter
+from bridge.redis_connection import RedisConnection
 from bridge.tiktok import TikTokClient
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from bridge.ports import Cache
     from bridge.settings import Settings
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
@@ -29,6 +33,8 @@ class Resources:
 
     settings: Settings
     http: httpx2.AsyncClient
+    # The one Redis client (cache, rate limits, tracing), None when no Redis is configured.
+    redis: RedisConnection | None
     cache: Cache
     signer: AssertionSigner
     tiktok: TikTokClient
@@ -50,15 +56,20 @@ class Resources:
             follow_redirects=False,
             mounts=dict(mounts or {}),
         )
+        redis: RedisConnection | None = None
         cache: Cache
-        shared_redis = None
+        limits_storage: Storage
         if settings.redis_url is not None:
-            redis_url = settings.redis_url.get_secret_value()
-            redis_cache = RedisCache.from_url(redis_url, timeout=settings.redis_timeout)
-            shared_redis = (limits_storage_uri(redis_url), redis_cache.connection_pool)
-            cache = FallbackCache(redis_cache, MemoryCache(), retry_interval=settings.redis_retry_interval)
+            redis = RedisConnection.from_url(
+                settings.redis_url.get_secret_value(), timeout=settings.redis_timeout
+            )
+            cache = FallbackCache(
+                RedisCache(redis.client), MemoryCache(), retry_interval=settings.redis_retry_interval
+            )
+            limits_storage = redis.limits_storage
         else:
             cache = MemoryCache()
+            limits_storage = MemoryStorage()
         tiktok = TikTokClient(
             http,
             base_url=settings.tiktok_base_url,
@@ -73,31 +84,23 @@ class Resources:
             client_id=settings.keycloak_client_id,
             client_secret=settings.keycloak_client_secret.get_secret_value(),
         )
-        limiter = RateLimiter.build(
-            shared_redis,
+        limiter = RateLimiter(
+            limits_storage,
             per_ip=settings.rate_limit_per_ip if settings.rate_limit_enabled else None,
             per_identity=settings.rate_limit_per_identity if settings.rate_limit_enabled else None,
         )
-        policy = Policy(
-            idp_alias=settings.keycloak_idp_alias,
-            username_prefix=settings.username_prefix,
-            email_template=settings.email_template,
-            profile_ttl=settings.profile_cache_ttl,
-            user_ttl=settings.user_cache_ttl,
-            negative_ttl=settings.negative_cache_ttl,
-            registration_open=settings.registration_open,
-            redirect_uris=settings.tiktok_redirect_uris,
-            access_token_scopes=settings.tiktok_access_token_scopes,
-            default_groups=settings.default_groups,
-            default_realm_roles=settings.default_realm_roles,
-            deauthorization=settings.deauthorization_policy,
-        )
         exchange = ExchangeService(
-            tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy, limiter=limiter
+            tiktok=tiktok,
+            keycloak=keycloak,
+            cache=cache,
+            minter=signer,
+            policy=Policy.from_settings(settings),
+            limiter=limiter,
         )
         return cls(
             settings=settings,
             http=http,
+            redis=redis,
             cache=cache,
             signer=signer,
             tiktok=tiktok,
@@ -112,3 +115,5 @@ class Resources:
     async def aclose(self) -> None:
         await self.http.aclose()
         await self.cache.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()

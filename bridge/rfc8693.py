@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
 
 from bridge.errors import InvalidRequest, InvalidScope, InvalidTarget, UnsupportedGrantType
+
+if TYPE_CHECKING:
+    from bridge.model import IssuedToken
 
 GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
@@ -54,28 +57,42 @@ _KNOWN_PARAMETERS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class ExchangeRequest:
-    """A validated token exchange request."""
+class AccessTokenExchange:
+    """A validated exchange of a TikTok access token."""
 
-    subject_token: str
-    subject_token_type: str
+    access_token: str
     requested_token_type: str
     scope: tuple[str, ...]
-    code_verifier: str | None = None
-    redirect_uri: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
+    subject_token_type: ClassVar[str] = TOKEN_TYPE_ACCESS_TOKEN
 
     def __repr__(self) -> str:
-        # Never let the token, code, verifier or secret reach a log line through a repr.
+        # Never let the token or secret reach a log line through a repr.
         return (
-            f"ExchangeRequest(subject_token_type={self.subject_token_type!r}, "
-            f"requested_token_type={self.requested_token_type!r}, scope={self.scope!r})"
+            f"AccessTokenExchange(requested_token_type={self.requested_token_type!r}, scope={self.scope!r})"
         )
 
-    @property
-    def is_authorization_code(self) -> bool:
-        return self.subject_token_type == TOKEN_TYPE_TIKTOK_CODE
+
+@dataclass(frozen=True, slots=True)
+class CodeExchange:
+    """A validated exchange of a TikTok Login Kit authorization code with its PKCE verifier."""
+
+    code: str
+    code_verifier: str
+    redirect_uri: str
+    requested_token_type: str
+    scope: tuple[str, ...]
+    client_id: str | None = None
+    client_secret: str | None = None
+    subject_token_type: ClassVar[str] = TOKEN_TYPE_TIKTOK_CODE
+
+    def __repr__(self) -> str:
+        # Never let the code, verifier or secret reach a log line through a repr.
+        return f"CodeExchange(requested_token_type={self.requested_token_type!r}, scope={self.scope!r})"
+
+
+ExchangeRequest = AccessTokenExchange | CodeExchange
 
 
 def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
@@ -134,14 +151,10 @@ def parse_scope(raw: str | None) -> tuple[str, ...]:
     return scopes
 
 
-def _code_parameters(form: dict[str, str], subject_token_type: str) -> tuple[str | None, str | None]:
-    """The PKCE verifier and redirect URI that must accompany a TikTok authorization code, and only it."""
+def _code_parameters(form: dict[str, str]) -> tuple[str, str]:
+    """The PKCE verifier and redirect URI that must accompany a TikTok authorization code."""
     code_verifier = _optional(form, "code_verifier")
     redirect_uri = _optional(form, "redirect_uri")
-    if subject_token_type != TOKEN_TYPE_TIKTOK_CODE:
-        if code_verifier is not None or redirect_uri is not None:
-            raise InvalidRequest("code_verifier and redirect_uri go only with an authorization code.")
-        return None, None
     if code_verifier is None:
         raise InvalidRequest("The code_verifier parameter is required with an authorization code.")
     if not _CODE_VERIFIER.match(code_verifier):
@@ -189,31 +202,27 @@ def parse_exchange_request(form: dict[str, str]) -> ExchangeRequest:
         # Keycloak issues an ID token only for OpenID requests.
         scope = ("openid", *scope)
 
-    code_verifier, redirect_uri = _code_parameters(form, subject_token_type)
-
-    return ExchangeRequest(
-        subject_token=subject_token,
-        subject_token_type=subject_token_type,
+    client_id, client_secret = _optional(form, "client_id"), _optional(form, "client_secret")
+    if subject_token_type == TOKEN_TYPE_TIKTOK_CODE:
+        code_verifier, redirect_uri = _code_parameters(form)
+        return CodeExchange(
+            code=subject_token,
+            code_verifier=code_verifier,
+            redirect_uri=redirect_uri,
+            requested_token_type=requested,
+            scope=scope,
+            client_id=client_id,
+            client_secret=client_secret,
+        )
+    if _optional(form, "code_verifier") is not None or _optional(form, "redirect_uri") is not None:
+        raise InvalidRequest("code_verifier and redirect_uri go only with an authorization code.")
+    return AccessTokenExchange(
+        access_token=subject_token,
         requested_token_type=requested,
         scope=scope,
-        code_verifier=code_verifier,
-        redirect_uri=redirect_uri,
-        client_id=_optional(form, "client_id"),
-        client_secret=_optional(form, "client_secret"),
+        client_id=client_id,
+        client_secret=client_secret,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedToken:
-    """What Keycloak issued, before it is shaped into an RFC 8693 §2.2.1 response."""
-
-    access_token: str
-    expires_in: int | None
-    scope: str | None
-    id_token: str | None = None
-
-    def __repr__(self) -> str:
-        return f"IssuedToken(expires_in={self.expires_in!r}, scope={self.scope!r})"
 
 
 def exchange_response(issued: IssuedToken, requested_token_type: str) -> dict[str, Any]:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.endpoints import NO_STORE, client_ip, read_body, resources_of
 from bridge.errors import (
     AccountDisabled,
     BridgeError,
     EmailTaken,
+    InvalidRequest,
     OAuthError,
     RegistrationClosed,
     SubjectTokenRejected,
@@ -27,22 +28,28 @@ from bridge.errors import (
     UserNotFound,
     to_oauth_error,
 )
-from bridge.metrics import EXCHANGES
 from bridge.rfc8693 import MAX_TOKEN_LENGTH
+from bridge.web import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from bridge.keycloak import KeycloakUser
+    from bridge.model import KeycloakUser
 
 log = logging.getLogger(__name__)
 
 PATH = "/api/tiktok-auth-mobile/connect"
-NO_TOKEN = "No access token provided."  # noqa: S105 - a message
+
+
+class NoAccessToken(InvalidRequest):
+    default_description = "No access token provided."
+
+
 # The plugin called TikTok with axios, whose error message for a non-2xx answer is this sentence.
 AXIOS_STATUS_MESSAGE = "Failed to fetch TikTok user: Request failed with status code {status}"
 STRAPI_ERROR_NAMES = {408: "RequestTimeoutError", 413: "PayloadTooLargeError", 429: "RateLimitError"}
 MESSAGES: dict[type[BridgeError], str] = {
+    NoAccessToken: NoAccessToken.default_description,
     UserNotFound: "User not exist.",
     RegistrationClosed: "Register action is actually not available.",
     EmailTaken: "Email is already taken.",
@@ -52,7 +59,7 @@ MESSAGES: dict[type[BridgeError], str] = {
 
 def strapi_error(status: int, name: str, message: str, headers: dict[str, str] | None = None) -> Response:
     body = {"data": None, "error": {"status": status, "name": name, "message": message, "details": {}}}
-    return JSONResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
+    return JSONResponse(body, status_code=status, headers=headers or NO_STORE)
 
 
 def plugin_message(exc: BridgeError) -> str | None:
@@ -61,31 +68,32 @@ def plugin_message(exc: BridgeError) -> str | None:
         if isinstance(exc, kind):
             return message
     if isinstance(exc, TikTokRefusal):
-        if exc.tiktok_status is not None and exc.tiktok_status >= 400:  # noqa: PLR2004
+        if exc.tiktok_status is not None and exc.tiktok_status >= HTTPStatus.BAD_REQUEST:
             return AXIOS_STATUS_MESSAGE.format(status=exc.tiktok_status)
         if exc.tiktok_message:
             return exc.tiktok_message
         if isinstance(exc, SubjectTokenRejected):
             # Refused from the negative cache: TikTok's answer was a 401 the first time.
-            return AXIOS_STATUS_MESSAGE.format(status=401)
+            return AXIOS_STATUS_MESSAGE.format(status=HTTPStatus.UNAUTHORIZED.value)
     return None
 
 
 def error_for(exc: BridgeError) -> Response:
-    EXCHANGES.labels("strapi", to_oauth_error(exc).error).inc()
     if (message := plugin_message(exc)) is not None:
-        return strapi_error(400, "ApplicationError", message)
+        return strapi_error(HTTPStatus.BAD_REQUEST, "ApplicationError", message)
     oauth: OAuthError = to_oauth_error(exc)
     if isinstance(oauth, TemporarilyUnavailable):
-        return strapi_error(503, "ServiceUnavailableError", oauth.description, oauth.headers())
+        return strapi_error(
+            HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableError", oauth.description, oauth.headers()
+        )
     if oauth.status_code in STRAPI_ERROR_NAMES:
         # Strapi's own names for these statuses; Retry-After travels with a rate limit.
         return strapi_error(
             oauth.status_code, STRAPI_ERROR_NAMES[oauth.status_code], oauth.description, oauth.headers()
         )
-    if oauth.status_code < 500:  # noqa: PLR2004
-        return strapi_error(400, "ApplicationError", oauth.description)
-    return strapi_error(500, "InternalServerError", "Internal Server Error")
+    if oauth.status_code < HTTPStatus.INTERNAL_SERVER_ERROR:
+        return strapi_error(HTTPStatus.BAD_REQUEST, "ApplicationError", oauth.description)
+    return strapi_error(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", "Internal Server Error")
 
 
 def _iso(timestamp_ms: int | None) -> str | None:
@@ -111,30 +119,33 @@ def strapi_user(user: KeycloakUser) -> dict[str, Any]:
     }
 
 
-def _access_token(body: bytes) -> str | None:
+def _access_token(body: bytes) -> str:
     try:
         payload = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
-        return None
+        raise NoAccessToken(detail="body is not JSON") from None
     token = payload.get("access_token") if isinstance(payload, dict) else None
     if not isinstance(token, str) or not token.strip() or len(token) > MAX_TOKEN_LENGTH:
-        return None
+        raise NoAccessToken
     return token.strip()
 
 
 async def connect(request: Request) -> Response:
-    resources = resources_of(request)
+    """The route: the plugin's error shapes around the counted exchange."""
     try:
-        await resources.limiter.check_ip(client_ip(request))
-        token = _access_token(await read_body(request))
-        if token is None:
-            return strapi_error(400, "ApplicationError", NO_TOKEN)
-        profile = await resources.exchange.verify_access_token(token)
-        exchanged = await resources.exchange.sign_in(profile, ())
-        user = await resources.exchange.account(exchanged.user_id)
+        return await _connect(request)
     except BridgeError as exc:
         log.info("strapi connect refused", extra={"error_type": type(exc).__name__, "detail": exc.detail})
         return error_for(exc)
-    EXCHANGES.labels("strapi", "issued").inc()
+
+
+@counts_exchanges("strapi")
+async def _connect(request: Request) -> Response:
+    resources = resources_of(request)
+    await resources.limiter.check_ip(client_ip(request))
+    token = _access_token(await read_body(request))
+    profile = await resources.exchange.verify_access_token(token)
+    exchanged = await resources.exchange.sign_in(profile, ())
+    user = await resources.exchange.account(exchanged.user_id)
     log.info("strapi connect", extra={"outcome": "issued", "keycloak_user_id": user.id})
     return JSONResponse({"jwt": exchanged.issued.access_token, "user": strapi_user(user)}, headers=NO_STORE)

@@ -10,22 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
-import stamina
 
 from bridge.errors import (
-    BridgeError,
+    AccessTokenRejected,
     MissingScope,
     SubjectTokenRejected,
     UpstreamProtocolError,
     UpstreamUnavailable,
     UserNotFound,
 )
-from bridge.metrics import timed
-from bridge.resilience import CircuitBreaker
+from bridge.model import SCOPE_BASIC, SCOPE_PROFILE, CodeGrant, TikTokProfile
+from bridge.resilience import CircuitBreaker, guarded_call
 from bridge.rfc8693 import VISIBLE_ASCII
 
 if TYPE_CHECKING:
@@ -37,10 +37,9 @@ log = logging.getLogger(__name__)
 
 USER_INFO_PATH = "/v2/user/info/"
 TOKEN_PATH = "/v2/oauth/token/"  # noqa: S105 - a path
+REVOKE_PATH = "/v2/oauth/revoke/"
 MAX_RESPONSE_BYTES = 256 * 1024
 
-SCOPE_BASIC = "user.info.basic"
-SCOPE_PROFILE = "user.info.profile"
 # TikTok refuses the whole request when one field needs a scope the token lacks, so only ask for what
 # the granted scopes allow. Stats fields are never needed to sign a user in.
 FIELDS_BY_SCOPE: dict[str, tuple[str, ...]] = {
@@ -48,61 +47,8 @@ FIELDS_BY_SCOPE: dict[str, tuple[str, ...]] = {
     SCOPE_PROFILE: ("username", "is_verified"),
 }
 _RETRY_AFTER_DEFAULT = 60  # TikTok's window is one minute and it sends no Retry-After header
-
-
-@dataclass(frozen=True, slots=True)
-class TikTokProfile:
-    """The TikTok identity of one user of our app, as user info reported it."""
-
-    open_id: str
-    union_id: str | None
-    display_name: str | None
-    avatar_url: str | None = None
-    username: str | None = None
-    is_verified: bool | None = None
-    # When TikTok vouched for this profile (it stays cached under its token for a while): a user who
-    # deauthorized the app after this moment revoked the token it came from.
-    verified_at: float = field(default_factory=time.time, compare=False)
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "open_id": self.open_id,
-                "union_id": self.union_id,
-                "display_name": self.display_name,
-                "avatar_url": self.avatar_url,
-                "username": self.username,
-                "is_verified": self.is_verified,
-                "verified_at": self.verified_at,
-            },
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> TikTokProfile:
-        data = json.loads(raw)
-        return cls(
-            open_id=data["open_id"],
-            union_id=data.get("union_id"),
-            display_name=data.get("display_name"),
-            avatar_url=data.get("avatar_url"),
-            username=data.get("username"),
-            is_verified=data.get("is_verified"),
-            verified_at=float(data.get("verified_at", 0.0)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CodeGrant:
-    """What TikTok's token endpoint returned for a redeemed authorization code."""
-
-    access_token: str
-    open_id: str
-    scopes: frozenset[str]
-    expires_in: int | None
-
-    def __repr__(self) -> str:
-        return f"CodeGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
+# A gateway in front of TikTok answering these did not pass the request on: safe to repeat.
+_GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
 def fields_for_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
@@ -128,7 +74,7 @@ def _load_json(status: int, body: bytes, what: str) -> Any:  # noqa: ANN401 - ch
     try:
         return json.loads(body)
     except ValueError as exc:
-        if status >= 500 or status == 429:  # noqa: PLR2004
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR or status == HTTPStatus.TOO_MANY_REQUESTS:
             raise UpstreamUnavailable("tiktok", f"{what} HTTP {status}", retry_after=5) from exc
         raise UpstreamProtocolError("tiktok", f"{what} HTTP {status}: body is not JSON") from exc
 
@@ -168,8 +114,7 @@ def parse_user_info(status: int, body: bytes) -> TikTokProfile:
 def _raise_user_info_error(status: int, code: str | None, log_id: object, message: str | None) -> None:
     where = f"user info HTTP {status} error.code={code} log_id={log_id}"
     if code == "access_token_invalid":
-        raise SubjectTokenRejected(
-            "The TikTok access token is invalid or expired.",
+        raise AccessTokenRejected(
             detail=where,
             tiktok_message=message,
             tiktok_status=status,
@@ -181,13 +126,12 @@ def _raise_user_info_error(status: int, code: str | None, log_id: object, messag
             tiktok_message=message,
             tiktok_status=status,
         )
-    if code == "rate_limit_exceeded" or status == 429:  # noqa: PLR2004
+    if code == "rate_limit_exceeded" or status == HTTPStatus.TOO_MANY_REQUESTS:
         raise UpstreamUnavailable("tiktok", where, retry_after=_RETRY_AFTER_DEFAULT)
-    if code == "internal_error" or status >= 500:  # noqa: PLR2004
+    if code == "internal_error" or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
         raise UpstreamUnavailable("tiktok", where, retry_after=5)
-    if status == 401:  # noqa: PLR2004
-        raise SubjectTokenRejected(
-            "The TikTok access token is invalid or expired.",
+    if status == HTTPStatus.UNAUTHORIZED:
+        raise AccessTokenRejected(
             detail=where,
             tiktok_message=message,
             tiktok_status=status,
@@ -205,9 +149,13 @@ def parse_token_answer(status: int, body: bytes) -> CodeGrant:
     if isinstance(access_token, str) and access_token and isinstance(open_id, str) and open_id:
         scope = payload.get("scope")
         expires_in = payload.get("expires_in")
+        refresh_token = payload.get("refresh_token")
+        refresh_expires_in = payload.get("refresh_expires_in")
         return CodeGrant(
             access_token=access_token,
             open_id=open_id,
+            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+            refresh_expires_in=refresh_expires_in if isinstance(refresh_expires_in, int) else None,
             # TikTok separates granted scopes with commas (not spaces, unlike RFC 6749).
             scopes=frozenset(s.strip() for s in scope.split(",") if s.strip())
             if isinstance(scope, str)
@@ -241,7 +189,11 @@ def _raise_token_error(status: int, payload: dict[str, Any]) -> None:
             detail=where,
             tiktok_message=message,
         )
-    if error in {"temporarily_unavailable", "server_error"} or status >= 500 or status == 429:  # noqa: PLR2004
+    if (
+        error in {"temporarily_unavailable", "server_error"}
+        or status >= HTTPStatus.INTERNAL_SERVER_ERROR
+        or status == HTTPStatus.TOO_MANY_REQUESTS
+    ):
         raise UpstreamUnavailable("tiktok", where, retry_after=5)
     if error == "access_denied":
         raise SubjectTokenRejected(
@@ -251,15 +203,12 @@ def _raise_token_error(status: int, payload: dict[str, Any]) -> None:
     raise UpstreamProtocolError("tiktok", where)
 
 
-class _Retryable(Exception):
-    """A failure worth one more try on an idempotent call: no connection, or a gateway error."""
-
-    def __init__(self, cause: UpstreamUnavailable) -> None:
-        super().__init__(cause.detail)
-        self.cause = cause
-
-
-_GATEWAY_STATUSES = frozenset({502, 503, 504})
+def parse_revoke_answer(status: int, body: bytes) -> None:
+    """Interpret /v2/oauth/revoke/: an empty object (or body) is success, `error` is a refusal."""
+    payload = _load_json(status, body, "revoke") if body.strip() else {}
+    if isinstance(payload, dict) and not payload.get("error") and status < HTTPStatus.BAD_REQUEST:
+        return
+    _raise_token_error(status, payload if isinstance(payload, dict) else {})
 
 
 class TikTokClient:
@@ -286,16 +235,14 @@ class TikTokClient:
         if not VISIBLE_ASCII.match(access_token):
             # It cannot go into an Authorization header (httpx would raise; CR/LF would inject), and
             # TikTok answers 401 access_token_invalid to any token it did not issue: say so unasked.
-            raise SubjectTokenRejected(
-                "The TikTok access token is invalid or expired.",
-                detail="token is not visible ASCII; TikTok not called",
-                tiktok_status=401,
+            raise AccessTokenRejected(
+                detail="token is not visible ASCII; TikTok not called", tiktok_status=HTTPStatus.UNAUTHORIZED
             )
         fields = ",".join(fields_for_scopes(scopes))
         # Stamped before asking, not when the answer is read: an answer TikTok gave just before the user
         # revoked the app, but read after the bridge heard of it, must count as older than the revocation.
         asked_at = time.time()
-        profile = await self._guarded(
+        profile = await self._call(
             "user_info",
             parse_user_info,
             "GET",
@@ -308,7 +255,7 @@ class TikTokClient:
 
     async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
         """Exchange a Login Kit authorization code with our own client secret (never retried: single-use)."""
-        return await self._guarded(
+        return await self._call(
             "token",
             parse_token_answer,
             "POST",
@@ -325,7 +272,37 @@ class TikTokClient:
             headers={"Cache-Control": "no-cache"},
         )
 
-    async def _guarded(
+    async def refresh(self, refresh_token: str) -> CodeGrant:
+        """Refresh a user's grant (TikTok rotates the refresh token: the old one stops working). Never
+        retried: a repeat would present a token TikTok has just retired. `invalid_grant` means the user
+        revoked the app (or the token expired): SubjectTokenRejected."""
+        return await self._call(
+            "refresh",
+            parse_token_answer,
+            "POST",
+            TOKEN_PATH,
+            idempotent=False,
+            data={
+                "client_key": self._client_key,
+                "client_secret": self._client_secret,
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+            },
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def revoke(self, access_token: str) -> None:
+        """Revoke the user's grant of our app (POST /v2/oauth/revoke/); `{}` on success."""
+        await self._call(
+            "revoke",
+            parse_revoke_answer,
+            "POST",
+            REVOKE_PATH,
+            idempotent=True,  # revoking twice is revoking once
+            data={"client_key": self._client_key, "client_secret": self._client_secret, "token": access_token},
+        )
+
+    async def _call(
         self,
         operation: str,
         parse: Callable[[int, bytes], _T],
@@ -335,54 +312,12 @@ class TikTokClient:
         idempotent: bool,
         **kwargs: Any,  # noqa: ANN401
     ) -> _T:
-        """One call through the breaker, timed, retried only if idempotent, its answer parsed."""
-        self._breaker.before_call()
-        with timed("tiktok", operation) as outcome:
-            try:
-                status, body = await self._send_retrying(method, path, idempotent=idempotent, **kwargs)
-                result = parse(status, body)
-            except UpstreamUnavailable:
-                self._breaker.record_failure()
-                outcome["result"] = "unavailable"
-                raise
-            except BridgeError:
-                self._breaker.record_neutral()  # TikTok answered; it said no
-                outcome["result"] = "refused"
-                raise
-            self._breaker.record_success()
-            outcome["result"] = "ok"
-            return result
+        async def send_and_parse() -> _T:
+            return parse(*await self._send(method, path, **kwargs))
 
-    async def _send_retrying(
-        self,
-        method: str,
-        path: str,
-        *,
-        idempotent: bool,
-        **kwargs: Any,  # noqa: ANN401
-    ) -> tuple[int, bytes]:
-        if not idempotent:
-            return await self._send(method, path, **kwargs)
-        try:
-            async for attempt in stamina.retry_context(
-                on=_Retryable, attempts=self._retry_attempts, timeout=30.0, wait_initial=0.05, wait_max=0.5
-            ):
-                with attempt:
-                    return await self._attempt(method, path, **kwargs)
-        except _Retryable as exc:
-            raise exc.cause from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:  # noqa: ANN401
-        try:
-            status, body = await self._send(method, path, **kwargs)
-        except UpstreamUnavailable as exc:
-            if isinstance(exc.__cause__, httpx2.ConnectError):
-                raise _Retryable(exc) from exc
-            raise  # a read timeout: the request may be in progress; do not pile on
-        if status in _GATEWAY_STATUSES:
-            raise _Retryable(UpstreamUnavailable("tiktok", f"{path} HTTP {status}"))
-        return status, body
+        return await guarded_call(
+            self._breaker, operation, send_and_parse, idempotent=idempotent, attempts=self._retry_attempts
+        )
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:  # noqa: ANN401
         url = f"{self._base_url}{path}"
@@ -395,8 +330,13 @@ class TikTokClient:
                         raise UpstreamProtocolError(
                             "tiktok", f"{path} answer larger than {MAX_RESPONSE_BYTES}"
                         )
-                return response.status_code, bytes(body)
         except httpx2.TimeoutException as exc:
+            # The request may be in progress at TikTok: not repeated.
             raise UpstreamUnavailable("tiktok", f"{path} timed out") from exc
         except httpx2.HTTPError as exc:
-            raise UpstreamUnavailable("tiktok", f"{path}: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                "tiktok", f"{path}: {type(exc).__name__}", retryable=isinstance(exc, httpx2.ConnectError)
+            ) from exc
+        if response.status_code in _GATEWAY_STATUSES:
+            raise UpstreamUnavailable("tiktok", f"{path} HTTP {response.status_code}", retryable=True)
+        return response.status_code, bytes(body)

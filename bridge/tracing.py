@@ -65,8 +65,8 @@ class Tracing:
 
         # Annotated with httpx types even on the httpx2 instrumentor; an httpx2 client is what it takes.
         HTTPX2ClientInstrumentor.instrument_client(resources.http, tracer_provider=self.provider)  # type: ignore[arg-type]
-        if (client := resources.cache.redis_client) is not None:
-            RedisInstrumentor.instrument_client(client, tracer_provider=self.provider)
+        if resources.redis is not None:
+            RedisInstrumentor.instrument_client(resources.redis.client, tracer_provider=self.provider)
 
     def shutdown(self) -> None:
         self.provider.shutdown()

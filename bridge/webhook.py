@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 
-from bridge.cache import plain_key
-from bridge.endpoints import read_body, resources_of
-from bridge.errors import BridgeError, OAuthError
+from bridge import keys
+from bridge.errors import BridgeError, InvalidRequest, WebhookSignatureRejected
+from bridge.web import error_response, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from bridge.cache import Cache
     from bridge.exchange import ExchangeService
+    from bridge.ports import Cache
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +42,23 @@ HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 OPEN_ID = re.compile(r"[\x21-\x7e]{1,256}")
 
 
-class SignatureRejected(OAuthError):
-    error = "invalid_request"
-    status_code = 401
-    default_description = "The TikTok-Signature header is missing, stale or wrong."
-
-
 def verify_signature(
     header: str | None, body: bytes, secret: str, *, max_age: int, now: float | None = None
 ) -> None:
-    """Raise SignatureRejected unless `header` signs `body` with `secret` within `max_age` seconds."""
+    """Raise WebhookSignatureRejected unless `header` signs `body` with `secret` within `max_age` seconds."""
     if not header:
-        raise SignatureRejected(detail="no TikTok-Signature header")
+        raise WebhookSignatureRejected(detail="no TikTok-Signature header")
     parts = dict(part.strip().split("=", 1) for part in header.split(",") if "=" in part)
     timestamp, signature = parts.get("t", ""), parts.get("s", "")
     # ASCII only: headers arrive as latin-1, where "²" passes str.isdigit() but not int(), and
     # hmac.compare_digest refuses non-ASCII text (both were 500s).
     if not TIMESTAMP.fullmatch(timestamp) or not HEX_SHA256.fullmatch(signature):
-        raise SignatureRejected(detail="malformed TikTok-Signature header")
+        raise WebhookSignatureRejected(detail="malformed TikTok-Signature header")
     if abs((now if now is not None else time.time()) - int(timestamp)) > max_age:
-        raise SignatureRejected(detail="TikTok-Signature timestamp too old or in the future")
+        raise WebhookSignatureRejected(detail="TikTok-Signature timestamp too old or in the future")
     expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.lower()):
-        raise SignatureRejected(detail="TikTok-Signature does not match")
+        raise WebhookSignatureRejected(detail="TikTok-Signature does not match")
 
 
 async def _apply(exchange: ExchangeService, cache: Cache, open_id: str, reason: object) -> None:
@@ -105,11 +99,11 @@ async def tiktok_webhook(request: Request) -> Response:
         or not isinstance(event.get("user_openid"), str)
         or not OPEN_ID.fullmatch(event["user_openid"])
     ):
-        return JSONResponse({"error": "invalid_request", "error_description": "Not a TikTok event."}, 400)
+        return error_response(InvalidRequest("Not a TikTok event."), path=PATH)
     if event.get("client_key") != settings.tiktok_client_key or event.get("event") != EVENT_REMOVED:
         # Signed by our secret but not ours to act on (another event type): acknowledged, ignored.
         return JSONResponse({"status": "ignored"})
-    if not await resources.cache.add(plain_key("webhook", hashlib.sha256(body).hexdigest()), b"1", SEEN_TTL):
+    if not await resources.cache.add(keys.webhook_delivery(body), b"1", SEEN_TTL):
         return JSONResponse({"status": "duplicate"})
     task = BackgroundTask(
         _apply, resources.exchange, resources.cache, event["user_openid"], _reason(event.get("content"))

@@ -37,7 +37,7 @@ from devstack.redis import RedisServer
 from devstack.threaded import ThreadedServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
     from devstack.tiktok_emulator import TikTokEmulator
 
@@ -223,7 +223,7 @@ class BridgeClient:
         return await self.http.post("/token", data=data)
 
 
-async def running_bridge(settings: Settings, emulator: TikTokEmulator) -> AsyncIterator[BridgeClient]:
+async def running_bridge(settings: Settings, emulator: TikTokEmulator) -> AsyncGenerator[BridgeClient]:
     app = create_app(settings, mounts={TIKTOK_API: httpx2.ASGITransport(app=emulator.app)})
     async with (
         app.router.lifespan_context(app),

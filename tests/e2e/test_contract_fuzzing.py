@@ -34,7 +34,7 @@ POST_PATHS = ("/token", "/api/tiktok-auth-mobile/connect", "/webhooks/tiktok")
 
 
 def long_budget(config: pytest.Config) -> bool:
-    return config.getoption("hypothesis_profile", None) == "long"
+    return bool(config.getoption("hypothesis_profile", None) == "long")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from bridge.cache import token_key
+from bridge import keys
 from devstack.redis import RedisServer
 from tests.conftest import Stack, running_bridge
 
@@ -77,7 +77,7 @@ async def test_redis_stopped_mid_test_keeps_serving_and_recovers(
             after = await bridge.exchange(token)
             ready_after = await bridge.http.get("/readyz")
             client = aioredis.Redis.from_url(redis.url)
-            cached_after = await client.exists(token_key("profile", token))
+            cached_after = await client.exists(keys.profile(token))
             await client.aclose()
     finally:
         redis.stop()

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
-from bridge.cache import FallbackCache, MemoryCache, RedisCache, limits_storage_uri
+from bridge.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
-from bridge.exchange import ExchangeService, Policy
+from bridge.exchange import ExchangeService
 from bridge.ratelimit import RateLimiter
+from bridge.redis_connection import RedisConnection
 from devstack.redis import RedisClusterNodes
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok
+from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
 from tests.unit.test_exchange_service import PROFILE, request
 
 if TYPE_CHECKING:
@@ -40,14 +41,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNo
 async def test_sign_in_and_deauthorization_work_through_a_cluster(cluster: RedisClusterNodes) -> None:
     """The user id and the tombstone are read together (one MGET, one hash slot): a returning user needs
     no Keycloak look-up, and a revoked token is refused."""
-    cache = RedisCache.from_url(cluster.url, timeout=2)
+    redis = RedisConnection.from_url(cluster.url, timeout=2)
+    cache = RedisCache(redis.client)
     keycloak = FakeKeycloak()
     bridge = ExchangeService(
         tiktok=FakeTikTok(profiles={"act.one": PROFILE}),
         keycloak=keycloak,
         cache=cache,
         minter=FakeMinter(),
-        policy=Policy(idp_alias="tiktok", deauthorization="record"),
+        policy=make_policy(deauthorization="record"),
     )
     try:
         first = await bridge.exchange(request("act.one"))
@@ -60,7 +62,7 @@ async def test_sign_in_and_deauthorization_work_through_a_cluster(cluster: Redis
         with pytest.raises(SubjectTokenRejected):
             await bridge.exchange(request("act.one"))
     finally:
-        await cache.aclose()
+        await redis.aclose()
 
 
 async def test_keys_of_different_slots_fail_as_a_cache_error(cluster: RedisClusterNodes) -> None:
@@ -68,12 +70,12 @@ async def test_keys_of_different_slots_fail_as_a_cache_error(cluster: RedisClust
     failure is the cache's UpstreamUnavailable, never an exception of the Redis client."""
     keys = ("tkb:v1:a", "tkb:v1:b")
     assert key_slot(keys[0].encode()) != key_slot(keys[1].encode())
-    cache = RedisCache.from_url(cluster.url, timeout=2)
+    redis = RedisConnection.from_url(cluster.url, timeout=2)
     try:
         with pytest.raises(UpstreamUnavailable):
-            await cache.get_many(*keys)
+            await RedisCache(redis.client).get_many(*keys)
     finally:
-        await cache.aclose()
+        await redis.aclose()
 
 
 async def test_a_cluster_outage_is_served_from_memory_and_limits_fail_open(
@@ -82,8 +84,10 @@ async def test_a_cluster_outage_is_served_from_memory_and_limits_fail_open(
     """Every node stopped: the cache serves from process memory (degraded) and the rate limits, which
     were shared through the cluster, let requests through instead of failing them."""
     nodes = start_cluster(tmp_path_factory)
-    cache = FallbackCache(RedisCache.from_url(nodes.url, timeout=1), MemoryCache(), retry_interval=60)
-    limiter = RateLimiter.build((limits_storage_uri(nodes.url), None), per_ip="1/minute", per_identity=None)
+    redis = RedisConnection.from_url(nodes.url, timeout=1)
+    cache = FallbackCache(RedisCache(redis.client), MemoryCache(), retry_interval=60)
+    # The limiter shares the cache's cluster client, as in the served bridge.
+    limiter = RateLimiter(redis.limits_storage, per_ip="1/minute", per_identity=None)
     try:
         await cache.set("tkb:v1:before", b"1", 60)
         assert await cache.get("tkb:v1:before") == b"1"
@@ -100,4 +104,4 @@ async def test_a_cluster_outage_is_served_from_memory_and_limits_fail_open(
         await limiter.check_ip("192.0.2.1")  # let through: the store is gone
     finally:
         nodes.stop()
-        await cache.aclose()
+        await redis.aclose()

@@ -1,24 +1,57 @@
-"""Stateful fakes of TikTok and Keycloak that record what the bridge sends them."""
+"""Stateful fakes of TikTok and Keycloak that behave like them and count what the bridge asks of them.
+
+Each fake is type-checked against the protocol it stands in for (`mypy --strict` covers tests/), so a
+method added to a port cannot be forgotten here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge.errors import AccountDisabled, SubjectTokenRejected
-from bridge.keycloak import KeycloakUser, NotLinked, UserConflict
-from bridge.rfc8693 import IssuedToken
+from bridge.errors import (
+    AccessTokenRejected,
+    AccountDisabled,
+    NotLinked,
+    SubjectTokenRejected,
+    UpstreamUnavailable,
+    UserConflict,
+)
+from bridge.model import CodeGrant, IssuedToken, KeycloakUser, Policy
+from bridge.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from bridge.tiktok import TikTokProfile
+    from bridge.model import TikTokProfile
+    from bridge.ports import AssertionMinter, KeycloakGateway, TikTokGateway
+
+ISSUER = "https://kc.example/realms/app"
+
+
+def make_policy(**overrides: Any) -> Policy:  # noqa: ANN401 - any Policy field
+    """The policy of a bridge configured with the settings' defaults, with `overrides` applied."""
+    settings = Settings(
+        tiktok_client_key="key",
+        tiktok_client_secret="secret",
+        keycloak_url="https://kc.example",
+        keycloak_realm="app",
+        keycloak_client_id="bridge",
+        keycloak_client_secret="secret",
+        issuer="https://bridge.example",
+    )
+    return dataclasses.replace(Policy.from_settings(settings), **overrides)
 
 
 @dataclass
 class FakeTikTok:
+    """Access tokens map to profiles; codes map to (verifier, redirect URI, grant)."""
+
     profiles: dict[str, TikTokProfile] = field(default_factory=dict)
+    codes: dict[str, tuple[str, str, CodeGrant]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
 
     async def fetch_profile(
@@ -28,35 +61,49 @@ class FakeTikTok:
         try:
             return self.profiles[access_token]
         except KeyError:
-            raise SubjectTokenRejected from None
+            raise AccessTokenRejected from None
+
+    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
+        self.calls.append(f"redeem:{code}")
+        entry = self.codes.pop(code, None)  # single-use, as at TikTok
+        if entry is None or entry[:2] != (code_verifier, redirect_uri):
+            raise SubjectTokenRejected("The TikTok authorization code is invalid, expired or already used.")
+        return entry[2]
 
 
 @dataclass
 class FakeKeycloak:
-    """Keeps users like Keycloak does: unique usernames and e-mails, links by (alias, open_id)."""
+    """Keeps users like Keycloak does: unique usernames and e-mails, links by (alias, open_id), groups
+    that must exist, realm roles that can be mapped (or made to fail)."""
 
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
-    calls: list[str] = field(default_factory=list)
+    groups: set[str] = field(default_factory=set)
+    realm_roles: set[str] = field(default_factory=set)
+    fail_role_mapping: bool = False
+    calls: Counter[str] = field(default_factory=Counter)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     async def issuer(self) -> str:
-        return "https://kc.example/realms/app"
+        return ISSUER
 
-    async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
-        self.calls.append("find")
+    def _linked(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
         for rep in self.users.values():
             for link in rep.get("federatedIdentities", []):
                 if (link["identityProvider"], link["userId"]) == (idp_alias, idp_user_id):
                     return KeycloakUser.from_representation(rep)
         return None
 
+    async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
+        self.calls["find"] += 1
+        return self._linked(idp_alias, idp_user_id)
+
     async def get_user(self, user_id: str) -> KeycloakUser | None:
-        self.calls.append("get")
+        self.calls["get"] += 1
         rep = self.users.get(user_id)
         return KeycloakUser.from_representation(rep) if rep else None
 
     async def create_user(self, representation: dict[str, Any]) -> str:
-        self.calls.append("create")
+        self.calls["create"] += 1
         for rep in self.users.values():
             if rep["username"] == representation["username"]:
                 raise UserConflict("User exists with same username")
@@ -67,21 +114,33 @@ class FakeKeycloak:
         return user_id
 
     async def update_user(self, user_id: str, representation: dict[str, Any]) -> None:
-        self.calls.append("update")
+        self.calls["update"] += 1
         self.users[user_id] = {**representation, "id": user_id}
 
+    async def delete_user(self, user_id: str) -> None:
+        self.calls["delete"] += 1
+        self.users.pop(user_id, None)
+
+    async def missing_groups(self, paths: tuple[str, ...]) -> list[str]:
+        self.calls["groups"] += 1
+        return [path for path in paths if path not in self.groups]
+
+    async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None:
+        self.calls["roles"] += 1
+        if self.fail_role_mapping:
+            raise UpstreamUnavailable("keycloak", "role mapping failed")
+        self.users[user_id]["realmRoles"] = [name for name in names if name in self.realm_roles]
+
     async def remove_link(self, user_id: str, idp_alias: str) -> None:
-        self.calls.append("unlink")
+        self.calls["unlink"] += 1
         rep = self.users[user_id]
         rep["federatedIdentities"] = [
             link for link in rep.get("federatedIdentities", []) if link["identityProvider"] != idp_alias
         ]
 
     async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken:
-        self.calls.append("token")
-        subject = assertion.removeprefix("assertion-for:")
-        user = await self.find_linked_user("tiktok", subject)
-        self.calls.pop()  # the lookup above is Keycloak-internal, not an admin call
+        self.calls["token"] += 1
+        user = self._linked("tiktok", assertion.removeprefix("assertion-for:"))
         if user is None:
             raise NotLinked
         if not user.enabled:
@@ -90,11 +149,17 @@ class FakeKeycloak:
             access_token=f"kc-token-for:{user.id}", expires_in=300, scope=" ".join(scope) or None
         )
 
-    def admin_calls(self) -> list[str]:
-        return [c for c in self.calls if c != "token"]
+    def admin_calls(self) -> int:
+        return sum(count for name, count in self.calls.items() if name != "token")
 
 
 class FakeMinter:
     def mint(self, subject: str, audience: str) -> str:
-        assert audience == "https://kc.example/realms/app"
+        assert audience == ISSUER
         return f"assertion-for:{subject}"
+
+
+# The fakes stand in for these ports; mypy checks each assignment.
+_tiktok: TikTokGateway = FakeTikTok()
+_keycloak: KeycloakGateway = FakeKeycloak()
+_minter: AssertionMinter = FakeMinter()

@@ -10,25 +10,43 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
+from bridge import keys
 from bridge.cache import MemoryCache
-from bridge.errors import AccountDisabled, EmailTaken, RegistrationClosed, SubjectTokenRejected
-from bridge.exchange import ExchangeService, Policy, deterministic_username
-from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, ExchangeRequest
-from bridge.tiktok import TikTokProfile
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok
+from bridge.errors import (
+    AccountDisabled,
+    EmailTaken,
+    IdentityMismatch,
+    InvalidRequest,
+    MissingScope,
+    RegistrationClosed,
+    ServerError,
+    SubjectTokenRejected,
+    UpstreamUnavailable,
+)
+from bridge.exchange import ExchangeService, deterministic_username
+from bridge.model import CodeGrant, TikTokProfile
+from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
+from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
 
 if TYPE_CHECKING:
-    from bridge.keycloak import KeycloakUser
+    from bridge.model import KeycloakUser
 
 PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
+REDIRECT = "https://app.example/callback"
+VERIFIER = "v" * 43
 
 
-def request(token: str = "act.one", scope: tuple[str, ...] = ()) -> ExchangeRequest:
-    return ExchangeRequest(
-        subject_token=token,
-        subject_token_type=TOKEN_TYPE_ACCESS_TOKEN,
+def request(token: str = "act.one", scope: tuple[str, ...] = ()) -> AccessTokenExchange:
+    return AccessTokenExchange(access_token=token, requested_token_type=TOKEN_TYPE_ACCESS_TOKEN, scope=scope)
+
+
+def code_request(code: str = "code-1", redirect_uri: str = REDIRECT) -> CodeExchange:
+    return CodeExchange(
+        code=code,
+        code_verifier=VERIFIER,
+        redirect_uri=redirect_uri,
         requested_token_type=TOKEN_TYPE_ACCESS_TOKEN,
-        scope=scope,
+        scope=(),
     )
 
 
@@ -43,12 +61,13 @@ def keycloak() -> FakeKeycloak:
 
 
 def service(tiktok: FakeTikTok, keycloak: FakeKeycloak, **policy: object) -> ExchangeService:
+    """The use case over the fakes, with the default policy changed by `policy`."""
     return ExchangeService(
         tiktok=tiktok,
         keycloak=keycloak,
         cache=MemoryCache(),
         minter=FakeMinter(),
-        policy=Policy(idp_alias="tiktok", **policy),  # type: ignore[arg-type]
+        policy=make_policy(**policy),
     )
 
 
@@ -71,7 +90,8 @@ async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
         "tiktok_display_name": ["Tik Toker"],
     }
     assert "email" not in rep
-    assert keycloak.calls == ["find", "find", "create", "token"]
+    assert keycloak.calls["create"] == 1
+    assert keycloak.calls["token"] == 1
 
 
 async def test_warm_returning_user_costs_one_token_call_only(
@@ -87,7 +107,8 @@ async def test_warm_returning_user_costs_one_token_call_only(
 
     assert not result.created
     assert tiktok.calls == []
-    assert keycloak.calls == ["token"]
+    assert keycloak.admin_calls() == 0
+    assert keycloak.calls["token"] == 1
 
 
 async def test_rejected_token_is_cached_negatively(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
@@ -106,9 +127,10 @@ async def test_disabled_user_is_refused_on_every_path(tiktok: FakeTikTok, keyclo
     keycloak.users[user_id]["enabled"] = False
     with pytest.raises(AccountDisabled):
         await bridge.exchange(request())  # warm: the grant refuses
+    keycloak.calls.clear()
     with pytest.raises(AccountDisabled):
         await service(tiktok, keycloak).exchange(request())  # cold: the search result refuses
-    assert keycloak.calls[-1] == "find"  # no token was asked for on the cold path
+    assert keycloak.calls["token"] == 0  # no token was asked for on the cold path
 
 
 async def test_registration_closed_refuses_new_users_only(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
@@ -153,7 +175,8 @@ async def test_profile_change_is_synced_once(tiktok: FakeTikTok, keycloak: FakeK
     await bridge.exchange(request("act.renamed"))
 
     assert keycloak.users[user_id]["attributes"]["tiktok_display_name"] == ["New Name"]
-    assert keycloak.calls == ["get", "update", "token", "token"]
+    assert keycloak.calls["update"] == 1
+    assert keycloak.calls["token"] == 2
 
 
 async def test_removed_link_reprovisions_once(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
@@ -246,8 +269,108 @@ async def test_a_sign_in_in_flight_during_deauthorization_does_not_erase_it(tikt
 
 def test_an_identitys_user_and_tombstone_keys_share_a_redis_cluster_slot() -> None:
     """MGET reads both in one round trip only if Redis Cluster keeps them in one slot (a hash tag)."""
-    bridge = service(FakeTikTok(profiles={}), FakeKeycloak())
     for open_id in ("-000AbC", "a}b{c", "x" * 200):
-        user_key, revoked_key = bridge._identity_keys(open_id)
-        assert user_key != revoked_key
-        assert key_slot(user_key.encode()) == key_slot(revoked_key.encode())
+        user_key, revoked_key = keys.linked_user("tiktok", open_id), keys.deauthorized("tiktok", open_id)
+        lock_key = keys.provisioning_lock("tiktok", open_id)
+        assert len({user_key, revoked_key, lock_key}) == 3
+        assert key_slot(user_key.encode()) == key_slot(revoked_key.encode()) == key_slot(lock_key.encode())
+
+
+def _grant(
+    scopes: frozenset[str] = frozenset({"user.info.basic"}), open_id: str = PROFILE.open_id
+) -> CodeGrant:
+    return CodeGrant(access_token="act.from-code", open_id=open_id, scopes=scopes, expires_in=86400)
+
+
+async def test_code_path_redeems_once_and_signs_in(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """A code with its verifier and an allowed redirect URI signs the user in; the code cannot be reused."""
+    tiktok.codes["code-1"] = (VERIFIER, REDIRECT, _grant())
+    tiktok.profiles["act.from-code"] = PROFILE
+    bridge = service(tiktok, keycloak, redirect_uris=(REDIRECT,))
+
+    result = await bridge.exchange(code_request())
+
+    assert result.profile.open_id == PROFILE.open_id
+    assert result.created
+    with pytest.raises(SubjectTokenRejected):
+        await bridge.exchange(code_request())
+
+
+async def test_code_with_an_unlisted_redirect_uri_is_refused_unsent(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """A redirect URI outside the allow-list is refused before TikTok is asked."""
+    tiktok.codes["code-1"] = (VERIFIER, "https://evil.example/cb", _grant())
+    bridge = service(tiktok, keycloak, redirect_uris=(REDIRECT,))
+    with pytest.raises(InvalidRequest):
+        await bridge.exchange(code_request(redirect_uri="https://evil.example/cb"))
+    assert tiktok.calls == []
+    assert not keycloak.users
+
+
+async def test_code_granted_without_the_basic_scope_is_refused(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """Without user.info.basic there is no open_id to trust: refused, nobody provisioned."""
+    tiktok.codes["code-1"] = (VERIFIER, REDIRECT, _grant(scopes=frozenset({"video.list"})))
+    with pytest.raises(MissingScope):
+        await service(tiktok, keycloak, redirect_uris=(REDIRECT,)).exchange(code_request())
+    assert not keycloak.users
+
+
+async def test_user_info_for_another_open_id_than_the_code_is_refused(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """If user info answers for someone else than the token answer named, nobody is signed in."""
+    tiktok.codes["code-1"] = (VERIFIER, REDIRECT, _grant(open_id="-000Someone"))
+    tiktok.profiles["act.from-code"] = PROFILE
+    with pytest.raises(IdentityMismatch):
+        await service(tiktok, keycloak, redirect_uris=(REDIRECT,)).exchange(code_request())
+    assert not keycloak.users
+
+
+async def test_new_users_join_the_default_groups(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """Configured groups that exist are named in the create call; they are checked once per process."""
+    keycloak.groups = {"/tiktok-users"}
+    bridge = service(tiktok, keycloak, default_groups=("/tiktok-users",))
+    user_id = (await bridge.exchange(request())).user_id
+    tiktok.profiles["act.other"] = replace(PROFILE, open_id="-000Other")
+    await bridge.exchange(request("act.other"))
+
+    assert keycloak.users[user_id]["groups"] == ["/tiktok-users"]
+    assert keycloak.calls["groups"] == 1
+
+
+async def test_a_missing_default_group_is_a_configuration_error(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """A group that does not exist is the operator's mistake: a server error, and no user created."""
+    with pytest.raises(ServerError) as refused:
+        await service(tiktok, keycloak, default_groups=("/nope",)).exchange(request())
+    assert "/nope" in refused.value.detail
+    assert not keycloak.users
+
+
+async def test_new_users_get_the_default_realm_roles(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """Default realm roles are mapped to a new user right after it is created."""
+    keycloak.realm_roles = {"tiktok-user"}
+    user_id = (
+        await service(tiktok, keycloak, default_realm_roles=("tiktok-user",)).exchange(request())
+    ).user_id
+    assert keycloak.users[user_id]["realmRoles"] == ["tiktok-user"]
+
+
+async def test_a_failed_role_mapping_removes_the_new_user(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
+    """No half-provisioned users: without its roles the account is deleted and the sign-in fails; the
+    next sign-in provisions it afresh."""
+    keycloak.realm_roles = {"tiktok-user"}
+    keycloak.fail_role_mapping = True
+    bridge = service(tiktok, keycloak, default_realm_roles=("tiktok-user",))
+    with pytest.raises(UpstreamUnavailable):
+        await bridge.exchange(request())
+    assert not keycloak.users
+
+    keycloak.fail_role_mapping = False
+    result = await bridge.exchange(request())
+    assert result.created
+    assert keycloak.users[result.user_id]["realmRoles"] == ["tiktok-user"]

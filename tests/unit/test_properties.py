@@ -14,17 +14,20 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import BridgeError, OAuthError
+from bridge.errors import BridgeError, OAuthError, WebhookSignatureRejected
+from bridge.model import CodeGrant, TikTokProfile
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_TIKTOK_CODE,
+    CodeExchange,
+    ExchangeRequest,
     parse_exchange_request,
     parse_form,
 )
-from bridge.strapi import _access_token
-from bridge.tiktok import CodeGrant, TikTokProfile, parse_token_answer, parse_user_info
-from bridge.webhook import SignatureRejected, _reason, verify_signature
+from bridge.strapi import NoAccessToken, _access_token
+from bridge.tiktok import parse_token_answer, parse_user_info
+from bridge.webhook import _reason, verify_signature
 
 FORM = "application/x-www-form-urlencoded"
 NAMES = st.sampled_from(
@@ -127,12 +130,18 @@ def test_any_parameter_combination_is_parsed_or_refused(pairs: list[tuple[str, s
         return
     event("accepted")
     # Whatever got through is what the rest of the bridge relies on.
-    assert request.subject_token
-    assert request.subject_token_type in {TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_TIKTOK_CODE}
-    assert (request.code_verifier is not None) == request.is_authorization_code
     # The repr (what a log line would show) must not depend on any credential: swapping them all for
     # other values leaves it unchanged. (Searching the repr for the token fails on one-letter tokens.)
-    swapped = replace(request, subject_token="other", code_verifier=None, client_secret="other")
+    if isinstance(request, CodeExchange):
+        assert request.code
+        assert request.subject_token_type == TOKEN_TYPE_TIKTOK_CODE
+        swapped: ExchangeRequest = replace(
+            request, code="other", code_verifier="v" * 43, client_secret="other"
+        )
+    else:
+        assert request.access_token
+        assert request.subject_token_type == TOKEN_TYPE_ACCESS_TOKEN
+        swapped = replace(request, access_token="other", client_secret="other")
     assert repr(swapped) == repr(request)
 
 
@@ -218,10 +227,16 @@ def test_any_token_answer_is_a_grant_or_a_bridge_error(status: int, payload: Any
 
 
 @given(body=st.one_of(st.binary(max_size=500), JSON.map(lambda v: json.dumps(v).encode())))
-def test_any_strapi_body_gives_a_token_or_none(body: bytes) -> None:
-    """The Strapi body reader never raises: a usable token, or None ("No access token provided.")."""
-    token = _access_token(body)
-    assert token is None or (isinstance(token, str) and token.strip() == token and token)
+def test_any_strapi_body_gives_a_token_or_the_plugins_refusal(body: bytes) -> None:
+    """The Strapi body reader gives a usable token or refuses with "No access token provided.", and
+    raises nothing else."""
+    try:
+        token = _access_token(body)
+    except NoAccessToken:
+        event("refused")
+        return
+    assert token.strip() == token
+    assert token
 
 
 @given(size=st.integers(min_value=1, max_value=3_000_000))
@@ -262,7 +277,7 @@ SIGNATURES = st.one_of(
 @given(t=TIMESTAMPS, s=SIGNATURES, extra=st.text(alphabet=LATIN_1, max_size=30))
 def test_any_signature_header_is_accepted_or_refused(t: str, s: str, extra: str) -> None:
     """Any TikTok-Signature header text ("t=\u00b2" and non-ASCII signatures were 500s) is refused with
-    SignatureRejected; it is never an exception of another kind."""
+    WebhookSignatureRejected; it is never an exception of another kind."""
     event("fresh timestamp" if t == str(NOW) else "other timestamp")
-    with contextlib.suppress(SignatureRejected):
+    with contextlib.suppress(WebhookSignatureRejected):
         verify_signature(f"t={t},s={s}{extra}", b"{}", "secret", max_age=300, now=NOW)

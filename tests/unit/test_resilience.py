@@ -11,11 +11,13 @@ import httpx  # respx builds httpx objects even when it patches httpcore2
 import httpx2
 import pytest
 from limits.aio.storage import MemoryStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
 
 from bridge.cache import FallbackCache, MemoryCache
 from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
 from bridge.keycloak import KeycloakClient
 from bridge.ratelimit import RateLimiter
+from bridge.redis_connection import RedisConnection
 from bridge.resilience import CircuitBreaker
 from bridge.tiktok import TikTokClient
 
@@ -234,13 +236,19 @@ async def test_disabled_rate_limits_never_refuse() -> None:
 
 
 @pytest.mark.parametrize(
-    ("uri", "storage"),
+    "url",
     [
-        ("async+redis+sentinel://127.0.0.1:26379/mymaster", "RedisSentinelStorage"),
-        ("async+redis+cluster://127.0.0.1:7000", "RedisClusterStorage"),
+        "redis://127.0.0.1:6379/0",
+        "redis+sentinel://127.0.0.1:26379/mymaster",
+        "redis+cluster://127.0.0.1:7000",
     ],
 )
-def test_rate_limits_follow_sentinel_and_cluster_deployments(uri: str, storage: str) -> None:
-    """With a Sentinel or Cluster Redis the limiter uses the matching limits storage (no connection yet)."""
-    limiter = RateLimiter.build((uri, None), per_ip="1/minute", per_identity=None)
-    assert type(limiter._storage).__name__ == storage
+def test_rate_limits_share_the_caches_redis_client(url: str) -> None:
+    """Plain, Sentinel or Cluster: the rate limiter talks through the process's one Redis client (no
+    second parse of the URL, no second pool, one view of the Sentinel master)."""
+    redis = RedisConnection.from_url(url, timeout=0.5)
+    bridge = redis.limits_storage.bridge
+    assert isinstance(bridge, RedispyBridge)
+    shared: object = redis.client
+    assert bridge.get_connection() is shared
+    assert bridge.get_connection(readonly=True) is shared

@@ -7,12 +7,15 @@ from urllib.parse import urlencode
 import pytest
 
 from bridge.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
+from bridge.model import IssuedToken
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_ID_TOKEN,
     TOKEN_TYPE_TIKTOK_CODE,
-    IssuedToken,
+    AccessTokenExchange,
+    CodeExchange,
+    ExchangeRequest,
     exchange_response,
     parse_exchange_request,
     parse_form,
@@ -26,7 +29,7 @@ BASE = {
 }
 
 
-def parse(**overrides: str | None) -> object:
+def parse(**overrides: str | None) -> ExchangeRequest:
     form = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
     return parse_exchange_request(parse_form(urlencode(form).encode(), FORM))
 
@@ -34,21 +37,22 @@ def parse(**overrides: str | None) -> object:
 def test_minimal_request_defaults_to_an_access_token() -> None:
     """A request with only the required parameters asks for an access token with no scope."""
     request = parse()
-    assert request.subject_token == "act.abc!1234.va"  # type: ignore[attr-defined]
-    assert request.requested_token_type == TOKEN_TYPE_ACCESS_TOKEN  # type: ignore[attr-defined]
-    assert request.scope == ()  # type: ignore[attr-defined]
+    assert isinstance(request, AccessTokenExchange)
+    assert request.access_token == "act.abc!1234.va"
+    assert request.requested_token_type == TOKEN_TYPE_ACCESS_TOKEN
+    assert request.scope == ()
 
 
 def test_rfc8693_appendix_a_style_request_with_scope() -> None:
     """Scope is split on spaces and de-duplicated in order (RFC 6749 §3.3)."""
     request = parse(scope="openid profile openid")
-    assert request.scope == ("openid", "profile")  # type: ignore[attr-defined]
+    assert request.scope == ("openid", "profile")
 
 
 def test_requesting_an_id_token_adds_openid_scope() -> None:
     """Keycloak only issues ID tokens for OpenID requests, so the parser adds openid."""
     request = parse(requested_token_type=TOKEN_TYPE_ID_TOKEN, scope="profile")
-    assert request.scope == ("openid", "profile")  # type: ignore[attr-defined]
+    assert request.scope == ("openid", "profile")
 
 
 def test_repr_never_shows_the_subject_token() -> None:
@@ -104,8 +108,9 @@ def test_authorization_code_request_carries_verifier_and_redirect() -> None:
         code_verifier="a" * 32,
         redirect_uri="https://app.example/cb",
     )
-    assert request.is_authorization_code  # type: ignore[attr-defined]
-    assert request.code_verifier == "a" * 32  # type: ignore[attr-defined]
+    assert isinstance(request, CodeExchange)
+    assert request.code_verifier == "a" * 32
+    assert request.redirect_uri == "https://app.example/cb"
 
 
 @pytest.mark.parametrize(

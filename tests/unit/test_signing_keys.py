@@ -7,7 +7,7 @@ import io
 import itertools
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from joserfc import jwt
@@ -28,6 +28,8 @@ from bridge.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from joserfc.jwk import KeySetSerialization
 
 AUDIENCE = "https://kc.example/realms/app"
 ENV = {
@@ -54,8 +56,8 @@ def signer(active: Path, *published: Path) -> AssertionSigner:
     )
 
 
-def verify(token: str, jwks: dict[str, object]) -> None:
-    jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["ES256"])
+def verify(token: str, jwks: dict[str, Any]) -> None:
+    jwt.decode(token, KeySet.import_key_set(cast("KeySetSerialization", jwks)), algorithms=["ES256"])
 
 
 def test_adjacent_rotation_steps_can_run_side_by_side(tmp_path: Path) -> None:

@@ -6,19 +6,24 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
+from redis.asyncio import Redis
 
+from bridge import keys
 from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
-from bridge.cache import KEY_PREFIX, MemoryCache, redis_client, token_key
+from bridge.cache import MemoryCache
 from bridge.errors import ServerError
 from bridge.logs import JsonFormatter, RedactingFilter, redact
+from bridge.redis_connection import redis_client
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from joserfc.jwk import KeySetSerialization
 
 
 async def test_memory_cache_expires_entries() -> None:
@@ -55,17 +60,20 @@ async def test_memory_lock_serialises_and_times_out() -> None:
 
 def test_token_keys_hold_no_token() -> None:
     """Cache keys for token-derived entries contain a SHA-256, never the token."""
-    key = token_key("profile", "act.secret-token!1234.va")
-    assert "secret" not in key
-    assert key.startswith(f"{KEY_PREFIX}profile:")
-    assert len(key.rsplit(":", 1)[1]) == 64
+    for key in (keys.profile("act.secret-token!1234.va"), keys.rejected("act.secret-token!1234.va")):
+        assert "secret" not in key
+        assert key.startswith(keys.PREFIX)
+        assert len(key.rsplit(":", 1)[1]) == 64
+    assert keys.profile("\ud800") != keys.profile("\ud801")  # lone surrogates hash instead of crashing
 
 
 def test_assertion_verifies_with_published_jwks() -> None:
     """A minted assertion verifies with the JWKS and has the claims Keycloak checks."""
     signer = AssertionSigner(key=load_key_from_new_pem(), issuer="https://bridge.example", lifetime=60)
     token = signer.mint("-000abc", "https://kc.example/realms/app")
-    decoded = jwt.decode(token, KeySet.import_key_set(signer.jwks()), algorithms=["ES256"])
+    decoded = jwt.decode(
+        token, KeySet.import_key_set(cast("KeySetSerialization", signer.jwks())), algorithms=["ES256"]
+    )
     assert decoded.header == {"alg": "ES256", "kid": signer.kid, "typ": "JWT"}
     claims = decoded.claims
     assert (claims["iss"], claims["sub"], claims["aud"]) == (
@@ -142,16 +150,14 @@ def test_redis_urls_of_every_deployment_shape(url: str, kind: str) -> None:
     client = redis_client(url, timeout=0.5)
     assert type(client).__name__ == kind
     if "sentinel" in url:
-        pool = client.connection_pool
-        assert pool.service_name == "mymaster"  # type: ignore[attr-defined]
+        assert isinstance(client, Redis)
+        pool: Any = client.connection_pool  # a SentinelConnectionPool
+        assert pool.service_name == "mymaster"
         assert pool.connection_kwargs["db"] == 3
         assert [
             tuple(s.connection_pool.connection_kwargs[k] for k in ("host", "port"))
             for s in pool.sentinel_manager.sentinels
-        ] == [  # type: ignore[attr-defined]
-            ("10.0.0.1", 26379),
-            ("10.0.0.2", 26379),
-        ]
+        ] == [("10.0.0.1", 26379), ("10.0.0.2", 26379)]
 
 
 def test_sentinel_url_without_service_is_refused() -> None:

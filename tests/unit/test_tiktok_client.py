@@ -17,7 +17,8 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserNotFound,
 )
-from bridge.tiktok import TikTokClient, TikTokProfile
+from bridge.model import TikTokProfile
+from bridge.tiktok import TikTokClient
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -7,7 +7,8 @@ import hmac
 
 import pytest
 
-from bridge.webhook import SignatureRejected, verify_signature
+from bridge.errors import WebhookSignatureRejected
+from bridge.webhook import verify_signature
 
 SECRET = "emulated-client-secret"
 BODY = b'{"client_key":"k","event":"authorization.removed","create_time":1615338610,"user_openid":"-000a"}'
@@ -44,6 +45,6 @@ def test_valid_signature_passes() -> None:
 )
 def test_bad_signatures_are_rejected(header: str | None, now: int) -> None:
     """Missing, malformed, stale, future, foreign-key and tampered deliveries are refused with 401."""
-    with pytest.raises(SignatureRejected) as caught:
+    with pytest.raises(WebhookSignatureRejected) as caught:
         verify_signature(header, BODY, SECRET, max_age=300, now=now)
     assert caught.value.status_code == 401

@@ -1,0 +1,82 @@
+"""Every cache key the bridge writes, named here and built nowhere else.
+
+All keys share one versioned prefix, so a change of format never reads old entries. Anything derived from
+a secret (a TikTok token, a webhook body) appears only as its SHA-256. Keys that are read or written
+together carry one Redis Cluster hash tag (`{...}`), so they live in one slot: MGET can read them in one
+round trip and a lock guards the same slot as the data it protects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "tkb:v1:"
+
+
+def _digest(secret: str | bytes) -> str:
+    # Any string hashes, lone surrogates included (JSON can carry them; found by fuzzing the Strapi
+    # endpoint): refusing a malformed token is the TikTok client's job, not a crash here.
+    raw = secret if isinstance(secret, bytes) else secret.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()
+
+
+def profile(access_token: str) -> str:
+    """The TikTok profile read with this access token."""
+    return f"{PREFIX}profile:{_digest(access_token)}"
+
+
+def rejected(access_token: str) -> str:
+    """A TikTok access token TikTok refused recently (negative cache)."""
+    return f"{PREFIX}rejected:{_digest(access_token)}"
+
+
+def _identity_tag(idp_alias: str, open_id: str) -> str:
+    return "{" + f"{idp_alias}:{open_id}" + "}"
+
+
+def linked_user(idp_alias: str, open_id: str) -> str:
+    """The Keycloak user id (and profile fingerprint) linked to one TikTok identity."""
+    return f"{PREFIX}user:{_identity_tag(idp_alias, open_id)}"
+
+
+def deauthorized(idp_alias: str, open_id: str) -> str:
+    """When the identity last deauthorized the app: sign-ins never write it, so none can erase it."""
+    return f"{PREFIX}revoked:{_identity_tag(idp_alias, open_id)}"
+
+
+def provisioning_lock(idp_alias: str, open_id: str) -> str:
+    """Single-flight lock for creating the identity's Keycloak user (same slot as `linked_user`)."""
+    return f"{PREFIX}lock:provision:{_identity_tag(idp_alias, open_id)}"
+
+
+def admin_token(realm: str, client_id: str) -> str:
+    """The service-account token of the bridge's Keycloak client, shared by replicas."""
+    return f"{PREFIX}kc-admin-token:{realm}:{client_id}"
+
+
+def webhook_delivery(body: bytes) -> str:
+    """A webhook delivery already handled (TikTok delivers at least once)."""
+    return f"{PREFIX}webhook:{_digest(body)}"
+
+
+def session(session_id: str) -> str:
+    """One bridge session: its refresh-token hashes, lifetimes and sealed TikTok tokens."""
+    return f"{PREFIX}session:{{{session_id}}}"
+
+
+def session_lock(session_id: str) -> str:
+    """Serialises the refreshes of one session across replicas (same slot as `session`)."""
+    return f"{PREFIX}lock:session:{{{session_id}}}"
+
+
+def sessions_not_before(idp_alias: str, open_id: str) -> str:
+    """Sessions of this identity started before this time are over (deauthorization, operator)."""
+    return f"{PREFIX}sessions-not-before:{_identity_tag(idp_alias, open_id)}"
+
+
+def dpop_proof(jti: str) -> str:
+    """A DPoP proof already used (RFC 9449 §11.1: proofs are single-use)."""
+    return f"{PREFIX}dpop-jti:{_digest(jti)}"
+
+
+RATE_LIMIT_PREFIX = f"{PREFIX}ratelimit"

@@ -1,0 +1,177 @@
+"""The bridge's value types: what TikTok vouched for, what Keycloak holds and issued, and account policy.
+
+Plain frozen dataclasses over the standard library, shared by the use case and the adapters, so the use
+case (`exchange.py`) never has to import an adapter (and with it httpx2, redis or Starlette) to name
+what it works with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from bridge.errors import UpstreamProtocolError
+
+if TYPE_CHECKING:
+    from bridge.settings import Settings
+
+SCOPE_BASIC = "user.info.basic"
+SCOPE_PROFILE = "user.info.profile"
+
+# Attributes the bridge owns on a Keycloak user; each must be declared in the realm's user profile.
+ATTR_OPEN_ID = "tiktok_open_id"
+ATTR_UNION_ID = "tiktok_union_id"
+ATTR_DISPLAY_NAME = "tiktok_display_name"
+ATTR_USERNAME = "tiktok_username"
+ATTR_VERIFIED = "tiktok_is_verified"
+OWNED_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
+
+DeauthorizationPolicy = Literal["record", "disable", "unlink"]
+
+
+@dataclass(frozen=True, slots=True)
+class TikTokProfile:
+    """The TikTok identity of one user of our app, as user info reported it."""
+
+    open_id: str
+    union_id: str | None
+    display_name: str | None
+    avatar_url: str | None = None
+    username: str | None = None
+    is_verified: bool | None = None
+    # When TikTok vouched for this profile (it stays cached under its token for a while): a user who
+    # deauthorized the app after this moment revoked the token it came from.
+    verified_at: float = field(default_factory=time.time, compare=False)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "open_id": self.open_id,
+                "union_id": self.union_id,
+                "display_name": self.display_name,
+                "avatar_url": self.avatar_url,
+                "username": self.username,
+                "is_verified": self.is_verified,
+                "verified_at": self.verified_at,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TikTokProfile:
+        data = json.loads(raw)
+        return cls(
+            open_id=data["open_id"],
+            union_id=data.get("union_id"),
+            display_name=data.get("display_name"),
+            avatar_url=data.get("avatar_url"),
+            username=data.get("username"),
+            is_verified=data.get("is_verified"),
+            verified_at=float(data.get("verified_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CodeGrant:
+    """What TikTok's token endpoint returned for a redeemed authorization code."""
+
+    access_token: str
+    open_id: str
+    scopes: frozenset[str]
+    expires_in: int | None
+    refresh_token: str | None = None
+    refresh_expires_in: int | None = None
+
+    def __repr__(self) -> str:
+        return f"CodeGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class KeycloakUser:
+    id: str
+    username: str
+    enabled: bool
+    email: str | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    created_timestamp: int | None = None
+    representation: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_representation(cls, rep: dict[str, Any]) -> KeycloakUser:
+        try:
+            return cls(
+                id=str(rep["id"]),
+                username=str(rep["username"]),
+                enabled=bool(rep.get("enabled", False)),
+                email=rep.get("email"),
+                attributes={k: list(v) for k, v in (rep.get("attributes") or {}).items()},
+                created_timestamp=rep.get("createdTimestamp"),
+                representation=rep,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamProtocolError("keycloak", "malformed user representation") from exc
+
+    def attribute(self, name: str) -> str | None:
+        values = self.attributes.get(name)
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """What Keycloak issued, before it is shaped into an answer."""
+
+    access_token: str
+    expires_in: int | None
+    scope: str | None
+    id_token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(expires_in={self.expires_in!r}, scope={self.scope!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    """The outcome of one exchange: Keycloak's tokens and whom they are for."""
+
+    issued: IssuedToken
+    user_id: str
+    profile: TikTokProfile
+    created: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Account rules. Built from settings by `from_settings`; the defaults live in `Settings` only."""
+
+    idp_alias: str
+    username_prefix: str
+    email_template: str | None
+    registration_open: bool
+    redirect_uris: tuple[str, ...]
+    access_token_scopes: tuple[str, ...]
+    default_groups: tuple[str, ...]
+    default_realm_roles: tuple[str, ...]
+    # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
+    deauthorization: DeauthorizationPolicy
+    profile_ttl: int
+    user_ttl: int
+    negative_ttl: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            idp_alias=settings.keycloak_idp_alias,
+            username_prefix=settings.username_prefix,
+            email_template=settings.email_template,
+            registration_open=settings.registration_open,
+            redirect_uris=settings.tiktok_redirect_uris,
+            access_token_scopes=settings.tiktok_access_token_scopes,
+            default_groups=settings.default_groups,
+            default_realm_roles=settings.default_realm_roles,
+            deauthorization=settings.deauthorization_policy,
+            profile_ttl=settings.profile_cache_ttl,
+            user_ttl=settings.user_cache_ttl,
+            negative_ttl=settings.negative_cache_ttl,
+        )
