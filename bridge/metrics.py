@@ -38,7 +38,9 @@ LOCK_WAIT_SECONDS = Histogram(
 RATE_LIMITED = Counter("bridge_rate_limit_rejections_total", "Requests refused by a rate limit", ["limit"])
 USERS_PROVISIONED = Counter("bridge_users_provisioned_total", "Keycloak users created by the bridge")
 SESSIONS = Counter(
-    "bridge_sessions_total", "Bridge session events: started, refreshed, retried_in_grace, ended_<reason>", ["event"]
+    "bridge_sessions_total",
+    "Bridge session events: started, refreshed, retried_in_grace, ended_<reason>",
+    ["event"],
 )
 CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker opened", ["upstream"])
 

@@ -299,7 +299,11 @@ class TikTokClient:
             "POST",
             REVOKE_PATH,
             idempotent=True,  # revoking twice is revoking once
-            data={"client_key": self._client_key, "client_secret": self._client_secret, "token": access_token},
+            data={
+                "client_key": self._client_key,
+                "client_secret": self._client_secret,
+                "token": access_token,
+            },
         )
 
     async def _call(
