@@ -1,0 +1,337 @@
+"""Bridge sessions over in-memory fakes and an injectable clock: rotation, reuse, grace, lifetimes,
+revocation and the TikTok re-check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from bridge import keys
+from bridge.cache import MemoryCache
+from bridge.errors import (
+    AccountDisabled,
+    InvalidGrant,
+    InvalidScope,
+    NotLinked,
+    SubjectTokenRejected,
+    UpstreamUnavailable,
+)
+from bridge.model import CodeGrant, IssuedToken
+from bridge.sealing import Sealer, new_key
+from bridge.sessions import Minter, SessionPolicy, SessionService, TikTokGrants, parse_token
+
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeMinter:
+    refused: type[Exception] | None = None
+    minted: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+
+    async def mint(self, open_id: str, scope: tuple[str, ...]) -> IssuedToken:
+        if self.refused is not None:
+            raise self.refused
+        self.minted.append((open_id, scope))
+        return IssuedToken(
+            access_token=f"kc-{len(self.minted)}", expires_in=300, scope=" ".join(scope) or None
+        )
+
+
+@dataclass
+class FakeTikTokGrants:
+    """TikTok's refresh grant with rotation: each refresh retires the refresh token it was given."""
+
+    live: set[str] = field(default_factory=lambda: {"rft.1"})
+    unavailable: bool = False
+    revoked: list[str] = field(default_factory=list)
+    refreshes: int = 0
+
+    async def refresh(self, refresh_token: str) -> CodeGrant:
+        self.refreshes += 1
+        if self.unavailable:
+            raise UpstreamUnavailable("tiktok", "down")
+        if refresh_token not in self.live:
+            raise SubjectTokenRejected(detail="invalid_grant")
+        self.live.discard(refresh_token)
+        successor = f"rft.{self.refreshes + 1}"
+        self.live.add(successor)
+        return CodeGrant(
+            access_token=f"act.{self.refreshes + 1}",
+            open_id="-000a",
+            scopes=frozenset(),
+            expires_in=7200,
+            refresh_token=successor,
+        )
+
+    async def revoke(self, access_token: str) -> None:
+        self.revoked.append(access_token)
+        self.live.clear()
+
+
+GRANT = CodeGrant(
+    access_token="act.1", open_id="-000a", scopes=frozenset(), expires_in=7200, refresh_token="rft.1"
+)
+_ports: tuple[Minter, TikTokGrants] = (FakeMinter(), FakeTikTokGrants())  # the fakes fit the ports
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def minter() -> FakeMinter:
+    return FakeMinter()
+
+
+@pytest.fixture
+def tiktok() -> FakeTikTokGrants:
+    return FakeTikTokGrants()
+
+
+@pytest.fixture
+def store() -> MemoryCache:
+    return MemoryCache()
+
+
+@pytest.fixture
+def sessions(
+    store: MemoryCache, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
+) -> SessionService:
+    return SessionService(
+        store=store,
+        minter=minter,
+        tiktok=tiktok,
+        sealer=Sealer.from_keys([new_key()]),
+        policy=SessionPolicy(
+            idp_alias="tiktok",
+            idle_timeout=int(30 * DAY),
+            max_lifetime=int(90 * DAY),
+            reuse_grace=5.0,
+            tiktok_recheck=True,
+            tiktok_recheck_interval=int(DAY),
+        ),
+        clock=clock,
+    )
+
+
+async def start(sessions: SessionService, grant: CodeGrant | None = None, jkt: str | None = None) -> str:
+    started = await sessions.start(
+        user_id="kc-1", open_id="-000a", scope=("openid", "profile"), tiktok_grant=grant, jkt=jkt
+    )
+    assert started.refresh_expires_in == int(30 * DAY)
+    return started.refresh_token
+
+
+async def test_each_refresh_rotates_and_mints_a_fresh_keycloak_token(
+    sessions: SessionService, minter: FakeMinter
+) -> None:
+    """A refresh answers a new Keycloak token and a new refresh token; the chain goes on."""
+    first = await start(sessions)
+    one = await sessions.refresh(first, ())
+    two = await sessions.refresh(one.grant.refresh_token, ())
+    assert len({first, one.grant.refresh_token, two.grant.refresh_token}) == 3
+    assert [i.access_token for i in (one.issued, two.issued)] == ["kc-1", "kc-2"]
+    assert minter.minted == [("-000a", ("openid", "profile"))] * 2
+
+
+async def test_the_store_keeps_no_refresh_token(sessions: SessionService, store: MemoryCache) -> None:
+    """What is stored cannot be replayed: neither the token nor its secret appears in the record."""
+    token = await start(sessions)
+    parsed = parse_token(token)
+    assert parsed is not None
+    raw = await store.get(keys.session(parsed[0]))
+    assert raw is not None
+    assert parsed[1] not in raw.decode()
+    assert token not in raw.decode()
+
+
+async def test_a_retired_token_after_the_grace_ends_the_whole_family(
+    sessions: SessionService, clock: Clock
+) -> None:
+    """Reuse beyond the grace window is theft: refused, and the newest token dies with it."""
+    first = await start(sessions)
+    newest = (await sessions.refresh(first, ())).grant.refresh_token
+    clock.now += 6
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(first, ())
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(newest, ())
+
+
+async def test_a_retry_within_the_grace_gets_the_same_successor(
+    sessions: SessionService, clock: Clock
+) -> None:
+    """A client that lost the answer retries with the old token and is handed the same successor, which
+    then keeps working; the retry does not rotate again."""
+    first = await start(sessions)
+    answer = await sessions.refresh(first, ())
+    clock.now += 3
+    retried = await sessions.refresh(first, ())
+    assert retried.grant.refresh_token == answer.grant.refresh_token
+    assert retried.issued.access_token != answer.issued.access_token  # a fresh Keycloak token
+    assert (await sessions.refresh(answer.grant.refresh_token, ())).grant.refresh_token
+
+
+async def test_a_token_two_rotations_old_is_reuse_even_within_the_grace(sessions: SessionService) -> None:
+    """Only the token retired by the very last rotation has a grace; an older one ends the session."""
+    first = await start(sessions)
+    second = (await sessions.refresh(first, ())).grant.refresh_token
+    third = (await sessions.refresh(second, ())).grant.refresh_token
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(first, ())
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(third, ())
+
+
+async def test_idle_sessions_expire(sessions: SessionService, clock: Clock) -> None:
+    """Unused for longer than the idle timeout, a session is over; used in time, it goes on."""
+    token = await start(sessions)
+    clock.now += 29 * DAY
+    token = (await sessions.refresh(token, ())).grant.refresh_token
+    clock.now += 30 * DAY + 1
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+
+
+async def test_sessions_end_at_their_absolute_maximum(sessions: SessionService, clock: Clock) -> None:
+    """However active, a session ends 90 days after it started; refresh_expires_in says when."""
+    token = await start(sessions)
+    for _ in range(4):
+        clock.now += 20 * DAY
+        refreshed = await sessions.refresh(token, ())
+        token = refreshed.grant.refresh_token
+    assert refreshed.grant.refresh_expires_in == int(10 * DAY)  # the maximum comes before the idle limit
+    clock.now += 10 * DAY
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+
+
+async def test_scope_may_narrow_but_never_widen(sessions: SessionService, minter: FakeMinter) -> None:
+    """A refresh may ask for less than the session was granted, never for more."""
+    token = await start(sessions)
+    narrowed = await sessions.refresh(token, ("openid",))
+    assert minter.minted[-1] == ("-000a", ("openid",))
+    with pytest.raises(InvalidScope):
+        await sessions.refresh(narrowed.grant.refresh_token, ("openid", "offline_access"))
+
+
+@pytest.mark.parametrize("refusal", [NotLinked, AccountDisabled])
+async def test_a_user_keycloak_refuses_ends_the_session(
+    sessions: SessionService, minter: FakeMinter, refusal: type[Exception]
+) -> None:
+    """Disabled, deleted or unlinked in Keycloak: invalid_grant now, and the session is gone."""
+    token = await start(sessions)
+    minter.refused = refusal
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+    minter.refused = None
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+
+
+async def test_revocation_ends_the_family_and_is_idempotent(
+    sessions: SessionService, tiktok: FakeTikTokGrants
+) -> None:
+    """RFC 7009: revoking ends the session (TikTok's grant too); revoking again or revoking garbage is
+    no error."""
+    token = await start(sessions, GRANT)
+    assert await sessions.revoke(token)
+    assert tiktok.revoked == ["act.1"]
+    assert not await sessions.revoke(token)
+    assert not await sessions.revoke("not-a-token")
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+
+
+async def test_ending_an_identity_ends_its_sessions_but_not_later_ones(
+    sessions: SessionService, clock: Clock
+) -> None:
+    """Deauthorization or an operator ends every session started until then; a later sign-in's lives."""
+    old = await start(sessions)
+    clock.now += 1
+    await sessions.end_identity("-000a")
+    clock.now += 1
+    new = await start(sessions)
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(old, ())
+    assert (await sessions.refresh(new, ())).grant.refresh_token
+
+
+async def test_tiktok_is_rechecked_when_due_and_its_rotation_kept(
+    sessions: SessionService, tiktok: FakeTikTokGrants, clock: Clock
+) -> None:
+    """No TikTok call within the interval; after it, one refresh at TikTok, whose new refresh token is
+    used the next time (the old one no longer works at TikTok)."""
+    token = await start(sessions, GRANT)
+    token = (await sessions.refresh(token, ())).grant.refresh_token
+    assert tiktok.refreshes == 0
+    clock.now += DAY
+    token = (await sessions.refresh(token, ())).grant.refresh_token
+    clock.now += DAY
+    token = (await sessions.refresh(token, ())).grant.refresh_token
+    assert tiktok.refreshes == 2
+    assert tiktok.live == {"rft.3"}
+
+
+async def test_a_revoked_tiktok_grant_ends_the_session(
+    sessions: SessionService, tiktok: FakeTikTokGrants, clock: Clock
+) -> None:
+    """TikTok refusing the refresh means the user removed the app: invalid_grant, session over."""
+    token = await start(sessions, GRANT)
+    tiktok.live.clear()
+    clock.now += DAY
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+
+
+async def test_tiktok_down_postpones_the_recheck(
+    sessions: SessionService, tiktok: FakeTikTokGrants, clock: Clock
+) -> None:
+    """An unreachable TikTok says nothing about the user: the refresh succeeds and TikTok is asked next
+    time."""
+    token = await start(sessions, GRANT)
+    tiktok.unavailable = True
+    clock.now += DAY
+    token = (await sessions.refresh(token, ())).grant.refresh_token
+    tiktok.unavailable = False
+    await sessions.refresh(token, ())
+    assert tiktok.refreshes == 2
+
+
+async def test_tiktok_tokens_are_kept_sealed(sessions: SessionService, store: MemoryCache) -> None:
+    """The TikTok refresh token is stored encrypted, never in clear."""
+    token = await start(sessions, GRANT)
+    parsed = parse_token(token)
+    assert parsed is not None
+    raw = await store.get(keys.session(parsed[0]))
+    assert raw is not None
+    assert "rft.1" not in raw.decode()
+    assert json.loads(raw)["tiktok"]
+
+
+async def test_a_dpop_bound_session_needs_the_same_key(sessions: SessionService) -> None:
+    """Bound to a key thumbprint, a refresh without a proof of that key is refused and consumes nothing."""
+    token = await start(sessions, jkt="thumb-1")
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, (), jkt="thumb-2")
+    assert (await sessions.refresh(token, (), jkt="thumb-1")).grant.refresh_token
+
+
+@pytest.mark.parametrize("garbage", ["", "tkb1.x.y", "tkb1." + "a" * 22 + "." + "b" * 43, "act.x"])
+async def test_unknown_and_malformed_tokens_are_invalid_grant(sessions: SessionService, garbage: str) -> None:
+    """Anything the bridge did not issue, or no longer knows, is invalid_grant."""
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(garbage, ())
