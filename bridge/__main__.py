@@ -46,7 +46,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "generate-key", help="write a new ES256 signing key (mode 0600) and print its kid; never overwrites"
     )
     generate.add_argument("path", type=Path)
+    commands.add_parser(
+        "generate-session-key",
+        help="print a new key for BRIDGE_SESSION_ENCRYPTION_KEYS (put it first; keep the old ones after it)",
+    )
+    sessions = commands.add_parser("sessions", help="operate on bridge sessions")
+    session_commands = sessions.add_subparsers(dest="session_command", required=True)
+    end = session_commands.add_parser("end", help="end every session of one user, now")
+    who = end.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="KEYCLOAK_USER_ID", help="the Keycloak user's id")
+    who.add_argument("--open-id", metavar="OPEN_ID", help="the TikTok open_id")
     args = parser.parse_args(argv)
+
+    if args.command == "generate-session-key":
+        from bridge.sealing import new_key  # noqa: PLC0415
+
+        print(new_key())  # noqa: T201
+        return
 
     if args.command == "generate-key":
         # Needs no configuration: keys are made before the bridge is configured to use them.
@@ -72,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         print(json.dumps(signer_from_settings(settings).jwks(), indent=2))  # noqa: T201
         return
+
+    if args.command == "sessions":
+        import asyncio  # noqa: PLC0415
+
+        from bridge.operator import end_sessions  # noqa: PLC0415
+
+        sys.exit(asyncio.run(end_sessions(settings, user_id=args.user, open_id=args.open_id)))
 
     from bridge import server  # noqa: PLC0415 - only the server needs uvicorn
 

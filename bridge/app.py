@@ -22,7 +22,7 @@ from bridge.tracing import Tracing
 from bridge.web import error_response
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     import httpx2
     from starlette.requests import Request
@@ -127,15 +127,17 @@ def create_app(
     *,
     mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
     span_exporter: object = None,
+    clock: Callable[[], float] | None = None,
 ) -> Starlette:
     """Build the app. Test seams: `mounts` routes outbound calls to test transports (e.g. the TikTok
-    emulator); `span_exporter` receives the spans when tracing is enabled."""
+    emulator); `span_exporter` receives the spans when tracing is enabled; `clock` is the time sessions
+    are judged by (expiry tests without sleeping)."""
     resolved = settings if settings is not None else Settings.load()
     tracing = Tracing.from_settings(resolved, span_exporter)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        resources = Resources.from_settings(resolved, mounts=mounts)
+        resources = Resources.from_settings(resolved, mounts=mounts, clock=clock)
         app.state.resources = resources
         # Key ids are public (RFC 7638 thumbprints); they let an operator follow a rotation in the logs.
         log.info(
@@ -153,6 +155,7 @@ def create_app(
 
     routes = [
         Route(endpoints.TOKEN_PATH, endpoints.token, methods=["POST"]),
+        Route(endpoints.REVOCATION_PATH, endpoints.revoke, methods=["POST"]),
         Route(
             "/.well-known/oauth-authorization-server",
             endpoints.authorization_server_metadata,

@@ -8,8 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.errors import BridgeError
+from bridge.dpop import ALGORITHMS as DPOP_ALGORITHMS
+from bridge.dpop import InvalidDPoPProof, verify_proof
+from bridge.errors import BridgeError, UnsupportedGrantType, UpstreamUnavailable
 from bridge.metrics import exposition
+from bridge.rfc6749 import (
+    GRANT_TYPE_REFRESH_TOKEN,
+    RefreshRequest,
+    parse_refresh_request,
+    parse_revocation_request,
+)
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     SUPPORTED_REQUESTED_TOKEN_TYPES,
@@ -17,28 +25,50 @@ from bridge.rfc8693 import (
     exchange_response,
     parse_exchange_request,
     parse_form,
+    refresh_response,
 )
 from bridge.web import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from bridge.model import CodeGrant
+    from bridge.resources import Resources
+    from bridge.sessions import SessionGrant
+
 log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/token"  # noqa: S105 - a path
+REVOCATION_PATH = "/revoke"
 JWKS_PATH = "/.well-known/jwks.json"
 
 
 @counts_exchanges("token")
 async def token(request: Request) -> Response:
+    """The token endpoint: token exchange (RFC 8693) starts a session, refresh (RFC 6749 §6) extends it."""
     resources = resources_of(request)
     await resources.limiter.check_ip(client_ip(request))
-    body = await read_body(request)
-    exchange_request = parse_exchange_request(parse_form(body, request.headers.get("content-type")))
+    form = parse_form(await read_body(request), request.headers.get("content-type"))
+    if form.get("grant_type") == GRANT_TYPE_REFRESH_TOKEN:
+        return await _refresh(request, resources, parse_refresh_request(form))
+    exchange_request = parse_exchange_request(form)
     client_id = resources.clients.authenticate(
         request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
     )
+    jkt = await _dpop_thumbprint(request, resources)
     exchanged = await resources.exchange.exchange(exchange_request)
+    answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
+    session = await start_session(
+        resources,
+        user_id=exchanged.user_id,
+        open_id=exchanged.profile.open_id,
+        scope=exchange_request.scope,
+        tiktok_grant=exchanged.tiktok_grant,
+        jkt=jkt,
+        client_id=client_id,
+    )
+    if session is not None:
+        answer |= {"refresh_token": session.refresh_token, "refresh_expires_in": session.refresh_expires_in}
     log.info(
         "token exchanged",
         extra={
@@ -47,23 +77,110 @@ async def token(request: Request) -> Response:
             "user_created": exchanged.created,
             "subject_token_type": exchange_request.subject_token_type,
             "client_id": client_id,
+            "dpop_bound": jkt is not None,
         },
     )
-    return JSONResponse(
-        exchange_response(exchanged.issued, exchange_request.requested_token_type), headers=NO_STORE
+    return JSONResponse(answer, headers=NO_STORE)
+
+
+async def start_session(
+    resources: Resources,
+    *,
+    user_id: str,
+    open_id: str,
+    scope: tuple[str, ...],
+    tiktok_grant: CodeGrant | None = None,
+    jkt: str | None = None,
+    client_id: str | None = None,
+) -> SessionGrant | None:
+    """A session for a successful sign-in; None when sessions are off or the session store is down.
+
+    A Redis outage must not stop sign-ins (the exchange itself is served from memory then): the answer
+    simply has no refresh token, and the app signs in with TikTok again when the access token expires.
+    """
+    if resources.sessions is None:
+        return None
+    try:
+        return await resources.sessions.start(
+            user_id=user_id,
+            open_id=open_id,
+            scope=scope,
+            tiktok_grant=tiktok_grant,
+            jkt=jkt,
+            client_id=client_id,
+        )
+    except UpstreamUnavailable as exc:
+        log.warning("session not started: the session store is unavailable", extra={"detail": exc.detail})
+        return None
+
+
+async def _refresh(request: Request, resources: Resources, refresh: RefreshRequest) -> Response:
+    client_id = resources.clients.authenticate(
+        request.headers.get("authorization"), refresh.client_id, refresh.client_secret
     )
+    if resources.sessions is None:
+        raise UnsupportedGrantType("Sessions are switched off: only token exchange is supported.")
+    jkt = await _dpop_thumbprint(request, resources)
+    refreshed = await resources.sessions.refresh(
+        refresh.refresh_token, refresh.scope, jkt=jkt, client_id=client_id
+    )
+    answer = refresh_response(refreshed.issued)
+    answer |= {
+        "refresh_token": refreshed.grant.refresh_token,
+        "refresh_expires_in": refreshed.grant.refresh_expires_in,
+    }
+    log.info("session refreshed", extra={"outcome": "issued", "client_id": client_id})
+    return JSONResponse(answer, headers=NO_STORE)
+
+
+async def _dpop_thumbprint(request: Request, resources: Resources) -> str | None:
+    proofs = request.headers.getlist("dpop")
+    if len(proofs) > 1:
+        raise InvalidDPoPProof(detail="more than one DPoP header")
+    return await verify_proof(
+        proofs[0] if proofs else None,
+        method="POST",
+        url=f"{resources.settings.issuer_url}{TOKEN_PATH}",
+        # The shared cache, falling back to memory in an outage: replay protection per replica then.
+        replay_cache=resources.cache,
+    )
+
+
+async def revoke(request: Request) -> Response:
+    """RFC 7009: end the session of a refresh token. 200 whether or not the token was known (§2.2)."""
+    resources = resources_of(request)
+    await resources.limiter.check_ip(client_ip(request))
+    revocation = parse_revocation_request(
+        parse_form(await read_body(request), request.headers.get("content-type"))
+    )
+    client_id = resources.clients.authenticate(
+        request.headers.get("authorization"), revocation.client_id, revocation.client_secret
+    )
+    ended = resources.sessions is not None and await resources.sessions.revoke(revocation.token)
+    log.info("revocation", extra={"session_ended": ended, "client_id": client_id})
+    return Response(status_code=HTTPStatus.OK, headers=NO_STORE)
 
 
 async def authorization_server_metadata(request: Request) -> Response:
     """RFC 8414 metadata, so clients discover the token endpoint and what it accepts."""
-    issuer = resources_of(request).settings.issuer_url
+    resources = resources_of(request)
+    issuer = resources.settings.issuer_url
+    auth_methods = (
+        ["none", "client_secret_basic", "client_secret_post"] if resources.clients.confidential else ["none"]
+    )
+    grant_types = [GRANT_TYPE_TOKEN_EXCHANGE]
+    if resources.sessions is not None:
+        grant_types.append(GRANT_TYPE_REFRESH_TOKEN)
     metadata: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}{TOKEN_PATH}",
         "jwks_uri": f"{issuer}{JWKS_PATH}",
-        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "grant_types_supported": grant_types,
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint": f"{issuer}{REVOCATION_PATH}",
+        "revocation_endpoint_auth_methods_supported": auth_methods,
         "response_types_supported": [],
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         # Not registered RFC 8414 names, but what clients ask for most: which token types we take.
         "subject_token_types_supported": list(SUPPORTED_SUBJECT_TOKEN_TYPES),
         "requested_token_types_supported": list(SUPPORTED_REQUESTED_TOKEN_TYPES),

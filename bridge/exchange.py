@@ -110,13 +110,16 @@ class ExchangeService:
         self._groups_checked = False
 
     async def exchange(self, request: ExchangeRequest) -> Exchanged:
+        grant: CodeGrant | None = None
         if isinstance(request, CodeExchange):
-            profile = await self.verify_code(request.code, request.code_verifier, request.redirect_uri)
+            profile, grant = await self.verify_code(request.code, request.code_verifier, request.redirect_uri)
         else:
             profile = await self.verify_access_token(request.access_token)
-        return await self.sign_in(profile, request.scope)
+        return await self.sign_in(profile, request.scope, tiktok_grant=grant)
 
-    async def sign_in(self, profile: TikTokProfile, scope: tuple[str, ...]) -> Exchanged:
+    async def sign_in(
+        self, profile: TikTokProfile, scope: tuple[str, ...], *, tiktok_grant: CodeGrant | None = None
+    ) -> Exchanged:
         if self._limiter is not None:
             # Per identity, before any Keycloak work: one TikTok account cannot hammer the realm.
             await self._limiter.check_identity(profile.open_id)
@@ -128,7 +131,9 @@ class ExchangeService:
             await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
             user_id, created = await self.ensure_user(profile)
             issued = await self._mint(profile, scope)
-        return Exchanged(issued=issued, user_id=user_id, profile=profile, created=created)
+        return Exchanged(
+            issued=issued, user_id=user_id, profile=profile, created=created, tiktok_grant=tiktok_grant
+        )
 
     async def deauthorize(self, open_id: str) -> str:
         """Apply the deauthorization policy to the user linked to `open_id`; returns what was done.
@@ -167,11 +172,13 @@ class ExchangeService:
 
     # ------------------------------------------------------------------------- TikTok side
 
-    async def verify_code(self, code: str, code_verifier: str, redirect_uri: str) -> TikTokProfile:
+    async def verify_code(
+        self, code: str, code_verifier: str, redirect_uri: str
+    ) -> tuple[TikTokProfile, CodeGrant]:
         """Redeem a Login Kit code with our own secret, then read the profile with the fresh token.
 
         A code redeemed with our client secret proves the grant was made to our app, which a bare access
-        token cannot. Nothing from TikTok's token answer is kept: the TikTok tokens are dropped here.
+        token cannot. TikTok's tokens are returned for a session to keep (sealed), or to be dropped.
         """
         if redirect_uri not in self._policy.redirect_uris:
             raise InvalidRequest("The redirect_uri is not allowed.")
@@ -183,7 +190,7 @@ class ExchangeService:
         profile = await self._tiktok.fetch_profile(grant.access_token, sorted(grant.scopes))
         if profile.open_id != grant.open_id:
             raise IdentityMismatch(detail="user info open_id differs from the token answer's")
-        return profile
+        return profile, grant
 
     async def verify_access_token(self, access_token: str) -> TikTokProfile:
         profile_key = keys.profile(access_token)
@@ -351,6 +358,11 @@ class ExchangeService:
         await self._keycloak.update_user(user.id, representation)
 
     async def _mint(self, profile: TikTokProfile, scope: tuple[str, ...]) -> IssuedToken:
+        return await self.mint(profile.open_id, scope)
+
+    async def mint(self, open_id: str, scope: tuple[str, ...]) -> IssuedToken:
+        """A Keycloak token for the user linked to `open_id`, by JWT Authorization Grant (what a session
+        refresh calls: Keycloak checks the link and the user's state every time)."""
         audience = await self._keycloak.issuer()
-        assertion = self._minter.mint(profile.open_id, audience)
+        assertion = self._minter.mint(open_id, audience)
         return await self._keycloak.issue_token(assertion, scope)

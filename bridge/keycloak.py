@@ -64,7 +64,10 @@ class KeycloakClient:
         client_secret: str,
         breaker: CircuitBreaker | None = None,
         retry_attempts: int = 2,
+        minting_client: tuple[str, str] | None = None,
     ) -> None:
+        """`minting_client`: (id, secret) of the client the JWT grant is asked as, when it is not the
+        service-account client (the Strapi-compatible endpoint mints as a client of its own)."""
         self._breaker = breaker or CircuitBreaker("keycloak")
         self._retry_attempts = retry_attempts
         self._http = http
@@ -77,6 +80,21 @@ class KeycloakClient:
         self._admin_token_lock = asyncio.Lock()
         self._issuer: str | None = None
         self._admin_token_key = keys.admin_token(realm, client_id)
+        self._minting_auth = minting_client or (client_id, client_secret)
+
+    def minting_as(self, client_id: str, client_secret: str) -> KeycloakClient:
+        """The same Keycloak (HTTP client, cache, breaker, service account) minting as another client."""
+        return KeycloakClient(
+            self._http,
+            self._cache,
+            base_url=self._base_url,
+            realm=self._realm,
+            client_id=self._client_id,
+            client_secret=self._client_secret,
+            breaker=self._breaker,
+            retry_attempts=self._retry_attempts,
+            minting_client=(client_id, client_secret),
+        )
 
     @property
     def realm_url(self) -> str:
@@ -345,7 +363,7 @@ class KeycloakClient:
             operation="jwt_grant",
             idempotent=False,  # the assertion's jti is single-use
             data=form,
-            auth=(self._client_id, self._client_secret),
+            auth=self._minting_auth,
         )
         body = self._json(response)
         if not isinstance(body, dict):

@@ -18,9 +18,12 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 _SECRET_PATTERNS = (
     re.compile(r"\b(?:act|rft|clt)\.[A-Za-z0-9!._~+/=-]{8,}"),  # TikTok tokens
+    re.compile(r"\btkb1\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),  # the bridge's refresh tokens
     re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JWS compact
     re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=!-]{8,}"),
-    re.compile(r"(?i)\b(client_secret|code_verifier|subject_token|assertion|code|access_token)=[^&\s\"']+"),
+    re.compile(
+        r"(?i)\b(client_secret|code_verifier|subject_token|assertion|code|access_token|refresh_token|token)=[^&\s\"']+"
+    ),
 )
 # uvicorn adds "color_message", the same text with terminal colour codes: noise in a JSON line.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {

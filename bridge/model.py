@@ -139,6 +139,8 @@ class Exchanged:
     user_id: str
     profile: TikTokProfile
     created: bool
+    # TikTok's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
+    tiktok_grant: CodeGrant | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.rfc6749 import GRANT_TYPE_REFRESH_TOKEN
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     SUPPORTED_REQUESTED_TOKEN_TYPES,
@@ -23,6 +24,8 @@ _OAUTH_ERROR = {
             "enum": [
                 "invalid_request",
                 "invalid_client",
+                "invalid_grant",
+                "invalid_dpop_proof",
                 "unsupported_grant_type",
                 "invalid_scope",
                 "invalid_target",
@@ -79,7 +82,7 @@ def _oauth_errors() -> dict[str, Any]:
 
 
 def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) -> dict[str, Any]:
-    token_request = {
+    exchange_request = {
         "type": "object",
         "required": ["grant_type", "subject_token", "subject_token_type"],
         "properties": {
@@ -92,9 +95,19 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
             "redirect_uri": {"type": "string", "format": "uri"},
         },
     }
+    refresh_request = {
+        "type": "object",
+        "required": ["grant_type", "refresh_token"],
+        "properties": {
+            "grant_type": {"type": "string", "const": GRANT_TYPE_REFRESH_TOKEN},
+            "refresh_token": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "scope": {"type": "string"},
+        },
+    }
+    token_request = {"oneOf": [exchange_request, refresh_request]}
     token_response = {
         "type": "object",
-        "required": ["access_token", "issued_token_type", "token_type"],
+        "required": ["access_token", "token_type"],
         "properties": {
             "access_token": {"type": "string"},
             "issued_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
@@ -102,12 +115,23 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
             "expires_in": {"type": "integer"},
             "scope": {"type": "string"},
             "id_token": {"type": "string"},
+            "refresh_token": {"type": "string", "pattern": "^tkb1\\."},
+            "refresh_expires_in": {"type": "integer", "minimum": 0},
         },
+    }
+    dpop_header = {
+        "name": "DPoP",
+        "in": "header",
+        "required": False,
+        "description": "A DPoP proof (RFC 9449): binds the session's refresh token to the proof's key",
+        "schema": {"type": "string"},
     }
     paths: dict[str, Any] = {
         "/token": {
             "post": {
-                "summary": "OAuth 2.0 Token Exchange (RFC 8693): TikTok credential in, Keycloak token out",
+                "summary": "Token Exchange (RFC 8693): TikTok credential in, Keycloak token and a session "
+                "out; or refresh a session (RFC 6749 §6)",
+                "parameters": [dpop_header],
                 "requestBody": {
                     "required": True,
                     "content": {"application/x-www-form-urlencoded": {"schema": token_request}},
@@ -118,6 +142,30 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                         "RFC 8693 §2.2.1 (Cache-Control: no-store)",
                         {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}}},
                     ),
+                    **_oauth_errors(),
+                },
+            }
+        },
+        "/revoke": {
+            "post": {
+                "summary": "Token revocation (RFC 7009): end the session of a refresh token",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["token"],
+                                "properties": {
+                                    "token": {"type": "string", "minLength": 1},
+                                    "token_type_hint": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "Revoked, or unknown (RFC 7009 §2.2): the same answer"},
                     **_oauth_errors(),
                 },
             }
@@ -182,8 +230,16 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                 },
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["jwt", "user"]},
-                        "A Keycloak token and the Strapi-shaped user",
+                        {
+                            "type": "object",
+                            "required": ["jwt", "user"],
+                            "properties": {
+                                "jwt": {"type": "string"},
+                                "user": {"type": "object"},
+                                "refresh_token": {"type": "string"},
+                            },
+                        },
+                        "A Keycloak token, the Strapi-shaped user and a bridge refresh token",
                     ),
                     "400": _json(_STRAPI_ERROR, "The plugin's error shape and messages"),
                     "408": _json(_STRAPI_ERROR, "The body did not arrive within the body timeout"),
@@ -231,6 +287,11 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                         "The body did not arrive within the body timeout",
                     ),
                     "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 64 KiB"),
+                    "503": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "The session store is unavailable: TikTok delivers again later",
+                        _RETRY_AFTER,
+                    ),
                     "431": _json(
                         {"$ref": "#/components/schemas/OAuthError"},
                         "Request line and headers over 16 KiB, or more than 64 headers",

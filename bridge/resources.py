@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,15 +18,19 @@ from bridge.keycloak import KeycloakClient
 from bridge.model import Policy
 from bridge.ratelimit import RateLimiter
 from bridge.redis_connection import RedisConnection
+from bridge.sealing import sealer_from_settings
+from bridge.sessions import SessionPolicy, SessionService
 from bridge.tiktok import TikTokClient
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from bridge.ports import Cache
     from bridge.settings import Settings
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,23 @@ class Resources:
     tiktok: TikTokClient
     keycloak: KeycloakClient
     exchange: ExchangeService
+    # The Strapi-compatible endpoint's use case: the same, minting as its own Keycloak client if set.
+    strapi_exchange: ExchangeService
+    # None when BRIDGE_SESSIONS_ENABLED=false.
+    sessions: SessionService | None
+    # Where sessions and DPoP proofs are kept: Redis itself, never the memory fallback (a session must
+    # not be served from one replica's memory while others cannot see it, nor revived by a stale copy).
+    session_store: Cache
     limiter: RateLimiter
     clients: ClientRegistry
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None
+        cls,
+        settings: Settings,
+        *,
+        mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> Resources:
         signer = signer_from_settings(settings)
         timeout = httpx2.Timeout(settings.http_timeout, connect=min(2.0, settings.http_timeout))
@@ -58,18 +75,23 @@ class Resources:
         )
         redis: RedisConnection | None = None
         cache: Cache
+        session_store: Cache
         limits_storage: Storage
         if settings.redis_url is not None:
             redis = RedisConnection.from_url(
                 settings.redis_url.get_secret_value(), timeout=settings.redis_timeout
             )
-            cache = FallbackCache(
-                RedisCache(redis.client), MemoryCache(), retry_interval=settings.redis_retry_interval
-            )
+            session_store = RedisCache(redis.client)
+            cache = FallbackCache(session_store, MemoryCache(), retry_interval=settings.redis_retry_interval)
             limits_storage = redis.limits_storage
         else:
-            cache = MemoryCache()
+            cache = session_store = MemoryCache()
             limits_storage = MemoryStorage()
+            if settings.sessions_enabled:
+                log.warning(
+                    "sessions are kept in this process's memory: they end when it stops and are not "
+                    "shared with other replicas; set BRIDGE_REDIS_URL in production"
+                )
         tiktok = TikTokClient(
             http,
             base_url=settings.tiktok_base_url,
@@ -89,14 +111,40 @@ class Resources:
             per_ip=settings.rate_limit_per_ip if settings.rate_limit_enabled else None,
             per_identity=settings.rate_limit_per_identity if settings.rate_limit_enabled else None,
         )
+        policy = Policy.from_settings(settings)
         exchange = ExchangeService(
-            tiktok=tiktok,
-            keycloak=keycloak,
-            cache=cache,
-            minter=signer,
-            policy=Policy.from_settings(settings),
-            limiter=limiter,
+            tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy, limiter=limiter
         )
+        strapi_exchange = exchange
+        if settings.strapi_keycloak_client_id and settings.strapi_keycloak_client_secret is not None:
+            strapi_keycloak = keycloak.minting_as(
+                settings.strapi_keycloak_client_id, settings.strapi_keycloak_client_secret.get_secret_value()
+            )
+            strapi_exchange = ExchangeService(
+                tiktok=tiktok,
+                keycloak=strapi_keycloak,
+                cache=cache,
+                minter=signer,
+                policy=policy,
+                limiter=limiter,
+            )
+        sessions = None
+        if settings.sessions_enabled:
+            sessions = SessionService(
+                store=session_store,
+                minter=exchange,
+                tiktok=tiktok,
+                sealer=sealer_from_settings(settings),
+                policy=SessionPolicy(
+                    idp_alias=settings.keycloak_idp_alias,
+                    idle_timeout=settings.session_idle_timeout,
+                    max_lifetime=settings.session_max_lifetime,
+                    reuse_grace=settings.session_reuse_grace,
+                    tiktok_recheck=settings.tiktok_recheck_enabled,
+                    tiktok_recheck_interval=settings.tiktok_recheck_interval,
+                ),
+                clock=clock or time.time,
+            )
         return cls(
             settings=settings,
             http=http,
@@ -106,6 +154,9 @@ class Resources:
             tiktok=tiktok,
             keycloak=keycloak,
             exchange=exchange,
+            strapi_exchange=strapi_exchange,
+            sessions=sessions,
+            session_store=session_store,
             limiter=limiter,
             clients=ClientRegistry(
                 public=frozenset(settings.public_client_ids), confidential=settings.client_secrets()

@@ -250,3 +250,15 @@ def exchange_response(issued: IssuedToken, requested_token_type: str) -> dict[st
     if issued.scope is not None:
         body["scope"] = issued.scope
     return body
+
+
+def refresh_response(issued: IssuedToken) -> dict[str, Any]:
+    """RFC 6749 §5.1 body of a refreshed access token (the refresh token is added by the caller)."""
+    body: dict[str, Any] = {"access_token": issued.access_token, "token_type": "Bearer"}
+    if issued.id_token is not None:
+        body["id_token"] = issued.id_token
+    if issued.expires_in is not None:
+        body["expires_in"] = issued.expires_in
+    if issued.scope is not None:
+        body["scope"] = issued.scope
+    return body

@@ -12,6 +12,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[int, Field(gt=0, le=86400 * 30)]
+DAY = 86400
+SessionSeconds = Annotated[int, Field(gt=0, le=DAY * 400)]
 # Lists read from one environment variable, comma-separated (a JSON list is accepted too).
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -119,6 +121,24 @@ class Settings(BaseSettings):
     username_prefix: str = Field(default="tiktok_", pattern=r"^[a-z0-9._-]{0,32}$")
     # A pseudo-email template with the placeholders {open_id} and {union_id}. Off when unset.
     email_template: str | None = None
+
+    # Bridge sessions (README: "Sessions"): refresh tokens issued with every exchange, rotated on use.
+    sessions_enabled: bool = True
+    session_idle_timeout: SessionSeconds = 30 * DAY
+    session_max_lifetime: SessionSeconds = 90 * DAY
+    # A retired refresh token still yields its successor this long (a client retrying a lost answer).
+    session_reuse_grace: float = Field(default=5.0, ge=0, le=60)
+    # Fernet keys sealing TikTok tokens and rotated refresh tokens at rest, newest first, comma-separated
+    # (`python -m bridge generate-session-key`). Unset: a development key generated into data_dir.
+    session_encryption_keys: SecretStr | None = None
+    # Sessions started from a TikTok code re-check the user's TikTok grant this often while refreshing;
+    # off: nothing from TikTok is kept.
+    tiktok_recheck_enabled: bool = True
+    tiktok_recheck_interval: SessionSeconds = DAY
+    # The Keycloak client that mints the Strapi-compatible endpoint's `jwt` (its own, longer access-token
+    # lifespan: apps built on the plugin never refresh). Unset: the bridge's own client.
+    strapi_keycloak_client_id: str | None = None
+    strapi_keycloak_client_secret: SecretStr | None = None
 
     # How long cache entries live, in seconds.
     profile_cache_ttl: PositiveSeconds = 300

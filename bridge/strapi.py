@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
+from bridge.endpoints import start_session
 from bridge.errors import (
     AccountDisabled,
     BridgeError,
@@ -104,9 +105,13 @@ def _iso(timestamp_ms: int | None) -> str | None:
 
 
 def strapi_user(user: KeycloakUser) -> dict[str, Any]:
+    """Every field of the plugin's example answer, each with a stable value (README: "Migrating from
+    the Strapi plugin")."""
     created = _iso(user.created_timestamp)
     return {
         "id": user.id,
+        # Strapi 5 apps key records on documentId: the Keycloak user id is as stable as it gets.
+        "documentId": user.id,
         "username": user.username,
         "email": user.email,
         "provider": "tiktok",
@@ -116,6 +121,8 @@ def strapi_user(user: KeycloakUser) -> dict[str, Any]:
         "createdAt": created,
         # Keycloak keeps no modification time; the creation time is the honest lower bound.
         "updatedAt": created,
+        # Strapi publishes a user when it creates it.
+        "publishedAt": created,
     }
 
 
@@ -144,8 +151,14 @@ async def _connect(request: Request) -> Response:
     resources = resources_of(request)
     await resources.limiter.check_ip(client_ip(request))
     token = _access_token(await read_body(request))
-    profile = await resources.exchange.verify_access_token(token)
-    exchanged = await resources.exchange.sign_in(profile, ())
-    user = await resources.exchange.account(exchanged.user_id)
+    exchange = resources.strapi_exchange
+    profile = await exchange.verify_access_token(token)
+    exchanged = await exchange.sign_in(profile, ())
+    user = await exchange.account(exchanged.user_id)
+    answer: dict[str, Any] = {"jwt": exchanged.issued.access_token, "user": strapi_user(user)}
+    session = await start_session(resources, user_id=user.id, open_id=profile.open_id, scope=())
+    if session is not None:
+        # An extra field the plugin's apps ignore; a new app version can refresh at /token with it.
+        answer["refresh_token"] = session.refresh_token
     log.info("strapi connect", extra={"outcome": "issued", "keycloak_user_id": user.id})
-    return JSONResponse({"jwt": exchanged.issued.access_token, "user": strapi_user(user)}, headers=NO_STORE)
+    return JSONResponse(answer, headers=NO_STORE)

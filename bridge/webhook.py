@@ -3,7 +3,9 @@
 TikTok signs each delivery: header `TikTok-Signature: t=<unix time>,s=<hex HMAC-SHA256>` over
 `t + "." + raw body`, keyed with the app's client secret. Deliveries are at least once and retried for
 72 h unless answered 200 promptly, so the handler verifies, de-duplicates, answers 200 at once and applies
-the configured policy (record, disable or unlink) after the answer has gone out.
+the configured policy (record, disable or unlink) after the answer has gone out. Every bridge session of
+the user is ended before the answer: that needs only the session store, and a failure there answers 503
+so that TikTok's retries carry it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ async def tiktok_webhook(request: Request) -> Response:
     if event.get("client_key") != settings.tiktok_client_key or event.get("event") != EVENT_REMOVED:
         # Signed by our secret but not ours to act on (another event type): acknowledged, ignored.
         return JSONResponse({"status": "ignored"})
+    if resources.sessions is not None:
+        # Before the 200, and idempotent: if the session store cannot take it, TikTok gets a 503 and
+        # delivers again (for up to 72 h), so ending the user's sessions is never lost.
+        await resources.sessions.end_identity(event["user_openid"])
     if not await resources.cache.add(keys.webhook_delivery(body), b"1", SEEN_TTL):
         return JSONResponse({"status": "duplicate"})
     task = BackgroundTask(

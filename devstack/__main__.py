@@ -18,6 +18,7 @@ from pathlib import Path
 from devstack.keycloak import ROOT, SetupError, progress, start_keycloak
 
 DEV_CLIENT_SECRET = "dev-only-keycloak-client-secret"  # noqa: S105 - local development realm only
+DEV_STRAPI_CLIENT_SECRET = "dev-only-strapi-client-secret"  # noqa: S105 - local development realm only
 
 
 def wait_http(url: str, what: str, timeout: float = 30.0) -> None:
@@ -54,6 +55,8 @@ def main() -> None:
         "BRIDGE_KEYCLOAK_REALM": "app",
         "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
         "BRIDGE_KEYCLOAK_CLIENT_SECRET": DEV_CLIENT_SECRET,
+        "BRIDGE_STRAPI_KEYCLOAK_CLIENT_ID": "tiktok-bridge-strapi",
+        "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET": DEV_STRAPI_CLIENT_SECRET,
         "BRIDGE_ISSUER": bridge_url,
         "BRIDGE_DATA_DIR": str(ROOT / "var"),
     }
@@ -88,6 +91,7 @@ def main() -> None:
                 "BRIDGE_KEYCLOAK_REALM": "app",
                 "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
                 "BRIDGE_KEYCLOAK_CLIENT_SECRET": DEV_CLIENT_SECRET,
+                "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET": DEV_STRAPI_CLIENT_SECRET,
                 "BRIDGE_ISSUER": bridge_url,
                 "BRIDGE_JWKS_URL": f"{bridge_url}/.well-known/jwks.json",
             },

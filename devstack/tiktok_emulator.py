@@ -509,7 +509,13 @@ class TikTokEmulator:
             return self._token_error("invalid_request", "The request parameters are malformed.")
         if (error := self._client_error(form)) is not None:
             return error
-        self.revoke_access_token(form.get("token", ""))
+        # TikTok: "your app no longer appears in the user's connected apps", so every token of the user
+        # for this app stops working, refresh tokens included (then it sends authorization.removed,
+        # reason 5, which this emulator leaves to deliver_deauthorization).
+        with self._lock:
+            grant = self._tokens.get(form.get("token", ""))
+        if grant is not None:
+            self.deauthorize(grant.open_id)
         return JSONResponse({})
 
 

@@ -37,7 +37,7 @@ from devstack.redis import RedisServer
 from devstack.threaded import ThreadedServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
     from devstack.tiktok_emulator import TikTokEmulator
 
@@ -73,6 +73,7 @@ class Stack:
     realm: str
     client_id: str
     client_secret: str
+    strapi_client_secret: str
     java_home: Path
     jwks_server: ThreadedServer | None = None
 
@@ -142,7 +143,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     realm, client_id, client_secret = "app", "tiktok-bridge", secrets.token_urlsafe(24)
-    KNOWN_SECRETS.add(client_secret)
+    strapi_client_secret = secrets.token_urlsafe(24)
+    KNOWN_SECRETS.update({client_secret, strapi_client_secret})
     jwks_port = free_port()
     issuer = f"http://127.0.0.1:{jwks_port}"
     realm_env = {
@@ -151,6 +153,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
         "BRIDGE_KEYCLOAK_CLIENT_SECRET": client_secret,
         "BRIDGE_ISSUER": issuer,
         "BRIDGE_JWKS_URL": f"{issuer}/.well-known/jwks.json",
+        "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET": strapi_client_secret,
     }
     distribution = fetch_distribution()
     java_home = find_java_home()
@@ -165,6 +168,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
             realm=realm,
             client_id=client_id,
             client_secret=client_secret,
+            strapi_client_secret=strapi_client_secret,
             java_home=java_home,
         )
         # The bridge itself publishes the JWKS Keycloak trusts, exactly as in production.
@@ -222,9 +226,18 @@ class BridgeClient:
         }
         return await self.http.post("/token", data=data)
 
+    async def refresh(self, refresh_token: str, **form: str) -> httpx2.Response:
+        data = {"grant_type": "refresh_token", "refresh_token": refresh_token, **form}
+        return await self.http.post("/token", data=data)
 
-async def running_bridge(settings: Settings, emulator: TikTokEmulator) -> AsyncGenerator[BridgeClient]:
-    app = create_app(settings, mounts={TIKTOK_API: httpx2.ASGITransport(app=emulator.app)})
+    async def revoke(self, token: str, **form: str) -> httpx2.Response:
+        return await self.http.post("/revoke", data={"token": token, **form})
+
+
+async def running_bridge(
+    settings: Settings, emulator: TikTokEmulator, clock: Callable[[], float] | None = None
+) -> AsyncGenerator[BridgeClient]:
+    app = create_app(settings, mounts={TIKTOK_API: httpx2.ASGITransport(app=emulator.app)}, clock=clock)
     async with (
         app.router.lifespan_context(app),
         httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
@@ -286,7 +299,7 @@ def start_bridge_process(
 # the run. This is what "no secret or token in any log line" means in practice.
 
 _TOKEN_SHAPES = re.compile(
-    r"\b(?:act|rft|clt)\.[A-Za-z0-9!._~-]{16,}|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.|(?i:bearer)\s+[A-Za-z0-9._~+/=!-]{12,}"
+    r"\b(?:act|rft|clt)\.[A-Za-z0-9!._~-]{16,}|\btkb1\.[A-Za-z0-9_-]{22}\.|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.|(?i:bearer)\s+[A-Za-z0-9._~+/=!-]{12,}"
 )
 KNOWN_SECRETS: set[str] = {CLIENT_SECRET}
 

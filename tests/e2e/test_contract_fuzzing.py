@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from tests.conftest import Stack
 
-POST_PATHS = ("/token", "/api/tiktok-auth-mobile/connect", "/webhooks/tiktok")
+POST_PATHS = ("/token", "/revoke", "/api/tiktok-auth-mobile/connect", "/webhooks/tiktok")
 
 
 def long_budget(config: pytest.Config) -> bool:
@@ -113,7 +113,7 @@ def test_schemathesis_finds_no_server_error_and_no_contract_break(
     assert run.returncode == 0, summary + run.stderr[-2000:]
     counts = json.loads(report.read_text())["test_cases"]
     print(f"schemathesis: {counts['generated']} cases, {counts['with_failures']} failing")  # noqa: T201
-    assert counts["generated"] >= 8 * 20  # every operation really exercised, not skipped
+    assert counts["generated"] >= 9 * 20  # every operation really exercised, not skipped
 
 
 # What a schema cannot say: the transport-level shapes of hostile requests.
@@ -130,7 +130,18 @@ CONTENT_TYPES = st.sampled_from(
     ]
 )
 PARAMETERS = st.sampled_from(
-    ["grant_type", "subject_token", "subject_token_type", "scope", "code_verifier", "redirect_uri", "x"]
+    [
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "scope",
+        "code_verifier",
+        "redirect_uri",
+        "refresh_token",
+        "token",
+        "token_type_hint",
+        "x",
+    ]
 )
 VALUES = st.one_of(
     st.binary(max_size=64),  # percent-encoded as is: invalid UTF-8 included
@@ -139,6 +150,8 @@ VALUES = st.one_of(
     st.just(b"urn:ietf:params:oauth:token-type:access_token"),
     st.just(b"urn:ietf:params:oauth:grant-type:unknown"),
     st.just(b"urn:ietf:params:oauth:token-type:saml2"),
+    st.just(b"refresh_token"),
+    st.just(b"tkb1.AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"),
     st.integers(min_value=1, max_value=20_000).map(lambda n: b"a" * n),  # huge values, past the body limit
 )
 FORMS = st.lists(st.tuples(PARAMETERS, VALUES), max_size=8).map(
@@ -180,6 +193,9 @@ def test_hostile_requests_get_documented_answers(
         response = http.post(path, content=body, headers=headers)
         assert response.status_code < 500, (response.status_code, response.text)
         assert str(response.status_code) in documented, (response.status_code, response.text)
+        if path == "/revoke" and response.status_code == 200:
+            assert response.content == b""  # RFC 7009 §2.2: the body carries nothing
+            return
         assert response.headers["content-type"].startswith("application/json")
         json.loads(response.content)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import httpx  # respx builds httpx (not httpx2) objects even when it patches httpcore2
@@ -110,12 +111,15 @@ async def test_successful_exchange_response_and_assertion(
     response = await client.post("/token", data=FORM)
 
     assert response.status_code == 200, response.text
-    assert response.json() == {
+    body = response.json()
+    assert re.fullmatch(r"tkb1\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}", body.pop("refresh_token"))
+    assert body == {
         "access_token": "kc.jwt.token",
         "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         "token_type": "Bearer",
         "expires_in": 300,
         "scope": "profile email",
+        "refresh_expires_in": 30 * 86400,
     }
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
@@ -246,7 +250,12 @@ async def test_discovery_documents(
     assert metadata["issuer"] == "https://bridge.example"
     assert metadata["token_endpoint"] == "https://bridge.example/token"
     assert metadata["jwks_uri"] == "https://bridge.example/.well-known/jwks.json"
-    assert metadata["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    assert metadata["grant_types_supported"] == [
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+        "refresh_token",
+    ]
+    assert metadata["revocation_endpoint"] == "https://bridge.example/revoke"
+    assert metadata["dpop_signing_alg_values_supported"] == ["ES256", "Ed25519", "RS256", "PS256"]
     jwks = (await client.get("/.well-known/jwks.json")).json()
     (key,) = jwks["keys"]
     assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
