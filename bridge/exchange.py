@@ -31,6 +31,7 @@ from bridge.errors import (
     ServerError,
     SubjectTokenRejected,
     TemporarilyUnavailable,
+    UnsupportedIdentity,
     UpstreamError,
     UpstreamProtocolError,
     UserConflict,
@@ -42,11 +43,14 @@ from bridge.model import (
     ATTR_UNION_ID,
     ATTR_USERNAME,
     ATTR_VERIFIED,
+    KEYCLOAK_MAX_LENGTH,
     SCOPE_BASIC,
     Exchanged,
     KeycloakUser,
     Policy,
     TikTokProfile,
+    fit_for_keycloak,
+    keycloak_length,
 )
 from bridge.rfc8693 import CodeExchange
 
@@ -74,13 +78,20 @@ def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
 
 
 def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
+    """The attributes the bridge owns, fitted to Keycloak's limit: display fields are cut, identifiers
+    never (an over-long open_id is refused, an over-long union_id left out, each said in the log)."""
+    if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
+        raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
     attributes = {ATTR_OPEN_ID: [profile.open_id]}
     if profile.union_id:
-        attributes[ATTR_UNION_ID] = [profile.union_id]
+        if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
+            attributes[ATTR_UNION_ID] = [profile.union_id]
+        else:
+            log.warning("union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)})
     if profile.display_name:
-        attributes[ATTR_DISPLAY_NAME] = [profile.display_name]
+        attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(profile.display_name)]
     if profile.username:
-        attributes[ATTR_USERNAME] = [profile.username]
+        attributes[ATTR_USERNAME] = [fit_for_keycloak(profile.username)]
     if profile.is_verified is not None:
         attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
     return attributes
@@ -283,7 +294,7 @@ class ExchangeService:
                 {
                     "identityProvider": self._policy.idp_alias,
                     "userId": profile.open_id,
-                    "userName": profile.username or profile.open_id,
+                    "userName": fit_for_keycloak(profile.username or profile.open_id),
                 }
             ],
         }
@@ -339,8 +350,8 @@ class ExchangeService:
         template = self._policy.email_template
         if template is None:
             return None
-        if "{union_id}" in template and not profile.union_id:
-            return None  # TikTok sometimes omits union_id; no address rather than a wrong one
+        if "{union_id}" in template and ATTR_UNION_ID not in profile_attributes(profile):
+            return None  # TikTok sometimes omits union_id (or it is unstorable): no address, not a wrong one
         return template.format(open_id=profile.open_id, union_id=profile.union_id or "").lower()
 
     async def _sync_profile(self, user_id: str, attributes: dict[str, list[str]]) -> None:

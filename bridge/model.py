@@ -30,6 +30,29 @@ OWNED_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAM
 
 DeauthorizationPolicy = Literal["record", "disable", "unlink"]
 
+# Keycloak refuses attribute values (and federated-identity names) over 255 characters as Java counts
+# them: UTF-16 code units, so one emoji counts two (error-invalid-length-too-long).
+KEYCLOAK_MAX_LENGTH = 255
+
+
+def keycloak_length(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def fit_for_keycloak(text: str, limit: int = KEYCLOAK_MAX_LENGTH) -> str:
+    """`text` cut to what Keycloak stores, at a code point boundary (never half a surrogate pair). For
+    display fields only: identifiers are never cut."""
+    if keycloak_length(text) <= limit:
+        return text
+    fitted, used = [], 0
+    for char in text:
+        units = 2 if ord(char) > 0xFFFF else 1  # noqa: PLR2004 - beyond the BMP: a surrogate pair
+        if used + units > limit:
+            break
+        fitted.append(char)
+        used += units
+    return "".join(fitted)
+
 
 @dataclass(frozen=True, slots=True)
 class TikTokProfile:

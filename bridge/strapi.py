@@ -129,7 +129,8 @@ def strapi_user(user: KeycloakUser) -> dict[str, Any]:
 def _access_token(body: bytes) -> str:
     try:
         payload = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack (found by an outside test: a 500).
         raise NoAccessToken(detail="body is not JSON") from None
     token = payload.get("access_token") if isinstance(payload, dict) else None
     if not isinstance(token, str) or not token.strip() or len(token) > MAX_TOKEN_LENGTH:

@@ -94,7 +94,7 @@ async def tiktok_webhook(request: Request) -> Response:
     )
     try:
         event: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         event = None
     if (
         not isinstance(event, dict)
@@ -122,6 +122,6 @@ def _reason(content: object) -> object:
     raised TypeError, a 500) just means no reason is known."""
     try:
         details = json.loads(content) if isinstance(content, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return details.get("reason") if isinstance(details, dict) else None
