@@ -142,6 +142,12 @@ class ExchangeService:
             await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
             user_id, created = await self.ensure_user(profile)
             issued = await self._mint(profile, scope)
+        if issued.subject is not None and issued.subject != user_id:
+            # An admin moved the link to another account: Keycloak minted for that one, so the answer
+            # and the log name it, and the stale cached id is forgotten.
+            log.info("linked user changed in keycloak", extra={"keycloak_user_id": issued.subject})
+            await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
+            user_id = issued.subject
         return Exchanged(
             issued=issued, user_id=user_id, profile=profile, created=created, tiktok_grant=tiktok_grant
         )

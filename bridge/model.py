@@ -149,6 +149,8 @@ class IssuedToken:
     expires_in: int | None
     scope: str | None
     id_token: str | None = None
+    # The Keycloak user the token is for (its `sub`): the truth when the bridge's cache is stale.
+    subject: str | None = None
 
     def __repr__(self) -> str:
         return f"IssuedToken(expires_in={self.expires_in!r}, scope={self.scope!r})"

@@ -13,7 +13,6 @@ import pytest
 from bridge.app import create_app
 
 if TYPE_CHECKING:
-
     import respx
 
     from bridge.settings import Settings

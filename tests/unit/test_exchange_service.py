@@ -374,3 +374,20 @@ async def test_a_failed_role_mapping_removes_the_new_user(tiktok: FakeTikTok, ke
     result = await bridge.exchange(request())
     assert result.created
     assert keycloak.users[result.user_id]["realmRoles"] == ["tiktok-user"]
+
+
+async def test_a_link_moved_by_an_admin_is_followed_at_once(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """An admin moves the TikTok link from C to D: the very next exchange names D (whom Keycloak's token
+    is for), not the cached C, and the cache learns D."""
+    bridge = service(tiktok, keycloak)
+    c = (await bridge.exchange(request())).user_id
+    link = keycloak.users[c].pop("federatedIdentities")
+    d = await keycloak.create_user({"username": "someone-else", "enabled": True, "federatedIdentities": link})
+
+    moved = await bridge.exchange(request())
+    again = await bridge.exchange(request())
+
+    assert moved.user_id == d
+    assert again.user_id == d
