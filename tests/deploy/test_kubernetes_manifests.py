@@ -55,7 +55,8 @@ def only(directory: str, kind: str) -> dict[str, Any]:
 
 def container(directory: str) -> dict[str, Any]:
     (bridge,) = only(directory, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return bridge
+    found: dict[str, Any] = bridge
+    return found
 
 
 def test_secret_settings_are_known() -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge.cache import RedisCache, redis_client
+from bridge.redis_connection import redis_client
 from devstack.redis import RedisSentinelSet
 from tests.conftest import running_bridge
 from tests.integration.test_exchange import linked_users
@@ -208,9 +208,7 @@ async def test_an_acknowledged_write_can_be_lost_and_wait_says_so(sentinel_set: 
     assert sentinel_set.master is not None
     assert sentinel_set.replica is not None
     assert sentinel_set.replica.process is not None
-    cache = RedisCache(redis_client(sentinel_set.url, timeout=2))
-    client = cache.redis_client
-    assert client is not None
+    client = redis_client(sentinel_set.url, timeout=2)
     replica_pid = sentinel_set.replica.process.pid
     try:
         # Frozen first, so the replica cannot reconnect (and resynchronise) within WAIT's 200 ms.
@@ -228,7 +226,7 @@ async def test_an_acknowledged_write_can_be_lost_and_wait_says_so(sentinel_set: 
         assert (stored, replicas) == (True, 0)
         assert keys_on(sentinel_set.replica.port, "tkb:v1:revoked:*") == []
     finally:
-        await cache.aclose()
+        await client.aclose()
         await close_sentinel_connections(client)
 
 
