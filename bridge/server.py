@@ -127,11 +127,16 @@ class BridgeH11Protocol(H11Protocol):
             refusal = HeadersTooLarge(detail=f"{len(buffered)} bytes of incomplete headers")
         else:
             refusal = InvalidRequest("The request is not valid HTTP/1.1.")
-        body = json.dumps({"error": refusal.error, "error_description": refusal.description}).encode()
+        # The one error shape (errors.OAuthError), written by hand only because there is no app here yet.
+        body = json.dumps(refusal.body()).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
+            *(
+                (name.lower().encode(), value.encode())
+                for name, value in refusal.headers().items()
+                if name.lower() != "connection"  # closed below in every case
+            ),
             (b"connection", b"close"),
         ]
         self.transport.write(self.conn.send(h11.Response(status_code=refusal.status_code, headers=headers)))
