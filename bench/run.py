@@ -76,6 +76,8 @@ SKIPPABLE = ("pinned", "bridge-only", "first", "sweep")
 # uvicorn's supervisor restarts a worker that has not answered its ping 5 s after being spawned; on a
 # machine loaded by other work, importing the bridge can take longer, so several restarts may come first.
 BRIDGE_START_TIMEOUT = 180.0
+# Keycloak's first start in a fresh instance (its build step) took 4 minutes here beside test suites.
+KEYCLOAK_START_TIMEOUT = 600.0
 
 
 @dataclass
@@ -222,7 +224,7 @@ def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) ->
         wait_http(f"{bridge_url}/healthz", timeout=BRIDGE_START_TIMEOUT)
         keycloak.prepare(fetch_distribution())
         keycloak.start(find_java_home())
-        keycloak.wait_ready()
+        keycloak.wait_ready(timeout=KEYCLOAK_START_TIMEOUT)
     except BaseException:
         stack.stop()  # nothing the benchmark started may outlive a failed start
         raise
