@@ -152,7 +152,7 @@ def start_bridge(
             *prefix,
             sys.executable,
             "-m",
-            "bench.patient_serve",
+            "bridge",
             "serve",
             "--port",
             str(port),

@@ -172,5 +172,9 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=20,
+        # A new worker answers the supervisor's health ping only once it has imported the app. uvicorn's
+        # 5 s was too short on a busy host: workers were killed and respawned in a loop and
+        # `--workers 2` never served (found by the benchmark beside a test run).
+        timeout_worker_healthcheck=60,
         server_header=False,
     )
