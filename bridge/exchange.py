@@ -273,12 +273,15 @@ class ExchangeService:
                 LOCK_WAIT_SECONDS.observe(time.perf_counter() - waiting_since)
                 if not acquired:
                     raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")
-                # Whoever held the lock before us may have created the user meanwhile.
-                user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
-                if user is None:
-                    user_id = await self._create(profile, attributes)
-                    await self._remember(user_key, user_id, fingerprint)
-                    return user_id, True
+                # Whoever held the lock before us created the user and cached its id before letting go:
+                # one cache read instead of another Keycloak search (a hundred waiters queue behind this
+                # lock). If that write was lost, Keycloak's 409 on the deterministic username still
+                # leads `_create` to the existing user.
+                if (winner := await self._cache.get(user_key)) is not None and "id" in json.loads(winner):
+                    return str(json.loads(winner)["id"]), False
+                user_id = await self._create(profile, attributes)
+                await self._remember(user_key, user_id, fingerprint)
+                return user_id, True
         if not user.enabled:
             raise AccountDisabled(detail=f"keycloak user {user.id} is disabled")
         if {k: user.attributes.get(k) for k in attributes} != attributes:

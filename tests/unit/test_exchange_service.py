@@ -91,6 +91,7 @@ async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
     }
     assert "email" not in rep
     assert keycloak.calls["create"] == 1
+    assert keycloak.admin_calls() == 2  # one search, one create: nothing more when the lock is free
     assert keycloak.calls["token"] == 1
 
 
