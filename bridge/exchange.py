@@ -45,6 +45,7 @@ from bridge.model import (
     ATTR_VERIFIED,
     KEYCLOAK_MAX_LENGTH,
     SCOPE_BASIC,
+    Caller,
     Exchanged,
     KeycloakUser,
     Policy,
@@ -56,12 +57,21 @@ from bridge.rfc8693 import CodeExchange
 
 if TYPE_CHECKING:
     from bridge.model import CodeGrant, IssuedToken
-    from bridge.ports import AssertionMinter, Cache, IdentityLimiter, KeycloakGateway, TikTokGateway
+    from bridge.ports import (
+        AssertionMinter,
+        Cache,
+        IdentityLimiter,
+        KeycloakGateway,
+        TikTokGateway,
+        UserInfoQuota,
+    )
     from bridge.rfc8693 import ExchangeRequest
 
 log = logging.getLogger(__name__)
 
 MAX_USERNAME_ATTEMPTS = 3
+# How long an address that signed in successfully keeps its priority on TikTok's quota.
+PROVEN_ADDRESS_TTL = 86400
 # How long one replica may hold the provisioning lock, and how long another waits for it.
 PROVISIONING_LOCK_TTL = 30
 PROVISIONING_LOCK_WAIT = 15
@@ -111,8 +121,10 @@ class ExchangeService:
         minter: AssertionMinter,
         policy: Policy,
         limiter: IdentityLimiter | None = None,
+        quota: UserInfoQuota | None = None,
     ) -> None:
         self._limiter = limiter
+        self._quota = quota
         self._tiktok = tiktok
         self._keycloak = keycloak
         self._cache = cache
@@ -120,12 +132,12 @@ class ExchangeService:
         self._policy = policy
         self._groups_checked = False
 
-    async def exchange(self, request: ExchangeRequest) -> Exchanged:
+    async def exchange(self, request: ExchangeRequest, caller: Caller | None = None) -> Exchanged:
         grant: CodeGrant | None = None
         if isinstance(request, CodeExchange):
             profile, grant = await self.verify_code(request.code, request.code_verifier, request.redirect_uri)
         else:
-            profile = await self.verify_access_token(request.access_token)
+            profile = await self.verify_access_token(request.access_token, caller)
         return await self.sign_in(profile, request.scope, tiktok_grant=grant)
 
     async def sign_in(
@@ -204,12 +216,19 @@ class ExchangeService:
         )
         if SCOPE_BASIC not in grant.scopes:
             raise MissingScope("The user did not grant the user.info.basic scope.")
+        # A code TikTok just redeemed with our secret and the PKCE verifier is as real as it gets.
+        await self._spend_quota(proven=True)
         profile = await self._tiktok.fetch_profile(grant.access_token, sorted(grant.scopes))
         if profile.open_id != grant.open_id:
             raise IdentityMismatch(detail="user info open_id differs from the token answer's")
         return profile, grant
 
-    async def verify_access_token(self, access_token: str) -> TikTokProfile:
+    async def verify_access_token(self, access_token: str, caller: Caller | None = None) -> TikTokProfile:
+        """The profile behind a TikTok access token: cheap checks first (shape, the profile cache, the
+        negative cache), TikTok last, spending its quota by the caller's priority."""
+        prefix = self._policy.access_token_prefix
+        if prefix and not access_token.startswith(prefix):
+            raise AccessTokenRejected(detail="not shaped like a TikTok access token; TikTok not asked")
         profile_key = keys.profile(access_token)
         if cached := await self._cache.get(profile_key):
             CACHE_LOOKUPS.labels("profile", "hit").inc()
@@ -220,13 +239,26 @@ class ExchangeService:
             # A recently refused token is refused again without spending TikTok's quota.
             CACHE_LOOKUPS.labels("rejected", "hit").inc()
             raise AccessTokenRejected(detail="refused by TikTok recently (negative cache)")
+        caller = caller or Caller()
+        await self._spend_quota(proven=caller.trusted or await self._proven(caller.address))
         try:
             profile = await self._fetch_with_fallback(access_token)
         except SubjectTokenRejected:
             await self._cache.set(rejected_key, b"1", self._policy.negative_ttl)
             raise
         await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
+        if caller.address is not None:
+            # This address brought a token TikTok vouched for: its next new tokens get the kept share of
+            # the quota. Written on this cold path only, so the warm path pays nothing.
+            await self._cache.set(keys.proven_client(caller.address), b"1", PROVEN_ADDRESS_TTL)
         return profile
+
+    async def _proven(self, address: str | None) -> bool:
+        return address is not None and await self._cache.get(keys.proven_client(address)) is not None
+
+    async def _spend_quota(self, *, proven: bool) -> None:
+        if self._quota is not None:
+            await self._quota.spend(proven=proven)
 
     async def _fetch_with_fallback(self, access_token: str) -> TikTokProfile:
         scopes = self._policy.access_token_scopes

@@ -142,6 +142,15 @@ class KeycloakUser:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, as far as quota priority goes: the client address, and whether the client proved
+    itself (a confidential client of the allow-list)."""
+
+    address: str | None = None
+    trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedToken:
     """What Keycloak issued, before it is shaped into an answer."""
 
@@ -182,6 +191,7 @@ class Policy:
     default_realm_roles: tuple[str, ...]
     # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
     deauthorization: DeauthorizationPolicy
+    access_token_prefix: str
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
@@ -198,6 +208,7 @@ class Policy:
             default_groups=settings.default_groups,
             default_realm_roles=settings.default_realm_roles,
             deauthorization=settings.deauthorization_policy,
+            access_token_prefix=settings.tiktok_access_token_prefix,
             profile_ttl=settings.profile_cache_ttl,
             user_ttl=settings.user_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,

@@ -286,7 +286,10 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                         {"$ref": "#/components/schemas/OAuthError"},
                         "The body did not arrive within the body timeout",
                     ),
-                    "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 64 KiB"),
+                    "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 16 KiB"),
+                    "429": _json(
+                        {"$ref": "#/components/schemas/OAuthError"}, "Rate limited per address", _RETRY_AFTER
+                    ),
                     "503": _json(
                         {"$ref": "#/components/schemas/OAuthError"},
                         "The session store is unavailable: TikTok delivers again later",

@@ -16,7 +16,7 @@ from bridge.clients import ClientRegistry
 from bridge.exchange import ExchangeService
 from bridge.keycloak import KeycloakClient
 from bridge.model import Policy
-from bridge.ratelimit import RateLimiter
+from bridge.ratelimit import RateLimiter, TikTokQuota
 from bridge.redis_connection import RedisConnection
 from bridge.sealing import sealer_from_settings
 from bridge.sessions import SessionPolicy, SessionService
@@ -110,10 +110,22 @@ class Resources:
             limits_storage,
             per_ip=settings.rate_limit_per_ip if settings.rate_limit_enabled else None,
             per_identity=settings.rate_limit_per_identity if settings.rate_limit_enabled else None,
+            webhook_per_ip=settings.rate_limit_webhook_per_ip if settings.rate_limit_enabled else None,
         )
         policy = Policy.from_settings(settings)
+        quota = TikTokQuota(
+            limits_storage,
+            per_minute=settings.tiktok_user_info_quota,
+            unproven_share=settings.tiktok_unproven_share,
+        )
         exchange = ExchangeService(
-            tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy, limiter=limiter
+            tiktok=tiktok,
+            keycloak=keycloak,
+            cache=cache,
+            minter=signer,
+            policy=policy,
+            limiter=limiter,
+            quota=quota,
         )
         strapi_exchange = exchange
         if settings.strapi_keycloak_client_id and settings.strapi_keycloak_client_secret is not None:
@@ -127,6 +139,7 @@ class Resources:
                 minter=signer,
                 policy=policy,
                 limiter=limiter,
+                quota=quota,
             )
         sessions = None
         if settings.sessions_enabled:

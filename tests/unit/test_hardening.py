@@ -124,3 +124,28 @@ async def test_a_client_hanging_up_mid_body_is_not_a_server_error(
     (start,) = [m for m in sent if m["type"] == "http.response.start"]
     assert start["status"] == 499
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_the_webhook_refuses_before_buffering(client: httpx2.AsyncClient, settings: Settings) -> None:
+    """An unsigned delivery is refused on its header alone (401); a signed one over 16 KiB is 413."""
+    big = b"x" * 20_000
+    unsigned = await client.post("/webhooks/tiktok", content=big)
+    assert unsigned.status_code == 401
+    signature = sign(big, int(time.time()), settings.tiktok_client_secret.get_secret_value())
+    signed = await client.post("/webhooks/tiktok", content=big, headers={"TikTok-Signature": signature})
+    assert signed.status_code == 413
+
+
+async def test_tokens_not_shaped_like_tiktoks_never_reach_tiktok(client: httpx2.AsyncClient) -> None:
+    """A subject token without TikTok's `act.` prefix is refused at once, with no call to TikTok (respx
+    has no route for it: a call would fail the test)."""
+    response = await client.post(
+        "/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": "garbage-token-1234",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        },
+    )
+    assert response.status_code == 400
+    assert response.json()["error_description"] == "The TikTok access token is invalid or expired."
