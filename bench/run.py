@@ -72,7 +72,9 @@ KC_CORE, BRIDGE_CORE, ALL_CORES = "0", "1", f"0-{(os.cpu_count() or 1) - 1}"
 # runs out; they are single-use and live 110 s, so each run gets fresh ones.
 ASSERTIONS_PER_SECOND = 1500
 FRESH_USERS_PER_SECOND = 300
-SKIPPABLE = ("pinned", "bridge-only", "first", "sweep")
+# Refresh tokens rotate (single use), so a run needs one live session per request it may send.
+REFRESHES_PER_SECOND = 400
+SKIPPABLE = ("pinned", "bridge-only", "first", "refresh", "sweep")
 # uvicorn's supervisor restarts a worker that has not answered its ping 5 s after being spawned; on a
 # machine loaded by other work, importing the bridge can take longer, so several restarts may come first.
 BRIDGE_START_TIMEOUT = 180.0
@@ -557,22 +559,30 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
         bridge_only(bench, grant_url, signer, audience, warm_bodies, warm)
     if "first" not in args.skip:
         first_sign_ins(bench, token_url)
+    if "refresh" not in args.skip:
+        refreshes(bench, token_url, [t for _, t in warm])
     sweep: list[dict[str, float]] = []
     if "sweep" not in args.skip:
         sweep = concurrency_sweep(bench, grant_url, token_url, warm_bodies, baseline_bodies)
 
     if args.soak:
-        progress(f"soak: {args.soak} warm exchanges")
-        bench.add("rss_before_soak_mb", peak_rss_mb(stack.bridge.pid))
-        done = 0
-        deadline = time.monotonic() + 3600  # bounded even if the bridge slows to a crawl
-        while done < args.soak and time.monotonic() < deadline:
-            done += wrk(
-                token_url, warm_bodies, connections=args.connections, seconds=10, cycle=True, cores=None
-            ).requests
-        bench.add("soak_exchanges", done)
+        soak(bench, token_url, warm_bodies)
     bench.add("rss_mb", peak_rss_mb(stack.bridge.pid))
     return sweep
+
+
+def soak(bench: Bench, token_url: str, warm_bodies: Path) -> None:
+    stack, args = bench.stack, bench.args
+    assert stack.bridge is not None
+    progress(f"soak: {args.soak} warm exchanges")
+    bench.add("rss_before_soak_mb", peak_rss_mb(stack.bridge.pid))
+    done = 0
+    deadline = time.monotonic() + 3600  # bounded even if the bridge slows to a crawl
+    while done < args.soak and time.monotonic() < deadline:
+        done += wrk(
+            token_url, warm_bodies, connections=args.connections, seconds=10, cycle=True, cores=None
+        ).requests
+    bench.add("soak_exchanges", done)
 
 
 def pinned(
@@ -740,6 +750,40 @@ def first_sign_ins(bench: Bench, token_url: str) -> None:
     )
 
 
+def refreshes(bench: Bench, token_url: str, warm: list[str]) -> None:
+    """Session refreshes (grant_type=refresh_token): one Keycloak grant each, no TikTok, no admin call."""
+    stack, args = bench.stack, bench.args
+    for run in range(args.runs):
+        count = REFRESHES_PER_SECOND * args.seconds
+        progress(f"run {run + 1}/{args.runs}: refreshes ({count} sessions started first)")
+        tokens: list[str] = []
+        with httpx2.Client(timeout=30) as client:
+            while len(tokens) < count:
+                answer = client.post(
+                    token_url, data={**EXCHANGE, "subject_token": warm[len(tokens) % len(warm)]}
+                )
+                if answer.status_code == 200:
+                    tokens.append(answer.json()["refresh_token"])
+        forms = [{"grant_type": "refresh_token", "refresh_token": token} for token in tokens]
+        bodies = write_bodies(stack.work / "refresh.txt", forms)
+        measured = bench.measure(
+            "refresh",
+            token_url,
+            bodies,
+            connections=args.connections,
+            cycle=False,
+            metrics_of=stack.bridge_url,
+        )
+        bench.add("refresh_per_s", measured.run.per_second)
+        bench.add("refresh_cpu_ms", measured.cpu_ms["bridge"])
+        if bench.figures.get("kc_per_s"):
+            bench.add(
+                "refresh_over_kc", measured.run.per_second / statistics.median(bench.figures["kc_per_s"])
+            )
+        for name, value in measured.calls.items():
+            bench.add(f"refresh_{name}", value)
+
+
 def concurrency_sweep(
     bench: Bench,
     grant_url: str,
@@ -812,6 +856,13 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("first_tiktok_user_info", "TikTok user-info calls per first sign-in", "1", "{:.2f}"),
     ("first_per_s", "first sign-ins/s, co-located", "", "{:.0f}"),
     ("first_over_warm", "first sign-ins / warm throughput", ">= 0.35", "{:.2f}"),
+    ("refresh_per_s", "session refreshes/s, co-located", "", "{:.0f}"),
+    ("refresh_over_kc", "refresh throughput / Keycloak grant (same run)", "", "{:.2f}"),
+    ("refresh_cpu_ms", "bridge CPU per refresh, ms", "", "{:.2f}"),
+    ("refresh_keycloak_token", "Keycloak token calls per refresh", "1", "{:.2f}"),
+    ("refresh_keycloak_admin", "Keycloak admin calls per refresh", "0", "{:.2f}"),
+    ("refresh_tiktok_user_info", "TikTok user-info calls per refresh", "0", "{:.2f}"),
+    ("refresh_redis", "Redis commands per refresh", "", "{:.2f}"),
     ("warm_keycloak_admin", "Keycloak admin calls per warm exchange", "0", "{:.2f}"),
     ("warm_keycloak_token", "Keycloak token calls per warm exchange", "1", "{:.2f}"),
     ("warm_redis", "Redis commands per warm exchange", "", "{:.2f}"),
