@@ -18,7 +18,7 @@ from tests.integration.test_exchange import linked_users, verified_claims
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from devstack.tiktok_emulator import TikTokEmulator
+    from devstack.tiktok_emulator import EmulatedUser, TikTokEmulator
 
 DAY = 86400.0
 REDIRECT = "https://app.example/callback"
@@ -56,6 +56,25 @@ async def signed_in(bridge: BridgeClient, emulator: TikTokEmulator) -> tuple[str
     response = await bridge.exchange(emulator.issue_access_token(user.open_id), scope="openid")
     assert response.status_code == 200, response.text
     return user.open_id, response.json()
+
+
+async def signed_in_with_a_code(
+    bridge: BridgeClient, emulator: TikTokEmulator
+) -> tuple[EmulatedUser, httpx2.Response]:
+    """A fresh TikTok user's sign-in by Login Kit code with PKCE: (the user, the bridge's 200 answer)."""
+    user = emulator.create_user()
+    verifier = secrets.token_urlsafe(48)
+    code = emulator.issue_authorization_code(
+        user.open_id, redirect_uri=REDIRECT, code_challenge=hashlib.sha256(verifier.encode()).hexdigest()
+    )
+    started = await bridge.exchange(
+        code,
+        subject_token_type="urn:tiktok-keycloak-bridge:params:oauth:token-type:tiktok-authorization-code",
+        code_verifier=verifier,
+        redirect_uri=REDIRECT,
+    )
+    assert started.status_code == 200, started.text
+    return user, started
 
 
 async def test_a_session_refreshes_into_fresh_keycloak_tokens_for_the_same_user(
@@ -182,18 +201,7 @@ async def test_a_session_started_from_a_code_ends_when_tiktok_refuses_the_rechec
 ) -> None:
     """A code-started session re-checks TikTok after a day (rotating TikTok's refresh token); once the
     user removed the app at TikTok, the next re-check ends the session."""
-    user = emulator.create_user()
-    verifier = secrets.token_urlsafe(48)
-    code = emulator.issue_authorization_code(
-        user.open_id, redirect_uri=REDIRECT, code_challenge=hashlib.sha256(verifier.encode()).hexdigest()
-    )
-    started = await bridge.exchange(
-        code,
-        subject_token_type="urn:tiktok-keycloak-bridge:params:oauth:token-type:tiktok-authorization-code",
-        code_verifier=verifier,
-        redirect_uri=REDIRECT,
-    )
-    assert started.status_code == 200, started.text
+    user, started = await signed_in_with_a_code(bridge, emulator)
     token = started.json()["refresh_token"]
     token_calls = emulator.calls["token"]
 
@@ -375,18 +383,7 @@ async def test_logging_out_revokes_the_tiktok_grant_too(
     emulator: TikTokEmulator, bridge: BridgeClient
 ) -> None:
     """Revoking a code-started session also revokes the app's grant at TikTok (POST /v2/oauth/revoke/)."""
-    user = emulator.create_user()
-    verifier = secrets.token_urlsafe(48)
-    code = emulator.issue_authorization_code(
-        user.open_id, redirect_uri=REDIRECT, code_challenge=hashlib.sha256(verifier.encode()).hexdigest()
-    )
-    started = await bridge.exchange(
-        code,
-        subject_token_type="urn:tiktok-keycloak-bridge:params:oauth:token-type:tiktok-authorization-code",
-        code_verifier=verifier,
-        redirect_uri=REDIRECT,
-    )
-    assert started.status_code == 200, started.text
+    _, started = await signed_in_with_a_code(bridge, emulator)
     revocations = emulator.calls["revoke"]
     assert (await bridge.revoke(started.json()["refresh_token"])).status_code == 200
     assert emulator.calls["revoke"] == revocations + 1
