@@ -258,7 +258,7 @@ async def test_redis_restarted_empty_signs_users_out_and_revives_nothing(
         # reconnects; then the answer is the session's fate.
         for _ in range(20):
             refused = await bridge.refresh(token)
-            if refused.status_code != 503:  # noqa: PLR2004
+            if refused.status_code != 503:
                 break
             await asyncio.sleep(0.25)
         assert refused.json()["error"] == "invalid_grant"
