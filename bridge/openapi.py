@@ -156,9 +156,11 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                             "schema": {
                                 "type": "object",
                                 "required": ["token"],
+                                # Untyped on purpose: RFC 7009 §2.2 answers 200 to any token at
+                                # all, so no value of it can be refused (form values are strings).
                                 "properties": {
-                                    "token": {"type": "string", "minLength": 1},
-                                    "token_type_hint": {"type": "string"},
+                                    "token": {"minLength": 1},
+                                    "token_type_hint": {},
                                 },
                             }
                         }
