@@ -330,6 +330,11 @@ async def _grant(ctx: _Context) -> None:
 
 def _grant_failure(settings: Settings, description: str) -> tuple[str, str]:
     alias, issuer = settings.keycloak_idp_alias, settings.issuer_url
+    if description == "Unsupported grant_type":  # what a Keycloak without the feature answers
+        return (
+            f"Keycloak does not know the JWT Authorization Grant (feature '{spec.FEATURE}' is off)",
+            f"Start Keycloak with {spec.FEATURE_OPTION}.",
+        )
     if description == "No Identity Provider for provided issuer":
         return (
             (

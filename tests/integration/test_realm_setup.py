@@ -448,3 +448,67 @@ async def test_doctor_fails_naming_the_cause(
     assert f"FAIL  {check}: " in text
     assert _SECRET not in text
     assert CLIENT_SECRET not in text
+
+
+# ------------------------------------------------------------------- a Keycloak without the grant
+
+
+@pytest.fixture(scope="session")
+def featureless(bare: Bare) -> Iterator[KeycloakServer]:
+    """A third Keycloak, started with the grant disabled: minutes on a 2-core machine, so only in
+    scripts/test-keycloak-versions (KEYCLOAK_TEST_FEATURE_DISABLED=1); the default run covers the
+    same refusals with recorded server-info answers (tests/unit/test_realm_setup.py)."""
+    if os.environ.get("KEYCLOAK_TEST_FEATURE_DISABLED") != "1":
+        pytest.skip("opt-in: scripts/test-keycloak-versions starts a Keycloak without the feature")
+    with reusable_instance_dir(f"featureless-{VERSION}") as instance_dir:
+        server = KeycloakServer(
+            instance_dir=instance_dir,
+            realm_env={},
+            version=VERSION,
+            import_realm=False,
+            features=(),
+            features_disabled=("jwt-authorization-grant",),
+        )
+        try:
+            server.prepare(fetch_distribution(version=VERSION))
+            server.start(find_java_home())
+            server.wait_ready(timeout=600)
+            yield server
+        finally:
+            server.stop()
+
+
+async def test_apply_and_doctor_refuse_a_keycloak_without_the_feature(
+    bare: Bare, featureless: KeycloakServer, emulator: TikTokEmulator
+) -> None:
+    """apply stops before any write and doctor fails 'keycloak feature', both naming the start option."""
+    realm = "org"
+    other = Bare(
+        keycloak=featureless, redis=bare.redis, issuer=bare.issuer, signing_key_file=bare.signing_key_file
+    )
+    with other.admin() as admin:
+        admin.post("/realms", json={"realm": realm, "enabled": True})
+        client = {
+            "clientId": "tiktok-bridge",
+            "secret": _SECRET,
+            "publicClient": False,
+            "serviceAccountsEnabled": True,
+        }
+        admin.post(f"/realms/{realm}/clients", json=client)
+        (created,) = admin.get(f"/realms/{realm}/clients", params={"clientId": "tiktok-bridge"}).json()
+        account = admin.get(f"/realms/{realm}/clients/{created['id']}/service-account-user").json()
+        (rm,) = admin.get(f"/realms/{realm}/clients", params={"clientId": "realm-management"}).json()
+        roles = [
+            admin.get(f"/realms/{realm}/clients/{rm['id']}/roles/{n}").json()
+            for n in ("manage-users", "view-users")
+        ]
+        admin.post(f"/realms/{realm}/users/{account['id']}/role-mappings/clients/{rm['id']}", json=roles)
+
+    with pytest.raises(SetupError, match="start it with --features=jwt-authorization-grant"):
+        run_apply(other, realm)
+    checks = await run_doctor(other, other.settings(realm), emulator)
+
+    assert failing(checks) == {"keycloak feature"}, [c.line() for c in checks.values()]
+    assert "--features=jwt-authorization-grant" in checks["keycloak feature"].fix
+    with other.admin() as admin:
+        assert admin.get(f"/realms/{realm}/identity-provider/instances").json() == []
