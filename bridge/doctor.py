@@ -52,7 +52,7 @@ class Check:
 
     def line(self) -> str:
         text = f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
-        return text if self.ok else f"{text}\n      fix: {self.fix}"
+        return text if self.ok else f"{text}. Fix: {self.fix}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -375,26 +375,30 @@ async def _redis(ctx: _Context) -> None:
     if ctx.settings.redis_url is None:
         ctx.passed(name, "not configured: the cache is in process memory")
         return
-    import redis.asyncio as aioredis  # noqa: PLC0415 - only when Redis is configured
-    from redis.exceptions import RedisError  # noqa: PLC0415
+    from bridge.cache import RedisCache, plain_key  # noqa: PLC0415 - only when Redis is configured
+    from bridge.errors import UpstreamError  # noqa: PLC0415
 
-    key = f"bridge-doctor:{secrets.token_hex(8)}"
+    key = plain_key("doctor", secrets.token_hex(8))
     value = str(time.time()).encode()
-    client = aioredis.Redis.from_url(
-        ctx.settings.redis_url.get_secret_value(),
-        socket_timeout=max(1.0, ctx.settings.redis_timeout),
-        socket_connect_timeout=max(1.0, ctx.settings.redis_timeout),
-    )
+    kept: bytes | None = None
     try:
-        # The bridge writes keys with a TTL and reads them back: do exactly that.
-        await client.set(key, value, ex=30)
-        kept = await client.get(key)
-        await client.delete(key)
-    except (RedisError, OSError) as exc:
-        ctx.failed(name, f"Redis does not answer: {type(exc).__name__}", "Check BRIDGE_REDIS_URL and Redis.")
+        # The bridge's own client (plain, Sentinel or Cluster URL) writes a key with a TTL and reads
+        # it back, as the bridge does with every cache entry.
+        cache = RedisCache.from_url(
+            ctx.settings.redis_url.get_secret_value(), timeout=max(1.0, ctx.settings.redis_timeout)
+        )
+    except ValueError as exc:
+        ctx.failed(name, f"BRIDGE_REDIS_URL is not usable: {exc}", "Fix BRIDGE_REDIS_URL.")
+        return
+    try:
+        await cache.set(key, value, ttl=30)
+        kept = await cache.get(key)
+        await cache.delete(key)
+    except UpstreamError as exc:
+        ctx.failed(name, f"Redis does not answer ({exc})", "Check BRIDGE_REDIS_URL and that Redis runs.")
         return
     finally:
-        await client.aclose()
+        await cache.aclose()
     if kept != value:
         ctx.failed(
             name,

@@ -317,7 +317,9 @@ def _roles_step(admin: Admin, uuid: str, rm_id: str, roles: dict[str, Any], *, f
     if not admin.get(f"./clients/{uuid}").get("serviceAccountsEnabled"):
         # Only reachable under --force: the client update switches the service account on first.
         def later() -> None:
-            _roles_step(admin, uuid, rm_id, roles, force=True).run()  # type: ignore[misc]
+            step = _roles_step(admin, uuid, rm_id, roles, force=True)
+            if step.run is not None:
+                step.run()
 
         return Step(name, "create", ["manage-users, view-users of realm-management"], later)
     account = admin.get(f"./clients/{uuid}/service-account-user")

@@ -111,7 +111,9 @@ def keycloak_and_tiktok(features: list[dict[str, Any]], roles: list[str]) -> htt
     return httpx2.MockTransport(handler)
 
 
-async def doctor_checks(features: list[dict[str, Any]], roles: list[str]) -> dict[str, doctor.Check]:
+async def doctor_checks(
+    features: list[dict[str, Any]], roles: list[str], redis_url: str | None = None
+) -> dict[str, doctor.Check]:
     emulator = TikTokEmulator(client_key="key", client_secret="secret")
     values: dict[str, Any] = {
         "tiktok_client_key": "key",
@@ -122,6 +124,7 @@ async def doctor_checks(features: list[dict[str, Any]], roles: list[str]) -> dic
         "keycloak_client_id": "tiktok-bridge",
         "keycloak_client_secret": "s",
         "issuer": "http://bridge.test",
+        "redis_url": redis_url,
     }
     mounts = {TIKTOK: httpx2.ASGITransport(app=emulator.app), KEYCLOAK: keycloak_and_tiktok(features, roles)}
     async with httpx2.AsyncClient(mounts=mounts) as http:
@@ -174,3 +177,15 @@ async def test_tiktok_client_credentials_in_the_emulator() -> None:
     assert body["access_token"].startswith("clt.")
     assert body["expires_in"] == 7200
     assert bad.json()["error"] == "invalid_client"
+
+
+async def test_doctor_fails_redis_that_does_not_answer() -> None:
+    """A configured Redis nobody listens on fails the redis check in one line naming the setting."""
+    from devstack.keycloak import free_port  # noqa: PLC0415
+
+    checks = await doctor_checks([GRANT_OFF, SINCE_26_7], ROLES, redis_url=f"redis://127.0.0.1:{free_port()}")
+
+    assert not checks["redis"].ok
+    assert checks["redis"].detail.startswith("Redis does not answer")
+    assert "BRIDGE_REDIS_URL" in checks["redis"].fix
+    assert "\n" not in checks["redis"].line()
