@@ -8,6 +8,7 @@ runs this module against the oldest supported one).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 
     from devstack.tiktok_emulator import TikTokEmulator
 
+# The first start of a release builds it (2-4 minutes on a busy 2-core machine), inside the first
+# test's time budget; later runs reuse the build.
+pytestmark = pytest.mark.timeout(900)
 VERSION = os.environ.get("KEYCLOAK_TEST_VERSION", devstack_keycloak.KEYCLOAK_VERSION)
 ADMIN_PASSWORD = "admin"
 
@@ -113,7 +117,7 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
             jwks.start()
             keycloak.prepare(distribution)
             keycloak.start(java_home)
-            keycloak.wait_ready()
+            keycloak.wait_ready(timeout=600)
             yield env
         finally:
             keycloak.stop()
@@ -327,6 +331,76 @@ def test_wrong_admin_password_and_unknown_realm_are_one_line_errors(bare: Bare, 
         f"keycloak apply: realm 'no-such-realm' does not exist on {bare.keycloak.url} (BRIDGE_KEYCLOAK_REALM)"
     )
     assert "Traceback" not in wrong.stderr + unknown.stderr
+
+
+def bridge_env(bare: Bare, realm: str, tiktok_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of a bridge process configured for `realm` (no other BRIDGE_* variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        {
+            "BRIDGE_TIKTOK_CLIENT_KEY": CLIENT_KEY,
+            "BRIDGE_TIKTOK_CLIENT_SECRET": CLIENT_SECRET,
+            "BRIDGE_TIKTOK_API_URL": tiktok_url,
+            "BRIDGE_KEYCLOAK_URL": bare.keycloak.url,
+            "BRIDGE_KEYCLOAK_REALM": realm,
+            "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
+            "BRIDGE_KEYCLOAK_CLIENT_SECRET": _SECRET,
+            "BRIDGE_ISSUER": bare.issuer,
+            "BRIDGE_SIGNING_KEY_FILE": str(bare.signing_key_file),
+            "BRIDGE_REDIS_URL": bare.redis.url,
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def test_doctor_command_exit_status_and_json(bare: Bare, tiktok_server: ThreadedServer) -> None:
+    """`bridge doctor --json` exits 0 with every check passed, and 1 naming the check when one fails."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    command = [sys.executable, "-m", "bridge", "doctor", "--json"]
+
+    good = subprocess.run(
+        command,
+        env=bridge_env(bare, realm, tiktok_server.url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    bad = subprocess.run(
+        [*command[:-1]],
+        env=bridge_env(bare, realm, tiktok_server.url, BRIDGE_KEYCLOAK_CLIENT_SECRET="wrong"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    invalid = subprocess.run(
+        command,
+        env=bridge_env(bare, realm, tiktok_server.url, BRIDGE_ISSUER="not a url"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert good.returncode == 0, good.stdout
+    report = json.loads(good.stdout)
+    assert report["ok"] is True
+    assert all(check["ok"] for check in report["checks"])
+    assert bad.returncode == 1
+    failed = [line for line in bad.stdout.splitlines() if line.startswith("FAIL")]
+    assert failed == [
+        (
+            "FAIL  keycloak client: Keycloak refused client 'tiktok-bridge' and its secret "
+            "(unauthorized_client). Fix: Set BRIDGE_KEYCLOAK_CLIENT_SECRET to the client's secret, or run "
+            "`bridge keycloak apply` to create the client with it."
+        )
+    ]
+    assert invalid.returncode == 1
+    assert json.loads(invalid.stdout)["checks"][0]["detail"] == "invalid: BRIDGE_ISSUER"
+    assert "Traceback" not in good.stderr + bad.stderr + invalid.stderr
 
 
 def test_direct_errors_name_the_admin_realm(bare: Bare) -> None:
