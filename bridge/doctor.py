@@ -8,8 +8,9 @@ providers or clients: those are proven by what Keycloak does, not by reading the
 
 Keycloak behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
 - `GET /admin/serverinfo` answers a realm's service account with `features` but without `systemInfo`
-  (no version); the feature `IDENTITY_ASSERTION_JWT` first appears in 26.7.0, so its presence is the
-  version floor when the version itself is hidden.
+  (no version). The feature `IDENTITY_ASSERTION_JWT` is listed by 26.7.0 and 26.7.4 and is new in
+  26.7.0 by its release notes (no 26.6 server could be fetched to see its absence), so its presence
+  stands in for the version floor.
 - The JWT grant checks, in this order: the client may use the grant ("JWT Authorization Grant is not
   supported for the requested client"), a provider has the assertion's issuer ("No Identity Provider for
   provided issuer"), the client may use that provider ("Identity Provider is not allowed for the
