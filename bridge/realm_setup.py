@@ -11,7 +11,8 @@ service account needs.
 Admin credentials come from the command line only and live as long as this process; the token is never
 printed. Behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
 - `GET /admin/serverinfo` with a master-realm admin token carries `systemInfo.version` and `features`
-  (`JWT_AUTHORIZATION_GRANT`, type DEFAULT, so it is on unless disabled).
+  (`JWT_AUTHORIZATION_GRANT`, type DEFAULT; `enabled: false` and no `jwt-authorization-grant` provider
+  type when started with `--features-disabled=jwt-authorization-grant`, seen on 26.7.4).
 - a wrong admin password answers 401 `invalid_grant`; an unknown realm 404 `Realm not found.`.
 - the client secret is set by the `secret` field of a client representation, on POST and on PUT.
 """
