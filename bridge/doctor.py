@@ -376,30 +376,34 @@ async def _redis(ctx: _Context) -> None:
     if ctx.settings.redis_url is None:
         ctx.passed(name, "not configured: the cache is in process memory")
         return
-    from bridge.cache import RedisCache, plain_key  # noqa: PLC0415 - only when Redis is configured
-    from bridge.errors import UpstreamError  # noqa: PLC0415
+    from redis.exceptions import RedisClusterException, RedisError  # noqa: PLC0415 - only with Redis
 
-    key = plain_key("doctor", secrets.token_hex(8))
+    from bridge.cache import redis_client  # noqa: PLC0415 - the bridge's own URL handling
+
+    key = f"bridge-doctor:{secrets.token_hex(8)}"
     value = str(time.time()).encode()
-    kept: bytes | None = None
     try:
         # The bridge's own client (plain, Sentinel or Cluster URL) writes a key with a TTL and reads
         # it back, as the bridge does with every cache entry.
-        cache = RedisCache.from_url(
+        client = redis_client(
             ctx.settings.redis_url.get_secret_value(), timeout=max(1.0, ctx.settings.redis_timeout)
         )
     except ValueError as exc:
         ctx.failed(name, f"BRIDGE_REDIS_URL is not usable: {exc}", "Fix BRIDGE_REDIS_URL.")
         return
     try:
-        await cache.set(key, value, ttl=30)
-        kept = await cache.get(key)
-        await cache.delete(key)
-    except UpstreamError as exc:
-        ctx.failed(name, f"Redis does not answer ({exc})", "Check BRIDGE_REDIS_URL and that Redis runs.")
+        await client.set(key, value, ex=30)
+        kept = await client.get(key)
+        await client.delete(key)
+    except (RedisError, RedisClusterException, OSError) as exc:
+        ctx.failed(
+            name,
+            f"Redis does not answer ({type(exc).__name__})",
+            "Check BRIDGE_REDIS_URL and that Redis runs.",
+        )
         return
     finally:
-        await cache.aclose()
+        await client.aclose()
     if kept != value:
         ctx.failed(
             name,
