@@ -100,7 +100,7 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
         "required": ["grant_type", "refresh_token"],
         "properties": {
             "grant_type": {"type": "string", "const": GRANT_TYPE_REFRESH_TOKEN},
-            "refresh_token": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "refresh_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
             "scope": {"type": "string"},
         },
     }

@@ -111,5 +111,12 @@ class TikTokQuota:
                     detail="TikTok's user-info quota spent",
                 )
         except (StorageError, *REDIS_FAILURES) as exc:
-            # As with the rate limits: an outage of the store must not become an outage of sign-ins.
+            # Without its count the quota cannot be kept. Proven callers go on (an outage of the store
+            # must not become an outage of sign-ins); unproven ones are refused, or a spray during a
+            # Redis outage or overload would drive TikTok to 429 for everyone (seen under load).
+            if not proven:
+                raise TemporarilyUnavailable(
+                    "Too many new sign-ins right now; retry later.",
+                    detail=f"quota store unavailable ({type(exc).__name__}): unproven call refused",
+                ) from exc
             log.warning("quota store unavailable; call let through", extra={"error_type": type(exc).__name__})

@@ -12,11 +12,12 @@ import httpx2
 import pytest
 from limits.aio.storage import MemoryStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
+from limits.errors import StorageError
 
 from bridge.cache import FallbackCache, MemoryCache
-from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
+from bridge.errors import RateLimited, SubjectTokenRejected, TemporarilyUnavailable, UpstreamUnavailable
 from bridge.keycloak import KeycloakClient
-from bridge.ratelimit import RateLimiter
+from bridge.ratelimit import RateLimiter, TikTokQuota
 from bridge.redis_connection import RedisConnection
 from bridge.resilience import CircuitBreaker
 from bridge.tiktok import TikTokClient
@@ -252,3 +253,32 @@ def test_rate_limits_share_the_caches_redis_client(url: str) -> None:
     shared: object = redis.client
     assert bridge.get_connection() is shared
     assert bridge.get_connection(readonly=True) is shared
+
+
+class _DownStorage(MemoryStorage):
+    """A quota store that cannot be reached."""
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        raise StorageError(ConnectionError("down"))
+
+
+async def test_without_its_store_the_quota_refuses_only_unproven_calls() -> None:
+    """The quota store down: a proven caller still reaches TikTok, an unproven one gets 503 (a spray
+    during an outage must not drive TikTok to 429 for everyone)."""
+    quota = TikTokQuota(_DownStorage(), per_minute="10/minute", unproven_share=0.5)
+    await quota.spend(proven=True)
+    with pytest.raises(TemporarilyUnavailable):
+        await quota.spend(proven=False)
+
+
+async def test_the_quota_keeps_a_share_for_proven_calls() -> None:
+    """Unproven calls stop at their share; proven ones go on up to the whole quota, and no further."""
+    quota = TikTokQuota(MemoryStorage(), per_minute="10/minute", unproven_share=0.5)
+    for _ in range(5):
+        await quota.spend(proven=False)
+    with pytest.raises(TemporarilyUnavailable):
+        await quota.spend(proven=False)
+    for _ in range(5):
+        await quota.spend(proven=True)
+    with pytest.raises(TemporarilyUnavailable):
+        await quota.spend(proven=True)
