@@ -25,6 +25,8 @@ from bridge.errors import (
     EmailTaken,
     IdentityMismatch,
     InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
     MissingScope,
     NotLinked,
     RegistrationClosed,
@@ -38,7 +40,6 @@ from bridge.errors import (
 from bridge.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED
 from bridge.model import (
     ATTR_DISPLAY_NAME,
-    ATTR_OPEN_ID,
     ATTR_UNION_ID,
     ATTR_USERNAME,
     ATTR_VERIFIED,
@@ -47,6 +48,7 @@ from bridge.model import (
     KeycloakUser,
     Policy,
     TikTokProfile,
+    profile_attributes,
 )
 from bridge.rfc8693 import CodeExchange
 
@@ -73,19 +75,6 @@ def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
     return f"{prefix}{digest}" if attempt == 0 else f"{prefix}{digest}-{attempt + 1}"
 
 
-def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
-    attributes = {ATTR_OPEN_ID: [profile.open_id]}
-    if profile.union_id:
-        attributes[ATTR_UNION_ID] = [profile.union_id]
-    if profile.display_name:
-        attributes[ATTR_DISPLAY_NAME] = [profile.display_name]
-    if profile.username:
-        attributes[ATTR_USERNAME] = [profile.username]
-    if profile.is_verified is not None:
-        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
-    return attributes
-
-
 def _fingerprint(attributes: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -109,28 +98,47 @@ class ExchangeService:
         self._policy = policy
         self._groups_checked = False
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
     async def exchange(self, request: ExchangeRequest) -> Exchanged:
+        # Before TikTok is asked: a request for an audience this app may not have costs nothing.
+        self.check_targets(request.scope, request.audiences)
         grant: CodeGrant | None = None
         if isinstance(request, CodeExchange):
             profile, grant = await self.verify_code(request.code, request.code_verifier, request.redirect_uri)
         else:
             profile = await self.verify_access_token(request.access_token)
-        return await self.sign_in(profile, request.scope, tiktok_grant=grant)
+        return await self.sign_in(profile, request.scope, tiktok_grant=grant, audiences=request.audiences)
+
+    def check_targets(self, scope: tuple[str, ...], audiences: tuple[str, ...]) -> None:
+        """Only configured audiences, and only through `audience`/`resource`: an audience's client scope
+        named in `scope` would bypass the per-app list, so it is refused there."""
+        if unknown := set(audiences) - set(self._policy.audience_scopes):
+            raise InvalidTarget(detail=f"{len(unknown)} audience(s) not configured for this app")
+        if set(scope) & self._policy.reserved_scopes:
+            raise InvalidScope("Ask for an audience with the audience parameter, not with scope.")
 
     async def sign_in(
-        self, profile: TikTokProfile, scope: tuple[str, ...], *, tiktok_grant: CodeGrant | None = None
+        self,
+        profile: TikTokProfile,
+        scope: tuple[str, ...],
+        *,
+        tiktok_grant: CodeGrant | None = None,
+        audiences: tuple[str, ...] = (),
     ) -> Exchanged:
         if self._limiter is not None:
             # Per identity, before any Keycloak work: one TikTok account cannot hammer the realm.
             await self._limiter.check_identity(profile.open_id)
         user_id, created = await self.ensure_user(profile)
         try:
-            issued = await self._mint(profile, scope)
+            issued = await self.mint(profile.open_id, scope, audiences)
         except NotLinked:
             # Our cached id outlived the link (an admin removed it): forget it and provision afresh once.
             await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
             user_id, created = await self.ensure_user(profile)
-            issued = await self._mint(profile, scope)
+            issued = await self.mint(profile.open_id, scope, audiences)
         return Exchanged(
             issued=issued, user_id=user_id, profile=profile, created=created, tiktok_grant=tiktok_grant
         )
@@ -210,6 +218,11 @@ class ExchangeService:
             raise
         await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
         return profile
+
+    async def verify_access_token_fresh(self, access_token: str) -> TikTokProfile:
+        """Ask TikTok now, whatever is cached: linking acts on proof that the token is alive this moment
+        (a cached profile may belong to a token revoked since)."""
+        return await self._fetch_with_fallback(access_token)
 
     async def _fetch_with_fallback(self, access_token: str) -> TikTokProfile:
         scopes = self._policy.access_token_scopes
@@ -357,12 +370,17 @@ class ExchangeService:
             representation["attributes"].pop(stale, None)
         await self._keycloak.update_user(user.id, representation)
 
-    async def _mint(self, profile: TikTokProfile, scope: tuple[str, ...]) -> IssuedToken:
-        return await self.mint(profile.open_id, scope)
-
-    async def mint(self, open_id: str, scope: tuple[str, ...]) -> IssuedToken:
+    async def mint(
+        self, open_id: str, scope: tuple[str, ...], audiences: tuple[str, ...] = ()
+    ) -> IssuedToken:
         """A Keycloak token for the user linked to `open_id`, by JWT Authorization Grant (what a session
-        refresh calls: Keycloak checks the link and the user's state every time)."""
+        refresh calls: Keycloak checks the link and the user's state every time).
+
+        Each audience is asked for by its optional client scope, whose audience mapper adds it to `aud`:
+        the grant has no audience parameter of its own (keycloak-config/README.md, "Audiences")."""
+        if unknown := set(audiences) - set(self._policy.audience_scopes):
+            raise InvalidTarget(detail=f"{len(unknown)} audience(s) not configured for this app")
+        requested = (*scope, *(self._policy.audience_scopes[a] for a in audiences))
         audience = await self._keycloak.issuer()
         assertion = self._minter.mint(open_id, audience)
-        return await self._keycloak.issue_token(assertion, scope)
+        return await self._keycloak.issue_token(assertion, tuple(dict.fromkeys(requested)))

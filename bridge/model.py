@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.errors import UpstreamProtocolError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from bridge.settings import Settings
 
 SCOPE_BASIC = "user.info.basic"
@@ -71,6 +74,20 @@ class TikTokProfile:
             is_verified=data.get("is_verified"),
             verified_at=float(data.get("verified_at", 0.0)),
         )
+
+
+def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
+    """The tiktok_* attributes of a Keycloak user linked to this identity (sign-in and linking alike)."""
+    attributes = {ATTR_OPEN_ID: [profile.open_id]}
+    if profile.union_id:
+        attributes[ATTR_UNION_ID] = [profile.union_id]
+    if profile.display_name:
+        attributes[ATTR_DISPLAY_NAME] = [profile.display_name]
+    if profile.username:
+        attributes[ATTR_USERNAME] = [profile.username]
+    if profile.is_verified is not None:
+        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
+    return attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +160,23 @@ class Exchanged:
     tiktok_grant: CodeGrant | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FederatedLink:
+    """One identity-provider link of a Keycloak user."""
+
+    identity_provider: str
+    user_id: str
+    user_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBearer:
+    """What a verified Keycloak access token says: whose it is and which client it was issued to."""
+
+    subject: str
+    client_id: str | None
+
+
 @dataclass(frozen=True)
 class Policy:
     """Account rules. Built from settings by `from_settings`; the defaults live in `Settings` only."""
@@ -160,6 +194,10 @@ class Policy:
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
+    # Audiences this app may ask for -> the Keycloak client scope that puts each in `aud`.
+    audience_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Every audience scope of the bridge: never accepted in `scope`, so `audience` is the only way in.
+    reserved_scopes: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -176,4 +214,6 @@ class Policy:
             profile_ttl=settings.profile_cache_ttl,
             user_ttl=settings.user_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,
+            audience_scopes=MappingProxyType(settings.audience_scopes()),
+            reserved_scopes=frozenset(settings.audience_scopes().values()),
         )
