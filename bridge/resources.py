@@ -170,7 +170,7 @@ class Resources:
         if settings.link_client_ids:
             linking = LinkingService(
                 keycloak=keycloak,
-                bearer=RealmTokenVerifier(keycloak),
+                bearer=RealmTokenVerifier(keycloak, clock=clock or time.time),
                 proofs=exchange,
                 cache=cache,
                 policy=LinkPolicy(
