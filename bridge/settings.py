@@ -169,6 +169,7 @@ class Settings(BaseSettings):
         "default_groups",
         "default_realm_roles",
         "published_key_files",
+        "public_client_ids",
         "audiences",
         "client_audiences",
         "link_client_ids",
