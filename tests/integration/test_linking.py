@@ -8,6 +8,7 @@ import hashlib
 import json
 import secrets
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -29,6 +30,7 @@ ACCOUNT_APP = "account-app"  # an ordinary client of the realm, with direct acce
 REDIRECT = "https://app.example/callback"
 CODE_TYPE = "urn:tiktok-keycloak-bridge:params:oauth:token-type:tiktok-authorization-code"
 ORDERS = "https://orders.example"
+CONFIG = Path(__file__).resolve().parents[2] / "keycloak-config"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,22 @@ def account_app(stack: Stack) -> str:
         )
         assert created.status_code in {201, 409}, created.text
     return ACCOUNT_APP
+
+
+@pytest.fixture(scope="module")
+def orders_audience(stack: Stack) -> str:
+    """keycloak-config/client-scopes/aud-orders-api.json created through the Admin API, as the
+    keycloak-config README says, and made optional for the bridge's and the example app's clients."""
+    representation = json.loads((CONFIG / "client-scopes" / "aud-orders-api.json").read_text())
+    with stack.admin() as admin:
+        created = admin.post("/client-scopes", json=representation)
+        assert created.status_code in {201, 409}, created.text
+        (scope,) = [s for s in admin.get("/client-scopes").json() if s["name"] == representation["name"]]
+        for client_id in (stack.client_id, "tiktok-app-example"):
+            (client,) = admin.get("/clients", params={"clientId": client_id}).json()
+            assigned = admin.put(f"/clients/{client['id']}/optional-client-scopes/{scope['id']}")
+            assert assigned.status_code == 204, assigned.text
+    return ORDERS
 
 
 def password_user(stack: Stack) -> tuple[str, str, str]:
@@ -381,7 +399,7 @@ def resource_server_accepts(stack: Stack, token: str, audience: str) -> bool:
 
 
 async def test_a_configured_audience_reaches_aud_and_others_are_invalid_target(
-    stack: Stack, emulator: TikTokEmulator, flushed_redis: None
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None, orders_audience: str
 ) -> None:
     """audience (or resource) names a configured API: the token's aud holds it and a resource server
     accepts it; without it the token is not for that API; another is invalid_target; a refresh keeps
