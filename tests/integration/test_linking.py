@@ -139,7 +139,10 @@ async def test_a_password_user_links_tiktok_and_then_signs_in_with_it_as_themsel
     tiktok = emulator.create_user(display_name="Pat", username="pat")
     verifier = secrets.token_urlsafe(48)
     code = emulator.issue_authorization_code(
-        tiktok.open_id, redirect_uri=REDIRECT, code_challenge=hashlib.sha256(verifier.encode()).hexdigest()
+        tiktok.open_id,
+        redirect_uri=REDIRECT,
+        code_challenge=hashlib.sha256(verifier.encode()).hexdigest(),
+        scopes=("user.info.basic", "user.info.profile"),
     )
     before = await bridge.http.get(LINKS, headers=bearer)
     assert before.json()["linked"] is False
