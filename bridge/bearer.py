@@ -15,7 +15,7 @@ import asyncio
 import base64
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -27,8 +27,6 @@ from bridge.model import VerifiedBearer
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from bridge.keycloak import KeycloakClient
-
 # Keycloak's default and the algorithms it offers for realm keys; never "none" or a symmetric one.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 MAX_TOKEN_LENGTH = 8192
@@ -36,10 +34,17 @@ MAX_TOKEN_LENGTH = 8192
 LEEWAY = 5
 
 
+class RealmKeys(Protocol):
+    """What the verifier needs of Keycloak (KeycloakClient has both)."""
+
+    async def issuer(self) -> str: ...
+    async def realm_keys(self) -> dict[str, Any]: ...
+
+
 class RealmTokenVerifier:
     def __init__(
         self,
-        keycloak: KeycloakClient,
+        keycloak: RealmKeys,
         *,
         refetch_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
