@@ -63,7 +63,7 @@ def main() -> None:
     with reusable_instance_dir("bench") as instance_dir:
         stack = start_stack(work, key_file, 1, instance_dir)
         try:
-            tokens = [token for _, token in new_tokens(stack, 20)]
+            tokens = [token for _, token in new_tokens(stack.emulator_url, 20)]
             settings = Settings(
                 tiktok_client_key="emulated-client-key",
                 tiktok_client_secret="emulated-client-secret",

@@ -2,9 +2,18 @@
 
 Starts the real stack (Keycloak, redis-server, the TikTok emulator with no added latency, the bridge as
 `bridge serve --workers N` with production settings but rate limits off, since all load comes from one
-IP), drives it with wrk from a separate process, and prints one table. Every figure is measured `--runs`
-times; the table shows the median and the spread (min-max). Baseline and bridge runs alternate so the
-ratio of each pair cancels machine noise.
+IP) and drives it with wrk from a separate process. Built to tell the truth on a small shared machine:
+
+- every figure is the median of `--runs` runs with the spread (min-max) beside it;
+- baseline (Keycloak's own grant) and bridge runs alternate, and each ratio is taken within its pair;
+- CPU per exchange is read from /proc for the bridge's processes alone (it moves far less than
+  throughput), and Keycloak's CPU per grant the same way;
+- the CPU that processes outside the benchmark used during the measured runs is reported, so a reader
+  knows when a figure was disturbed;
+- a pinned variant (Keycloak on one core; bridge, Redis, emulator and wrk on the other) and a
+  bridge-only capacity run (the bridge alone on one core against `bench.stub_upstream`, a fixed-answer
+  stand-in for Keycloak's token endpoint on the other core) separate the bridge's cost from Keycloak's;
+- the previous results file (`bench/results/*.json`) is shown beside this run's figures.
 """
 
 from __future__ import annotations
@@ -14,15 +23,18 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx2
@@ -43,16 +55,32 @@ from devstack.keycloak import (
 )
 from devstack.redis import RedisServer
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
 LUA = ROOT / "bench" / "wrk_bodies.lua"
+RESULTS_DIR = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"
+RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
 EXCHANGE = {
     "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
     "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
 }
 CLIENT_ID, CLIENT_SECRET, REALM = "tiktok-bridge", "bench-client-secret", "app"
 _METRIC = re.compile(r"^bridge_upstream_request_seconds_count\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
+TWO_CORES = (os.cpu_count() or 1) >= 2
+# The cores of the pinned layouts: Keycloak (or the stub) on one, the bridge side on the other.
+KC_CORE, BRIDGE_CORE, ALL_CORES = "0", "1", f"0-{(os.cpu_count() or 1) - 1}"
+# Assertions minted per second of a baseline run: above Keycloak's rate here (~700/s), so a run never
+# runs out; they are single-use and live 110 s, so each run gets fresh ones.
+ASSERTIONS_PER_SECOND = 1500
+FRESH_USERS_PER_SECOND = 300
+# Refresh tokens rotate (single use), so a run needs one live session per request it may send.
+REFRESHES_PER_SECOND = 400
+SKIPPABLE = ("pinned", "bridge-only", "first", "refresh", "sweep")
+# uvicorn's supervisor restarts a worker that has not answered its ping 5 s after being spawned; on a
+# machine loaded by other work, importing the bridge can take longer, so several restarts may come first.
+BRIDGE_START_TIMEOUT = 180.0
+# Keycloak's first start in a fresh instance (its build step) took 4 minutes here beside test suites.
+KEYCLOAK_START_TIMEOUT = 600.0
+PROVISION_ATTEMPTS = 5
 
 
 @dataclass
@@ -74,8 +102,24 @@ class Stack:
     redis: RedisServer
     bridge_url: str
     emulator_url: str
+    work: Path
+    bridge_env: dict[str, str]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     bridge: subprocess.Popen[bytes] | None = None
+    emulator: subprocess.Popen[bytes] | None = None
+
+    def groups(self) -> dict[str, int]:
+        """Root pid of every process the benchmark started, by role (for CPU accounting and pinning)."""
+        assert self.bridge is not None
+        assert self.emulator is not None
+        assert self.keycloak.process is not None
+        assert self.redis.process is not None
+        return {
+            "bridge": self.bridge.pid,
+            "keycloak": self.keycloak.process.pid,
+            "redis": self.redis.process.pid,
+            "emulator": self.emulator.pid,
+        }
 
     def stop(self) -> None:
         for process in self.processes:
@@ -98,6 +142,31 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+def start_bridge(
+    env: dict[str, str], port: int, workers: int, metrics_dir: Path, prefix: list[str]
+) -> subprocess.Popen[bytes]:
+    metrics_dir.mkdir()
+    return subprocess.Popen(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "bridge",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        **QUIET,
+    )
+
+
 def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) -> Stack:
     bridge_port, emulator_port = free_port(), free_port()
     bridge_url, emulator_url = f"http://127.0.0.1:{bridge_port}", f"http://127.0.0.1:{emulator_port}"
@@ -113,26 +182,6 @@ def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) ->
             "BRIDGE_JWKS_URL": f"{bridge_url}/.well-known/jwks.json",
         },
     )
-    stack = Stack(keycloak=keycloak, redis=redis, bridge_url=bridge_url, emulator_url=emulator_url)
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    stack.processes.append(
-        subprocess.Popen(
-            # TikTok's quota (600 user-info calls a minute) would cap first sign-ins at 10/s: lifted here.
-            [
-                sys.executable,
-                "-m",
-                "devstack.tiktok_emulator",
-                "--port",
-                str(emulator_port),
-                "--user-info-rate-limit",
-                str(10**9),
-            ],
-            cwd=ROOT,
-            **quiet,
-        )  # type: ignore[call-overload]
-    )
-    metrics_dir = work / "prometheus"
-    metrics_dir.mkdir()
     env = {
         **os.environ,
         "BRIDGE_TIKTOK_CLIENT_KEY": "emulated-client-key",
@@ -147,52 +196,56 @@ def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) ->
         "BRIDGE_REDIS_URL": redis.url,
         "BRIDGE_RATE_LIMIT_ENABLED": "false",
         "BRIDGE_LOG_LEVEL": "WARNING",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    stack.bridge = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--port", str(bridge_port), "--workers", str(workers)],
-        cwd=ROOT,
-        env=env,
-        **quiet,  # type: ignore[call-overload]
+    stack = Stack(
+        keycloak=keycloak,
+        redis=redis,
+        bridge_url=bridge_url,
+        emulator_url=emulator_url,
+        work=work,
+        bridge_env=env,
     )
-    stack.processes.append(stack.bridge)
-    wait_http(f"{emulator_url}/_emulator/stats")
-    wait_http(f"{bridge_url}/healthz")
-    keycloak.prepare(fetch_distribution())
-    keycloak.start(find_java_home())
-    keycloak.wait_ready()
+    # TikTok's quota (600 user-info calls a minute) would cap first sign-ins at 10/s: lifted here.
+    stack.emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack.tiktok_emulator",
+            "--port",
+            str(emulator_port),
+            "--user-info-rate-limit",
+            str(10**9),
+        ],
+        cwd=ROOT,
+        **QUIET,
+    )
+    stack.processes.append(stack.emulator)
+    try:
+        stack.bridge = start_bridge(env, bridge_port, workers, work / "prometheus", [])
+        stack.processes.append(stack.bridge)
+        wait_http(f"{emulator_url}/_emulator/stats")
+        wait_http(f"{bridge_url}/healthz", timeout=BRIDGE_START_TIMEOUT)
+        keycloak.prepare(fetch_distribution())
+        keycloak.start(find_java_home())
+        keycloak.wait_ready(timeout=KEYCLOAK_START_TIMEOUT)
+    except BaseException:
+        stack.stop()  # nothing the benchmark started may outlive a failed start
+        raise
     return stack
 
 
-# ------------------------------------------------------------------------------------ measuring
-
-
-def wrk(url: str, bodies: Path, *, connections: int, seconds: int, cycle: bool) -> Run:
-    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_CYCLE": "1" if cycle else "0"}
-    result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    line = next(ln for ln in result.stdout.splitlines() if ln.startswith('{"requests"'))
-    data = json.loads(line)
-    return Run(
-        requests=data["requests"],
-        seconds=data["duration_us"] / 1e6,
-        non_2xx=data["non_2xx"] + data["socket_errors"],
-        p50_ms=data["p50_ms"],
-        p99_ms=data["p99_ms"],
-    )
+# ---------------------------------------------------------------------------------- /proc readings
 
 
 def process_tree(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children")
     found = [pid]
-    if children.exists():
-        for child in children.read_text().split():
-            found.extend(process_tree(int(child)))
+    try:
+        listed = children.read_text().split()
+    except OSError:
+        return found
+    for child in listed:
+        found.extend(process_tree(int(child)))
     return found
 
 
@@ -205,6 +258,19 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent outside idle and iowait since boot (steal excluded: not ours to use)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_and_children_cpu() -> float:
+    """This process and its waited-for children (wrk): the load generator's share of the machine."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -222,9 +288,15 @@ def peak_rss_mb(pid: int) -> float:
     return max(peaks, default=0.0)
 
 
-def upstream_counts(stack: Stack) -> dict[str, float]:
+def pin(pid: int, cores: str) -> None:
+    """Move a process and all its threads and children to `cores` (new threads inherit it)."""
+    for each in process_tree(pid):
+        subprocess.run(["taskset", "-a", "-p", "-c", cores, str(each)], check=False, **QUIET)
+
+
+def upstream_counts(bridge_url: str, emulator_url: str) -> dict[str, float]:
     counts: dict[str, float] = {"tiktok_user_info": 0, "keycloak_admin": 0, "keycloak_token": 0, "redis": 0}
-    for line in httpx2.get(f"{stack.bridge_url}/metrics").text.splitlines():
+    for line in httpx2.get(f"{bridge_url}/metrics").text.splitlines():
         if not (match := _METRIC.match(line)):
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group("labels")))
@@ -236,19 +308,105 @@ def upstream_counts(stack: Stack) -> dict[str, float]:
             counts["keycloak_token"] += value
         elif upstream == "redis":
             counts["redis"] += value
-    counts["tiktok_user_info"] = httpx2.get(f"{stack.emulator_url}/_emulator/stats").json()["calls"][
-        "user_info"
-    ]
+    counts["tiktok_user_info"] = httpx2.get(f"{emulator_url}/_emulator/stats").json()["calls"]["user_info"]
     return counts
+
+
+# ------------------------------------------------------------------------------------- measuring
+
+
+def wrk(url: str, bodies: Path, *, connections: int, seconds: int, cycle: bool, cores: str | None) -> Run:
+    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_CYCLE": "1" if cycle else "0"}
+    prefix = ["taskset", "-c", cores] if cores and TWO_CORES else []
+    result = subprocess.run(
+        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=seconds + 60,  # wrk stops itself; this only guards against a hang
+    )
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith('{"requests"'))
+    data = json.loads(line)
+    return Run(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        non_2xx=data["non_2xx"] + data["socket_errors"],
+        p50_ms=data["p50_ms"],
+        p99_ms=data["p99_ms"],
+    )
+
+
+@dataclass
+class Measured:
+    run: Run
+    cpu_ms: dict[str, float]  # CPU per request of each watched role, in ms
+    calls: dict[str, float]  # upstream calls per request, when a bridge's metrics were read
+    foreign: float  # share of the machine's CPU used by processes outside the benchmark
+
+
+class Bench:
+    """One stack and the bookkeeping of every measured wrk run."""
+
+    def __init__(self, stack: Stack, args: argparse.Namespace) -> None:
+        self.stack = stack
+        self.args = args
+        self.figures: dict[str, list[float]] = {}
+        self.non_2xx: dict[str, int] = {}
+        self.foreign: list[float] = []
+        self.extra_groups: dict[str, int] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self.figures.setdefault(key, []).append(value)
+
+    def groups(self) -> dict[str, int]:
+        return {**self.stack.groups(), **self.extra_groups}
+
+    def measure(
+        self,
+        label: str,
+        url: str,
+        bodies: Path,
+        *,
+        connections: int,
+        cycle: bool,
+        cores: str | None = None,
+        metrics_of: str | None = None,
+    ) -> Measured:
+        """One wrk run; CPU of every role of the stack and the upstream calls of `metrics_of` charged
+        per request."""
+        groups = self.groups()
+        before_cpu = {role: cpu_seconds(pid) for role, pid in groups.items()}
+        before_calls = upstream_counts(metrics_of, self.stack.emulator_url) if metrics_of else {}
+        before_machine, before_ours = machine_busy_seconds(), own_and_children_cpu()
+        started = time.monotonic()
+        run = wrk(url, bodies, connections=connections, seconds=self.args.seconds, cycle=cycle, cores=cores)
+        wall = time.monotonic() - started
+        used = {role: cpu_seconds(pid) - before_cpu[role] for role, pid in groups.items()}
+        machine = machine_busy_seconds() - before_machine
+        ours = sum(used.values()) + own_and_children_cpu() - before_ours
+        foreign = max(0.0, machine - ours) / (wall * (os.cpu_count() or 1))
+        self.foreign.append(foreign)
+        calls: dict[str, float] = {}
+        if metrics_of:
+            after = upstream_counts(metrics_of, self.stack.emulator_url)
+            calls = {k: (after[k] - before_calls[k]) / max(1, run.requests) for k in after}
+        self.non_2xx[label] = self.non_2xx.get(label, 0) + run.non_2xx
+        return Measured(
+            run=run,
+            cpu_ms={role: seconds * 1000 / max(1, run.requests) for role, seconds in used.items()},
+            calls=calls,
+            foreign=foreign,
+        )
 
 
 # ------------------------------------------------------------------------------------- workload
 
 
-def new_tokens(stack: Stack, count: int) -> list[tuple[str, str]]:
+def new_tokens(emulator_url: str, count: int) -> list[tuple[str, str]]:
     """`count` fresh TikTok users of the emulator, each with a token: (open_id, token)."""
     made = []
-    with httpx2.Client(base_url=stack.emulator_url) as client:
+    with httpx2.Client(base_url=emulator_url) as client:
         for _ in range(count):
             open_id = client.post("/_emulator/users", json={}).json()["open_id"]
             token = client.post("/_emulator/tokens", json={"open_id": open_id}).json()["access_token"]
@@ -261,76 +419,97 @@ def write_bodies(path: Path, forms: list[dict[str, str]]) -> Path:
     return path
 
 
-@dataclass
-class Measured:
-    label: str
-    runs: list[Run]
-    cpu_ms_per_exchange: list[float] = field(default_factory=list)
-    calls: dict[str, float] = field(default_factory=dict)
-
-    def median(self, attribute: str) -> float:
-        return statistics.median(getattr(r, attribute) for r in self.runs)
-
-    def spread(self, attribute: str) -> str:
-        values = [getattr(r, attribute) for r in self.runs]
-        return f"{min(values):.1f}-{max(values):.1f}"
-
-
-def measure_bridge(case: Measured, stack: Stack, run_wrk: Callable[[], Run]) -> Run:
-    """Run wrk once; charge the bridge's CPU time and the upstream calls to `case`, per exchange."""
-    before_cpu, before_calls = cpu_seconds(stack.bridge.pid), upstream_counts(stack)
-    measured = run_wrk()
-    case.runs.append(measured)
-    case.cpu_ms_per_exchange.append((cpu_seconds(stack.bridge.pid) - before_cpu) * 1000 / measured.requests)
-    after_calls = upstream_counts(stack)
-    case.calls = {k: (after_calls[k] - before_calls[k]) / measured.requests for k in after_calls}
-    return measured
-
-
 def exchange_forms(tokens: list[str]) -> list[dict[str, str]]:
     return [{**EXCHANGE, "subject_token": token} for token in tokens]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5, help="paired runs per figure (median and spread)")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     parser.add_argument("--workers", type=int, default=2, help="bridge worker processes")
     parser.add_argument("--connections", type=int, default=16, help="concurrency of the main comparison")
     parser.add_argument("--sweep", default="1,8,32,128", help="concurrency levels of the sweep")
     parser.add_argument("--warm-users", type=int, default=50)
     parser.add_argument("--soak", type=int, default=0, help="also run N warm exchanges and report RSS growth")
+    parser.add_argument(
+        "--skip", default="", help=f"comma-separated parts to leave out: {', '.join(SKIPPABLE)}"
+    )
+    parser.add_argument("--previous", type=Path, help="results file to compare with (default: the newest)")
+    parser.add_argument("--no-save", action="store_true", help="write no results file and no PNG")
+    parser.add_argument(
+        "--update-readme", action="store_true", help="write the results table into bench/README.md"
+    )
     args = parser.parse_args()
+    args.skip = {part for part in args.skip.split(",") if part}
+    if unknown := args.skip - set(SKIPPABLE):
+        parser.error(f"--skip: unknown {sorted(unknown)}")
+    if args.runs < 1 or args.seconds < 1:
+        parser.error("--runs and --seconds must be at least 1")
     if shutil.which("wrk") is None:
         sys.exit("wrk not found (Debian: apt-get install wrk); scripts/bench installs it")
+    if not TWO_CORES:
+        progress("one CPU only: the pinned and bridge-only runs are left out")
+        args.skip |= {"pinned", "bridge-only"}
 
+    # Stopped by a signal, the stack is still torn down: SIGTERM (and SIGINT, which a shell ignores in
+    # background jobs) unwind through the `finally` blocks instead of killing this process outright.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    started = time.monotonic()
+    previous = load_previous(args.previous)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    load_before = os.getloadavg()
     with reusable_instance_dir("bench") as instance_dir:
         progress("starting the stack")
         stack = start_stack(work, key_file, args.workers, instance_dir)
         try:
-            report(stack, args, work, key_file)
+            bench = Bench(stack, args)
+            sweep = measure_all(bench, key_file)
         finally:
             stack.stop()
             shutil.rmtree(work, ignore_errors=True)
+    results = summarise(bench, sweep, load_before, time.monotonic() - started)
+    print()
+    print(render_text(results, previous))
+    if not args.no_save:
+        path = save(results)
+        progress(f"results written to {path.relative_to(ROOT)}")
+        plot(results, ROOT / "bench" / "sweep.png")
+    if args.update_readme:
+        update_readme(render_markdown(results, previous))
+        progress("bench/README.md: results section replaced")
 
 
-def report(stack: Stack, args: argparse.Namespace, work: Path, key_file: Path) -> None:
+def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
+    stack, args = bench.stack, bench.args
     assert stack.bridge is not None
     token_url = f"{stack.bridge_url}/token"
     grant_url = f"{stack.keycloak.url}/realms/{REALM}/protocol/openid-connect/token"
 
     progress(f"provisioning {args.warm_users} returning users")
-    warm = new_tokens(stack, args.warm_users)
+    warm = new_tokens(stack.emulator_url, args.warm_users)
     with httpx2.Client(timeout=30) as client:
         for _, token in warm:
-            assert client.post(token_url, data={**EXCHANGE, "subject_token": token}).status_code == 200
+            # A Keycloak fresh from start-up (cold JIT) on a loaded machine may exceed the bridge's 5 s
+            # timeout: the bridge then answers 503 and the sign-in is tried again, a bounded number of times.
+            for attempt in range(PROVISION_ATTEMPTS):
+                answer = client.post(token_url, data={**EXCHANGE, "subject_token": token})
+                if answer.status_code != 503 or attempt == PROVISION_ATTEMPTS - 1:
+                    break
+                time.sleep(2)
+            if answer.status_code != 200:
+                raise RuntimeError(
+                    f"provisioning a returning user: HTTP {answer.status_code} {answer.text[:300]}"
+                )
         audience = client.get(f"{stack.keycloak.url}/realms/{REALM}/.well-known/openid-configuration").json()[
             "issuer"
         ]
-    warm_bodies = write_bodies(work / "warm.txt", exchange_forms([t for _, t in warm]))
+    warm_bodies = write_bodies(stack.work / "warm.txt", exchange_forms([t for _, t in warm]))
     signer = AssertionSigner(key=load_key(key_file), issuer=stack.bridge_url, lifetime=110)
 
     def baseline_bodies(count: int) -> Path:
@@ -343,167 +522,553 @@ def report(stack: Stack, args: argparse.Namespace, work: Path, key_file: Path) -
             }
             for i in range(count)
         ]
-        return write_bodies(work / "baseline.txt", forms)
+        return write_bodies(stack.work / "baseline.txt", forms)
+
+    def baseline_run() -> Path:
+        return baseline_bodies(ASSERTIONS_PER_SECOND * args.seconds)
 
     progress("warming up")
-    wrk(token_url, warm_bodies, connections=args.connections, seconds=3, cycle=True)
-    wrk(grant_url, baseline_bodies(4000), connections=args.connections, seconds=3, cycle=False)
+    wrk(token_url, warm_bodies, connections=args.connections, seconds=3, cycle=True, cores=None)
+    wrk(grant_url, baseline_bodies(3000), connections=args.connections, seconds=3, cycle=False, cores=None)
 
-    baseline = Measured("Keycloak JWT grant, pre-signed assertions (baseline)", [])
-    bridge_warm = Measured("bridge, returning users, warm cache", [])
-    ratios: list[float] = []
+    # Co-located, as a one-machine deployment runs: both sides share all cores.
     for run in range(args.runs):
-        progress(f"run {run + 1}/{args.runs}: baseline, then warm exchanges")
-        baseline.runs.append(
-            wrk(
-                grant_url,
-                baseline_bodies(2500 * args.seconds),
-                connections=args.connections,
-                seconds=args.seconds,
-                cycle=False,
-            )
+        progress(f"run {run + 1}/{args.runs}: Keycloak's grant, then warm exchanges (co-located)")
+        base = bench.measure("baseline", grant_url, baseline_run(), connections=args.connections, cycle=False)
+        bench.add("kc_per_s", base.run.per_second)
+        bench.add("kc_cpu_ms", base.cpu_ms["keycloak"])
+        bench.add("kc_p99_ms", base.run.p99_ms)
+        warm_run = bench.measure(
+            "warm",
+            token_url,
+            warm_bodies,
+            connections=args.connections,
+            cycle=True,
+            metrics_of=stack.bridge_url,
         )
-        measured = measure_bridge(
-            bridge_warm,
-            stack,
-            lambda: wrk(
-                token_url, warm_bodies, connections=args.connections, seconds=args.seconds, cycle=True
-            ),
-        )
-        ratios.append(measured.per_second / baseline.runs[-1].per_second)
+        bench.add("warm_per_s", warm_run.run.per_second)
+        bench.add("warm_p99_ms", warm_run.run.p99_ms)
+        bench.add("warm_cpu_ms", warm_run.cpu_ms["bridge"])
+        bench.add("ratio_colocated", warm_run.run.per_second / base.run.per_second)
+        for name, value in warm_run.calls.items():
+            bench.add(f"warm_{name}", value)
 
-    first = Measured("bridge, first sign-ins (new users)", [])
-    for run in range(args.runs):
-        progress(f"run {run + 1}/{args.runs}: first sign-ins")
-        fresh = new_tokens(stack, 400 * args.seconds)
-        bodies = write_bodies(work / "fresh.txt", exchange_forms([t for _, t in fresh]))
-        measured = measure_bridge(
-            first,
-            stack,
-            lambda bodies=bodies: wrk(
-                token_url, bodies, connections=args.connections, seconds=args.seconds, cycle=False
-            ),
-        )
-        if measured.seconds < args.seconds - 1:
-            progress(
-                f"  all {len(fresh)} new users signed in after {measured.seconds:.1f} s; rate from that time"
-            )
+    if "pinned" not in args.skip:
+        pinned(bench, grant_url, token_url, warm_bodies, baseline_run)
+    if "bridge-only" not in args.skip:
+        bridge_only(bench, grant_url, signer, audience, warm_bodies, warm)
+    if "first" not in args.skip:
+        first_sign_ins(bench, token_url)
+    if "refresh" not in args.skip:
+        refreshes(bench, token_url, [t for _, t in warm])
+    sweep: list[dict[str, float]] = []
+    if "sweep" not in args.skip:
+        sweep = concurrency_sweep(bench, grant_url, token_url, warm_bodies, baseline_bodies)
 
-    # Added latency near half of saturation: one connection keeps the bridge at about half its peak rate.
-    low_baseline = Measured("baseline, 1 connection", [])
-    low_warm = Measured("warm, 1 connection", [])
-    for run in range(args.runs):
-        progress(f"run {run + 1}/{args.runs}: added latency at one connection")
-        low_baseline.runs.append(
-            wrk(
-                grant_url,
-                baseline_bodies(600 * args.seconds),
-                connections=1,
-                seconds=args.seconds,
-                cycle=False,
-            )
-        )
-        low_warm.runs.append(wrk(token_url, warm_bodies, connections=1, seconds=args.seconds, cycle=True))
-
-    sweep: list[tuple[int, Measured]] = []
-    for connections in (int(c) for c in args.sweep.split(",")):
-        progress(f"sweep: {connections} connections")
-        measured_sweep = Measured(f"{connections}", [])
-        for _ in range(args.runs):
-            measured_sweep.runs.append(
-                wrk(token_url, warm_bodies, connections=connections, seconds=args.seconds, cycle=True)
-            )
-        sweep.append((connections, measured_sweep))
-
-    soak_line = ""
     if args.soak:
-        progress(f"soak: {args.soak} warm exchanges")
-        rss_before = peak_rss_mb(stack.bridge.pid)
-        done = 0
-        while done < args.soak:
-            done += wrk(token_url, warm_bodies, connections=args.connections, seconds=10, cycle=True).requests
-        soak_line = f"peak RSS per worker after {done} more exchanges: {rss_before:.0f} MB -> {peak_rss_mb(stack.bridge.pid):.0f} MB"
-
-    print_table(args, baseline, bridge_warm, first, ratios, sweep, peak_rss_mb(stack.bridge.pid), soak_line)
-    print()
-    for name in ("p50_ms", "p99_ms"):
-        added = [
-            w - b
-            for w, b in zip(
-                (getattr(r, name) for r in low_warm.runs),
-                (getattr(r, name) for r in low_baseline.runs),
-                strict=True,
-            )
-        ]
-        print(
-            f"added latency at 1 connection ({low_warm.median('per_second'):.0f} req/s), {name[:3]}: "
-            f"median {statistics.median(added):.2f} ms (spread {min(added):.2f}-{max(added):.2f}); "
-            f"baseline {low_baseline.median(name):.2f} ms, bridge {low_warm.median(name):.2f} ms"
-        )
+        soak(bench, token_url, warm_bodies)
+    bench.add("rss_mb", peak_rss_mb(stack.bridge.pid))
+    return sweep
 
 
-def print_table(
-    args: argparse.Namespace,
-    baseline: Measured,
-    warm: Measured,
-    first: Measured,
-    ratios: list[float],
-    sweep: list[tuple[int, Measured]],
-    rss_mb: float,
-    soak_line: str,
+def soak(bench: Bench, token_url: str, warm_bodies: Path) -> None:
+    stack, args = bench.stack, bench.args
+    assert stack.bridge is not None
+    progress(f"soak: {args.soak} warm exchanges")
+    bench.add("rss_before_soak_mb", peak_rss_mb(stack.bridge.pid))
+    done = 0
+    deadline = time.monotonic() + 3600  # bounded even if the bridge slows to a crawl
+    while done < args.soak and time.monotonic() < deadline:
+        done += wrk(
+            token_url, warm_bodies, connections=args.connections, seconds=10, cycle=True, cores=None
+        ).requests
+    bench.add("soak_exchanges", done)
+
+
+def pinned(
+    bench: Bench,
+    grant_url: str,
+    token_url: str,
+    warm_bodies: Path,
+    baseline_run: Any,  # noqa: ANN401 - a zero-argument callable returning fresh baseline bodies
 ) -> None:
-    from importlib import metadata  # noqa: PLC0415
+    """Keycloak alone on one core; the bridge, its Redis and emulator and wrk on the other."""
+    stack, args = bench.stack, bench.args
+    groups = stack.groups()
+    pin(groups["keycloak"], KC_CORE)
+    for role in ("bridge", "redis", "emulator"):
+        pin(groups[role], BRIDGE_CORE)
+    try:
+        for run in range(args.runs):
+            progress(
+                f"run {run + 1}/{args.runs}: pinned, Keycloak on core {KC_CORE}, the rest on {BRIDGE_CORE}"
+            )
+            base = bench.measure(
+                "baseline, pinned",
+                grant_url,
+                baseline_run(),
+                connections=args.connections,
+                cycle=False,
+                cores=BRIDGE_CORE,
+            )
+            warm_run = bench.measure(
+                "warm, pinned",
+                token_url,
+                warm_bodies,
+                connections=args.connections,
+                cycle=True,
+                cores=BRIDGE_CORE,
+            )
+            bench.add("pinned_kc_per_s", base.run.per_second)
+            bench.add("pinned_warm_per_s", warm_run.run.per_second)
+            bench.add("pinned_warm_cpu_ms", warm_run.cpu_ms["bridge"])
+            bench.add("ratio_pinned", warm_run.run.per_second / base.run.per_second)
+    finally:
+        for pid in groups.values():
+            pin(pid, ALL_CORES)
 
-    versions = ", ".join(
-        f"{name} {metadata.version(name)}" for name in ("starlette", "uvicorn", "httpx2", "redis", "joserfc")
+
+def bridge_only(
+    bench: Bench,
+    grant_url: str,
+    signer: AssertionSigner,
+    audience: str,
+    warm_bodies: Path,
+    warm: list[tuple[str, str]],
+) -> None:
+    """One bridge worker alone on one core, against a stand-in answering a real Keycloak token (captured
+    once here) at almost no cost on the other core: the bridge's own ceiling per core."""
+    stack, args = bench.stack, bench.args
+    answer = httpx2.post(
+        grant_url,
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "assertion": signer.mint(warm[0][0], audience),
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "scope": "openid",
+        },
+        timeout=30,
     )
+    assert answer.status_code == 200, answer.text
+    answer_file = stack.work / "token-answer.json"
+    answer_file.write_bytes(answer.content)
+    stub_port, bridge_port = free_port(), free_port()
+    stub_url, bridge_url = f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{bridge_port}"
+    stub = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            KC_CORE,
+            sys.executable,
+            "-m",
+            "bench.stub_upstream",
+            "--port",
+            str(stub_port),
+            "--answer-file",
+            str(answer_file),
+            "--issuer",
+            audience,
+        ],
+        cwd=ROOT,
+        **QUIET,
+    )
+    # Same Redis as the main bridge: the returning users' cache entries are already there.
+    lone = start_bridge(
+        {**stack.bridge_env, "BRIDGE_KEYCLOAK_URL": stub_url},
+        bridge_port,
+        1,
+        stack.work / "prometheus-bridge-only",
+        ["taskset", "-c", BRIDGE_CORE],
+    )
+    bench.extra_groups = {"stub": stub.pid, "bridge_only": lone.pid}
+    groups = stack.groups()
+    for pid in groups.values():
+        pin(pid, KC_CORE)
+    try:
+        wait_http(f"{stub_url}/_stub/stats")
+        wait_http(f"{bridge_url}/healthz", timeout=BRIDGE_START_TIMEOUT)
+        progress("bridge-only: warming up one worker pinned alone on its core")
+        wrk(
+            f"{bridge_url}/token",
+            warm_bodies,
+            connections=args.connections,
+            seconds=3,
+            cycle=True,
+            cores=KC_CORE,
+        )
+        for run in range(args.runs):
+            progress(f"run {run + 1}/{args.runs}: bridge-only, one worker on core {BRIDGE_CORE}")
+            measured = bench.measure(
+                "bridge-only",
+                f"{bridge_url}/token",
+                warm_bodies,
+                connections=args.connections,
+                cycle=True,
+                cores=KC_CORE,
+                metrics_of=bridge_url,
+            )
+            bench.add("bridge_only_per_s", measured.run.per_second)
+            bench.add("bridge_only_cpu_ms", measured.cpu_ms["bridge_only"])
+            bench.add("bridge_only_kc_token", measured.calls["keycloak_token"])
+            bench.add("bridge_only_admin", measured.calls["keycloak_admin"])
+            # Busy share of its core: below ~0.95 the worker was waiting on the other side, not saturated.
+            bench.add(
+                "bridge_only_core_busy",
+                measured.cpu_ms["bridge_only"] * measured.run.per_second / 1000,
+            )
+    finally:
+        bench.extra_groups = {}
+        for process in (lone, stub):
+            process.terminate()
+            process.wait(timeout=30)
+        for pid in groups.values():
+            pin(pid, ALL_CORES)
+
+
+def first_sign_ins(bench: Bench, token_url: str) -> None:
+    stack, args = bench.stack, bench.args
+    for run in range(args.runs):
+        count = FRESH_USERS_PER_SECOND * args.seconds
+        progress(f"run {run + 1}/{args.runs}: first sign-ins ({count} new TikTok users made first)")
+        fresh = new_tokens(stack.emulator_url, count)
+        bodies = write_bodies(stack.work / "fresh.txt", exchange_forms([t for _, t in fresh]))
+        measured = bench.measure(
+            "first", token_url, bodies, connections=args.connections, cycle=False, metrics_of=stack.bridge_url
+        )
+        if measured.run.seconds < args.seconds - 1:
+            progress(
+                f"  all {count} new users signed in after {measured.run.seconds:.1f} s; rate from that time"
+            )
+        bench.add("first_per_s", measured.run.per_second)
+        bench.add("first_cpu_ms", measured.cpu_ms["bridge"])
+        for name, value in measured.calls.items():
+            bench.add(f"first_{name}", value)
+    bench.add(
+        "first_over_warm",
+        statistics.median(bench.figures["first_per_s"]) / statistics.median(bench.figures["warm_per_s"]),
+    )
+
+
+def refreshes(bench: Bench, token_url: str, warm: list[str]) -> None:
+    """Session refreshes (grant_type=refresh_token): one Keycloak grant each, no TikTok, no admin call."""
+    stack, args = bench.stack, bench.args
+    for run in range(args.runs):
+        count = REFRESHES_PER_SECOND * args.seconds
+        progress(f"run {run + 1}/{args.runs}: refreshes ({count} sessions started first)")
+        tokens: list[str] = []
+        with httpx2.Client(timeout=30) as client:
+            while len(tokens) < count:
+                answer = client.post(
+                    token_url, data={**EXCHANGE, "subject_token": warm[len(tokens) % len(warm)]}
+                )
+                if answer.status_code == 200:
+                    tokens.append(answer.json()["refresh_token"])
+        forms = [{"grant_type": "refresh_token", "refresh_token": token} for token in tokens]
+        bodies = write_bodies(stack.work / "refresh.txt", forms)
+        measured = bench.measure(
+            "refresh",
+            token_url,
+            bodies,
+            connections=args.connections,
+            cycle=False,
+            metrics_of=stack.bridge_url,
+        )
+        bench.add("refresh_per_s", measured.run.per_second)
+        bench.add("refresh_cpu_ms", measured.cpu_ms["bridge"])
+        if bench.figures.get("kc_per_s"):
+            bench.add(
+                "refresh_over_kc", measured.run.per_second / statistics.median(bench.figures["kc_per_s"])
+            )
+        for name, value in measured.calls.items():
+            bench.add(f"refresh_{name}", value)
+
+
+def concurrency_sweep(
+    bench: Bench,
+    grant_url: str,
+    token_url: str,
+    warm_bodies: Path,
+    baseline_bodies: Any,  # noqa: ANN401 - a callable: count -> fresh baseline bodies
+) -> list[dict[str, float]]:
+    """Throughput and p99 against connections, bridge and baseline paired at each level."""
+    args = bench.args
+    levels = [int(c) for c in args.sweep.split(",")]
+    sweep = []
+    for connections in levels:
+        base_runs: list[Run] = []
+        warm_runs: list[Run] = []
+        for run in range(args.runs):
+            progress(f"sweep, {connections} connections: run {run + 1}/{args.runs}")
+            base_runs.append(
+                bench.measure(
+                    f"baseline, sweep {connections}",
+                    grant_url,
+                    baseline_bodies(ASSERTIONS_PER_SECOND * args.seconds),
+                    connections=connections,
+                    cycle=False,
+                ).run
+            )
+            warm_runs.append(
+                bench.measure(
+                    f"warm, sweep {connections}", token_url, warm_bodies, connections=connections, cycle=True
+                ).run
+            )
+        added_p50 = [w.p50_ms - b.p50_ms for w, b in zip(warm_runs, base_runs, strict=True)]
+        added_p99 = [w.p99_ms - b.p99_ms for w, b in zip(warm_runs, base_runs, strict=True)]
+        point: dict[str, float] = {"connections": connections}
+        for key, values in (
+            ("kc_per_s", [r.per_second for r in base_runs]),
+            ("kc_p99_ms", [r.p99_ms for r in base_runs]),
+            ("warm_per_s", [r.per_second for r in warm_runs]),
+            ("warm_p99_ms", [r.p99_ms for r in warm_runs]),
+            ("added_p50_ms", added_p50),
+            ("added_p99_ms", added_p99),
+        ):
+            point[key] = statistics.median(values)
+            point[f"{key}_min"], point[f"{key}_max"] = min(values), max(values)
+            bench.figures[f"sweep{connections}_{key}"] = values
+        sweep.append(point)
+    return sweep
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+# (key, label, goal text, how the value prints). The order is the table's.
+ROWS: list[tuple[str, str, str, str]] = [
+    ("warm_cpu_ms", "bridge CPU per warm exchange, ms", "<= 0.6 (1.0 at least)", "{:.2f}"),
+    ("ratio_colocated", "warm throughput / Keycloak grant, co-located, paired", ">= 0.8", "{:.2f}"),
+    ("ratio_pinned", "warm throughput / Keycloak grant, pinned (1 core each), paired", "", "{:.2f}"),
+    ("kc_per_s", "Keycloak grants/s, co-located (baseline)", "", "{:.0f}"),
+    ("warm_per_s", "bridge warm exchanges/s, co-located", "", "{:.0f}"),
+    ("pinned_kc_per_s", "Keycloak grants/s, Keycloak alone on 1 core", "", "{:.0f}"),
+    ("pinned_warm_per_s", "bridge warm exchanges/s, Keycloak alone on 1 core", "", "{:.0f}"),
+    ("kc_cpu_ms", "Keycloak CPU per grant, ms", "", "{:.2f}"),
+    ("kc_per_core", "Keycloak grants per second per core (1000 / CPU per grant)", "", "{:.0f}"),
+    ("bridge_only_cpu_ms", "bridge-only: CPU per warm exchange, 1 worker, ms", "", "{:.2f}"),
+    ("bridge_per_core", "bridge exchanges per second per core (1000 / CPU per exchange)", "", "{:.0f}"),
+    ("bridge_only_per_s", "bridge-only: exchanges/s achieved on its core", "", "{:.0f}"),
+    ("bridge_only_core_busy", "bridge-only: busy share of its core", "~1.0 = saturated", "{:.2f}"),
+    ("bridge_per_kc_core", "bridge exchanges per Keycloak grant, per core", ">= 5", "{:.1f}"),
+    ("first_cpu_ms", "bridge CPU per first sign-in, ms", "<= 3", "{:.2f}"),
+    ("first_keycloak_admin", "Keycloak admin calls per first sign-in", "2 when the lock is free", "{:.2f}"),
+    ("first_redis", "Redis commands per first sign-in", "", "{:.2f}"),
+    ("first_tiktok_user_info", "TikTok user-info calls per first sign-in", "1", "{:.2f}"),
+    ("first_per_s", "first sign-ins/s, co-located", "", "{:.0f}"),
+    ("first_over_warm", "first sign-ins / warm throughput", ">= 0.35", "{:.2f}"),
+    ("refresh_per_s", "session refreshes/s, co-located", "", "{:.0f}"),
+    ("refresh_over_kc", "refresh throughput / Keycloak grant (same run)", "", "{:.2f}"),
+    ("refresh_cpu_ms", "bridge CPU per refresh, ms", "", "{:.2f}"),
+    ("refresh_keycloak_token", "Keycloak token calls per refresh", "1", "{:.2f}"),
+    ("refresh_keycloak_admin", "Keycloak admin calls per refresh", "0", "{:.2f}"),
+    ("refresh_tiktok_user_info", "TikTok user-info calls per refresh", "0", "{:.2f}"),
+    ("refresh_redis", "Redis commands per refresh", "", "{:.2f}"),
+    ("warm_keycloak_admin", "Keycloak admin calls per warm exchange", "0", "{:.2f}"),
+    ("warm_keycloak_token", "Keycloak token calls per warm exchange", "1", "{:.2f}"),
+    ("warm_redis", "Redis commands per warm exchange", "", "{:.2f}"),
+    ("warm_tiktok_user_info", "TikTok user-info calls per warm exchange", "0", "{:.2f}"),
+    ("sweep32_warm_p99_ms", "warm p99 at 32 connections, ms", "<= Keycloak's + 5", "{:.1f}"),
+    ("sweep32_kc_p99_ms", "Keycloak grant p99 at 32 connections, ms", "", "{:.1f}"),
+    ("sweep1_added_p50_ms", "added p50 at 1 connection, ms", "", "{:.2f}"),
+    ("sweep1_added_p99_ms", "added p99 at 1 connection, ms", "", "{:.2f}"),
+    ("rss_mb", "peak RSS of one bridge worker, MB", "< 100", "{:.0f}"),
+    ("foreign_cpu", "machine CPU used by processes outside the bench", "~0 on a quiet machine", "{:.0%}"),
+]
+
+
+def summarise(
+    bench: Bench, sweep: list[dict[str, float]], load_before: tuple[float, ...], took: float
+) -> dict[str, Any]:
+    figures = {k: list(v) for k, v in bench.figures.items()}
+    figures["foreign_cpu"] = bench.foreign
+    # Per-core capacities, derived run by run so their spread is real.
+    if "kc_cpu_ms" in figures:
+        figures["kc_per_core"] = [1000 / v for v in figures["kc_cpu_ms"] if v > 0]
+    if "bridge_only_cpu_ms" in figures:
+        figures["bridge_per_core"] = [1000 / v for v in figures["bridge_only_cpu_ms"] if v > 0]
+        if figures.get("kc_per_core"):
+            kc = statistics.median(figures["kc_per_core"])
+            figures["bridge_per_kc_core"] = [v / kc for v in figures["bridge_per_core"]]
+    summary = {
+        key: {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+        for key, values in figures.items()
+        if values
+    }
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.split()[2]
-    print()
-    print(f"machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}")
-    print(f"Keycloak {KEYCLOAK_VERSION}, redis-server {redis_version.removeprefix('v=')}, {versions}")
-    print(
-        f"bridge workers: {args.workers}; {args.runs} runs of {args.seconds} s; wrk, {args.connections} connections"
-    )
-    print()
-    print(f"{'case':<55} {'req/s median (spread)':>24} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for case in (baseline, warm, first):
-        rate = f"{case.median('per_second'):.0f} ({case.spread('per_second')})"
-        non_2xx = sum(r.non_2xx for r in case.runs)
-        print(
-            f"{case.label:<55} {rate:>24} {case.median('p50_ms'):>8.2f} {case.median('p99_ms'):>8.2f} {non_2xx:>8}"
+    args = bench.args
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": commit or "unknown",
+        "command": "scripts/bench " + " ".join(sys.argv[1:]),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
+        "versions": f"Keycloak {KEYCLOAK_VERSION}, redis-server {redis_version.removeprefix('v=')}, "
+        + ", ".join(
+            f"{name} {metadata.version(name)}"
+            for name in ("starlette", "uvicorn", "httpx2", "redis", "joserfc")
+        ),
+        "setup": f"{args.runs} paired runs of {args.seconds} s; bridge workers {args.workers}; "
+        f"wrk, {args.connections} connections",
+        "load_average_before": [round(v, 2) for v in load_before],
+        "took_seconds": round(took),
+        "non_2xx": bench.non_2xx,
+        "figures": summary,
+        "sweep": sweep,
+    }
+
+
+def cell(entry: dict[str, float] | None, form: str) -> str:
+    if not entry:
+        return "-"
+    if entry.get("n", 2) == 1 or entry["min"] == entry["max"]:
+        return form.format(entry["median"])
+    return f"{form.format(entry['median'])} ({form.format(entry['min'])}-{form.format(entry['max'])})"
+
+
+def rows(results: dict[str, Any], previous: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    old = (previous or {}).get("figures", {})
+    return [
+        (label, cell(results["figures"].get(key), form), cell(old.get(key), form), goal)
+        for key, label, goal, form in ROWS
+        if key in results["figures"] or key in old
+    ]
+
+
+def heading(results: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
+    lines = [
+        f"run: {results['date']}, commit {results['commit']}, `{results['command']}` ({results['took_seconds']} s)",
+        f"machine: {results['machine']}; load average before: {results['load_average_before']}",
+        results["versions"],
+        results["setup"],
+    ]
+    if previous:
+        lines.append(
+            f"previous: {previous['date']}, commit {previous['commit']}: {previous.get('setup', '')}"
         )
-    print()
-    print(
-        f"warm throughput / baseline (paired runs): median {statistics.median(ratios):.2f} "
-        f"(spread {min(ratios):.2f}-{max(ratios):.2f}; goal >= 0.90)"
+        if note := previous.get("note"):
+            lines.append(f"  ({note})")
+    if errors := {k: v for k, v in results["non_2xx"].items() if v}:
+        lines.append(f"NON-2xx ANSWERS: {errors}")
+    return lines
+
+
+def render_text(results: dict[str, Any], previous: dict[str, Any] | None) -> str:
+    out = heading(results, previous)
+    out.append("")
+    out.append(f"{'figure':<66} {'this run: median (spread)':>28} {'previous':>22}  goal")
+    out.extend(
+        f"{label:<66} {now:>28} {old:>22}  {goal}" for label, now, old, goal in rows(results, previous)
     )
-    print()
-    print(
-        f"{'upstream calls per exchange':<30} {'tiktok user info':>17} {'kc admin':>9} {'kc token':>9} {'redis':>7}"
-    )
-    for case in (warm, first):
-        c = case.calls
-        print(
-            f"{case.label[:30]:<30} {c['tiktok_user_info']:>17.2f} {c['keycloak_admin']:>9.2f} "
-            f"{c['keycloak_token']:>9.2f} {c['redis']:>7.2f}"
+    if results["sweep"]:
+        out.append("")
+        out.append(
+            f"{'sweep (warm vs baseline)':<26} {'bridge req/s':>14} {'bridge p99':>11} {'Keycloak req/s':>15} {'Keycloak p99':>13}"
         )
-    print()
-    for case in (warm, first):
-        cpu = case.cpu_ms_per_exchange
-        print(
-            f"bridge CPU per exchange, {case.label[8:]}: median {statistics.median(cpu):.2f} ms "
-            f"(spread {min(cpu):.2f}-{max(cpu):.2f})"
+        for point in results["sweep"]:
+            out.append(
+                f"{int(point['connections']):<26} {point['warm_per_s']:>14.0f} {point['warm_p99_ms']:>11.1f} "
+                f"{point['kc_per_s']:>15.0f} {point['kc_p99_ms']:>13.1f}"
+            )
+    return "\n".join(out)
+
+
+def render_markdown(results: dict[str, Any], previous: dict[str, Any] | None) -> str:
+    out = [f"### {results['date']}: `{results['command']}` (commit {results['commit']})", ""]
+    out.extend(f"- {line}" for line in heading(results, previous)[1:])
+    out.extend(["", "| figure | this run: median (spread) | previous | goal |", "| --- | --- | --- | --- |"])
+    out.extend(f"| {label} | {now} | {old} | {goal} |" for label, now, old, goal in rows(results, previous))
+    if results["sweep"]:
+        out.extend(
+            [
+                "",
+                "| connections | bridge req/s | bridge p99 ms | Keycloak req/s | Keycloak p99 ms |",
+                "| --- | --- | --- | --- | --- |",
+            ]
         )
-    print(f"peak RSS of one bridge worker: {rss_mb:.0f} MB")
-    if soak_line:
-        print(soak_line)
-    print()
-    print(f"{'concurrency sweep (warm)':<26} {'req/s median (spread)':>24} {'p99 ms':>8}")
-    for connections, measured in sweep:
-        rate = f"{measured.median('per_second'):.0f} ({measured.spread('per_second')})"
-        print(f"{connections:<26} {rate:>24} {measured.median('p99_ms'):>8.2f}")
+        out.extend(
+            f"| {int(p['connections'])} | {p['warm_per_s']:.0f} | {p['warm_p99_ms']:.1f} | {p['kc_per_s']:.0f} | "
+            f"{p['kc_p99_ms']:.1f} |"
+            for p in results["sweep"]
+        )
+        out.extend(["", "![concurrency sweep](sweep.png)"])
+    return "\n".join(out)
+
+
+def load_previous(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        found = sorted(RESULTS_DIR.glob("*.json"))
+        if not found:
+            return None
+        path = found[-1]
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def save(results: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = results["date"].replace(" ", "-").replace(":", "")
+    path = RESULTS_DIR / f"{stamp}-{results['commit']}.json"
+    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """The sweep as a PNG: throughput and p99 against connections, the bridge beside Keycloak."""
+    if not results["sweep"]:
+        return
+    try:
+        import matplotlib as mpl  # noqa: PLC0415 - optional (bench extra)
+
+        mpl.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        progress("matplotlib missing (uv sync --extra bench): no PNG drawn")
+        return
+    sweep = results["sweep"]
+    runs = results["figures"].get("sweep1_kc_per_s", results["figures"].get("kc_per_s", {})).get("n", "?")
+    x = [p["connections"] for p in sweep]
+    figure, (rate, p99) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for key, label, style in (
+        ("kc_per_s", "Keycloak grant (baseline)", "o-"),
+        ("warm_per_s", "bridge, warm", "s-"),
+    ):
+        rate.plot(x, [p[key] for p in sweep], style, label=label)
+        rate.fill_between(x, [p[f"{key}_min"] for p in sweep], [p[f"{key}_max"] for p in sweep], alpha=0.2)
+    for key, label, style in (
+        ("kc_p99_ms", "Keycloak grant (baseline)", "o-"),
+        ("warm_p99_ms", "bridge, warm", "s-"),
+    ):
+        p99.plot(x, [p[key] for p in sweep], style, label=label)
+        p99.fill_between(x, [p[f"{key}_min"] for p in sweep], [p[f"{key}_max"] for p in sweep], alpha=0.2)
+    for axes, title, unit in ((rate, "throughput", "requests/s"), (p99, "p99 latency", "ms")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(x, [str(int(c)) for c in x])
+        axes.set_xlabel("connections (wrk)")
+        axes.set_ylabel(unit)
+        axes.set_title(f"{title}: median; band: min-max of {runs} runs", fontsize=10)
+        axes.grid(visible=True, alpha=0.3)
+        axes.legend()
+    p99.set_yscale("log")
+    figure.suptitle(f"{results['date']}, commit {results['commit']}: {results['machine']}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    progress(f"sweep drawn in {path}")
+
+
+def update_readme(markdown: str) -> None:
+    text = README.read_text()
+    begin, end = text.find(RESULTS_BEGIN), text.find(RESULTS_END)
+    if begin < 0 or end < begin:
+        sys.exit(f"bench/README.md has no {RESULTS_BEGIN} ... {RESULTS_END} section to fill")
+    README.write_text(text[: begin + len(RESULTS_BEGIN)] + "\n" + markdown + "\n" + text[end:])
 
 
 if __name__ == "__main__":

@@ -197,6 +197,9 @@ def create_app(
     )
     app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)  # added last, so outermost: refusals get an id and a log line
+    # Starlette would answer "/token/" with a redirect whose Location is built from the client's Host
+    # header (Host: evil.example -> Location: http://evil.example/token): no redirects at all.
+    app.router.redirect_slashes = False
     if tracing is not None:
         tracing.instrument_app(app)
     return app

@@ -12,6 +12,7 @@ from bridge.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from bridge.dpop import InvalidDPoPProof, verify_proof
 from bridge.errors import BridgeError, UnsupportedGrantType, UpstreamUnavailable
 from bridge.metrics import exposition
+from bridge.model import Caller
 from bridge.rfc6749 import (
     GRANT_TYPE_REFRESH_TOKEN,
     RefreshRequest,
@@ -56,7 +57,8 @@ async def token(request: Request) -> Response:
         request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
     )
     jkt = await _dpop_thumbprint(request, resources)
-    exchanged = await resources.apps.exchange_for(client_id).exchange(exchange_request)
+    caller = Caller(address=client_ip(request), trusted=client_id in resources.clients.confidential)
+    exchanged = await resources.apps.exchange_for(client_id).exchange(exchange_request, caller)
     answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
     session = await start_session(
         resources,

@@ -9,6 +9,7 @@
     │   │   │   └── MissingScope      the TikTok grant lacks a scope the bridge needs
     │   │   ├── IdentityMismatch      user info answered for another open_id than the code's
     │   │   ├── UserNotFound          TikTok answered without a user
+    │   │   ├── UnsupportedIdentity   a TikTok identifier longer than Keycloak can store
     │   │   ├── AccountDisabled       the Keycloak user is disabled
     │   │   ├── RegistrationClosed    policy forbids creating a new user
     │   │   └── EmailTaken            the pseudo-email belongs to another account
@@ -24,6 +25,7 @@
     │   │   ├── IdentityLinkedElsewhere   the TikTok identity belongs to another Keycloak user
     │   │   └── OtherIdentityLinked   the user already has a different TikTok identity
     │   ├── BodyTimeout               408 invalid_request: the body did not arrive in time
+    │   ├── ClientDisconnected        499 invalid_request: the client hung up mid-body (no one reads it)
     │   ├── BodyTooLarge              413 invalid_request
     │   ├── HeadersTooLarge           431 invalid_request (RFC 6585)
     │   ├── RateLimited               429 temporarily_unavailable with Retry-After (RFC 6585)
@@ -120,6 +122,10 @@ class IdentityMismatch(InvalidRequest):
 
 class UserNotFound(InvalidRequest):
     default_description = "TikTok returned no user for the subject_token."
+
+
+class UnsupportedIdentity(InvalidRequest):
+    default_description = "This TikTok account cannot be signed in here."
 
 
 class AccountDisabled(InvalidRequest):
@@ -223,6 +229,12 @@ class BodyTimeout(OAuthError):
 
     def extra_headers(self) -> dict[str, str]:
         return {"Connection": "close"}  # the rest of the body may still be on its way
+
+
+class ClientDisconnected(OAuthError):
+    # nginx's 499 "client closed request": logged and counted as the client's doing, never as a 5xx.
+    status_code = 499
+    default_description = "The client closed the connection before its request was complete."
 
 
 class BodyTooLarge(OAuthError):

@@ -44,22 +44,33 @@ from bridge.model import (
     ATTR_USERNAME,
     ATTR_VERIFIED,
     SCOPE_BASIC,
+    Caller,
     Exchanged,
     KeycloakUser,
     Policy,
     TikTokProfile,
+    fit_for_keycloak,
     profile_attributes,
 )
 from bridge.rfc8693 import CodeExchange
 
 if TYPE_CHECKING:
     from bridge.model import CodeGrant, IssuedToken
-    from bridge.ports import AssertionMinter, Cache, IdentityLimiter, KeycloakGateway, TikTokGateway
+    from bridge.ports import (
+        AssertionMinter,
+        Cache,
+        IdentityLimiter,
+        KeycloakGateway,
+        TikTokGateway,
+        UserInfoQuota,
+    )
     from bridge.rfc8693 import ExchangeRequest
 
 log = logging.getLogger(__name__)
 
 MAX_USERNAME_ATTEMPTS = 3
+# How long an address that signed in successfully keeps its priority on TikTok's quota.
+PROVEN_ADDRESS_TTL = 86400
 # How long one replica may hold the provisioning lock, and how long another waits for it.
 PROVISIONING_LOCK_TTL = 30
 PROVISIONING_LOCK_WAIT = 15
@@ -89,8 +100,10 @@ class ExchangeService:
         minter: AssertionMinter,
         policy: Policy,
         limiter: IdentityLimiter | None = None,
+        quota: UserInfoQuota | None = None,
     ) -> None:
         self._limiter = limiter
+        self._quota = quota
         self._tiktok = tiktok
         self._keycloak = keycloak
         self._cache = cache
@@ -102,14 +115,14 @@ class ExchangeService:
     def policy(self) -> Policy:
         return self._policy
 
-    async def exchange(self, request: ExchangeRequest) -> Exchanged:
+    async def exchange(self, request: ExchangeRequest, caller: Caller | None = None) -> Exchanged:
         # Before TikTok is asked: a request for an audience this app may not have costs nothing.
         self.check_targets(request.scope, request.audiences)
         grant: CodeGrant | None = None
         if isinstance(request, CodeExchange):
             profile, grant = await self.verify_code(request.code, request.code_verifier, request.redirect_uri)
         else:
-            profile = await self.verify_access_token(request.access_token)
+            profile = await self.verify_access_token(request.access_token, caller)
         return await self.sign_in(profile, request.scope, tiktok_grant=grant, audiences=request.audiences)
 
     def check_targets(self, scope: tuple[str, ...], audiences: tuple[str, ...]) -> None:
@@ -139,6 +152,12 @@ class ExchangeService:
             await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
             user_id, created = await self.ensure_user(profile)
             issued = await self.mint(profile.open_id, scope, audiences)
+        if issued.subject is not None and issued.subject != user_id:
+            # An admin moved the link to another account: Keycloak minted for that one, so the answer
+            # and the log name it, and the stale cached id is forgotten.
+            log.info("linked user changed in keycloak", extra={"keycloak_user_id": issued.subject})
+            await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
+            user_id = issued.subject
         return Exchanged(
             issued=issued, user_id=user_id, profile=profile, created=created, tiktok_grant=tiktok_grant
         )
@@ -195,12 +214,19 @@ class ExchangeService:
         )
         if SCOPE_BASIC not in grant.scopes:
             raise MissingScope("The user did not grant the user.info.basic scope.")
+        # A code TikTok just redeemed with our secret and the PKCE verifier is as real as it gets.
+        await self._spend_quota(proven=True)
         profile = await self._tiktok.fetch_profile(grant.access_token, sorted(grant.scopes))
         if profile.open_id != grant.open_id:
             raise IdentityMismatch(detail="user info open_id differs from the token answer's")
         return profile, grant
 
-    async def verify_access_token(self, access_token: str) -> TikTokProfile:
+    async def verify_access_token(self, access_token: str, caller: Caller | None = None) -> TikTokProfile:
+        """The profile behind a TikTok access token: cheap checks first (shape, the profile cache, the
+        negative cache), TikTok last, spending its quota by the caller's priority."""
+        prefix = self._policy.access_token_prefix
+        if prefix and not access_token.startswith(prefix):
+            raise AccessTokenRejected(detail="not shaped like a TikTok access token; TikTok not asked")
         profile_key = keys.profile(access_token)
         if cached := await self._cache.get(profile_key):
             CACHE_LOOKUPS.labels("profile", "hit").inc()
@@ -211,18 +237,36 @@ class ExchangeService:
             # A recently refused token is refused again without spending TikTok's quota.
             CACHE_LOOKUPS.labels("rejected", "hit").inc()
             raise AccessTokenRejected(detail="refused by TikTok recently (negative cache)")
+        caller = caller or Caller()
+        await self._spend_quota(proven=caller.trusted or await self._proven(caller.address))
         try:
             profile = await self._fetch_with_fallback(access_token)
         except SubjectTokenRejected:
             await self._cache.set(rejected_key, b"1", self._policy.negative_ttl)
             raise
         await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
+        if caller.address is not None:
+            # This address brought a token TikTok vouched for: its next new tokens get the kept share of
+            # the quota. Written on this cold path only, so the warm path pays nothing.
+            await self._cache.set(keys.proven_client(caller.address), b"1", PROVEN_ADDRESS_TTL)
         return profile
 
     async def verify_access_token_fresh(self, access_token: str) -> TikTokProfile:
         """Ask TikTok now, whatever is cached: linking acts on proof that the token is alive this moment
-        (a cached profile may belong to a token revoked since)."""
+        (a cached profile may belong to a token revoked since). The caller has shown a valid realm
+        token, so it spends the quota share of proven callers."""
+        prefix = self._policy.access_token_prefix
+        if prefix and not access_token.startswith(prefix):
+            raise AccessTokenRejected(detail="not shaped like a TikTok access token; TikTok not asked")
+        await self._spend_quota(proven=True)
         return await self._fetch_with_fallback(access_token)
+
+    async def _proven(self, address: str | None) -> bool:
+        return address is not None and await self._cache.get(keys.proven_client(address)) is not None
+
+    async def _spend_quota(self, *, proven: bool) -> None:
+        if self._quota is not None:
+            await self._quota.spend(proven=proven)
 
     async def _fetch_with_fallback(self, access_token: str) -> TikTokProfile:
         scopes = self._policy.access_token_scopes
@@ -269,12 +313,15 @@ class ExchangeService:
                 LOCK_WAIT_SECONDS.observe(time.perf_counter() - waiting_since)
                 if not acquired:
                     raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")
-                # Whoever held the lock before us may have created the user meanwhile.
-                user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
-                if user is None:
-                    user_id = await self._create(profile, attributes)
-                    await self._remember(user_key, user_id, fingerprint)
-                    return user_id, True
+                # Whoever held the lock before us created the user and cached its id before letting go:
+                # one cache read instead of another Keycloak search (a hundred waiters queue behind this
+                # lock). If that write was lost, Keycloak's 409 on the deterministic username still
+                # leads `_create` to the existing user.
+                if (winner := await self._cache.get(user_key)) is not None and "id" in json.loads(winner):
+                    return str(json.loads(winner)["id"]), False
+                user_id = await self._create(profile, attributes)
+                await self._remember(user_key, user_id, fingerprint)
+                return user_id, True
         if not user.enabled:
             raise AccountDisabled(detail=f"keycloak user {user.id} is disabled")
         if {k: user.attributes.get(k) for k in attributes} != attributes:
@@ -296,7 +343,7 @@ class ExchangeService:
                 {
                     "identityProvider": self._policy.idp_alias,
                     "userId": profile.open_id,
-                    "userName": profile.username or profile.open_id,
+                    "userName": fit_for_keycloak(profile.username or profile.open_id),
                 }
             ],
         }
@@ -352,8 +399,8 @@ class ExchangeService:
         template = self._policy.email_template
         if template is None:
             return None
-        if "{union_id}" in template and not profile.union_id:
-            return None  # TikTok sometimes omits union_id; no address rather than a wrong one
+        if "{union_id}" in template and ATTR_UNION_ID not in profile_attributes(profile):
+            return None  # TikTok sometimes omits union_id (or it is unstorable): no address, not a wrong one
         return template.format(open_id=profile.open_id, union_id=profile.union_id or "").lower()
 
     async def _sync_profile(self, user_id: str, attributes: dict[str, list[str]]) -> None:

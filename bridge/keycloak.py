@@ -22,6 +22,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+from joserfc import jws
+from joserfc.errors import JoseError
 
 from bridge import keys
 from bridge.errors import (
@@ -48,6 +50,17 @@ MAX_RESPONSE_BYTES = 512 * 1024
 class _AdminToken:
     value: str
     expires_at: float
+
+
+def _subject(access_token: str) -> str | None:
+    """The `sub` of a token Keycloak just handed us over our own authenticated connection (so it is
+    read, not verified): the user the token is for, whoever the bridge's cache said."""
+    try:
+        payload = json.loads(jws.extract_compact(access_token.encode()).payload)
+    except (JoseError, ValueError, UnicodeDecodeError):
+        return None
+    subject = payload.get("sub") if isinstance(payload, dict) else None
+    return subject if isinstance(subject, str) else None
 
 
 class KeycloakClient:
@@ -422,6 +435,7 @@ class KeycloakClient:
                 expires_in=int(expires_in) if isinstance(expires_in, int) else None,
                 scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
                 id_token=body.get("id_token") if isinstance(body.get("id_token"), str) else None,
+                subject=_subject(body["access_token"]),
             )
         error, description = body.get("error"), str(body.get("error_description") or "")
         if error == "invalid_scope":

@@ -74,6 +74,11 @@ def sessions_not_before(idp_alias: str, open_id: str) -> str:
     return f"{PREFIX}sessions-not-before:{_identity_tag(idp_alias, open_id)}"
 
 
+def proven_client(address: str) -> str:
+    """A client address that signed in successfully with a TikTok token recently (quota priority)."""
+    return f"{PREFIX}proven:{_digest(address)}"
+
+
 def dpop_proof(jti: str) -> str:
     """A DPoP proof already used (RFC 9449 §11.1: proofs are single-use)."""
     return f"{PREFIX}dpop-jti:{_digest(jti)}"

@@ -8,17 +8,20 @@ what it works with.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge.errors import UpstreamProtocolError
+from bridge.errors import UnsupportedIdentity, UpstreamProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SCOPE_BASIC = "user.info.basic"
 SCOPE_PROFILE = "user.info.profile"
@@ -32,6 +35,29 @@ ATTR_VERIFIED = "tiktok_is_verified"
 OWNED_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
 
 DeauthorizationPolicy = Literal["record", "disable", "unlink"]
+
+# Keycloak refuses attribute values (and federated-identity names) over 255 characters as Java counts
+# them: UTF-16 code units, so one emoji counts two (error-invalid-length-too-long).
+KEYCLOAK_MAX_LENGTH = 255
+
+
+def keycloak_length(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def fit_for_keycloak(text: str, limit: int = KEYCLOAK_MAX_LENGTH) -> str:
+    """`text` cut to what Keycloak stores, at a code point boundary (never half a surrogate pair). For
+    display fields only: identifiers are never cut."""
+    if keycloak_length(text) <= limit:
+        return text
+    fitted, used = [], 0
+    for char in text:
+        units = 2 if ord(char) > 0xFFFF else 1  # noqa: PLR2004 - beyond the BMP: a surrogate pair
+        if used + units > limit:
+            break
+        fitted.append(char)
+        used += units
+    return "".join(fitted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +103,21 @@ class TikTokProfile:
 
 
 def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
-    """The tiktok_* attributes of a Keycloak user linked to this identity (sign-in and linking alike)."""
+    """The attributes the bridge owns (written by sign-in and linking alike), fitted to Keycloak's
+    limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
+    union_id left out, each said in the log)."""
+    if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
+        raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
     attributes = {ATTR_OPEN_ID: [profile.open_id]}
     if profile.union_id:
-        attributes[ATTR_UNION_ID] = [profile.union_id]
+        if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
+            attributes[ATTR_UNION_ID] = [profile.union_id]
+        else:
+            log.warning("union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)})
     if profile.display_name:
-        attributes[ATTR_DISPLAY_NAME] = [profile.display_name]
+        attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(profile.display_name)]
     if profile.username:
-        attributes[ATTR_USERNAME] = [profile.username]
+        attributes[ATTR_USERNAME] = [fit_for_keycloak(profile.username)]
     if profile.is_verified is not None:
         attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
     return attributes
@@ -136,6 +169,15 @@ class KeycloakUser:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, as far as quota priority goes: the client address, and whether the client proved
+    itself (a confidential client of the allow-list)."""
+
+    address: str | None = None
+    trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedToken:
     """What Keycloak issued, before it is shaped into an answer."""
 
@@ -143,6 +185,8 @@ class IssuedToken:
     expires_in: int | None
     scope: str | None
     id_token: str | None = None
+    # The Keycloak user the token is for (its `sub`): the truth when the bridge's cache is stale.
+    subject: str | None = None
 
     def __repr__(self) -> str:
         return f"IssuedToken(expires_in={self.expires_in!r}, scope={self.scope!r})"
@@ -191,6 +235,7 @@ class Policy:
     default_realm_roles: tuple[str, ...]
     # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
     deauthorization: DeauthorizationPolicy
+    access_token_prefix: str
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
@@ -211,6 +256,7 @@ class Policy:
             default_groups=settings.default_groups,
             default_realm_roles=settings.default_realm_roles,
             deauthorization=settings.deauthorization_policy,
+            access_token_prefix=settings.tiktok_access_token_prefix,
             profile_ttl=settings.profile_cache_ttl,
             user_ttl=settings.user_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,

@@ -366,7 +366,10 @@ def document(
                         {"$ref": "#/components/schemas/OAuthError"},
                         "The body did not arrive within the body timeout",
                     ),
-                    "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 64 KiB"),
+                    "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 16 KiB"),
+                    "429": _json(
+                        {"$ref": "#/components/schemas/OAuthError"}, "Rate limited per address", _RETRY_AFTER
+                    ),
                     "503": _json(
                         {"$ref": "#/components/schemas/OAuthError"},
                         "The session store is unavailable: TikTok delivers again later",

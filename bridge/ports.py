@@ -91,5 +91,12 @@ class IdentityLimiter(Protocol):
     async def check_identity(self, open_id: str) -> None: ...
 
 
+class UserInfoQuota(Protocol):
+    async def spend(self, *, proven: bool) -> None:
+        """Take one TikTok user-info call from the shared quota; TemporarilyUnavailable when the share
+        of this kind of request is spent."""
+        ...
+
+
 class AssertionMinter(Protocol):
     def mint(self, subject: str, audience: str) -> str: ...

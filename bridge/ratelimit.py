@@ -16,7 +16,7 @@ from limits import RateLimitItem, parse
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
-from bridge.errors import RateLimited
+from bridge.errors import RateLimited, TemporarilyUnavailable
 from bridge.metrics import RATE_LIMITED
 from bridge.redis_connection import REDIS_FAILURES
 
@@ -29,15 +29,28 @@ log = logging.getLogger(__name__)
 class RateLimiter:
     """`storage`: the process's shared Redis (`RedisConnection.limits_storage`) or limits' MemoryStorage."""
 
-    def __init__(self, storage: Storage, *, per_ip: str | None, per_identity: str | None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        per_ip: str | None,
+        per_identity: str | None,
+        webhook_per_ip: str | None = None,
+    ) -> None:
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._storage = storage
         self._per_ip: RateLimitItem | None = parse(per_ip) if per_ip else None
         self._per_identity: RateLimitItem | None = parse(per_identity) if per_identity else None
+        self._webhook_per_ip: RateLimitItem | None = parse(webhook_per_ip) if webhook_per_ip else None
 
     async def check_ip(self, address: str | None) -> None:
         if self._per_ip is not None and address:
             await self._hit(self._per_ip, "ip", address)
+
+    async def check_webhook(self, address: str | None) -> None:
+        """Webhook deliveries per address: a bucket of their own (TikTok's bursts are not sign-ins)."""
+        if self._webhook_per_ip is not None and address:
+            await self._hit(self._webhook_per_ip, "webhook", address)
 
     async def check_identity(self, open_id: str) -> None:
         if self._per_identity is not None:
@@ -59,3 +72,41 @@ class RateLimiter:
         raise RateLimited(
             retry_after=max(1, math.ceil(reset_at - time.time())), detail=f"{kind} limit {item}"
         )
+
+
+class TikTokQuota:
+    """TikTok's user-info quota, spent deliberately and shared by every replica (same storage as the
+    rate limits). Unproven requests may spend `unproven_share` of it; the rest is kept for requests
+    that are likely real, so a spray of made-up tokens can no longer make TikTok answer 429 to everyone
+    (and open the breaker for every sign-in)."""
+
+    def __init__(self, storage: Storage, *, per_minute: str, unproven_share: float) -> None:
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._total = parse(per_minute)
+        self._unproven = type(self._total)(
+            max(1, int(self._total.amount * unproven_share)), self._total.multiples
+        )
+
+    async def spend(self, *, proven: bool) -> None:
+        try:
+            if not proven and not await self._limiter.hit(self._unproven, "tiktok-user-info", "unproven"):
+                reset_at, _ = await self._limiter.get_window_stats(
+                    self._unproven, "tiktok-user-info", "unproven"
+                )
+                RATE_LIMITED.labels("tiktok_unproven").inc()
+                raise TemporarilyUnavailable(
+                    "Too many new sign-ins right now; retry later.",
+                    retry_after=max(1, math.ceil(reset_at - time.time())),
+                    detail="unproven share of TikTok's user-info quota spent",
+                )
+            if not await self._limiter.hit(self._total, "tiktok-user-info", "all"):
+                reset_at, _ = await self._limiter.get_window_stats(self._total, "tiktok-user-info", "all")
+                RATE_LIMITED.labels("tiktok_quota").inc()
+                raise TemporarilyUnavailable(
+                    "TikTok's quota for this app is spent; retry later.",
+                    retry_after=max(1, math.ceil(reset_at - time.time())),
+                    detail="TikTok's user-info quota spent",
+                )
+        except (StorageError, *REDIS_FAILURES) as exc:
+            # As with the rate limits: an outage of the store must not become an outage of sign-ins.
+            log.warning("quota store unavailable; call let through", extra={"error_type": type(exc).__name__})

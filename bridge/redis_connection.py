@@ -92,3 +92,8 @@ class RedisConnection:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        # A Sentinel master client does not close its connections to the sentinels (redis-py's
+        # Sentinel has no close of its own): one socket per sentinel would outlive the process's client.
+        manager = getattr(getattr(self.client, "connection_pool", None), "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()

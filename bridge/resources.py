@@ -21,7 +21,7 @@ from bridge.exchange import ExchangeService
 from bridge.keycloak import KeycloakClient
 from bridge.linking import LinkingService, LinkPolicy
 from bridge.model import Policy
-from bridge.ratelimit import RateLimiter
+from bridge.ratelimit import RateLimiter, TikTokQuota
 from bridge.redis_connection import RedisConnection
 from bridge.sealing import sealer_from_settings
 from bridge.sessions import SessionPolicy, SessionService
@@ -119,10 +119,22 @@ class Resources:
             limits_storage,
             per_ip=settings.rate_limit_per_ip if settings.rate_limit_enabled else None,
             per_identity=settings.rate_limit_per_identity if settings.rate_limit_enabled else None,
+            webhook_per_ip=settings.rate_limit_webhook_per_ip if settings.rate_limit_enabled else None,
         )
         policy = Policy.from_settings(settings)
+        quota = TikTokQuota(
+            limits_storage,
+            per_minute=settings.tiktok_user_info_quota,
+            unproven_share=settings.tiktok_unproven_share,
+        )
         exchange = ExchangeService(
-            tiktok=tiktok, keycloak=keycloak, cache=cache, minter=signer, policy=policy, limiter=limiter
+            tiktok=tiktok,
+            keycloak=keycloak,
+            cache=cache,
+            minter=signer,
+            policy=policy,
+            limiter=limiter,
+            quota=quota,
         )
         strapi_exchange = exchange
         if settings.strapi_keycloak_client_id and settings.strapi_keycloak_client_secret is not None:
@@ -136,19 +148,22 @@ class Resources:
                 minter=signer,
                 policy=policy,
                 limiter=limiter,
+                quota=quota,
             )
-        apps = Apps(
-            exchange,
-            cls._per_app(
-                settings,
-                default=exchange,
-                keycloak=keycloak,
+
+        def use_case(minting: KeycloakClient, app_policy: Policy) -> ExchangeService:
+            # Every app's use case shares the process's clients, caches, limits and TikTok quota.
+            return ExchangeService(
                 tiktok=tiktok,
+                keycloak=minting,
                 cache=cache,
-                signer=signer,
+                minter=signer,
+                policy=app_policy,
                 limiter=limiter,
-            ),
-        )
+                quota=quota,
+            )
+
+        apps = Apps(exchange, cls._per_app(settings, policy, keycloak, use_case))
         sessions = None
         if settings.sessions_enabled:
             sessions = SessionService(
@@ -201,27 +216,21 @@ class Resources:
     @staticmethod
     def _per_app(
         settings: Settings,
-        *,
-        default: ExchangeService,
+        policy: Policy,
         keycloak: KeycloakClient,
-        tiktok: TikTokClient,
-        cache: Cache,
-        signer: AssertionSigner,
-        limiter: RateLimiter,
+        use_case: Callable[[KeycloakClient, Policy], ExchangeService],
     ) -> dict[str, ExchangeService]:
         """A use case for each app with a Keycloak client or an audience list of its own."""
         clients, audiences = settings.keycloak_client_map(), settings.client_audience_map()
         catalog = settings.audience_scopes()
         per_app = {}
         for app in sorted(set(clients) | set(audiences)):
-            policy = default.policy
+            app_policy = policy
             if app in audiences:
                 allowed = {a: catalog[a] for a in audiences[app]}
-                policy = dataclasses.replace(policy, audience_scopes=MappingProxyType(allowed))
+                app_policy = dataclasses.replace(policy, audience_scopes=MappingProxyType(allowed))
             minting = keycloak.minting_as(*clients[app]) if app in clients else keycloak
-            per_app[app] = ExchangeService(
-                tiktok=tiktok, keycloak=minting, cache=cache, minter=signer, policy=policy, limiter=limiter
-            )
+            per_app[app] = use_case(minting, app_policy)
         return per_app
 
     async def aclose(self) -> None:

@@ -14,12 +14,20 @@ lacks for a server on the public internet.
    h11 refuses request headers still incomplete past its buffer limit the same way: headers over
    MAX_HEADER_BYTES that arrive in pieces got that 400, and at once the app's JSON 431. Both are now the
    bridge's own error bodies: 431 when the buffer overflowed, `invalid_request` 400 otherwise.
+4. Request smuggling shapes. h11 0.16 accepts requests whose end a front proxy may judge otherwise: it
+   lets Transfer-Encoding win over a Content-Length beside it and keeps the connection open (RFC 9112
+   section 6.1 requires closing it), honours Transfer-Encoding on HTTP/1.0 (faulty framing, same
+   section), reads a bare LF as a line end (section 2.2 allows it; a proxy that does not sees one
+   header where we see two) and unfolds obs-fold lines (section 5.2: reject). `_StrictConnection` refuses
+   all four as malformed HTTP, so each gets the JSON 400 of point 3 with `Connection: close` and nothing
+   pipelined behind it is read. Mobile clients and proxies never send these shapes.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +44,50 @@ if TYPE_CHECKING:
     from bridge.errors import OAuthError
 
 
+# Where h11 ends a header block (its own rule: an LF, an optional CR, an LF), a bare LF anywhere in it,
+# and a line that starts with white space (obs-fold) once line ends are known to be CRLF.
+_END_OF_HEADERS = re.compile(rb"\n\r?\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_OBS_FOLD = re.compile(rb"\r\n[ \t]")
+AMBIGUOUS_LENGTH = "The request's length is ambiguous (Content-Length with Transfer-Encoding)."
+
+
+class _StrictConnection(h11.Connection):
+    """h11's server connection, refusing the framing shapes of point 4 as RemoteProtocolError, which
+    uvicorn answers through `send_400_response`. `refusal` says which, for that answer."""
+
+    refusal: str | None = None
+
+    def next_event(self) -> Any:  # noqa: ANN401 - h11's own union of event types and sentinels
+        if self.their_state is h11.IDLE:
+            # The raw header block is checked before h11 parses it: once parsed, bare LFs and folds are
+            # gone. A block still incomplete is left to h11 (and to its size limit).
+            buffered, _ = self.trailing_data
+            end = _END_OF_HEADERS.search(buffered)
+            if end is not None:
+                block = buffered[: end.end()]
+                if _BARE_LF.search(block) or _OBS_FOLD.search(block):
+                    raise h11.RemoteProtocolError("bare LF or obs-fold in the header block", 400)
+        event = super().next_event()
+        if isinstance(event, h11.Request) and _ambiguous_length(event):
+            self.refusal = AMBIGUOUS_LENGTH
+            raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
+        return event
+
+
+def _ambiguous_length(request: h11.Request) -> bool:
+    names = {name for name, _ in request.headers}
+    if b"transfer-encoding" not in names:
+        return False
+    return b"content-length" in names or request.http_version == b"1.0"
+
+
 class BridgeH11Protocol(H11Protocol):
     def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(*args, **kwargs)
+        # In place of uvicorn's own connection, with the same buffer limit (`serve` always sets it).
+        limit = self.config.h11_max_incomplete_event_size
+        self.conn = _StrictConnection(h11.SERVER, MAX_HEADER_BYTES if limit is None else limit)
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
 
@@ -69,16 +118,25 @@ class BridgeH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's fixed text, replaced
         buffered, _ = self.conn.trailing_data
-        refusal: OAuthError = (
-            HeadersTooLarge(detail=f"{len(buffered)} bytes of incomplete headers")
-            if len(buffered) > MAX_HEADER_BYTES
-            else InvalidRequest("The request is not valid HTTP/1.1.")
-        )
-        body = json.dumps({"error": refusal.error, "error_description": refusal.description}).encode()
+        framing = self.conn.refusal if isinstance(self.conn, _StrictConnection) else None
+        refusal: OAuthError
+        if framing is not None:
+            # Checked first: the body buffered behind these headers may well exceed MAX_HEADER_BYTES.
+            refusal = InvalidRequest(framing)
+        elif len(buffered) > MAX_HEADER_BYTES:
+            refusal = HeadersTooLarge(detail=f"{len(buffered)} bytes of incomplete headers")
+        else:
+            refusal = InvalidRequest("The request is not valid HTTP/1.1.")
+        # The one error shape (errors.OAuthError), written by hand only because there is no app here yet.
+        body = json.dumps(refusal.body()).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
+            *(
+                (name.lower().encode(), value.encode())
+                for name, value in refusal.headers().items()
+                if name.lower() != "connection"  # closed below in every case
+            ),
             (b"connection", b"close"),
         ]
         self.transport.write(self.conn.send(h11.Response(status_code=refusal.status_code, headers=headers)))
@@ -114,5 +172,9 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=20,
+        # A new worker answers the supervisor's health ping only once it has imported the app. uvicorn's
+        # 5 s was too short on a busy host: workers were killed and respawned in a loop and
+        # `--workers 2` never served (found by the benchmark beside a test run).
+        timeout_worker_healthcheck=60,
         server_header=False,
     )

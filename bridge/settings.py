@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_per_ip: str = "60/minute"
     rate_limit_per_identity: str = "20/minute"
+    rate_limit_webhook_per_ip: str = "600/minute"
     # Optional client allow-list for /token: when either is set, every request must name a client_id
     # (form or HTTP Basic). Public (mobile) clients need none; confidential ones "id=secret,id2=secret2".
     public_client_ids: CommaList = ()
@@ -122,6 +123,15 @@ class Settings(BaseSettings):
     username_prefix: str = Field(default="tiktok_", pattern=r"^[a-z0-9._-]{0,32}$")
     # A pseudo-email template with the placeholders {open_id} and {union_id}. Off when unset.
     email_template: str | None = None
+
+    # TikTok's user-info quota for the app (600 calls a minute, shared by every replica), and the share
+    # of it that unproven requests may spend: a bare access token from an address that never signed in
+    # successfully. The rest is kept for codes (redeemed with PKCE) and proven addresses.
+    tiktok_user_info_quota: str = "600/minute"
+    tiktok_unproven_share: float = Field(default=0.5, gt=0, le=1)
+    # What a TikTok access token starts with; anything else is refused before TikTok is asked (empty: no
+    # check). TikTok's tokens have started with "act." in every answer seen since 2022.
+    tiktok_access_token_prefix: str = "act."  # noqa: S105 - a token prefix, not a secret
 
     # Bridge sessions (README: "Sessions"): refresh tokens issued with every exchange, rotated on use.
     sessions_enabled: bool = True
@@ -263,7 +273,9 @@ class Settings(BaseSettings):
         )
         return {client_id: secret for client_id, _, secret in pairs}
 
-    @field_validator("rate_limit_per_ip", "rate_limit_per_identity")
+    @field_validator(
+        "rate_limit_per_ip", "rate_limit_per_identity", "rate_limit_webhook_per_ip", "tiktok_user_info_quota"
+    )
     @classmethod
     def _check_rate(cls, value: str) -> str:
         if value:

@@ -97,16 +97,17 @@ def parse_user_info(status: int, body: bytes) -> TikTokProfile:
     user = data.get("user") if isinstance(data, dict) else None
     if not isinstance(user, dict):
         raise UserNotFound(detail=f"TikTok user info had no user (log_id={log_id})")
-    open_id = _optional_str(user, "open_id", limit=256)
+    # Sanity caps only; what Keycloak can store is decided by the use case (model.fit_for_keycloak).
+    open_id = _optional_str(user, "open_id", limit=1024)
     if open_id is None:
         raise UserNotFound(detail=f"TikTok user info had no open_id (log_id={log_id})")
     verified = user.get("is_verified")
     return TikTokProfile(
         open_id=open_id,
-        union_id=_optional_str(user, "union_id", limit=256),
-        display_name=_optional_str(user, "display_name", limit=255),
+        union_id=_optional_str(user, "union_id", limit=1024),
+        display_name=_optional_str(user, "display_name", limit=1024),
         avatar_url=_optional_str(user, "avatar_url", limit=2048),
-        username=_optional_str(user, "username", limit=255),
+        username=_optional_str(user, "username", limit=1024),
         is_verified=verified if isinstance(verified, bool) else None,
     )
 

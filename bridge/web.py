@@ -10,9 +10,10 @@ import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
-from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError, to_oauth_error
+from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError, ClientDisconnected, to_oauth_error
 from bridge.metrics import EXCHANGES
 from bridge.rfc8693 import MAX_BODY_BYTES
 
@@ -57,6 +58,10 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
                     raise BodyTooLarge
     except TimeoutError as exc:
         raise BodyTimeout from exc
+    except ClientDisconnect as exc:
+        # The client hung up mid-body: its doing, not ours (it was logged as an error and counted as a
+        # 500, so anyone could page an operator). Nobody receives the answer.
+        raise ClientDisconnected from exc
     return bytes(body)
 
 

@@ -33,6 +33,18 @@ ensure_redis_server() {
     $sudo service redis-server stop >/dev/null 2>&1 || true
 }
 
+ensure_redis_sentinel() {
+    # tests/integration/test_redis_sentinel.py runs three sentinels (redis-server --sentinel would do,
+    # but Debian ships the mode as its own package, and a machine with only redis-server lacks it).
+    if command -v redis-sentinel >/dev/null 2>&1; then return; fi
+    log "redis-sentinel missing: installing Debian package redis-sentinel"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-sentinel >/dev/null
+    # Like redis-server's, the package starts a system-wide sentinel; the tests start their own.
+    $sudo service redis-sentinel stop >/dev/null 2>&1 || true
+}
+
 ensure_java_and_maven() {
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
     local missing=()

@@ -166,7 +166,10 @@ class FakeKeycloak:
         if not user.enabled:
             raise AccountDisabled
         return IssuedToken(
-            access_token=f"kc-token-for:{user.id}", expires_in=300, scope=" ".join(scope) or None
+            access_token=f"kc-token-for:{user.id}",
+            expires_in=300,
+            scope=" ".join(scope) or None,
+            subject=user.id,
         )
 
     def admin_calls(self) -> int:

@@ -9,16 +9,13 @@ from typing import TYPE_CHECKING, Any
 import httpx  # respx builds httpx (not httpx2) objects even when it patches httpcore2
 import httpx2
 import pytest
-from joserfc.jwk import ECKey
 
 from bridge.app import create_app
-from bridge.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
-
     import respx
+
+    from bridge.settings import Settings
 
 KC = "http://kc.test"
 TIKTOK = "https://open.tiktokapis.com"
@@ -27,32 +24,6 @@ FORM = {
     "subject_token": "act.valid!1234.va",
     "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
 }
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    key = tmp_path / "key.pem"
-    key.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
-    return Settings(
-        tiktok_client_key="key",
-        tiktok_client_secret="secret",
-        keycloak_url=KC,
-        keycloak_realm="app",
-        keycloak_client_id="tiktok-bridge",
-        keycloak_client_secret="kc-secret",
-        issuer="https://bridge.example",
-        signing_key_file=key,
-    )
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx2.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
-    ):
-        yield http
 
 
 def mock_keycloak(router: respx.Router, *, grant: httpx.Response | None = None) -> dict[str, Any]:

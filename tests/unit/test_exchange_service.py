@@ -94,6 +94,7 @@ async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
     }
     assert "email" not in rep
     assert keycloak.calls["create"] == 1
+    assert keycloak.admin_calls() == 2  # one search, one create: nothing more when the lock is free
     assert keycloak.calls["token"] == 1
 
 
@@ -397,3 +398,20 @@ async def test_configured_audiences_are_asked_of_keycloak_as_their_client_scopes
     with pytest.raises(InvalidScope):
         await exchange.exchange(request(scope=("aud-billing",)))
     assert len(tiktok.calls) == calls
+
+
+async def test_a_link_moved_by_an_admin_is_followed_at_once(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """An admin moves the TikTok link from C to D: the very next exchange names D (whom Keycloak's token
+    is for), not the cached C, and the cache learns D."""
+    bridge = service(tiktok, keycloak)
+    c = (await bridge.exchange(request())).user_id
+    link = keycloak.users[c].pop("federatedIdentities")
+    d = await keycloak.create_user({"username": "someone-else", "enabled": True, "federatedIdentities": link})
+
+    moved = await bridge.exchange(request())
+    again = await bridge.exchange(request())
+
+    assert moved.user_id == d
+    assert again.user_id == d

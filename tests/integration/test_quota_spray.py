@@ -1,0 +1,91 @@
+"""Under a spray of made-up TikTok tokens the bridge keeps signing real users in (issue "Hold under
+attack", finding 1): TikTok's user-info quota is spent deliberately, with a share kept for requests that
+are likely real. Real Keycloak and Redis; the emulator models TikTok's per-app quota and its 429."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from bridge.app import create_app
+from tests.conftest import TIKTOK_API, Stack
+
+if TYPE_CHECKING:
+    from devstack.tiktok_emulator import TikTokEmulator
+
+QUOTA = 40  # TikTok's real one is 600 a minute; smaller here so the test stays short
+REDIRECT = "https://app.example/callback"
+CODE_TYPE = "urn:tiktok-keycloak-bridge:params:oauth:token-type:tiktok-authorization-code"
+EXCHANGE = {
+    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+    "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+}
+
+
+async def test_a_spray_of_made_up_tokens_locks_no_real_user_out(
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None
+) -> None:
+    """300 distinct garbage tokens from 13 addresses spend at most the unproven half of the quota
+    (refused 503 past it, TikTok never answers 429), while a returning address's new token and a code
+    sign-in from a new address both succeed during the spray."""
+    emulator.user_info_rate_limit_per_minute = QUOTA
+    settings = stack.settings(
+        tiktok_user_info_quota=f"{QUOTA}/minute",
+        tiktok_unproven_share=0.5,
+        rate_limit_per_ip="10000/minute",
+        tiktok_redirect_uris=(REDIRECT,),
+    )
+    app = create_app(settings, mounts={TIKTOK_API: httpx2.ASGITransport(app=emulator.app)})
+
+    def client_from(address: str) -> httpx2.AsyncClient:
+        transport = httpx2.ASGITransport(app=app, client=(address, 40000))
+        return httpx2.AsyncClient(transport=transport, base_url="http://bridge.test")
+
+    async with app.router.lifespan_context(app):
+        returning, newcomer = client_from("198.51.100.1"), client_from("198.51.100.2")
+        sprayers = [client_from(f"203.0.113.{i}") for i in range(1, 14)]
+        user = emulator.create_user()
+        first = await returning.post(
+            "/token", data={**EXCHANGE, "subject_token": emulator.issue_access_token(user.open_id)}
+        )
+        assert first.status_code == 200, first.text
+
+        async def spray(i: int) -> int:
+            garbage = f"act.{secrets.token_urlsafe(40)}!{i:04d}.va"
+            response = await sprayers[i % 13].post("/token", data={**EXCHANGE, "subject_token": garbage})
+            return response.status_code
+
+        spraying = asyncio.gather(*(spray(i) for i in range(300)))
+        # Real users, while the spray runs.
+        again = await returning.post(
+            "/token", data={**EXCHANGE, "subject_token": emulator.issue_access_token(user.open_id)}
+        )
+        other = emulator.create_user()
+        verifier = secrets.token_urlsafe(48)
+        code = emulator.issue_authorization_code(
+            other.open_id, redirect_uri=REDIRECT, code_challenge=hashlib.sha256(verifier.encode()).hexdigest()
+        )
+        by_code = await newcomer.post(
+            "/token",
+            data={
+                **EXCHANGE,
+                "subject_token": code,
+                "subject_token_type": CODE_TYPE,
+                "code_verifier": verifier,
+                "redirect_uri": REDIRECT,
+            },
+        )
+        statuses = await spraying
+        for client in (returning, newcomer, *sprayers):
+            await client.aclose()
+
+    assert again.status_code == 200, again.text
+    assert by_code.status_code == 200, by_code.text
+    assert set(statuses) <= {400, 503}
+    assert statuses.count(503) >= 300 - QUOTA // 2
+    # The first sign-in, at most half the quota for the spray, then the two real users' calls.
+    assert emulator.calls["user_info"] <= 1 + QUOTA // 2 + 2
