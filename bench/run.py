@@ -195,6 +195,9 @@ def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) ->
         "BRIDGE_SIGNING_KEY_FILE": str(key_file),
         "BRIDGE_REDIS_URL": redis.url,
         "BRIDGE_RATE_LIMIT_ENABLED": "false",
+        # The emulator's quota is lifted (below), so the bridge's own spending of it is too; its cost
+        # (one moving-window script per TikTok call) is still paid and measured.
+        "BRIDGE_TIKTOK_USER_INFO_QUOTA": "100000/minute",
         "BRIDGE_LOG_LEVEL": "WARNING",
     }
     stack = Stack(

@@ -1,4 +1,5 @@
-"""`python -m bridge` / `bridge`: serve, check the configuration, print the public JWKS."""
+"""`python -m bridge` / `bridge`: serve, check the configuration, print the public JWKS, configure
+Keycloak (`keycloak apply`) and check a deployment (`doctor`)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     who = end.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", metavar="KEYCLOAK_USER_ID", help="the Keycloak user's id")
     who.add_argument("--open-id", metavar="OPEN_ID", help="the TikTok open_id")
+    _add_setup_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command == "generate-session-key":
@@ -78,8 +80,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(load_key(args.path).kid)  # noqa: T201
         return
 
+    if args.command == "doctor":
+        _doctor(args)
+        return
     settings = _load_settings()
     logs.configure(settings.log_level)
+    if args.command == "keycloak":
+        _keycloak_apply(settings, args)
+        return
     if args.command == "check-config":
         print("configuration ok")  # noqa: T201
         return
@@ -105,6 +113,88 @@ def main(argv: Sequence[str] | None = None) -> None:
         forwarded_allow_ips=args.forwarded_allow_ips,
         header_timeout=settings.client_header_timeout,
     )
+
+
+def _add_setup_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keycloak = commands.add_parser("keycloak", help="configure Keycloak for the bridge")
+    actions = keycloak.add_subparsers(dest="action", required=True)
+    apply = actions.add_parser(
+        "apply",
+        help="configure the realm of BRIDGE_KEYCLOAK_REALM on a running Keycloak (idempotent)",
+        description="Creates the identity provider, client, service-account roles and user-profile "
+        "attributes the bridge needs; refuses conflicts unless --force. Admin credentials are used "
+        "for this run only.",
+    )
+    apply.add_argument("--admin-user", required=True, help="a Keycloak administrator")
+    apply.add_argument(
+        "--admin-password-file", type=Path, help="file holding the password (else a prompt on a terminal)"
+    )
+    apply.add_argument("--admin-realm", default="master", help="the administrator's realm (default master)")
+    apply.add_argument(
+        "--jwks-url",
+        help="where Keycloak fetches the bridge's keys (default BRIDGE_ISSUER/.well-known/jwks.json); "
+        "e.g. an internal address",
+    )
+    apply.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
+    apply.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite conflicting objects: the settings listed as conflicts, a provider of another "
+        "type under the alias (deleted, with its user links), extra realm-management roles of the "
+        "service account (removed)",
+    )
+    doctor = commands.add_parser("doctor", help="check this deployment end to end, one line per check")
+    doctor.add_argument("--json", action="store_true", help="machine-readable report")
+
+
+def _admin_password(args: argparse.Namespace) -> str:
+    if args.admin_password_file is not None:
+        try:
+            return str(args.admin_password_file.read_text()).rstrip("\r\n")
+        except OSError as exc:
+            sys.exit(f"cannot read {args.admin_password_file}: {exc.strerror or type(exc).__name__}")
+    if not sys.stdin.isatty():
+        sys.exit("no admin password: give --admin-password-file, or run on a terminal to be asked")
+    import getpass  # noqa: PLC0415
+
+    return getpass.getpass(f"Keycloak password of {args.admin_user}: ")
+
+
+def _keycloak_apply(settings: Settings, args: argparse.Namespace) -> None:
+    from bridge.realm_setup import SetupError, apply  # noqa: PLC0415
+
+    password = _admin_password(args)
+    try:
+        done = apply(
+            settings,
+            admin_user=args.admin_user,
+            admin_password=password,
+            admin_realm=args.admin_realm,
+            jwks_url=args.jwks_url,
+            dry_run=args.dry_run,
+            force=args.force,
+            out=lambda line: print(line, flush=True),  # noqa: T201 - progress per object
+        )
+    except SetupError as exc:
+        sys.exit(f"keycloak apply: {exc}")
+    if not done:
+        sys.exit(1)
+
+
+def _doctor(args: argparse.Namespace) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from bridge.doctor import Check, report, run_checks  # noqa: PLC0415
+
+    try:
+        settings = Settings.load()
+    except ValidationError as exc:
+        names = ", ".join(f"BRIDGE_{'_'.join(str(p) for p in e['loc']).upper()}" for e in exc.errors())
+        checks = [Check("settings", ok=False, detail=f"invalid: {names}", fix="Run `bridge check-config`.")]
+    else:
+        checks = asyncio.run(run_checks(settings))
+    print(report(checks, as_json=args.json))  # noqa: T201
+    sys.exit(0 if all(c.ok for c in checks) else 1)
 
 
 if __name__ == "__main__":

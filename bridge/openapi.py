@@ -236,9 +236,11 @@ def document(
                             "schema": {
                                 "type": "object",
                                 "required": ["token"],
+                                # Untyped on purpose: RFC 7009 §2.2 answers 200 to any token at
+                                # all, so no value of it can be refused (form values are strings).
                                 "properties": {
-                                    "token": {"type": "string", "minLength": 1},
-                                    "token_type_hint": {"type": "string"},
+                                    "token": {"minLength": 1},
+                                    "token_type_hint": {},
                                 },
                             }
                         }

@@ -185,6 +185,14 @@ class KeycloakServer:
     admin_password: str = "admin"  # noqa: S105 - a throwaway local server's bootstrap admin
     realm_config_dir: Path = REALM_CONFIG_DIR
     process: subprocess.Popen[bytes] | None = None
+    # Which release runs (its distribution must be the one given to `prepare`), whether the project's
+    # realm is imported at start (off: a bare Keycloak, as an organisation's existing one would be),
+    # and which features are switched on (empty: a Keycloak without the JWT Authorization Grant).
+    version: str = KEYCLOAK_VERSION
+    import_realm: bool = True
+    features: tuple[str, ...] = KEYCLOAK_FEATURES
+    # Features switched off; the grant is on by default in 26.7, so this is how to start one without it.
+    features_disabled: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -195,13 +203,20 @@ class KeycloakServer:
         return self.instance_dir / "keycloak.log"
 
     def prepare(self, distribution: Path) -> None:
-        if not (self.instance_dir / "bin" / "kc.sh").exists():
+        # A reused instance folder holding another release (its version.txt differs) is copied anew.
+        marker = "version.txt"
+        same_release = (self.instance_dir / marker).exists() and (
+            self.instance_dir / marker
+        ).read_bytes() == (distribution / marker).read_bytes()
+        if not (self.instance_dir / "bin" / "kc.sh").exists() or not same_release:
             progress(f"copying Keycloak into {self.instance_dir}")
             shutil.rmtree(self.instance_dir, ignore_errors=True)
             shutil.copytree(distribution, self.instance_dir, symlinks=True)
         import_dir = self.instance_dir / "data" / "import"
         shutil.rmtree(import_dir, ignore_errors=True)
         import_dir.mkdir(parents=True)
+        if not self.import_realm:
+            return
         for realm_file in sorted(self.realm_config_dir.glob("*-realm.json")):
             shutil.copy(realm_file, import_dir / realm_file.name)
 
@@ -224,17 +239,28 @@ class KeycloakServer:
             "--cache=local",
             "--health-enabled=true",
             "--metrics-enabled=true",
-            f"--features={','.join(KEYCLOAK_FEATURES)}",
-            "--import-realm",
         ]
-        progress(f"starting Keycloak {KEYCLOAK_VERSION} on {self.url} (java: {java_home})")
+        if self.features:
+            args.append(f"--features={','.join(self.features)}")
+        if self.features_disabled:
+            args.append(f"--features-disabled={','.join(self.features_disabled)}")
+        if self.import_realm:
+            args.append("--import-realm")
+        progress(f"starting Keycloak {self.version} on {self.url} (java: {java_home})")
         with self.log_file.open("wb") as log:
             # A new session, so that stop() can end kc.sh and the JVM it starts together.
             self.process = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call, before exec
             )
 
-    def wait_ready(self, timeout: float = 240.0) -> None:
+    # Generous: a first start builds Keycloak (2-4 minutes on two busy cores, seen here); a quiet
+    # machine reusing a build is ready in about 15 s, and waiting longer costs nothing then.
+    def wait_ready(self, timeout: float = 600.0) -> None:
         started = time.monotonic()
         next_note = started + 10
         ready_url = f"http://127.0.0.1:{self.management_port}/health/ready"
@@ -287,6 +313,16 @@ class KeycloakServer:
             self.process.wait(timeout=10)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started Keycloak dies, however it dies
+    (a test run killed by a timeout left JVMs running for good, each holding a core's worth of work)."""
+    if sys.platform == "linux":
+        import ctypes  # noqa: PLC0415 - Linux only
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @contextmanager
 def reusable_instance_dir(name: str) -> Iterator[Path]:
     """A Keycloak home kept between runs (its build is reused: about 20 s saved per start), held with a
@@ -308,9 +344,9 @@ def reusable_instance_dir(name: str) -> Iterator[Path]:
 
 def start_keycloak(instance_dir: Path, realm_env: Mapping[str, str], **kwargs: object) -> KeycloakServer:
     """Fetch (once), copy, start and wait: the whole set-up in one call, with progress shown."""
-    distribution = fetch_distribution()
-    java_home = find_java_home()
     server = KeycloakServer(instance_dir=instance_dir, realm_env=realm_env, **kwargs)  # type: ignore[arg-type]
+    distribution = fetch_distribution(version=server.version)
+    java_home = find_java_home()
     server.prepare(distribution)
     server.start(java_home)
     try:
@@ -323,5 +359,8 @@ def start_keycloak(instance_dir: Path, realm_env: Mapping[str, str], **kwargs: o
 
 if __name__ == "__main__":
     # `python -m devstack.keycloak`: fetch the distribution and pick a JDK ahead of a test run.
-    progress(f"Keycloak {KEYCLOAK_VERSION} at {fetch_distribution()}")
+    # An optional argument names another release, e.g. the oldest supported one for
+    # scripts/test-keycloak-versions.
+    wanted = sys.argv[1] if len(sys.argv) > 1 else KEYCLOAK_VERSION
+    progress(f"Keycloak {wanted} at {fetch_distribution(version=wanted)}")
     progress(f"JDK: {find_java_home()}")

@@ -484,6 +484,13 @@ class TikTokEmulator:
             if old is None or old.expires_at <= time.time():
                 return self._token_error("invalid_grant", "Refresh token is invalid or expired.")
             return JSONResponse(self._grant(old.open_id, old.scopes), headers={"Cache-Control": "no-store"})
+        if grant_type == "client_credentials":
+            # developers.tiktok.com/doc/client-access-token-management: an app token, no user, no
+            # refresh token; `clt.` prefix and a 2-hour lifetime as in the documented example.
+            return JSONResponse(
+                {"access_token": _token("clt"), "expires_in": 7200, "token_type": "Bearer"},
+                headers={"Cache-Control": "no-store"},
+            )
         return self._token_error("unsupported_grant_type", "The grant type is not supported.")
 
     def _redeem(self, form: dict[str, str]) -> Response:

@@ -6,6 +6,7 @@ pays for starting Keycloak (about 15-40 s; the first run on a machine also downl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -251,6 +252,16 @@ async def running_bridge(
         httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
     ):
         yield BridgeClient(http)
+
+
+@contextlib.asynccontextmanager
+async def served_bridge(
+    settings: Settings, emulator: TikTokEmulator, clock: Callable[[], float] | None = None
+) -> AsyncIterator[BridgeClient]:
+    """`running_bridge` as a context manager: closed (clients, Redis connections) even when the test
+    body fails, which an `async for` over the generator does not guarantee."""
+    async with contextlib.aclosing(running_bridge(settings, emulator, clock)) as bridges:
+        yield await anext(bridges)
 
 
 @pytest.fixture

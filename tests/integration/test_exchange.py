@@ -50,7 +50,15 @@ async def test_first_login_creates_one_linked_user_and_returns_a_keycloak_token(
     assert response.status_code == 200, response.text
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert set(body) == {"access_token", "issued_token_type", "token_type", "expires_in", "scope"}
+    assert set(body) == {
+        "access_token",
+        "issued_token_type",
+        "token_type",
+        "expires_in",
+        "scope",
+        "refresh_token",
+        "refresh_expires_in",
+    }
     assert body["issued_token_type"] == ACCESS_TOKEN_TYPE
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] > 0

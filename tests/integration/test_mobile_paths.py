@@ -288,6 +288,7 @@ async def test_strapi_connect_answers_jwt_and_user(
     assert verified_claims(stack, body["jwt"])["sub"] == linked["id"]
     assert body["user"] == {
         "id": linked["id"],
+        "documentId": linked["id"],
         "username": linked["username"],
         "email": None,
         "provider": "tiktok",
@@ -295,8 +296,10 @@ async def test_strapi_connect_answers_jwt_and_user(
         "blocked": False,
         "createdAt": body["user"]["createdAt"],
         "updatedAt": body["user"]["createdAt"],
+        "publishedAt": body["user"]["createdAt"],
     }
     assert body["user"]["createdAt"].endswith("Z")
+    assert body["refresh_token"].startswith("tkb1.")  # an extra field the plugin's apps ignore
 
 
 @pytest.mark.parametrize("body", [{}, {"access_token": ""}, {"access_token": 5}, [], "x", None])

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 from oauthlib.oauth2 import WebApplicationClient
 
-from tests.conftest import BridgeClient, Stack, running_bridge
+from tests.conftest import BridgeClient, Stack, running_bridge, served_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ async def test_refresh_answers_503_while_redis_is_unreachable(stack: Stack, emul
     """No guessing from one replica's memory: with the session store unreachable, refresh is 503 with
     Retry-After; sign-ins still work (served from memory), without a refresh token."""
     settings = stack.settings(redis_url="redis://127.0.0.1:1/0", redis_timeout=0.2)
-    async for bridge in running_bridge(settings, emulator):
+    async with served_bridge(settings, emulator) as bridge:
         user = emulator.create_user()
         response = await bridge.exchange(emulator.issue_access_token(user.open_id))
         assert response.status_code == 200, response.text
@@ -282,10 +282,11 @@ async def test_refresh_answers_503_while_redis_is_unreachable(stack: Stack, emul
 
 
 async def test_a_standard_oauth_library_refreshes_and_revokes_from_the_metadata(
-    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient
+    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """oauthlib, knowing only the RFC 8414 metadata, builds the refresh and revocation requests and
     accepts the answers (it validates token_type, scope and expiry fields)."""
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the test bridge's issuer is loopback http
     metadata = (await bridge.http.get("/.well-known/oauth-authorization-server")).json()
     assert "refresh_token" in metadata["grant_types_supported"]
     _, first = await signed_in(bridge, emulator)
@@ -319,7 +320,7 @@ async def test_the_strapi_endpoint_mints_thirty_day_tokens_with_its_own_client(
         strapi_keycloak_client_id="tiktok-bridge-strapi",
         strapi_keycloak_client_secret=stack.strapi_client_secret,
     )
-    async for bridge in running_bridge(settings, emulator):
+    async with served_bridge(settings, emulator) as bridge:
         user = emulator.create_user()
         response = await bridge.http.post(
             "/api/tiktok-auth-mobile/connect",

@@ -1,0 +1,422 @@
+"""`python -m bridge doctor`: does this deployment work, end to end, and if not, what to fix.
+
+Only the bridge's own runtime credentials are used: TikTok's client key and secret, and the Keycloak
+client's service account (which holds exactly manage-users and view-users, so it may not read identity
+providers or clients: those are proven by what Keycloak does, not by reading their settings).
+`run_checks` is the reusable part (a verbose readiness endpoint can call it); each check is one
+`Check` with a fix in one sentence when it fails.
+
+Keycloak behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
+- `GET /admin/serverinfo` answers a realm's service account with `features` but without `systemInfo`
+  (no version). The feature `IDENTITY_ASSERTION_JWT` is listed by 26.7.0 and 26.7.4 and is new in
+  26.7.0 by its release notes (no 26.6 server could be fetched to see its absence), so its presence
+  stands in for the version floor.
+- The JWT grant checks, in this order: the client may use the grant ("JWT Authorization Grant is not
+  supported for the requested client"), a provider has the assertion's issuer ("No Identity Provider for
+  provided issuer"), the client may use that provider ("Identity Provider is not allowed for the
+  client"), the signature against the provider's keys ("Invalid signature": also what a JWKS that
+  cannot be fetched gives), and only then the user ("User not found"). So "User not found" for a subject
+  nobody is linked to proves client, issuer, provider, JWKS and signature, and creates nothing.
+- A wrong client secret answers `unauthorized_client`, an unknown client `invalid_client`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from bridge import realm_spec as spec
+from bridge.assertions import signer_from_settings
+from bridge.keycloak import GRANT_TYPE_JWT_BEARER
+
+if TYPE_CHECKING:
+    from bridge.settings import Settings
+
+# A feature Keycloak lists from 26.7.0 on (26.7.0 release notes: "identity-assertion-jwt", new).
+_FEATURE_SINCE_26_7 = "IDENTITY_ASSERTION_JWT"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the report: what was checked, whether it passed, and how to fix it if not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+        return text if self.ok else f"{text}. Fix: {self.fix}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Stop(Exception):
+    """Later checks depend on this one; they are skipped (the failed check says why)."""
+
+
+@dataclass
+class _Context:
+    settings: Settings
+    http: httpx2.AsyncClient
+    results: list[Check]
+    token: str = ""
+    realm_issuer: str = ""
+
+    def passed(self, name: str, detail: str) -> None:
+        self.results.append(Check(name, ok=True, detail=detail))
+
+    def failed(self, name: str, detail: str, fix: str) -> None:
+        self.results.append(Check(name, ok=False, detail=detail, fix=fix))
+
+
+async def run_checks(settings: Settings, *, http: httpx2.AsyncClient | None = None) -> list[Check]:
+    """Every check, in dependency order; a check whose prerequisite failed is left out."""
+    own = http is None
+    client = http or httpx2.AsyncClient(timeout=settings.http_timeout)
+    ctx = _Context(settings, client, [Check("settings", ok=True, detail="BRIDGE_* settings are valid")])
+    try:
+        await _tiktok(ctx)
+        for check in (_keycloak_realm, _service_account, _server, _profile, _grant):
+            try:
+                await check(ctx)
+            except _Stop:
+                break
+        await _redis(ctx)
+    finally:
+        if own:
+            await client.aclose()
+    return ctx.results
+
+
+async def _send(ctx: _Context, method: str, url: str, **kwargs: Any) -> httpx2.Response | str:  # noqa: ANN401
+    """The answer, or a one-line reason it could not be had."""
+    try:
+        return await ctx.http.request(method, url, **kwargs)
+    except httpx2.HTTPError as exc:
+        return f"cannot reach {url.split('?', 1)[0]}: {type(exc).__name__}"
+
+
+def _body(response: httpx2.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+# --------------------------------------------------------------------------------------- TikTok
+
+
+async def _tiktok(ctx: _Context) -> None:
+    """TikTok's client-credentials grant proves key and secret without any user."""
+    name = "tiktok credentials"
+    settings = ctx.settings
+    url = f"{settings.tiktok_base_url}/v2/oauth/token/"
+    answer = await _send(
+        ctx,
+        "POST",
+        url,
+        data={
+            "client_key": settings.tiktok_client_key,
+            "client_secret": settings.tiktok_client_secret.get_secret_value(),
+            "grant_type": "client_credentials",
+        },
+    )
+    if isinstance(answer, str):
+        ctx.failed(name, answer, "Check BRIDGE_TIKTOK_API_URL and that this host may reach it.")
+        return
+    body = _body(answer)
+    # TikTok often answers errors with HTTP 200: success is an access token, nothing else.
+    if isinstance(body.get("access_token"), str):
+        ctx.passed(name, f"{settings.tiktok_base_url} accepted the client key and secret")
+        return
+    error = str(body.get("error") or f"HTTP {answer.status_code}")
+    if error in {"invalid_client", "invalid_request", "unauthorized_client"}:
+        ctx.failed(
+            name,
+            f"TikTok refused the client key or secret ({error})",
+            "Set BRIDGE_TIKTOK_CLIENT_KEY and BRIDGE_TIKTOK_CLIENT_SECRET to your app's values from the "
+            "TikTok developer portal.",
+        )
+        return
+    ctx.failed(name, f"TikTok answered {error}", "Retry later; if it persists, check TikTok's status page.")
+
+
+# ------------------------------------------------------------------------------------- Keycloak
+
+
+async def _keycloak_realm(ctx: _Context) -> None:
+    name = "keycloak realm"
+    settings = ctx.settings
+    url = f"{settings.keycloak_base_url}/realms/{settings.keycloak_realm}/.well-known/openid-configuration"
+    answer = await _send(ctx, "GET", url)
+    if isinstance(answer, str):
+        ctx.failed(name, answer, "Check BRIDGE_KEYCLOAK_URL and that Keycloak is running and reachable.")
+        raise _Stop
+    if answer.status_code == 404:  # noqa: PLR2004
+        ctx.failed(
+            name,
+            f"realm '{settings.keycloak_realm}' does not exist",
+            "Set BRIDGE_KEYCLOAK_REALM to an existing realm, or create it and run `bridge keycloak apply`.",
+        )
+        raise _Stop
+    issuer = _body(answer).get("issuer")
+    if answer.status_code != 200 or not isinstance(issuer, str):  # noqa: PLR2004
+        ctx.failed(name, f"discovery answered HTTP {answer.status_code}", "Check BRIDGE_KEYCLOAK_URL.")
+        raise _Stop
+    ctx.realm_issuer = issuer
+    ctx.passed(name, f"reachable, issuer {issuer}")
+
+
+async def _service_account(ctx: _Context) -> None:
+    name = "keycloak client"
+    settings = ctx.settings
+    answer = await _send(
+        ctx,
+        "POST",
+        f"{settings.keycloak_base_url}/realms/{settings.keycloak_realm}/protocol/openid-connect/token",
+        data={"grant_type": "client_credentials"},
+        auth=(settings.keycloak_client_id, settings.keycloak_client_secret.get_secret_value()),
+    )
+    if isinstance(answer, str):
+        ctx.failed(name, answer, "Check BRIDGE_KEYCLOAK_URL.")
+        raise _Stop
+    body = _body(answer)
+    token = body.get("access_token")
+    if not isinstance(token, str):
+        error = body.get("error")
+        if error in {"unauthorized_client", "invalid_client"}:
+            detail = f"Keycloak refused client '{settings.keycloak_client_id}' and its secret ({error})"
+            fix = (
+                "Set BRIDGE_KEYCLOAK_CLIENT_SECRET to the client's secret, or run `bridge keycloak apply` "
+                "to create the client with it."
+            )
+        else:
+            detail = f"no service-account token: HTTP {answer.status_code} {error or ''}".rstrip()
+            fix = "Enable the client's service account (run `bridge keycloak apply`)."
+        ctx.failed(name, detail, fix)
+        raise _Stop
+    ctx.token = token
+    ctx.passed(name, f"'{settings.keycloak_client_id}' authenticates and has a service account")
+    roles = set(_claims(token).get("resource_access", {}).get("realm-management", {}).get("roles", []))
+    needed = spec.SERVICE_ACCOUNT_ROLES | spec.IMPLIED_ROLES
+    if roles == needed:
+        ctx.passed("service-account roles", "exactly manage-users and view-users of realm-management")
+        return
+    missing, extra = sorted(spec.SERVICE_ACCOUNT_ROLES - roles), sorted(roles - needed)
+    parts = [f"missing {', '.join(missing)}"] if missing else []
+    parts += [f"more than needed: {', '.join(extra)}"] if extra else []
+    ctx.failed(
+        "service-account roles",
+        "; ".join(parts),
+        "Give the client's service account exactly realm-management's manage-users and view-users "
+        "(`bridge keycloak apply` does).",
+    )
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """The claims of a token Keycloak just gave us over its own connection: read, not verified."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+async def _admin_get(ctx: _Context, path: str) -> httpx2.Response | str:
+    return await _send(
+        ctx,
+        "GET",
+        f"{ctx.settings.keycloak_base_url}/admin{path}",
+        headers={"Authorization": f"Bearer {ctx.token}"},
+    )
+
+
+async def _server(ctx: _Context) -> None:
+    answer = await _admin_get(ctx, "/serverinfo")
+    if isinstance(answer, str) or answer.status_code != 200:  # noqa: PLR2004
+        status = answer if isinstance(answer, str) else f"HTTP {answer.status_code}"
+        ctx.failed(
+            "keycloak version", f"server info unavailable: {status}", "Check the service account's roles."
+        )
+        raise _Stop
+    info = _body(answer)
+    version = str((info.get("systemInfo") or {}).get("version") or "")
+    features = {str(f.get("name")): bool(f.get("enabled")) for f in info.get("features") or []}
+    minimum = spec.min_version_text()
+    if version:
+        supported, shown = spec.version_supported(version), version
+    else:
+        supported, shown = _FEATURE_SINCE_26_7 in features, f"{minimum} or newer (by its feature list)"
+        if not supported:
+            shown = f"older than {minimum} (by its feature list)"
+    if not supported:
+        ctx.failed("keycloak version", f"Keycloak {shown}", f"Upgrade Keycloak to {minimum} or newer.")
+        raise _Stop
+    ctx.passed("keycloak version", f"Keycloak {shown}")
+    if not features.get("JWT_AUTHORIZATION_GRANT"):
+        ctx.failed(
+            "keycloak feature",
+            f"the '{spec.FEATURE}' feature is disabled",
+            f"Start Keycloak with {spec.FEATURE_OPTION} (and not in --features-disabled).",
+        )
+        raise _Stop
+    ctx.passed("keycloak feature", f"'{spec.FEATURE}' is enabled")
+
+
+async def _profile(ctx: _Context) -> None:
+    name = "user-profile attributes"
+    answer = await _admin_get(ctx, f"/realms/{ctx.settings.keycloak_realm}/users/profile")
+    if isinstance(answer, str) or answer.status_code != 200:  # noqa: PLR2004
+        status = answer if isinstance(answer, str) else f"HTTP {answer.status_code}"
+        ctx.failed(name, f"user profile unreadable: {status}", "Give the service account view-users.")
+        return
+    declared = {a.get("name"): a for a in _body(answer).get("attributes") or []}
+    problems = [f"{a} not declared" for a in spec.ATTRIBUTES if a not in declared]
+    problems += [
+        f"{a} not editable by admins"
+        for a in spec.ATTRIBUTES
+        if a in declared and "admin" not in ((declared[a].get("permissions") or {}).get("edit") or [])
+    ]
+    if problems:
+        ctx.failed(
+            name,
+            "; ".join(problems) + " (Keycloak silently drops undeclared attributes)",
+            "Run `bridge keycloak apply`, or declare them in Realm settings > User profile.",
+        )
+        return
+    ctx.passed(name, f"{', '.join(spec.ATTRIBUTES)} declared")
+
+
+async def _grant(ctx: _Context) -> None:
+    """A real JWT grant for a subject nobody is linked to: only "User not found" means every step
+    before the user lookup (client, issuer, provider, JWKS, signature) was accepted."""
+    name = "jwt grant"
+    settings = ctx.settings
+    # A fresh random subject: no TikTok open_id looks like this, so it can never reach an account.
+    subject = f"bridge-doctor-{secrets.token_hex(8)}"
+    try:
+        assertion = signer_from_settings(settings).mint(subject, ctx.realm_issuer)
+    except (OSError, ValueError) as exc:
+        ctx.failed(name, f"cannot sign an assertion: {type(exc).__name__}", "Check BRIDGE_SIGNING_KEY_FILE.")
+        return
+    answer = await _send(
+        ctx,
+        "POST",
+        f"{settings.keycloak_base_url}/realms/{settings.keycloak_realm}/protocol/openid-connect/token",
+        data={"grant_type": GRANT_TYPE_JWT_BEARER, "assertion": assertion},
+        auth=(settings.keycloak_client_id, settings.keycloak_client_secret.get_secret_value()),
+    )
+    if isinstance(answer, str):
+        ctx.failed(name, answer, "Check BRIDGE_KEYCLOAK_URL.")
+        return
+    body = _body(answer)
+    description = str(body.get("error_description") or body.get("error") or f"HTTP {answer.status_code}")
+    if description == "User not found":
+        ctx.passed(name, "Keycloak fetched the bridge's JWKS and accepted its signed assertion")
+        return
+    detail, fix = _grant_failure(settings, description)
+    ctx.failed(name, detail, fix)
+
+
+def _grant_failure(settings: Settings, description: str) -> tuple[str, str]:
+    alias, issuer = settings.keycloak_idp_alias, settings.issuer_url
+    if description == "Unsupported grant_type":  # what a Keycloak without the feature answers
+        return (
+            f"Keycloak does not know the JWT Authorization Grant (feature '{spec.FEATURE}' is off)",
+            f"Start Keycloak with {spec.FEATURE_OPTION}.",
+        )
+    if description == "No Identity Provider for provided issuer":
+        return (
+            (
+                f"no enabled identity provider has issuer {issuer} (BRIDGE_ISSUER): provider '{alias}' "
+                "is missing, disabled, or has another issuer"
+            ),
+            f"Run `bridge keycloak apply` (with --force if '{alias}' exists with another issuer).",
+        )
+    if description == "Identity Provider is not allowed for the client":
+        return (
+            f"client '{settings.keycloak_client_id}' may not use the provider with issuer {issuer}",
+            f"Limit the client's JWT Authorization Grant to provider '{alias}' (`bridge keycloak apply`).",
+        )
+    if description == "JWT Authorization Grant is not supported for the requested client":
+        return (
+            f"client '{settings.keycloak_client_id}' has the JWT Authorization Grant switched off",
+            "Enable the grant on the client (`bridge keycloak apply`).",
+        )
+    if description == "Invalid signature":
+        return (
+            (
+                "Keycloak could not verify the bridge's signature: it cannot fetch the JWKS at the "
+                "provider's JWKS URL, or that JWKS lacks the bridge's current key"
+            ),
+            (
+                f"Make the JWKS URL of provider '{alias}' reachable from Keycloak and serving this bridge's "
+                "keys (`bridge keycloak apply --jwks-url URL`)."
+            ),
+        )
+    return (f"Keycloak refused the assertion: {description[:200]}", "See Keycloak's log for the reason.")
+
+
+# ---------------------------------------------------------------------------------------- Redis
+
+
+async def _redis(ctx: _Context) -> None:
+    name = "redis"
+    if ctx.settings.redis_url is None:
+        ctx.passed(name, "not configured: the cache is in process memory")
+        return
+    from redis.exceptions import RedisClusterException, RedisError  # noqa: PLC0415 - only with Redis
+
+    from bridge.redis_connection import redis_client  # noqa: PLC0415 - the bridge's own URL handling
+
+    key = f"bridge-doctor:{secrets.token_hex(8)}"
+    value = str(time.time()).encode()
+    try:
+        # The bridge's own client (plain, Sentinel or Cluster URL) writes a key with a TTL and reads
+        # it back, as the bridge does with every cache entry.
+        client = redis_client(
+            ctx.settings.redis_url.get_secret_value(), timeout=max(1.0, ctx.settings.redis_timeout)
+        )
+    except ValueError as exc:
+        ctx.failed(name, f"BRIDGE_REDIS_URL is not usable: {exc}", "Fix BRIDGE_REDIS_URL.")
+        return
+    try:
+        await client.set(key, value, ex=30)
+        kept = await client.get(key)
+        await client.delete(key)
+    except (RedisError, RedisClusterException, OSError) as exc:
+        ctx.failed(
+            name,
+            f"Redis does not answer ({type(exc).__name__})",
+            "Check BRIDGE_REDIS_URL and that Redis runs.",
+        )
+        return
+    finally:
+        await client.aclose()
+    if kept != value:
+        ctx.failed(
+            name,
+            "Redis accepted a key but did not keep it",
+            "Check Redis's maxmemory policy and persistence.",
+        )
+        return
+    ctx.passed(name, "answers and keeps the keys the bridge writes")
+
+
+def report(checks: list[Check], *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(
+            {"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2
+        )
+    return "\n".join(c.line() for c in checks)

@@ -1,0 +1,191 @@
+"""apply's and doctor's refusals of unsupported Keycloaks, from server-info answers shaped like live ones.
+
+Starting a third Keycloak (one without the grant feature, or an older release) in every test run costs
+minutes on a 2-core machine; these answers were recorded from live servers (26.7.4 started with
+`--features-disabled=jwt-authorization-grant`, and 26.7.0/26.7.4 as a service account sees them), and
+scripts/test-keycloak-versions repeats the feature check against a real featureless Keycloak.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx2
+import pytest
+
+from bridge import doctor
+from bridge.realm_setup import Admin, SetupError, check_server
+from bridge.realm_spec import version_supported
+from bridge.settings import Settings
+from devstack.tiktok_emulator import TikTokEmulator
+
+KEYCLOAK = "http://keycloak.test"
+TIKTOK = "http://tiktok.test"
+GRANT_ON = {"name": "JWT_AUTHORIZATION_GRANT", "type": "DEFAULT", "enabled": True}
+GRANT_OFF = {"name": "JWT_AUTHORIZATION_GRANT", "type": "DEFAULT", "enabled": False}
+SINCE_26_7 = {"name": "IDENTITY_ASSERTION_JWT", "type": "EXPERIMENTAL", "enabled": False}
+GRANT_PROVIDER = {"id": "jwt-authorization-grant"}
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [
+        ("26.7.0", True),
+        ("26.7.4", True),
+        ("26.10.1", True),
+        ("27.0.0", True),
+        ("26.6.3", False),
+        ("26.5.3", False),
+        ("25.0.6", False),
+        ("", False),
+        ("nightly", False),
+    ],
+)
+def test_versions_from_26_7_0_are_supported(version: str, supported: bool) -> None:
+    """Versions compare as numbers (26.10 is newer than 26.7); unparseable ones are not supported."""
+    assert version_supported(version) is supported
+
+
+def admin_answering(serverinfo: dict[str, Any]) -> Admin:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        assert request.url.path == "/admin/serverinfo"
+        return httpx2.Response(200, json=serverinfo)
+
+    return Admin(httpx2.Client(transport=httpx2.MockTransport(handler)), KEYCLOAK, "app", "token")
+
+
+def test_apply_refuses_a_keycloak_older_than_the_oldest_supported() -> None:
+    """A 26.6 server is refused with the oldest supported version named."""
+    info = {
+        "systemInfo": {"version": "26.6.2"},
+        "features": [GRANT_ON],
+        "identityProviders": [GRANT_PROVIDER],
+    }
+    with pytest.raises(SetupError, match=r"Keycloak 26\.6\.2 is older than 26\.7\.0"):
+        check_server(admin_answering(info))
+
+
+def test_apply_refuses_a_keycloak_without_the_grant_feature_naming_the_option() -> None:
+    """With the feature disabled (no such provider type either), the message names the start option."""
+    info = {"systemInfo": {"version": "26.7.4"}, "features": [GRANT_OFF, SINCE_26_7], "identityProviders": []}
+    with pytest.raises(SetupError, match="--features=jwt-authorization-grant"):
+        check_server(admin_answering(info))
+
+
+def test_apply_accepts_a_supported_keycloak_with_the_feature() -> None:
+    """The version is returned for the progress line when both conditions hold."""
+    info = {
+        "systemInfo": {"version": "26.7.0"},
+        "features": [GRANT_ON],
+        "identityProviders": [GRANT_PROVIDER],
+    }
+    assert check_server(admin_answering(info)) == "26.7.0"
+
+
+def _token(roles: list[str]) -> str:
+    claims = (
+        base64.urlsafe_b64encode(
+            json.dumps({"resource_access": {"realm-management": {"roles": roles}}}).encode()
+        )
+        .decode()
+        .rstrip("=")
+    )
+    return f"eyJhbGciOiJub25lIn0.{claims}.sig"
+
+
+def keycloak_and_tiktok(features: list[dict[str, Any]], roles: list[str]) -> httpx2.MockTransport:
+    """Keycloak as a service account sees it: server info without systemInfo (so no version)."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith("/.well-known/openid-configuration"):
+            return httpx2.Response(200, json={"issuer": f"{KEYCLOAK}/realms/app"})
+        if path.endswith("/protocol/openid-connect/token"):
+            return httpx2.Response(200, json={"access_token": _token(roles), "expires_in": 300})
+        if path == "/admin/serverinfo":
+            return httpx2.Response(200, json={"features": features, "identityProviders": []})
+        return httpx2.Response(404)
+
+    return httpx2.MockTransport(handler)
+
+
+async def doctor_checks(
+    features: list[dict[str, Any]], roles: list[str], redis_url: str | None = None
+) -> dict[str, doctor.Check]:
+    emulator = TikTokEmulator(client_key="key", client_secret="secret")
+    values: dict[str, Any] = {
+        "tiktok_client_key": "key",
+        "tiktok_client_secret": "secret",
+        "tiktok_api_url": TIKTOK,
+        "keycloak_url": KEYCLOAK,
+        "keycloak_realm": "app",
+        "keycloak_client_id": "tiktok-bridge",
+        "keycloak_client_secret": "s",
+        "issuer": "http://bridge.test",
+        "redis_url": redis_url,
+    }
+    mounts = {TIKTOK: httpx2.ASGITransport(app=emulator.app), KEYCLOAK: keycloak_and_tiktok(features, roles)}
+    async with httpx2.AsyncClient(mounts=mounts) as http:
+        return {c.name: c for c in await doctor.run_checks(Settings(**values), http=http)}
+
+
+ROLES = ["manage-users", "view-users", "query-users", "query-groups"]
+
+
+async def test_doctor_names_the_feature_option_when_the_grant_is_disabled() -> None:
+    """A server listing the grant feature as disabled fails 'keycloak feature' with the start option."""
+    checks = await doctor_checks([GRANT_OFF, SINCE_26_7], ROLES)
+
+    assert checks["keycloak version"].ok
+    assert not checks["keycloak feature"].ok
+    assert "--features=jwt-authorization-grant" in checks["keycloak feature"].fix
+    assert "jwt grant" not in checks  # nothing after it can work, so nothing after it is tried
+
+
+async def test_doctor_fails_the_version_of_a_pre_26_7_server_by_its_feature_list() -> None:
+    """Without the version (hidden from service accounts), a feature list lacking 26.7's marker fails."""
+    checks = await doctor_checks([GRANT_ON], ROLES)
+
+    assert not checks["keycloak version"].ok
+    assert "older than 26.7.0" in checks["keycloak version"].detail
+
+
+async def test_doctor_flags_a_service_account_with_more_power_than_it_needs() -> None:
+    """realm-admin's roles on the service account fail the roles check, naming the extra ones."""
+    checks = await doctor_checks([GRANT_ON, SINCE_26_7], [*ROLES, "manage-realm"])
+
+    assert not checks["service-account roles"].ok
+    assert checks["service-account roles"].detail == "more than needed: manage-realm"
+
+
+async def test_tiktok_client_credentials_in_the_emulator() -> None:
+    """The emulator grants an app token (`clt.`, 7200 s, no refresh) and refuses a wrong secret."""
+    emulator = TikTokEmulator(client_key="key", client_secret="secret")
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=emulator.app), base_url=TIKTOK) as http:
+        good = await http.post(
+            "/v2/oauth/token/",
+            data={"client_key": "key", "client_secret": "secret", "grant_type": "client_credentials"},
+        )
+        bad = await http.post(
+            "/v2/oauth/token/",
+            data={"client_key": "key", "client_secret": "nope", "grant_type": "client_credentials"},
+        )
+    body = good.json()
+    assert set(body) == {"access_token", "expires_in", "token_type"}
+    assert body["access_token"].startswith("clt.")
+    assert body["expires_in"] == 7200
+    assert bad.json()["error"] == "invalid_client"
+
+
+async def test_doctor_fails_redis_that_does_not_answer() -> None:
+    """A configured Redis nobody listens on fails the redis check in one line naming the setting."""
+    from devstack.keycloak import free_port  # noqa: PLC0415
+
+    checks = await doctor_checks([GRANT_OFF, SINCE_26_7], ROLES, redis_url=f"redis://127.0.0.1:{free_port()}")
+
+    assert not checks["redis"].ok
+    assert checks["redis"].detail.startswith("Redis does not answer")
+    assert "BRIDGE_REDIS_URL" in checks["redis"].fix
+    assert "\n" not in checks["redis"].line()
