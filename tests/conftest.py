@@ -50,9 +50,6 @@ hypothesis.settings.register_profile(
 )
 
 TIKTOK_API = "https://open.tiktokapis.com"
-# A first start builds Keycloak (about 2 minutes alone); beside other test suites on a shared 2-core
-# machine it took more than the default 240 s, and every integration test then errored at set-up.
-KEYCLOAK_START_TIMEOUT = 600.0
 CLIENT_KEY = "emulated-client-key"
 CLIENT_SECRET = "emulated-client-secret"
 
@@ -187,7 +184,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
             stack.jwks_server.start()
             keycloak.prepare(distribution)
             keycloak.start(java_home)
-            keycloak.wait_ready(timeout=KEYCLOAK_START_TIMEOUT)
+            keycloak.wait_ready()
             yield stack
         finally:
             keycloak.stop()
