@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import endpoints, openapi, strapi, webhook
+from bridge import endpoints, links, openapi, strapi, webhook
 from bridge.errors import BridgeError, HeadersTooLarge, ServerError
 from bridge.logs import request_id
 from bridge.resources import Resources
@@ -170,6 +170,7 @@ def create_app(
         strapi=resolved.strapi_compat_enabled,
         metrics=resolved.metrics_enabled,
         webhook=resolved.tiktok_webhook_enabled,
+        linking=bool(resolved.link_client_ids),
     )
 
     async def openapi_json(_request: Request) -> Response:
@@ -182,6 +183,9 @@ def create_app(
         routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
     if resolved.tiktok_webhook_enabled:
         routes.append(Route(webhook.PATH, webhook.tiktok_webhook, methods=["POST"]))
+    if resolved.link_client_ids:
+        # Not mounted at all while off (404, and absent from /openapi.json): nothing to probe.
+        routes.append(Route(links.PATH, links.endpoint, methods=["GET", "POST", "DELETE"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -58,7 +58,7 @@ async def token(request: Request) -> Response:
     )
     jkt = await _dpop_thumbprint(request, resources)
     caller = Caller(address=client_ip(request), trusted=client_id in resources.clients.confidential)
-    exchanged = await resources.exchange.exchange(exchange_request, caller)
+    exchanged = await resources.apps.exchange_for(client_id).exchange(exchange_request, caller)
     answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
     session = await start_session(
         resources,
@@ -68,6 +68,7 @@ async def token(request: Request) -> Response:
         tiktok_grant=exchanged.tiktok_grant,
         jkt=jkt,
         client_id=client_id,
+        audiences=exchange_request.audiences,
     )
     if session is not None:
         answer |= {"refresh_token": session.refresh_token, "refresh_expires_in": session.refresh_expires_in}
@@ -94,6 +95,7 @@ async def start_session(
     tiktok_grant: CodeGrant | None = None,
     jkt: str | None = None,
     client_id: str | None = None,
+    audiences: tuple[str, ...] = (),
 ) -> SessionGrant | None:
     """A session for a successful sign-in; None when sessions are off or the session store is down.
 
@@ -110,6 +112,7 @@ async def start_session(
             tiktok_grant=tiktok_grant,
             jkt=jkt,
             client_id=client_id,
+            audiences=audiences,
         )
     except UpstreamUnavailable as exc:
         log.warning("session not started: the session store is unavailable", extra={"detail": exc.detail})
@@ -124,7 +127,7 @@ async def _refresh(request: Request, resources: Resources, refresh: RefreshReque
         raise UnsupportedGrantType("Sessions are switched off: only token exchange is supported.")
     jkt = await _dpop_thumbprint(request, resources)
     refreshed = await resources.sessions.refresh(
-        refresh.refresh_token, refresh.scope, jkt=jkt, client_id=client_id
+        refresh.refresh_token, refresh.scope, jkt=jkt, client_id=client_id, audiences=refresh.audiences
     )
     answer = refresh_response(refreshed.issued)
     answer |= {

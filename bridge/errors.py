@@ -18,7 +18,12 @@
     │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery TikTok did not sign
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
-    │   ├── InvalidTarget             400 invalid_target
+    │   ├── InvalidTarget             400 invalid_target: an audience or resource not configured
+    │   ├── InvalidToken              401 invalid_token + WWW-Authenticate: Bearer (RFC 6750 §3.1)
+    │   │   └── BearerRequired        ... no bearer at all: the challenge carries no error (§3.1)
+    │   ├── LinkConflict              409 link_conflict: linking would move an identity between users
+    │   │   ├── IdentityLinkedElsewhere   the TikTok identity belongs to another Keycloak user
+    │   │   └── OtherIdentityLinked   the user already has a different TikTok identity
     │   ├── BodyTimeout               408 invalid_request: the body did not arrive in time
     │   ├── ClientDisconnected        499 invalid_request: the client hung up mid-body (no one reads it)
     │   ├── BodyTooLarge              413 invalid_request
@@ -166,7 +171,46 @@ class InvalidScope(OAuthError):
 
 class InvalidTarget(OAuthError):
     error = "invalid_target"
-    default_description = "The bridge cannot issue tokens for a resource or audience parameter."
+    default_description = "The requested audience or resource is not one the bridge issues tokens for."
+
+
+class InvalidToken(OAuthError):
+    """A bearer token the bridge will not act on (RFC 6750 §3.1): bad signature, issuer, expiry, client,
+    or a user who no longer exists or is disabled. One description for all, so a caller learns nothing
+    about which check failed."""
+
+    error = "invalid_token"
+    status_code = HTTPStatus.UNAUTHORIZED
+    default_description = "The access token is invalid, expired, or not accepted here."
+
+    def extra_headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": f'Bearer realm="bridge", error="invalid_token", '
+            f'error_description="{self.description}"'
+        }
+
+
+class BearerRequired(InvalidToken):
+    default_description = "A bearer access token is required."
+
+    def extra_headers(self) -> dict[str, str]:
+        # §3.1: a request without any authentication gets the challenge, without an error code.
+        return {"WWW-Authenticate": 'Bearer realm="bridge"'}
+
+
+class LinkConflict(OAuthError):
+    error = "link_conflict"
+    status_code = HTTPStatus.CONFLICT
+
+
+class IdentityLinkedElsewhere(LinkConflict):
+    default_description = "This TikTok account is already linked to another account. Unlink it there first."
+
+
+class OtherIdentityLinked(LinkConflict):
+    default_description = (
+        "This account is already linked to a different TikTok account. Unlink that one first."
+    )
 
 
 class _RetryAfterMixin(OAuthError):

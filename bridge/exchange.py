@@ -25,13 +25,14 @@ from bridge.errors import (
     EmailTaken,
     IdentityMismatch,
     InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
     MissingScope,
     NotLinked,
     RegistrationClosed,
     ServerError,
     SubjectTokenRejected,
     TemporarilyUnavailable,
-    UnsupportedIdentity,
     UpstreamError,
     UpstreamProtocolError,
     UserConflict,
@@ -39,11 +40,9 @@ from bridge.errors import (
 from bridge.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED
 from bridge.model import (
     ATTR_DISPLAY_NAME,
-    ATTR_OPEN_ID,
     ATTR_UNION_ID,
     ATTR_USERNAME,
     ATTR_VERIFIED,
-    KEYCLOAK_MAX_LENGTH,
     SCOPE_BASIC,
     Caller,
     Exchanged,
@@ -51,7 +50,7 @@ from bridge.model import (
     Policy,
     TikTokProfile,
     fit_for_keycloak,
-    keycloak_length,
+    profile_attributes,
 )
 from bridge.rfc8693 import CodeExchange
 
@@ -87,26 +86,6 @@ def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
     return f"{prefix}{digest}" if attempt == 0 else f"{prefix}{digest}-{attempt + 1}"
 
 
-def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
-    """The attributes the bridge owns, fitted to Keycloak's limit: display fields are cut, identifiers
-    never (an over-long open_id is refused, an over-long union_id left out, each said in the log)."""
-    if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
-        raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
-    attributes = {ATTR_OPEN_ID: [profile.open_id]}
-    if profile.union_id:
-        if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
-            attributes[ATTR_UNION_ID] = [profile.union_id]
-        else:
-            log.warning("union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)})
-    if profile.display_name:
-        attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(profile.display_name)]
-    if profile.username:
-        attributes[ATTR_USERNAME] = [fit_for_keycloak(profile.username)]
-    if profile.is_verified is not None:
-        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
-    return attributes
-
-
 def _fingerprint(attributes: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -132,28 +111,47 @@ class ExchangeService:
         self._policy = policy
         self._groups_checked = False
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
     async def exchange(self, request: ExchangeRequest, caller: Caller | None = None) -> Exchanged:
+        # Before TikTok is asked: a request for an audience this app may not have costs nothing.
+        self.check_targets(request.scope, request.audiences)
         grant: CodeGrant | None = None
         if isinstance(request, CodeExchange):
             profile, grant = await self.verify_code(request.code, request.code_verifier, request.redirect_uri)
         else:
             profile = await self.verify_access_token(request.access_token, caller)
-        return await self.sign_in(profile, request.scope, tiktok_grant=grant)
+        return await self.sign_in(profile, request.scope, tiktok_grant=grant, audiences=request.audiences)
+
+    def check_targets(self, scope: tuple[str, ...], audiences: tuple[str, ...]) -> None:
+        """Only configured audiences, and only through `audience`/`resource`: an audience's client scope
+        named in `scope` would bypass the per-app list, so it is refused there."""
+        if unknown := set(audiences) - set(self._policy.audience_scopes):
+            raise InvalidTarget(detail=f"{len(unknown)} audience(s) not configured for this app")
+        if set(scope) & self._policy.reserved_scopes:
+            raise InvalidScope("Ask for an audience with the audience parameter, not with scope.")
 
     async def sign_in(
-        self, profile: TikTokProfile, scope: tuple[str, ...], *, tiktok_grant: CodeGrant | None = None
+        self,
+        profile: TikTokProfile,
+        scope: tuple[str, ...],
+        *,
+        tiktok_grant: CodeGrant | None = None,
+        audiences: tuple[str, ...] = (),
     ) -> Exchanged:
         if self._limiter is not None:
             # Per identity, before any Keycloak work: one TikTok account cannot hammer the realm.
             await self._limiter.check_identity(profile.open_id)
         user_id, created = await self.ensure_user(profile)
         try:
-            issued = await self._mint(profile, scope)
+            issued = await self.mint(profile.open_id, scope, audiences)
         except NotLinked:
             # Our cached id outlived the link (an admin removed it): forget it and provision afresh once.
             await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
             user_id, created = await self.ensure_user(profile)
-            issued = await self._mint(profile, scope)
+            issued = await self.mint(profile.open_id, scope, audiences)
         if issued.subject is not None and issued.subject != user_id:
             # An admin moved the link to another account: Keycloak minted for that one, so the answer
             # and the log name it, and the stale cached id is forgotten.
@@ -252,6 +250,16 @@ class ExchangeService:
             # the quota. Written on this cold path only, so the warm path pays nothing.
             await self._cache.set(keys.proven_client(caller.address), b"1", PROVEN_ADDRESS_TTL)
         return profile
+
+    async def verify_access_token_fresh(self, access_token: str) -> TikTokProfile:
+        """Ask TikTok now, whatever is cached: linking acts on proof that the token is alive this moment
+        (a cached profile may belong to a token revoked since). The caller has shown a valid realm
+        token, so it spends the quota share of proven callers."""
+        prefix = self._policy.access_token_prefix
+        if prefix and not access_token.startswith(prefix):
+            raise AccessTokenRejected(detail="not shaped like a TikTok access token; TikTok not asked")
+        await self._spend_quota(proven=True)
+        return await self._fetch_with_fallback(access_token)
 
     async def _proven(self, address: str | None) -> bool:
         return address is not None and await self._cache.get(keys.proven_client(address)) is not None
@@ -409,12 +417,17 @@ class ExchangeService:
             representation["attributes"].pop(stale, None)
         await self._keycloak.update_user(user.id, representation)
 
-    async def _mint(self, profile: TikTokProfile, scope: tuple[str, ...]) -> IssuedToken:
-        return await self.mint(profile.open_id, scope)
-
-    async def mint(self, open_id: str, scope: tuple[str, ...]) -> IssuedToken:
+    async def mint(
+        self, open_id: str, scope: tuple[str, ...], audiences: tuple[str, ...] = ()
+    ) -> IssuedToken:
         """A Keycloak token for the user linked to `open_id`, by JWT Authorization Grant (what a session
-        refresh calls: Keycloak checks the link and the user's state every time)."""
+        refresh calls: Keycloak checks the link and the user's state every time).
+
+        Each audience is asked for by its optional client scope, whose audience mapper adds it to `aud`:
+        the grant has no audience parameter of its own (keycloak-config/README.md, "Audiences")."""
+        if unknown := set(audiences) - set(self._policy.audience_scopes):
+            raise InvalidTarget(detail=f"{len(unknown)} audience(s) not configured for this app")
+        requested = (*scope, *(self._policy.audience_scopes[a] for a in audiences))
         audience = await self._keycloak.issuer()
         assertion = self._minter.mint(open_id, audience)
-        return await self._keycloak.issue_token(assertion, scope)
+        return await self._keycloak.issue_token(assertion, tuple(dict.fromkeys(requested)))

@@ -34,7 +34,7 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserConflict,
 )
-from bridge.model import IssuedToken, KeycloakUser
+from bridge.model import FederatedLink, IssuedToken, KeycloakUser
 from bridge.resilience import CircuitBreaker, guarded_call
 
 if TYPE_CHECKING:
@@ -354,6 +354,53 @@ class KeycloakClient:
         response = await self._admin("DELETE", f"/users/{user_id}/federated-identity/{idp_alias}")
         if response.status_code not in {HTTPStatus.NO_CONTENT, HTTPStatus.NOT_FOUND}:
             raise UpstreamProtocolError("keycloak", f"unlink HTTP {response.status_code}")
+
+    async def user_links(self, user_id: str) -> list[FederatedLink]:
+        response = await self._admin("GET", f"/users/{user_id}/federated-identity")
+        if response.status_code == HTTPStatus.NOT_FOUND:
+            return []
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"links read HTTP {response.status_code}")
+        links = self._json(response)
+        if not isinstance(links, list):
+            raise UpstreamProtocolError("keycloak", "links read did not return a list")
+        return [
+            FederatedLink(str(link["identityProvider"]), str(link["userId"]), link.get("userName"))
+            for link in links
+            if isinstance(link, dict) and "identityProvider" in link and "userId" in link
+        ]
+
+    async def add_link(self, user_id: str, link: FederatedLink) -> None:
+        """Keycloak answers 409 when the user already has a link to that provider (checked live); it does
+        not refuse an identity linked to another user, so the caller checks that under a lock."""
+        response = await self._admin(
+            "POST",
+            f"/users/{user_id}/federated-identity/{link.identity_provider}",
+            json={
+                "identityProvider": link.identity_provider,
+                "userId": link.user_id,
+                "userName": link.user_name or link.user_id,
+            },
+        )
+        if response.status_code == HTTPStatus.CONFLICT:
+            raise UserConflict(str(self._json(response).get("errorMessage", "already linked")))
+        if response.status_code not in {HTTPStatus.NO_CONTENT, HTTPStatus.CREATED}:
+            raise UpstreamProtocolError(
+                "keycloak", f"link HTTP {response.status_code}: {self._error_summary(response)}"
+            )
+
+    async def realm_keys(self) -> dict[str, Any]:
+        """The realm's JWK Set (what it signs access tokens with)."""
+        response = await self._request(
+            "GET",
+            f"{self.realm_url}/protocol/openid-connect/certs",
+            operation="realm_keys",
+            idempotent=True,
+        )
+        body = self._json(response)
+        if response.status_code != HTTPStatus.OK or not isinstance(body, dict):
+            raise UpstreamProtocolError("keycloak", f"realm keys HTTP {response.status_code}")
+        return body
 
     def _error_summary(self, response: httpx2.Response) -> str:
         try:

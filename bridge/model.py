@@ -8,14 +8,20 @@ what it works with.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge.errors import UpstreamProtocolError
+from bridge.errors import UnsupportedIdentity, UpstreamProtocolError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SCOPE_BASIC = "user.info.basic"
 SCOPE_PROFILE = "user.info.profile"
@@ -94,6 +100,27 @@ class TikTokProfile:
             is_verified=data.get("is_verified"),
             verified_at=float(data.get("verified_at", 0.0)),
         )
+
+
+def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
+    """The attributes the bridge owns (written by sign-in and linking alike), fitted to Keycloak's
+    limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
+    union_id left out, each said in the log)."""
+    if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
+        raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
+    attributes = {ATTR_OPEN_ID: [profile.open_id]}
+    if profile.union_id:
+        if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
+            attributes[ATTR_UNION_ID] = [profile.union_id]
+        else:
+            log.warning("union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)})
+    if profile.display_name:
+        attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(profile.display_name)]
+    if profile.username:
+        attributes[ATTR_USERNAME] = [fit_for_keycloak(profile.username)]
+    if profile.is_verified is not None:
+        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
+    return attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +204,23 @@ class Exchanged:
     tiktok_grant: CodeGrant | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FederatedLink:
+    """One identity-provider link of a Keycloak user."""
+
+    identity_provider: str
+    user_id: str
+    user_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBearer:
+    """What a verified Keycloak access token says: whose it is and which client it was issued to."""
+
+    subject: str
+    client_id: str | None
+
+
 @dataclass(frozen=True)
 class Policy:
     """Account rules. Built from settings by `from_settings`; the defaults live in `Settings` only."""
@@ -195,6 +239,10 @@ class Policy:
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
+    # Audiences this app may ask for -> the Keycloak client scope that puts each in `aud`.
+    audience_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Every audience scope of the bridge: never accepted in `scope`, so `audience` is the only way in.
+    reserved_scopes: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -212,4 +260,6 @@ class Policy:
             profile_ttl=settings.profile_cache_ttl,
             user_ttl=settings.user_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,
+            audience_scopes=MappingProxyType(settings.audience_scopes()),
+            reserved_scopes=frozenset(settings.audience_scopes().values()),
         )

@@ -29,6 +29,8 @@ _OAUTH_ERROR = {
                 "unsupported_grant_type",
                 "invalid_scope",
                 "invalid_target",
+                "invalid_token",
+                "link_conflict",
                 "temporarily_unavailable",
                 "server_error",
             ],
@@ -81,7 +83,81 @@ def _oauth_errors() -> dict[str, Any]:
     }
 
 
-def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) -> dict[str, Any]:
+def _link_operations() -> dict[str, Any]:
+    """/account/links/tiktok: the signed-in user's TikTok link (RFC 6750 bearer, a realm access token)."""
+    error = {"$ref": "#/components/schemas/OAuthError"}
+    challenge = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "RFC 6750 §3"}}
+    link_state = {
+        "type": "object",
+        "required": ["provider", "linked", "user_id", "open_id"],
+        "properties": {
+            "provider": {"type": "string", "const": "tiktok"},
+            "linked": {"type": "boolean"},
+            "user_id": {"type": "string", "description": "The Keycloak user (the token's sub)"},
+            "open_id": {"type": ["string", "null"]},
+            "tiktok_username": {"type": ["string", "null"]},
+            "tiktok_display_name": {"type": ["string", "null"]},
+        },
+    }
+    common = {
+        "401": _json(
+            error,
+            "Bearer token missing, invalid, expired, of another realm or client, or its "
+            "user is disabled or deleted",
+            challenge,
+        ),
+        "408": _json(error, "The body did not arrive within the body timeout"),
+        "413": _json(error, "Body larger than 16 KiB"),
+        "431": _json(error, "Request line and headers over 16 KiB, or more than 64 headers"),
+        "429": _json(error, "Rate limited (RFC 6585)", _RETRY_AFTER),
+        "500": _json(error, "The bridge's own configuration or a bug"),
+        "503": _json(error, "TikTok or Keycloak unavailable", _RETRY_AFTER),
+    }
+    security: list[dict[str, list[str]]] = [{"keycloakBearer": []}]
+    proof = {
+        "type": "object",
+        "required": ["subject_token", "subject_token_type"],
+        "properties": {
+            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
+            "subject_token_type": {"type": "string", "enum": list(SUPPORTED_SUBJECT_TOKEN_TYPES)},
+            "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{32,128}$"},
+            "redirect_uri": {"type": "string", "format": "uri"},
+        },
+    }
+    return {
+        "get": {
+            "summary": "Whether the signed-in user has a TikTok identity linked, and which",
+            "security": security,
+            "responses": {"200": _json(link_state, "The link (Cache-Control: no-store)"), **common},
+        },
+        "post": {
+            "summary": "Link the TikTok identity the form proves (a code with PKCE, or an access token) to "
+            "the signed-in user; relinking the same identity changes nothing",
+            "security": security,
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-www-form-urlencoded": {"schema": proof}},
+            },
+            "responses": {
+                "200": _json(link_state, "Linked"),
+                "400": _json(error, "Malformed form, or TikTok refused the credential"),
+                "409": _json(
+                    error, "The identity is linked to another user, or the user to another identity"
+                ),
+                **common,
+            },
+        },
+        "delete": {
+            "summary": "Unlink the signed-in user's TikTok identity and end its bridge sessions",
+            "security": security,
+            "responses": {"200": _json(link_state, "Unlinked (or there was no link)"), **common},
+        },
+    }
+
+
+def document(
+    issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True, linking: bool = False
+) -> dict[str, Any]:
     exchange_request = {
         "type": "object",
         "required": ["grant_type", "subject_token", "subject_token_type"],
@@ -93,6 +169,8 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
             "scope": {"type": "string"},
             "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{32,128}$"},
             "redirect_uri": {"type": "string", "format": "uri"},
+            "audience": {"type": "string", "description": "An API the token is for (configured audiences)"},
+            "resource": {"type": "string", "format": "uri", "description": "RFC 8707, like audience"},
         },
     }
     refresh_request = {
@@ -102,6 +180,8 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
             "grant_type": {"type": "string", "const": GRANT_TYPE_REFRESH_TOKEN},
             "refresh_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
             "scope": {"type": "string"},
+            "audience": {"type": "string", "description": "Keep or narrow the session's audiences"},
+            "resource": {"type": "string", "format": "uri"},
         },
     }
     token_request = {"oneOf": [exchange_request, refresh_request]}
@@ -304,10 +384,21 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
                 },
             }
         }
+    components: dict[str, Any] = {"schemas": {"OAuthError": _OAUTH_ERROR}}
+    if linking:
+        paths["/account/links/tiktok"] = _link_operations()
+        components["securitySchemes"] = {
+            "keycloakBearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "An access token of the realm, issued to a client in BRIDGE_LINK_CLIENT_IDS",
+            }
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "tiktok-keycloak-bridge", "version": "0.1.0"},
         "servers": [{"url": issuer}],
         "paths": paths,
-        "components": {"schemas": {"OAuthError": _OAUTH_ERROR}},
+        "components": components,
     }

@@ -13,7 +13,14 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from contextlib import AbstractAsyncContextManager
 
-    from bridge.model import CodeGrant, IssuedToken, KeycloakUser, TikTokProfile
+    from bridge.model import (
+        CodeGrant,
+        FederatedLink,
+        IssuedToken,
+        KeycloakUser,
+        TikTokProfile,
+        VerifiedBearer,
+    )
 
 
 class TikTokGateway(Protocol):
@@ -32,6 +39,29 @@ class KeycloakGateway(Protocol):
     async def missing_groups(self, paths: tuple[str, ...]) -> list[str]: ...
     async def remove_link(self, user_id: str, idp_alias: str) -> None: ...
     async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None: ...
+    async def user_links(self, user_id: str) -> list[FederatedLink]: ...
+    async def add_link(self, user_id: str, link: FederatedLink) -> None:
+        """Raises UserConflict if the user already has a link to that identity provider."""
+        ...
+
+
+class BearerVerifier(Protocol):
+    async def verify(self, token: str) -> VerifiedBearer:
+        """Signature, issuer, expiry and token type of a realm access token; InvalidToken otherwise."""
+        ...
+
+
+class TikTokProofs(Protocol):
+    """Fresh proof that the caller holds a TikTok identity: a code (with PKCE) or a live access token."""
+
+    async def verify_code(
+        self, code: str, code_verifier: str, redirect_uri: str
+    ) -> tuple[TikTokProfile, CodeGrant]: ...
+    async def verify_access_token_fresh(self, access_token: str) -> TikTokProfile: ...
+
+
+class IdentitySessions(Protocol):
+    async def end_identity(self, open_id: str) -> None: ...
 
 
 class Cache(Protocol):

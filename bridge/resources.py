@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import httpx2
 from limits.aio.storage import MemoryStorage, Storage
 
+from bridge.apps import Apps
 from bridge.assertions import AssertionSigner, signer_from_settings
+from bridge.bearer import RealmTokenVerifier
 from bridge.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.clients import ClientRegistry
 from bridge.exchange import ExchangeService
 from bridge.keycloak import KeycloakClient
+from bridge.linking import LinkingService, LinkPolicy
 from bridge.model import Policy
 from bridge.ratelimit import RateLimiter, TikTokQuota
 from bridge.redis_connection import RedisConnection
@@ -46,6 +51,10 @@ class Resources:
     tiktok: TikTokClient
     keycloak: KeycloakClient
     exchange: ExchangeService
+    # The use case per app of the allow-list: its own Keycloak client and audiences, where configured.
+    apps: Apps
+    # None when BRIDGE_LINK_CLIENT_IDS is empty (linking off).
+    linking: LinkingService | None
     # The Strapi-compatible endpoint's use case: the same, minting as its own Keycloak client if set.
     strapi_exchange: ExchangeService
     # None when BRIDGE_SESSIONS_ENABLED=false.
@@ -141,11 +150,25 @@ class Resources:
                 limiter=limiter,
                 quota=quota,
             )
+
+        def use_case(minting: KeycloakClient, app_policy: Policy) -> ExchangeService:
+            # Every app's use case shares the process's clients, caches, limits and TikTok quota.
+            return ExchangeService(
+                tiktok=tiktok,
+                keycloak=minting,
+                cache=cache,
+                minter=signer,
+                policy=app_policy,
+                limiter=limiter,
+                quota=quota,
+            )
+
+        apps = Apps(exchange, cls._per_app(settings, policy, keycloak, use_case))
         sessions = None
         if settings.sessions_enabled:
             sessions = SessionService(
                 store=session_store,
-                minter=exchange,
+                minter=apps,
                 tiktok=tiktok,
                 sealer=sealer_from_settings(settings),
                 policy=SessionPolicy(
@@ -158,6 +181,18 @@ class Resources:
                 ),
                 clock=clock or time.time,
             )
+        linking = None
+        if settings.link_client_ids:
+            linking = LinkingService(
+                keycloak=keycloak,
+                bearer=RealmTokenVerifier(keycloak, clock=clock or time.time),
+                proofs=exchange,
+                cache=cache,
+                policy=LinkPolicy(
+                    idp_alias=settings.keycloak_idp_alias, link_clients=frozenset(settings.link_client_ids)
+                ),
+                sessions=sessions,
+            )
         return cls(
             settings=settings,
             http=http,
@@ -167,6 +202,8 @@ class Resources:
             tiktok=tiktok,
             keycloak=keycloak,
             exchange=exchange,
+            apps=apps,
+            linking=linking,
             strapi_exchange=strapi_exchange,
             sessions=sessions,
             session_store=session_store,
@@ -175,6 +212,26 @@ class Resources:
                 public=frozenset(settings.public_client_ids), confidential=settings.client_secrets()
             ),
         )
+
+    @staticmethod
+    def _per_app(
+        settings: Settings,
+        policy: Policy,
+        keycloak: KeycloakClient,
+        use_case: Callable[[KeycloakClient, Policy], ExchangeService],
+    ) -> dict[str, ExchangeService]:
+        """A use case for each app with a Keycloak client or an audience list of its own."""
+        clients, audiences = settings.keycloak_client_map(), settings.client_audience_map()
+        catalog = settings.audience_scopes()
+        per_app = {}
+        for app in sorted(set(clients) | set(audiences)):
+            app_policy = policy
+            if app in audiences:
+                allowed = {a: catalog[a] for a in audiences[app]}
+                app_policy = dataclasses.replace(policy, audience_scopes=MappingProxyType(allowed))
+            minting = keycloak.minting_as(*clients[app]) if app in clients else keycloak
+            per_app[app] = use_case(minting, app_policy)
+        return per_app
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge.errors import InvalidGrant, InvalidRequest
-from bridge.rfc8693 import MAX_TOKEN_LENGTH, VISIBLE_ASCII, parse_scope
+from bridge.rfc8693 import MAX_TOKEN_LENGTH, VISIBLE_ASCII, parse_scope, parse_targets
 
 GRANT_TYPE_REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type name
 TOKEN_TYPE_HINTS = ("refresh_token", "access_token")
@@ -21,6 +21,8 @@ class RefreshRequest:
     scope: tuple[str, ...]
     client_id: str | None = None
     client_secret: str | None = None
+    # RFC 8707 §2.2: a refresh may name the audience it wants, within what the session was granted.
+    audiences: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"RefreshRequest(scope={self.scope!r})"  # never the token
@@ -55,6 +57,7 @@ def parse_refresh_request(form: dict[str, str]) -> RefreshRequest:
         scope=parse_scope(_optional(form, "scope")),
         client_id=_optional(form, "client_id"),
         client_secret=_optional(form, "client_secret"),
+        audiences=parse_targets(form),
     )
 
 

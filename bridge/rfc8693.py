@@ -65,6 +65,7 @@ class AccessTokenExchange:
     scope: tuple[str, ...]
     client_id: str | None = None
     client_secret: str | None = None
+    audiences: tuple[str, ...] = ()
     subject_token_type: ClassVar[str] = TOKEN_TYPE_ACCESS_TOKEN
 
     def __repr__(self) -> str:
@@ -85,6 +86,7 @@ class CodeExchange:
     scope: tuple[str, ...]
     client_id: str | None = None
     client_secret: str | None = None
+    audiences: tuple[str, ...] = ()
     subject_token_type: ClassVar[str] = TOKEN_TYPE_TIKTOK_CODE
 
     def __repr__(self) -> str:
@@ -164,6 +166,23 @@ def _code_parameters(form: dict[str, str]) -> tuple[str, str]:
     return code_verifier, redirect_uri
 
 
+def parse_targets(form: dict[str, str]) -> tuple[str, ...]:
+    """`audience` (RFC 8693 §2.1) and `resource` (RFC 8707 §2): the APIs the token is meant for, one of
+    each at most (a repeated parameter is refused like every other). Which ones are allowed is the
+    configuration's business; here only their shape is checked."""
+    targets = []
+    if (audience := _optional(form, "audience")) is not None:
+        if not _SCOPE_TOKEN.match(audience):
+            raise InvalidTarget("The audience parameter is malformed.")
+        targets.append(audience)
+    if (resource := _optional(form, "resource")) is not None:
+        # RFC 8707 §2: an absolute URI without a fragment.
+        if not _SCOPE_TOKEN.match(resource) or "://" not in resource or "#" in resource:
+            raise InvalidTarget("The resource parameter must be an absolute URI without a fragment.")
+        targets.append(resource)
+    return tuple(dict.fromkeys(targets))
+
+
 def _subject(form: dict[str, str]) -> tuple[str, str]:
     subject_token = form.get("subject_token")
     if not subject_token:
@@ -189,8 +208,7 @@ def parse_exchange_request(form: dict[str, str]) -> ExchangeRequest:
     if form.get("actor_token") or form.get("actor_token_type"):
         # §2.1: actor_token_type only with actor_token; the bridge supports no delegation at all.
         raise InvalidRequest("Delegation (actor_token) is not supported.")
-    if form.get("resource") or form.get("audience"):
-        raise InvalidTarget
+    audiences = parse_targets(form)
 
     subject_token, subject_token_type = _subject(form)
     requested = _optional(form, "requested_token_type") or TOKEN_TYPE_ACCESS_TOKEN
@@ -213,6 +231,7 @@ def parse_exchange_request(form: dict[str, str]) -> ExchangeRequest:
             scope=scope,
             client_id=client_id,
             client_secret=client_secret,
+            audiences=audiences,
         )
     if _optional(form, "code_verifier") is not None or _optional(form, "redirect_uri") is not None:
         raise InvalidRequest("code_verifier and redirect_uri go only with an authorization code.")
@@ -222,6 +241,27 @@ def parse_exchange_request(form: dict[str, str]) -> ExchangeRequest:
         scope=scope,
         client_id=client_id,
         client_secret=client_secret,
+        audiences=audiences,
+    )
+
+
+def parse_tiktok_proof(form: dict[str, str]) -> ExchangeRequest:
+    """The TikTok credential of a link request: the same parameters, and rules, as an exchange's
+    (`subject_token`, `subject_token_type`, and with a code `code_verifier` and `redirect_uri`)."""
+    subject_token, subject_token_type = _subject(form)
+    if subject_token_type == TOKEN_TYPE_TIKTOK_CODE:
+        code_verifier, redirect_uri = _code_parameters(form)
+        return CodeExchange(
+            code=subject_token,
+            code_verifier=code_verifier,
+            redirect_uri=redirect_uri,
+            requested_token_type=TOKEN_TYPE_ACCESS_TOKEN,
+            scope=(),
+        )
+    if _optional(form, "code_verifier") is not None or _optional(form, "redirect_uri") is not None:
+        raise InvalidRequest("code_verifier and redirect_uri go only with an authorization code.")
+    return AccessTokenExchange(
+        access_token=subject_token, requested_token_type=TOKEN_TYPE_ACCESS_TOKEN, scope=()
     )
 
 

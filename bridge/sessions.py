@@ -43,6 +43,7 @@ from bridge.errors import (
     AccountDisabled,
     InvalidGrant,
     InvalidScope,
+    InvalidTarget,
     NotLinked,
     SubjectTokenRejected,
     TemporarilyUnavailable,
@@ -67,7 +68,16 @@ LOCK_WAIT = 10.0
 
 
 class Minter(Protocol):
-    async def mint(self, open_id: str, scope: tuple[str, ...]) -> IssuedToken: ...
+    """Mints as the Keycloak client of the session's app, for the audiences asked."""
+
+    async def mint(
+        self,
+        open_id: str,
+        scope: tuple[str, ...],
+        *,
+        audiences: tuple[str, ...] = (),
+        client_id: str | None = None,
+    ) -> IssuedToken: ...
 
 
 class TikTokGrants(Protocol):
@@ -119,6 +129,8 @@ class SessionRecord:
     tiktok: str | None = None  # sealed {"refresh_token", "access_token"} of a code-started session
     tiktok_checked: float | None = None
     client_id: str | None = None
+    # The audiences granted at sign-in: a refresh may keep or narrow them, never widen them.
+    audiences: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -127,6 +139,7 @@ class SessionRecord:
     def from_json(cls, raw: bytes) -> SessionRecord:
         data = json.loads(raw)
         data["scope"] = tuple(data.get("scope") or ())
+        data["audiences"] = tuple(data.get("audiences") or ())
         # Fields a newer replica added are ignored, so a rolling upgrade reads every record.
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
@@ -176,6 +189,7 @@ class SessionService:
         tiktok_grant: CodeGrant | None = None,
         jkt: str | None = None,
         client_id: str | None = None,
+        audiences: tuple[str, ...] = (),
     ) -> SessionGrant:
         now = self._clock()
         session_id = secrets.token_urlsafe(16)
@@ -194,6 +208,7 @@ class SessionService:
             tiktok=sealed_tiktok,
             tiktok_checked=now if sealed_tiktok else None,
             client_id=client_id,
+            audiences=audiences,
         )
         await self._save(session_id, record, now)
         SESSIONS.labels("started").inc()
@@ -202,7 +217,13 @@ class SessionService:
     # ---------------------------------------------------------------------------- refreshing
 
     async def refresh(
-        self, token: str, scope: tuple[str, ...], *, jkt: str | None = None, client_id: str | None = None
+        self,
+        token: str,
+        scope: tuple[str, ...],
+        *,
+        jkt: str | None = None,
+        client_id: str | None = None,
+        audiences: tuple[str, ...] = (),
     ) -> Refreshed:
         parsed = parse_token(token)
         if parsed is None:
@@ -211,10 +232,19 @@ class SessionService:
         async with self._store.lock(keys.session_lock(session_id), ttl=LOCK_TTL, wait=LOCK_WAIT) as locked:
             if not locked:
                 raise TemporarilyUnavailable(detail="session lock not acquired in time")
-            return await self._refresh_locked(session_id, _digest(secret), scope, jkt, client_id)
+            return await self._refresh_locked(
+                session_id, _digest(secret), scope, jkt=jkt, client_id=client_id, audiences=audiences
+            )
 
     async def _refresh_locked(
-        self, session_id: str, digest: str, scope: tuple[str, ...], jkt: str | None, client_id: str | None
+        self,
+        session_id: str,
+        digest: str,
+        scope: tuple[str, ...],
+        *,
+        jkt: str | None,
+        client_id: str | None,
+        audiences: tuple[str, ...],
     ) -> Refreshed:
         now = self._clock()
         record = await self._live_record(session_id, now)
@@ -225,10 +255,11 @@ class SessionService:
             # Sender-constrained: without a proof of the bound key the token is useless (and not consumed).
             raise InvalidGrant("The refresh token is bound to a DPoP key; a proof of it is required.")
         granted = self._narrowed(record.scope, scope)
+        targets = self._narrowed_audiences(record.audiences, audiences)
 
         if hmac.compare_digest(digest, record.current):
             record = await self._recheck_tiktok(session_id, record, now)
-            issued = await self._mint(session_id, record, granted)
+            issued = await self._mint(session_id, record, granted, targets)
             token, new_digest = _new_token(session_id)
             record = replace(
                 record,
@@ -246,7 +277,7 @@ class SessionService:
         if record.previous is not None and hmac.compare_digest(digest, record.previous) and in_grace:
             # The client lost the answer to its last refresh and retries: the same successor again.
             assert record.successor is not None  # noqa: S101 - set with every rotation
-            issued = await self._mint(session_id, record, granted)
+            issued = await self._mint(session_id, record, granted, targets)
             token = self._sealer.open(record.successor).decode()
             SESSIONS.labels("retried_in_grace").inc()
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
@@ -282,9 +313,22 @@ class SessionService:
             raise InvalidScope("The scope exceeds what the session was granted.")
         return requested
 
-    async def _mint(self, session_id: str, record: SessionRecord, scope: tuple[str, ...]) -> IssuedToken:
+    @staticmethod
+    def _narrowed_audiences(original: tuple[str, ...], requested: tuple[str, ...]) -> tuple[str, ...]:
+        """RFC 8707 §2.2: a refresh keeps the granted audiences, or asks for fewer; never for more."""
+        if not requested:
+            return original
+        if not set(requested) <= set(original):
+            raise InvalidTarget("The audience exceeds what the session was granted.")
+        return requested
+
+    async def _mint(
+        self, session_id: str, record: SessionRecord, scope: tuple[str, ...], audiences: tuple[str, ...]
+    ) -> IssuedToken:
         try:
-            return await self._minter.mint(record.open_id, scope)
+            return await self._minter.mint(
+                record.open_id, scope, audiences=audiences, client_id=record.client_id
+            )
         except (NotLinked, AccountDisabled) as exc:
             # Keycloak refuses the user now (disabled, deleted, unlinked): the session is over.
             await self._end(session_id, record, "refused_by_keycloak")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -150,6 +151,19 @@ class Settings(BaseSettings):
     # lifespan: apps built on the plugin never refresh). Unset: the bridge's own client.
     strapi_keycloak_client_id: str | None = None
     strapi_keycloak_client_secret: SecretStr | None = None
+    # One Keycloak client per app (README: "Apps and audiences"): "app_client_id=keycloak_client_id:secret",
+    # comma-separated, so the tokens of an app name it in `azp` and get its client's settings. Apps must
+    # be in the client allow-list (their id is authenticated); unmapped apps mint as the bridge's client.
+    keycloak_clients: SecretStr | None = None
+    # The audiences a token may be asked for (`audience` or `resource` on /token): "audience=client-scope",
+    # comma-separated. The Keycloak client scope (optional, with an audience mapper) puts it in `aud`.
+    audiences: CommaList = ()
+    # Per app, the audiences it may ask for: "app_client_id=aud1 aud2", comma-separated. Apps not listed
+    # may ask for every audience above.
+    client_audiences: CommaList = ()
+    # Linking TikTok to a signed-in Keycloak user (/account/links/tiktok): the `azp` values whose user
+    # tokens may link. Empty (the default): linking is off and its routes are not served.
+    link_client_ids: CommaList = ()
 
     # How long cache entries live, in seconds.
     profile_cache_ttl: PositiveSeconds = 300
@@ -166,6 +180,10 @@ class Settings(BaseSettings):
         "default_groups",
         "default_realm_roles",
         "published_key_files",
+        "public_client_ids",
+        "audiences",
+        "client_audiences",
+        "link_client_ids",
         mode="before",
     )
     @classmethod
@@ -194,6 +212,56 @@ class Settings(BaseSettings):
                 if not client_id or not secret:
                     raise ValueError("confidential_clients entries are id=secret, comma-separated")
         return value
+
+    @field_validator("keycloak_clients")
+    @classmethod
+    def _check_keycloak_clients(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            problem = "keycloak_clients entries are app=keycloak_client:secret, comma-separated"
+            for _app, client in _pairs(value.get_secret_value(), problem):
+                client_id, _, secret = client.partition(":")
+                if not client_id or not secret:
+                    raise ValueError(problem)
+        return value
+
+    @field_validator("audiences")
+    @classmethod
+    def _check_audiences(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for audience, scope in _pairs(",".join(value), "audiences entries are audience=client-scope"):
+            if not _SCOPE_TOKEN.match(scope) or not _SCOPE_TOKEN.match(audience):
+                raise ValueError(f"audience or client scope is not a scope token: {audience!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_apps(self) -> Settings:
+        """Per-app settings must name apps the allow-list authenticates, and audiences that exist:
+        otherwise a mapping would silently never apply."""
+        known_apps = set(self.public_client_ids) | set(self.client_secrets())
+        unknown = (set(self.keycloak_client_map()) | set(self.client_audience_map())) - known_apps
+        if unknown:
+            names = sorted(unknown)
+            raise ValueError(
+                f"keycloak_clients, client_audiences: apps not in the client allow-list: {names}"
+            )
+        catalog = self.audience_scopes()
+        for app, audiences in self.client_audience_map().items():
+            if missing := set(audiences) - set(catalog):
+                raise ValueError(f"client_audiences of {app} names unknown audiences: {sorted(missing)}")
+        return self
+
+    def keycloak_client_map(self) -> dict[str, tuple[str, str]]:
+        """App client id -> (Keycloak client id, its secret)."""
+        if self.keycloak_clients is None:
+            return {}
+        pairs = _pairs(self.keycloak_clients.get_secret_value(), "")
+        return {app: (kc.partition(":")[0], kc.partition(":")[2]) for app, kc in pairs}
+
+    def audience_scopes(self) -> dict[str, str]:
+        """Audience -> the Keycloak client scope that adds it to `aud`."""
+        return dict(_pairs(",".join(self.audiences), ""))
+
+    def client_audience_map(self) -> dict[str, tuple[str, ...]]:
+        return {app: tuple(auds.split()) for app, auds in _pairs(",".join(self.client_audiences), "")}
 
     def client_secrets(self) -> dict[str, str]:
         """Confidential clients by id (empty when none are configured)."""
@@ -244,6 +312,21 @@ class Settings(BaseSettings):
     @property
     def tiktok_base_url(self) -> str:
         return str(self.tiktok_api_url).rstrip("/")
+
+
+def _pairs(text: str, problem: str) -> list[tuple[str, str]]:
+    """`a=b,c=d` as pairs; `problem` is the message for a malformed entry (never echoing a value)."""
+    pairs = []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        key, _, value = entry.partition("=")
+        if problem and (not key.strip() or not value.strip()):
+            raise ValueError(problem)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+# RFC 6749 §3.3 scope-token: audiences travel as scope names to Keycloak, and as form values here.
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 
 
 # BRIDGE_* variables that are not settings of the service: read by `load` itself and by the project's

@@ -75,6 +75,8 @@ class Stack:
     client_id: str
     client_secret: str
     strapi_client_secret: str
+    # The secret of `tiktok-app-example`, the realm's example of one Keycloak client per app.
+    example_app_secret: str
     java_home: Path
     jwks_server: ThreadedServer | None = None
 
@@ -145,7 +147,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     realm, client_id, client_secret = "app", "tiktok-bridge", secrets.token_urlsafe(24)
     strapi_client_secret = secrets.token_urlsafe(24)
-    KNOWN_SECRETS.update({client_secret, strapi_client_secret})
+    example_app_secret = secrets.token_urlsafe(24)
+    KNOWN_SECRETS.update({client_secret, strapi_client_secret, example_app_secret})
     jwks_port = free_port()
     issuer = f"http://127.0.0.1:{jwks_port}"
     realm_env = {
@@ -155,6 +158,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
         "BRIDGE_ISSUER": issuer,
         "BRIDGE_JWKS_URL": f"{issuer}/.well-known/jwks.json",
         "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET": strapi_client_secret,
+        "BRIDGE_EXAMPLE_APP_KEYCLOAK_CLIENT_SECRET": example_app_secret,
     }
     distribution = fetch_distribution()
     java_home = find_java_home()
@@ -170,6 +174,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
             client_id=client_id,
             client_secret=client_secret,
             strapi_client_secret=strapi_client_secret,
+            example_app_secret=example_app_secret,
             java_home=java_home,
         )
         # The bridge itself publishes the JWKS Keycloak trusts, exactly as in production.

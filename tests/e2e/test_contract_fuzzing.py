@@ -30,7 +30,13 @@ if TYPE_CHECKING:
 
     from tests.conftest import Stack
 
-POST_PATHS = ("/token", "/revoke", "/api/tiktok-auth-mobile/connect", "/webhooks/tiktok")
+POST_PATHS = (
+    "/token",
+    "/revoke",
+    "/api/tiktok-auth-mobile/connect",
+    "/webhooks/tiktok",
+    "/account/links/tiktok",
+)
 
 
 def long_budget(config: pytest.Config) -> bool:
@@ -51,6 +57,8 @@ def served(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         BRIDGE_RATE_LIMIT_ENABLED="false",  # a 429 would stop requests reaching the code under test
         BRIDGE_TIKTOK_REDIRECT_URIS="https://app.example/callback",
         BRIDGE_DEAUTHORIZATION_POLICY="disable",
+        BRIDGE_LINK_CLIENT_IDS="account-app",  # serves (and so fuzzes) /account/links/tiktok
+        BRIDGE_AUDIENCES="https://orders.example=aud-orders-api",
     )
     yield base
     process.send_signal(signal.SIGTERM)
@@ -113,7 +121,7 @@ def test_schemathesis_finds_no_server_error_and_no_contract_break(
     assert run.returncode == 0, summary + run.stderr[-2000:]
     counts = json.loads(report.read_text())["test_cases"]
     print(f"schemathesis: {counts['generated']} cases, {counts['with_failures']} failing")  # noqa: T201
-    assert counts["generated"] >= 9 * 20  # every operation really exercised, not skipped
+    assert counts["generated"] >= 12 * 20  # every operation really exercised, not skipped
 
 
 # What a schema cannot say: the transport-level shapes of hostile requests.
@@ -140,6 +148,8 @@ PARAMETERS = st.sampled_from(
         "refresh_token",
         "token",
         "token_type_hint",
+        "audience",
+        "resource",
         "x",
     ]
 )

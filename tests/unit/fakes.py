@@ -20,7 +20,7 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserConflict,
 )
-from bridge.model import CodeGrant, IssuedToken, KeycloakUser, Policy
+from bridge.model import CodeGrant, FederatedLink, IssuedToken, KeycloakUser, Policy
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class FakeKeycloak:
     realm_roles: set[str] = field(default_factory=set)
     fail_role_mapping: bool = False
     calls: Counter[str] = field(default_factory=Counter)
+    scopes: list[tuple[str, ...]] = field(default_factory=list)  # asked of the token endpoint
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     async def issuer(self) -> str:
@@ -138,8 +139,27 @@ class FakeKeycloak:
             link for link in rep.get("federatedIdentities", []) if link["identityProvider"] != idp_alias
         ]
 
+    async def user_links(self, user_id: str) -> list[FederatedLink]:
+        self.calls["links"] += 1
+        rep = self.users.get(user_id, {})
+        return [
+            FederatedLink(link["identityProvider"], link["userId"], link.get("userName"))
+            for link in rep.get("federatedIdentities", [])
+        ]
+
+    async def add_link(self, user_id: str, link: FederatedLink) -> None:
+        """Like Keycloak: 409 for a second link to one provider, none for an identity linked elsewhere."""
+        self.calls["link"] += 1
+        links = self.users[user_id].setdefault("federatedIdentities", [])
+        if any(existing["identityProvider"] == link.identity_provider for existing in links):
+            raise UserConflict("User is already linked with provider")
+        links.append(
+            {"identityProvider": link.identity_provider, "userId": link.user_id, "userName": link.user_name}
+        )
+
     async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken:
         self.calls["token"] += 1
+        self.scopes.append(scope)
         user = self._linked("tiktok", assertion.removeprefix("assertion-for:"))
         if user is None:
             raise NotLinked

@@ -282,14 +282,21 @@ def test_openapi_document_names_exactly_the_served_routes(
 
     from bridge import openapi  # noqa: PLC0415
 
-    flags = {"strapi_compat_enabled": strapi, "metrics_enabled": metrics, "tiktok_webhook_enabled": strapi}
+    flags = {
+        "strapi_compat_enabled": strapi,
+        "metrics_enabled": metrics,
+        "tiktok_webhook_enabled": strapi,
+        "link_client_ids": ("account-app",) if strapi else (),
+    }
     app = create_app(settings.model_copy(update=flags))
     served = {
         route.path: {m.lower() for m in (route.methods or set()) - {"HEAD"}}
         for route in app.routes
         if isinstance(route, Route)
     }
-    spec = openapi.document(settings.issuer_url, strapi=strapi, metrics=metrics, webhook=strapi)
+    spec = openapi.document(
+        settings.issuer_url, strapi=strapi, metrics=metrics, webhook=strapi, linking=strapi
+    )
     documented = {path: set(operations) for path, operations in spec["paths"].items()}
     assert served == documented
     assert spec["openapi"].startswith("3.1")

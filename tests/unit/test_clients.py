@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.clients import ClientRegistry
 from bridge.errors import InvalidClient
+from bridge.settings import Settings
 
 REGISTRY = ClientRegistry(public=frozenset({"ios-app", "android-app"}), confidential={"web-bff": "s3cret=x"})
 
@@ -61,3 +63,38 @@ def test_everything_else_is_invalid_client(
         REGISTRY.authenticate(authorization, form_id, form_secret)
     assert caught.value.status_code == 401
     assert caught.value.headers()["WWW-Authenticate"].startswith("Basic")
+
+
+def _settings(**values: object) -> Settings:
+    base: dict[str, object] = {
+        "tiktok_client_key": "key",
+        "tiktok_client_secret": "secret",
+        "keycloak_url": "https://kc.example",
+        "keycloak_realm": "app",
+        "keycloak_client_id": "bridge",
+        "keycloak_client_secret": "secret",
+        "issuer": "https://bridge.example",
+    }
+    return Settings(**{**base, **values})  # type: ignore[arg-type]
+
+
+def test_per_app_settings_are_read_and_must_name_known_apps_and_audiences() -> None:
+    """App -> Keycloak client and per-app audiences parse; an app outside the allow-list, an unknown
+    audience or a mapping without a secret is refused at start-up, without echoing the secret."""
+    settings = _settings(
+        public_client_ids="ios,android",
+        keycloak_clients="ios=tiktok-app-ios:s3cr3t",
+        audiences="https://orders.example=aud-orders,billing=aud-billing",
+        client_audiences="android=billing",
+    )
+    assert settings.keycloak_client_map() == {"ios": ("tiktok-app-ios", "s3cr3t")}
+    assert settings.audience_scopes() == {"https://orders.example": "aud-orders", "billing": "aud-billing"}
+    assert settings.client_audience_map() == {"android": ("billing",)}
+    for bad in (
+        {"keycloak_clients": "web=tiktok-app-web:s3cr3t"},
+        {"client_audiences": "android=https://admin.example"},
+        {"keycloak_clients": "ios=tiktok-app-ios"},
+    ):
+        with pytest.raises(ValidationError) as caught:
+            _settings(public_client_ids="ios,android", audiences="billing=aud-billing", **bad)
+        assert "s3cr3t" not in str(caught.value)

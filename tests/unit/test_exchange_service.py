@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,6 +18,8 @@ from bridge.errors import (
     EmailTaken,
     IdentityMismatch,
     InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
     MissingScope,
     RegistrationClosed,
     ServerError,
@@ -375,6 +378,26 @@ async def test_a_failed_role_mapping_removes_the_new_user(tiktok: FakeTikTok, ke
     result = await bridge.exchange(request())
     assert result.created
     assert keycloak.users[result.user_id]["realmRoles"] == ["tiktok-user"]
+
+
+async def test_configured_audiences_are_asked_of_keycloak_as_their_client_scopes(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """An allowed audience becomes its client scope in the grant; another is invalid_target before
+    TikTok is asked; an audience's scope named in `scope` is refused."""
+    scopes = MappingProxyType({"https://orders.example": "aud-orders", "billing": "aud-billing"})
+    exchange = service(tiktok, keycloak, audience_scopes=scopes, reserved_scopes=frozenset(scopes.values()))
+
+    allowed = replace(request(scope=("openid",)), audiences=("https://orders.example",))
+    assert (await exchange.exchange(allowed)).issued.scope == "openid aud-orders"
+    assert keycloak.scopes == [("openid", "aud-orders")]
+
+    calls = len(tiktok.calls)
+    with pytest.raises(InvalidTarget):
+        await exchange.exchange(replace(request(), audiences=("https://admin.example",)))
+    with pytest.raises(InvalidScope):
+        await exchange.exchange(request(scope=("aud-billing",)))
+    assert len(tiktok.calls) == calls
 
 
 async def test_a_link_moved_by_an_admin_is_followed_at_once(

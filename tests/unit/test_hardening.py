@@ -11,8 +11,7 @@ import pytest
 
 from bridge.app import create_app
 from bridge.errors import UnsupportedIdentity
-from bridge.exchange import profile_attributes
-from bridge.model import TikTokProfile, fit_for_keycloak, keycloak_length
+from bridge.model import TikTokProfile, fit_for_keycloak, keycloak_length, profile_attributes
 from tests.unit.test_webhook_signature import sign
 
 if TYPE_CHECKING:

@@ -55,6 +55,18 @@ def test_requesting_an_id_token_adds_openid_scope() -> None:
     assert request.scope == ("openid", "profile")
 
 
+def test_audience_and_resource_are_parsed_as_targets_in_order_without_duplicates() -> None:
+    """audience and resource (RFC 8707) both name targets; which are allowed is decided later."""
+    assert parse(audience="orders", resource="https://billing.example/").audiences == (
+        "orders",
+        "https://billing.example/",
+    )
+    assert parse(audience="https://a.example", resource="https://a.example").audiences == (
+        "https://a.example",
+    )
+    assert parse().audiences == ()
+
+
 def test_repr_never_shows_the_subject_token() -> None:
     """A request that reaches a log line through repr() does not leak the token."""
     assert "act.abc" not in repr(parse())
@@ -74,8 +86,9 @@ def test_repr_never_shows_the_subject_token() -> None:
         ({"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"}, InvalidRequest, None),
         ({"actor_token": "a", "actor_token_type": TOKEN_TYPE_ACCESS_TOKEN}, InvalidRequest, None),
         ({"actor_token_type": TOKEN_TYPE_ACCESS_TOKEN}, InvalidRequest, None),
-        ({"audience": "api"}, InvalidTarget, None),
-        ({"resource": "https://api.example"}, InvalidTarget, None),
+        ({"audience": 'quo"te'}, InvalidTarget, "The audience parameter is malformed."),
+        ({"resource": "not-a-uri"}, InvalidTarget, None),
+        ({"resource": "https://api.example/#fragment"}, InvalidTarget, None),
         ({"scope": 'bad"scope'}, InvalidScope, "The scope parameter is malformed."),
         ({"code_verifier": "x" * 43}, InvalidRequest, None),
         ({"subject_token_type": TOKEN_TYPE_TIKTOK_CODE}, InvalidRequest, None),

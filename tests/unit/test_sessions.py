@@ -14,6 +14,7 @@ from bridge.errors import (
     AccountDisabled,
     InvalidGrant,
     InvalidScope,
+    InvalidTarget,
     NotLinked,
     SubjectTokenRejected,
     UpstreamUnavailable,
@@ -37,11 +38,21 @@ class Clock:
 class FakeMinter:
     refused: type[Exception] | None = None
     minted: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    # (audiences, client_id) of each mint, beside `minted`.
+    targets: list[tuple[tuple[str, ...], str | None]] = field(default_factory=list)
 
-    async def mint(self, open_id: str, scope: tuple[str, ...]) -> IssuedToken:
+    async def mint(
+        self,
+        open_id: str,
+        scope: tuple[str, ...],
+        *,
+        audiences: tuple[str, ...] = (),
+        client_id: str | None = None,
+    ) -> IssuedToken:
         if self.refused is not None:
             raise self.refused
         self.minted.append((open_id, scope))
+        self.targets.append((audiences, client_id))
         return IssuedToken(
             access_token=f"kc-{len(self.minted)}", expires_in=300, scope=" ".join(scope) or None
         )
@@ -224,6 +235,21 @@ async def test_scope_may_narrow_but_never_widen(sessions: SessionService, minter
     assert minter.minted[-1] == ("-000a", ("openid",))
     with pytest.raises(InvalidScope):
         await sessions.refresh(narrowed.grant.refresh_token, ("openid", "offline_access"))
+
+
+async def test_audiences_and_app_are_kept_and_may_narrow_but_never_widen(
+    sessions: SessionService, minter: FakeMinter
+) -> None:
+    """A refresh mints for the session's app and audiences, may ask for fewer, and never for another."""
+    started = await sessions.start(
+        user_id="kc-1", open_id="-000a", scope=(), client_id="ios", audiences=("orders", "billing")
+    )
+    kept = await sessions.refresh(started.refresh_token, (), client_id="ios")
+    narrowed = await sessions.refresh(kept.grant.refresh_token, (), client_id="ios", audiences=("orders",))
+    assert minter.targets == [(("orders", "billing"), "ios"), (("orders",), "ios")]
+    with pytest.raises(InvalidTarget):
+        await sessions.refresh(narrowed.grant.refresh_token, (), client_id="ios", audiences=("admin",))
+    assert len(minter.targets) == 2  # refused before Keycloak was asked
 
 
 @pytest.mark.parametrize("refusal", [NotLinked, AccountDisabled])

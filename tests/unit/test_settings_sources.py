@@ -82,3 +82,11 @@ def test_unknown_bridge_variables_are_refused_with_a_suggestion(monkeypatch: pyt
         "configuration error: BRIDGE_CONFIDENTAL_CLIENTS: unknown setting; "
         "did you mean BRIDGE_CONFIDENTIAL_CLIENTS?"
     )
+
+
+def test_public_client_ids_are_read_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRIDGE_PUBLIC_CLIENT_IDS=ios,android is the allow-list of two apps (it used to fail to load)."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BRIDGE_PUBLIC_CLIENT_IDS", "ios, android")
+    assert Settings.load().public_client_ids == ("ios", "android")
