@@ -40,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="127.0.0.1",
         help="proxies trusted to set X-Forwarded-For (the client IP used by rate limits)",
     )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        help="connections (and requests) one worker holds at once; the next get 503 (default 256)",
+    )
     commands.add_parser("check-config", help="validate the BRIDGE_* environment and exit")
     commands.add_parser("jwks", help="print the public JWKS (for a Keycloak IdP without a JWKS URL)")
     generate = commands.add_parser(
@@ -104,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=args.workers,
         forwarded_allow_ips=args.forwarded_allow_ips,
         header_timeout=settings.client_header_timeout,
+        limit_concurrency=args.limit_concurrency or server.DEFAULT_LIMIT_CONCURRENCY,
     )
 
 

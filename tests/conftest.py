@@ -37,7 +37,7 @@ from devstack.redis import RedisServer
 from devstack.threaded import ThreadedServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 
     from devstack.tiktok_emulator import TikTokEmulator
 
@@ -262,17 +262,17 @@ def _no_retry_waits() -> Iterator[None]:
 
 
 def start_bridge_process(
-    stack: Stack, log_file: Path | None = None, **env: str
+    stack: Stack, log_file: Path | None = None, args: Sequence[str] = (), **env: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m bridge serve` as a real process on a free port, once it answers /healthz.
 
-    Its log goes to a pipe that `communicate()` reads at the end, which suits a handful of requests.
-    Give `log_file` for long runs: nobody drains the pipe meanwhile, and once its 64 KiB fill up every
-    log write blocks the server (a fuzzing run hung exactly so)."""
+    `args` are more `bridge serve` flags. Its log goes to a pipe that `communicate()` reads at the end,
+    which suits a handful of requests. Give `log_file` for long runs: nobody drains the pipe meanwhile,
+    and once its 64 KiB fill up every log write blocks the server (a fuzzing run hung exactly so)."""
     port = free_port()
     log_target = log_file.open("wb") if log_file is not None else subprocess.PIPE
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--port", str(port)],
+        [sys.executable, "-m", "bridge", "serve", "--port", str(port), *args],
         env={**os.environ, **stack.env(**env)},
         stderr=log_target,
     )
