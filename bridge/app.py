@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -122,6 +123,21 @@ class RequestIdMiddleware:
             request_id.reset(token)
 
 
+def _start_deauthorization_retries(settings: Settings, resources: Resources) -> asyncio.Task[None] | None:
+    """The loop retrying deauthorizations Keycloak could not take, when a policy needs Keycloak."""
+    if not settings.tiktok_webhook_enabled or settings.deauthorization_policy == "record":
+        return None
+    interval = min(5.0, settings.deauthorization_retry_max_delay)
+    return asyncio.create_task(webhook.retry_pending_deauthorizations(resources.exchange, interval))
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -146,9 +162,16 @@ def create_app(
         )
         if tracing is not None:
             tracing.instrument_clients(resources)
+        retrier: asyncio.Task[None] | None = None
+        if resolved.tiktok_webhook_enabled and resolved.deauthorization_policy != "record":
+            interval = min(5.0, resolved.deauthorization_retry_max_delay)
+            retrier = asyncio.create_task(
+                webhook.retry_pending_deauthorizations(resources.exchange, interval)
+            )
         try:
             yield
         finally:
+            await _cancel(retrier)
             await resources.aclose()
             if tracing is not None:
                 tracing.shutdown()

@@ -182,6 +182,9 @@ class Policy:
     default_realm_roles: tuple[str, ...]
     # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
     deauthorization: DeauthorizationPolicy
+    # Retrying a policy Keycloak could not take: the longest delay between attempts, and for how long.
+    deauthorization_retry_max_delay: float
+    deauthorization_retry_horizon: int
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
@@ -198,6 +201,8 @@ class Policy:
             default_groups=settings.default_groups,
             default_realm_roles=settings.default_realm_roles,
             deauthorization=settings.deauthorization_policy,
+            deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
+            deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
             profile_ttl=settings.profile_cache_ttl,
             user_ttl=settings.user_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,

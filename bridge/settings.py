@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     tiktok_webhook_enabled: bool = True
     deauthorization_policy: Literal["record", "disable", "unlink"] = "record"
     webhook_max_age: int = Field(default=300, ge=30, le=3600)
+    # A policy Keycloak could not take (it was down) is kept in Redis and retried by every replica, with
+    # delays doubling from 5 s up to this many seconds, until this long after the event arrived.
+    deauthorization_retry_max_delay: float = Field(default=300.0, ge=1, le=3600)
+    deauthorization_retry_horizon: int = Field(default=72 * 3600, ge=60, le=30 * DAY)
     # Prometheus metrics at GET /metrics (keep it off the public listener, e.g. at the load balancer).
     metrics_enabled: bool = True
     # OpenTelemetry tracing (needs the `otel` extra); exporter configured by OTEL_EXPORTER_OTLP_* variables.
