@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,8 +38,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (share the cache via Redis)")
     serve.add_argument(
         "--forwarded-allow-ips",
-        default="127.0.0.1",
-        help="proxies trusted to set X-Forwarded-For (the client IP used by rate limits)",
+        default=None,
+        help="proxies trusted to set X-Forwarded-For (the client IP used by rate limits); "
+        "comma-separated addresses or networks. Default: none, forwarded headers are ignored",
+    )
+    serve.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="port of the admin listener (/metrics, detailed /readyz, /healthz) on the same host; "
+        "0 switches it off (default: BRIDGE_ADMIN_PORT, 9000)",
     )
     serve.add_argument(
         "--limit-concurrency",
@@ -84,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(load_key(args.path).kid)  # noqa: T201
         return
 
+    if args.command == "serve" and args.admin_port is not None:
+        # The workers read their settings from the environment: the flag reaches them there.
+        os.environ["BRIDGE_ADMIN_PORT"] = str(args.admin_port)
     settings = _load_settings()
     logs.configure(settings.log_level)
     if args.command == "check-config":
@@ -111,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         forwarded_allow_ips=args.forwarded_allow_ips,
         header_timeout=settings.client_header_timeout,
         limit_concurrency=args.limit_concurrency or server.DEFAULT_LIMIT_CONCURRENCY,
+        admin_port=settings.admin_port,
     )
 
 

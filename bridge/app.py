@@ -138,6 +138,49 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
             await task
 
 
+class ListenerMiddleware:
+    """Send requests that arrived on the admin listener (`Settings.admin_port`) to the admin app.
+
+    One process serves both listeners (uvicorn hands it both sockets), so the local port of a request's
+    connection (`scope["server"]`) says which it came through: metrics and the detailed readiness are
+    never answered on the public port, whatever headers a client sends.
+    """
+
+    def __init__(self, app: ASGIApp, *, admin: ASGIApp, port: int) -> None:
+        self.app = app
+        self.admin = admin
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server is not None and server[1] == self.port:
+            await self.admin(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _admin_app(public: Starlette, *, metrics: bool) -> Starlette:
+    """The admin listener's routes; they share the public app's state (its resources, opened by its
+    lifespan) and error handlers."""
+    routes = [
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz_detailed, methods=["GET"]),
+    ]
+    if metrics:
+        routes.append(Route("/metrics", endpoints.metrics, methods=["GET"]))
+    admin = Starlette(
+        routes=routes,
+        exception_handlers={
+            BridgeError: _bridge_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+    admin.state = public.state
+    admin.router.redirect_slashes = False
+    return admin
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -189,18 +232,13 @@ def create_app(
         Route("/readyz", endpoints.readyz, methods=["GET"]),
     ]
     spec = openapi.document(
-        resolved.issuer_url,
-        strapi=resolved.strapi_compat_enabled,
-        metrics=resolved.metrics_enabled,
-        webhook=resolved.tiktok_webhook_enabled,
+        resolved.issuer_url, strapi=resolved.strapi_compat_enabled, webhook=resolved.tiktok_webhook_enabled
     )
 
     async def openapi_json(_request: Request) -> Response:
         return JSONResponse(spec, headers={"Cache-Control": "public, max-age=3600"})
 
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
-    if resolved.metrics_enabled:
-        routes.append(Route("/metrics", endpoints.metrics, methods=["GET"]))
     if resolved.strapi_compat_enabled:
         routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
     if resolved.tiktok_webhook_enabled:
@@ -216,6 +254,13 @@ def create_app(
     )
     app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)  # added last, so outermost: refusals get an id and a log line
+    if resolved.admin_port:
+        # Outermost of all: the admin listener's requests never reach the public routes, nor they its.
+        app.add_middleware(
+            ListenerMiddleware,
+            admin=_admin_app(app, metrics=resolved.metrics_enabled),
+            port=resolved.admin_port,
+        )
     # Starlette would answer "/token/" with a redirect whose Location is built from the client's Host
     # header (Host: evil.example -> Location: http://evil.example/token): no redirects at all.
     app.router.redirect_slashes = False

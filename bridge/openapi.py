@@ -81,7 +81,7 @@ def _oauth_errors() -> dict[str, Any]:
     }
 
 
-def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) -> dict[str, Any]:
+def document(issuer: str, *, strapi: bool, webhook: bool = True) -> dict[str, Any]:
     exchange_request = {
         "type": "object",
         "required": ["grant_type", "subject_token", "subject_token_type"],
@@ -189,7 +189,10 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
         },
         "/readyz": {
             "get": {
-                "summary": "Ready: Keycloak reachable; the cache reachable or degraded to memory",
+                "summary": (
+                    "Ready: Keycloak reachable; the cache reachable or degraded to memory (checked at most "
+                    "every few seconds; the checks themselves are on the admin listener)"
+                ),
                 "responses": {
                     "200": _json({"type": "object"}, "ready or degraded"),
                     "503": _json({"type": "object"}, "unavailable"),
@@ -203,15 +206,6 @@ def document(issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True) 
             }
         },
     }
-    if metrics:
-        paths["/metrics"] = {
-            "get": {
-                "summary": "Prometheus metrics",
-                "responses": {
-                    "200": {"description": "text exposition format", "content": {"text/plain": {}}}
-                },
-            }
-        }
     if strapi:
         paths["/api/tiktok-auth-mobile/connect"] = {
             "post": {

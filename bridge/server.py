@@ -39,11 +39,14 @@ import functools
 import json
 import re
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 import h11
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from bridge.app import MAX_HEADER_BYTES
 from bridge.errors import HeadersTooLarge, InvalidRequest, Overloaded
@@ -230,11 +233,15 @@ def serve(
     host: str,
     port: int,
     workers: int,
-    forwarded_allow_ips: str,
+    forwarded_allow_ips: str | None,
     header_timeout: float = 10.0,
     limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY,
+    admin_port: int = 0,
 ) -> None:
-    uvicorn.run(
+    """Serve the public listener on `port` and, unless `admin_port` is 0, the admin listener (metrics,
+    detailed readiness) on `admin_port`: both sockets go to every worker, and the app tells them apart by
+    the local port (`app.ListenerMiddleware`)."""
+    config = uvicorn.Config(
         "bridge.app:serve_app",
         factory=True,
         host=host,
@@ -249,7 +256,10 @@ def serve(
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=5,  # idle keep-alive connections (uvicorn's default, stated)
         log_config=None,  # keep our JSON logging
-        proxy_headers=True,
+        # X-Forwarded-For is believed only from proxies named by the operator; by default from nobody
+        # (uvicorn trusts 127.0.0.1 by default, and a local proxy passing the header through would let
+        # clients pick their own rate-limit bucket).
+        proxy_headers=forwarded_allow_ips is not None,
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=20,
         # A new worker answers the supervisor's health ping only once it has imported the app. uvicorn's
@@ -258,3 +268,26 @@ def serve(
         timeout_worker_healthcheck=60,
         server_header=False,
     )
+    sockets = [config.bind_socket()]
+    if admin_port:
+        sockets.append(_bind(host, admin_port))
+    if config.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket for the admin listener, bound like uvicorn binds the public one."""
+    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        sys.exit(f"cannot listen on {host}:{port} (admin listener): {exc.strerror}")
+    sock.set_inheritable(True)
+    return sock

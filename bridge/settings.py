@@ -117,8 +117,11 @@ class Settings(BaseSettings):
     # delays doubling from 5 s up to this many seconds, until this long after the event arrived.
     deauthorization_retry_max_delay: float = Field(default=300.0, ge=1, le=3600)
     deauthorization_retry_horizon: int = Field(default=72 * 3600, ge=60, le=30 * DAY)
-    # Prometheus metrics at GET /metrics (keep it off the public listener, e.g. at the load balancer).
+    # Prometheus metrics at GET /metrics, on the admin listener only.
     metrics_enabled: bool = True
+    # The admin listener (same host as the public one): /metrics, the detailed /readyz and /healthz.
+    # `bridge serve --admin-port` sets it for the workers; 0 switches the listener off.
+    admin_port: int = Field(default=9000, ge=0, le=65535)
     # OpenTelemetry tracing (needs the `otel` extra); exporter configured by OTEL_EXPORTER_OTLP_* variables.
     otel_enabled: bool = False
     otel_service_name: str = "tiktok-keycloak-bridge"
