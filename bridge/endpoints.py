@@ -201,11 +201,6 @@ async def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-# Readiness is asked by every probe and load balancer, and each check calls Keycloak: one check per
-# process at most this often, whoever asks and however many ask at once.
-READINESS_TTL = 3.0
-
-
 @dataclass
 class Readiness:
     """The last readiness checks of this process and when they ran; one check runs at a time."""
@@ -218,7 +213,9 @@ class Readiness:
 
     async def current(self, resources: Resources) -> Readiness:
         async with self.lock:
-            if time.monotonic() - self.checked_at >= READINESS_TTL:
+            # Asked by every probe and load balancer, and each check calls Keycloak (100 probes were 100
+            # discovery calls): one check at a time, its answer kept `readiness_cache_ttl` seconds.
+            if time.monotonic() - self.checked_at >= resources.settings.readiness_cache_ttl:
                 self.status, self.code, self.checks = await _check_readiness(resources)
                 self.checked_at = time.monotonic()
         return self

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     # The admin listener (same host as the public one): /metrics, the detailed /readyz and /healthz.
     # `bridge serve --admin-port` sets it for the workers; 0 switches the listener off.
     admin_port: int = Field(default=9000, ge=0, le=65535)
+    # Readiness checks call Keycloak: one check per process at most this often (seconds), however many
+    # probes ask. 0: every probe checks.
+    readiness_cache_ttl: float = Field(default=3.0, ge=0, le=60)
     # OpenTelemetry tracing (needs the `otel` extra); exporter configured by OTEL_EXPORTER_OTLP_* variables.
     otel_enabled: bool = False
     otel_service_name: str = "tiktok-keycloak-bridge"
