@@ -178,6 +178,7 @@ def _admin_app(public: Starlette, *, metrics: bool) -> Starlette:
     )
     admin.state = public.state
     admin.router.redirect_slashes = False
+    admin.add_middleware(HeaderLimitMiddleware)
     return admin
 
 
