@@ -34,7 +34,10 @@ RSS_BOUND_KB = 200 * 1024
 BODY_TIMEOUT = 3.0
 # Each connection waits at most this long for an answer; the whole flood is bounded by FLOOD_DEADLINE.
 ANSWER_WAIT = 15.0
-FLOOD_DEADLINE = 45.0
+FLOOD_DEADLINE = 30.0
+# Connections the clients gave up on may still wait in the listen backlog: the worker accepts and
+# answers them before a new request's turn comes.
+RECOVERY = 20.0
 PATHS = ("/webhooks/tiktok", "/token")
 JSON_ERRORS = {"invalid_request", "temporarily_unavailable"}
 
@@ -81,6 +84,17 @@ async def _slow_body(host: str, port: int, path: str) -> bytes | None:
             await writer.wait_closed()
 
 
+def _serving_again(base: str) -> float:
+    """Seconds until /healthz answers 200 again; fails past RECOVERY."""
+    started = time.monotonic()
+    while time.monotonic() - started < RECOVERY:
+        with contextlib.suppress(httpx2.TransportError):
+            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"not serving {RECOVERY} s after the flood")
+
+
 def _answers_of(raw: list[bytes | None]) -> dict[str, int]:
     """Count answers by status and check that each is one of the bridge's JSON errors."""
     counts: dict[str, int] = {}
@@ -119,12 +133,12 @@ def test_a_flood_of_large_slow_bodies_keeps_the_worker_under_200_mb(stack: Stack
         started = time.monotonic()
         answers = _answers_of(asyncio.run(flood()))
         took = time.monotonic() - started
+        recovered = _serving_again(base)
         peak = peak_rss_kb(process.pid)
         print(  # noqa: T201 - the figures SECURITY.md quotes
             f"\npeak RSS {before // 1024} MB -> {peak // 1024} MB over {CONNECTIONS} connections "
-            f"in {took:.1f} s; answers {answers}"
+            f"in {took:.1f} s, serving again {recovered:.1f} s later; answers {answers}"
         )
-        assert httpx2.get(f"{base}/healthz", timeout=10).status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(Exception):
