@@ -106,6 +106,15 @@ def _ambiguous_length(request: h11.Request) -> bool:
     return b"content-length" in names or request.http_version == b"1.0"
 
 
+class _Serving:
+    """Requests this worker process is serving now (one event loop per process: no lock needed)."""
+
+    count = 0
+
+
+_serving = _Serving()
+
+
 class BridgeH11Protocol(H11Protocol):
     def __init__(
         self,
@@ -154,10 +163,15 @@ class BridgeH11Protocol(H11Protocol):
             self.flow.pause_reading()
 
     async def _app_or_refusal(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Inside the request's task, which `self.tasks` already counts.
-        busy = self._limit is not None and len(self.tasks) > self._limit
+        # Requests the app is serving, refusals not counted (uvicorn's `tasks` counts both, so a burst
+        # of refusals made the connections within the limit refuse too).
+        busy = self._limit is not None and _serving.count >= self._limit
         if not (self._overloaded or busy):
-            await self._served_app(scope, receive, send)
+            _serving.count += 1
+            try:
+                await self._served_app(scope, receive, send)
+            finally:
+                _serving.count -= 1
             return
         OVERLOAD_REFUSALS.labels("answered").inc()
         refusal = Overloaded(retry_after=1)
