@@ -132,10 +132,21 @@ def _start_deauthorization_retries(settings: Settings, resources: Resources) -> 
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
+    """Stop a background loop, again and again if need be: a cancellation that lands inside an HTTP call
+    can be absorbed by the client's own timeout handling (seen with Keycloak frozen mid-call: the loop
+    went on, and shutdown waited for it for ever). Bounded: at most ten seconds."""
+    if task is None:
+        return
+    for _ in range(20):
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=0.5)
+        if task.done():
+            break
+    else:
+        log.error("a background loop did not stop at shutdown")
+    if task.done() and not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()
 
 
 class ListenerMiddleware:

@@ -151,3 +151,28 @@ async def test_with_keycloak_up_nothing_stays_pending(policy: str) -> None:
     )
     assert await bridge.deauthorize(OPEN_ID) == ("disabled" if policy == "disable" else "unlinked")
     assert await cache.due(keys.DEAUTHORIZATION_QUEUE, time.time() + 10**9, 10) == []
+
+
+async def test_shutdown_stops_a_retry_loop_that_absorbed_a_cancellation() -> None:
+    """A loop whose in-flight call swallows the first cancellation (as an HTTP client's timeout handling
+    can) is still stopped at shutdown, instead of holding it for ever."""
+    from bridge.app import _cancel  # noqa: PLC0415 - the shutdown helper itself
+
+    swallowed = 0
+
+    async def loop() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        await _cancel(task)
+    assert task.cancelled()
+    assert swallowed == 1
