@@ -145,10 +145,16 @@ def wait_http(url: str, timeout: float = 60) -> None:
 QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
+# The admin listener (/metrics) of each bridge started here, by its public URL.
+ADMIN_URLS: dict[str, str] = {}
+
+
 def start_bridge(
     env: dict[str, str], port: int, workers: int, metrics_dir: Path, prefix: list[str]
 ) -> subprocess.Popen[bytes]:
     metrics_dir.mkdir()
+    admin_port = free_port()
+    ADMIN_URLS[f"http://127.0.0.1:{port}"] = f"http://127.0.0.1:{admin_port}"
     return subprocess.Popen(
         [
             *prefix,
@@ -160,6 +166,8 @@ def start_bridge(
             str(port),
             "--workers",
             str(workers),
+            "--admin-port",
+            str(admin_port),
         ],
         cwd=ROOT,
         env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
@@ -299,7 +307,7 @@ def pin(pid: int, cores: str) -> None:
 
 def upstream_counts(bridge_url: str, emulator_url: str) -> dict[str, float]:
     counts: dict[str, float] = {"tiktok_user_info": 0, "keycloak_admin": 0, "keycloak_token": 0, "redis": 0}
-    for line in httpx2.get(f"{bridge_url}/metrics").text.splitlines():
+    for line in httpx2.get(f"{ADMIN_URLS[bridge_url]}/metrics").text.splitlines():
         if not (match := _METRIC.match(line)):
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group("labels")))

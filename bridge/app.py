@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -122,6 +123,111 @@ class RequestIdMiddleware:
             request_id.reset(token)
 
 
+def _start_deauthorization_retries(settings: Settings, resources: Resources) -> asyncio.Task[None] | None:
+    """The loop retrying deauthorizations Keycloak could not take, when a policy needs Keycloak."""
+    if not settings.tiktok_webhook_enabled or settings.deauthorization_policy == "record":
+        return None
+    interval = min(5.0, settings.deauthorization_retry_max_delay)
+    return asyncio.create_task(webhook.retry_pending_deauthorizations(resources.exchange, interval))
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Stop a background loop, again and again if need be: a cancellation that lands inside an HTTP call
+    can be absorbed by the client's own timeout handling (seen with Keycloak frozen mid-call: the loop
+    went on, and shutdown waited for it for ever). Bounded: at most ten seconds."""
+    if task is None:
+        return
+    for _ in range(20):
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+        if task.done():
+            break
+    else:
+        log.error("a background loop did not stop at shutdown")
+    if task.done() and not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()
+
+
+class ListenerMiddleware:
+    """Send requests that arrived on the admin listener (`Settings.admin_port`) to the admin app.
+
+    One process serves both listeners (uvicorn hands it both sockets), so the local port of a request's
+    connection (`scope["server"]`) says which it came through: metrics and the detailed readiness are
+    never answered on the public port, whatever headers a client sends.
+    """
+
+    def __init__(self, app: ASGIApp, *, admin: ASGIApp, port: int) -> None:
+        self.app = app
+        self.admin = admin
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server is not None and server[1] == self.port:
+            await self.admin(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _admin_app(public: Starlette, *, metrics: bool) -> Starlette:
+    """The admin listener's routes; they share the public app's state (its resources, opened by its
+    lifespan) and error handlers."""
+    routes = [
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz_detailed, methods=["GET"]),
+    ]
+    if metrics:
+        routes.append(Route("/metrics", endpoints.metrics, methods=["GET"]))
+    admin = Starlette(
+        routes=routes,
+        exception_handlers={
+            BridgeError: _bridge_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+    admin.state = public.state
+    admin.router.redirect_slashes = False
+    admin.add_middleware(HeaderLimitMiddleware)
+    return admin
+
+
+def _public_routes(resolved: Settings) -> list[Route]:
+    """The public listener's routes; optional endpoints are not mounted at all while switched off."""
+    routes = [
+        Route(endpoints.TOKEN_PATH, endpoints.token, methods=["POST"]),
+        Route(endpoints.REVOCATION_PATH, endpoints.revoke, methods=["POST"]),
+        Route(
+            "/.well-known/oauth-authorization-server",
+            endpoints.authorization_server_metadata,
+            methods=["GET"],
+        ),
+        Route(endpoints.JWKS_PATH, endpoints.jwks, methods=["GET"]),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+    ]
+    spec = openapi.document(
+        resolved.issuer_url,
+        strapi=resolved.strapi_compat_enabled,
+        webhook=resolved.tiktok_webhook_enabled,
+        linking=bool(resolved.link_client_ids),
+    )
+
+    async def openapi_json(_request: Request) -> Response:
+        return JSONResponse(spec, headers={"Cache-Control": "public, max-age=3600"})
+
+    routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
+    if resolved.strapi_compat_enabled:
+        routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
+    if resolved.tiktok_webhook_enabled:
+        routes.append(Route(webhook.PATH, webhook.tiktok_webhook, methods=["POST"]))
+    if resolved.link_client_ids:
+        # Not mounted at all while off (404, and absent from /openapi.json): nothing to probe.
+        routes.append(Route(links.PATH, links.endpoint, methods=["GET", "POST", "DELETE"]))
+    return routes
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -146,46 +252,21 @@ def create_app(
         )
         if tracing is not None:
             tracing.instrument_clients(resources)
+        retrier: asyncio.Task[None] | None = None
+        if resolved.tiktok_webhook_enabled and resolved.deauthorization_policy != "record":
+            interval = min(5.0, resolved.deauthorization_retry_max_delay)
+            retrier = asyncio.create_task(
+                webhook.retry_pending_deauthorizations(resources.exchange, interval)
+            )
         try:
             yield
         finally:
+            await _cancel(retrier)
             await resources.aclose()
             if tracing is not None:
                 tracing.shutdown()
 
-    routes = [
-        Route(endpoints.TOKEN_PATH, endpoints.token, methods=["POST"]),
-        Route(endpoints.REVOCATION_PATH, endpoints.revoke, methods=["POST"]),
-        Route(
-            "/.well-known/oauth-authorization-server",
-            endpoints.authorization_server_metadata,
-            methods=["GET"],
-        ),
-        Route(endpoints.JWKS_PATH, endpoints.jwks, methods=["GET"]),
-        Route("/healthz", endpoints.healthz, methods=["GET"]),
-        Route("/readyz", endpoints.readyz, methods=["GET"]),
-    ]
-    spec = openapi.document(
-        resolved.issuer_url,
-        strapi=resolved.strapi_compat_enabled,
-        metrics=resolved.metrics_enabled,
-        webhook=resolved.tiktok_webhook_enabled,
-        linking=bool(resolved.link_client_ids),
-    )
-
-    async def openapi_json(_request: Request) -> Response:
-        return JSONResponse(spec, headers={"Cache-Control": "public, max-age=3600"})
-
-    routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
-    if resolved.metrics_enabled:
-        routes.append(Route("/metrics", endpoints.metrics, methods=["GET"]))
-    if resolved.strapi_compat_enabled:
-        routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
-    if resolved.tiktok_webhook_enabled:
-        routes.append(Route(webhook.PATH, webhook.tiktok_webhook, methods=["POST"]))
-    if resolved.link_client_ids:
-        # Not mounted at all while off (404, and absent from /openapi.json): nothing to probe.
-        routes.append(Route(links.PATH, links.endpoint, methods=["GET", "POST", "DELETE"]))
+    routes = _public_routes(resolved)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -197,6 +278,13 @@ def create_app(
     )
     app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)  # added last, so outermost: refusals get an id and a log line
+    if resolved.admin_port:
+        # Outermost of all: the admin listener's requests never reach the public routes, nor they its.
+        app.add_middleware(
+            ListenerMiddleware,
+            admin=_admin_app(app, metrics=resolved.metrics_enabled),
+            port=resolved.admin_port,
+        )
     # Starlette would answer "/token/" with a redirect whose Location is built from the client's Host
     # header (Host: evil.example -> Location: http://evil.example/token): no redirects at all.
     app.router.redirect_slashes = False

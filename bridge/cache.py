@@ -37,6 +37,7 @@ class MemoryCache:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max_entries = max_entries
         self._locks: dict[str, asyncio.Lock] = {}
+        self._schedules: dict[str, dict[str, float]] = {}
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -69,6 +70,16 @@ class MemoryCache:
     async def delete(self, *keys: str) -> None:
         for key in keys:
             self._entries.pop(key, None)
+
+    async def schedule(self, key: str, member: str, at: float) -> None:
+        self._schedules.setdefault(key, {})[member] = at
+
+    async def due(self, key: str, until: float, limit: int) -> list[str]:
+        members = self._schedules.get(key, {})
+        return sorted((m for m, at in members.items() if at <= until), key=members.__getitem__)[:limit]
+
+    async def unschedule(self, key: str, member: str) -> None:
+        self._schedules.get(key, {}).pop(member, None)
 
     @asynccontextmanager
     async def _lock(self, key: str, wait: float) -> AsyncIterator[bool]:
@@ -151,6 +162,16 @@ class RedisCache:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self._command("delete", self._redis.delete(*keys))
+
+    async def schedule(self, key: str, member: str, at: float) -> None:
+        await self._command("schedule", self._redis.zadd(key, {member: at}))
+
+    async def due(self, key: str, until: float, limit: int) -> list[str]:
+        found = await self._command("due", self._redis.zrangebyscore(key, "-inf", until, start=0, num=limit))
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in found]
+
+    async def unschedule(self, key: str, member: str) -> None:
+        await self._command("unschedule", self._redis.zrem(key, member))
 
     @asynccontextmanager
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:
@@ -266,6 +287,21 @@ class FallbackCache:
         # Both: an entry written to memory during an outage must not outlive its deletion.
         await self._fallback.delete(*keys)
         await self._either(lambda: self._primary.delete(*keys), _nothing)
+
+    async def schedule(self, key: str, member: str, at: float) -> None:
+        await self._either(
+            lambda: self._primary.schedule(key, member, at), lambda: self._fallback.schedule(key, member, at)
+        )
+
+    async def due(self, key: str, until: float, limit: int) -> list[str]:
+        return await self._either(
+            lambda: self._primary.due(key, until, limit), lambda: self._fallback.due(key, until, limit)
+        )
+
+    async def unschedule(self, key: str, member: str) -> None:
+        # Both, like delete: a member scheduled in memory during an outage must not come back.
+        await self._fallback.unschedule(key, member)
+        await self._either(lambda: self._primary.unschedule(key, member), _nothing)
 
     @asynccontextmanager
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -202,8 +206,27 @@ async def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
-    resources = resources_of(request)
+@dataclass
+class Readiness:
+    """The last readiness checks of this process and when they ran; one check runs at a time."""
+
+    status: str = "unavailable"
+    code: int = HTTPStatus.SERVICE_UNAVAILABLE
+    checks: dict[str, str] = field(default_factory=dict)
+    checked_at: float = -math.inf
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def current(self, resources: Resources) -> Readiness:
+        async with self.lock:
+            # Asked by every probe and load balancer, and each check calls Keycloak (100 probes were 100
+            # discovery calls): one check at a time, its answer kept `readiness_cache_ttl` seconds.
+            if time.monotonic() - self.checked_at >= resources.settings.readiness_cache_ttl:
+                self.status, self.code, self.checks = await _check_readiness(resources)
+                self.checked_at = time.monotonic()
+        return self
+
+
+async def _check_readiness(resources: Resources) -> tuple[str, int, dict[str, str]]:
     checks: dict[str, str] = {}
     for name, probe in (("keycloak", resources.keycloak.ping), ("cache", resources.cache.ping)):
         try:
@@ -217,15 +240,37 @@ async def readyz(request: Request) -> Response:
         # Exchanges still work from process memory: degraded, but worth sending traffic to.
         checks["cache"] = "degraded"
     if checks["keycloak"] != "ok":
-        status, code = "unavailable", HTTPStatus.SERVICE_UNAVAILABLE
-    elif checks["cache"] == "degraded":
-        status, code = "degraded", HTTPStatus.OK
-    elif checks["cache"] == "ok":
-        status, code = "ready", HTTPStatus.OK
-    else:
-        status, code = "unavailable", HTTPStatus.SERVICE_UNAVAILABLE
+        return "unavailable", HTTPStatus.SERVICE_UNAVAILABLE, checks
+    if checks["cache"] == "degraded":
+        return "degraded", HTTPStatus.OK, checks
+    if checks["cache"] == "ok":
+        return "ready", HTTPStatus.OK, checks
+    return "unavailable", HTTPStatus.SERVICE_UNAVAILABLE, checks
+
+
+def _readiness_of(request: Request) -> Readiness:
+    state = request.app.state
+    if not hasattr(state, "readiness"):
+        state.readiness = Readiness()
+    readiness: Readiness = state.readiness
+    return readiness
+
+
+async def readyz(request: Request) -> Response:
+    """Public: the verdict only (which dependency failed is for the admin listener)."""
+    ready = await _readiness_of(request).current(resources_of(request))
     return JSONResponse(
-        {"status": status, "checks": checks}, status_code=code, headers={"Cache-Control": "no-store"}
+        {"status": ready.status}, status_code=ready.code, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def readyz_detailed(request: Request) -> Response:
+    """Admin listener: the verdict and each check."""
+    ready = await _readiness_of(request).current(resources_of(request))
+    return JSONResponse(
+        {"status": ready.status, "checks": ready.checks},
+        status_code=ready.code,
+        headers={"Cache-Control": "no-store"},
     )
 
 

@@ -30,6 +30,7 @@
     │   ├── HeadersTooLarge           431 invalid_request (RFC 6585)
     │   ├── RateLimited               429 temporarily_unavailable with Retry-After (RFC 6585)
     │   ├── TemporarilyUnavailable    503 temporarily_unavailable with Retry-After
+    │   │   └── Overloaded            ... and Connection: close: the worker is at its connection limit
     │   └── ServerError               500 server_error: our fault or our configuration's, never input's
     └── UpstreamError                 raised by adapters; never shown to a client as it is
         ├── UpstreamUnavailable       TikTok, Keycloak or the cache cannot be reached or is overloaded
@@ -261,6 +262,16 @@ class TemporarilyUnavailable(_RetryAfterMixin):
     error = "temporarily_unavailable"
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
     default_description = "A service the bridge depends on is unavailable; retry later."
+
+
+class Overloaded(TemporarilyUnavailable):
+    """The worker holds as many connections or requests as it may (`bridge serve --limit-concurrency`).
+    Answered by the HTTP protocol itself, before any app code runs, with the body left unread."""
+
+    default_description = "The server is busy; retry later."
+
+    def extra_headers(self) -> dict[str, str]:
+        return {**super().extra_headers(), "Connection": "close"}
 
 
 class ServerError(OAuthError):

@@ -49,6 +49,20 @@ def provisioning_lock(idp_alias: str, open_id: str) -> str:
     return f"{PREFIX}lock:provision:{_identity_tag(idp_alias, open_id)}"
 
 
+def pending_deauthorization(idp_alias: str, open_id: str) -> str:
+    """A deauthorization whose policy Keycloak has not taken yet: when it arrived, attempts so far."""
+    return f"{PREFIX}deauth-pending:{_identity_tag(idp_alias, open_id)}"
+
+
+def deauthorization_lock(idp_alias: str, open_id: str) -> str:
+    """Held by the one replica applying the identity's pending deauthorization (same slot as the record)."""
+    return f"{PREFIX}lock:deauth:{_identity_tag(idp_alias, open_id)}"
+
+
+# Open_ids with a pending deauthorization, scored by when to try next (a sorted set every replica polls).
+DEAUTHORIZATION_QUEUE = f"{PREFIX}deauth-queue"
+
+
 def admin_token(realm: str, client_id: str) -> str:
     """The service-account token of the bridge's Keycloak client, shared by replicas."""
     return f"{PREFIX}kc-admin-token:{realm}:{client_id}"

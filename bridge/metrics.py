@@ -42,6 +42,11 @@ SESSIONS = Counter(
     "Bridge session events: started, refreshed, retried_in_grace, ended_<reason>",
     ["event"],
 )
+OVERLOAD_REFUSALS = Counter(
+    "bridge_overload_refusals_total",
+    "Connections refused at the worker's concurrency limit: answered 503, or closed unread past twice it",
+    ["action"],
+)
 CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker opened", ["upstream"])
 
 

@@ -236,6 +236,9 @@ class Policy:
     # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
     deauthorization: DeauthorizationPolicy
     access_token_prefix: str
+    # Retrying a policy Keycloak could not take: the longest delay between attempts, and for how long.
+    deauthorization_retry_max_delay: float
+    deauthorization_retry_horizon: int
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
@@ -257,6 +260,8 @@ class Policy:
             default_realm_roles=settings.default_realm_roles,
             deauthorization=settings.deauthorization_policy,
             access_token_prefix=settings.tiktok_access_token_prefix,
+            deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
+            deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
             profile_ttl=settings.profile_cache_ttl,
             user_ttl=settings.user_cache_ttl,
             negative_ttl=settings.negative_cache_ttl,

@@ -155,9 +155,7 @@ def _link_operations() -> dict[str, Any]:
     }
 
 
-def document(
-    issuer: str, *, strapi: bool, metrics: bool, webhook: bool = True, linking: bool = False
-) -> dict[str, Any]:
+def document(issuer: str, *, strapi: bool, webhook: bool = True, linking: bool = False) -> dict[str, Any]:
     exchange_request = {
         "type": "object",
         "required": ["grant_type", "subject_token", "subject_token_type"],
@@ -271,7 +269,10 @@ def document(
         },
         "/readyz": {
             "get": {
-                "summary": "Ready: Keycloak reachable; the cache reachable or degraded to memory",
+                "summary": (
+                    "Ready: Keycloak reachable; the cache reachable or degraded to memory (checked at most "
+                    "every few seconds; the checks themselves are on the admin listener)"
+                ),
                 "responses": {
                     "200": _json({"type": "object"}, "ready or degraded"),
                     "503": _json({"type": "object"}, "unavailable"),
@@ -285,15 +286,6 @@ def document(
             }
         },
     }
-    if metrics:
-        paths["/metrics"] = {
-            "get": {
-                "summary": "Prometheus metrics",
-                "responses": {
-                    "200": {"description": "text exposition format", "content": {"text/plain": {}}}
-                },
-            }
-        }
     if strapi:
         paths["/api/tiktok-auth-mobile/connect"] = {
             "post": {

@@ -21,6 +21,16 @@ lacks for a server on the public internet.
    header where we see two) and unfolds obs-fold lines (section 5.2: reject). `_StrictConnection` refuses
    all four as malformed HTTP, so each gets the JSON 400 of point 3 with `Connection: close` and nothing
    pipelined behind it is read. Mobile clients and proxies never send these shapes.
+5. Bounded memory whatever clients send (issue 15: 10,000 connections with 65 KB bodies took one worker
+   from 85 MB to 1.53 GB). Per connection uvicorn buffers up to 64 KiB of body before it stops reading,
+   plus the whole of one `recv` (asyncio reads 256 KiB at a time), and nothing caps the connections.
+   uvicorn's own `limit_concurrency` does not cap them either: every connection is accepted and its
+   headers read, and only then is it answered a plain-text 503. Here each worker holds at most
+   `limit_concurrency` connections (and as many running requests); the next ones, up to as many again,
+   get the bridge's JSON 503 with `Connection: close` as soon as their request line and headers are in,
+   their body never read, and beyond that a connection is closed at once, unread. Reads are 16 KiB at a
+   time and a body stops being read past 16 KiB until the app asks for more, so a connection holds
+   tens of KiB at most. Measured by `tests/e2e/test_memory_under_load.py`.
 """
 
 from __future__ import annotations
@@ -29,17 +39,23 @@ import functools
 import json
 import re
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 import h11
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from bridge.app import MAX_HEADER_BYTES
-from bridge.errors import HeadersTooLarge, InvalidRequest
+from bridge.errors import HeadersTooLarge, InvalidRequest, Overloaded
+from bridge.metrics import OVERLOAD_REFUSALS
 
 if TYPE_CHECKING:
     import asyncio
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from bridge.errors import OAuthError
 
@@ -50,6 +66,14 @@ _END_OF_HEADERS = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _OBS_FOLD = re.compile(rb"\r\n[ \t]")
 AMBIGUOUS_LENGTH = "The request's length is ambiguous (Content-Length with Transfer-Encoding)."
+# Point 5. One worker sustains about 250 warm exchanges a second and saturates from 8 to 32 concurrent
+# requests (bench/README.md): 256 in flight is already a second of queue, so more only holds memory.
+DEFAULT_LIMIT_CONCURRENCY = 256
+# Bytes read from a socket at once (asyncio's default is 256 KiB), and the body bytes buffered for a
+# request before reading stops until the app asks for more (uvicorn's is 64 KiB). Every body the bridge
+# accepts is at most 16 KiB (`rfc8693.MAX_BODY_BYTES`).
+RECEIVE_CHUNK_BYTES = 16 * 1024
+BODY_HIGH_WATER = 16 * 1024
 
 
 class _StrictConnection(h11.Connection):
@@ -82,21 +106,81 @@ def _ambiguous_length(request: h11.Request) -> bool:
     return b"content-length" in names or request.http_version == b"1.0"
 
 
+class _Serving:
+    """Requests this worker process is serving now (one event loop per process: no lock needed)."""
+
+    count = 0
+
+
+_serving = _Serving()
+
+
 class BridgeH11Protocol(H11Protocol):
-    def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(
+        self,
+        *args: Any,  # noqa: ANN401 - uvicorn's own arguments
+        header_timeout: float = 10.0,
+        limit_concurrency: int | None = DEFAULT_LIMIT_CONCURRENCY,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> None:
         super().__init__(*args, **kwargs)
         # In place of uvicorn's own connection, with the same buffer limit (`serve` always sets it).
         limit = self.config.h11_max_incomplete_event_size
         self.conn = _StrictConnection(h11.SERVER, MAX_HEADER_BYTES if limit is None else limit)
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        # Point 5: uvicorn's check (and its plain-text 503) is replaced by ours, which also caps connections.
+        self.limit_concurrency = None
+        self._limit = limit_concurrency
+        self._overloaded = False
+        self._served_app: ASGIApp = self.app
+        self.app = self._app_or_refusal
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in {socket.AF_INET, socket.AF_INET6}:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(transport, "max_size"):
+            # asyncio's selector transport reads `max_size` bytes per recv (256 KiB): whole chunks stay
+            # buffered per connection until the app reads them.
+            transport.max_size = RECEIVE_CHUNK_BYTES
         super().connection_made(transport)
+        if self._limit is not None and len(self.connections) > self._limit:
+            if len(self.connections) > 2 * self._limit:
+                # A flood: nothing of it is read or kept; its bytes stay in the kernel until the reset.
+                OVERLOAD_REFUSALS.labels("closed").inc()
+                transport.abort()
+                return
+            # Answered 503 once its headers are in (bounded by h11's 16 KiB and the header deadline).
+            self._overloaded = True
         self._start_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and len(cycle.body) > BODY_HIGH_WATER:
+            # uvicorn pauses only past 64 KiB; reading resumes when the app asks for the body.
+            self.flow.pause_reading()
+
+    async def _app_or_refusal(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Requests the app is serving, refusals not counted (uvicorn's `tasks` counts both, so a burst
+        # of refusals made the connections within the limit refuse too).
+        busy = self._limit is not None and _serving.count >= self._limit
+        if not (self._overloaded or busy):
+            _serving.count += 1
+            try:
+                await self._served_app(scope, receive, send)
+            finally:
+                _serving.count -= 1
+            return
+        OVERLOAD_REFUSALS.labels("answered").inc()
+        refusal = Overloaded(retry_after=1)
+        body = json.dumps(refusal.body()).encode()
+        # `Connection: close` makes uvicorn close after the answer, leaving the body unread.
+        await send(
+            {"type": "http.response.start", "status": refusal.status_code, "headers": _headers(refusal, body)}
+        )
+        await send({"type": "http.response.body", "body": body})
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -129,16 +213,7 @@ class BridgeH11Protocol(H11Protocol):
             refusal = InvalidRequest("The request is not valid HTTP/1.1.")
         # The one error shape (errors.OAuthError), written by hand only because there is no app here yet.
         body = json.dumps(refusal.body()).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *(
-                (name.lower().encode(), value.encode())
-                for name, value in refusal.headers().items()
-                if name.lower() != "connection"  # closed below in every case
-            ),
-            (b"connection", b"close"),
-        ]
+        headers = _headers(refusal, body)
         self.transport.write(self.conn.send(h11.Response(status_code=refusal.status_code, headers=headers)))
         self.transport.write(self.conn.send(h11.Data(data=body)))
         self.transport.write(self.conn.send(h11.EndOfMessage()))
@@ -153,23 +228,52 @@ class BridgeH11Protocol(H11Protocol):
             self.transport.close()
 
 
+def _headers(refusal: OAuthError, body: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of an error answered by the protocol itself; the connection is always closed."""
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(
+            (name.lower().encode(), value.encode())
+            for name, value in refusal.headers().items()
+            if name.lower() != "connection"  # closed in every case
+        ),
+        (b"connection", b"close"),
+    ]
+
+
 def serve(
-    *, host: str, port: int, workers: int, forwarded_allow_ips: str, header_timeout: float = 10.0
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    forwarded_allow_ips: str | None,
+    header_timeout: float = 10.0,
+    limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY,
+    admin_port: int = 0,
 ) -> None:
-    uvicorn.run(
+    """Serve the public listener on `port` and, unless `admin_port` is 0, the admin listener (metrics,
+    detailed readiness) on `admin_port`: both sockets go to every worker, and the app tells them apart by
+    the local port (`app.ListenerMiddleware`)."""
+    config = uvicorn.Config(
         "bridge.app:serve_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
         # A partial of a module-level class: it survives the pickling that starts worker processes.
-        http=functools.partial(BridgeH11Protocol, header_timeout=header_timeout),  # type: ignore[arg-type]
+        http=functools.partial(  # type: ignore[arg-type]
+            BridgeH11Protocol, header_timeout=header_timeout, limit_concurrency=limit_concurrency
+        ),
         # Headers still incomplete past this are refused (431 above); a block that arrives complete is
         # checked by the app (431 too). Equal to h11's default today; stated, as the two must agree.
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=5,  # idle keep-alive connections (uvicorn's default, stated)
         log_config=None,  # keep our JSON logging
-        proxy_headers=True,
+        # X-Forwarded-For is believed only from proxies named by the operator; by default from nobody
+        # (uvicorn trusts 127.0.0.1 by default, and a local proxy passing the header through would let
+        # clients pick their own rate-limit bucket).
+        proxy_headers=forwarded_allow_ips is not None,
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=20,
         # A new worker answers the supervisor's health ping only once it has imported the app. uvicorn's
@@ -178,3 +282,26 @@ def serve(
         timeout_worker_healthcheck=60,
         server_header=False,
     )
+    sockets = [config.bind_socket()]
+    if admin_port:
+        sockets.append(_bind(host, admin_port))
+    if config.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket for the admin listener, bound like uvicorn binds the public one."""
+    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        sys.exit(f"cannot listen on {host}:{port} (admin listener): {exc.strerror}")
+    sock.set_inheritable(True)
+    return sock

@@ -115,8 +115,18 @@ class Settings(BaseSettings):
     tiktok_webhook_enabled: bool = True
     deauthorization_policy: Literal["record", "disable", "unlink"] = "record"
     webhook_max_age: int = Field(default=300, ge=30, le=3600)
-    # Prometheus metrics at GET /metrics (keep it off the public listener, e.g. at the load balancer).
+    # A policy Keycloak could not take (it was down) is kept in Redis and retried by every replica, with
+    # delays doubling from 5 s up to this many seconds, until this long after the event arrived.
+    deauthorization_retry_max_delay: float = Field(default=300.0, ge=1, le=3600)
+    deauthorization_retry_horizon: int = Field(default=72 * 3600, ge=60, le=30 * DAY)
+    # Prometheus metrics at GET /metrics, on the admin listener only.
     metrics_enabled: bool = True
+    # The admin listener (same host as the public one): /metrics, the detailed /readyz and /healthz.
+    # `bridge serve --admin-port` sets it for the workers; 0 switches the listener off.
+    admin_port: int = Field(default=9000, ge=0, le=65535)
+    # Readiness checks call Keycloak: one check per process at most this often (seconds), however many
+    # probes ask. 0: every probe checks.
+    readiness_cache_ttl: float = Field(default=3.0, ge=0, le=60)
     # OpenTelemetry tracing (needs the `otel` extra); exporter configured by OTEL_EXPORTER_OTLP_* variables.
     otel_enabled: bool = False
     otel_service_name: str = "tiktok-keycloak-bridge"

@@ -10,6 +10,7 @@ so that TikTok's retries carry it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -79,10 +80,15 @@ async def _apply(exchange: ExchangeService, cache: Cache, open_id: str, reason: 
     try:
         outcome = await exchange.deauthorize(open_id)
     except BridgeError as exc:
-        # TikTok already has its 200; the event is in the log for an operator to replay by hand.
-        log.warning(
-            "deauthorization not applied", extra={"error_type": type(exc).__name__, "detail": exc.detail}
+        # Not even kept for a retry (the cache refused it): an operator replays it from this line.
+        log.error(  # noqa: TRY400 - no traceback: its locals may hold a secret
+            "deauthorization not applied and not kept",
+            extra={"error_type": type(exc).__name__, "detail": exc.detail},
         )
+        return
+    if outcome == "pending":
+        # Kept in the shared cache; every replica retries it (`retry_pending_deauthorizations`).
+        log.warning("deauthorization pending: Keycloak did not take it, retrying", extra={"reason": reason})
         return
     log.info("tiktok deauthorization", extra={"outcome": outcome, "reason": reason})
     if cache.degraded:
@@ -92,6 +98,24 @@ async def _apply(exchange: ExchangeService, cache: Cache, open_id: str, reason: 
             "deauthorization recorded in this process only: the shared cache is unreachable",
             extra={"outcome": outcome},
         )
+
+
+async def retry_pending_deauthorizations(exchange: ExchangeService, interval: float) -> None:
+    """Run for the process's life: every `interval` seconds, retry the deauthorizations that are due.
+    Every replica runs it; the identity's lock makes one of them apply each event."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await exchange.retry_deauthorizations()
+        except BridgeError as exc:
+            log.warning(
+                "pending deauthorizations not read",
+                extra={"error_type": type(exc).__name__, "detail": exc.detail},
+            )
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the loop; named, without a traceback
+            log.error(  # noqa: TRY400 - no traceback: its locals may hold a secret
+                "pending deauthorizations: unexpected error", extra={"error_type": type(exc).__name__}
+            )
 
 
 async def tiktok_webhook(request: Request) -> Response:

@@ -78,7 +78,10 @@ def main() -> None:
             )
         )
         cache = "Redis" if "BRIDGE_REDIS_URL" in env else "memory"
-        progress(f"starting the bridge on {bridge_url} (cache: {cache})")
+        progress(
+            f"starting the bridge on {bridge_url} (cache: {cache}; /metrics and the detailed /readyz on "
+            "its admin listener, http://127.0.0.1:9000)"
+        )
         children.append(
             subprocess.Popen(
                 [sys.executable, "-m", "bridge", "serve", "--port", str(args.bridge_port)], env=env

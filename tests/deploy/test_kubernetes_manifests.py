@@ -95,16 +95,20 @@ def test_a_misspelt_field_fails_validation() -> None:
         kubernetes_validate.validate(deployment, SCHEMA_VERSION, strict=True)
 
 
-def test_probes_ask_the_bridge_s_health_endpoints_on_its_port() -> None:
-    """Readiness asks /readyz, liveness and start-up /healthz, all on the container's declared port."""
+def test_probes_ask_the_bridge_s_health_endpoints_on_its_ports() -> None:
+    """Readiness asks the admin listener's /readyz, liveness and start-up the API port's /healthz; both
+    ports are the ones `bridge serve` is told to listen on, and Prometheus scrapes the admin one."""
     bridge = container("overlays/example")
     ports = {port["name"]: port["containerPort"] for port in bridge["ports"]}
-    assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert bridge["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert ports == {"http": 8000}
-    assert "--port" in bridge["args"]
-    assert bridge["args"][bridge["args"].index("--port") + 1] == "8000"
+    assert ports == {"http": 8000, "metrics": 9000}
+    args = bridge["args"]
+    assert args[args.index("--port") + 1] == "8000"
+    assert args[args.index("--admin-port") + 1] == "9000"
+    annotations = only("overlays/example", "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9000"
 
 
 def test_every_bridge_variable_is_a_real_setting_and_no_secret_is_plain() -> None:
@@ -155,16 +159,16 @@ def test_serve_arguments_are_real_flags() -> None:
         [sys.executable, "-m", "bridge", "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
     flags = {arg for arg in bridge["args"] if arg.startswith("--")}
-    assert flags == {"--host", "--port", "--workers", "--forwarded-allow-ips"}
+    assert flags == {"--host", "--port", "--workers", "--admin-port", "--forwarded-allow-ips"}
     assert all(flag in usage for flag in flags)
-    # The overlay's patch replaced the trusted-proxy value, not another argument.
+    # The overlay's patch added the trusted proxies (the base trusts none).
     index = bridge["args"].index("--forwarded-allow-ips")
     assert bridge["args"][index + 1] == "10.244.0.0/16"
 
 
 def test_metrics_stay_off_the_public_service_and_ingress() -> None:
     """The public Service exposes only the API port, and the Ingress routes no path that reaches
-    /metrics, /readyz or /healthz (they share that port until a separate listener exists)."""
+    /metrics, /readyz or /healthz; only the monitoring namespace reaches the admin port."""
     service = only("overlays/example", "Service")
     assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http")]
     ingress = only("overlays/example", "Ingress")
@@ -180,6 +184,12 @@ def test_metrics_stay_off_the_public_service_and_ingress() -> None:
     policy = only("overlays/example", "NetworkPolicy")
     sources = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
     assert all("namespaceSelector" in peer for peer in sources)  # no ipBlock: nothing from outside
+    to_admin = [
+        rule for rule in policy["spec"]["ingress"] if {"port": "metrics", "protocol": "TCP"} in rule["ports"]
+    ]
+    assert [peer["namespaceSelector"]["matchLabels"] for rule in to_admin for peer in rule["from"]] == [
+        {"kubernetes.io/metadata.name": "monitoring"}
+    ]
 
 
 def test_disruption_budget_and_autoscaler_fit_each_other() -> None:

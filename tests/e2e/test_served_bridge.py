@@ -10,7 +10,7 @@ import httpx2
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.conftest import _TOKEN_SHAPES, start_bridge_process
+from tests.conftest import _TOKEN_SHAPES, ADMIN_URLS, start_bridge_process
 from tests.integration.test_exchange import linked_users
 
 if TYPE_CHECKING:
@@ -41,8 +41,13 @@ def test_served_bridge_exchanges_a_token_and_shuts_down_cleanly(
     try:
         metadata = httpx2.get(f"{base}/.well-known/oauth-authorization-server").json()
         assert metadata["token_endpoint"] == f"{stack.issuer}/token"
-        ready = httpx2.get(f"{base}/readyz")
+        admin = ADMIN_URLS[base]
+        ready = httpx2.get(f"{admin}/readyz")
         assert ready.json() == {"status": "ready", "checks": {"keycloak": "ok", "cache": "ok"}}
+        # The public port answers probes with the verdict only, and has no metrics at all.
+        assert httpx2.get(f"{base}/readyz").json() == {"status": "ready"}
+        assert httpx2.get(f"{base}/metrics").status_code == 404
+        assert httpx2.get(f"{admin}/token").status_code == 404  # nor the admin port the API
 
         response = exchange(base, token)
         assert response.status_code == 200, response.text
@@ -58,7 +63,7 @@ def test_served_bridge_exchanges_a_token_and_shuts_down_cleanly(
         assert refused.status_code == 400
 
         # Metrics labels never carry a token, a JWT or a secret (they are scraped by other systems).
-        metrics = httpx2.get(f"{base}/metrics").text
+        metrics = httpx2.get(f"{admin}/metrics").text
         assert 'bridge_exchanges_total{endpoint="token",outcome="issued"}' in metrics
         for secret in (token, "act.not-a-token", response.json()["access_token"], stack.client_secret):
             assert secret not in metrics

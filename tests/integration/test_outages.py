@@ -12,6 +12,9 @@ from bridge import keys
 from devstack.redis import RedisServer
 from tests.conftest import Stack, running_bridge
 
+# The in-process bridge's admin listener (Settings.admin_port by default): the detailed readiness.
+ADMIN = "http://bridge.test:9000"
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -28,7 +31,7 @@ async def test_keycloak_frozen_mid_test_yields_503_then_recovers(
         stack.keycloak.pause()
         try:
             frozen = await bridge.exchange(emulator.issue_access_token(user.open_id))
-            ready = await bridge.http.get("/readyz")
+            ready = await bridge.http.get(f"{ADMIN}/readyz")
         finally:
             stack.keycloak.resume()
         recovered = await bridge.exchange(emulator.issue_access_token(user.open_id))
@@ -62,20 +65,20 @@ async def test_redis_stopped_mid_test_keeps_serving_and_recovers(
     redis = RedisServer(work_dir=tmp_path)
     redis.start()
     user = emulator.create_user()
-    settings = stack.settings(redis_url=redis.url, redis_retry_interval=0.3)
+    settings = stack.settings(redis_url=redis.url, redis_retry_interval=0.3, readiness_cache_ttl=0)
     try:
         async for bridge in running_bridge(settings, emulator):
             assert (await bridge.exchange(emulator.issue_access_token(user.open_id))).status_code == 200
             redis.stop()
             during = await bridge.exchange(emulator.issue_access_token(user.open_id))
-            ready_during = await bridge.http.get("/readyz")
+            ready_during = await bridge.http.get(f"{ADMIN}/readyz")
 
             redis = RedisServer(work_dir=tmp_path, port=redis.port)
             redis.start()
             await asyncio.sleep(0.4)  # past the retry interval
             token = emulator.issue_access_token(user.open_id)
             after = await bridge.exchange(token)
-            ready_after = await bridge.http.get("/readyz")
+            ready_after = await bridge.http.get(f"{ADMIN}/readyz")
             client = aioredis.Redis.from_url(redis.url)
             cached_after = await client.exists(keys.profile(token))
             await client.aclose()

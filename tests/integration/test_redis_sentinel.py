@@ -147,6 +147,8 @@ async def test_master_killed_under_load_fails_over_without_errors_duplicates_or_
         # Rate limits stay on, in the same Sentinel set, with budgets the load cannot reach.
         rate_limit_per_ip="100000/minute",
         rate_limit_per_identity="100000/minute",
+        # Every probe checks afresh: the time to "ready" measured here is the failover's, not a cache's.
+        readiness_cache_ttl=0,
     )
     users = [emulator.create_user() for _ in range(8)]
     revoked_user = emulator.create_user()

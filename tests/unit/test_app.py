@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 KC = "http://kc.test"
 TIKTOK = "https://open.tiktokapis.com"
+ADMIN_PORT = 9000  # Settings.admin_port by default: the admin listener
 FORM = {
     "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
     "subject_token": "act.valid!1234.va",
@@ -241,9 +242,10 @@ async def test_metrics_count_exchanges_by_outcome(
     """/metrics exposes exchange outcomes and upstream latencies, with no token in any label."""
     mock_keycloak(httpx2_mock)
     mock_tiktok(httpx2_mock, 401, "access_token_invalid")
-    before = await client.get("/metrics")
+    admin = f"http://bridge.test:{ADMIN_PORT}"
+    before = await client.get(f"{admin}/metrics")
     await client.post("/token", data=FORM)
-    after = (await client.get("/metrics")).text
+    after = (await client.get(f"{admin}/metrics")).text
 
     def value(text: str, line_start: str) -> float:
         lines = [ln for ln in text.splitlines() if ln.startswith(line_start)]
@@ -277,7 +279,8 @@ async def test_rate_limited_request_is_429_with_retry_after(settings: Settings) 
 def test_openapi_document_names_exactly_the_served_routes(
     settings: Settings, strapi: bool, metrics: bool
 ) -> None:
-    """Every route the app serves is in /openapi.json with its methods, and nothing else is."""
+    """Every route the public listener serves is in /openapi.json with its methods, and nothing else is
+    (metrics live on the admin listener, whatever `metrics_enabled` says)."""
     from starlette.routing import Route  # noqa: PLC0415
 
     from bridge import openapi  # noqa: PLC0415
@@ -294,9 +297,8 @@ def test_openapi_document_names_exactly_the_served_routes(
         for route in app.routes
         if isinstance(route, Route)
     }
-    spec = openapi.document(
-        settings.issuer_url, strapi=strapi, metrics=metrics, webhook=strapi, linking=strapi
-    )
+    spec = openapi.document(settings.issuer_url, strapi=strapi, webhook=strapi, linking=strapi)
+    assert "/metrics" not in served
     documented = {path: set(operations) for path, operations in spec["paths"].items()}
     assert served == documented
     assert spec["openapi"].startswith("3.1")
@@ -382,3 +384,43 @@ async def test_strapi_tokens_that_cannot_be_sent_are_refused_unsent(
         == "Failed to fetch TikTok user: Request failed with status code 401"
     )
     assert not user_info.called
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_readiness_is_cached_and_its_details_are_for_the_admin_listener(
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router
+) -> None:
+    """100 readiness probes within a few seconds make one Keycloak discovery call; the public port says
+    only the verdict, the admin port which check decided it."""
+    discovery = httpx2_mock.get(f"{KC}/realms/app/.well-known/openid-configuration").respond(
+        json={"issuer": f"{KC}/realms/app"}
+    )
+    public = [await client.get("/readyz") for _ in range(100)]
+    detailed = await client.get(f"http://bridge.test:{ADMIN_PORT}/readyz")
+
+    assert discovery.call_count == 1
+    assert {response.status_code for response in public} == {200}
+    assert public[0].json() == {"status": "ready"}
+    assert detailed.json() == {"status": "ready", "checks": {"keycloak": "ok", "cache": "ok"}}
+
+
+async def test_each_listener_serves_only_its_own_routes(client: httpx2.AsyncClient) -> None:
+    """The public port has no /metrics (a JSON 404), and the admin port serves no API route."""
+    admin = f"http://bridge.test:{ADMIN_PORT}"
+    hidden = await client.get("/metrics")
+    assert hidden.status_code == 404
+    assert hidden.json()["error"] == "not_found"
+    assert (await client.get(f"{admin}/metrics")).status_code == 200
+    assert (await client.post(f"{admin}/token", data=FORM)).status_code == 404
+    assert (await client.get(f"{admin}/healthz")).json() == {"status": "ok"}
+
+
+async def test_without_an_admin_port_nothing_serves_metrics(settings: Settings) -> None:
+    """`BRIDGE_ADMIN_PORT=0`: no admin listener, and the public port still keeps metrics to itself."""
+    app = create_app(settings.model_copy(update={"admin_port": 0}))
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
+    ):
+        assert (await http.get("/metrics")).status_code == 404
+        assert (await http.get(f"http://bridge.test:{ADMIN_PORT}/metrics")).status_code == 404

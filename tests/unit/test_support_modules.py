@@ -21,8 +21,10 @@ from bridge.logs import JsonFormatter, RedactingFilter, redact
 from bridge.redis_connection import redis_client
 
 if TYPE_CHECKING:
+    import socket
     from pathlib import Path
 
+    import uvicorn
     from joserfc.jwk import KeySetSerialization
 
 
@@ -211,3 +213,27 @@ def test_log_audit_of_the_run_catches_a_leak(leak: str) -> None:
         assert len(_audit.leaks) == before + 1
     finally:
         del _audit.leaks[before:]  # planted on purpose: must not fail the run
+
+
+def test_forwarded_headers_are_trusted_only_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bridge serve` without `--forwarded-allow-ips` turns uvicorn's proxy headers off (uvicorn would
+    trust X-Forwarded-For from 127.0.0.1); naming proxies turns them on for those only."""
+
+    from bridge import server  # noqa: PLC0415
+
+    configs: list[uvicorn.Config] = []
+
+    class NotServing:
+        started = True
+
+        def __init__(self, config: uvicorn.Config) -> None:
+            configs.append(config)
+
+        def run(self, sockets: list[socket.socket]) -> None:
+            for sock in sockets:
+                sock.close()
+
+    monkeypatch.setattr("bridge.server.uvicorn.Server", NotServing)
+    for allowed in (None, "10.0.0.0/8"):
+        server.serve(host="127.0.0.1", port=0, workers=1, forwarded_allow_ips=allowed, admin_port=0)
+    assert [config.proxy_headers for config in configs] == [False, True]
