@@ -22,6 +22,7 @@ Keycloak behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -36,6 +37,8 @@ from bridge.assertions import signer_from_settings
 from bridge.keycloak import GRANT_TYPE_JWT_BEARER
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bridge.settings import Settings
 
 # A feature Keycloak lists from 26.7.0 on (26.7.0 release notes: "identity-assertion-jwt", new).
@@ -420,3 +423,23 @@ def report(checks: list[Check], *, as_json: bool) -> str:
             {"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2
         )
     return "\n".join(c.line() for c in checks)
+
+
+class CachedChecks:
+    """`run_checks` for the admin listener's verbose readiness: at most one run at a time, and its answer
+    kept `ttl` seconds (each run asks TikTok, Keycloak and Redis several questions; a probe every few
+    seconds must not)."""
+
+    def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._checks: list[Check] = []
+        self._at = float("-inf")
+
+    async def current(self, settings: Settings, http: httpx2.AsyncClient) -> list[Check]:
+        async with self._lock:
+            if self._clock() - self._at >= self._ttl:
+                self._checks = await run_checks(settings, http=http)
+                self._at = self._clock()
+            return self._checks

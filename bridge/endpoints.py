@@ -265,13 +265,21 @@ async def readyz(request: Request) -> Response:
 
 
 async def readyz_detailed(request: Request) -> Response:
-    """Admin listener: the verdict and each check."""
-    ready = await _readiness_of(request).current(resources_of(request))
-    return JSONResponse(
-        {"status": ready.status, "checks": ready.checks},
-        status_code=ready.code,
-        headers={"Cache-Control": "no-store"},
-    )
+    """Admin listener: the verdict and each check; with `?verbose=true`, also every check of
+    `bridge doctor` (the whole minting path, TikTok's credentials, the realm's set-up), cached a minute."""
+    resources = resources_of(request)
+    ready = await _readiness_of(request).current(resources)
+    body: dict[str, Any] = {"status": ready.status, "checks": ready.checks}
+    if request.query_params.get("verbose") in {"1", "true"}:
+        state = request.app.state
+        if not hasattr(state, "deployment_checks"):
+            from bridge.doctor import CachedChecks  # noqa: PLC0415 - loaded when an operator asks
+
+            state.deployment_checks = CachedChecks()
+        checks = await state.deployment_checks.current(resources.settings, resources.http)
+        body["deployment"] = [check.as_dict() for check in checks]
+        body["deployment_ok"] = all(check.ok for check in checks)
+    return JSONResponse(body, status_code=ready.code, headers={"Cache-Control": "no-store"})
 
 
 async def metrics(_request: Request) -> Response:

@@ -189,3 +189,25 @@ async def test_doctor_fails_redis_that_does_not_answer() -> None:
     assert checks["redis"].detail.startswith("Redis does not answer")
     assert "BRIDGE_REDIS_URL" in checks["redis"].fix
     assert "\n" not in checks["redis"].line()
+
+
+async def test_the_verbose_readiness_runs_the_doctor_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin listener's `/readyz?verbose=true` runs the doctor's checks at most once per TTL, however
+    often it is probed, and once more after the TTL."""
+    from bridge import doctor  # noqa: PLC0415
+
+    runs: list[int] = []
+
+    async def fake_run_checks(settings: object, *, http: object = None) -> list[doctor.Check]:
+        runs.append(1)
+        return [doctor.Check("settings", ok=True, detail="ok")]
+
+    monkeypatch.setattr(doctor, "run_checks", fake_run_checks)
+    now = [1000.0]
+    cached = doctor.CachedChecks(ttl=60, clock=lambda: now[0])
+    for _ in range(5):
+        assert [c.name for c in await cached.current(None, None)] == ["settings"]  # type: ignore[arg-type]
+    assert len(runs) == 1
+    now[0] += 61  # the minute has passed
+    await cached.current(None, None)  # type: ignore[arg-type]
+    assert len(runs) == 2
