@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
@@ -84,7 +85,11 @@ class TikTokQuota:
         # An exact moving window, as TikTok counts: the sliding-window counter of the rate limits is an
         # approximation that lets a burst at a window's edge exceed the amount (seen: TikTok's 429).
         # It costs a list per key in Redis, paid only when TikTok is about to be called.
-        self._limiter = MovingWindowRateLimiter(storage)
+        self._shared = MovingWindowRateLimiter(storage)
+        # While the shared store cannot count (Redis down or timing out under a spray), each process
+        # keeps the quota in its own memory: sign-ins go on, as they do from the memory cache, and a
+        # spray is still held to the unproven share per process instead of reaching TikTok whole.
+        self._local = MovingWindowRateLimiter(MemoryStorage())
         self._total = parse(per_minute)
         self._unproven = type(self._total)(
             max(1, int(self._total.amount * unproven_share)), self._total.multiples
@@ -92,31 +97,27 @@ class TikTokQuota:
 
     async def spend(self, *, proven: bool) -> None:
         try:
-            if not proven and not await self._limiter.hit(self._unproven, "tiktok-user-info", "unproven"):
-                reset_at, _ = await self._limiter.get_window_stats(
-                    self._unproven, "tiktok-user-info", "unproven"
-                )
-                RATE_LIMITED.labels("tiktok_unproven").inc()
-                raise TemporarilyUnavailable(
-                    "Too many new sign-ins right now; retry later.",
-                    retry_after=max(1, math.ceil(reset_at - time.time())),
-                    detail="unproven share of TikTok's user-info quota spent",
-                )
-            if not await self._limiter.hit(self._total, "tiktok-user-info", "all"):
-                reset_at, _ = await self._limiter.get_window_stats(self._total, "tiktok-user-info", "all")
-                RATE_LIMITED.labels("tiktok_quota").inc()
-                raise TemporarilyUnavailable(
-                    "TikTok's quota for this app is spent; retry later.",
-                    retry_after=max(1, math.ceil(reset_at - time.time())),
-                    detail="TikTok's user-info quota spent",
-                )
+            await self._spend(self._shared, proven=proven)
         except (StorageError, *REDIS_FAILURES) as exc:
-            # Without its count the quota cannot be kept. Proven callers go on (an outage of the store
-            # must not become an outage of sign-ins); unproven ones are refused, or a spray during a
-            # Redis outage or overload would drive TikTok to 429 for everyone (seen under load).
-            if not proven:
-                raise TemporarilyUnavailable(
-                    "Too many new sign-ins right now; retry later.",
-                    detail=f"quota store unavailable ({type(exc).__name__}): unproven call refused",
-                ) from exc
-            log.warning("quota store unavailable; call let through", extra={"error_type": type(exc).__name__})
+            log.warning(
+                "quota store unavailable; counting in this process", extra={"error_type": type(exc).__name__}
+            )
+            await self._spend(self._local, proven=proven)
+
+    async def _spend(self, limiter: MovingWindowRateLimiter, *, proven: bool) -> None:
+        if not proven and not await limiter.hit(self._unproven, "tiktok-user-info", "unproven"):
+            reset_at, _ = await limiter.get_window_stats(self._unproven, "tiktok-user-info", "unproven")
+            RATE_LIMITED.labels("tiktok_unproven").inc()
+            raise TemporarilyUnavailable(
+                "Too many new sign-ins right now; retry later.",
+                retry_after=max(1, math.ceil(reset_at - time.time())),
+                detail="unproven share of TikTok's user-info quota spent",
+            )
+        if not await limiter.hit(self._total, "tiktok-user-info", "all"):
+            reset_at, _ = await limiter.get_window_stats(self._total, "tiktok-user-info", "all")
+            RATE_LIMITED.labels("tiktok_quota").inc()
+            raise TemporarilyUnavailable(
+                "TikTok's quota for this app is spent; retry later.",
+                retry_after=max(1, math.ceil(reset_at - time.time())),
+                detail="TikTok's user-info quota spent",
+            )

@@ -262,13 +262,16 @@ class _DownStorage(MemoryStorage):
         raise StorageError(ConnectionError("down"))
 
 
-async def test_without_its_store_the_quota_refuses_only_unproven_calls() -> None:
-    """The quota store down: a proven caller still reaches TikTok, an unproven one gets 503 (a spray
-    during an outage must not drive TikTok to 429 for everyone)."""
+async def test_without_its_store_the_quota_is_kept_in_process_memory() -> None:
+    """The quota store down: sign-ins go on (counted in this process), and unproven calls still stop at
+    their share instead of reaching TikTok whole."""
     quota = TikTokQuota(_DownStorage(), per_minute="10/minute", unproven_share=0.5)
     await quota.spend(proven=True)
+    for _ in range(5):
+        await quota.spend(proven=False)
     with pytest.raises(TemporarilyUnavailable):
         await quota.spend(proven=False)
+    await quota.spend(proven=True)
 
 
 async def test_the_quota_keeps_a_share_for_proven_calls() -> None:
