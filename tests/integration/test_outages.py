@@ -6,19 +6,28 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import pytest
 import redis.asyncio as aioredis
 
 from bridge import keys
 from devstack.redis import RedisServer
-from tests.conftest import Stack, running_bridge
+from tests.conftest import Stack, forget_abandoned_sockets, running_bridge
 
 # The in-process bridge's admin listener (Settings.admin_port by default): the detailed readiness.
 ADMIN = "http://bridge.test:9000"
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from devstack.tiktok_emulator import TikTokEmulator
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_killed_under_clients() -> Iterator[None]:
+    """This module kills Redis servers under live clients; what they abandon is collected here."""
+    yield
+    forget_abandoned_sockets()
 
 
 async def test_keycloak_frozen_mid_test_yields_503_then_recovers(

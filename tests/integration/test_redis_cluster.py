@@ -14,6 +14,7 @@ from bridge.exchange import ExchangeService
 from bridge.ratelimit import RateLimiter
 from bridge.redis_connection import RedisConnection
 from devstack.redis import RedisClusterNodes
+from tests.conftest import forget_abandoned_sockets
 from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
 from tests.unit.test_exchange_service import PROFILE, request
 
@@ -29,6 +30,13 @@ def start_cluster(tmp_path_factory: pytest.TempPathFactory) -> RedisClusterNodes
         nodes.stop()
         raise
     return nodes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_killed_under_clients() -> Iterator[None]:
+    """This module kills Redis servers under live clients; what they abandon is collected here."""
+    yield
+    forget_abandoned_sockets()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import pytest
 
 from bridge.redis_connection import redis_client
 from devstack.redis import RedisSentinelSet
-from tests.conftest import running_bridge
+from tests.conftest import forget_abandoned_sockets, running_bridge
 from tests.integration.test_exchange import linked_users
 from tests.integration.test_webhook import deliver, removed_event
 
@@ -44,6 +44,13 @@ MAX_SECONDS = 25.0
 CONCURRENCY = 4
 # The stated promise: the bridge is back on Redis (readiness "ready") this long after the master died.
 RESUME_WITHIN = 8.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_killed_under_clients() -> Iterator[None]:
+    """This module kills Redis servers under live clients; what they abandon is collected here."""
+    yield
+    forget_abandoned_sockets()
 
 
 @pytest.fixture
