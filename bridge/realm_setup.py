@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx2
@@ -159,10 +160,16 @@ def check_realm(admin: Admin) -> None:
 # ------------------------------------------------------------------------------------ planning
 
 
-def plan(admin: Admin, settings: Settings, *, jwks_url: str, force: bool = False) -> list[Step]:
-    """Read the realm and decide one action per object; writes nothing."""
+def plan(admin: Admin, settings: Settings, *, jwks_url: str | None, force: bool = False) -> list[Step]:
+    """Read the realm and decide one action per object; writes nothing. `jwks_url` None: whatever
+    JWKS URL the provider has is right (the doctor's view: the grant proves it works)."""
     steps = [_provider_step(admin, settings, jwks_url, force=force)]
-    steps.extend(_client_steps(admin, settings, force=force))
+    own = spec.own_client(settings)
+    others = spec.minting_clients(settings)
+    steps.extend(_client_steps(admin, settings, own, force=force, service_account=True))
+    for minting in others:
+        steps.extend(_client_steps(admin, settings, minting, force=force))
+    steps.extend(_audience_steps(admin, settings, [own, *others], force=force))
     steps.append(_profile_step(admin, force=force))
     return steps
 
@@ -175,10 +182,10 @@ def _conflict_or_update(name: str, diffs: list[str], *, force: bool, run: Callab
     return Step(name, "conflict", diffs)
 
 
-def _provider_step(admin: Admin, settings: Settings, jwks_url: str, *, force: bool) -> Step:
+def _provider_step(admin: Admin, settings: Settings, jwks_url: str | None, *, force: bool) -> Step:
     alias = settings.keycloak_idp_alias
     name = f"identity provider '{alias}'"
-    wanted = spec.identity_provider(settings, jwks_url)
+    wanted = spec.identity_provider(settings, jwks_url or spec.default_jwks_url(settings))
     response = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
     if response.status_code == 404:  # noqa: PLR2004
 
@@ -188,10 +195,12 @@ def _provider_step(admin: Admin, settings: Settings, jwks_url: str, *, force: bo
         return Step(
             name,
             "create",
-            [f"type {spec.IDP_TYPE}, issuer {settings.issuer_url}, keys from {jwks_url}"],
+            [f"type {spec.IDP_TYPE}, issuer {settings.issuer_url}, keys from {wanted['config']['jwksUrl']}"],
             create,
         )
     found = _json(response, strict=True)
+    if jwks_url is None:
+        wanted["config"]["jwksUrl"] = (found.get("config") or {}).get("jwksUrl")
     if found.get("providerId") != spec.IDP_TYPE:
         if not force:
             return Step(
@@ -237,17 +246,36 @@ def _realm_management(admin: Admin) -> tuple[str, dict[str, Any]]:
     return rm_id, roles
 
 
-def _client_steps(admin: Admin, settings: Settings, *, force: bool) -> list[Step]:
-    client_id = settings.keycloak_client_id
-    secret = settings.keycloak_client_secret.get_secret_value()
-    wanted = spec.client(settings)
-    rm_id, roles = _realm_management(admin)
+def _client_uuid(admin: Admin, client_id: str) -> str | None:
+    found = admin.get("./clients", params={"clientId": client_id})
+    return str(found[0]["id"]) if found else None
+
+
+def _client_steps(
+    admin: Admin,
+    settings: Settings,
+    wanted: spec.MintingClient,
+    *,
+    force: bool,
+    service_account: bool = False,
+) -> list[Step]:
+    """The client, its mapper, and (for the bridge's own client) its service-account roles."""
+    client_id = wanted.client_id
+    name = f"client '{client_id}'"
+    rm_id, roles = _realm_management(admin) if service_account else ("", {})
     found_list = admin.get("./clients", params={"clientId": client_id})
+    notes = _lifespan_notes(admin, wanted)
     if not found_list:
 
         def create() -> None:
-            body = {**wanted, "secret": secret, "protocolMappers": [spec.open_id_mapper()]}
+            body = {
+                **wanted.representation,
+                "secret": wanted.secret,
+                "protocolMappers": [spec.open_id_mapper()],
+            }
             location = admin.call("POST", "./clients", ok=(201,), json=body).headers.get("Location", "")
+            if not service_account:
+                return
             uuid = location.rstrip("/").rsplit("/", 1)[-1]
             account = admin.get(f"./clients/{uuid}/service-account-user")
             admin.call(
@@ -257,42 +285,61 @@ def _client_steps(admin: Admin, settings: Settings, *, force: bool) -> list[Step
                 json=list(roles.values()),
             )
 
-        return [
-            Step(
-                f"client '{client_id}'",
-                "create",
-                [
-                    "confidential, secret from BRIDGE_KEYCLOAK_CLIENT_SECRET",
-                    f"JWT Authorization Grant limited to '{settings.keycloak_idp_alias}'",
-                    f"mapper '{spec.MAPPER_NAME}'",
-                    "service account with realm-management roles manage-users, view-users",
-                ],
-                create,
-            )
+        details = [
+            f"confidential, secret from {wanted.secret_setting}",
+            f"JWT Authorization Grant limited to '{settings.keycloak_idp_alias}'",
+            f"mapper '{spec.MAPPER_NAME}'",
         ]
+        lifespan = wanted.representation["attributes"].get("access.token.lifespan")
+        if lifespan:
+            details.append(f"access tokens live {lifespan} s")
+        if service_account:
+            details.append("service account with realm-management roles manage-users, view-users")
+        return [Step(name, "create", details + notes, create)]
     found = found_list[0]
     uuid = str(found["id"])
-    name = f"client '{client_id}'"
-    diffs = [str(d) for d in spec.differences(found, wanted)]
+    diffs = [str(d) for d in spec.differences(found, wanted.representation)]
     current_secret = admin.get(f"./clients/{uuid}/client-secret").get("value")
-    if current_secret != secret:
-        diffs.append("secret differs from BRIDGE_KEYCLOAK_CLIENT_SECRET")
+    if current_secret != wanted.secret:
+        diffs.append(f"secret differs from {wanted.secret_setting}")
 
     def update_client() -> None:
+        representation = wanted.representation
         merged = copy.deepcopy(found)
-        merged["attributes"] = {**(found.get("attributes") or {}), **wanted["attributes"]}
-        merged.update({k: v for k, v in wanted.items() if k != "attributes" and k not in spec.COSMETIC})
-        merged["secret"] = secret
+        merged["attributes"] = {**(found.get("attributes") or {}), **representation["attributes"]}
+        merged.update(
+            {k: v for k, v in representation.items() if k != "attributes" and k not in spec.COSMETIC}
+        )
+        merged["secret"] = wanted.secret
         admin.call("PUT", f"./clients/{uuid}", ok=(204,), json=merged)
 
-    steps = [_conflict_or_update(name, diffs, force=force, run=update_client)]
-    steps.append(_mapper_step(admin, uuid, found, force=force))
-    steps.append(_roles_step(admin, uuid, rm_id, roles, force=force))
+    step = _conflict_or_update(name, diffs, force=force, run=update_client)
+    step.details.extend(notes)
+    steps = [step, _mapper_step(admin, uuid, found, client_id, force=force)]
+    if service_account:
+        steps.append(_roles_step(admin, uuid, rm_id, roles, force=force))
     return steps
 
 
-def _mapper_step(admin: Admin, uuid: str, client: dict[str, Any], *, force: bool) -> Step:
-    name = f"token mapper '{spec.MAPPER_NAME}'"
+def _lifespan_notes(admin: Admin, wanted: spec.MintingClient) -> list[str]:
+    """Keycloak caps a client's access-token lifespan at the realm's SSO Session Max: say so rather
+    than change a realm-wide setting the bridge does not own."""
+    lifespan = int(wanted.representation["attributes"].get("access.token.lifespan") or 0)
+    if not lifespan:
+        return []
+    session_max = int(admin.get(f"/realms/{admin.realm}").get("ssoSessionMaxLifespan") or 0)
+    if not session_max or session_max >= lifespan:
+        return []
+    return [
+        (
+            f"note: the realm's SSO Session Max ({session_max} s) caps these tokens' {lifespan} s; raise it "
+            "in Realm settings > Sessions if apps need the full lifespan (apply leaves realm settings alone)"
+        )
+    ]
+
+
+def _mapper_step(admin: Admin, uuid: str, client: dict[str, Any], client_id: str, *, force: bool) -> Step:
+    name = f"token mapper '{spec.MAPPER_NAME}' of client '{client_id}'"
     wanted = spec.open_id_mapper()
     mappers = [m for m in client.get("protocolMappers") or [] if m.get("name") == spec.MAPPER_NAME]
     if not mappers:
@@ -350,6 +397,115 @@ def _roles_step(admin: Admin, uuid: str, rm_id: str, roles: dict[str, Any], *, f
 
     details = [f"add {r['name']}" for r in missing] + [f"remove {r['name']}" for r in extra]
     return Step(name, "create" if not extra else "update", details, run)
+
+
+def _audience_steps(
+    admin: Admin, settings: Settings, clients: list[spec.MintingClient], *, force: bool
+) -> list[Step]:
+    """One optional client scope per audience (BRIDGE_AUDIENCES), then each minting client given the
+    scopes its apps may ask for. Keycloak refuses a scope the minting client lacks (invalid_scope)."""
+    catalog = settings.audience_scopes()
+    if not catalog:
+        return []
+    existing = {str(s.get("name")): s for s in admin.get("./client-scopes")}
+    steps = [
+        _scope_step(admin, audience, scope, existing.get(scope), force=force)
+        for audience, scope in catalog.items()
+    ]
+    steps.extend(_assignment_step(admin, client, force=force) for client in clients if client.scopes)
+    return steps
+
+
+def _audience_mappers(scope: dict[str, Any], audience: str) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in scope.get("protocolMappers") or []
+        if m.get("protocolMapper") == "oidc-audience-mapper"
+        and (m.get("config") or {}).get("included.custom.audience") == audience
+    ]
+
+
+def _scope_step(
+    admin: Admin, audience: str, scope: str, found: dict[str, Any] | None, *, force: bool
+) -> Step:
+    name = f"client scope '{scope}'"
+    wanted, mapper = spec.audience_scope(audience, scope), spec.audience_mapper(audience)
+    if found is None:
+
+        def create() -> None:
+            admin.call("POST", "./client-scopes", ok=(201,), json={**wanted, "protocolMappers": [mapper]})
+
+        return Step(name, "create", [f"optional, adds {audience} to aud (audience mapper)"], create)
+    if found.get("protocol") != wanted["protocol"]:
+        # Not even --force replaces a scope: other clients may hold it. Another name is the way out.
+        return Step(
+            name,
+            "conflict",
+            [
+                (
+                    f"it is a {found.get('protocol')!r} scope, not openid-connect: name another client scope "
+                    f"for {audience} in BRIDGE_AUDIENCES (--force does not replace scopes)"
+                )
+            ],
+        )
+    scope_id = str(found["id"])
+    diffs = [str(d) for d in spec.differences(found, wanted)]
+    mappers = _audience_mappers(found, audience)
+    if not mappers:
+        diffs.append(f"has no audience mapper adding {audience}")
+    else:
+        diffs.extend(f"mapper: {d}" for d in spec.differences(mappers[0], mapper))
+
+    def update() -> None:
+        merged = copy.deepcopy(found)
+        merged["attributes"] = {**(found.get("attributes") or {}), **wanted["attributes"]}
+        merged.pop("protocolMappers", None)
+        admin.call("PUT", f"./client-scopes/{scope_id}", ok=(204,), json=merged)
+        models = f"./client-scopes/{scope_id}/protocol-mappers/models"
+        if not mappers:
+            admin.call("POST", models, ok=(201,), json=mapper)
+            return
+        model = mappers[0]
+        fixed = {**model, "config": {**(model.get("config") or {}), **mapper["config"]}}
+        admin.call("PUT", f"{models}/{model['id']}", ok=(204,), json=fixed)
+
+    return _conflict_or_update(name, diffs, force=force, run=update)
+
+
+def _assignment_step(admin: Admin, client: spec.MintingClient, *, force: bool) -> Step:
+    """The audience scopes as *optional* scopes of the client: asked for, never always in `aud`."""
+    name = f"optional client scopes of '{client.client_id}'"
+    uuid = _client_uuid(admin, client.client_id)
+    optional: set[str] = set()
+    default: set[str] = set()
+    if uuid is not None:
+        optional = {str(s.get("name")) for s in admin.get(f"./clients/{uuid}/optional-client-scopes")}
+        default = {str(s.get("name")) for s in admin.get(f"./clients/{uuid}/default-client-scopes")}
+    as_default = sorted(set(client.scopes) & default)
+    missing = sorted(set(client.scopes) - optional - default)
+    if as_default and not force:
+        return Step(
+            name,
+            "conflict",
+            [
+                f"{s} is a default scope of the client: every token would carry its audience"
+                for s in as_default
+            ],
+        )
+    if not missing and not as_default:
+        return Step(name, "ok")
+
+    def run() -> None:
+        # Resolved now: the client and the scopes may have been created earlier in this run.
+        client_uuid = _client_uuid(admin, client.client_id)
+        ids = {str(s.get("name")): str(s.get("id")) for s in admin.get("./client-scopes")}
+        for scope in as_default:
+            admin.call("DELETE", f"./clients/{client_uuid}/default-client-scopes/{ids[scope]}", ok=(204,))
+        for scope in [*as_default, *missing]:
+            admin.call("PUT", f"./clients/{client_uuid}/optional-client-scopes/{ids[scope]}", ok=(204,))
+
+    details = [f"add {s}" for s in missing] + [f"move {s} from default to optional" for s in as_default]
+    return Step(name, "update" if as_default else "create", details, run)
 
 
 def _profile_step(admin: Admin, *, force: bool) -> Step:
@@ -453,6 +609,47 @@ def apply(
             out(f"{step.name}: done")
         out(f"applied: {len(pending)} object(s) changed")
         return True
+    finally:
+        if own_http:
+            client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What `apply` would do to a realm, read with admin credentials and changing nothing (the
+    doctor's deep check), and where the provider fetches the bridge's keys."""
+
+    version: str
+    steps: list[Step]
+    jwks_url: str | None
+
+
+def survey(
+    settings: Settings,
+    *,
+    admin_user: str,
+    admin_password: str,
+    admin_realm: str = "master",
+    http: httpx2.Client | None = None,
+) -> Survey:
+    own_http = http is None
+    client = http or httpx2.Client(timeout=max(30.0, settings.http_timeout))
+    try:
+        admin = Admin.login(
+            client,
+            settings.keycloak_base_url,
+            settings.keycloak_realm,
+            admin_realm=admin_realm,
+            user=admin_user,
+            password=admin_password,
+        )
+        version = check_server(admin)
+        check_realm(admin)
+        alias = settings.keycloak_idp_alias
+        provider = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
+        found = _json(provider) if provider.status_code == HTTPStatus.OK else {}
+        jwks_url = (found.get("config") or {}).get("jwksUrl")
+        return Survey(version, plan(admin, settings, jwks_url=None), jwks_url)
     finally:
         if own_http:
             client.close()

@@ -103,6 +103,141 @@ def client(settings: Settings) -> dict[str, Any]:
     }
 
 
+# The Strapi-compatible client's token lifespan: the plugin's JWT lived 30 days and its apps never
+# refresh. Keycloak caps it at the realm's SSO Session Max (checked on 26.7.4).
+STRAPI_TOKEN_LIFESPAN = 30 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class MintingClient:
+    """A Keycloak client the bridge mints as: its own (which also has the service account), the
+    Strapi-compatible endpoint's, or one app's (BRIDGE_KEYCLOAK_CLIENTS)."""
+
+    client_id: str
+    secret: str
+    secret_setting: str
+    representation: dict[str, Any]
+    # The audiences' client scopes it is given as optional scopes (what its apps may ask for).
+    scopes: tuple[str, ...] = ()
+
+
+def own_client(settings: Settings) -> MintingClient:
+    """The bridge's client: apps without a client of their own mint through it, so it may be asked
+    for every audience."""
+    return MintingClient(
+        settings.keycloak_client_id,
+        settings.keycloak_client_secret.get_secret_value(),
+        "BRIDGE_KEYCLOAK_CLIENT_SECRET",
+        client(settings),
+        tuple(sorted(set(settings.audience_scopes().values()))),
+    )
+
+
+def _minting_representation(
+    settings: Settings, client_id: str, *, name: str, description: str, lifespan: int | None = None
+) -> dict[str, Any]:
+    attributes = {
+        "oauth2.jwt.authorization.grant.enabled": "true",
+        "oauth2.jwt.authorization.grant.idp": settings.keycloak_idp_alias,
+    }
+    if lifespan is not None:
+        attributes["access.token.lifespan"] = str(lifespan)
+    return {
+        "clientId": client_id,
+        "name": name,
+        "description": description,
+        "enabled": True,
+        "protocol": "openid-connect",
+        "publicClient": False,
+        "bearerOnly": False,
+        "clientAuthenticatorType": "client-secret",
+        "standardFlowEnabled": False,
+        "implicitFlowEnabled": False,
+        "directAccessGrantsEnabled": False,
+        "serviceAccountsEnabled": False,
+        "fullScopeAllowed": True,
+        "attributes": attributes,
+    }
+
+
+def minting_clients(settings: Settings) -> list[MintingClient]:
+    """The Strapi-compatible client (when the endpoint is on and has a client of its own) and one
+    client per app, as app-realm.json's `tiktok-bridge-strapi` and `tiktok-app-example`. Apps mapped to
+    the same Keycloak client share it, and it gets the audiences any of them may ask for."""
+    result: list[MintingClient] = []
+    strapi_id, strapi_secret = settings.strapi_keycloak_client_id, settings.strapi_keycloak_client_secret
+    if settings.strapi_compat_enabled and strapi_id and strapi_secret is not None:
+        representation = _minting_representation(
+            settings,
+            strapi_id,
+            name="tiktok-keycloak-bridge: Strapi-compatible endpoint",
+            description="Mints the Strapi-compatible endpoint's jwt: plugin apps never refresh, so its "
+            "tokens live 30 days like the plugin's JWT",
+            lifespan=STRAPI_TOKEN_LIFESPAN,
+        )
+        result.append(
+            MintingClient(
+                strapi_id,
+                strapi_secret.get_secret_value(),
+                "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET",
+                representation,
+            )
+        )
+    catalog = settings.audience_scopes()
+    allowed = settings.client_audience_map()
+    by_keycloak_client: dict[str, tuple[str, list[str]]] = {}
+    scopes_of: dict[str, set[str]] = {}
+    for app, (keycloak_client, secret) in settings.keycloak_client_map().items():
+        # Settings refuse two secrets for one Keycloak client.
+        by_keycloak_client.setdefault(keycloak_client, (secret, []))[1].append(app)
+        audiences = allowed.get(app, tuple(catalog))
+        scopes_of.setdefault(keycloak_client, set()).update(catalog[a] for a in audiences)
+    for keycloak_client, (secret, apps) in by_keycloak_client.items():
+        representation = _minting_representation(
+            settings,
+            keycloak_client,
+            name=f"tiktok-keycloak-bridge: app {', '.join(sorted(apps))}"[:255],
+            description="One Keycloak client per app: the bridge mints this app's tokens as this client "
+            "(BRIDGE_KEYCLOAK_CLIENTS), so azp names the app and this client's settings apply",
+        )
+        result.append(
+            MintingClient(
+                keycloak_client,
+                secret,
+                "BRIDGE_KEYCLOAK_CLIENTS",
+                representation,
+                tuple(sorted(scopes_of[keycloak_client])),
+            )
+        )
+    return result
+
+
+def audience_scope(audience: str, scope: str) -> dict[str, Any]:
+    """An optional client scope that adds `audience` to an access token's `aud` when asked for
+    (keycloak-config/client-scopes/aud-orders-api.json is one; its README says why each setting)."""
+    return {
+        "name": scope,
+        "description": f"Adds {audience} to aud when requested (the bridge's BRIDGE_AUDIENCES)"[:255],
+        "protocol": "openid-connect",
+        "attributes": {"include.in.token.scope": "false", "display.on.consent.screen": "false"},
+    }
+
+
+def audience_mapper(audience: str) -> dict[str, Any]:
+    return {
+        "name": f"audience {audience}"[:255],
+        "protocol": "openid-connect",
+        "protocolMapper": "oidc-audience-mapper",
+        "config": {
+            "included.custom.audience": audience,
+            "access.token.claim": "true",
+            "id.token.claim": "false",
+            "introspection.token.claim": "true",
+            "lightweight.claim": "false",
+        },
+    }
+
+
 # Cosmetic fields: created as app-realm.json has them, never a reason to refuse or rewrite.
 COSMETIC = frozenset({"displayName", "name", "description"})
 

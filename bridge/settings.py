@@ -228,10 +228,14 @@ class Settings(BaseSettings):
     def _check_keycloak_clients(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             problem = "keycloak_clients entries are app=keycloak_client:secret, comma-separated"
+            secrets: dict[str, str] = {}
             for _app, client in _pairs(value.get_secret_value(), problem):
                 client_id, _, secret = client.partition(":")
                 if not client_id or not secret:
                     raise ValueError(problem)
+                # Apps may share a Keycloak client, which has one secret.
+                if secrets.setdefault(client_id, secret) != secret:
+                    raise ValueError(f"keycloak_clients gives Keycloak client {client_id!r} two secrets")
         return value
 
     @field_validator("audiences")

@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx2
 import pytest
+from pydantic import ValidationError
 
 from bridge import doctor
+from bridge import realm_spec as spec
 from bridge.realm_setup import Admin, SetupError, check_server
 from bridge.realm_spec import version_supported
 from bridge.settings import Settings
@@ -211,3 +213,58 @@ async def test_the_verbose_readiness_runs_the_doctor_once_a_minute(monkeypatch: 
     now[0] += 61  # the minute has passed
     await cached.current(None, None)  # type: ignore[arg-type]
     assert len(runs) == 2
+
+
+def _app_settings(**overrides: Any) -> Settings:  # noqa: ANN401
+    values: dict[str, Any] = {
+        "tiktok_client_key": "key",
+        "tiktok_client_secret": "secret",
+        "keycloak_url": KEYCLOAK,
+        "keycloak_realm": "app",
+        "keycloak_client_id": "tiktok-bridge",
+        "keycloak_client_secret": "bridge-secret",
+        "issuer": "https://bridge.example",
+        "confidential_clients": "ios=s1,android=s2,web=s3",
+        "keycloak_clients": "ios=kc-mobile:m-secret,android=kc-mobile:m-secret,web=kc-web:w-secret",
+        "audiences": ("https://orders.example=aud-orders", "https://pay.example=aud-pay"),
+        "client_audiences": ("ios=https://orders.example", "android=https://orders.example"),
+        "strapi_keycloak_client_id": "tiktok-bridge-strapi",
+        "strapi_keycloak_client_secret": "strapi-secret",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_apps_sharing_a_keycloak_client_share_it_with_the_scopes_any_of_them_may_ask_for() -> None:
+    """One Keycloak client per distinct client id; its optional scopes are what its apps may ask for
+    (an app not in client_audiences may ask for all); the bridge's own client gets every scope; the
+    Strapi client none, and its tokens live 30 days."""
+    settings = _app_settings()
+    clients = {c.client_id: c for c in spec.minting_clients(settings)}
+
+    assert set(clients) == {"tiktok-bridge-strapi", "kc-mobile", "kc-web"}
+    assert clients["kc-mobile"].scopes == ("aud-orders",)
+    assert clients["kc-web"].scopes == ("aud-orders", "aud-pay")
+    assert clients["tiktok-bridge-strapi"].scopes == ()
+    strapi = clients["tiktok-bridge-strapi"].representation
+    assert strapi["attributes"]["access.token.lifespan"] == str(30 * 24 * 3600)
+    assert spec.own_client(settings).scopes == ("aud-orders", "aud-pay")
+    for client in clients.values():
+        attributes = client.representation["attributes"]
+        assert attributes["oauth2.jwt.authorization.grant.idp"] == settings.keycloak_idp_alias
+        assert client.representation["serviceAccountsEnabled"] is False
+        assert len(client.representation["description"]) <= 255  # Keycloak's column
+
+
+def test_no_strapi_client_when_the_endpoint_is_off_or_mints_as_the_bridge() -> None:
+    assert spec.minting_clients(_app_settings(keycloak_clients=None, strapi_compat_enabled=False)) == []
+    assert spec.minting_clients(_app_settings(keycloak_clients=None, strapi_keycloak_client_id=None)) == []
+
+
+def test_one_keycloak_client_with_two_secrets_is_refused_without_echoing_them() -> None:
+    with pytest.raises(ValidationError) as refused:
+        _app_settings(keycloak_clients="ios=kc-mobile:first-secret,android=kc-mobile:other-secret")
+    (error,) = refused.value.errors()
+    assert "kc-mobile" in error["msg"]
+    assert "two secrets" in error["msg"]
+    assert "secret" not in error["msg"].replace("two secrets", "")
