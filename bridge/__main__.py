@@ -177,8 +177,18 @@ def _add_setup_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "type under the alias (deleted, with its user links), extra realm-management roles of the "
         "service account (removed)",
     )
-    doctor = commands.add_parser("doctor", help="check this deployment end to end, one line per check")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this deployment end to end, one line per check",
+        description="Uses the bridge's own settings. With --admin-user it also reads the realm's objects "
+        "and names the exact setting that differs from what `keycloak apply` makes.",
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable report")
+    doctor.add_argument("--admin-user", help="optional: a Keycloak administrator, for the realm checks")
+    doctor.add_argument(
+        "--admin-password-file", type=Path, help="file holding the password (else a prompt on a terminal)"
+    )
+    doctor.add_argument("--admin-realm", default="master", help="the administrator's realm (default master)")
 
 
 def _admin_password(args: argparse.Namespace) -> str:
@@ -218,15 +228,18 @@ def _keycloak_apply(settings: Settings, args: argparse.Namespace) -> None:
 def _doctor(args: argparse.Namespace) -> None:
     import asyncio  # noqa: PLC0415
 
-    from bridge.doctor import Check, report, run_checks  # noqa: PLC0415
+    from bridge.doctor import AdminLogin, Check, report, run_checks  # noqa: PLC0415
 
+    admin = None
+    if args.admin_user:
+        admin = AdminLogin(args.admin_user, _admin_password(args), args.admin_realm)
     try:
         settings = Settings.load()
     except ValidationError as exc:
         names = ", ".join(f"BRIDGE_{'_'.join(str(p) for p in e['loc']).upper()}" for e in exc.errors())
         checks = [Check("settings", ok=False, detail=f"invalid: {names}", fix="Run `bridge check-config`.")]
     else:
-        checks = asyncio.run(run_checks(settings))
+        checks = asyncio.run(run_checks(settings, admin=admin))
     print(report(checks, as_json=args.json))  # noqa: T201
     sys.exit(0 if all(c.ok for c in checks) else 1)
 

@@ -27,7 +27,8 @@ import base64
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -73,6 +74,8 @@ class _Context:
     results: list[Check]
     token: str = ""
     realm_issuer: str = ""
+    # Where the provider fetches the bridge's keys: known with admin credentials, else the default.
+    jwks_url: str = ""
 
     def passed(self, name: str, detail: str) -> None:
         self.results.append(Check(name, ok=True, detail=detail))
@@ -81,18 +84,40 @@ class _Context:
         self.results.append(Check(name, ok=False, detail=detail, fix=fix))
 
 
-async def run_checks(settings: Settings, *, http: httpx2.AsyncClient | None = None) -> list[Check]:
+@dataclass(frozen=True, slots=True)
+class AdminLogin:
+    """Optional Keycloak admin credentials (`doctor --admin-user`): with them the doctor also reads
+    the realm's objects and compares them with what `apply` makes, naming the exact setting that is
+    wrong. Given on the command line only, never through the bridge's settings."""
+
+    user: str
+    password: str = field(repr=False)
+    realm: str = "master"
+
+
+async def run_checks(
+    settings: Settings, *, http: httpx2.AsyncClient | None = None, admin: AdminLogin | None = None
+) -> list[Check]:
     """Every check, in dependency order; a check whose prerequisite failed is left out."""
     own = http is None
     client = http or httpx2.AsyncClient(timeout=settings.http_timeout)
     ctx = _Context(settings, client, [Check("settings", ok=True, detail="BRIDGE_* settings are valid")])
+    ctx.jwks_url = spec.default_jwks_url(settings)
     try:
         await _tiktok(ctx)
-        for check in (_keycloak_realm, _service_account, _server, _profile, _grant):
+        stopped = False
+        for check in (_keycloak_realm, _service_account, _server, _profile):
             try:
                 await check(ctx)
             except _Stop:
+                stopped = True
                 break
+        if admin is not None:
+            await _realm_objects(ctx, admin)
+        if not stopped:
+            await _grant(ctx, "jwt grant", spec.own_client(settings))
+            for minting in spec.minting_clients(settings):
+                await _grant(ctx, f"jwt grant as '{minting.client_id}'", minting)
         await _redis(ctx)
     finally:
         if own:
@@ -301,15 +326,15 @@ async def _profile(ctx: _Context) -> None:
     ctx.passed(name, f"{', '.join(spec.ATTRIBUTES)} declared")
 
 
-async def _grant(ctx: _Context) -> None:
-    """A real JWT grant for a subject nobody is linked to: only "User not found" means every step
-    before the user lookup (client, issuer, provider, JWKS, signature) was accepted."""
-    name = "jwt grant"
+async def _grant(ctx: _Context, name: str, client: spec.MintingClient) -> None:
+    """A real JWT grant, as `client`, for a subject nobody is linked to: only "User not found" means
+    every step before the user lookup (client, issuer, provider, JWKS, signature) was accepted."""
     settings = ctx.settings
     # A fresh random subject: no TikTok open_id looks like this, so it can never reach an account.
     subject = f"bridge-doctor-{secrets.token_hex(8)}"
     try:
-        assertion = signer_from_settings(settings).mint(subject, ctx.realm_issuer)
+        signer = signer_from_settings(settings)
+        assertion = signer.mint(subject, ctx.realm_issuer)
     except (OSError, ValueError) as exc:
         ctx.failed(name, f"cannot sign an assertion: {type(exc).__name__}", "Check BRIDGE_SIGNING_KEY_FILE.")
         return
@@ -318,7 +343,7 @@ async def _grant(ctx: _Context) -> None:
         "POST",
         f"{settings.keycloak_base_url}/realms/{settings.keycloak_realm}/protocol/openid-connect/token",
         data={"grant_type": GRANT_TYPE_JWT_BEARER, "assertion": assertion},
-        auth=(settings.keycloak_client_id, settings.keycloak_client_secret.get_secret_value()),
+        auth=(client.client_id, client.secret),
     )
     if isinstance(answer, str):
         ctx.failed(name, answer, "Check BRIDGE_KEYCLOAK_URL.")
@@ -326,13 +351,67 @@ async def _grant(ctx: _Context) -> None:
     body = _body(answer)
     description = str(body.get("error_description") or body.get("error") or f"HTTP {answer.status_code}")
     if description == "User not found":
-        ctx.passed(name, "Keycloak fetched the bridge's JWKS and accepted its signed assertion")
+        ctx.passed(
+            name, f"Keycloak fetched the bridge's JWKS and accepted its assertion for '{client.client_id}'"
+        )
         return
-    detail, fix = _grant_failure(settings, description)
+    if body.get("error") in {"unauthorized_client", "invalid_client"}:
+        detail = f"Keycloak refused client '{client.client_id}' and its secret ({body.get('error')})"
+        fix = f"Set {client.secret_setting} to the client's secret, or run `bridge keycloak apply`."
+    elif description == "Invalid signature":
+        detail, fix = await _signature_failure(ctx, signer.kid)
+    else:
+        detail, fix = _grant_failure(settings, client.client_id, description)
     ctx.failed(name, detail, fix)
 
 
-def _grant_failure(settings: Settings, description: str) -> tuple[str, str]:
+async def _signature_failure(ctx: _Context, kid: str) -> tuple[str, str]:
+    """Keycloak says only "Invalid signature", for a JWKS it cannot fetch and for one without our key
+    alike: fetching the JWKS from here tells the two apart."""
+    alias, url = ctx.settings.keycloak_idp_alias, ctx.jwks_url
+    answer = await _send(ctx, "GET", url)
+    keys = (
+        _body(answer).get("keys")
+        if not isinstance(answer, str) and answer.status_code == HTTPStatus.OK
+        else None
+    )
+    if not isinstance(keys, list):
+        reason = answer if isinstance(answer, str) else f"HTTP {answer.status_code}"
+        return (
+            (
+                f"Keycloak could not verify the bridge's signature, and the JWKS at {url} cannot be fetched "
+                f"from here either ({reason})"
+            ),
+            (
+                "Serve the bridge at BRIDGE_ISSUER (is it running?), or point the provider at the address "
+                "where its JWKS is served (`bridge keycloak apply --jwks-url URL`)."
+            ),
+        )
+    if kid not in {str(k.get("kid")) for k in keys if isinstance(k, dict)}:
+        return (
+            (
+                f"the JWKS at {url} does not hold this bridge's signing key (kid {kid}): the bridge serving "
+                "it signs with another key"
+            ),
+            (
+                "Give every replica and this command the same BRIDGE_SIGNING_KEY_FILE (or publish a new key "
+                "with BRIDGE_PUBLISHED_KEY_FILES during a rotation)."
+            ),
+        )
+    return (
+        (
+            f"Keycloak cannot fetch the JWKS at the provider's JWKS URL: this host fetches {url} and finds "
+            f"the bridge's key there, so Keycloak does not reach that address or provider '{alias}' points "
+            "elsewhere"
+        ),
+        (
+            f"Make the JWKS URL of provider '{alias}' reachable from Keycloak and serving this bridge's "
+            "keys (`bridge keycloak apply --jwks-url URL`)."
+        ),
+    )
+
+
+def _grant_failure(settings: Settings, client_id: str, description: str) -> tuple[str, str]:
     alias, issuer = settings.keycloak_idp_alias, settings.issuer_url
     if description == "Unsupported grant_type":  # what a Keycloak without the feature answers
         return (
@@ -343,32 +422,57 @@ def _grant_failure(settings: Settings, description: str) -> tuple[str, str]:
         return (
             (
                 f"no enabled identity provider has issuer {issuer} (BRIDGE_ISSUER): provider '{alias}' "
-                "is missing, disabled, or has another issuer"
+                "is missing, disabled, or has another issuer (`doctor --admin-user` tells which)"
             ),
             f"Run `bridge keycloak apply` (with --force if '{alias}' exists with another issuer).",
         )
     if description == "Identity Provider is not allowed for the client":
         return (
-            f"client '{settings.keycloak_client_id}' may not use the provider with issuer {issuer}",
+            f"client '{client_id}' may not use the provider with issuer {issuer}",
             f"Limit the client's JWT Authorization Grant to provider '{alias}' (`bridge keycloak apply`).",
         )
     if description == "JWT Authorization Grant is not supported for the requested client":
         return (
-            f"client '{settings.keycloak_client_id}' has the JWT Authorization Grant switched off",
+            f"client '{client_id}' has the JWT Authorization Grant switched off",
             "Enable the grant on the client (`bridge keycloak apply`).",
         )
-    if description == "Invalid signature":
-        return (
-            (
-                "Keycloak could not verify the bridge's signature: it cannot fetch the JWKS at the "
-                "provider's JWKS URL, or that JWKS lacks the bridge's current key"
-            ),
-            (
-                f"Make the JWKS URL of provider '{alias}' reachable from Keycloak and serving this bridge's "
-                "keys (`bridge keycloak apply --jwks-url URL`)."
-            ),
-        )
     return (f"Keycloak refused the assertion: {description[:200]}", "See Keycloak's log for the reason.")
+
+
+# ------------------------------------------------------------------------- with admin credentials
+
+
+async def _realm_objects(ctx: _Context, admin: AdminLogin) -> None:
+    """One check per object `apply` manages, passing when `apply` would leave it as it is."""
+    from bridge.realm_setup import SetupError, survey  # noqa: PLC0415 - only with admin credentials
+
+    try:
+        found = await asyncio.to_thread(
+            survey,
+            ctx.settings,
+            admin_user=admin.user,
+            admin_password=admin.password,
+            admin_realm=admin.realm,
+        )
+    except SetupError as exc:
+        ctx.failed("realm objects", str(exc), "Check --admin-user, its password and --admin-realm.")
+        return
+    if found.jwks_url:
+        ctx.jwks_url = found.jwks_url
+    for step in found.steps:
+        name = f"realm: {step.name}"
+        if step.action == "ok":
+            ctx.passed(name, "as `bridge keycloak apply` makes it")
+            continue
+        what = {"create": "missing", "update": "differs", "conflict": "differs"}[step.action]
+        detail = f"{what}: {'; '.join(step.details)}" if step.details else what
+        fix = (
+            "Run `bridge keycloak apply` (it refuses to overwrite these settings without --force; "
+            "check first that nothing else relies on them)."
+            if step.action == "conflict"
+            else "Run `bridge keycloak apply`."
+        )
+        ctx.failed(name, detail, fix)
 
 
 # ---------------------------------------------------------------------------------------- Redis
