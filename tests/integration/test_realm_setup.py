@@ -8,6 +8,7 @@ runs this module against the oldest supported one).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -170,10 +171,12 @@ def run_apply(bare: Bare, realm: str, **kwargs: Any) -> tuple[bool, list[str]]: 
     return done, lines
 
 
-async def run_doctor(bare: Bare, settings: Settings, emulator: TikTokEmulator) -> dict[str, doctor.Check]:
+async def run_doctor(
+    bare: Bare, settings: Settings, emulator: TikTokEmulator, admin: doctor.AdminLogin | None = None
+) -> dict[str, doctor.Check]:
     mounts = {TIKTOK_API: httpx2.ASGITransport(app=emulator.app)}
     async with httpx2.AsyncClient(mounts=mounts, timeout=30) as http:
-        checks = await doctor.run_checks(settings, http=http)
+        checks = await doctor.run_checks(settings, http=http, admin=admin)
     return {c.name: c for c in checks}
 
 
@@ -403,6 +406,44 @@ def test_doctor_command_exit_status_and_json(bare: Bare, tiktok_server: Threaded
     assert "Traceback" not in good.stderr + bad.stderr + invalid.stderr
 
 
+def test_doctor_command_reads_the_admin_password_from_a_file_only(
+    bare: Bare, tiktok_server: ThreadedServer, tmp_path: Path
+) -> None:
+    """`doctor --admin-user --admin-password-file` adds the realm checks (the password comes from a
+    file, never an argument); an unreadable file is a one-line error."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    password_file = tmp_path / "admin-password"
+    password_file.write_text(ADMIN_PASSWORD + "\n")
+    command = [sys.executable, "-m", "bridge", "doctor", "--json", "--admin-user", "admin"]
+
+    done = subprocess.run(
+        [*command, "--admin-password-file", str(password_file)],
+        env=bridge_env(bare, realm, tiktok_server.url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    unreadable = subprocess.run(
+        [*command, "--admin-password-file", str(tmp_path / "missing")],
+        env=bridge_env(bare, realm, tiktok_server.url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert done.returncode == 0, done.stdout
+    names = [check["name"] for check in json.loads(done.stdout)["checks"]]
+    assert "realm: identity provider 'tiktok'" in names
+    assert "realm: client 'tiktok-bridge'" in names
+    assert unreadable.returncode != 0
+    assert unreadable.stderr.startswith("cannot read ")
+    assert "Traceback" not in done.stderr + unreadable.stderr
+
+
 def test_direct_errors_name_the_admin_realm(bare: Bare) -> None:
     """An unknown admin realm is named in the error, not reported as a bad password."""
     with pytest.raises(SetupError, match="admin realm 'nope' does not exist"):
@@ -454,10 +495,141 @@ async def test_doctor_passes_on_the_applied_realm_and_leaves_no_account(
         "jwt grant",
         "redis",
     }
-    assert "accepted its signed assertion" in checks["jwt grant"].detail
+    assert "accepted its assertion for 'tiktok-bridge'" in checks["jwt grant"].detail
     with bare.admin() as admin:
         users = admin.get(f"/realms/{realm}/users").json()
     assert [u["username"] for u in users] == ["alice"]
+
+
+# ------------------------------------------------ the clients and scopes of the later features
+
+ORDERS = "https://orders.example"
+_APP_SECRET = secrets.token_urlsafe(24)
+_STRAPI_SECRET = secrets.token_urlsafe(24)
+KNOWN_SECRETS.update({_APP_SECRET, _STRAPI_SECRET})
+
+
+def app_settings(bare: Bare, realm: str, **overrides: Any) -> Settings:  # noqa: ANN401
+    """Every feature that needs objects of its own: the Strapi client, one Keycloak client per app (ios;
+    web mints as the bridge), and an audience."""
+    values: dict[str, Any] = {
+        "public_client_ids": ("ios", "web"),
+        "keycloak_clients": f"ios=kc-ios:{_APP_SECRET}",
+        "audiences": (f"{ORDERS}=aud-orders",),
+        "strapi_keycloak_client_id": "tiktok-bridge-strapi",
+        "strapi_keycloak_client_secret": _STRAPI_SECRET,
+        "redis_url": None,
+    }
+    values.update(overrides)
+    return bare.settings(realm, **values)
+
+
+def claims(token: str) -> dict[str, Any]:
+    """A token's claims as the bridge handed them over from Keycloak (read, not verified: the point is
+    which Keycloak client minted it and for whom)."""
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+async def test_apply_makes_the_strapi_per_app_and_audience_objects_and_sign_ins_use_them(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """apply creates the Strapi client, the app's client and the audience scope (dry run first, rerun
+    no changes, other objects untouched); then each sign-in path mints as its own client, an audience
+    reaches `aud`, and the doctor (with admin credentials) passes every object."""
+    realm = customer_realm(bare)
+    settings = app_settings(bare, realm)
+    before = snapshot(bare, realm)
+
+    done, dry = run_apply(bare, realm, settings=settings, dry_run=True)
+    assert done
+    for line in (
+        "client 'tiktok-bridge-strapi': would create",
+        "client 'kc-ios': would create",
+        "client scope 'aud-orders': would create",
+        "optional client scopes of 'tiktok-bridge': would create",
+        "optional client scopes of 'kc-ios': would create",
+    ):
+        assert line in dry
+    # Keycloak's default SSO Session Max (10 h) caps the Strapi client's 30 days: said, not changed.
+    assert any("note: the realm's SSO Session Max (36000 s)" in line for line in dry)
+    assert snapshot(bare, realm) == before
+    assert run_apply(bare, realm, settings=settings)[1][-1] == "applied: 8 object(s) changed"
+    assert run_apply(bare, realm, settings=settings)[1][-1] == "no changes"
+    after = snapshot(bare, realm)
+    for key in ("alice", "shop", "department"):
+        assert after[key] == before[key], key
+
+    user = emulator.create_user()
+    async for bridge in running_bridge(settings, emulator):
+        ios = await bridge.exchange(
+            emulator.issue_access_token(user.open_id), client_id="ios", audience=ORDERS
+        )
+        web = await bridge.exchange(
+            emulator.issue_access_token(user.open_id), client_id="web", audience=ORDERS
+        )
+        plain = await bridge.exchange(emulator.issue_access_token(user.open_id), client_id="web")
+        strapi = await bridge.http.post(
+            "/api/tiktok-auth-mobile/connect",
+            json={"access_token": emulator.issue_access_token(user.open_id)},
+        )
+    for answer in (ios, web, plain, strapi):
+        assert answer.status_code == 200, answer.text
+    ios_claims, web_claims = claims(ios.json()["access_token"]), claims(web.json()["access_token"])
+    assert ios_claims["azp"] == "kc-ios"
+    assert web_claims["azp"] == "tiktok-bridge"
+    assert ORDERS in ios_claims["aud"]
+    assert ORDERS in web_claims["aud"]
+    assert ORDERS not in claims(plain.json()["access_token"]).get("aud", [])  # optional: only when asked
+    jwt = claims(strapi.json()["jwt"])
+    assert jwt["azp"] == "tiktok-bridge-strapi"
+    # The client's 30 days, capped by the realm's 10 h as noted (a second's slack for Keycloak's clock).
+    assert 36000 - 2 <= jwt["exp"] - jwt["iat"] <= 36000
+
+    admin = doctor.AdminLogin("admin", ADMIN_PASSWORD)
+    checks = await run_doctor(bare, settings, emulator, admin=admin)
+    assert failing(checks) == set(), [c.line() for c in checks.values()]
+    for name in ("jwt grant", "jwt grant as 'tiktok-bridge-strapi'", "jwt grant as 'kc-ios'"):
+        assert name in checks
+    assert "realm: client scope 'aud-orders'" in checks
+    assert "realm: optional client scopes of 'kc-ios'" in checks
+
+
+async def test_a_scope_named_like_an_audience_without_its_mapper_is_a_conflict_until_forced(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """A client scope of the organisation's, with the name BRIDGE_AUDIENCES gives but no audience
+    mapper, is refused untouched; --force adds the mapper and keeps the scope's other settings; the doctor
+    names the missing mapper before, and a broken per-app secret after."""
+    realm = customer_realm(bare)
+    settings = app_settings(bare, realm)
+    with bare.admin() as admin:
+        theirs = {"name": "aud-orders", "protocol": "openid-connect", "description": "the shop team's"}
+        assert admin.post(f"/realms/{realm}/client-scopes", json=theirs).status_code == 201
+
+    done, lines = run_apply(bare, realm, settings=settings)
+    assert not done
+    assert "client scope 'aud-orders': CONFLICT" in lines
+    assert f"    has no audience mapper adding {ORDERS}" in lines
+    admin_login = doctor.AdminLogin("admin", ADMIN_PASSWORD)
+    checks = await run_doctor(bare, settings, emulator, admin=admin_login)
+    assert f"has no audience mapper adding {ORDERS}" in checks["realm: client scope 'aud-orders'"].detail
+    assert "--force" in checks["realm: client scope 'aud-orders'"].fix
+
+    assert run_apply(bare, realm, settings=settings, force=True)[0]
+    with bare.admin() as admin:
+        (scope,) = [
+            s for s in admin.get(f"/realms/{realm}/client-scopes").json() if s["name"] == "aud-orders"
+        ]
+    assert scope["description"] == "the shop team's"
+    assert [m["config"]["included.custom.audience"] for m in scope["protocolMappers"]] == [ORDERS]
+    assert run_apply(bare, realm, settings=settings)[1][-1] == "no changes"
+
+    wrong = app_settings(bare, realm, keycloak_clients="ios=kc-ios:not-the-secret")
+    checks = await run_doctor(bare, wrong, emulator)
+    assert failing(checks) == {"jwt grant as 'kc-ios'"}
+    assert "Keycloak refused client 'kc-ios' and its secret" in checks["jwt grant as 'kc-ios'"].detail
+    assert "BRIDGE_KEYCLOAK_CLIENTS" in checks["jwt grant as 'kc-ios'"].fix
 
 
 def _break_provider(bare: Bare, realm: str, **config: str) -> None:
@@ -488,12 +660,13 @@ def _undeclare(bare: Bare, realm: str) -> None:
         ("missing provider", "jwt grant", "no enabled identity provider has issuer"),
         ("issuer mismatch", "jwt grant", "no enabled identity provider has issuer"),
         ("undeclared attribute", "user-profile attributes", "tiktok_username not declared"),
-        ("jwks unreachable", "jwt grant", "cannot fetch the JWKS at the provider's JWKS URL"),
+        ("jwks unreachable", "jwt grant", "Keycloak cannot fetch the JWKS at the provider's JWKS URL"),
+        ("jwks without our key", "jwt grant", "does not hold this bridge's signing key"),
         ("tiktok refuses", "tiktok credentials", "TikTok refused the client key or secret (invalid_client)"),
     ],
 )
 async def test_doctor_fails_naming_the_cause(
-    bare: Bare, emulator: TikTokEmulator, case: str, check: str, cause: str
+    bare: Bare, emulator: TikTokEmulator, tmp_path: Path, case: str, check: str, cause: str
 ) -> None:
     """Each broken piece fails exactly its own check, with the cause and a fix."""
     realm = customer_realm(bare)
@@ -511,6 +684,11 @@ async def test_doctor_fails_naming_the_cause(
         _break_provider(bare, realm, jwksUrl=f"http://127.0.0.1:{free_port()}/.well-known/jwks.json")
     elif case == "tiktok refuses":
         overrides["tiktok_client_secret"] = "revoked-secret"
+    elif case == "jwks without our key":
+        # This doctor signs with a key the served bridge (and so its JWKS) does not have.
+        other_key = tmp_path / "other-key.pem"
+        other_key.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+        overrides["signing_key_file"] = other_key
 
     checks = await run_doctor(bare, bare.settings(realm, **overrides), emulator)
 
@@ -522,6 +700,45 @@ async def test_doctor_fails_naming_the_cause(
     assert f"FAIL  {check}: " in text
     assert _SECRET not in text
     assert CLIENT_SECRET not in text
+
+
+@pytest.mark.parametrize(
+    ("case", "cause"),
+    [
+        ("missing provider", "missing: type jwt-authorization-grant, issuer"),
+        ("issuer mismatch", "config.issuer is 'https://old-bridge.example', needs"),
+    ],
+)
+async def test_doctor_with_admin_credentials_tells_a_missing_provider_from_a_wrong_issuer(
+    bare: Bare, emulator: TikTokEmulator, case: str, cause: str
+) -> None:
+    """Keycloak answers both with "No Identity Provider for provided issuer"; read with admin
+    credentials, the provider's own check names which, and nothing else in the realm fails."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    if case == "missing provider":
+        _delete_provider(bare, realm)
+    else:
+        _break_provider(bare, realm, issuer="https://old-bridge.example")
+
+    checks = await run_doctor(bare, bare.settings(realm), emulator, admin=doctor.AdminLogin("admin", "admin"))
+
+    assert failing(checks) == {"jwt grant", "realm: identity provider 'tiktok'"}
+    assert cause in checks["realm: identity provider 'tiktok'"].detail
+    assert "bridge keycloak apply" in checks["realm: identity provider 'tiktok'"].fix
+
+
+async def test_doctor_with_a_wrong_admin_password_says_so_and_still_runs_the_other_checks(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+
+    checks = await run_doctor(bare, bare.settings(realm), emulator, admin=doctor.AdminLogin("admin", "wrong"))
+
+    assert failing(checks) == {"realm objects"}
+    assert "Keycloak refused the admin login of 'admin'" in checks["realm objects"].detail
+    assert checks["jwt grant"].ok
 
 
 # ------------------------------------------------------------------- a Keycloak without the grant
