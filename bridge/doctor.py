@@ -4,7 +4,9 @@ Only the bridge's own runtime credentials are used: TikTok's client key and secr
 client's service account (which holds exactly manage-users and view-users, so it may not read identity
 providers or clients: those are proven by what Keycloak does, not by reading their settings).
 `run_checks` is the reusable part (a verbose readiness endpoint can call it); each check is one
-`Check` with a fix in one sentence when it fails.
+`Check` with a fix in one sentence when it fails. Optional admin credentials (`--admin-user`, never a
+runtime setting) add a read-only survey of the realm by `keycloak apply`'s planner: one check per
+object, naming the setting that differs where Keycloak's own answers cannot (below).
 
 Keycloak behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
 - `GET /admin/serverinfo` answers a realm's service account with `features` but without `systemInfo`
@@ -18,6 +20,8 @@ Keycloak behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
   cannot be fetched gives), and only then the user ("User not found"). So "User not found" for a subject
   nobody is linked to proves client, issuer, provider, JWKS and signature, and creates nothing.
 - A wrong client secret answers `unauthorized_client`, an unknown client `invalid_client`.
+- A requested scope is checked after the user lookup (an unknown scope still answers "User not found"),
+  so audience scopes are checked only by the admin survey.
 """
 
 from __future__ import annotations
