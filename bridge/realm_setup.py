@@ -290,7 +290,7 @@ def _client_steps(
             f"JWT Authorization Grant limited to '{settings.keycloak_idp_alias}'",
             f"mapper '{spec.MAPPER_NAME}'",
         ]
-        lifespan = wanted.representation["attributes"].get("access.token.lifespan")
+        lifespan = wanted.representation["attributes"].get(spec.LIFESPAN_ATTRIBUTE)
         if lifespan:
             details.append(f"access tokens live {lifespan} s")
         if service_account:
@@ -298,7 +298,7 @@ def _client_steps(
         return [Step(name, "create", details + notes, create)]
     found = found_list[0]
     uuid = str(found["id"])
-    diffs = [str(d) for d in spec.differences(found, wanted.representation)]
+    diffs = [str(d) for d in spec.differences(found, _comparable_client(wanted.representation, found))]
     current_secret = admin.get(f"./clients/{uuid}/client-secret").get("value")
     if current_secret != wanted.secret:
         diffs.append(f"secret differs from {wanted.secret_setting}")
@@ -321,10 +321,19 @@ def _client_steps(
     return steps
 
 
+def _comparable_client(wanted: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    """A token lifespan the administrators set on an existing client is theirs (shortening how long a
+    Strapi `jwt` works is a security choice): compared only when the client has none."""
+    lifespan = spec.LIFESPAN_ATTRIBUTE
+    if lifespan not in wanted["attributes"] or not (found.get("attributes") or {}).get(lifespan):
+        return wanted
+    return {**wanted, "attributes": {k: v for k, v in wanted["attributes"].items() if k != lifespan}}
+
+
 def _lifespan_notes(admin: Admin, wanted: spec.MintingClient) -> list[str]:
     """Keycloak caps a client's access-token lifespan at the realm's SSO Session Max: say so rather
     than change a realm-wide setting the bridge does not own."""
-    lifespan = int(wanted.representation["attributes"].get("access.token.lifespan") or 0)
+    lifespan = int(wanted.representation["attributes"].get(spec.LIFESPAN_ATTRIBUTE) or 0)
     if not lifespan:
         return []
     session_max = int(admin.get(f"/realms/{admin.realm}").get("ssoSessionMaxLifespan") or 0)

@@ -106,6 +106,7 @@ def client(settings: Settings) -> dict[str, Any]:
 # The Strapi-compatible client's token lifespan: the plugin's JWT lived 30 days and its apps never
 # refresh. Keycloak caps it at the realm's SSO Session Max (checked on 26.7.4).
 STRAPI_TOKEN_LIFESPAN = 30 * 24 * 3600
+LIFESPAN_ATTRIBUTE = "access.token.lifespan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ def _minting_representation(
         "oauth2.jwt.authorization.grant.idp": settings.keycloak_idp_alias,
     }
     if lifespan is not None:
-        attributes["access.token.lifespan"] = str(lifespan)
+        attributes[LIFESPAN_ATTRIBUTE] = str(lifespan)
     return {
         "clientId": client_id,
         "name": name,

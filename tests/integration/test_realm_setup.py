@@ -585,6 +585,16 @@ async def test_apply_makes_the_strapi_per_app_and_audience_objects_and_sign_ins_
     assert jwt["azp"] == "tiktok-bridge-strapi"
     # The client's 30 days, capped by the realm's 10 h as noted (a second's slack for Keycloak's clock).
     assert 36000 - 2 <= jwt["exp"] - jwt["iat"] <= 36000
+    # A shorter lifespan the administrators chose for the Strapi client is theirs: no conflict.
+    with bare.admin() as admin:
+        (strapi_client,) = admin.get(
+            f"/realms/{realm}/clients", params={"clientId": "tiktok-bridge-strapi"}
+        ).json()
+        strapi_client["attributes"]["access.token.lifespan"] = "3600"
+        assert (
+            admin.put(f"/realms/{realm}/clients/{strapi_client['id']}", json=strapi_client).status_code == 204
+        )
+    assert run_apply(bare, realm, settings=settings)[1][-1] == "no changes"
 
     admin = doctor.AdminLogin("admin", ADMIN_PASSWORD)
     checks = await run_doctor(bare, settings, emulator, admin=admin)
