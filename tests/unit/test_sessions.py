@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,15 +24,10 @@ from bridge.model import CodeGrant, IssuedToken
 from bridge.sealing import Sealer, new_key
 from bridge.sessions import Minter, SessionPolicy, SessionService, TikTokGrants, parse_token
 
+if TYPE_CHECKING:
+    from tests.conftest import Clock
+
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -93,11 +89,6 @@ GRANT = CodeGrant(
     access_token="act.1", open_id="-000a", scopes=frozenset(), expires_in=7200, refresh_token="rft.1"
 )
 _ports: tuple[Minter, TikTokGrants] = (FakeMinter(), FakeTikTokGrants())  # the fakes fit the ports
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
