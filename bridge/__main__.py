@@ -109,8 +109,18 @@ def _without_settings(args: argparse.Namespace) -> bool:
     return True
 
 
+def _open_id_attached(argv: Sequence[str]) -> list[str]:
+    """`--open-id -000abc` as `--open-id=-000abc`. TikTok's open_ids often begin with '-', which argparse
+    takes for an option: `sessions end --open-id <open_id>`, as documented, was refused."""
+    args = list(argv)
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--open-id" and not args[i + 1].startswith("--"):
+            return [*args[:i], f"--open-id={args[i + 1]}", *args[i + 2 :]]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_open_id_attached(sys.argv[1:] if argv is None else argv))
     if _without_settings(args):
         return
     if args.command == "serve" and args.admin_port is not None:

@@ -32,12 +32,12 @@ from bridge.rfc8693 import (
     parse_form,
     refresh_response,
 )
+from bridge.sessions import NewSession
 from bridge.web import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from bridge.model import CodeGrant
     from bridge.resources import Resources
     from bridge.sessions import SessionGrant
 
@@ -66,13 +66,15 @@ async def token(request: Request) -> Response:
     answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
     session = await start_session(
         resources,
-        user_id=exchanged.user_id,
-        open_id=exchanged.profile.open_id,
-        scope=exchange_request.scope,
-        tiktok_grant=exchanged.tiktok_grant,
-        jkt=jkt,
-        client_id=client_id,
-        audiences=exchange_request.audiences,
+        NewSession(
+            user_id=exchanged.user_id,
+            open_id=exchanged.profile.open_id,
+            scope=exchange_request.scope,
+            tiktok_grant=exchanged.tiktok_grant,
+            jkt=jkt,
+            client_id=client_id,
+            audiences=exchange_request.audiences,
+        ),
     )
     if session is not None:
         answer |= {"refresh_token": session.refresh_token, "refresh_expires_in": session.refresh_expires_in}
@@ -90,17 +92,7 @@ async def token(request: Request) -> Response:
     return JSONResponse(answer, headers=NO_STORE)
 
 
-async def start_session(
-    resources: Resources,
-    *,
-    user_id: str,
-    open_id: str,
-    scope: tuple[str, ...],
-    tiktok_grant: CodeGrant | None = None,
-    jkt: str | None = None,
-    client_id: str | None = None,
-    audiences: tuple[str, ...] = (),
-) -> SessionGrant | None:
+async def start_session(resources: Resources, new: NewSession) -> SessionGrant | None:
     """A session for a successful sign-in; None when sessions are off or the session store is down.
 
     A Redis outage must not stop sign-ins (the exchange itself is served from memory then): the answer
@@ -109,15 +101,7 @@ async def start_session(
     if resources.sessions is None:
         return None
     try:
-        return await resources.sessions.start(
-            user_id=user_id,
-            open_id=open_id,
-            scope=scope,
-            tiktok_grant=tiktok_grant,
-            jkt=jkt,
-            client_id=client_id,
-            audiences=audiences,
-        )
+        return await resources.sessions.start(new)
     except UpstreamUnavailable as exc:
         log.warning("session not started: the session store is unavailable", extra={"detail": exc.detail})
         return None

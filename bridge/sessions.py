@@ -96,6 +96,19 @@ class SessionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class NewSession:
+    """What a successful sign-in starts a session with: whose it is, and what it may refresh into."""
+
+    user_id: str
+    open_id: str
+    scope: tuple[str, ...]
+    tiktok_grant: CodeGrant | None = None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
+    jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
+    client_id: str | None = None
+    audiences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SessionGrant:
     """What a client is handed with its access token."""
 
@@ -180,35 +193,26 @@ class SessionService:
 
     # ------------------------------------------------------------------------------ starting
 
-    async def start(
-        self,
-        *,
-        user_id: str,
-        open_id: str,
-        scope: tuple[str, ...],
-        tiktok_grant: CodeGrant | None = None,
-        jkt: str | None = None,
-        client_id: str | None = None,
-        audiences: tuple[str, ...] = (),
-    ) -> SessionGrant:
+    async def start(self, new: NewSession) -> SessionGrant:
         now = self._clock()
         session_id = secrets.token_urlsafe(16)
         token, digest = _new_token(session_id)
         sealed_tiktok = None
-        if self._policy.tiktok_recheck and tiktok_grant is not None and tiktok_grant.refresh_token:
-            sealed_tiktok = self._seal_tiktok(tiktok_grant)
+        grant = new.tiktok_grant
+        if self._policy.tiktok_recheck and grant is not None and grant.refresh_token:
+            sealed_tiktok = self._seal_tiktok(grant)
         record = SessionRecord(
-            user_id=user_id,
-            open_id=open_id,
-            scope=scope,
+            user_id=new.user_id,
+            open_id=new.open_id,
+            scope=new.scope,
             created=now,
             last_used=now,
             current=digest,
-            jkt=jkt,
+            jkt=new.jkt,
             tiktok=sealed_tiktok,
             tiktok_checked=now if sealed_tiktok else None,
-            client_id=client_id,
-            audiences=audiences,
+            client_id=new.client_id,
+            audiences=new.audiences,
         )
         await self._save(session_id, record, now)
         SESSIONS.labels("started").inc()

@@ -31,6 +31,7 @@ from bridge.errors import (
 )
 from bridge.model import Caller
 from bridge.rfc8693 import MAX_TOKEN_LENGTH
+from bridge.sessions import NewSession
 from bridge.web import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ async def _connect(request: Request) -> Response:
     exchanged = await exchange.sign_in(profile, ())
     user = await exchange.account(exchanged.user_id)
     answer: dict[str, Any] = {"jwt": exchanged.issued.access_token, "user": strapi_user(user)}
-    session = await start_session(resources, user_id=user.id, open_id=profile.open_id, scope=())
+    session = await start_session(resources, NewSession(user_id=user.id, open_id=profile.open_id, scope=()))
     if session is not None:
         # An extra field the plugin's apps ignore; a new app version can refresh at /token with it.
         answer["refresh_token"] = session.refresh_token

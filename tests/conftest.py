@@ -272,9 +272,44 @@ async def served_bridge(
         yield await anext(bridges)
 
 
+class Clock:
+    """A clock that stands still until a test moves it (`clock.now += DAY`): what a bridge, or a unit
+    under test, judges session lifetimes and token expiry by, instead of the test sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.time()  # real time to start with: Keycloak's tokens are judged by it too
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def bridge(stack: Stack, emulator: TikTokEmulator, flushed_redis: None) -> AsyncIterator[BridgeClient]:
-    async for client in running_bridge(stack.settings(), emulator):
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def bridge_settings(stack: Stack) -> Settings:
+    """What `bridge` is configured with. A module overrides this fixture to configure its bridge."""
+    return stack.settings()
+
+
+@pytest.fixture
+def bridge_clock() -> Callable[[], float]:
+    """The time `bridge` judges sessions by: the real one. A module that moves time overrides this
+    fixture to return `clock`."""
+    return time.time
+
+
+@pytest.fixture
+async def bridge(
+    bridge_settings: Settings,
+    bridge_clock: Callable[[], float],
+    emulator: TikTokEmulator,
+    flushed_redis: None,
+) -> AsyncIterator[BridgeClient]:
+    """An in-process bridge (`bridge_settings`, `bridge_clock`) on an empty Redis."""
+    async with served_bridge(bridge_settings, emulator, bridge_clock) as client:
         yield client
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import time
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import httpx2
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from bridge.doctor import run_checks
 from tests.conftest import _TOKEN_SHAPES, ADMIN_URLS, start_bridge_process
 from tests.integration.test_exchange import linked_users
 
@@ -107,3 +109,46 @@ def test_sigterm_lets_an_in_flight_exchange_finish(
     assert result["response"].status_code == 200, result["response"].text
     assert "Application shutdown complete." in stderr.decode()
     assert len(linked_users(stack, user.open_id)) == 1
+
+
+async def test_the_admin_listener_answers_the_doctors_checks_and_reruns_them_at_most_once_a_minute(
+    stack: Stack, emulator: TikTokEmulator, tiktok_server: ThreadedServer, flushed_redis: None
+) -> None:
+    """`/readyz?verbose=true` on the admin listener answers every check of `bridge doctor`, passed or
+    failed as the doctor judges them (a wrong TikTok secret fails one; the verdict stays ready); asked
+    again within the minute it runs no check; the public listener answers the verdict only."""
+    wrong_secret = "not-the-tiktok-apps-secret"
+    process, base = start_bridge_process(
+        stack, BRIDGE_TIKTOK_API_URL=tiktok_server.url, BRIDGE_TIKTOK_CLIENT_SECRET=wrong_secret
+    )
+    verbose = "/readyz?verbose=true"
+    # TikTok app tokens asked for, before and after each call: the doctor's first check asks for one.
+    asked = [emulator.calls["token"]]
+    try:
+        public = httpx2.get(f"{base}{verbose}", timeout=30)
+        asked.append(emulator.calls["token"])
+        first = httpx2.get(f"{ADMIN_URLS[base]}{verbose}", timeout=60)
+        asked.append(emulator.calls["token"])
+        second = httpx2.get(f"{ADMIN_URLS[base]}{verbose}", timeout=60)
+        asked.append(emulator.calls["token"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    doctor = await run_checks(
+        stack.settings(tiktok_api_url=tiktok_server.url, tiktok_client_secret=wrong_secret)
+    )
+
+    assert (public.status_code, public.json()) == (200, {"status": "ready"})
+    assert (first.status_code, first.headers["cache-control"]) == (200, "no-store")
+    assert first.json() == {
+        "status": "ready",
+        "checks": {"keycloak": "ok", "cache": "ok"},
+        "deployment": [check.as_dict() for check in doctor],
+        "deployment_ok": False,
+    }
+    assert [check.name for check in doctor if not check.ok] == ["tiktok credentials"]
+    assert len(doctor) > 1  # the checks after TikTok's ran, and passed
+    # The public call ran no check, the first admin call ran the doctor, the second (within the minute)
+    # answered what the first found.
+    assert [after - before for before, after in pairwise(asked)] == [0, 1, 0]
+    assert second.json() == first.json()

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import secrets
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +16,11 @@ from joserfc import jwt
 from joserfc.jwt import JWTClaimsRegistry
 
 from bridge.errors import IdentityLinkedElsewhere
-from tests.conftest import BridgeClient, Stack, running_bridge
+from tests.conftest import BridgeClient, Clock, Stack, running_bridge
 from tests.integration.test_exchange import linked_users, realm_keys, verified_claims
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
+    from bridge.settings import Settings
     from devstack.tiktok_emulator import TikTokEmulator
 
 LINKS = "/account/links/tiktok"
@@ -82,13 +80,33 @@ def password_user(stack: Stack) -> tuple[str, str, str]:
         return created.headers["Location"].rsplit("/", 1)[1], username, password
 
 
-def password_token(stack: Stack, username: str, password: str, client_id: str = ACCOUNT_APP) -> str:
+def password_grant(
+    stack: Stack,
+    username: str,
+    password: str,
+    client_id: str = ACCOUNT_APP,
+    *,
+    realm: str | None = None,
+    **form: str,
+) -> dict[str, Any]:
+    """Keycloak's answer to a password grant in `realm` (the app's realm unless named)."""
     answer = httpx2.post(
-        f"{stack.keycloak.url}/realms/{stack.realm}/protocol/openid-connect/token",
-        data={"grant_type": "password", "client_id": client_id, "username": username, "password": password},
+        f"{stack.keycloak.url}/realms/{realm or stack.realm}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": client_id,
+            "username": username,
+            "password": password,
+            **form,
+        },
     )
     assert answer.status_code == 200, answer.text
-    token: str = answer.json()["access_token"]
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def password_token(stack: Stack, username: str, password: str, client_id: str = ACCOUNT_APP) -> str:
+    token: str = password_grant(stack, username, password, client_id)["access_token"]
     return token
 
 
@@ -105,28 +123,15 @@ def access_token_form(emulator: TikTokEmulator, open_id: str) -> dict[str, str]:
     }
 
 
-class Clock:
-    """The bridge's notion of now, moved by tests instead of waiting for tokens to expire."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def bridge_settings(stack: Stack, account_app: str) -> Settings:
+    return stack.settings(link_client_ids=(account_app,), tiktok_redirect_uris=(REDIRECT,))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def bridge(
-    stack: Stack, emulator: TikTokEmulator, flushed_redis: None, account_app: str, clock: Clock
-) -> AsyncIterator[BridgeClient]:
-    settings = stack.settings(link_client_ids=(account_app,), tiktok_redirect_uris=(REDIRECT,))
-    async for client in running_bridge(settings, emulator, clock):
-        yield client
+def bridge_clock(clock: Clock) -> Clock:
+    """Bearer tokens are judged by it: a test moves it past a token's expiry."""
+    return clock
 
 
 async def test_a_password_user_links_tiktok_and_then_signs_in_with_it_as_themselves(
@@ -302,30 +307,16 @@ async def test_bad_bearers_are_401_and_change_nothing(
     elif case == "tampered":
         headers = {"Authorization": f"Bearer {_tampered(token)}"}
     elif case == "other-realm":
-        master = httpx2.post(
-            f"{stack.keycloak.url}/realms/master/protocol/openid-connect/token",
-            data={
-                "grant_type": "password",
-                "client_id": "admin-cli",
-                "username": "admin",
-                "password": "admin",
-            },
-        ).json()["access_token"]
+        keycloak = stack.keycloak
+        master = password_grant(
+            stack, keycloak.admin_username, keycloak.admin_password, "admin-cli", realm="master"
+        )["access_token"]
         headers = {"Authorization": f"Bearer {master}"}
     elif case == "other-client":
         # admin-cli exists in every realm with direct access grants, and is not allowed to link.
         headers = {"Authorization": f"Bearer {password_token(stack, username, password, 'admin-cli')}"}
     elif case == "id-token":
-        id_token = httpx2.post(
-            f"{stack.keycloak.url}/realms/{stack.realm}/protocol/openid-connect/token",
-            data={
-                "grant_type": "password",
-                "client_id": ACCOUNT_APP,
-                "username": username,
-                "password": password,
-                "scope": "openid",
-            },
-        ).json()["id_token"]
+        id_token = password_grant(stack, username, password, scope="openid")["id_token"]
         headers = {"Authorization": f"Bearer {id_token}"}
     else:
         with stack.admin() as admin:

@@ -11,42 +11,25 @@ import httpx2
 import pytest
 from oauthlib.oauth2 import WebApplicationClient
 
-from tests.conftest import BridgeClient, Stack, running_bridge, served_bridge
+from tests.conftest import BridgeClient, Clock, Stack, running_bridge, served_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
+    from bridge.settings import Settings
     from devstack.tiktok_emulator import EmulatedUser, TikTokEmulator
 
 DAY = 86400.0
 REDIRECT = "https://app.example/callback"
 
 
-class Clock:
-    """The time the bridge judges sessions by; moved by tests instead of sleeping."""
-
-    def __init__(self) -> None:
-        import time  # noqa: PLC0415
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def bridge_settings(stack: Stack) -> Settings:
+    return stack.settings(session_reuse_grace=5.0, tiktok_redirect_uris=(REDIRECT,))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def bridge(
-    stack: Stack, emulator: TikTokEmulator, flushed_redis: None, clock: Clock
-) -> AsyncIterator[BridgeClient]:
-    settings = stack.settings(session_reuse_grace=5.0, tiktok_redirect_uris=(REDIRECT,))
-    async for client in running_bridge(settings, emulator, clock):
-        yield client
+def bridge_clock(clock: Clock) -> Clock:
+    return clock
 
 
 async def signed_in(bridge: BridgeClient, emulator: TikTokEmulator) -> tuple[str, dict[str, Any]]:

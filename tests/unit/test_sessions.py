@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,17 +22,19 @@ from bridge.errors import (
 )
 from bridge.model import CodeGrant, IssuedToken
 from bridge.sealing import Sealer, new_key
-from bridge.sessions import Minter, SessionPolicy, SessionService, TikTokGrants, parse_token
+from bridge.sessions import (
+    Minter,
+    NewSession,
+    SessionPolicy,
+    SessionService,
+    TikTokGrants,
+    parse_token,
+)
+
+if TYPE_CHECKING:
+    from tests.conftest import Clock
 
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -96,11 +99,6 @@ _ports: tuple[Minter, TikTokGrants] = (FakeMinter(), FakeTikTokGrants())  # the 
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def minter() -> FakeMinter:
     return FakeMinter()
 
@@ -138,7 +136,7 @@ def sessions(
 
 async def start(sessions: SessionService, grant: CodeGrant | None = None, jkt: str | None = None) -> str:
     started = await sessions.start(
-        user_id="kc-1", open_id="-000a", scope=("openid", "profile"), tiktok_grant=grant, jkt=jkt
+        NewSession(user_id="kc-1", open_id="-000a", scope=("openid", "profile"), tiktok_grant=grant, jkt=jkt)
     )
     assert started.refresh_expires_in == int(30 * DAY)
     return started.refresh_token
@@ -242,7 +240,9 @@ async def test_audiences_and_app_are_kept_and_may_narrow_but_never_widen(
 ) -> None:
     """A refresh mints for the session's app and audiences, may ask for fewer, and never for another."""
     started = await sessions.start(
-        user_id="kc-1", open_id="-000a", scope=(), client_id="ios", audiences=("orders", "billing")
+        NewSession(
+            user_id="kc-1", open_id="-000a", scope=(), client_id="ios", audiences=("orders", "billing")
+        )
     )
     kept = await sessions.refresh(started.refresh_token, (), client_id="ios")
     narrowed = await sessions.refresh(kept.grant.refresh_token, (), client_id="ios", audiences=("orders",))
