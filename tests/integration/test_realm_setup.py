@@ -596,8 +596,7 @@ async def test_apply_makes_the_strapi_per_app_and_audience_objects_and_sign_ins_
         )
     assert run_apply(bare, realm, settings=settings)[1][-1] == "no changes"
 
-    admin = doctor.AdminLogin("admin", ADMIN_PASSWORD)
-    checks = await run_doctor(bare, settings, emulator, admin=admin)
+    checks = await run_doctor(bare, settings, emulator, admin=doctor.AdminLogin("admin", ADMIN_PASSWORD))
     assert failing(checks) == set(), [c.line() for c in checks.values()]
     for name in ("jwt grant", "jwt grant as 'tiktok-bridge-strapi'", "jwt grant as 'kc-ios'"):
         assert name in checks
