@@ -1,6 +1,7 @@
 """Paired A/B of the bridge's CPU per warm exchange: a base revision against this checkout.
 
     .venv/bin/python -m bench.ab [--base main] [--runs 6] [--seconds 5] [--upstream stub|keycloak]
+                                 [--b-python OTHER_VENV/bin/python]
 
 What a change to the hot path buys, measured so that machine noise hides little: both versions run at
 once on one stack, as `bridge serve --workers 1` from two source trees (the base exported with
@@ -14,6 +15,9 @@ token answer captured once, as `scripts/bench`'s bridge-only run does: the bridg
 JVM idle. `--upstream keycloak` sends the grants to the real Keycloak (co-located, as deployed on one
 machine). Returning users are provisioned once through the stack's own bridge; each version then warms
 its own cache entries before it is measured.
+
+`--b-python` runs B with another interpreter: the same code with one more package (uvloop, hiredis)
+installed in another environment, say, with `--base HEAD` for A.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from devstack.keycloak import free_port, progress, reusable_instance_dir
 class Variant:
     name: str
     tree: Path
+    python: str = sys.executable
     url: str = ""
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
@@ -92,7 +97,7 @@ def start_variant(variant: Variant, env: dict[str, str], work: Path) -> None:
     variant.log = work / f"bridge-{variant.name}.log"
     variant.process = subprocess.Popen(
         [
-            sys.executable,
+            variant.python,
             "-m",
             "bridge",
             "serve",
@@ -147,6 +152,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--warm-users", type=int, default=50)
     parser.add_argument("--upstream", choices=("stub", "keycloak"), default="stub")
+    parser.add_argument("--b-python", default=sys.executable, help="interpreter of version B")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
@@ -154,7 +160,7 @@ def main() -> None:
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     variants = [
         Variant("A", export_tree(args.base, work / "tree-a")),
-        Variant("B", ROOT),
+        Variant("B", ROOT, args.b_python),
     ]
     extra: list[subprocess.Popen[bytes]] = []
     with reusable_instance_dir("bench") as instance_dir:
@@ -259,11 +265,10 @@ def main() -> None:
     a, b = variants
     ratios = [y / x for x, y in zip(a.cpu_ms, b.cpu_ms, strict=True)]
     print()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}: A = {args.base}, B = this working tree ({args.b_python})")
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M')}: A = {args.base}, B = this working tree; upstream {args.upstream}; "
-    )
-    print(
-        f"{args.runs} runs of {args.seconds} s each, alternating, wrk {args.connections} connections, 1 worker"
+        f"upstream {args.upstream}; {args.runs} runs of {args.seconds} s each, alternating, "
+        f"wrk {args.connections} connections, 1 worker"
     )
     print(f"{'':34} {'A':>22} {'B':>22}")
     print(f"{'bridge CPU per warm exchange, ms':34} {cell(a.cpu_ms):>22} {cell(b.cpu_ms):>22}")
