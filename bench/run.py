@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stub_upstream import token_subject
 from bridge.assertions import AssertionSigner, load_key
+from devstack.bridge_env import bridge_variables, realm_variables
 from devstack.keycloak import (
     KEYCLOAK_VERSION,
     KeycloakServer,
@@ -183,31 +184,27 @@ def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) ->
     redis.start()
     keycloak = KeycloakServer(
         instance_dir=instance_dir,
-        realm_env={
-            "BRIDGE_KEYCLOAK_REALM": REALM,
-            "BRIDGE_KEYCLOAK_CLIENT_ID": CLIENT_ID,
-            "BRIDGE_KEYCLOAK_CLIENT_SECRET": CLIENT_SECRET,
-            "BRIDGE_ISSUER": bridge_url,
-            "BRIDGE_JWKS_URL": f"{bridge_url}/.well-known/jwks.json",
-        },
+        realm_env=realm_variables(
+            realm=REALM, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, issuer=bridge_url
+        ),
     )
     env = {
         **os.environ,
-        "BRIDGE_TIKTOK_CLIENT_KEY": "emulated-client-key",
-        "BRIDGE_TIKTOK_CLIENT_SECRET": "emulated-client-secret",
-        "BRIDGE_TIKTOK_API_URL": emulator_url,
-        "BRIDGE_KEYCLOAK_URL": keycloak.url,
-        "BRIDGE_KEYCLOAK_REALM": REALM,
-        "BRIDGE_KEYCLOAK_CLIENT_ID": CLIENT_ID,
-        "BRIDGE_KEYCLOAK_CLIENT_SECRET": CLIENT_SECRET,
-        "BRIDGE_ISSUER": bridge_url,
-        "BRIDGE_SIGNING_KEY_FILE": str(key_file),
-        "BRIDGE_REDIS_URL": redis.url,
-        "BRIDGE_RATE_LIMIT_ENABLED": "false",
-        # The emulator's quota is lifted (below), so the bridge's own spending of it is too; its cost
-        # (one moving-window script per TikTok call) is still paid and measured.
-        "BRIDGE_TIKTOK_USER_INFO_QUOTA": "100000/minute",
-        "BRIDGE_LOG_LEVEL": "WARNING",
+        **bridge_variables(
+            tiktok_api_url=emulator_url,
+            keycloak_url=keycloak.url,
+            realm=REALM,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            issuer=bridge_url,
+            signing_key_file=key_file,
+            redis_url=redis.url,
+            BRIDGE_RATE_LIMIT_ENABLED="false",
+            # The emulator's quota is lifted (below), so the bridge's own spending of it is too; its
+            # cost (one moving-window script per TikTok call) is still paid and measured.
+            BRIDGE_TIKTOK_USER_INFO_QUOTA="100000/minute",
+            BRIDGE_LOG_LEVEL="WARNING",
+        ),
     }
     stack = Stack(
         keycloak=keycloak,
