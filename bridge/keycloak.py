@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 import logging
 import time
@@ -31,8 +32,6 @@ from urllib.parse import urlencode
 
 import aiohttp
 import httpx2
-from joserfc import jws
-from joserfc.errors import JoseError
 
 from bridge import keys
 from bridge.errors import (
@@ -70,12 +69,17 @@ class _AdminToken:
 
 def _subject(access_token: str) -> str | None:
     """The `sub` of a token Keycloak just handed us over our own authenticated connection (so it is
-    read, not verified): the user the token is for, whoever the bridge's cache said."""
-    try:
-        payload = json.loads(jws.extract_compact(access_token.encode()).payload)
-    except (JoseError, ValueError, UnicodeDecodeError):
+    read, not verified): the user the token is for, whoever the bridge's cache said. Only the payload
+    segment is decoded (half the CPU of joserfc's whole compact parsing, on every exchange)."""
+    parts = access_token.split(".")
+    if len(parts) != 3:  # noqa: PLR2004 - header, payload, signature
         return None
-    subject = payload.get("sub") if isinstance(payload, dict) else None
+    payload = parts[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    subject = claims.get("sub") if isinstance(claims, dict) else None
     return subject if isinstance(subject, str) else None
 
 
