@@ -481,7 +481,8 @@ class KeycloakClient:
         if content is None:
             raise UpstreamProtocolError("keycloak", f"{self._grant_name}: answer too large")
         if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-            # Overloaded or restarting: the grant was not carried out (not repeated all the same).
+            # Overloaded or restarting: not carried out, so retryable (guarded_call never repeats a
+            # grant all the same: the assertion's jti is single-use).
             raise UpstreamUnavailable("keycloak", f"{self._grant_name}: HTTP {status}", retryable=True)
         return status, content
 

@@ -39,11 +39,12 @@ if TYPE_CHECKING:
     from bridge.settings import Settings
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
-# The JWT grant's connections to Keycloak, per worker process. A worker saturates its core from 8 to 32
-# exchanges in flight (bench/README.md), each holding one connection for its grant; past 64, a grant
-# waits for a free connection (within the connect timeout) instead of opening yet another socket to a
-# Keycloak that is then the bottleneck anyway.
-TOKEN_CONNECTIONS = 64
+# The JWT grant's connections to Keycloak, per worker process: as many as the worker serves requests at
+# once (`server.DEFAULT_LIMIT_CONCURRENCY`), each holding at most one for its grant, so a grant never
+# waits for the pool. A wait there would end as a timeout, which the breaker counts as a Keycloak outage
+# (httpx2's pool, which carried the grant before, allowed 200). Only as many are open as were in flight
+# in the last TOKEN_KEEPALIVE_SECONDS: a worker saturates its core at 8 to 32 (bench/README.md).
+TOKEN_CONNECTIONS = 256
 # Idle connections are closed by us after this long: well under the usual idle timeouts of proxies and
 # load balancers (60 s and more), so that we, not they, close a kept-alive connection (a POST sent on a
 # connection the other side is closing at that moment fails, and a grant is never repeated).

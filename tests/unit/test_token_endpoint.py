@@ -29,7 +29,8 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.keycloak import MAX_RESPONSE_BYTES, KeycloakClient
-from bridge.resources import env_proxy, token_session
+from bridge.resources import TOKEN_CONNECTIONS, env_proxy, token_session
+from bridge.server import DEFAULT_LIMIT_CONCURRENCY
 from bridge.tracing import Tracing
 from devstack.keycloak import free_port
 from tests.unit.fake_token_endpoint import TOKEN, Answer, FakeTokenEndpoint, LoopbackResolver
@@ -255,6 +256,12 @@ async def test_connections_are_kept_alive_and_reused(
         await asyncio.gather(*(keycloak.issue_token(ASSERTION, ()) for _ in range(16)))
     assert endpoint.connections == opened
     assert len(endpoint.requests) == 30 + 4 * 16
+
+
+def test_a_grant_never_waits_for_a_pooled_connection() -> None:
+    """The token session may hold a connection for every request a worker serves at once: a grant never
+    queues for the pool (a wait there would end as a timeout, counted by the breaker as an outage)."""
+    assert TOKEN_CONNECTIONS >= DEFAULT_LIMIT_CONCURRENCY
 
 
 async def test_cookies_are_never_sent_back(keycloak: KeycloakClient, endpoint: FakeTokenEndpoint) -> None:
