@@ -163,6 +163,7 @@ def main() -> None:
         Variant("B", ROOT, args.b_python),
     ]
     extra: list[subprocess.Popen[bytes]] = []
+    stub_stats: dict[str, int] = {}
     with reusable_instance_dir("bench") as instance_dir:
         progress("starting the stack")
         stack = start_stack(work, key_file, 1, instance_dir)
@@ -256,12 +257,20 @@ def main() -> None:
                         f"run {run + 1}/{args.runs} {variant.name}: {variant.cpu_ms[-1]:.3f} ms CPU per "
                         f"exchange, {measured.per_second:.0f}/s"
                     )
+            if args.upstream == "stub":
+                # Connections the two bridges opened to the stand-in over every run: a handful each,
+                # not one per exchange.
+                stub_stats = httpx2.get(f"{env['BRIDGE_KEYCLOAK_URL']}/_stub/stats").json()
         finally:
             for process in extra:
                 process.terminate()
             for process in extra:
                 process.wait(timeout=30)
             stack.stop()
+    report(variants, args, stub_stats)
+
+
+def report(variants: list[Variant], args: argparse.Namespace, stub_stats: dict[str, int]) -> None:
     a, b = variants
     ratios = [y / x for x, y in zip(a.cpu_ms, b.cpu_ms, strict=True)]
     print()
@@ -276,6 +285,11 @@ def main() -> None:
     for name in ("keycloak_token", "keycloak_admin", "redis", "tiktok_user_info"):
         print(
             f"{name + ' per exchange':34} {cell(a.calls[name], '{:.2f}'):>22} {cell(b.calls[name], '{:.2f}'):>22}"
+        )
+    if stub_stats:
+        print(
+            f"stand-in token endpoint: {stub_stats['requests']} requests over "
+            f"{stub_stats['connections']} TCP connections (both bridges, warm-ups included)"
         )
     print(
         f"CPU ratio B/A, paired: median {statistics.median(ratios):.3f} (spread {min(ratios):.3f}-{max(ratios):.3f})"
