@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -267,6 +268,7 @@ def main() -> None:
             for process in extra:
                 process.wait(timeout=30)
             stack.stop()
+            shutil.rmtree(work, ignore_errors=True)
     report(variants, args, stub_stats)
 
 
