@@ -43,7 +43,9 @@ from joserfc.jwk import ECKey
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.stub_upstream import token_subject
 from bridge.assertions import AssertionSigner, load_key
+from devstack.bridge_env import bridge_variables, realm_variables
 from devstack.keycloak import (
     KEYCLOAK_VERSION,
     KeycloakServer,
@@ -182,31 +184,27 @@ def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) ->
     redis.start()
     keycloak = KeycloakServer(
         instance_dir=instance_dir,
-        realm_env={
-            "BRIDGE_KEYCLOAK_REALM": REALM,
-            "BRIDGE_KEYCLOAK_CLIENT_ID": CLIENT_ID,
-            "BRIDGE_KEYCLOAK_CLIENT_SECRET": CLIENT_SECRET,
-            "BRIDGE_ISSUER": bridge_url,
-            "BRIDGE_JWKS_URL": f"{bridge_url}/.well-known/jwks.json",
-        },
+        realm_env=realm_variables(
+            realm=REALM, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, issuer=bridge_url
+        ),
     )
     env = {
         **os.environ,
-        "BRIDGE_TIKTOK_CLIENT_KEY": "emulated-client-key",
-        "BRIDGE_TIKTOK_CLIENT_SECRET": "emulated-client-secret",
-        "BRIDGE_TIKTOK_API_URL": emulator_url,
-        "BRIDGE_KEYCLOAK_URL": keycloak.url,
-        "BRIDGE_KEYCLOAK_REALM": REALM,
-        "BRIDGE_KEYCLOAK_CLIENT_ID": CLIENT_ID,
-        "BRIDGE_KEYCLOAK_CLIENT_SECRET": CLIENT_SECRET,
-        "BRIDGE_ISSUER": bridge_url,
-        "BRIDGE_SIGNING_KEY_FILE": str(key_file),
-        "BRIDGE_REDIS_URL": redis.url,
-        "BRIDGE_RATE_LIMIT_ENABLED": "false",
-        # The emulator's quota is lifted (below), so the bridge's own spending of it is too; its cost
-        # (one moving-window script per TikTok call) is still paid and measured.
-        "BRIDGE_TIKTOK_USER_INFO_QUOTA": "100000/minute",
-        "BRIDGE_LOG_LEVEL": "WARNING",
+        **bridge_variables(
+            tiktok_api_url=emulator_url,
+            keycloak_url=keycloak.url,
+            realm=REALM,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            issuer=bridge_url,
+            signing_key_file=key_file,
+            redis_url=redis.url,
+            BRIDGE_RATE_LIMIT_ENABLED="false",
+            # The emulator's quota is lifted (below), so the bridge's own spending of it is too; its
+            # cost (one moving-window script per TikTok call) is still paid and measured.
+            BRIDGE_TIKTOK_USER_INFO_QUOTA="100000/minute",
+            BRIDGE_LOG_LEVEL="WARNING",
+        ),
     }
     stack = Stack(
         keycloak=keycloak,
@@ -504,8 +502,9 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
 
     progress(f"provisioning {args.warm_users} returning users")
     warm = new_tokens(stack.emulator_url, args.warm_users)
+    user_ids: dict[str, str] = {}  # open_id -> Keycloak user id, for the bridge-only run's stand-in
     with httpx2.Client(timeout=30) as client:
-        for _, token in warm:
+        for open_id, token in warm:
             # A Keycloak fresh from start-up (cold JIT) on a loaded machine may exceed the bridge's 5 s
             # timeout: the bridge then answers 503 and the sign-in is tried again, a bounded number of times.
             for attempt in range(PROVISION_ATTEMPTS):
@@ -517,6 +516,7 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
                 raise RuntimeError(
                     f"provisioning a returning user: HTTP {answer.status_code} {answer.text[:300]}"
                 )
+            user_ids[open_id] = token_subject(answer.json()["access_token"])
         audience = client.get(f"{stack.keycloak.url}/realms/{REALM}/.well-known/openid-configuration").json()[
             "issuer"
         ]
@@ -567,7 +567,7 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
     if "pinned" not in args.skip:
         pinned(bench, grant_url, token_url, warm_bodies, baseline_run)
     if "bridge-only" not in args.skip:
-        bridge_only(bench, grant_url, signer, audience, warm_bodies, warm)
+        bridge_only(bench, grant_url, signer, audience, warm_bodies, warm, user_ids)
     if "first" not in args.skip:
         first_sign_ins(bench, token_url)
     if "refresh" not in args.skip:
@@ -646,9 +646,11 @@ def bridge_only(
     audience: str,
     warm_bodies: Path,
     warm: list[tuple[str, str]],
+    user_ids: dict[str, str],
 ) -> None:
     """One bridge worker alone on one core, against a stand-in answering a real Keycloak token (captured
-    once here) at almost no cost on the other core: the bridge's own ceiling per core."""
+    once here, and given each user's own `sub`) at almost no cost on the other core: the bridge's own
+    ceiling per core."""
     stack, args = bench.stack, bench.args
     answer = httpx2.post(
         grant_url,
@@ -664,6 +666,8 @@ def bridge_only(
     assert answer.status_code == 200, answer.text
     answer_file = stack.work / "token-answer.json"
     answer_file.write_bytes(answer.content)
+    users_file = stack.work / "users.json"
+    users_file.write_text(json.dumps(user_ids))
     stub_port, bridge_port = free_port(), free_port()
     stub_url, bridge_url = f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{bridge_port}"
     stub = subprocess.Popen(
@@ -678,6 +682,8 @@ def bridge_only(
             str(stub_port),
             "--answer-file",
             str(answer_file),
+            "--users",
+            str(users_file),
             "--issuer",
             audience,
         ],

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
     import httpx2
+    from aiohttp.abc import AbstractResolver
     from starlette.requests import Request
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -234,16 +235,24 @@ def create_app(
     mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
     span_exporter: object = None,
     clock: Callable[[], float] | None = None,
+    token_resolver: AbstractResolver | None = None,
 ) -> Starlette:
-    """Build the app. Test seams: `mounts` routes outbound calls to test transports (e.g. the TikTok
-    emulator); `span_exporter` receives the spans when tracing is enabled; `clock` is the time sessions
-    are judged by (expiry tests without sleeping)."""
+    """Build the app. Test seams: `mounts` routes outbound httpx2 calls to test transports (e.g. the
+    TikTok emulator); `token_resolver` is where the JWT grant's aiohttp session looks host names up (a
+    fake token endpoint on a loopback port); `span_exporter` receives the spans when tracing is enabled;
+    `clock` is the time sessions are judged by (expiry tests without sleeping)."""
     resolved = settings if settings is not None else Settings.load()
     tracing = Tracing.from_settings(resolved, span_exporter)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        resources = Resources.from_settings(resolved, mounts=mounts, clock=clock)
+        resources = Resources.from_settings(
+            resolved,
+            mounts=mounts,
+            clock=clock,
+            trace_configs=tracing.client_trace_configs() if tracing is not None else (),
+            token_resolver=token_resolver,
+        )
         app.state.resources = resources
         # Key ids are public (RFC 7638 thumbprints); they let an operator follow a rotation in the logs.
         log.info(

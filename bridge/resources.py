@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+import aiohttp
 import httpx2
 from limits.aio.storage import MemoryStorage, Storage
 
@@ -28,14 +31,70 @@ from bridge.sessions import SessionPolicy, SessionService
 from bridge.tiktok import TikTokClient
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
+
+    from aiohttp.abc import AbstractResolver
 
     from bridge.ports import Cache
     from bridge.settings import Settings
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
+# The JWT grant's connections to Keycloak, per worker process: as many as the worker serves requests at
+# once (`server.DEFAULT_LIMIT_CONCURRENCY`), each holding at most one for its grant, so a grant never
+# waits for the pool. A wait there would end as a timeout, which the breaker counts as a Keycloak outage
+# (httpx2's pool, which carried the grant before, allowed 200). Only as many are open as were in flight
+# in the last TOKEN_KEEPALIVE_SECONDS: a worker saturates its core at 8 to 32 (bench/README.md).
+TOKEN_CONNECTIONS = 256
+# Idle connections are closed by us after this long: well under the usual idle timeouts of proxies and
+# load balancers (60 s and more), so that we, not they, close a kept-alive connection (a POST sent on a
+# connection the other side is closing at that moment fails, and a grant is never repeated).
+TOKEN_KEEPALIVE_SECONDS = 15.0
 
 log = logging.getLogger(__name__)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy that HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY name for `url`, if any. httpx2 obeys
+    them for its calls, so the token session does too; aiohttp's own `trust_env` would read them (and
+    ~/.netrc) in a thread on every request, so they are read once, here."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def token_session(
+    settings: Settings,
+    *,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    resolver: AbstractResolver | None = None,
+) -> aiohttp.ClientSession:
+    """The aiohttp session of the JWT grant (`KeycloakClient.issue_token`), the one outbound call of
+    every exchange and refresh; everything else goes through the httpx2 client. Built in the lifespan
+    (it needs the running loop) and closed at shutdown.
+
+    Kept-alive connections, reused across exchanges; no cookie jar (a token endpoint must never carry
+    one user's cookies into another's request); status codes are read, never raised; the same timeouts
+    as the httpx2 client: `connect` covers waiting for a pooled connection (httpx2's pool timeout),
+    `sock_connect` the TCP connect, `sock_read` each read. `resolver` is a test seam, as `mounts` is for
+    httpx2: where host names lead (tests: a fake token endpoint on a loopback port)."""
+    timeout = settings.http_timeout
+    connector = aiohttp.TCPConnector(
+        limit=TOKEN_CONNECTIONS, keepalive_timeout=TOKEN_KEEPALIVE_SECONDS, resolver=resolver
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=min(2.0, timeout), sock_read=timeout
+        ),
+        headers={"User-Agent": USER_AGENT},
+        cookie_jar=aiohttp.DummyCookieJar(),
+        raise_for_status=False,
+        trust_env=False,
+        proxy=env_proxy(settings.keycloak_base_url),
+        trace_configs=list(trace_configs) or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -44,6 +103,8 @@ class Resources:
 
     settings: Settings
     http: httpx2.AsyncClient
+    # The JWT grant's own client (`token_session`): the hot path, kept off httpx2 for its CPU cost.
+    token_http: aiohttp.ClientSession
     # The one Redis client (cache, rate limits, tracing), None when no Redis is configured.
     redis: RedisConnection | None
     cache: Cache
@@ -72,6 +133,28 @@ class Resources:
         *,
         mounts: Mapping[str, httpx2.AsyncBaseTransport] | None = None,
         clock: Callable[[], float] | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        token_resolver: AbstractResolver | None = None,
+    ) -> Resources:
+        """Open every client. Called with the event loop running (the lifespan, or a command's
+        coroutine). `trace_configs` and `token_resolver` go to `token_session`."""
+        token_http = token_session(settings, trace_configs=trace_configs, resolver=token_resolver)
+        try:
+            return cls._assemble(settings, token_http, mounts=mounts, clock=clock)
+        except BaseException:
+            # A setting refused on the way: nothing was sent yet, so the session holds no connection
+            # and is dropped without the "unclosed client session" warning.
+            token_http.detach()
+            raise
+
+    @classmethod
+    def _assemble(
+        cls,
+        settings: Settings,
+        token_http: aiohttp.ClientSession,
+        *,
+        mounts: Mapping[str, httpx2.AsyncBaseTransport] | None,
+        clock: Callable[[], float] | None,
     ) -> Resources:
         signer = signer_from_settings(settings)
         timeout = httpx2.Timeout(settings.http_timeout, connect=min(2.0, settings.http_timeout))
@@ -110,6 +193,7 @@ class Resources:
         keycloak = KeycloakClient(
             http,
             cache,
+            token_http=token_http,
             base_url=settings.keycloak_base_url,
             realm=settings.keycloak_realm,
             client_id=settings.keycloak_client_id,
@@ -196,6 +280,7 @@ class Resources:
         return cls(
             settings=settings,
             http=http,
+            token_http=token_http,
             redis=redis,
             cache=cache,
             signer=signer,
@@ -235,6 +320,7 @@ class Resources:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.token_http.close()
         await self.cache.aclose()
         if self.redis is not None:
             await self.redis.aclose()

@@ -8,6 +8,14 @@ globally, so several apps in one process (tests) do not fight over it.
 What spans may carry: URLs (no token is ever in a URL the bridge calls or serves), status codes, and for
 Redis the command with its arguments sanitised away (keys are hashed anyway; values, such as the cached
 service-account token, must never reach a span).
+
+The JWT grant goes through aiohttp (`resources.token_session`), traced by hooks of our own
+(`client_trace_configs`) rather than opentelemetry-instrumentation-aiohttp-client: that package pins
+opentelemetry-instrumentation and the API to one release behind the ones locked here (0.66b1 and
+1.45.1, against 0.66b2 and 1.45.2, whose propagator refuses overlong `traceparent` headers), and adding
+it would roll the whole tracing stack back. The hooks make the span the httpx2 instrumentation makes:
+named after the method, kind CLIENT, `http.method`, `http.url`, `http.status_code`, an error status
+from 400 on, and the W3C trace context injected into the request's headers.
 """
 
 from __future__ import annotations
@@ -15,9 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from bridge.errors import ServerError
 
 if TYPE_CHECKING:
+    from types import SimpleNamespace
+
     from starlette.applications import Starlette
 
     from bridge.resources import Resources
@@ -67,6 +79,46 @@ class Tracing:
         HTTPX2ClientInstrumentor.instrument_client(resources.http, tracer_provider=self.provider)  # type: ignore[arg-type]
         if resources.redis is not None:
             RedisInstrumentor.instrument_client(resources.redis.client, tracer_provider=self.provider)
+
+    def client_trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """Hooks giving each request of an aiohttp session a client span (see the module docstring)."""
+        from opentelemetry import propagate, trace  # noqa: PLC0415
+
+        tracer = self.provider.get_tracer(__name__)
+
+        async def started(
+            _session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+        ) -> None:
+            span = tracer.start_span(
+                params.method,
+                kind=trace.SpanKind.CLIENT,
+                attributes={"http.method": params.method, "http.url": str(params.url.with_user(None))},
+            )
+            context.span = span
+            propagate.inject(params.headers, context=trace.set_span_in_context(span))
+
+        async def ended(
+            _session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+        ) -> None:
+            status = params.response.status
+            context.span.set_attribute("http.status_code", status)
+            if status >= 400:  # noqa: PLR2004 - a client span is an error from 400 on (OTel HTTP semconv)
+                context.span.set_status(trace.StatusCode.ERROR)
+            context.span.end()
+
+        async def failed(
+            _session: aiohttp.ClientSession,
+            context: SimpleNamespace,
+            params: aiohttp.TraceRequestExceptionParams,
+        ) -> None:
+            context.span.set_status(trace.StatusCode.ERROR, type(params.exception).__name__)
+            context.span.end()
+
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(started)
+        config.on_request_end.append(ended)
+        config.on_request_exception.append(failed)
+        return [config]
 
     def shutdown(self) -> None:
         self.provider.shutdown()

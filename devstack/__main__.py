@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from devstack.bridge_env import realm_variables
 from devstack.keycloak import ROOT, SetupError, progress, start_keycloak
 
 DEV_CLIENT_SECRET = "dev-only-keycloak-client-secret"  # noqa: S105 - local development realm only
@@ -90,14 +91,13 @@ def main() -> None:
         wait_http(f"{bridge_url}/healthz", "the bridge")
         keycloak = start_keycloak(
             Path(env["BRIDGE_DATA_DIR"]) / "keycloak",
-            {
-                "BRIDGE_KEYCLOAK_REALM": "app",
-                "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
-                "BRIDGE_KEYCLOAK_CLIENT_SECRET": DEV_CLIENT_SECRET,
-                "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET": DEV_STRAPI_CLIENT_SECRET,
-                "BRIDGE_ISSUER": bridge_url,
-                "BRIDGE_JWKS_URL": f"{bridge_url}/.well-known/jwks.json",
-            },
+            realm_variables(
+                realm="app",
+                client_id="tiktok-bridge",
+                client_secret=DEV_CLIENT_SECRET,
+                issuer=bridge_url,
+                BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET=DEV_STRAPI_CLIENT_SECRET,
+            ),
             http_port=args.keycloak_port,
         )
         progress(

@@ -29,6 +29,12 @@ from bridge.app import create_app
 from bridge.logs import redact
 from bridge.settings import Settings
 from devstack import keycloak as devstack_keycloak
+from devstack.bridge_env import (
+    EMULATOR_CLIENT_KEY,
+    EMULATOR_CLIENT_SECRET,
+    bridge_variables,
+    realm_variables,
+)
 from devstack.keycloak import (
     KeycloakServer,
     fetch_distribution,
@@ -52,8 +58,8 @@ hypothesis.settings.register_profile(
 )
 
 TIKTOK_API = "https://open.tiktokapis.com"
-CLIENT_KEY = "emulated-client-key"
-CLIENT_SECRET = "emulated-client-secret"
+CLIENT_KEY = EMULATOR_CLIENT_KEY
+CLIENT_SECRET = EMULATOR_CLIENT_SECRET
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -101,21 +107,19 @@ class Stack:
 
     def env(self, **overrides: str) -> dict[str, str]:
         """The same configuration as BRIDGE_* variables, for a bridge started as a process."""
-        settings = self.settings()
-        env = {
-            "BRIDGE_TIKTOK_CLIENT_KEY": settings.tiktok_client_key,
-            "BRIDGE_TIKTOK_CLIENT_SECRET": CLIENT_SECRET,
-            "BRIDGE_TIKTOK_API_URL": TIKTOK_API,
-            "BRIDGE_KEYCLOAK_URL": self.keycloak.url,
-            "BRIDGE_KEYCLOAK_REALM": self.realm,
-            "BRIDGE_KEYCLOAK_CLIENT_ID": self.client_id,
-            "BRIDGE_KEYCLOAK_CLIENT_SECRET": self.client_secret,
-            "BRIDGE_ISSUER": self.issuer,
-            "BRIDGE_SIGNING_KEY_FILE": str(self.signing_key_file),
-            "BRIDGE_REDIS_URL": self.redis.url,
-        }
-        env.update(overrides)
-        return env
+        return bridge_variables(
+            tiktok_api_url=TIKTOK_API,
+            keycloak_url=self.keycloak.url,
+            realm=self.realm,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            issuer=self.issuer,
+            signing_key_file=self.signing_key_file,
+            redis_url=self.redis.url,
+            tiktok_client_key=CLIENT_KEY,
+            tiktok_client_secret=CLIENT_SECRET,
+            **overrides,
+        )
 
     def admin(self) -> httpx2.Client:
         """A master-realm admin client, for tests to inspect and change Keycloak directly."""
@@ -153,15 +157,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     KNOWN_SECRETS.update({client_secret, strapi_client_secret, example_app_secret})
     jwks_port = free_port()
     issuer = f"http://127.0.0.1:{jwks_port}"
-    realm_env = {
-        "BRIDGE_KEYCLOAK_REALM": realm,
-        "BRIDGE_KEYCLOAK_CLIENT_ID": client_id,
-        "BRIDGE_KEYCLOAK_CLIENT_SECRET": client_secret,
-        "BRIDGE_ISSUER": issuer,
-        "BRIDGE_JWKS_URL": f"{issuer}/.well-known/jwks.json",
-        "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET": strapi_client_secret,
-        "BRIDGE_EXAMPLE_APP_KEYCLOAK_CLIENT_SECRET": example_app_secret,
-    }
+    realm_env = realm_variables(
+        realm=realm,
+        client_id=client_id,
+        client_secret=client_secret,
+        issuer=issuer,
+        BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET=strapi_client_secret,
+        BRIDGE_EXAMPLE_APP_KEYCLOAK_CLIENT_SECRET=example_app_secret,
+    )
     distribution = fetch_distribution()
     java_home = find_java_home()
     with reusable_instance_dir("tests") as instance_dir:

@@ -49,6 +49,19 @@ async def test_spans_cover_request_and_every_upstream_without_secrets(
     urls = {str(span.attributes.get("http.url", "")) for span in spans if span.attributes}
     assert any(url.startswith(f"{TIKTOK_API}/v2/user/info/") for url in urls)
     assert any(url.endswith("/protocol/openid-connect/token") for url in urls)
+    # The JWT grant (aiohttp, traced by bridge.tracing's own hooks) besides the service-account token
+    # (httpx2, by the httpx instrumentation): both POSTs to the token endpoint, both answered 200.
+    token_calls = {
+        (
+            span.instrumentation_scope.name if span.instrumentation_scope else "",
+            span.attributes["http.status_code"],
+        )
+        for span in spans
+        if span.attributes
+        and str(span.attributes.get("http.url", "")).endswith("/protocol/openid-connect/token")
+    }
+    assert ("bridge.tracing", 200) in token_calls
+    assert len(token_calls) == 2
     assert any(span.attributes and span.attributes.get("db.system") == "redis" for span in spans)
     dumped = json.dumps([dict(span.attributes or {}) for span in spans], default=str)
     for secret in (token, response.json()["access_token"], stack.client_secret, "emulated-client-secret"):

@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit tests: a configured bridge app on an in-process HTTP client."""
+"""Fixtures shared by the unit tests: a configured bridge app on an in-process HTTP client, its httpx2
+calls served by respx and its JWT grant (aiohttp) by a fake token endpoint on a loopback port."""
 
 from __future__ import annotations
 
@@ -10,12 +11,22 @@ from joserfc.jwk import ECKey
 
 from bridge.app import create_app
 from bridge.settings import Settings
+from tests.unit.fake_token_endpoint import FakeTokenEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
 KC = "http://kc.test"
+
+
+@pytest.fixture
+async def token_endpoint() -> AsyncIterator[FakeTokenEndpoint]:
+    """Keycloak's token endpoint for the JWT grant, reached by the `client` fixture's bridge."""
+    endpoint = FakeTokenEndpoint("kc.test")
+    await endpoint.start()
+    yield endpoint
+    await endpoint.stop()
 
 
 @pytest.fixture
@@ -36,8 +47,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx2.AsyncClient]:
-    app = create_app(settings)
+async def client(settings: Settings, token_endpoint: FakeTokenEndpoint) -> AsyncIterator[httpx2.AsyncClient]:
+    app = create_app(settings, token_resolver=token_endpoint.resolver)
     async with (
         app.router.lifespan_context(app),
         httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,

@@ -1,4 +1,5 @@
-"""The HTTP surface with TikTok and Keycloak served by respx: error mapping, headers, discovery."""
+"""The HTTP surface with TikTok and Keycloak served by respx (and Keycloak's JWT grant, sent through
+aiohttp, by a fake token endpoint): error mapping, headers, discovery."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import httpx2
 import pytest
 
 from bridge.app import create_app
+from tests.unit.fake_token_endpoint import Answer
 
 if TYPE_CHECKING:
     import respx
 
     from bridge.settings import Settings
+    from tests.unit.fake_token_endpoint import FakeTokenEndpoint
 
 KC = "http://kc.test"
 TIKTOK = "https://open.tiktokapis.com"
@@ -27,29 +30,22 @@ FORM = {
 }
 
 
-def mock_keycloak(router: respx.Router, *, grant: httpx.Response | None = None) -> dict[str, Any]:
-    """A Keycloak that knows one linked user; returns what was sent to its token endpoint."""
-    sent: dict[str, Any] = {}
+def mock_keycloak(
+    router: respx.Router, token_endpoint: FakeTokenEndpoint, *, grant: Answer | None = None
+) -> None:
+    """A Keycloak that knows one linked user, whose token endpoint answers the JWT grant (aiohttp, the
+    fake) with `grant` or a token, and the service-account grant (httpx2, respx) with an admin token."""
     router.get(f"{KC}/realms/app/.well-known/openid-configuration").respond(
         json={"issuer": f"{KC}/realms/app"}
     )
 
-    def token(request: httpx.Request) -> httpx.Response:
-        form = dict(httpx.QueryParams(request.content.decode()))
-        if form["grant_type"] == "client_credentials":
-            return httpx.Response(200, json={"access_token": "admin-token", "expires_in": 300})
-        sent.update(form)
-        return grant or httpx.Response(
-            200,
-            json={
-                "access_token": "kc.jwt.token",
-                "expires_in": 300,
-                "scope": "profile email",
-                "token_type": "Bearer",
-            },
-        )
+    def service_account_token(request: httpx.Request) -> httpx.Response:
+        assert dict(httpx.QueryParams(request.content.decode()))["grant_type"] == "client_credentials"
+        return httpx.Response(200, json={"access_token": "admin-token", "expires_in": 300})
 
-    router.post(f"{KC}/realms/app/protocol/openid-connect/token").mock(side_effect=token)
+    router.post(f"{KC}/realms/app/protocol/openid-connect/token").mock(side_effect=service_account_token)
+    if grant is not None:
+        token_endpoint.answer(grant)
     router.get(f"{KC}/admin/realms/app/users").respond(
         json=[
             {
@@ -61,7 +57,6 @@ def mock_keycloak(router: respx.Router, *, grant: httpx.Response | None = None) 
         ]
     )
     router.put(f"{KC}/admin/realms/app/users/u-1").respond(204)
-    return sent
 
 
 def mock_tiktok(router: respx.Router, status: int = 200, code: str = "ok") -> None:
@@ -74,10 +69,10 @@ def mock_tiktok(router: respx.Router, status: int = 200, code: str = "ok") -> No
 
 @pytest.mark.httpx2(assert_all_called=False)
 async def test_successful_exchange_response_and_assertion(
-    client: httpx2.AsyncClient, httpx2_mock: respx.Router
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router, token_endpoint: FakeTokenEndpoint
 ) -> None:
     """The answer is the §2.2.1 body with no-store; Keycloak got a jwt-bearer grant with our assertion."""
-    sent = mock_keycloak(httpx2_mock)
+    mock_keycloak(httpx2_mock, token_endpoint)
     mock_tiktok(httpx2_mock)
 
     response = await client.post("/token", data=FORM)
@@ -95,6 +90,9 @@ async def test_successful_exchange_response_and_assertion(
     }
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
+    (grant,) = token_endpoint.requests
+    assert (grant.method, grant.path) == ("POST", "/realms/app/protocol/openid-connect/token")
+    sent = grant.form
     assert sent["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
     header, claims = (json.loads(_b64(part)) for part in sent["assertion"].split(".")[:2])
     assert header["alg"] == "ES256"
@@ -126,13 +124,14 @@ def _b64(part: str) -> bytes:
 async def test_tiktok_errors_map_to_rfc_errors(
     client: httpx2.AsyncClient,
     httpx2_mock: respx.Router,
+    token_endpoint: FakeTokenEndpoint,
     tiktok_status: int,
     tiktok_code: str,
     status: int,
     error: str,
 ) -> None:
     """Each TikTok failure becomes the RFC 6749 error meant for it, with no-store and no stack trace."""
-    mock_keycloak(httpx2_mock)
+    mock_keycloak(httpx2_mock, token_endpoint)
     mock_tiktok(httpx2_mock, tiktok_status, tiktok_code)
 
     response = await client.post("/token", data=FORM)
@@ -149,32 +148,34 @@ async def test_tiktok_errors_map_to_rfc_errors(
     ("grant", "status", "description"),
     [
         (
-            httpx.Response(400, json={"error": "invalid_grant", "error_description": "User is not enabled"}),
+            Answer(400, {"error": "invalid_grant", "error_description": "User is not enabled"}),
             400,
             "The account is disabled.",
         ),
         (
-            httpx.Response(400, json={"error": "invalid_scope"}),
+            Answer(400, {"error": "invalid_scope"}),
             400,
             "The requested scope is invalid or not allowed.",
         ),
-        (httpx.Response(503, text="down"), 503, "Keycloak is unavailable; retry later."),
+        (Answer(503, body=b"down"), 503, "Keycloak is unavailable; retry later."),
         (
-            httpx.Response(400, json={"error": "invalid_grant", "error_description": "Invalid token"}),
+            Answer(400, {"error": "invalid_grant", "error_description": "Invalid token"}),
             500,
             "The bridge could not complete the request.",
         ),
     ],
+    ids=["disabled", "scope", "down", "misconfigured"],
 )
 async def test_keycloak_grant_errors_map_to_rfc_errors(
     client: httpx2.AsyncClient,
     httpx2_mock: respx.Router,
-    grant: httpx.Response,
+    token_endpoint: FakeTokenEndpoint,
+    grant: Answer,
     status: int,
     description: str,
 ) -> None:
     """Keycloak's refusals are told apart: disabled user, bad scope, outage, or our own misconfiguration."""
-    mock_keycloak(httpx2_mock, grant=grant)
+    mock_keycloak(httpx2_mock, token_endpoint, grant=grant)
     mock_tiktok(httpx2_mock)
     response = await client.post("/token", data={**FORM, "scope": "openid"})
     assert response.status_code == status
@@ -237,10 +238,10 @@ async def test_discovery_documents(
 
 @pytest.mark.httpx2(assert_all_called=False)
 async def test_metrics_count_exchanges_by_outcome(
-    client: httpx2.AsyncClient, httpx2_mock: respx.Router
+    client: httpx2.AsyncClient, httpx2_mock: respx.Router, token_endpoint: FakeTokenEndpoint
 ) -> None:
     """/metrics exposes exchange outcomes and upstream latencies, with no token in any label."""
-    mock_keycloak(httpx2_mock)
+    mock_keycloak(httpx2_mock, token_endpoint)
     mock_tiktok(httpx2_mock, 401, "access_token_invalid")
     admin = f"http://bridge.test:{ADMIN_PORT}"
     before = await client.get(f"{admin}/metrics")

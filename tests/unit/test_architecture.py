@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-ADAPTER_LIBRARIES = ("httpx2", "httpcore2", "redis", "starlette", "limits", "uvicorn")
+ADAPTER_LIBRARIES = ("httpx2", "httpcore2", "aiohttp", "yarl", "redis", "starlette", "limits", "uvicorn")
 
 
 def test_the_use_case_imports_no_adapter_library() -> None:

@@ -15,7 +15,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import BridgeError, OAuthError, WebhookSignatureRejected
-from bridge.model import CodeGrant, TikTokProfile
+from bridge.keycloak import parse_grant_answer
+from bridge.model import CodeGrant, IssuedToken, TikTokProfile
 from bridge.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
@@ -224,6 +225,43 @@ def test_any_token_answer_is_a_grant_or_a_bridge_error(status: int, payload: Any
     assert grant.access_token
     assert grant.open_id
     assert all(isinstance(scope, str) for scope in grant.scopes)
+
+
+@given(
+    status=st.sampled_from([200, 201, 400, 401, 403, 404, 429]),
+    payload=st.one_of(
+        JSON,
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "access_token",
+                    "expires_in",
+                    "scope",
+                    "id_token",
+                    "error",
+                    "error_description",
+                    "token_type",
+                ]
+            ),
+            st.one_of(JSON, st.sampled_from(["invalid_grant", "invalid_scope", "User not found", "a.b.c"])),
+        ),
+    ),
+    garbage=st.booleans(),
+)
+def test_any_keycloak_grant_answer_is_a_token_or_a_bridge_error(
+    status: int,
+    payload: Any,  # noqa: ANN401 - arbitrary JSON
+    garbage: bool,
+) -> None:
+    """Keycloak's answers to the JWT grant, of any shape, give an issued token or a bridge error."""
+    body = _body(payload)[:-2] if garbage else _body(payload)
+    try:
+        issued = parse_grant_answer(status, body)
+    except BridgeError:
+        return
+    assert isinstance(issued, IssuedToken)
+    assert isinstance(issued.access_token, str)
+    assert issued.subject is None or isinstance(issued.subject, str)
 
 
 @given(body=st.one_of(st.binary(max_size=500), JSON.map(lambda v: json.dumps(v).encode())))

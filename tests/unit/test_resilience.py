@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+import aiohttp
 import httpcore2  # transport errors must come from below httpx2 to be mapped like real ones
 import httpx  # respx builds httpx objects even when it patches httpcore2
 import httpx2
@@ -107,9 +108,15 @@ ADMIN_TOKEN = httpx.Response(200, json={"access_token": "adm", "expires_in": 300
 
 @pytest.fixture
 async def keycloak() -> AsyncIterator[KeycloakClient]:
-    async with httpx2.AsyncClient(timeout=1) as http:
+    async with httpx2.AsyncClient(timeout=1) as http, aiohttp.ClientSession() as token_http:
         yield KeycloakClient(
-            http, MemoryCache(), base_url=KC, realm="app", client_id="bridge", client_secret="s"
+            http,
+            MemoryCache(),
+            token_http=token_http,
+            base_url=KC,
+            realm="app",
+            client_id="bridge",
+            client_secret="s",
         )
 
 
