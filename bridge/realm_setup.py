@@ -20,6 +20,7 @@ printed. Behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,7 +30,7 @@ import httpx2
 from bridge import realm_spec as spec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from bridge.settings import Settings
 
@@ -564,6 +565,31 @@ def _comparable(attribute: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- the command
 
 
+@contextmanager
+def _admin_session(
+    settings: Settings, user: str, password: str, admin_realm: str, http: httpx2.Client | None
+) -> Iterator[tuple[Admin, str]]:
+    """Logged in, on a supported Keycloak with the grant feature, in an existing realm; with the
+    Keycloak version. Shared by `apply` and the doctor's `survey`."""
+    own_http = http is None
+    client = http or httpx2.Client(timeout=max(30.0, settings.http_timeout))
+    try:
+        admin = Admin.login(
+            client,
+            settings.keycloak_base_url,
+            settings.keycloak_realm,
+            admin_realm=admin_realm,
+            user=user,
+            password=password,
+        )
+        version = check_server(admin)
+        check_realm(admin)
+        yield admin, version
+    finally:
+        if own_http:
+            client.close()
+
+
 def apply(
     settings: Settings,
     *,
@@ -578,19 +604,7 @@ def apply(
 ) -> bool:
     """Plan, show, and (unless a dry run or a conflict) carry out. True when the realm is as needed."""
     jwks_url = jwks_url or spec.default_jwks_url(settings)
-    own_http = http is None
-    client = http or httpx2.Client(timeout=max(30.0, settings.http_timeout))
-    try:
-        admin = Admin.login(
-            client,
-            settings.keycloak_base_url,
-            settings.keycloak_realm,
-            admin_realm=admin_realm,
-            user=admin_user,
-            password=admin_password,
-        )
-        version = check_server(admin)
-        check_realm(admin)
+    with _admin_session(settings, admin_user, admin_password, admin_realm, http) as (admin, version):
         out(f"Keycloak {version}, realm '{settings.keycloak_realm}'")
         steps = plan(admin, settings, jwks_url=jwks_url, force=force)
         for step in steps:
@@ -618,9 +632,6 @@ def apply(
             out(f"{step.name}: done")
         out(f"applied: {len(pending)} object(s) changed")
         return True
-    finally:
-        if own_http:
-            client.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,27 +652,12 @@ def survey(
     admin_realm: str = "master",
     http: httpx2.Client | None = None,
 ) -> Survey:
-    own_http = http is None
-    client = http or httpx2.Client(timeout=max(30.0, settings.http_timeout))
-    try:
-        admin = Admin.login(
-            client,
-            settings.keycloak_base_url,
-            settings.keycloak_realm,
-            admin_realm=admin_realm,
-            user=admin_user,
-            password=admin_password,
-        )
-        version = check_server(admin)
-        check_realm(admin)
+    with _admin_session(settings, admin_user, admin_password, admin_realm, http) as (admin, version):
         alias = settings.keycloak_idp_alias
         provider = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
         found = _json(provider) if provider.status_code == HTTPStatus.OK else {}
         jwks_url = (found.get("config") or {}).get("jwksUrl")
         return Survey(version, plan(admin, settings, jwks_url=None), jwks_url)
-    finally:
-        if own_http:
-            client.close()
 
 
 def _label(action: Action, *, dry_run: bool) -> str:

@@ -79,30 +79,6 @@ def identity_provider(settings: Settings, jwks_url: str) -> dict[str, Any]:
     }
 
 
-def client(settings: Settings) -> dict[str, Any]:
-    """The bridge's confidential client, without its secret and mapper (compared separately)."""
-    return {
-        "clientId": settings.keycloak_client_id,
-        "name": "tiktok-keycloak-bridge",
-        "description": "The bridge: provisions TikTok users (service account) and mints their tokens "
-        "(JWT Authorization Grant)",
-        "enabled": True,
-        "protocol": "openid-connect",
-        "publicClient": False,
-        "bearerOnly": False,
-        "clientAuthenticatorType": "client-secret",
-        "standardFlowEnabled": False,
-        "implicitFlowEnabled": False,
-        "directAccessGrantsEnabled": False,
-        "serviceAccountsEnabled": True,
-        "fullScopeAllowed": True,
-        "attributes": {
-            "oauth2.jwt.authorization.grant.enabled": "true",
-            "oauth2.jwt.authorization.grant.idp": settings.keycloak_idp_alias,
-        },
-    }
-
-
 # The Strapi-compatible client's token lifespan: the plugin's JWT lived 30 days and its apps never
 # refresh. Keycloak caps it at the realm's SSO Session Max (checked on 26.7.4).
 STRAPI_TOKEN_LIFESPAN = 30 * 24 * 3600
@@ -158,6 +134,21 @@ def _minting_representation(
         "serviceAccountsEnabled": False,
         "fullScopeAllowed": True,
         "attributes": attributes,
+    }
+
+
+def client(settings: Settings) -> dict[str, Any]:
+    """The bridge's confidential client, without its secret and mapper (compared separately): a
+    minting client that also has the service account."""
+    return {
+        **_minting_representation(
+            settings,
+            settings.keycloak_client_id,
+            name="tiktok-keycloak-bridge",
+            description="The bridge: provisions TikTok users (service account) and mints their tokens "
+            "(JWT Authorization Grant)",
+        ),
+        "serviceAccountsEnabled": True,
     }
 
 
