@@ -22,12 +22,18 @@ def _digest(secret: str | bytes) -> str:
 
 def profile(access_token: str) -> str:
     """The TikTok profile read with this access token."""
-    return f"{PREFIX}profile:{_digest(access_token)}"
+    return token_entries(access_token)[0]
 
 
 def rejected(access_token: str) -> str:
     """A TikTok access token TikTok refused recently (negative cache)."""
-    return f"{PREFIX}rejected:{_digest(access_token)}"
+    return token_entries(access_token)[1]
+
+
+def token_entries(access_token: str) -> tuple[str, str]:
+    """`profile` and `rejected` of one token, hashed once; one hash tag, so one MGET reads both."""
+    tag = "{" + _digest(access_token) + "}"
+    return f"{PREFIX}profile:{tag}", f"{PREFIX}rejected:{tag}"
 
 
 def _identity_tag(idp_alias: str, open_id: str) -> str:

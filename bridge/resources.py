@@ -25,6 +25,7 @@ from bridge.keycloak import KeycloakClient
 from bridge.linking import LinkingService, LinkPolicy
 from bridge.model import Policy
 from bridge.ratelimit import RateLimiter, TikTokQuota
+from bridge.recent_profiles import RecentProfiles
 from bridge.redis_connection import RedisConnection
 from bridge.sealing import sealer_from_settings
 from bridge.sessions import SessionPolicy, SessionService
@@ -206,6 +207,8 @@ class Resources:
             webhook_per_ip=settings.rate_limit_webhook_per_ip if settings.rate_limit_enabled else None,
         )
         policy = Policy.from_settings(settings)
+        # One per process, shared by every use case: a profile is the same whichever app asked.
+        recent = RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
         quota = TikTokQuota(
             limits_storage,
             per_minute=settings.tiktok_user_info_quota,
@@ -219,6 +222,7 @@ class Resources:
             policy=policy,
             limiter=limiter,
             quota=quota,
+            recent=recent,
         )
         strapi_exchange = exchange
         if settings.strapi_keycloak_client_id and settings.strapi_keycloak_client_secret is not None:
@@ -233,6 +237,7 @@ class Resources:
                 policy=policy,
                 limiter=limiter,
                 quota=quota,
+                recent=recent,
             )
 
         def use_case(minting: KeycloakClient, app_policy: Policy) -> ExchangeService:
@@ -245,6 +250,7 @@ class Resources:
                 policy=app_policy,
                 limiter=limiter,
                 quota=quota,
+                recent=recent,
             )
 
         apps = Apps(exchange, cls._per_app(settings, policy, keycloak, use_case))

@@ -28,6 +28,7 @@ from bridge.errors import (
 )
 from bridge.exchange import ExchangeService, deterministic_username
 from bridge.model import CodeGrant, TikTokProfile
+from bridge.recent_profiles import RecentProfiles
 from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
 from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
 
@@ -63,15 +64,93 @@ def keycloak() -> FakeKeycloak:
     return FakeKeycloak()
 
 
-def service(tiktok: FakeTikTok, keycloak: FakeKeycloak, **policy: object) -> ExchangeService:
+def service(
+    tiktok: FakeTikTok,
+    keycloak: FakeKeycloak,
+    *,
+    cache: MemoryCache | None = None,
+    recent: RecentProfiles | None = None,
+    **policy: object,
+) -> ExchangeService:
     """The use case over the fakes, with the default policy changed by `policy`."""
     return ExchangeService(
         tiktok=tiktok,
         keycloak=keycloak,
-        cache=MemoryCache(),
+        cache=cache if cache is not None else MemoryCache(),
         minter=FakeMinter(),
         policy=make_policy(**policy),
+        recent=recent,
     )
+
+
+class CountingCache(MemoryCache):
+    """The shared cache, counting the keys read from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    async def get(self, key: str) -> bytes | None:
+        self.reads.append(key)
+        return await super().get(key)
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        self.reads.extend(keys)
+        return [await super(CountingCache, self).get(key) for key in keys]
+
+
+async def test_a_returning_token_is_served_from_this_process_memory(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """With the recent-profiles tier, a token seen before reads its profile from memory: the shared cache
+    is asked only for the user id and the tombstone. Without it, the profile is read from the cache."""
+    shared = CountingCache()
+    bridge = service(tiktok, keycloak, cache=shared, recent=RecentProfiles(100, 300))
+    await bridge.exchange(request("act.one"))
+    profile_key = keys.profile("act.one")
+    shared.reads.clear()
+    tiktok.calls.clear()
+
+    await bridge.exchange(request("act.one"))
+    assert profile_key not in shared.reads
+    assert keys.deauthorized("tiktok", PROFILE.open_id) in shared.reads
+    assert tiktok.calls == []
+
+    # Another process (no copy of its own) reads the entry this one wrote, and keeps a copy from then on.
+    other = service(tiktok, keycloak, cache=shared, recent=RecentProfiles(100, 300))
+    shared.reads.clear()
+    await other.exchange(request("act.one"))
+    assert shared.reads.count(profile_key) == 1
+    await other.exchange(request("act.one"))
+    assert shared.reads.count(profile_key) == 1
+    assert tiktok.calls == []
+
+
+def test_recent_profiles_expire_with_the_shared_entry_and_stay_bounded() -> None:
+    """A copy lives as long as the shared entry would (TikTok's verification time plus the TTL), so it
+    never answers what Redis would no longer answer; the oldest-used copy goes first past the bound."""
+    now = [1000.0]
+    recent = RecentProfiles(2, 300, clock=lambda: now[0])
+    recent.put("a", replace(PROFILE, verified_at=900.0))  # 200 s left
+    recent.put("stale", replace(PROFILE, verified_at=600.0))  # expired already: not kept
+    assert recent.get("stale") is None
+    assert recent.get("a") is not None
+    now[0] = 1199.0
+    assert recent.get("a") is not None
+    now[0] = 1200.0
+    assert recent.get("a") is None
+    assert len(recent) == 0
+
+    for key in ("x", "y", "z"):
+        recent.put(key, replace(PROFILE, verified_at=now[0]))
+    assert len(recent) == 2
+    assert recent.get("x") is None
+    assert recent.get("y") is not None
+    assert recent.get("z") is not None
+    assert len(RecentProfiles(0, 300)) == 0
+    off = RecentProfiles(0, 300)
+    off.put("x", replace(PROFILE, verified_at=time.time()))
+    assert off.get("x") is None
 
 
 async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
@@ -214,14 +293,17 @@ def test_deterministic_username_is_stable_and_valid() -> None:
     assert name.replace("_", "").isalnum()
 
 
+@pytest.mark.parametrize("in_memory", [False, True], ids=["shared-cache", "recent-profiles"])
 @pytest.mark.parametrize("policy", ["record", "disable", "unlink"])
 async def test_deauthorization_refuses_profiles_cached_before_it(
-    tiktok: FakeTikTok, keycloak: FakeKeycloak, policy: str
+    tiktok: FakeTikTok, keycloak: FakeKeycloak, policy: str, in_memory: bool
 ) -> None:
     """After the webhook, a token whose profile is still cached no longer signs in, whatever the policy
-    (TikTok revoked it; without the tombstone it worked for the profile TTL). A token verified after the
-    deauthorization (the user authorized the app again) is judged by Keycloak as usual."""
-    bridge = service(tiktok, keycloak, deauthorization=policy)
+    (TikTok revoked it; without the tombstone it worked for the profile TTL), and whether the profile
+    came from the shared cache or this process's memory. A token verified after the deauthorization
+    (the user authorized the app again) is judged by Keycloak as usual."""
+    recent = RecentProfiles(100, 300) if in_memory else None
+    bridge = service(tiktok, keycloak, recent=recent, deauthorization=policy)
     await bridge.exchange(request("act.one"))
     await bridge.deauthorize(PROFILE.open_id)
     tiktok.calls.clear()

@@ -65,7 +65,11 @@ def test_token_keys_hold_no_token() -> None:
     for key in (keys.profile("act.secret-token!1234.va"), keys.rejected("act.secret-token!1234.va")):
         assert "secret" not in key
         assert key.startswith(keys.PREFIX)
-        assert len(key.rsplit(":", 1)[1]) == 64
+        assert len(key.rsplit(":", 1)[1].strip("{}")) == 64
+    # One hash tag for both, so one MGET reads them in Redis Cluster too.
+    profile_key, rejected_key = keys.token_entries("act.secret-token!1234.va")
+    assert profile_key.partition("{")[2] == rejected_key.partition("{")[2]
+    assert profile_key != rejected_key
     assert keys.profile("\ud800") != keys.profile("\ud801")  # lone surrogates hash instead of crashing
 
 
