@@ -37,7 +37,7 @@ from bridge.errors import (
     UpstreamProtocolError,
     UserConflict,
 )
-from bridge.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED
+from bridge.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED, count
 from bridge.model import (
     ATTR_DISPLAY_NAME,
     ATTR_UNION_ID,
@@ -330,19 +330,19 @@ class ExchangeService:
             raise AccessTokenRejected(detail="not shaped like a TikTok access token; TikTok not asked")
         profile_key, rejected_key = keys.token_entries(access_token)
         if self._recent is not None and (recent := self._recent.get(profile_key)) is not None:
-            CACHE_LOOKUPS.labels("profile", "memory_hit").inc()
+            count(CACHE_LOOKUPS, "profile", "memory_hit")
             return recent
         # Both in one round trip (one hash tag): a new token costs one read before TikTok, not two.
         cached, rejected = await self._cache.get_many(profile_key, rejected_key)
         if cached:
-            CACHE_LOOKUPS.labels("profile", "hit").inc()
+            count(CACHE_LOOKUPS, "profile", "hit")
             profile = TikTokProfile.from_json(cached)
             self._remember_profile(profile_key, profile)
             return profile
-        CACHE_LOOKUPS.labels("profile", "miss").inc()
+        count(CACHE_LOOKUPS, "profile", "miss")
         if rejected:
             # A recently refused token is refused again without spending TikTok's quota.
-            CACHE_LOOKUPS.labels("rejected", "hit").inc()
+            count(CACHE_LOOKUPS, "rejected", "hit")
             raise AccessTokenRejected(detail="refused by TikTok recently (negative cache)")
         caller = caller or Caller()
         await self._spend_quota(proven=caller.trusted or await self._proven(caller.address))
@@ -406,14 +406,14 @@ class ExchangeService:
             raise AccessTokenRejected(detail="profile verified before the user deauthorized the app")
         entry = json.loads(cached) if cached else {}
         if "id" in entry:
-            CACHE_LOOKUPS.labels("user", "hit").inc()
+            count(CACHE_LOOKUPS, "user", "hit")
             if entry.get("fp") != fingerprint:
                 await self._sync_profile(entry["id"], attributes)
                 await self._remember(user_key, entry["id"], fingerprint)
             return str(entry["id"]), False
 
         # Not cached: ask Keycloak.
-        CACHE_LOOKUPS.labels("user", "miss").inc()
+        count(CACHE_LOOKUPS, "user", "miss")
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
         created = False
         if user is None:

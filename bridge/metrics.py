@@ -53,6 +53,17 @@ CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker
 # The labelled children of UPSTREAM_SECONDS, by labels: `labels()` validates and locks on every call,
 # and `timed` runs four times per exchange. Bounded: upstream, operation and result are named in code.
 _UPSTREAM_TIMERS: dict[tuple[str, str, str], Histogram] = {}
+# The same for counters counted on every request (`count`); their labels are named in code too.
+_COUNTER_CHILDREN: dict[tuple[str, ...], Counter] = {}
+
+
+def count(counter: Counter, *labels: str) -> None:
+    """`counter.labels(*labels).inc()`, without validating and locking the labels on every request."""
+    key = (counter._name, *labels)  # noqa: SLF001 - the metric's own name tells the counters apart
+    child = _COUNTER_CHILDREN.get(key)
+    if child is None:
+        child = _COUNTER_CHILDREN[key] = counter.labels(*labels)
+    child.inc()
 
 
 @contextmanager

@@ -49,7 +49,7 @@ from bridge.errors import (
     TemporarilyUnavailable,
     UpstreamUnavailable,
 )
-from bridge.metrics import SESSIONS
+from bridge.metrics import SESSIONS, count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -217,7 +217,7 @@ class SessionService:
             audiences=new.audiences,
         )
         await self._save(session_id, record, now)
-        SESSIONS.labels("started").inc()
+        count(SESSIONS, "started")
         return SessionGrant(token, self._expires_in(record, now))
 
     # ---------------------------------------------------------------------------- refreshing
@@ -276,7 +276,7 @@ class SessionService:
                 last_used=now,
             )
             await self._save(session_id, record, now)
-            SESSIONS.labels("refreshed").inc()
+            count(SESSIONS, "refreshed")
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
 
         in_grace = record.rotated_at is not None and now - record.rotated_at <= self._policy.reuse_grace
@@ -285,7 +285,7 @@ class SessionService:
             assert record.successor is not None  # noqa: S101 - set with every rotation
             issued = await self._mint(session_id, record, granted, targets)
             token = self._sealer.open(record.successor).decode()
-            SESSIONS.labels("retried_in_grace").inc()
+            count(SESSIONS, "retried_in_grace")
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
 
         # A retired token: someone holds a copy. End the whole session, its newest token included.
@@ -404,7 +404,7 @@ class SessionService:
 
     async def _end(self, session_id: str, record: SessionRecord, reason: str) -> None:
         await self._store.delete(keys.session(session_id))
-        SESSIONS.labels(f"ended_{reason}").inc()
+        count(SESSIONS, f"ended_{reason}")
         log.info("session ended", extra={"reason": reason, "keycloak_user_id": record.user_id})
 
     # ------------------------------------------------------------------------------ storage

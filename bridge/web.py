@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from bridge.errors import BodyTimeout, BodyTooLarge, BridgeError, ClientDisconnected, to_oauth_error
-from bridge.metrics import EXCHANGES
+from bridge.metrics import EXCHANGES, count
 from bridge.rfc8693 import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -86,12 +86,12 @@ def counts_exchanges(endpoint: str) -> Callable[[Handler], Handler]:
             try:
                 response = await handler(request)
             except BridgeError as exc:
-                EXCHANGES.labels(endpoint, to_oauth_error(exc).error).inc()
+                count(EXCHANGES, endpoint, to_oauth_error(exc).error)
                 raise
             except Exception:
-                EXCHANGES.labels(endpoint, "server_error").inc()  # a bug; answered by the app's handler
+                count(EXCHANGES, endpoint, "server_error")  # a bug; answered by the app's handler
                 raise
-            EXCHANGES.labels(endpoint, "issued").inc()
+            count(EXCHANGES, endpoint, "issued")
             return response
 
         return counted
