@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -23,12 +24,13 @@ from bridge.tracing import Tracing
 from bridge.web import error_response
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     import httpx2
     from aiohttp.abc import AbstractResolver
-    from starlette.requests import Request
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    Endpoint = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,13 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    return _unexpected_error_response(exc, path=request.url.path)
+
+
+def _unexpected_error_response(exc: Exception, *, path: str) -> Response:
     # A bug, not bad input: log what it was (no traceback: locals could hold a token), answer generically.
-    log.error("unexpected error", extra={"path": request.url.path, "error_type": type(exc).__name__})
-    return error_response(ServerError(detail=type(exc).__name__), path=request.url.path)
+    log.error("unexpected error", extra={"path": path, "error_type": type(exc).__name__})
+    return error_response(ServerError(detail=type(exc).__name__), path=path)
 
 
 # Request line and headers. Ours are a few hundred bytes; 16 KiB leaves room for what proxies add.
@@ -63,65 +69,122 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_COUNT = 64
 
 
-class HeaderLimitMiddleware:
-    """Refuse requests whose headers exceed the limits before any endpoint sees them."""
+class FrontDoor:
+    """The one middleware every request passes, doing in turn:
 
-    def __init__(self, app: ASGIApp) -> None:
+    1. the admin listener's requests (`admin_port`, told by the connection's local port, never by a
+       header) go to the admin app: metrics and the detailed readiness are never answered on the public
+       port, nor the public routes on the admin one. One process serves both (uvicorn hands it both
+       sockets);
+    2. headers over the limits are refused (431) before any endpoint sees them;
+    3. a public request gets an id (a sane incoming X-Request-ID is kept), echoed in the answer and
+       carried by every log line, and one access line;
+    4. the endpoints in `direct` (POST /token: every exchange and refresh) are called here, with the
+       app's error answers, instead of through Starlette's error middlewares, router and wrapped sends:
+       that layering cost a measurable share of a warm exchange (bench/README.md). Their Starlette
+       routes stay, for the 405 to other methods and for anything this lane does not take.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admin: ASGIApp | None = None,
+        admin_port: int = 0,
+        direct: Mapping[tuple[str, str], Endpoint] | None = None,
+    ) -> None:
         self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = scope["headers"]
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
-            size += sum(len(name) + len(value) + 4 for name, value in headers)  # ": " and CRLF
-            if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
-                detail = f"{len(headers)} headers, {size} bytes"
-                response = error_response(HeadersTooLarge(detail=detail), path=scope["path"])
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class RequestIdMiddleware:
-    """Give every request an id (or keep a sane incoming X-Request-ID), log one access line, echo the id."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        self.admin = admin
+        self.admin_port = admin_port
+        self.direct = dict(direct or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = (
-            incoming
-            if 0 < len(incoming) <= MAX_REQUEST_ID_LENGTH and incoming.replace("-", "").isalnum()
-            else secrets.token_hex(8)
-        )
+        headers = scope["headers"]
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+        incoming = b""
+        for name, value in headers:
+            size += len(name) + len(value) + 4  # ": " and CRLF
+            if name == b"x-request-id":
+                incoming = value
+        too_large = size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT
+        server = scope.get("server")
+        if self.admin is not None and server is not None and server[1] == self.admin_port:
+            if too_large:
+                await _refusal(scope, len(headers), size)(scope, receive, send)
+            else:
+                await self.admin(scope, receive, send)
+            return
+
+        rid = _request_id(incoming)
         token = request_id.set(rid)
         started = time.perf_counter()
-        status = 500
+        outcome = {"status": 500}  # what the access line says if the answer never went out
+        try:
+            if too_large:
+                response = _refusal(scope, len(headers), size)
+            elif (endpoint := self._direct_endpoint(scope)) is not None:
+                response = await _call(endpoint, scope, receive)
+            else:
+                await self._routed(rid, outcome, scope, receive, send)
+                return
+            outcome["status"] = response.status_code
+            response.raw_headers.append((b"x-request-id", rid.encode()))
+            await response(scope, receive, send)
+        finally:
+            _access_line(scope, outcome["status"], started)
+            request_id.reset(token)
 
+    def _direct_endpoint(self, scope: Scope) -> Endpoint | None:
+        if not self.direct or scope.get("root_path"):  # behind a path prefix: Starlette's routing
+            return None
+        return self.direct.get((scope["method"], scope["path"]))
+
+    async def _routed(
+        self, rid: str, outcome: dict[str, int], scope: Scope, receive: Receive, send: Send
+    ) -> None:
         async def send_with_id(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                outcome["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
-            request_id.reset(token)
+        await self.app(scope, receive, send_with_id)
+
+
+async def _call(endpoint: Endpoint, scope: Scope, receive: Receive) -> Response:
+    """The endpoint's answer, or the app's answer to its error (as its exception handlers give it)."""
+    try:
+        return await endpoint(Request(scope, receive))
+    except BridgeError as exc:
+        return error_response(exc, path=scope["path"])
+    except Exception as exc:  # noqa: BLE001 - a bug: answered and logged as `_unexpected_error` does
+        return _unexpected_error_response(exc, path=scope["path"])
+
+
+def _refusal(scope: Scope, count: int, size: int) -> Response:
+    return error_response(HeadersTooLarge(detail=f"{count} headers, {size} bytes"), path=scope["path"])
+
+
+def _request_id(incoming: bytes) -> str:
+    text = incoming.decode("latin-1")
+    if 0 < len(text) <= MAX_REQUEST_ID_LENGTH and text.replace("-", "").isalnum():
+        return text
+    return secrets.token_hex(8)
+
+
+def _access_line(scope: Scope, status: int, started: float) -> None:
+    log.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
 
 
 def _start_deauthorization_retries(settings: Settings, resources: Resources) -> asyncio.Task[None] | None:
@@ -150,27 +213,6 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
             task.result()
 
 
-class ListenerMiddleware:
-    """Send requests that arrived on the admin listener (`Settings.admin_port`) to the admin app.
-
-    One process serves both listeners (uvicorn hands it both sockets), so the local port of a request's
-    connection (`scope["server"]`) says which it came through: metrics and the detailed readiness are
-    never answered on the public port, whatever headers a client sends.
-    """
-
-    def __init__(self, app: ASGIApp, *, admin: ASGIApp, port: int) -> None:
-        self.app = app
-        self.admin = admin
-        self.port = port
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = scope.get("server")
-        if scope["type"] == "http" and server is not None and server[1] == self.port:
-            await self.admin(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def _admin_app(public: Starlette, *, metrics: bool) -> Starlette:
     """The admin listener's routes; they share the public app's state (its resources, opened by its
     lifespan) and error handlers."""
@@ -190,7 +232,6 @@ def _admin_app(public: Starlette, *, metrics: bool) -> Starlette:
     )
     admin.state = public.state
     admin.router.redirect_slashes = False
-    admin.add_middleware(HeaderLimitMiddleware)
     return admin
 
 
@@ -261,12 +302,7 @@ def create_app(
         )
         if tracing is not None:
             tracing.instrument_clients(resources)
-        retrier: asyncio.Task[None] | None = None
-        if resolved.tiktok_webhook_enabled and resolved.deauthorization_policy != "record":
-            interval = min(5.0, resolved.deauthorization_retry_max_delay)
-            retrier = asyncio.create_task(
-                webhook.retry_pending_deauthorizations(resources.exchange, interval)
-            )
+        retrier = _start_deauthorization_retries(resolved, resources)
         try:
             yield
         finally:
@@ -285,15 +321,14 @@ def create_app(
             Exception: _unexpected_error,
         },
     )
-    app.add_middleware(HeaderLimitMiddleware)
-    app.add_middleware(RequestIdMiddleware)  # added last, so outermost: refusals get an id and a log line
-    if resolved.admin_port:
-        # Outermost of all: the admin listener's requests never reach the public routes, nor they its.
-        app.add_middleware(
-            ListenerMiddleware,
-            admin=_admin_app(app, metrics=resolved.metrics_enabled),
-            port=resolved.admin_port,
-        )
+    app.add_middleware(
+        FrontDoor,
+        # Off unless configured: then the admin listener's requests never reach the public routes, nor
+        # they its.
+        admin=_admin_app(app, metrics=resolved.metrics_enabled) if resolved.admin_port else None,
+        admin_port=resolved.admin_port,
+        direct={("POST", endpoints.TOKEN_PATH): endpoints.token},
+    )
     # Starlette would answer "/token/" with a redirect whose Location is built from the client's Host
     # header (Host: evil.example -> Location: http://evil.example/token): no redirects at all.
     app.router.redirect_slashes = False

@@ -4,12 +4,14 @@ aiohttp, by a fake token endpoint): error mapping, headers, discovery."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 import httpx  # respx builds httpx (not httpx2) objects even when it patches httpcore2
 import httpx2
 import pytest
+from prometheus_client import REGISTRY
 
 from bridge.app import create_app
 from tests.unit.fake_token_endpoint import Answer
@@ -425,3 +427,65 @@ async def test_without_an_admin_port_nothing_serves_metrics(settings: Settings) 
     ):
         assert (await http.get("/metrics")).status_code == 404
         assert (await http.get(f"http://bridge.test:{ADMIN_PORT}/metrics")).status_code == 404
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_every_answer_carries_a_request_id_and_one_access_line(
+    client: httpx2.AsyncClient,
+    httpx2_mock: respx.Router,
+    token_endpoint: FakeTokenEndpoint,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sane id the client sent, or one of ours, is echoed on answers of the direct lane (POST /token),
+    its refusals and the routed endpoints alike, and each request leaves one access line with its
+    status."""
+    mock_keycloak(httpx2_mock, token_endpoint)
+    mock_tiktok(httpx2_mock)
+    with caplog.at_level(logging.INFO, logger="bridge.app"):
+        issued = await client.post("/token", data=FORM, headers={"X-Request-ID": "abc-123"})
+        refused = await client.post("/token", data={"grant_type": "x"}, headers={"X-Request-ID": "bad id!"})
+        routed = await client.get("/healthz", headers={"X-Request-ID": "r-1"})
+        not_allowed = await client.get("/token")
+        too_large = await client.post("/token", data=FORM, headers={f"x-h{i}": "v" for i in range(70)})
+
+    assert (issued.status_code, issued.headers["x-request-id"]) == (200, "abc-123")
+    assert refused.status_code == 400
+    assert re.fullmatch(r"[0-9a-f]{16}", refused.headers["x-request-id"])
+    assert (routed.status_code, routed.headers["x-request-id"]) == (200, "r-1")
+    assert not_allowed.status_code == 405
+    assert not_allowed.headers["x-request-id"]
+    assert too_large.status_code == 431
+    assert too_large.json()["error"] == "invalid_request"
+    assert too_large.headers["x-request-id"]
+    access = [(vars(r)["path"], vars(r)["status"]) for r in caplog.records if r.getMessage() == "request"]
+    assert access == [("/token", 200), ("/token", 400), ("/healthz", 200), ("/token", 405), ("/token", 431)]
+
+
+async def test_a_bug_on_the_direct_lane_is_a_json_500_that_tells_nothing(
+    client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception the token endpoint did not expect is answered as the app's handler answers one: the
+    RFC 6749 body of server_error with the request id, the log naming its type only (never its text,
+    which may hold what the request carried), and counted as a server_error."""
+
+    def broken(_form: dict[str, str]) -> None:
+        raise RuntimeError("act.secret-token")
+
+    monkeypatch.setattr("bridge.endpoints.parse_exchange_request", broken)
+    before = _exchanges_counted("server_error")
+    response = await client.post("/token", data=FORM)
+
+    assert response.status_code == 500
+    assert response.json()["error"] == "server_error"
+    assert "secret" not in response.text
+    assert response.headers["x-request-id"]
+    assert response.headers["cache-control"] == "no-store"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [(r.getMessage(), vars(r)["error_type"]) for r in errors] == [("unexpected error", "RuntimeError")]
+    assert "secret" not in " ".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert _exchanges_counted("server_error") == before + 1
+
+
+def _exchanges_counted(outcome: str) -> float:
+    labels = {"endpoint": "token", "outcome": outcome}
+    return REGISTRY.get_sample_value("bridge_exchanges_total", labels) or 0.0
