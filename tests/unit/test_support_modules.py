@@ -199,6 +199,63 @@ def test_served_connections_disable_nagle() -> None:
             s.close()
 
 
+class RecordingTransport:
+    """What the coalescing transport hands on: each write, and whether it was closed or aborted."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.ended: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return bool(self.ended)
+
+    def close(self) -> None:
+        self.ended.append("close")
+
+    def abort(self) -> None:
+        self.ended.append("abort")
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("192.0.2.1", 1234) if name == "peername" else default
+
+
+async def test_an_answer_leaves_in_one_write() -> None:
+    """What uvicorn writes in one loop step (status line and headers, then body) is one write to the
+    socket, made by the end of that step; closing writes what was kept first, aborting drops it, and the
+    rest of the transport is the real one's."""
+    from bridge.server import _CoalescingTransport  # noqa: PLC0415 - the module's own helper
+
+    real = RecordingTransport()
+    transport = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"{}")
+    transport.write(b"")  # h11's end of message with Content-Length framing
+    assert real.writes == []
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # a later step: its own write
+    await asyncio.sleep(0)
+    assert len(real.writes) == 2
+
+    transport.write(b"last answer")
+    transport.close()
+    assert (real.writes[-1], real.ended) == (b"last answer", ["close"])
+    await asyncio.sleep(0)
+    assert len(real.writes) == 3  # nothing written twice
+
+    aborted = RecordingTransport()
+    dropped = _CoalescingTransport(aborted, asyncio.get_running_loop())  # type: ignore[arg-type]
+    dropped.write(b"half an answer")
+    dropped.abort()
+    await asyncio.sleep(0)
+    assert (aborted.writes, aborted.ended) == ([], ["abort"])
+    assert transport.get_extra_info("peername") == ("192.0.2.1", 1234)
+
+
 @pytest.mark.parametrize(
     "leak",
     [
