@@ -12,6 +12,7 @@ no TikTok call, no Keycloak admin call, one Keycloak token call.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -95,6 +96,14 @@ def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
 
 def _fingerprint(attributes: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=4096)
+def _profile_fingerprint(profile: TikTokProfile) -> str:
+    """The fingerprint of the attributes a profile syncs to Keycloak, which a returning user's cached
+    entry is compared with: worked out once per distinct profile (equal fields; when it was verified
+    does not count), not on every exchange. Bounded; a refused profile raises and is not kept."""
+    return _fingerprint(profile_attributes(profile))
 
 
 class ExchangeService:
@@ -394,8 +403,7 @@ class ExchangeService:
 
     async def ensure_user(self, profile: TikTokProfile) -> tuple[str, bool]:
         """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
-        attributes = profile_attributes(profile)
-        fingerprint = _fingerprint(attributes)
+        fingerprint = _profile_fingerprint(profile)
         alias = self._policy.idp_alias
         user_key, revoked_key = (
             keys.linked_user(alias, profile.open_id),
@@ -408,12 +416,13 @@ class ExchangeService:
         if "id" in entry:
             count(CACHE_LOOKUPS, "user", "hit")
             if entry.get("fp") != fingerprint:
-                await self._sync_profile(entry["id"], attributes)
+                await self._sync_profile(entry["id"], profile_attributes(profile))
                 await self._remember(user_key, entry["id"], fingerprint)
             return str(entry["id"]), False
 
         # Not cached: ask Keycloak.
         count(CACHE_LOOKUPS, "user", "miss")
+        attributes = profile_attributes(profile)
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
         created = False
         if user is None:
