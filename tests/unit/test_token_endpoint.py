@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 import httpx2
 import pytest
@@ -28,7 +29,7 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from bridge.keycloak import MAX_RESPONSE_BYTES, KeycloakClient
+from bridge.keycloak import MAX_RESPONSE_BYTES, KeycloakClient, grant_body
 from bridge.resources import TOKEN_CONNECTIONS, env_proxy, token_session
 from bridge.server import DEFAULT_LIMIT_CONCURRENCY
 from bridge.tracing import Tracing
@@ -354,3 +355,20 @@ def test_the_token_session_follows_the_proxy_variables(monkeypatch: pytest.Monke
     assert env_proxy("https://kc.example/auth") == "http://proxy.example:3128"
     assert env_proxy("http://kc.example") is None
     assert env_proxy("https://kc.internal") is None
+
+
+@pytest.mark.parametrize(
+    ("assertion", "scope"),
+    [
+        ("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiItMDAwYSJ9.c2lnbmF0dXJl_-", ()),
+        ("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiItMDAwYSJ9.c2ln", ("openid", "profile", "api:write")),
+        ("eyJhbGciOiJFUzI1NiJ9.e30.", ("a&b=c+d%e/f",)),  # scope tokens may hold what forms encode
+        ("not a jws+&=", ("openid",)),  # not compact JWS: encoded the long way
+    ],
+)
+def test_the_grant_body_is_what_urlencode_makes(assertion: str, scope: tuple[str, ...]) -> None:
+    """The JWT grant's form, built without percent-encoding the assertion, is byte for byte urlencode's."""
+    form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
+    if scope:
+        form["scope"] = " ".join(scope)
+    assert grant_body(assertion, scope) == urlencode(form).encode()
