@@ -66,10 +66,10 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator
 
-__all__ = ["DEFAULT_LIMITS", "AiohttpTransport", "env_proxy"]
+__all__ = ["AiohttpTransport", "env_proxy"]
 
-# httpx2's own defaults for a client of this service's size (200 connections, idle ones kept 5 s).
-DEFAULT_LIMITS: Final = httpx2.Limits(max_connections=200, max_keepalive_connections=50)
+# httpx2's own default pool: 100 connections, idle ones closed after 5 s.
+_HTTPX2_LIMITS: Final = httpx2.Limits(max_connections=100, max_keepalive_connections=20)
 # Headers aiohttp would add when a request lacks them; httpx2 has set the ones it wants already.
 _AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # Origins whose proxy is remembered: the bridge calls a handful (TikTok, Keycloak); past this many,
@@ -99,7 +99,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     (an aiohttp session belongs to the running event loop) and closed by the client's `aclose`."""
 
     def __init__(
-        self, *, limits: httpx2.Limits = DEFAULT_LIMITS, verify: ssl.SSLContext | bool = True
+        self, *, limits: httpx2.Limits = _HTTPX2_LIMITS, verify: ssl.SSLContext | bool = True
     ) -> None:
         connector = aiohttp.TCPConnector(
             limit=limits.max_connections or 0,  # 0: no limit, as None is for httpx2

@@ -6,19 +6,33 @@ TikTok and Keycloak clients map."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import socket
+import warnings
 from typing import TYPE_CHECKING
 
 import httpx2
 import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bridge.aiohttp_transport import AiohttpTransport
+from bridge.app import create_app
+from bridge.errors import BridgeError
+from bridge.resources import Resources
 from devstack.keycloak import free_port
 from tests.unit.scripted_upstream import Script, ScriptedUpstream, answer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
+
+    from bridge.settings import Settings
+    from tests.unit.fake_token_endpoint import FakeTokenEndpoint
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
 TIMEOUT = httpx2.Timeout(0.5)
@@ -357,3 +371,59 @@ async def test_closing_the_client_closes_the_session() -> None:
     async with httpx2.AsyncClient(transport=transport):
         assert not transport.closed
     assert transport.closed
+
+
+async def test_the_apps_outbound_client_runs_over_it_and_is_closed_at_shutdown(
+    settings: Settings, token_endpoint: FakeTokenEndpoint
+) -> None:
+    """The lifespan puts the bridge's httpx2 client (TikTok, Keycloak's admin API) over one transport
+    for the process, and closes its session when the app stops."""
+    app = create_app(settings, token_resolver=token_endpoint.resolver)
+    async with app.router.lifespan_context(app):
+        transport = app.state.resources.http._transport
+        assert isinstance(transport, AiohttpTransport)
+        assert not transport.closed
+    assert transport.closed
+
+
+async def _refused(settings: Settings) -> None:
+    with pytest.raises(BridgeError):
+        Resources.from_settings(settings)
+
+
+async def test_a_setting_refused_while_the_clients_are_built_leaves_no_session_open(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A setting refused midway (an unreadable signing key) drops the sessions already made without an
+    "unclosed client session" warning: nothing was sent on them."""
+    unreadable = settings.model_copy(update={"signing_key_file": tmp_path / "missing.pem"})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        await _refused(unreadable)
+        gc.collect()
+    assert [str(warning.message) for warning in seen if warning.category is ResourceWarning] == []
+
+
+async def test_the_httpx2_instrumentation_traces_calls_through_it(upstream: ScriptedUpstream) -> None:
+    """With tracing on (`Tracing.instrument_clients`), each call is a CLIENT span with its URL and
+    status, and the upstream receives the span's W3C trace context."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    upstream.scripts["/missing"] = Script(parts=(answer("404 Not Found"),))
+    async with httpx2.AsyncClient(transport=AiohttpTransport(), timeout=TIMEOUT) as http:
+        HTTPX2ClientInstrumentor.instrument_client(http, tracer_provider=provider)  # type: ignore[arg-type]
+        await http.get(f"{upstream.url}/users")
+        await http.get(f"{upstream.url}/missing")
+
+    spans = exporter.get_finished_spans()
+    assert [(span.kind, span.attributes and span.attributes["http.url"]) for span in spans] == [
+        (trace.SpanKind.CLIENT, f"{upstream.url}/users"),
+        (trace.SpanKind.CLIENT, f"{upstream.url}/missing"),
+    ]
+    assert [span.attributes and span.attributes["http.status_code"] for span in spans] == [200, 404]
+    assert [span.status.status_code for span in spans] == [trace.StatusCode.UNSET, trace.StatusCode.ERROR]
+    for span, request in zip(spans, upstream.requests, strict=True):
+        assert (
+            f"traceparent: 00-{span.context.trace_id:032x}-{span.context.span_id:016x}-".encode() in request
+        )
