@@ -81,12 +81,18 @@ class Variant:
     cpu_ms: list[float] = field(default_factory=list)
     per_s: list[float] = field(default_factory=list)
     calls: dict[str, list[float]] = field(default_factory=dict)
+    non_2xx: int = 0
 
 
 # Fresh users made before each first-sign-in run, per second of it: well above the rate a co-located
 # Keycloak creates users at (~90/s), so a run rarely runs out, without making thousands never used.
 FIRST_USERS_PER_SECOND = 150
 CASES = {"warm": "warm exchange", "first": "first sign-in"}
+# Failed answers a run may have and still count (reported beside the figures): a stray 503 from a
+# kept-alive connection closed by an upstream at the wrong moment is what a deployment sees too; more
+# than this says the set-up is broken, and the run stops with the failing bridge's log. (A run of
+# first sign-ins on a loaded machine may be only ~50 exchanges, hence the floor.)
+MAX_FAILED_SHARE, MAX_FAILED_FLOOR = 0.01, 3
 
 
 def export_tree(revision: str, target: Path) -> Path:
@@ -278,7 +284,8 @@ def main() -> None:
                     )
                     used = cpu_seconds(variant.process.pid) - before_cpu
                     after_calls = upstream_counts(variant.url, stack.emulator_url)
-                    if measured.non_2xx:
+                    variant.non_2xx += measured.non_2xx
+                    if measured.non_2xx > max(MAX_FAILED_FLOOR, MAX_FAILED_SHARE * measured.requests):
                         assert variant.log is not None
                         sys.exit(
                             f"{variant.name}: {measured.non_2xx} non-2xx answers; its log ends:\n"
@@ -292,7 +299,9 @@ def main() -> None:
                         )
                     progress(
                         f"run {run + 1}/{args.runs} {variant.name}: {variant.cpu_ms[-1]:.3f} ms CPU per "
-                        f"{CASES[args.case]}, {measured.per_second:.0f}/s over {measured.seconds:.1f} s"
+                        f"{CASES[args.case]}, {measured.per_second:.0f}/s over {measured.seconds:.1f} s, "
+                        f"{variant.calls['keycloak_admin'][-1]:.2f} admin calls each, "
+                        f"{measured.non_2xx} non-2xx"
                     )
             if args.upstream == "stub":
                 # Connections the two bridges opened to the stand-in over every run: a handful each,
@@ -325,6 +334,7 @@ def report(variants: list[Variant], args: argparse.Namespace, stub_stats: dict[s
         print(
             f"{name + ' per ' + what:36} {cell(a.calls[name], '{:.2f}'):>22} {cell(b.calls[name], '{:.2f}'):>22}"
         )
+    print(f"{'non-2xx answers, all runs':36} {a.non_2xx:>22} {b.non_2xx:>22}")
     if stub_stats:
         print(
             f"stand-in token endpoint: {stub_stats['requests']} requests over "
