@@ -4,8 +4,9 @@ Every outbound call but the JWT grant goes through one `httpx2.AsyncClient` (`Re
 user info and token endpoints, Keycloak's discovery, service-account token and admin API. Its clients
 (`TikTokClient`, `KeycloakClient`) keep httpx2's requests, responses, exceptions and test seams
 (`mounts`, respx); underneath, aiohttp's connection pool and C HTTP/1.1 parser replace httpcore2's,
-which cost about half of httpx2's CPU per call (bench/README.md, "The outbound client for the token
-call": 2.49 ms per call over httpcore2, 1.21 ms over aiohttp, on the shared machine).
+which cost about half of httpx2's CPU per call: 1.56 ms per call over httpcore2, 0.77 ms over this
+transport on the shared machine, and 0.675 of the bridge's CPU per first sign-in, paired
+(bench/README.md, "2026-12-02 (later): first sign-in").
 
 It behaves as httpx2's own transport does, so that nothing above it can tell:
 
@@ -19,8 +20,12 @@ It behaves as httpx2's own transport does, so that nothing above it can tell:
   no status raised: httpx2's client decides all three.
 - Timeouts per request, from httpx2's `timeout` extension: `read` is aiohttp's `sock_read` (waiting
   for the answer's head, then each read of its body), `connect` its `sock_connect`, and pool + connect
-  its `connect` (getting a connection, pooled or new). aiohttp has no write timeout; the small bodies
-  sent here go to the socket buffer at once, and the read timer runs from the moment they are sent.
+  its `connect` (getting a connection, pooled or new). aiohttp has no write timeout: its read timer
+  starts once the body is written, and the small bodies sent here fit in the socket's buffer, so
+  writing them never waits on the peer.
+- A connection closed before the answer came: aiohttp sends an idempotent request (GET, PUT, DELETE)
+  once more on another connection (RFC 9112 9.3.1: usually a kept-alive connection the server closed
+  just then), where httpcore2 raises at once. A POST is never sent twice.
 - Proxies: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY, as httpx2 obeys them, read once per
   origin (httpx2 reads them once per client; aiohttp's `trust_env` would read them, and ~/.netrc, in
   a thread on every request).
@@ -89,8 +94,13 @@ def env_proxy(url: str) -> str | None:
 
 @functools.lru_cache(maxsize=32)
 def _client_timeout(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
-    """aiohttp's timeouts for httpx2's (see the module docstring); a client uses a few, made once."""
-    acquire = None if pool is None and connect is None else (pool or 0.0) + (connect or 0.0)
+    """aiohttp's timeouts for httpx2's (see the module docstring); a client uses a few, made once.
+
+    aiohttp bounds the wait for a pooled connection only together with the connect and name lookup
+    that may follow it (`connect`), so that bound is pool + connect, and `sock_connect` bounds the
+    connect alone. Without a pool timeout the wait is unbounded, as in httpx2; without a connect
+    timeout, the pool timeout bounds the connect too."""
+    acquire = None if pool is None else pool + (connect or 0.0)
     return aiohttp.ClientTimeout(total=None, connect=acquire, sock_connect=connect, sock_read=read)
 
 
@@ -150,11 +160,10 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 timeout=timeout,
             )
         except aiohttp.ConnectionTimeoutError as exc:
-            # Both deadlines of getting a connection end here. The TCP connect alone is bounded by
-            # `connect`, within the whole (`pool + connect`): only a wait for a free pooled connection
-            # longer than `pool` reaches the whole.
-            # (A name lookup that slow counts as a pool wait: aiohttp bounds it by the whole only.)
-            # The millisecond allows for a timer firing a hair early.
+            # Both deadlines of getting a connection end here (`_client_timeout`). A connect cut off by
+            # `sock_connect` ends before pool + connect; reaching that whole takes a wait for a free
+            # connection longer than `pool` (or a name lookup that long). The millisecond allows for a
+            # timer firing a hair early.
             if timeout.connect is not None and loop.time() - started >= timeout.connect - 0.001:
                 raise httpx2.PoolTimeout(f"no free connection within {pool} s", request=request) from exc
             raise httpx2.ConnectTimeout(f"not connected within {connect} s", request=request) from exc

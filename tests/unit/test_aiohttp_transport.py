@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bridge.aiohttp_transport import AiohttpTransport
+from bridge.aiohttp_transport import AiohttpTransport, _client_timeout
 from bridge.app import create_app
 from bridge.errors import BridgeError
 from bridge.resources import Resources
@@ -290,6 +290,27 @@ async def test_a_full_pool_is_a_pool_timeout(upstream: ScriptedUpstream) -> None
     ):
         with pytest.raises(httpx2.PoolTimeout):
             await http.get(upstream.url)
+
+
+@pytest.mark.parametrize(
+    ("pool", "connect", "read", "expected"),
+    [
+        (5.0, 2.0, 5.0, (7.0, 2.0, 5.0)),  # the bridge's: Timeout(5, connect=2)
+        (None, 2.0, 5.0, (None, 2.0, 5.0)),  # no pool timeout: the wait is unbounded, as in httpx2
+        (5.0, None, None, (5.0, None, None)),
+    ],
+)
+def test_httpx2_timeouts_map_onto_aiohttps(
+    pool: float | None,
+    connect: float | None,
+    read: float | None,
+    expected: tuple[float | None, float | None, float | None],
+) -> None:
+    """Getting a connection is bounded by pool + connect, the TCP connect by connect, each read by read;
+    nothing bounds the whole call (httpx2 has no such timeout)."""
+    timeout = _client_timeout(pool, connect, read)
+    assert (timeout.connect, timeout.sock_connect, timeout.sock_read) == expected
+    assert timeout.total is None
 
 
 async def test_a_slow_answer_is_a_read_timeout(http: httpx2.AsyncClient, upstream: ScriptedUpstream) -> None:
