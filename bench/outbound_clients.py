@@ -10,7 +10,8 @@ each round is one sample: the table shows the median and the spread (min-max) of
     .venv/bin/python -m bench.outbound_clients [--rounds 5] [--calls 3000] [--concurrency 16]
 
 Needs the bench extra (`uv sync --extra dev --extra bench`; `scripts/bench` installs it).
-`AiohttpTransport` below is a sketch of an httpx2 transport over aiohttp, here only to be measured.
+"httpx2 over AiohttpTransport" is the bridge's own client (`Resources.http`): httpx2 over
+`bridge.aiohttp_transport` (a sketch of it, reading bodies whole, was measured here before it was built).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stub_upstream import DEFAULT_ANSWER
+from bridge.aiohttp_transport import AiohttpTransport
+from bridge.resources import HTTP_LIMITS
 from devstack.keycloak import free_port
 
 if TYPE_CHECKING:
@@ -59,69 +62,6 @@ FORM = {
 BODY = urlencode(FORM).encode()
 BASIC = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
-
-
-# --------------------------------------------------------------------------- the transport sketch
-
-
-class AiohttpTransport(httpx2.AsyncBaseTransport):
-    """httpx2's transport interface over an aiohttp session (a sketch, not production code).
-
-    Callers keep httpx2's whole API (Client, Request, Response, auth, timeouts, `mounts`), while the
-    connection pool and HTTP/1.1 parser underneath are aiohttp's (C-accelerated). The body is read whole,
-    as the bridge always does. What production would add: every aiohttp error mapped to the httpx2
-    exception of the same meaning, the pool limits from `httpx2.Limits`, and a response size cap.
-    """
-
-    def __init__(self, *, limit: int = 200, keepalive_timeout: float = 15.0) -> None:
-        self._limit = limit
-        self._keepalive_timeout = keepalive_timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Made on first use: an aiohttp session belongs to the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=self._keepalive_timeout),
-                # httpx2 decodes Content-Encoding itself; decoding here too would do it twice.
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-            )
-        return self._session
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        timeouts = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=timeouts.get("connect"),
-            sock_read=timeouts.get("read"),
-        )
-        body = await request.aread()
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw]
-        try:
-            async with self._get_session().request(
-                request.method,
-                yarl.URL(str(request.url), encoded=True),  # httpx2 already encoded it
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                timeout=timeout,
-            ) as answer:
-                content = await answer.read()
-                return httpx2.Response(
-                    answer.status, headers=list(answer.raw_headers), content=content, request=request
-                )
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx2.ConnectError(str(exc), request=request) from exc
-        except TimeoutError as exc:
-            raise httpx2.ReadTimeout(str(exc), request=request) from exc
-        except aiohttp.ClientError as exc:
-            raise httpx2.RemoteProtocolError(str(exc), request=request) from exc
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 # --------------------------------------------------------------------------------------- variants
@@ -193,7 +133,7 @@ async def httpcore2_pool(url: str) -> AsyncIterator[Call]:
 
 @contextlib.asynccontextmanager
 async def httpx2_over_aiohttp(url: str) -> AsyncIterator[Call]:
-    async with _httpx2_client(AiohttpTransport()) as client:
+    async with _httpx2_client(AiohttpTransport(limits=HTTP_LIMITS)) as client:
 
         async def call() -> bytes:
             return (await client.post(url, data=FORM, auth=(CLIENT_ID, CLIENT_SECRET))).content
@@ -325,7 +265,7 @@ VARIANTS = [
     Variant("httpx2.AsyncClient (as today)", "data=dict, auth=tuple", httpx2_as_today),
     Variant("httpx2.AsyncClient, prebuilt body+auth", "content=bytes, headers", httpx2_prebuilt),
     Variant("httpcore2.AsyncConnectionPool alone", "httpx2's transport", httpcore2_pool),
-    Variant("httpx2 over AiohttpTransport", "this module's sketch", httpx2_over_aiohttp),
+    Variant("httpx2 over AiohttpTransport", "bridge.aiohttp_transport", httpx2_over_aiohttp),
     Variant("aiohttp.ClientSession", "data=dict, Basic header", aiohttp_session),
     Variant("pyreqwest Client (Rust reqwest)", "form, basic_auth", pyreqwest_client),
     Variant("aiosonic HTTPClient", "data=dict, auth=tuple", aiosonic_client),

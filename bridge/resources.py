@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -15,6 +13,7 @@ import aiohttp
 import httpx2
 from limits.aio.storage import MemoryStorage, Storage
 
+from bridge.aiohttp_transport import AiohttpTransport, env_proxy
 from bridge.apps import Apps
 from bridge.assertions import AssertionSigner, signer_from_settings
 from bridge.bearer import RealmTokenVerifier
@@ -40,6 +39,8 @@ if TYPE_CHECKING:
     from bridge.settings import Settings
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
+# The pool of `Resources.http` (TikTok, Keycloak's admin API): what httpx2's own pool had here.
+HTTP_LIMITS = httpx2.Limits(max_connections=200, max_keepalive_connections=50)
 # The JWT grant's connections to Keycloak, per worker process: as many as the worker serves requests at
 # once (`server.DEFAULT_LIMIT_CONCURRENCY`), each holding at most one for its grant, so a grant never
 # waits for the pool. A wait there would end as a timeout, which the breaker counts as a Keycloak outage
@@ -54,17 +55,6 @@ TOKEN_KEEPALIVE_SECONDS = 15.0
 log = logging.getLogger(__name__)
 
 
-def env_proxy(url: str) -> str | None:
-    """The proxy that HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY name for `url`, if any. httpx2 obeys
-    them for its calls, so the token session does too; aiohttp's own `trust_env` would read them (and
-    ~/.netrc) in a thread on every request, so they are read once, here."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    proxies = urllib.request.getproxies()
-    return proxies.get(parts.scheme) or proxies.get("all")
-
-
 def token_session(
     settings: Settings,
     *,
@@ -72,7 +62,8 @@ def token_session(
     resolver: AbstractResolver | None = None,
 ) -> aiohttp.ClientSession:
     """The aiohttp session of the JWT grant (`KeycloakClient.issue_token`), the one outbound call of
-    every exchange and refresh; everything else goes through the httpx2 client. Built in the lifespan
+    every exchange and refresh; everything else goes through the httpx2 client (over a session of its
+    own: `AiohttpTransport`). Built in the lifespan
     (it needs the running loop) and closed at shutdown.
 
     Kept-alive connections, reused across exchanges; no cookie jar (a token endpoint must never carry
@@ -103,6 +94,8 @@ class Resources:
     """Everything a request handler needs; one instance per process."""
 
     settings: Settings
+    # TikTok and Keycloak's discovery, service-account token and admin API: httpx2's API over aiohttp
+    # (`AiohttpTransport`, for its CPU cost); `mounts` replace the transport per URL in tests.
     http: httpx2.AsyncClient
     # The JWT grant's own client (`token_session`): the hot path, kept off httpx2 for its CPU cost.
     token_http: aiohttp.ClientSession
@@ -140,12 +133,14 @@ class Resources:
         """Open every client. Called with the event loop running (the lifespan, or a command's
         coroutine). `trace_configs` and `token_resolver` go to `token_session`."""
         token_http = token_session(settings, trace_configs=trace_configs, resolver=token_resolver)
+        transport = AiohttpTransport(limits=HTTP_LIMITS)
         try:
-            return cls._assemble(settings, token_http, mounts=mounts, clock=clock)
+            return cls._assemble(settings, token_http, transport, mounts=mounts, clock=clock)
         except BaseException:
-            # A setting refused on the way: nothing was sent yet, so the session holds no connection
-            # and is dropped without the "unclosed client session" warning.
+            # A setting refused on the way: nothing was sent yet, so the sessions hold no connection
+            # and are dropped without the "unclosed client session" warning.
             token_http.detach()
+            transport.detach()
             raise
 
     @classmethod
@@ -153,6 +148,7 @@ class Resources:
         cls,
         settings: Settings,
         token_http: aiohttp.ClientSession,
+        transport: AiohttpTransport,
         *,
         mounts: Mapping[str, httpx2.AsyncBaseTransport] | None,
         clock: Callable[[], float] | None,
@@ -160,8 +156,8 @@ class Resources:
         signer = signer_from_settings(settings)
         timeout = httpx2.Timeout(settings.http_timeout, connect=min(2.0, settings.http_timeout))
         http = httpx2.AsyncClient(
+            transport=transport,  # its pool is HTTP_LIMITS; it reads the proxy variables (httpx2 would not)
             timeout=timeout,
-            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
             mounts=dict(mounts or {}),

@@ -9,7 +9,10 @@ What spans may carry: URLs (no token is ever in a URL the bridge calls or serves
 Redis the command with its arguments sanitised away (keys are hashed anyway; values, such as the cached
 service-account token, must never reach a span).
 
-The JWT grant goes through aiohttp (`resources.token_session`), traced by hooks of our own
+TikTok's endpoints and Keycloak's admin API, discovery and service-account token are called through
+the httpx2 client (`Resources.http`) and traced by the httpx2 instrumentation, which wraps the client's
+transport whatever carries the bytes underneath (aiohttp: `bridge.aiohttp_transport`). The JWT grant
+goes through aiohttp directly (`resources.token_session`), traced by hooks of our own
 (`client_trace_configs`) rather than opentelemetry-instrumentation-aiohttp-client: that package pins
 opentelemetry-instrumentation and the API to one release behind the ones locked here (0.66b1 and
 1.45.1, against 0.66b2 and 1.45.2, whose propagator refuses overlong `traceparent` headers), and adding

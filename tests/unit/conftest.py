@@ -1,5 +1,6 @@
 """Fixtures shared by the unit tests: a configured bridge app on an in-process HTTP client, its httpx2
-calls served by respx and its JWT grant (aiohttp) by a fake token endpoint on a loopback port."""
+calls served by respx (at the httpx2 client: `httpx2_mock`) and its JWT grant (aiohttp) by a fake token
+endpoint on a loopback port."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from typing import TYPE_CHECKING
 
 import httpx2
 import pytest
+import respx
 from joserfc.jwk import ECKey
 
 from bridge.app import create_app
 from bridge.settings import Settings
 from tests.unit.fake_token_endpoint import FakeTokenEndpoint
+from tests.unit.respx_httpx2 import HTTPX2Mocker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 KC = "http://kc.test"
@@ -27,6 +30,19 @@ async def token_endpoint() -> AsyncIterator[FakeTokenEndpoint]:
     await endpoint.start()
     yield endpoint
     await endpoint.stop()
+
+
+@pytest.fixture
+def httpx2_mock(request: pytest.FixtureRequest) -> Iterator[respx.Router]:
+    """pytest-httpx2's fixture (same name, same `httpx2` marker for respx's options), with routes that
+    serve httpx2's clients whatever their transport: pytest-httpx2's own patch httpcore2's pool, which
+    the bridge's client (over `AiohttpTransport`) never reaches (tests/unit/respx_httpx2.py)."""
+    options = {}
+    if (marker := request.node.get_closest_marker("httpx2")) is not None:
+        options.update(marker.kwargs)
+    options.setdefault("using", HTTPX2Mocker.name)
+    with respx.mock(**options) as router:
+        yield router
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-import httpx  # respx builds httpx (not httpx2) objects even when it patches httpcore2
+import httpx  # respx builds httpx (not httpx2) objects, even serving httpx2 clients
 import httpx2
 import pytest
 from prometheus_client import REGISTRY

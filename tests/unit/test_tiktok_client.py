@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import httpcore2
 import httpx
 import httpx2
 import pytest
@@ -149,7 +148,7 @@ async def test_outages_are_unavailable_with_retry_hint(
 
 async def test_timeout_is_unavailable(client: TikTokClient, httpx2_mock: respx.Router) -> None:
     """A TikTok that does not answer in time is unavailable, not an error of ours."""
-    httpx2_mock.get(USER_INFO).mock(side_effect=httpcore2.ReadTimeout("slow"))
+    httpx2_mock.get(USER_INFO).mock(side_effect=httpx2.ReadTimeout("slow"))
     with pytest.raises(UpstreamUnavailable):
         await client.fetch_profile("act.token")
 

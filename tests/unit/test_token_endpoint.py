@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bridge.aiohttp_transport import env_proxy
 from bridge.app import create_app
 from bridge.cache import MemoryCache
 from bridge.errors import (
@@ -30,7 +31,7 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.keycloak import MAX_RESPONSE_BYTES, KeycloakClient, grant_body
-from bridge.resources import TOKEN_CONNECTIONS, env_proxy, token_session
+from bridge.resources import TOKEN_CONNECTIONS, token_session
 from bridge.server import DEFAULT_LIMIT_CONCURRENCY
 from bridge.tracing import Tracing
 from devstack.keycloak import free_port
