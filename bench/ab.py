@@ -59,6 +59,7 @@ from bench.run import (
     cpu_seconds,
     exchange_forms,
     new_tokens,
+    settled_counts,
     start_stack,
     upstream_counts,
     wait_http,
@@ -283,7 +284,9 @@ def main() -> None:
                         cores=None,
                     )
                     used = cpu_seconds(variant.process.pid) - before_cpu
-                    after_calls = upstream_counts(variant.url, stack.emulator_url)
+                    after_calls = settled_counts(variant.url, stack.emulator_url)
+                    # Per request the bridge answered, once those in flight when wrk stopped are done.
+                    answered = max(1.0, after_calls.pop("answered") - before_calls["answered"])
                     variant.non_2xx += measured.non_2xx
                     if measured.non_2xx > max(MAX_FAILED_FLOOR, MAX_FAILED_SHARE * measured.requests):
                         assert variant.log is not None
@@ -294,9 +297,7 @@ def main() -> None:
                     variant.cpu_ms.append(used * 1000 / max(1, measured.requests))
                     variant.per_s.append(measured.per_second)
                     for name, value in after_calls.items():
-                        variant.calls.setdefault(name, []).append(
-                            (value - before_calls[name]) / max(1, measured.requests)
-                        )
+                        variant.calls.setdefault(name, []).append((value - before_calls[name]) / answered)
                     progress(
                         f"run {run + 1}/{args.runs} {variant.name}: {variant.cpu_ms[-1]:.3f} ms CPU per "
                         f"{CASES[args.case]}, {measured.per_second:.0f}/s over {measured.seconds:.1f} s, "
