@@ -56,7 +56,10 @@ def code_request(code: str = "code-1", redirect_uri: str = REDIRECT) -> CodeExch
 
 @pytest.fixture
 def tiktok() -> FakeTikTok:
-    return FakeTikTok(profiles={"act.one": PROFILE, "act.two": PROFILE})
+    # Verified now, not when the module was imported: a whole suite runs longer than a profile's TTL, and
+    # a profile older than that is no longer kept in memory.
+    fresh = replace(PROFILE, verified_at=time.time())
+    return FakeTikTok(profiles={"act.one": fresh, "act.two": fresh})
 
 
 @pytest.fixture
