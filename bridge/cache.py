@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from bridge.errors import UpstreamUnavailable
 from bridge.metrics import timed
+from bridge.model import Held
 from bridge.redis_connection import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
@@ -82,21 +83,26 @@ class MemoryCache:
         self._schedules.get(key, {}).pop(member, None)
 
     @asynccontextmanager
-    async def _lock(self, key: str, wait: float) -> AsyncIterator[bool]:
+    async def _lock(self, key: str, wait: float) -> AsyncIterator[Held]:
         lock = self._locks.setdefault(key, asyncio.Lock())
+        # A free lock is taken without suspending (no task of wait_for's in between), so the next taker
+        # sees it held. Free but with a woken waiter still to run counts as "at once": that only costs
+        # the caller its shortcut, never correctness.
+        held = Held.AFTER_WAITING if lock.locked() else Held.AT_ONCE
         try:
-            await asyncio.wait_for(lock.acquire(), timeout=wait)
+            async with asyncio.timeout(wait):
+                await lock.acquire()
         except TimeoutError:
-            yield False
+            yield Held.NOT_TAKEN
             return
         try:
-            yield True
+            yield held
         finally:
             lock.release()
             if not lock.locked():
                 self._locks.pop(key, None)
 
-    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]:  # noqa: ARG002 - no expiry needed in-process
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:  # noqa: ARG002 - no expiry needed in-process
         return self._lock(key, wait)
 
     async def ping(self) -> None:
@@ -174,10 +180,11 @@ class RedisCache:
         await self._command("unschedule", self._redis.zrem(key, member))
 
     @asynccontextmanager
-    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:
+    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Held]:
         owner = uuid.uuid4().hex
         deadline = time.monotonic() + wait
         delay = 0.01
+        held = Held.AT_ONCE
         try:
             while True:
                 with timed("redis", "lock") as outcome:
@@ -186,20 +193,21 @@ class RedisCache:
                 if taken:
                     break
                 if time.monotonic() >= deadline:
-                    yield False
+                    yield Held.NOT_TAKEN
                     return
+                held = Held.AFTER_WAITING
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
         except REDIS_FAILURES as exc:
             raise UpstreamUnavailable("cache", f"lock failed: {type(exc).__name__}") from exc
         try:
-            yield True
+            yield held
         finally:
             # If Redis is gone now, the lock expires by itself after ttl.
             with contextlib.suppress(*REDIS_FAILURES):
                 await self._release(keys=[key], args=[owner])
 
-    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]:
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
         return self._lock(key, ttl, wait)
 
     async def ping(self) -> None:
@@ -304,7 +312,7 @@ class FallbackCache:
         await self._either(lambda: self._primary.unschedule(key, member), _nothing)
 
     @asynccontextmanager
-    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:
+    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Held]:
         async with contextlib.AsyncExitStack() as stack:
             # Only taking the lock is guarded: an error raised by the body is the body's own.
             acquired = await self._either(
@@ -313,7 +321,7 @@ class FallbackCache:
             )
             yield acquired
 
-    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]:
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
         return self._lock(key, ttl, wait)
 
     async def ping(self) -> None:

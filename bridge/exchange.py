@@ -47,6 +47,7 @@ from bridge.model import (
     SCOPE_BASIC,
     Caller,
     Exchanged,
+    Held,
     KeycloakUser,
     Policy,
     TikTokProfile,
@@ -436,9 +437,14 @@ class ExchangeService:
                     raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")
                 # Whoever held the lock before us created the user and cached its id before letting go:
                 # one cache read instead of another Keycloak search (a hundred waiters queue behind this
-                # lock). If that write was lost, Keycloak's 409 on the deterministic username still
-                # leads `_create` to the existing user.
-                if (winner := await self._cache.get(user_key)) is not None and "id" in json.loads(winner):
+                # lock). A lock taken at once had no holder to wait for, so the read is spared; the rare
+                # holder that finished between our search and our lock, or whose write was lost, is
+                # still found: Keycloak's 409 on the deterministic username leads `_create` to it.
+                if (
+                    acquired is Held.AFTER_WAITING
+                    and (winner := await self._cache.get(user_key)) is not None
+                    and "id" in json.loads(winner)
+                ):
                     return str(json.loads(winner)["id"]), False
                 user_id = await self._create(profile, attributes)
                 await self._remember(user_key, user_id, fingerprint)

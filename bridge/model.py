@@ -7,6 +7,7 @@ what it works with.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
@@ -58,6 +59,18 @@ def fit_for_keycloak(text: str, limit: int = KEYCLOAK_MAX_LENGTH) -> str:
         fitted.append(char)
         used += units
     return "".join(fitted)
+
+
+class Held(enum.Enum):
+    """What asking for a lock came to (`ports.Cache.lock`). True when taken; whether the holder waited
+    tells whether another holder may have done the guarded work in the meantime."""
+
+    NOT_TAKEN = "not taken"
+    AT_ONCE = "taken at once"
+    AFTER_WAITING = "taken after waiting"
+
+    def __bool__(self) -> bool:
+        return self is not Held.NOT_TAKEN
 
 
 @dataclass(frozen=True, slots=True)

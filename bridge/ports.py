@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from bridge.model import (
         CodeGrant,
         FederatedLink,
+        Held,
         IssuedToken,
         KeycloakUser,
         TikTokProfile,
@@ -87,7 +88,10 @@ class Cache(Protocol):
         ...
 
     async def unschedule(self, key: str, member: str) -> None: ...
-    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[bool]: ...
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
+        """Single-flight across replicas: held within `wait` (at once, or after waiting), or not."""
+        ...
+
     async def ping(self) -> None: ...
     async def aclose(self) -> None: ...
     @property

@@ -278,11 +278,58 @@ async def test_removed_link_reprovisions_once(tiktok: FakeTikTok, keycloak: Fake
 
 
 async def test_concurrent_first_exchanges_create_one_user(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
-    """Single-flight: twenty simultaneous first sign-ins of one identity create exactly one user."""
+    """Single-flight: twenty simultaneous first sign-ins of one identity create exactly one user; the
+    nineteen that waited for the lock read the winner's id from the cache instead of creating."""
     bridge = service(tiktok, keycloak)
     results = await asyncio.gather(*(bridge.exchange(request()) for _ in range(20)))
     assert len(keycloak.users) == 1
     assert {r.user_id for r in results} == set(keycloak.users)
+    assert keycloak.calls["create"] == 1
+    assert [r.created for r in results].count(True) == 1
+
+
+async def test_a_first_sign_in_with_the_lock_free_reads_the_user_entry_once(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak
+) -> None:
+    """With nobody holding the provisioning lock there is no winner to read: the user entry is read
+    once (with the tombstone), not again under the lock. If a user appeared meanwhile anyway (a holder
+    that finished between the search and the lock), Keycloak's 409 leads to it: still one user."""
+    shared = CountingCache()
+    bridge = service(tiktok, keycloak, cache=shared)
+    first = await bridge.exchange(request("act.one"))
+    assert first.created
+    assert shared.reads.count(keys.linked_user("tiktok", PROFILE.open_id)) == 1
+
+
+class LateSearchKeycloak(FakeKeycloak):
+    """Its next search misses a user that exists: one created by a holder that finished between that
+    search and our taking the lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.miss_next_search = False
+
+    async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
+        if self.miss_next_search:
+            self.miss_next_search = False
+            self.calls["find"] += 1
+            return None
+        return await super().find_linked_user(idp_alias, idp_user_id)
+
+
+async def test_a_user_created_just_before_the_lock_is_found_by_the_409(tiktok: FakeTikTok) -> None:
+    """The lock taken at once spares the re-read of the cache; a user that appeared between the search
+    and the lock is still found (Keycloak refuses the same username), so there is still one user."""
+    keycloak = LateSearchKeycloak()
+    bridge = service(tiktok, keycloak)
+    first = await bridge.exchange(request("act.one"))
+    await bridge._cache.delete(keys.linked_user("tiktok", PROFILE.open_id))
+    keycloak.miss_next_search = True
+
+    again = await bridge.exchange(request("act.two"))
+    assert again.user_id == first.user_id
+    assert len(keycloak.users) == 1
+    assert keycloak.calls["create"] == 2  # the second one met the 409
 
 
 def test_deterministic_username_is_stable_and_valid() -> None:
