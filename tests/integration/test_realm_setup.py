@@ -180,6 +180,15 @@ async def run_doctor(
     return {c.name: c for c in checks}
 
 
+def run_cli(
+    command: list[str], env: dict[str, str], *, stdin: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A `bridge` command run as an operator runs it: its own process, output captured as text."""
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, check=False, stdin=stdin
+    )
+
+
 def failing(checks: dict[str, doctor.Check]) -> set[str]:
     return {name for name, check in checks.items() if not check.ok}
 
@@ -306,23 +315,9 @@ def test_wrong_admin_password_and_unknown_realm_are_one_line_errors(bare: Bare, 
         str(password_file),
     ]
 
-    wrong = subprocess.run(
-        command,
-        env={**env, **base, "BRIDGE_KEYCLOAK_REALM": realm},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    wrong = run_cli(command, {**env, **base, "BRIDGE_KEYCLOAK_REALM": realm})
     password_file.write_text("admin\n")
-    unknown = subprocess.run(
-        command,
-        env={**env, **base, "BRIDGE_KEYCLOAK_REALM": "no-such-realm"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    unknown = run_cli(command, {**env, **base, "BRIDGE_KEYCLOAK_REALM": "no-such-realm"})
 
     assert wrong.returncode == 1
     assert wrong.stderr.strip() == (
@@ -363,30 +358,11 @@ def test_doctor_command_exit_status_and_json(bare: Bare, tiktok_server: Threaded
     assert run_apply(bare, realm)[0]
     command = [sys.executable, "-m", "bridge", "doctor", "--json"]
 
-    good = subprocess.run(
-        command,
-        env=bridge_env(bare, realm, tiktok_server.url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    good = run_cli(command, bridge_env(bare, realm, tiktok_server.url))
+    bad = run_cli(
+        [*command[:-1]], bridge_env(bare, realm, tiktok_server.url, BRIDGE_KEYCLOAK_CLIENT_SECRET="wrong")
     )
-    bad = subprocess.run(
-        [*command[:-1]],
-        env=bridge_env(bare, realm, tiktok_server.url, BRIDGE_KEYCLOAK_CLIENT_SECRET="wrong"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    invalid = subprocess.run(
-        command,
-        env=bridge_env(bare, realm, tiktok_server.url, BRIDGE_ISSUER="not a url"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    invalid = run_cli(command, bridge_env(bare, realm, tiktok_server.url, BRIDGE_ISSUER="not a url"))
 
     assert good.returncode == 0, good.stdout
     report = json.loads(good.stdout)
@@ -417,21 +393,12 @@ def test_doctor_command_reads_the_admin_password_from_a_file_only(
     password_file.write_text(ADMIN_PASSWORD + "\n")
     command = [sys.executable, "-m", "bridge", "doctor", "--json", "--admin-user", "admin"]
 
-    done = subprocess.run(
-        [*command, "--admin-password-file", str(password_file)],
-        env=bridge_env(bare, realm, tiktok_server.url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run_cli(
+        [*command, "--admin-password-file", str(password_file)], bridge_env(bare, realm, tiktok_server.url)
     )
-    unreadable = subprocess.run(
+    unreadable = run_cli(
         [*command, "--admin-password-file", str(tmp_path / "missing")],
-        env=bridge_env(bare, realm, tiktok_server.url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        bridge_env(bare, realm, tiktok_server.url),
         stdin=subprocess.DEVNULL,
     )
 
