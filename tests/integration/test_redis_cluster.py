@@ -3,6 +3,8 @@ cache and the rate limits as a `redis+cluster://` deployment would use them."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +13,7 @@ from redis.crc import key_slot
 from bridge.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
 from bridge.exchange import ExchangeService
+from bridge.model import Held
 from bridge.ratelimit import RateLimiter
 from bridge.redis_connection import RedisConnection
 from devstack.redis import RedisClusterNodes
@@ -112,4 +115,44 @@ async def test_a_cluster_outage_is_served_from_memory_and_limits_fail_open(
         await limiter.check_ip("192.0.2.1")  # let through: the store is gone
     finally:
         nodes.stop()
+        await redis.aclose()
+
+
+async def test_the_lock_says_how_it_was_taken_and_waiters_read_the_winner(cluster: RedisClusterNodes) -> None:
+    """Against real Redis: a free lock is taken at once, a held one after waiting (or not at all once the
+    wait runs out); ten concurrent first sign-ins create one user, and only the first creates: the
+    others waited, and read the winner's id instead of meeting Keycloak's 409."""
+    redis = RedisConnection.from_url(cluster.url, timeout=2)
+    cache = RedisCache(redis.client)
+    try:
+        async with cache.lock("tkb:test:lock", ttl=5, wait=1) as first:
+            assert first is Held.AT_ONCE
+            async with cache.lock("tkb:test:lock", ttl=5, wait=0.05) as refused:
+                assert refused is Held.NOT_TAKEN
+
+        released = asyncio.Event()
+
+        async def hold() -> None:
+            async with cache.lock("tkb:test:lock", ttl=5, wait=1):
+                await released.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        asyncio.get_running_loop().call_later(0.05, released.set)
+        async with cache.lock("tkb:test:lock", ttl=5, wait=2) as after:
+            assert after is Held.AFTER_WAITING
+        await holder
+
+        keycloak = FakeKeycloak()
+        bridge = ExchangeService(
+            tiktok=FakeTikTok(profiles={"act.new": replace(PROFILE, open_id="-000new")}),
+            keycloak=keycloak,
+            cache=cache,
+            minter=FakeMinter(),
+            policy=make_policy(),
+        )
+        results = await asyncio.gather(*(bridge.exchange(request("act.new")) for _ in range(10)))
+        assert len({r.user_id for r in results}) == 1
+        assert keycloak.calls["create"] == 1
+    finally:
         await redis.aclose()
