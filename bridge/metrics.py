@@ -54,12 +54,12 @@ CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker
 # and `timed` runs four times per exchange. Bounded: upstream, operation and result are named in code.
 _UPSTREAM_TIMERS: dict[tuple[str, str, str], Histogram] = {}
 # The same for counters counted on every request (`count`); their labels are named in code too.
-_COUNTER_CHILDREN: dict[tuple[str, ...], Counter] = {}
+_COUNTER_CHILDREN: dict[tuple[int, tuple[str, ...]], Counter] = {}
 
 
 def count(counter: Counter, *labels: str) -> None:
     """`counter.labels(*labels).inc()`, without validating and locking the labels on every request."""
-    key = (counter._name, *labels)  # noqa: SLF001 - the metric's own name tells the counters apart
+    key = (id(counter), labels)  # the counters are module-level: their ids live as long as the process
     child = _COUNTER_CHILDREN.get(key)
     if child is None:
         child = _COUNTER_CHILDREN[key] = counter.labels(*labels)
