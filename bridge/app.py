@@ -63,8 +63,8 @@ def _unexpected_error_response(exc: Exception, *, path: str) -> Response:
 
 
 # Request line and headers. Ours are a few hundred bytes; 16 KiB leaves room for what proxies add.
-# uvicorn's h11 bounds only headers that arrive in pieces (its buffer for an incomplete request), so a
-# large block sent at once is checked here.
+# The protocol (`server.BridgeHttpProtocol`) bounds only headers that arrive in pieces (the bytes received
+# while it awaits them), so a large block sent at once is checked here.
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_COUNT = 64
 

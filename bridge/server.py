@@ -10,17 +10,19 @@ lacks for a server on the public internet.
    new connection has no timer at all, so a client trickling header bytes (slowloris) holds a connection
    for ever. Headers must now be complete within `header_timeout` of connecting or of the last response.
    (A slow body is bounded in the app: `endpoints.read_body` answers 408.)
-3. JSON answers to what h11 cannot parse. uvicorn answers a malformed request with a plain-text 400, and
-   h11 refuses request headers still incomplete past its buffer limit the same way: headers over
-   MAX_HEADER_BYTES that arrive in pieces got that 400, and at once the app's JSON 431. Both are now the
-   bridge's own error bodies: 431 when the buffer overflowed, `invalid_request` 400 otherwise.
-4. Request smuggling shapes. h11 0.16 accepts requests whose end a front proxy may judge otherwise: it
-   lets Transfer-Encoding win over a Content-Length beside it and keeps the connection open (RFC 9112
-   section 6.1 requires closing it), honours Transfer-Encoding on HTTP/1.0 (faulty framing, same
-   section), reads a bare LF as a line end (section 2.2 allows it; a proxy that does not sees one
-   header where we see two) and unfolds obs-fold lines (section 5.2: reject). `_StrictConnection` refuses
-   all four as malformed HTTP, so each gets the JSON 400 of point 3 with `Connection: close` and nothing
-   pipelined behind it is read. Mobile clients and proxies never send these shapes.
+3. JSON answers to what cannot be parsed. uvicorn answers a malformed request with a plain-text 400,
+   and llhttp (httptools' parser, uvicorn's fast protocol) has no limit of its own on the size of a
+   header block: it keeps a header arriving in pieces for as long as it grows. Here the bytes received
+   while a request line and headers are awaited are counted, and past MAX_HEADER_BYTES the connection
+   gets the JSON 431 and is closed; a block that arrives complete is checked by the app (431 too). What
+   llhttp refuses gets the bridge's `invalid_request` 400 instead of uvicorn's text.
+4. Request smuggling shapes, refused with that JSON 400, `Connection: close`, and nothing pipelined
+   behind them read (RFC 9112 sections 2.2, 5.2, 6.1). llhttp in its strict default refuses
+   Content-Length beside Transfer-Encoding, bare LF line ends and obs-fold lines; Transfer-Encoding on
+   HTTP/1.0, which llhttp would read as chunked, is refused here (`on_headers_complete`). h11, which
+   served until 2026-12, accepted all four and needed a checking subclass; llhttp parses a request in C
+   for about a tenth of the bridge's CPU per exchange less (bench/README.md). Mobile clients and
+   proxies never send these shapes; `tests/e2e/test_request_smuggling.py` sends each.
 5. Bounded memory whatever clients send (issue 15: 10,000 connections with 65 KB bodies took one worker
    from 85 MB to 1.53 GB). Per connection uvicorn buffers up to 64 KiB of body before it stops reading,
    plus the whole of one `recv` (asyncio reads 256 KiB at a time), and nothing caps the connections.
@@ -37,15 +39,15 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import socket
 import sys
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-import h11
+import httptools
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from bridge.app import MAX_HEADER_BYTES
@@ -60,11 +62,9 @@ if TYPE_CHECKING:
     from bridge.errors import OAuthError
 
 
-# Where h11 ends a header block (its own rule: an LF, an optional CR, an LF), a bare LF anywhere in it,
-# and a line that starts with white space (obs-fold) once line ends are known to be CRLF.
-_END_OF_HEADERS = re.compile(rb"\n\r?\n")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_OBS_FOLD = re.compile(rb"\r\n[ \t]")
+# llhttp's own words when a request carries both Content-Length and Transfer-Encoding, in either order
+# ("Content-Length can't be present with Transfer-Encoding", and the other way round).
+_LENGTH_CONFLICT = "can't be present with"
 AMBIGUOUS_LENGTH = "The request's length is ambiguous (Content-Length with Transfer-Encoding)."
 # Point 5. One worker sustains about 250 warm exchanges a second and saturates from 8 to 32 concurrent
 # requests (bench/README.md): 256 in flight is already a second of queue, so more only holds memory.
@@ -74,36 +74,6 @@ DEFAULT_LIMIT_CONCURRENCY = 256
 # accepts is at most 16 KiB (`rfc8693.MAX_BODY_BYTES`).
 RECEIVE_CHUNK_BYTES = 16 * 1024
 BODY_HIGH_WATER = 16 * 1024
-
-
-class _StrictConnection(h11.Connection):
-    """h11's server connection, refusing the framing shapes of point 4 as RemoteProtocolError, which
-    uvicorn answers through `send_400_response`. `refusal` says which, for that answer."""
-
-    refusal: str | None = None
-
-    def next_event(self) -> Any:  # noqa: ANN401 - h11's own union of event types and sentinels
-        if self.their_state is h11.IDLE:
-            # The raw header block is checked before h11 parses it: once parsed, bare LFs and folds are
-            # gone. A block still incomplete is left to h11 (and to its size limit).
-            buffered, _ = self.trailing_data
-            end = _END_OF_HEADERS.search(buffered)
-            if end is not None:
-                block = buffered[: end.end()]
-                if _BARE_LF.search(block) or _OBS_FOLD.search(block):
-                    raise h11.RemoteProtocolError("bare LF or obs-fold in the header block", 400)
-        event = super().next_event()
-        if isinstance(event, h11.Request) and _ambiguous_length(event):
-            self.refusal = AMBIGUOUS_LENGTH
-            raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
-        return event
-
-
-def _ambiguous_length(request: h11.Request) -> bool:
-    names = {name for name, _ in request.headers}
-    if b"transfer-encoding" not in names:
-        return False
-    return b"content-length" in names or request.http_version == b"1.0"
 
 
 class _CoalescingTransport:
@@ -158,7 +128,7 @@ class _Serving:
 _serving = _Serving()
 
 
-class BridgeH11Protocol(H11Protocol):
+class BridgeHttpProtocol(HttpToolsProtocol):
     def __init__(
         self,
         *args: Any,  # noqa: ANN401 - uvicorn's own arguments
@@ -167,11 +137,12 @@ class BridgeH11Protocol(H11Protocol):
         **kwargs: Any,  # noqa: ANN401
     ) -> None:
         super().__init__(*args, **kwargs)
-        # In place of uvicorn's own connection, with the same buffer limit (`serve` always sets it).
-        limit = self.config.h11_max_incomplete_event_size
-        self.conn = _StrictConnection(h11.SERVER, MAX_HEADER_BYTES if limit is None else limit)
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        # Point 3: bytes received while waiting for a request line and headers (llhttp has no limit).
+        self._header_bytes = 0
+        self._headers_in = False
+        self._refusal: str | None = None
         # Point 5: uvicorn's check (and its plain-text 503) is replaced by ours, which also caps connections.
         self.limit_concurrency = None
         self._limit = limit_concurrency
@@ -194,18 +165,57 @@ class BridgeH11Protocol(H11Protocol):
                 OVERLOAD_REFUSALS.labels("closed").inc()
                 transport.abort()
                 return
-            # Answered 503 once its headers are in (bounded by h11's 16 KiB and the header deadline).
+            # Answered 503 once its headers are in (bounded by MAX_HEADER_BYTES and the header deadline).
             self._overloaded = True
         # Set after uvicorn's own set-up, which keeps the real transport for its flow control.
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._start_header_timer()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        if not self._headers_in:
+            self._header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No protocol to switch to (no WebSockets here): the request is answered as plain HTTP/1.1,
+            # and the connection closed after it, as llhttp reads nothing more from it.
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(self._refusal_for(exc))
+            return
+        if not self._headers_in and self._header_bytes > MAX_HEADER_BYTES:
+            self._refuse(HeadersTooLarge(detail=f"{self._header_bytes} bytes of incomplete headers"))
+            return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and len(cycle.body) > BODY_HIGH_WATER:
             # uvicorn pauses only past 64 KiB; reading resumes when the app asks for the body.
             self.flow.pause_reading()
+
+    def on_headers_complete(self) -> None:
+        self._headers_in = True
+        self._header_bytes = 0
+        if self.parser.get_http_version() == "1.0" and any(
+            name == b"transfer-encoding" for name, _ in self.headers
+        ):
+            # RFC 9112 section 6.1: faulty framing. llhttp would read it as chunked.
+            self._refusal = AMBIGUOUS_LENGTH
+            raise _FramingRefused
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._headers_in = False
+
+    def _refusal_for(self, exc: httptools.HttpParserError) -> OAuthError:
+        framing = self._refusal
+        if framing is None and _LENGTH_CONFLICT in str(exc):
+            framing = AMBIGUOUS_LENGTH
+        if framing is not None:
+            return InvalidRequest(framing)
+        return InvalidRequest("The request is not valid HTTP/1.1.")
 
     async def _app_or_refusal(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Requests the app is serving, refusals not counted (uvicorn's `tasks` counts both, so a burst
@@ -245,24 +255,19 @@ class BridgeH11Protocol(H11Protocol):
             self._header_timer.cancel()
             self._header_timer = None
 
-    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's fixed text, replaced
-        buffered, _ = self.conn.trailing_data
-        framing = self.conn.refusal if isinstance(self.conn, _StrictConnection) else None
-        refusal: OAuthError
-        if framing is not None:
-            # Checked first: the body buffered behind these headers may well exceed MAX_HEADER_BYTES.
-            refusal = InvalidRequest(framing)
-        elif len(buffered) > MAX_HEADER_BYTES:
-            refusal = HeadersTooLarge(detail=f"{len(buffered)} bytes of incomplete headers")
-        else:
-            refusal = InvalidRequest("The request is not valid HTTP/1.1.")
+    def _refuse(self, refusal: OAuthError) -> None:
+        """Answer what cannot be served as a request with the bridge's own error shape, and close."""
         # The one error shape (errors.OAuthError), written by hand only because there is no app here yet.
         body = json.dumps(refusal.body()).encode()
-        headers = _headers(refusal, body)
-        self.transport.write(self.conn.send(h11.Response(status_code=refusal.status_code, headers=headers)))
-        self.transport.write(self.conn.send(h11.Data(data=body)))
-        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (refusal.status_code, HTTPStatus(refusal.status_code).phrase.encode())
+        ]
+        head.extend(name + b": " + value + b"\r\n" for name, value in _headers(refusal, body))
+        self.transport.write(b"".join(head) + b"\r\n" + body)
         self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's fixed text, replaced
+        self._refuse(InvalidRequest("The request is not valid HTTP/1.1."))
 
     def _headers_timed_out(self) -> None:
         self._header_timer = None
@@ -271,6 +276,10 @@ class BridgeH11Protocol(H11Protocol):
         waiting = self.cycle is None or self.cycle.response_complete
         if waiting and not self.transport.is_closing():
             self.transport.close()
+
+
+class _FramingRefused(Exception):
+    """Raised in a parser callback to stop parsing: llhttp reports it as an HttpParserError."""
 
 
 def _headers(refusal: OAuthError, body: bytes) -> list[tuple[bytes, bytes]]:
@@ -308,11 +317,10 @@ def serve(
         workers=workers,
         # A partial of a module-level class: it survives the pickling that starts worker processes.
         http=functools.partial(  # type: ignore[arg-type]
-            BridgeH11Protocol, header_timeout=header_timeout, limit_concurrency=limit_concurrency
+            BridgeHttpProtocol, header_timeout=header_timeout, limit_concurrency=limit_concurrency
         ),
-        # Headers still incomplete past this are refused (431 above); a block that arrives complete is
-        # checked by the app (431 too). Equal to h11's default today; stated, as the two must agree.
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        # No WebSockets here: an Upgrade request is answered as plain HTTP/1.1.
+        ws="none",
         timeout_keep_alive=5,  # idle keep-alive connections (uvicorn's default, stated)
         log_config=None,  # keep our JSON logging
         # X-Forwarded-For is believed only from proxies named by the operator; by default from nobody

@@ -135,7 +135,8 @@ def test_a_slow_body_is_answered_408_and_the_connection_closed(served: str) -> N
 
 def test_oversized_headers_are_refused_and_the_server_keeps_serving(served: str) -> None:
     """Over 16 KiB of headers, or over 64 headers: the same JSON 431 whether the block arrives at once
-    (checked by the app) or trickles in pieces (h11's buffer limit, once uvicorn's plain-text 400)."""
+    (checked by the app) or trickles in pieces (counted by `server.BridgeHttpProtocol`: llhttp has no
+    limit of its own, and uvicorn's answer was a plain-text 400)."""
     response = httpx2.post(f"{served}/token", headers={"X-Big": "a" * 20_000}, timeout=10)
     assert response.status_code == 431
     assert response.json() == TOO_LARGE

@@ -1,10 +1,12 @@
 """Request shapes that let a front proxy and the bridge disagree on where a request ends (request
 smuggling, RFC 9112 sections 2.2, 5.2 and 6.1), sent over raw sockets to `python -m bridge serve`.
 
-h11 accepts all of them: it lets Transfer-Encoding win over Content-Length and keeps the connection open,
-reads a bare LF as a line end, and unfolds obs-fold continuation lines. A proxy that reads any of them
-otherwise would forward a request of its own choosing hidden in the body or in a header. The bridge
-refuses each with its JSON 400 and closes the connection, so nothing pipelined after it is ever read.
+h11, which parsed requests until 2026-12, accepted all of them: it let Transfer-Encoding win over
+Content-Length and kept the connection open, read a bare LF as a line end, and unfolded obs-fold
+continuation lines. llhttp (httptools) refuses most of them itself but reads Transfer-Encoding on HTTP/1.0
+as chunked. A proxy that reads any of them otherwise would forward a request of its own choosing hidden
+in the body or in a header. The bridge refuses each with its JSON 400 and closes the connection, so
+nothing pipelined after it is ever read.
 """
 
 from __future__ import annotations
@@ -165,3 +167,21 @@ def test_well_formed_pipelined_requests_are_still_answered(served: str) -> None:
         b"HTTP/1.1 200 OK",
     ]
     assert json.loads(responses[0][1])["error"] == "unsupported_grant_type"
+
+
+def test_an_upgrade_request_is_answered_as_http_1_1_and_closed(served: str) -> None:
+    """No protocol is switched to (the bridge has no WebSockets or h2c): a request asking to upgrade, as
+    curl's `--http2` does over cleartext, is answered as plain HTTP/1.1 and the connection closed after
+    it, since the parser reads nothing more from a connection asking to switch. What was sent behind it
+    is never answered."""
+    request = (
+        b"GET /healthz HTTP/1.1\r\nHost: bridge\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+    )
+    responses = exchange_raw(served, request + FOLLOWER)
+    assert len(responses) == 1, [head.split(b"\r\n")[0] for head, _ in responses]
+    head, body = responses[0]
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["status"] == "ok"
+    assert still_serving(served)

@@ -194,7 +194,7 @@ def test_served_connections_disable_nagle() -> None:
     import socket  # noqa: PLC0415
     from unittest.mock import MagicMock  # noqa: PLC0415
 
-    from bridge.server import BridgeH11Protocol  # noqa: PLC0415
+    from bridge.server import BridgeHttpProtocol  # noqa: PLC0415
 
     listener = socket.socket(family=socket.AF_INET)  # as uvicorn's bind_socket makes it: proto 0
     listener.bind(("127.0.0.1", 0))
@@ -207,7 +207,7 @@ def test_served_connections_disable_nagle() -> None:
         transport.get_extra_info.side_effect = lambda name, default=None: (
             accepted if name == "socket" else default
         )
-        protocol = BridgeH11Protocol.__new__(BridgeH11Protocol)
+        protocol = BridgeHttpProtocol.__new__(BridgeHttpProtocol)
         with contextlib.suppress(AttributeError):  # uvicorn's own set-up needs server state; ours runs first
             protocol.connection_made(transport)
         assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
@@ -249,7 +249,7 @@ async def test_an_answer_leaves_in_one_write() -> None:
     transport = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
     transport.write(b"{}")
-    transport.write(b"")  # h11's end of message with Content-Length framing
+    transport.write(b"")  # an empty write, as uvicorn makes for an empty body
     assert real.writes == []
     await asyncio.sleep(0)
     assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
