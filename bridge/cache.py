@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,6 +38,10 @@ class MemoryCache:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max_entries = max_entries
         self._locks: dict[str, asyncio.Lock] = {}
+        # Holders and waiters of each lock: its asyncio.Lock is dropped only once none is left. (Dropped
+        # as soon as it read unlocked, a waiter just woken still held the old one while a newcomer took
+        # a new one: two holders at once.)
+        self._takers: Counter[str] = Counter()
         self._schedules: dict[str, dict[str, float]] = {}
 
     async def get(self, key: str) -> bytes | None:
@@ -82,25 +86,44 @@ class MemoryCache:
     async def unschedule(self, key: str, member: str) -> None:
         self._schedules.get(key, {}).pop(member, None)
 
-    @asynccontextmanager
-    async def _lock(self, key: str, wait: float) -> AsyncIterator[Held]:
+    async def _acquire(self, key: str, wait: float) -> Held:
         lock = self._locks.setdefault(key, asyncio.Lock())
         # A free lock is taken without suspending (no task of wait_for's in between), so the next taker
         # sees it held. Free but with a woken waiter still to run counts as "at once": that only costs
         # the caller its shortcut, never correctness.
         held = Held.AFTER_WAITING if lock.locked() else Held.AT_ONCE
+        self._takers[key] += 1
+        taken = False
         try:
             async with asyncio.timeout(wait):
                 await lock.acquire()
+            taken = True
         except TimeoutError:
-            yield Held.NOT_TAKEN
+            pass
+        finally:
+            if not taken:  # timed out or cancelled: no longer waiting
+                self._let_go(key)
+        return held if taken else Held.NOT_TAKEN
+
+    def _release(self, key: str) -> None:
+        self._locks[key].release()
+        self._let_go(key)
+
+    def _let_go(self, key: str) -> None:
+        self._takers[key] -= 1
+        if self._takers[key] <= 0:
+            del self._takers[key], self._locks[key]
+
+    @asynccontextmanager
+    async def _lock(self, key: str, wait: float) -> AsyncIterator[Held]:
+        held = await self._acquire(key, wait)
+        if not held:
+            yield held
             return
         try:
             yield held
         finally:
-            lock.release()
-            if not lock.locked():
-                self._locks.pop(key, None)
+            self._release(key)
 
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:  # noqa: ARG002 - no expiry needed in-process
         return self._lock(key, wait)

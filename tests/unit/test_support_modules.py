@@ -77,6 +77,53 @@ async def test_memory_lock_serialises_and_times_out() -> None:
     await holder
 
 
+async def test_memory_lock_handed_to_a_waiter_is_not_taken_by_a_newcomer_too() -> None:
+    """A lock released to a waiting taker stays that taker's: a third one asking meanwhile waits (it
+    once found the lock forgotten and took a fresh one, two holders at once)."""
+    cache = MemoryCache()
+    waiter_inside, waiter_done = asyncio.Event(), asyncio.Event()
+
+    async def waiter() -> None:
+        async with cache.lock("l", ttl=5, wait=1) as held:
+            assert held is Held.AFTER_WAITING
+            waiter_inside.set()
+            await waiter_done.wait()
+
+    async with cache.lock("l", ttl=5, wait=1):
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)  # the waiter is queued on the held lock
+    await waiter_inside.wait()
+    async with cache.lock("l", ttl=5, wait=0.05) as newcomer:
+        assert newcomer is Held.NOT_TAKEN
+    waiter_done.set()
+    await task
+    async with cache.lock("l", ttl=5, wait=0.05) as free_again:
+        assert free_again is Held.AT_ONCE
+    assert not cache._locks  # nothing is left behind once every taker is gone
+
+
+async def test_memory_lock_forgets_takers_that_gave_up_or_were_cancelled() -> None:
+    """A taker that timed out or was cancelled while waiting counts no more: once the holder releases,
+    the lock is free and nothing is kept for it."""
+    cache = MemoryCache()
+
+    async def wait_for_it() -> None:
+        async with cache.lock("l", ttl=5, wait=5):
+            pass
+
+    async with cache.lock("l", ttl=5, wait=1):
+        cancelled = asyncio.create_task(wait_for_it())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled
+        async with cache.lock("l", ttl=5, wait=0.01) as timed_out:
+            assert timed_out is Held.NOT_TAKEN
+    assert not cache._locks  # the holder was the last taker
+    async with cache.lock("l", ttl=5, wait=0.01) as free:
+        assert free is Held.AT_ONCE
+
+
 def test_token_keys_hold_no_token() -> None:
     """Cache keys for token-derived entries contain a SHA-256, never the token."""
     for key in (keys.profile("act.secret-token!1234.va"), keys.rejected("act.secret-token!1234.va")):
