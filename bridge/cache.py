@@ -1,5 +1,7 @@
 """The cache implementations of `ports.Cache`: Redis (shared by replicas), process memory (the embedded
-default), and the fallback that serves from memory while Redis is unreachable.
+default), and the fallback that serves from memory while Redis is unreachable. The first two are also
+`ports.Store`s (an entry read as its lock is taken, written as it is released); the fallback is not, since
+its lock and its entry could end up one in Redis and the other in memory.
 
 Keys are named in `keys.py`; this module stores whatever key it is given.
 """
@@ -11,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -31,6 +33,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class _LockedEntry:
+    """`ports.LockedEntry`: what `locked_entry` read, and its cache's way to write it and release."""
+
+    def __init__(
+        self, held: Held, value: bytes | None, write_and_release: Callable[[bytes, float], Awaitable[None]]
+    ) -> None:
+        self.held = held
+        self.value = value
+        self._write_and_release = write_and_release
+        self.released = False
+
+    async def save_and_release(self, value: bytes, ttl: float) -> None:
+        if not self.held or self.released:
+            raise RuntimeError("save_and_release needs the lock held, and is called once")
+        await self._write_and_release(value, ttl)
+        self.released = True
+
+
 class MemoryCache:
     """A bounded in-process cache with expiry; locks are per-process asyncio locks."""
 
@@ -38,6 +58,10 @@ class MemoryCache:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max_entries = max_entries
         self._locks: dict[str, asyncio.Lock] = {}
+        # Holders and waiters of each lock: its asyncio.Lock is dropped only once none is left. (Dropped
+        # as soon as it read unlocked, a waiter just woken still held the old one while a newcomer took
+        # a new one: two holders at once.)
+        self._takers: Counter[str] = Counter()
         self._schedules: dict[str, dict[str, float]] = {}
 
     async def get(self, key: str) -> bytes | None:
@@ -82,28 +106,75 @@ class MemoryCache:
     async def unschedule(self, key: str, member: str) -> None:
         self._schedules.get(key, {}).pop(member, None)
 
-    @asynccontextmanager
-    async def _lock(self, key: str, wait: float) -> AsyncIterator[Held]:
+    async def _acquire(self, key: str, wait: float) -> Held:
         lock = self._locks.setdefault(key, asyncio.Lock())
         # A free lock is taken without suspending (no task of wait_for's in between), so the next taker
         # sees it held. Free but with a woken waiter still to run counts as "at once": that only costs
         # the caller its shortcut, never correctness.
         held = Held.AFTER_WAITING if lock.locked() else Held.AT_ONCE
+        self._takers[key] += 1
+        taken = False
         try:
             async with asyncio.timeout(wait):
                 await lock.acquire()
+            taken = True
         except TimeoutError:
-            yield Held.NOT_TAKEN
+            pass
+        finally:
+            if not taken:  # timed out or cancelled: no longer waiting
+                self._let_go(key)
+        return held if taken else Held.NOT_TAKEN
+
+    def _release(self, key: str) -> None:
+        self._locks[key].release()
+        self._let_go(key)
+
+    def _let_go(self, key: str) -> None:
+        self._takers[key] -= 1
+        if self._takers[key] <= 0:
+            del self._takers[key], self._locks[key]
+
+    @asynccontextmanager
+    async def _lock(self, key: str, wait: float) -> AsyncIterator[Held]:
+        held = await self._acquire(key, wait)
+        if not held:
+            yield held
             return
         try:
             yield held
         finally:
-            lock.release()
-            if not lock.locked():
-                self._locks.pop(key, None)
+            self._release(key)
 
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:  # noqa: ARG002 - no expiry needed in-process
         return self._lock(key, wait)
+
+    @asynccontextmanager
+    async def _locked_entry(self, key: str, lock_key: str, wait: float) -> AsyncIterator[_LockedEntry]:
+        held = await self._acquire(lock_key, wait)
+
+        async def write_and_release(value: bytes, ttl: float) -> None:
+            await self.set(key, value, ttl)
+            self._release(lock_key)
+
+        if not held:
+            yield _LockedEntry(held, None, write_and_release)
+            return
+        entry = _LockedEntry(held, await self.get(key), write_and_release)
+        try:
+            yield entry
+        finally:
+            if not entry.released:
+                self._release(lock_key)
+
+    def locked_entry(
+        self,
+        key: str,
+        *,
+        lock_key: str,
+        ttl: float,  # noqa: ARG002 - no expiry needed in-process
+        wait: float,
+    ) -> AbstractAsyncContextManager[_LockedEntry]:
+        return self._locked_entry(key, lock_key, wait)
 
     async def ping(self) -> None:
         return None
@@ -124,6 +195,28 @@ _RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
 
+# `locked_entry`'s two round trips. KEYS[1] is the lock, KEYS[2] the entry it guards: passed as KEYS, in
+# one slot (one hash tag), so Redis Cluster runs each script on the node that holds both.
+# Take the lock (ARGV[1] the owner token, ARGV[2] its ttl in ms) and, only if taken, read the entry:
+# {1, value} ({1, nil} when the entry is absent), or {0} when the lock is held by another.
+_LOCK_AND_GET_SCRIPT = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('get', KEYS[2])}
+end
+return {0}
+"""
+# Write the entry (ARGV[2], for ARGV[3] ms) whether or not the lock is still ours, as a plain SET after
+# an expired lock would; then release the lock only if it still holds our owner token (ARGV[1]).
+_SET_AND_UNLOCK_SCRIPT = """
+redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def _milliseconds(ttl: float) -> int:
+    return max(1, int(ttl * 1000))
+
 
 def _as_bytes(value: object) -> bytes | None:
     # The client is built without decode_responses, so values come back as bytes.
@@ -139,6 +232,8 @@ class RedisCache:
         # The process's one client (`RedisConnection`), closed by its owner, not by the cache.
         self._redis = client
         self._release = client.register_script(_RELEASE_SCRIPT)
+        self._lock_and_get = client.register_script(_LOCK_AND_GET_SCRIPT)
+        self._set_and_unlock = client.register_script(_SET_AND_UNLOCK_SCRIPT)
 
     async def _command(self, name: str, command: Awaitable[T]) -> T:
         """Run one Redis command, timed under `name`; a Redis failure becomes UpstreamUnavailable."""
@@ -158,12 +253,10 @@ class RedisCache:
         return [_as_bytes(value) for value in values]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._command("set", self._redis.set(key, value, px=max(1, int(ttl * 1000))))
+        await self._command("set", self._redis.set(key, value, px=_milliseconds(ttl)))
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
-        return bool(
-            await self._command("add", self._redis.set(key, value, px=max(1, int(ttl * 1000)), nx=True))
-        )
+        return bool(await self._command("add", self._redis.set(key, value, px=_milliseconds(ttl), nx=True)))
 
     async def delete(self, *keys: str) -> None:
         if keys:
@@ -179,36 +272,84 @@ class RedisCache:
     async def unschedule(self, key: str, member: str) -> None:
         await self._command("unschedule", self._redis.zrem(key, member))
 
-    @asynccontextmanager
-    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Held]:
-        owner = uuid.uuid4().hex
+    async def _take(
+        self, name: str, attempt: Callable[[], Awaitable[tuple[bool, T]]], wait: float
+    ) -> tuple[Held, T | None]:
+        """Run `attempt` (timed as `name`) until it takes the lock, polling with backoff until `wait`
+        runs out: how the lock was held, and what the taking attempt found (the others found nothing)."""
         deadline = time.monotonic() + wait
         delay = 0.01
         held = Held.AT_ONCE
         try:
             while True:
-                with timed("redis", "lock") as outcome:
-                    taken = await self._redis.set(key, owner, nx=True, px=max(1, int(ttl * 1000)))
+                with timed("redis", name) as outcome:
+                    taken, found = await attempt()
                     outcome["result"] = "ok"
                 if taken:
-                    break
+                    return held, found
                 if time.monotonic() >= deadline:
-                    yield Held.NOT_TAKEN
-                    return
+                    return Held.NOT_TAKEN, None
                 held = Held.AFTER_WAITING
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
         except REDIS_FAILURES as exc:
-            raise UpstreamUnavailable("cache", f"lock failed: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable("cache", f"{name} failed: {type(exc).__name__}") from exc
+
+    async def _unlock(self, key: str, owner: str) -> None:
+        # If Redis is gone now, the lock expires by itself after its ttl.
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self._release(keys=[key], args=[owner])
+
+    @asynccontextmanager
+    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Held]:
+        owner = uuid.uuid4().hex
+
+        async def attempt() -> tuple[bool, None]:
+            return bool(await self._redis.set(key, owner, nx=True, px=_milliseconds(ttl))), None
+
+        held, _ = await self._take("lock", attempt, wait)
+        if not held:
+            yield held
+            return
         try:
             yield held
         finally:
-            # If Redis is gone now, the lock expires by itself after ttl.
-            with contextlib.suppress(*REDIS_FAILURES):
-                await self._release(keys=[key], args=[owner])
+            await self._unlock(key, owner)
 
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
         return self._lock(key, ttl, wait)
+
+    @asynccontextmanager
+    async def _locked_entry(
+        self, key: str, lock_key: str, ttl: float, wait: float
+    ) -> AsyncIterator[_LockedEntry]:
+        owner = uuid.uuid4().hex
+
+        async def attempt() -> tuple[bool, bytes | None]:
+            reply = await self._lock_and_get(keys=[lock_key, key], args=[owner, _milliseconds(ttl)])
+            return bool(reply[0]), _as_bytes(reply[1]) if len(reply) > 1 else None
+
+        async def write_and_release(value: bytes, entry_ttl: float) -> None:
+            await self._command(
+                "set_and_unlock",
+                self._set_and_unlock(keys=[lock_key, key], args=[owner, value, _milliseconds(entry_ttl)]),
+            )
+
+        held, value = await self._take("lock_and_get", attempt, wait)
+        entry = _LockedEntry(held, value, write_and_release)
+        if not held:
+            yield entry
+            return
+        try:
+            yield entry
+        finally:
+            if not entry.released:  # ended without a write (or the write failed): release alone
+                await self._unlock(lock_key, owner)
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[_LockedEntry]:
+        return self._locked_entry(key, lock_key, ttl, wait)
 
     async def ping(self) -> None:
         await self._command("ping", self._redis.ping())

@@ -100,6 +100,36 @@ class Cache(Protocol):
         ...
 
 
+class LockedEntry(Protocol):
+    """One entry, read as the lock guarding it was taken (`Store.locked_entry`)."""
+
+    @property
+    def held(self) -> Held: ...
+    @property
+    def value(self) -> bytes | None:
+        """The entry as the lock was taken; None if it was absent, or if the lock was not taken."""
+        ...
+
+    async def save_and_release(self, value: bytes, ttl: float) -> None:
+        """Write the entry and give up the lock together (one Redis round trip). The entry is written
+        even if the lock's ttl ran out meanwhile; the lock is deleted only while it is still ours. Only
+        for a held lock, and once: leaving the block afterwards releases nothing more."""
+        ...
+
+
+class Store(Cache, Protocol):
+    """A cache that is one place, Redis or this process's memory, never the fallback between the two:
+    a lock and the entry it guards are always kept together, so taking the lock can read the entry and
+    writing the entry can release the lock, atomically. The session store is one."""
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[LockedEntry]:
+        """`lock(lock_key)` that reads `key` in the same round trip when it takes the lock (an attempt
+        that finds the lock held reads nothing). With Redis Cluster the two keys share a hash tag."""
+        ...
+
+
 class IdentityLimiter(Protocol):
     async def check_identity(self, open_id: str) -> None: ...
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from aiohttp.abc import AbstractResolver
 
-    from bridge.ports import Cache
+    from bridge.ports import Cache, Store
     from bridge.settings import Settings
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
@@ -116,7 +116,7 @@ class Resources:
     sessions: SessionService | None
     # Where sessions and DPoP proofs are kept: Redis itself, never the memory fallback (a session must
     # not be served from one replica's memory while others cannot see it, nor revived by a stale copy).
-    session_store: Cache
+    session_store: Store
     limiter: RateLimiter
     clients: ClientRegistry
 
@@ -164,7 +164,7 @@ class Resources:
         )
         redis: RedisConnection | None = None
         cache: Cache
-        session_store: Cache
+        session_store: Store
         limits_storage: Storage
         if settings.redis_url is not None:
             redis = RedisConnection.from_url(

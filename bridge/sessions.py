@@ -20,7 +20,11 @@ only the SHA-256 of the current and of the previous secret, so a leaked store re
   refresh token); TikTok refusing means the user revoked the app, and the session ends. Logging out
   revokes the TikTok grant, best effort.
 - **Concurrency**: the refreshes of one session are serialised across replicas by a lock in the shared
-  store; concurrent refreshes of one token yield one live successor.
+  store; concurrent refreshes of one token yield one live successor. The lock shares its Redis slot
+  with the record, so a rotation costs three Redis round trips: take the lock and read the record in
+  one (`Store.locked_entry`), read the identity's not-before time (another slot), write the rotated
+  record and release the lock in one. A retry in the grace window writes nothing and releases alone;
+  ending a session deletes the record, then releases; a due TikTok re-check writes once more.
 - **Store failure**: the store is Redis itself, never the process-memory fallback, so while Redis is
   unreachable refreshes answer 503 rather than guess. A session missing from the store is over: Redis
   losing its data signs users out (they sign in with TikTok again) and can never revive a revoked one.
@@ -55,7 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bridge.model import CodeGrant, IssuedToken
-    from bridge.ports import Cache
+    from bridge.ports import LockedEntry, Store
     from bridge.sealing import Sealer
 
 log = logging.getLogger(__name__)
@@ -179,7 +183,7 @@ class SessionService:
     def __init__(
         self,
         *,
-        store: Cache,
+        store: Store,
         minter: Minter,
         tiktok: TikTokGrants,
         sealer: Sealer,
@@ -235,16 +239,19 @@ class SessionService:
         if parsed is None:
             raise InvalidGrant(detail="not a bridge refresh token")
         session_id, secret = parsed
-        async with self._store.lock(keys.session_lock(session_id), ttl=LOCK_TTL, wait=LOCK_WAIT) as locked:
-            if not locked:
+        async with self._store.locked_entry(
+            keys.session(session_id), lock_key=keys.session_lock(session_id), ttl=LOCK_TTL, wait=LOCK_WAIT
+        ) as entry:
+            if not entry.held:
                 raise TemporarilyUnavailable(detail="session lock not acquired in time")
             return await self._refresh_locked(
-                session_id, _digest(secret), scope, jkt=jkt, client_id=client_id, audiences=audiences
+                session_id, entry, _digest(secret), scope, jkt=jkt, client_id=client_id, audiences=audiences
             )
 
     async def _refresh_locked(
         self,
         session_id: str,
+        entry: LockedEntry,
         digest: str,
         scope: tuple[str, ...],
         *,
@@ -253,7 +260,7 @@ class SessionService:
         audiences: tuple[str, ...],
     ) -> Refreshed:
         now = self._clock()
-        record = await self._live_record(session_id, now)
+        record = await self._live_record(session_id, entry.value, now)
         if record.client_id is not None and client_id != record.client_id:
             # RFC 6749 §6: a refresh token is good only for the client it was issued to.
             raise InvalidGrant(detail="refresh token issued to another client")
@@ -275,7 +282,7 @@ class SessionService:
                 successor=self._sealer.seal(token.encode()),
                 last_used=now,
             )
-            await self._save(session_id, record, now)
+            await self._save(session_id, record, now, releasing=entry)
             count(SESSIONS, "refreshed")
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
 
@@ -293,8 +300,7 @@ class SessionService:
         log.warning("refresh token reuse detected; session ended", extra={"keycloak_user_id": record.user_id})
         raise InvalidGrant(detail="retired refresh token presented again: session revoked")
 
-    async def _live_record(self, session_id: str, now: float) -> SessionRecord:
-        raw = await self._store.get(keys.session(session_id))
+    async def _live_record(self, session_id: str, raw: bytes | None, now: float) -> SessionRecord:
         if raw is None:
             raise InvalidGrant(detail="unknown, expired or revoked session")
         record = SessionRecord.from_json(raw)
@@ -417,8 +423,13 @@ class SessionService:
         ends = min(record.last_used + self._policy.idle_timeout, record.created + self._policy.max_lifetime)
         return max(0, int(ends - now))
 
-    async def _save(self, session_id: str, record: SessionRecord, now: float) -> None:
+    async def _save(
+        self, session_id: str, record: SessionRecord, now: float, *, releasing: LockedEntry | None = None
+    ) -> None:
         # The store forgets the session when it could no longer be used anyway.
-        await self._store.set(
-            keys.session(session_id), record.to_json(), max(1, self._expires_in(record, now))
-        )
+        ttl = max(1, self._expires_in(record, now))
+        if releasing is not None:
+            # The rotation's write gives up the session's lock in the same round trip.
+            await releasing.save_and_release(record.to_json(), ttl)
+        else:
+            await self._store.set(keys.session(session_id), record.to_json(), ttl)

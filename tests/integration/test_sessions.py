@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 import pytest
+import redis.asyncio as aioredis
 from oauthlib.oauth2 import WebApplicationClient
 
+from bridge import keys
+from bridge.sessions import parse_token
 from tests.conftest import BridgeClient, Clock, Stack, running_bridge, served_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
+from tests.integration.test_session_store import timed_redis_operations
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from bridge.settings import Settings
     from devstack.tiktok_emulator import EmulatedUser, TikTokEmulator
 
@@ -221,6 +228,56 @@ async def test_concurrent_refreshes_on_three_replicas_yield_one_live_successor(
     finally:
         for replica in replicas:
             await replica.aclose()
+
+
+@contextlib.asynccontextmanager
+async def session_commands(redis_url: str) -> AsyncIterator[list[str]]:
+    """The commands redis-server receives on session keys while the block runs (MONITOR), as their
+    names: one per round trip, the commands a script runs inside Redis left out. Filled when the block
+    ends (up to a marker sent after it, so nothing in flight is missed)."""
+    marker = f"end-of-block-{secrets.token_hex(8)}"
+    seen: list[str] = []
+    watcher, sender = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+    try:
+        async with watcher.monitor() as monitor:
+            yield seen
+            await sender.echo(marker)
+            while marker not in (command := await monitor.next_command())["command"]:
+                session_key = any(f"tkb:v1:{kind}:" in command["command"] for kind in SESSION_KEY_KINDS)
+                if command["client_type"] != "lua" and session_key:
+                    seen.append(command["command"].split(" ", 1)[0].upper())
+    finally:
+        await watcher.aclose()
+        await sender.aclose()
+
+
+SESSION_KEY_KINDS = ("session", "lock:session", "sessions-not-before")
+
+
+async def test_a_refresh_with_its_lock_free_makes_three_redis_round_trips(
+    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient
+) -> None:
+    """Counted by Redis (MONITOR) and by the bridge's timed operations (what the bench reads): the lock
+    with the record, the identity's not-before time, the rotated record with the lock's release. Five
+    before (lock, GET, GET, SET, unlock)."""
+    _, first = await signed_in(bridge, emulator)
+    token = (await bridge.refresh(first["refresh_token"])).json()["refresh_token"]  # the scripts loaded
+    before = timed_redis_operations()
+    async with session_commands(stack.redis.url) as received:
+        response = await bridge.refresh(token)
+    assert response.status_code == 200, response.text
+    assert received == ["EVALSHA", "GET", "EVALSHA"]
+    after = timed_redis_operations()
+    spent = {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name)}
+    spent.pop("due", None)  # the pending-deauthorization poller's, every 5 s, if it ran meanwhile
+    assert spent == {"lock_and_get": 1, "get": 1, "set_and_unlock": 1}
+    parsed = parse_token(token)
+    assert parsed is not None
+    redis = aioredis.Redis.from_url(stack.redis.url)
+    try:
+        assert not await redis.exists(keys.session_lock(parsed[0]))  # the lock went with the write
+    finally:
+        await redis.aclose()
 
 
 async def test_redis_restarted_empty_signs_users_out_and_revives_nothing(

@@ -3,7 +3,10 @@ revocation and the TikTok re-check."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,9 +21,10 @@ from bridge.errors import (
     InvalidTarget,
     NotLinked,
     SubjectTokenRejected,
+    TemporarilyUnavailable,
     UpstreamUnavailable,
 )
-from bridge.model import CodeGrant, IssuedToken
+from bridge.model import CodeGrant, Held, IssuedToken
 from bridge.sealing import Sealer, new_key
 from bridge.sessions import (
     Minter,
@@ -32,6 +36,9 @@ from bridge.sessions import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from bridge.ports import LockedEntry, Store
     from tests.conftest import Clock
 
 DAY = 86400.0
@@ -108,14 +115,110 @@ def tiktok() -> FakeTikTokGrants:
     return FakeTikTokGrants()
 
 
+class RecordingEntry:
+    """A `LockedEntry` of the memory store that notes its write in the store's list."""
+
+    def __init__(self, entry: LockedEntry, operations: list[str]) -> None:
+        self._entry = entry
+        self._operations = operations
+
+    @property
+    def held(self) -> Held:
+        return self._entry.held
+
+    @property
+    def value(self) -> bytes | None:
+        return self._entry.value
+
+    async def save_and_release(self, value: bytes, ttl: float) -> None:
+        self._operations.append("save_and_release session")
+        await self._entry.save_and_release(value, ttl)
+
+
+class RecordingStore:
+    """The memory store, noting each operation a session asks of it and of which key (`session`, `lock`,
+    `sessions-not-before`): with Redis, each is one round trip."""
+
+    def __init__(self) -> None:
+        self.memory = MemoryCache()
+        self.operations: list[str] = []
+
+    def _note(self, operation: str, *keys_: str) -> None:
+        self.operations.append(" ".join([operation, *(key.split(":")[2] for key in keys_)]))
+
+    async def get(self, key: str) -> bytes | None:
+        self._note("get", key)
+        return await self.memory.get(key)
+
+    async def get_many(self, *keys_: str) -> list[bytes | None]:
+        self._note("get_many", *keys_)
+        return await self.memory.get_many(*keys_)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._note("set", key)
+        await self.memory.set(key, value, ttl)
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        self._note("add", key)
+        return await self.memory.add(key, value, ttl)
+
+    async def delete(self, *keys_: str) -> None:
+        self._note("delete", *keys_)
+        await self.memory.delete(*keys_)
+
+    async def schedule(self, key: str, member: str, at: float) -> None:
+        await self.memory.schedule(key, member, at)
+
+    async def due(self, key: str, until: float, limit: int) -> list[str]:
+        return await self.memory.due(key, until, limit)
+
+    async def unschedule(self, key: str, member: str) -> None:
+        await self.memory.unschedule(key, member)
+
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
+        self._note("lock", key)
+        return self.memory.lock(key, ttl=ttl, wait=wait)
+
+    @asynccontextmanager
+    async def _locked_entry(
+        self, key: str, lock_key: str, ttl: float, wait: float
+    ) -> AsyncIterator[RecordingEntry]:
+        self._note("locked_entry", key)
+        async with self.memory.locked_entry(key, lock_key=lock_key, ttl=ttl, wait=wait) as entry:
+            yield RecordingEntry(entry, self.operations)
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[RecordingEntry]:
+        return self._locked_entry(key, lock_key, ttl, wait)
+
+    async def ping(self) -> None:
+        await self.memory.ping()
+
+    async def aclose(self) -> None:
+        await self.memory.aclose()
+
+    @property
+    def degraded(self) -> bool:
+        return False
+
+    async def lock_is_free(self, session_id: str) -> bool:
+        """Whether another refresh could take the session's lock at once (not noted)."""
+        async with self.memory.lock(keys.session_lock(session_id), ttl=1, wait=0) as held:
+            return held is Held.AT_ONCE
+
+
+_store: Store = RecordingStore()  # the recording store fits the port
+
+
 @pytest.fixture
-def store() -> MemoryCache:
-    return MemoryCache()
+def store() -> RecordingStore:
+    return RecordingStore()
 
 
 @pytest.fixture
 def sessions(
-    store: MemoryCache, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
+    store: RecordingStore, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
 ) -> SessionService:
     return SessionService(
         store=store,
@@ -154,7 +257,7 @@ async def test_each_refresh_rotates_and_mints_a_fresh_keycloak_token(
     assert minter.minted == [("-000a", ("openid", "profile"))] * 2
 
 
-async def test_the_store_keeps_no_refresh_token(sessions: SessionService, store: MemoryCache) -> None:
+async def test_the_store_keeps_no_refresh_token(sessions: SessionService, store: RecordingStore) -> None:
     """What is stored cannot be replayed: neither the token nor its secret appears in the record."""
     token = await start(sessions)
     parsed = parse_token(token)
@@ -335,7 +438,7 @@ async def test_tiktok_down_postpones_the_recheck(
     assert tiktok.refreshes == 2
 
 
-async def test_tiktok_tokens_are_kept_sealed(sessions: SessionService, store: MemoryCache) -> None:
+async def test_tiktok_tokens_are_kept_sealed(sessions: SessionService, store: RecordingStore) -> None:
     """The TikTok refresh token is stored encrypted, never in clear."""
     token = await start(sessions, GRANT)
     parsed = parse_token(token)
@@ -361,3 +464,120 @@ async def test_unknown_and_malformed_tokens_are_invalid_grant(sessions: SessionS
     """Anything the bridge did not issue, or no longer knows, is invalid_grant."""
     with pytest.raises(InvalidGrant):
         await sessions.refresh(garbage, ())
+
+
+def session_id(token: str) -> str:
+    parsed = parse_token(token)
+    assert parsed is not None
+    return parsed[0]
+
+
+async def test_a_rotation_reads_as_it_locks_and_releases_as_it_writes(
+    sessions: SessionService, store: RecordingStore
+) -> None:
+    """A refresh asks the store three things (three Redis round trips): the lock with the record, the
+    identity's not-before time, the rotated record with the lock's release; the lock is free after."""
+    token = await start(sessions)
+    store.operations.clear()
+    refreshed = await sessions.refresh(token, ())
+    assert store.operations == [
+        "locked_entry session",
+        "get sessions-not-before",
+        "save_and_release session",
+    ]
+    assert await store.lock_is_free(session_id(token))
+    raw = await store.memory.get(keys.session(session_id(token)))
+    assert raw is not None
+    parsed = parse_token(refreshed.grant.refresh_token)
+    assert parsed is not None
+    assert json.loads(raw)["current"] == hashlib.sha256(parsed[1].encode()).hexdigest()  # the write
+
+
+async def test_refreshes_that_write_nothing_or_end_the_session_release_the_lock(
+    sessions: SessionService, store: RecordingStore, clock: Clock
+) -> None:
+    """A retry in the grace window writes nothing; reuse, idleness and a revoked identity delete the
+    record: each leaves the lock free, as the rotation does."""
+    first = await start(sessions)
+    await sessions.refresh(first, ())
+    store.operations.clear()
+    await sessions.refresh(first, ())  # within the grace
+    assert store.operations == ["locked_entry session", "get sessions-not-before"]
+    assert await store.lock_is_free(session_id(first))
+
+    clock.now += 6
+    store.operations.clear()
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(first, ())  # reuse
+    assert store.operations == ["locked_entry session", "get sessions-not-before", "delete session"]
+    assert await store.lock_is_free(session_id(first))
+
+    idle = await start(sessions)
+    clock.now += 31 * DAY
+    store.operations.clear()
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(idle, ())
+    assert store.operations == ["locked_entry session", "delete session"]
+    assert await store.lock_is_free(session_id(idle))
+
+    revoked = await start(sessions)
+    clock.now += 1
+    await sessions.end_identity("-000a")
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(revoked, ())
+    assert await store.lock_is_free(session_id(revoked))
+
+
+async def test_a_due_tiktok_recheck_writes_its_rotation_before_the_rotation_writes_and_releases(
+    sessions: SessionService, store: RecordingStore, clock: Clock
+) -> None:
+    """TikTok's rotated refresh token is kept at once (a plain write under the lock), then the
+    rotation's write releases the lock as usual."""
+    token = await start(sessions, GRANT)
+    clock.now += DAY
+    store.operations.clear()
+    await sessions.refresh(token, ())
+    assert store.operations == [
+        "locked_entry session",
+        "get sessions-not-before",
+        "set session",
+        "save_and_release session",
+    ]
+    assert await store.lock_is_free(session_id(token))
+
+
+async def test_a_held_lock_is_waited_for_then_refused_without_consuming_the_token(
+    sessions: SessionService, store: RecordingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another refresh holds the session's lock, a refresh waits; past its wait it is
+    temporarily_unavailable and the token stays good. A holder that lets go in time is waited for."""
+    monkeypatch.setattr("bridge.sessions.LOCK_WAIT", 0.05)
+    token = await start(sessions)
+    lock_key = keys.session_lock(session_id(token))
+    async with store.memory.lock(lock_key, ttl=5, wait=0):
+        with pytest.raises(TemporarilyUnavailable):
+            await sessions.refresh(token, ())
+
+    released = asyncio.Event()
+
+    async def hold_briefly() -> None:
+        async with store.memory.lock(lock_key, ttl=5, wait=0):
+            await released.wait()
+
+    holder = asyncio.create_task(hold_briefly())
+    await asyncio.sleep(0)
+    asyncio.get_running_loop().call_later(0.02, released.set)
+    assert (await sessions.refresh(token, ())).grant.refresh_token
+    await holder
+
+
+async def test_concurrent_refreshes_of_one_token_yield_one_live_successor(
+    sessions: SessionService, minter: FakeMinter
+) -> None:
+    """Ten refreshes of one token at once: one rotation, nine retries within the grace handed the same
+    successor, which is live."""
+    token = await start(sessions)
+    answers = await asyncio.gather(*(sessions.refresh(token, ()) for _ in range(10)))
+    assert len({a.grant.refresh_token for a in answers}) == 1
+    assert len(minter.minted) == 10
+    assert (await sessions.refresh(answers[0].grant.refresh_token, ())).grant.refresh_token

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import uvicorn
     from joserfc.jwk import KeySetSerialization
 
+    from bridge.ports import Store
+
 
 async def test_memory_cache_expires_entries() -> None:
     """Entries vanish after their TTL."""
@@ -75,6 +77,139 @@ async def test_memory_lock_serialises_and_times_out() -> None:
         assert after is Held.AFTER_WAITING
         assert after
     await holder
+
+
+async def test_memory_lock_handed_to_a_waiter_is_not_taken_by_a_newcomer_too() -> None:
+    """A lock released to a waiting taker stays that taker's: a third one asking meanwhile waits (it
+    once found the lock forgotten and took a fresh one, two holders at once)."""
+    cache = MemoryCache()
+    waiter_inside, waiter_done = asyncio.Event(), asyncio.Event()
+
+    async def waiter() -> None:
+        async with cache.lock("l", ttl=5, wait=1) as held:
+            assert held is Held.AFTER_WAITING
+            waiter_inside.set()
+            await waiter_done.wait()
+
+    async with cache.lock("l", ttl=5, wait=1):
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)  # the waiter is queued on the held lock
+    await waiter_inside.wait()
+    async with cache.lock("l", ttl=5, wait=0.05) as newcomer:
+        assert newcomer is Held.NOT_TAKEN
+    waiter_done.set()
+    await task
+    async with cache.lock("l", ttl=5, wait=0.05) as free_again:
+        assert free_again is Held.AT_ONCE
+    assert not cache._locks  # nothing is left behind once every taker is gone
+
+
+async def test_memory_lock_forgets_takers_that_gave_up_or_were_cancelled() -> None:
+    """A taker that timed out or was cancelled while waiting counts no more: once the holder releases,
+    the lock is free and nothing is kept for it."""
+    cache = MemoryCache()
+
+    async def wait_for_it() -> None:
+        async with cache.lock("l", ttl=5, wait=5):
+            pass
+
+    async with cache.lock("l", ttl=5, wait=1):
+        cancelled = asyncio.create_task(wait_for_it())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled
+        async with cache.lock("l", ttl=5, wait=0.01) as timed_out:
+            assert timed_out is Held.NOT_TAKEN
+    assert not cache._locks  # the holder was the last taker
+    async with cache.lock("l", ttl=5, wait=0.01) as free:
+        assert free is Held.AT_ONCE
+
+
+_memory_store: Store = MemoryCache()  # the memory cache is a store (mypy checks it here)
+
+
+async def test_memory_locked_entry_reads_the_entry_as_it_takes_the_lock() -> None:
+    """A free lock is taken at once with the entry's value (None when absent); it is the same lock as
+    `lock(lock_key)`, so the two exclude each other."""
+    cache = MemoryCache()
+    async with cache.locked_entry("e", lock_key="l", ttl=5, wait=1) as entry:
+        assert (entry.held, entry.value) == (Held.AT_ONCE, None)
+        async with cache.lock("l", ttl=5, wait=0.01) as other:
+            assert other is Held.NOT_TAKEN
+    await cache.set("e", b"v1", 60)
+    async with cache.locked_entry("e", lock_key="l", ttl=5, wait=1) as entry:
+        assert (entry.held, entry.value) == (Held.AT_ONCE, b"v1")
+    async with cache.lock("l", ttl=5, wait=0.01) as free:
+        assert free is Held.AT_ONCE  # left without a write: released all the same
+
+
+async def test_memory_save_and_release_writes_and_frees_the_lock_at_once() -> None:
+    """After save_and_release the entry holds the new value (with its ttl) and the lock is free before
+    the block ends; it is called once only, and leaving the block keeps nothing behind."""
+    cache = MemoryCache()
+    async with cache.locked_entry("e", lock_key="l", ttl=5, wait=1) as entry:
+        await entry.save_and_release(b"v2", 0.05)
+        assert await cache.get("e") == b"v2"
+        async with cache.locked_entry("e", lock_key="l", ttl=5, wait=0) as next_one:
+            assert (next_one.held, next_one.value) == (Held.AT_ONCE, b"v2")
+            with pytest.raises(RuntimeError):
+                await entry.save_and_release(b"again", 60)
+    assert not cache._locks
+    await asyncio.sleep(0.06)
+    assert await cache.get("e") is None  # the ttl given to the write
+
+
+async def test_memory_locked_entry_keeps_a_lock_taken_since_when_its_block_ends() -> None:
+    """The block ending after save_and_release does not release a lock another taker holds by then."""
+    cache = MemoryCache()
+    other_inside, other_done = asyncio.Event(), asyncio.Event()
+
+    async def other() -> None:
+        async with cache.lock("l", ttl=5, wait=1):
+            other_inside.set()
+            await other_done.wait()
+
+    async with cache.locked_entry("e", lock_key="l", ttl=5, wait=1) as entry:
+        await entry.save_and_release(b"v", 60)
+        task = asyncio.create_task(other())
+        await other_inside.wait()
+    async with cache.lock("l", ttl=5, wait=0.01) as refused:
+        assert refused is Held.NOT_TAKEN  # still the other taker's
+    other_done.set()
+    await task
+
+
+async def test_memory_locked_entry_waits_for_a_held_lock_and_reads_the_holders_write() -> None:
+    """A held lock is waited for: taken after waiting, with what the holder saved; or not taken once the
+    wait runs out, with nothing read and nothing to save."""
+    cache = MemoryCache()
+    await cache.set("e", b"old", 60)
+    async with cache.locked_entry("e", lock_key="l", ttl=5, wait=1) as holder:
+        async with cache.locked_entry("e", lock_key="l", ttl=5, wait=0.02) as refused:
+            assert (refused.held, refused.value) == (Held.NOT_TAKEN, None)
+            with pytest.raises(RuntimeError):
+                await refused.save_and_release(b"not mine", 60)
+        assert await cache.get("e") == b"old"
+
+        async def wait_for_it() -> tuple[Held, bytes | None]:
+            async with cache.locked_entry("e", lock_key="l", ttl=5, wait=1) as waiter:
+                return waiter.held, waiter.value
+
+        waiting = asyncio.create_task(wait_for_it())
+        await asyncio.sleep(0.01)
+        await holder.save_and_release(b"new", 60)
+    assert await waiting == (Held.AFTER_WAITING, b"new")
+
+
+async def test_memory_locked_entry_releases_when_its_block_raises() -> None:
+    """An error in the block releases the lock and writes nothing."""
+    cache = MemoryCache()
+    with pytest.raises(ValueError, match="body"):
+        async with cache.locked_entry("e", lock_key="l", ttl=5, wait=1):
+            raise ValueError("body")
+    async with cache.locked_entry("e", lock_key="l", ttl=5, wait=0) as entry:
+        assert (entry.held, entry.value) == (Held.AT_ONCE, None)
 
 
 def test_token_keys_hold_no_token() -> None:
