@@ -446,9 +446,9 @@ class ExchangeService:
                     and "id" in json.loads(winner)
                 ):
                     return str(json.loads(winner)["id"]), False
-                user_id = await self._create(profile, attributes)
+                user_id, created = await self._create(profile, attributes)
                 await self._remember(user_key, user_id, fingerprint)
-                return user_id, True
+                return user_id, created
         if not user.enabled:
             raise AccountDisabled(detail=f"keycloak user {user.id} is disabled")
         if {k: user.attributes.get(k) for k in attributes} != attributes:
@@ -460,7 +460,9 @@ class ExchangeService:
         value = json.dumps({"id": user_id, "fp": fingerprint}).encode()
         await self._cache.set(user_key, value, self._policy.user_ttl)
 
-    async def _create(self, profile: TikTokProfile, attributes: dict[str, list[str]]) -> str:
+    async def _create(self, profile: TikTokProfile, attributes: dict[str, list[str]]) -> tuple[str, bool]:
+        """The new user's id and True; or, when Keycloak's 409 shows another replica linked one first,
+        that user's id and False (the sign-in found a user, it did not create one)."""
         if not self._policy.registration_open:
             raise RegistrationClosed(detail="new TikTok user refused: registration closed")
         representation: dict[str, Any] = {
@@ -495,12 +497,12 @@ class ExchangeService:
                 if linked is not None:
                     if not linked.enabled:
                         raise AccountDisabled(detail=f"keycloak user {linked.id} is disabled") from conflict
-                    return linked.id
+                    return linked.id, False
                 continue
             await self._assign_roles(user_id)
             USERS_PROVISIONED.inc()
             log.info("provisioned keycloak user", extra={"keycloak_user_id": user_id})
-            return user_id
+            return user_id, True
         raise UpstreamProtocolError("keycloak", "every candidate username is taken by an unlinked user")
 
     async def _check_groups(self) -> None:

@@ -328,6 +328,7 @@ async def test_a_user_created_just_before_the_lock_is_found_by_the_409(tiktok: F
 
     again = await bridge.exchange(request("act.two"))
     assert again.user_id == first.user_id
+    assert again.created is False  # found through the 409, not created: logs and answers say so
     assert len(keycloak.users) == 1
     assert keycloak.calls["create"] == 2  # the second one met the 409
 
