@@ -6,12 +6,13 @@ is `scripts/test --hypothesis-profile=long tests/unit/test_properties.py` (20,00
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import BridgeError, OAuthError, WebhookSignatureRejected
@@ -319,3 +320,140 @@ def test_any_signature_header_is_accepted_or_refused(t: str, s: str, extra: str)
     event("fresh timestamp" if t == str(NOW) else "other timestamp")
     with contextlib.suppress(WebhookSignatureRejected):
         verify_signature(f"t={t},s={s}{extra}", b"{}", "secret", max_age=300, now=NOW)
+
+
+# ------------------------------------------------------------------------------ the HTTP/1.1 protocol
+
+# Pieces of requests, well-formed and hostile, that arbitrary byte strings are mixed with.
+REQUEST_PIECES = st.sampled_from(
+    [
+        b"POST /token HTTP/1.1\r\n",
+        b"GET /healthz HTTP/1.1\r\n",
+        b"GET / HTTP/1.0\r\n",
+        b"Host: bridge\r\n",
+        b"Host: bridge\r\n\r\n",
+        b"Host: bridge\r\n\r\nGET /healthz HTTP/1.1\r\n",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: 5000\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: Upgrade\r\nUpgrade: h2c\r\n",
+        b"Expect: 100-continue\r\n",
+        b"X-Big: " + b"a" * 6000 + b"\r\n",
+        b" folded\r\n",
+        b"\r\n",
+        b"\n",
+        b"abcde",
+        b"0\r\n\r\n",
+    ]
+)
+
+
+class _Transport:
+    """Stands in for the connection's socket: keeps what is written and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("192.0.2.1", 1234), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+async def _answer_ok(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401 - a bare ASGI app
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def _served(chunks: list[bytes]) -> tuple[bytes, bool, int]:
+    """What `BridgeHttpProtocol` writes for `chunks` received in turn, whether it closed the connection,
+    and the header bytes it holds at the end, with a trivial app behind it."""
+    import uvicorn  # noqa: PLC0415 - only these tests build a protocol
+    from uvicorn.server import ServerState  # noqa: PLC0415
+
+    from bridge.server import BridgeHttpProtocol  # noqa: PLC0415
+
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(
+            app=_answer_ok, ws="none", log_config=None, proxy_headers=False, lifespan="off"
+        )
+        config.load()
+        protocol = BridgeHttpProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        transport = _Transport()
+
+        async def feed() -> None:
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            for chunk in chunks:
+                if transport.closed:
+                    break
+                protocol.data_received(chunk)
+                for _ in range(5):  # let the app answer and the coalesced writes leave
+                    await asyncio.sleep(0)
+            return transport.closed  # as the server left it, before the client goes away
+
+        closed = loop.run_until_complete(feed())
+        held = protocol._header_bytes
+        protocol.connection_lost(None)
+        return bytes(transport.written), closed, held
+    finally:
+        loop.close()
+
+
+@given(
+    first=st.sampled_from([b"POST /token HTTP/1.1\r\n", b"GET /healthz HTTP/1.1\r\n", b""]),
+    pieces=st.lists(REQUEST_PIECES | st.binary(max_size=24), max_size=14),
+    cuts=st.lists(st.integers(min_value=1, max_value=20_000), max_size=6),
+)
+@example(first=b"GET /healthz HTTP/1.1\r\n", pieces=[b"Host: bridge\r\n\r\n"] * 2, cuts=[5, 30])
+@example(first=b"POST /token HTTP/1.1\r\n", pieces=[b"X-Big: " + b"a" * 6000 + b"\r\n"] * 3, cuts=[7000])
+@example(
+    first=b"POST /token HTTP/1.1\r\n",
+    pieces=[b"Host: bridge\r\n", b"Expect: 100-continue\r\n", b"Content-Length: 5\r\n", b"\r\n", b"abcde"],
+    cuts=[60],
+)
+def test_any_bytes_get_http_answers_or_a_json_refusal_never_an_exception(
+    first: bytes, pieces: list[bytes], cuts: list[int]
+) -> None:
+    """Whatever arrives, in whatever pieces: the protocol raises nothing, everything it writes is an
+    HTTP/1.1 answer, a refusal is the bridge's JSON error followed by the end of the connection, and no
+    more than MAX_HEADER_BYTES of an unfinished header block is held on an open connection."""
+    from bridge.app import MAX_HEADER_BYTES  # noqa: PLC0415
+
+    stream = first + b"".join(pieces)
+    bounds = sorted({c for c in cuts if c < len(stream)})
+    chunks = [stream[a:b] for a, b in zip([0, *bounds], [*bounds, len(stream)], strict=True) if b > a]
+    written, closed, held = _served(chunks)
+
+    answers = written.split(b"HTTP/1.1 ")
+    assert answers[0] == b"", written[:80]
+    for answer in answers[1:]:
+        status = int(answer[:3])
+        event(f"status {status}")
+        assert status in {100, 200, 400, 431}, answer[:80]
+        if status in {400, 431}:
+            # A refusal is the last thing written, and the connection ends with it.
+            assert answer is answers[-1]
+            assert closed
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert b"content-type: application/json" in head
+            assert (
+                json.loads(body)["error"] in {"invalid_request", "invalid_request_header_fields"}
+                or status == 431
+            )
+    # Past the limit an unfinished header block is refused and the connection closed.
+    assert closed or held <= MAX_HEADER_BYTES
