@@ -396,7 +396,7 @@ def _served(chunks: list[bytes]) -> tuple[bytes, bool, int]:
         protocol = BridgeHttpProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
         transport = _Transport()
 
-        async def feed() -> None:
+        async def feed() -> bool:
             protocol.connection_made(transport)  # type: ignore[arg-type]
             for chunk in chunks:
                 if transport.closed:
