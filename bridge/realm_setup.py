@@ -164,7 +164,25 @@ def check_realm(admin: Admin) -> None:
 def plan(admin: Admin, settings: Settings, *, jwks_url: str | None, force: bool = False) -> list[Step]:
     """Read the realm and decide one action per object; writes nothing. `jwks_url` None: whatever
     JWKS URL the provider has is right (the doctor's view: the grant proves it works)."""
-    steps = [_provider_step(admin, settings, jwks_url, force=force)]
+    return _plan(admin, settings, _read_provider(admin, settings), jwks_url=jwks_url, force=force)
+
+
+def _read_provider(admin: Admin, settings: Settings) -> dict[str, Any] | None:
+    """The realm's identity provider under the bridge's alias, None if there is none."""
+    alias = settings.keycloak_idp_alias
+    response = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
+    if response.status_code == HTTPStatus.NOT_FOUND:
+        return None
+    found = _json(response, strict=True)
+    if not isinstance(found, dict):
+        raise SetupError(f"Keycloak's identity provider '{alias}' is not a JSON object")
+    return found
+
+
+def _plan(
+    admin: Admin, settings: Settings, provider: dict[str, Any] | None, *, jwks_url: str | None, force: bool
+) -> list[Step]:
+    steps = [_provider_step(admin, settings, provider, jwks_url, force=force)]
     own = spec.own_client(settings)
     others = spec.minting_clients(settings)
     steps.extend(_client_steps(admin, settings, own, force=force, service_account=True))
@@ -183,12 +201,13 @@ def _conflict_or_update(name: str, diffs: list[str], *, force: bool, run: Callab
     return Step(name, "conflict", diffs)
 
 
-def _provider_step(admin: Admin, settings: Settings, jwks_url: str | None, *, force: bool) -> Step:
+def _provider_step(
+    admin: Admin, settings: Settings, found: dict[str, Any] | None, jwks_url: str | None, *, force: bool
+) -> Step:
     alias = settings.keycloak_idp_alias
     name = f"identity provider '{alias}'"
     wanted = spec.identity_provider(settings, jwks_url or spec.default_jwks_url(settings))
-    response = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
-    if response.status_code == 404:  # noqa: PLR2004
+    if found is None:
 
         def create() -> None:
             admin.call("POST", "./identity-provider/instances", ok=(201,), json=wanted)
@@ -199,7 +218,6 @@ def _provider_step(admin: Admin, settings: Settings, jwks_url: str | None, *, fo
             [f"type {spec.IDP_TYPE}, issuer {settings.issuer_url}, keys from {wanted['config']['jwksUrl']}"],
             create,
         )
-    found = _json(response, strict=True)
     if jwks_url is None:
         wanted["config"]["jwksUrl"] = (found.get("config") or {}).get("jwksUrl")
     if found.get("providerId") != spec.IDP_TYPE:
@@ -653,11 +671,11 @@ def survey(
     http: httpx2.Client | None = None,
 ) -> Survey:
     with _admin_session(settings, admin_user, admin_password, admin_realm, http) as (admin, version):
-        alias = settings.keycloak_idp_alias
-        provider = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
-        found = _json(provider) if provider.status_code == HTTPStatus.OK else {}
-        jwks_url = (found.get("config") or {}).get("jwksUrl")
-        return Survey(version, plan(admin, settings, jwks_url=None), jwks_url)
+        # One read of the provider serves the plan and says where Keycloak fetches the bridge's keys.
+        found = _read_provider(admin, settings)
+        jwks_url = ((found or {}).get("config") or {}).get("jwksUrl")
+        steps = _plan(admin, settings, found, jwks_url=None, force=False)
+        return Survey(version, steps, jwks_url)
 
 
 def _label(action: Action, *, dry_run: bool) -> str:

@@ -23,7 +23,7 @@ from joserfc.jwk import ECKey
 
 from bridge import doctor
 from bridge.app import create_app
-from bridge.realm_setup import SetupError, apply
+from bridge.realm_setup import SetupError, apply, survey
 from bridge.settings import Settings
 from devstack import keycloak as devstack_keycloak
 from devstack.keycloak import (
@@ -779,3 +779,25 @@ async def test_apply_and_doctor_refuse_a_keycloak_without_the_feature(
     assert "--features=jwt-authorization-grant" in checks["keycloak feature"].fix
     with other.admin() as admin:
         assert admin.get(f"/realms/{realm}/identity-provider/instances").json() == []
+
+
+def test_the_doctors_survey_reads_the_provider_once_and_finds_nothing_to_change(bare: Bare) -> None:
+    """With admin credentials the doctor surveys the realm: after apply every step is "ok", the JWKS URL
+    is the provider's own, and the provider is read once (it used to be read for the URL, then again
+    for the plan)."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    requested: list[str] = []
+
+    def record(request: httpx2.Request) -> None:
+        requested.append(f"{request.method} {request.url.path}")
+
+    with httpx2.Client(timeout=30, event_hooks={"request": [record]}) as http:
+        found = survey(bare.settings(realm), admin_user="admin", admin_password=ADMIN_PASSWORD, http=http)
+
+    with bare.admin() as admin:
+        provider = admin.get(f"/realms/{realm}/identity-provider/instances/tiktok").json()
+    assert found.jwks_url == provider["config"]["jwksUrl"]
+    assert {step.action for step in found.steps} == {"ok"}, [(s.name, s.action) for s in found.steps]
+    reads = [r for r in requested if r == f"GET /admin/realms/{realm}/identity-provider/instances/tiktok"]
+    assert len(reads) == 1, requested
