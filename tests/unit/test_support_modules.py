@@ -274,6 +274,16 @@ def test_wrong_key_type_is_a_clear_configuration_error(tmp_path: Path) -> None:
         "Bearer abcdefghijklmnop",
         "client_secret=hunter2hunter2",
         "code_verifier=abcdefghijklmnopqrstuvwxyz012345",
+        "clt.abcdefghijklmnop",
+        "tkb1.abcdefghijklmnop.qrstuvwxyz0123456789",
+        "basic dXNlcjpwYXNzd29yZA==",
+        "BEARER abcdefghijklmnop",
+        "Access_Token=abcdefghijkl",
+        "refresh_token=abcdefghijkl",
+        "subject_token=act.abcdefghijkl!1234.va",
+        "assertion=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+        "code=abcdefghijkl",
+        "token=abcdefghijkl",
     ],
 )
 def test_redaction_masks_credentials(secret: str) -> None:
