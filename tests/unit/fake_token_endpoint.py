@@ -90,6 +90,9 @@ class FakeTokenEndpoint:
         self.queued: deque[Answer] = deque()
         self.requests: list[Sent] = []
         self._transports: set[asyncio.BaseTransport] = set()  # kept: distinct objects, distinct sockets
+        # For each connection, as it appeared: the request it first carried (its index, peer and
+        # User-Agent), so a wrong connection count says where the extra one came from.
+        self.opened: list[tuple[int, object, str]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -107,8 +110,10 @@ class FakeTokenEndpoint:
         return LoopbackResolver({self.host: self.port})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if request.transport is not None:
+        if request.transport is not None and request.transport not in self._transports:
             self._transports.add(request.transport)
+            peer = request.transport.get_extra_info("peername")
+            self.opened.append((len(self.requests), peer, request.headers.get("User-Agent", "")))
         body = await request.read()
         self.requests.append(
             Sent(request.method, request.path, dict(request.headers), dict(parse_qsl(body.decode())))

@@ -249,14 +249,16 @@ async def test_connections_are_kept_alive_and_reused(
     at once reuse them: no new connection per exchange."""
     for _ in range(30):
         await keycloak.issue_token(ASSERTION, ())
-    assert endpoint.connections == 1
+    # On failure, the connections as they appeared (first request's index, peer, User-Agent): this test
+    # failed once in about ten full unit runs on a busy machine and could not be made to fail since.
+    assert endpoint.connections == 1, endpoint.opened
 
     await asyncio.gather(*(keycloak.issue_token(ASSERTION, ()) for _ in range(16)))
     opened = endpoint.connections
-    assert 1 <= opened <= 16
+    assert 1 <= opened <= 16, endpoint.opened
     for _ in range(3):
         await asyncio.gather(*(keycloak.issue_token(ASSERTION, ()) for _ in range(16)))
-    assert endpoint.connections == opened
+    assert endpoint.connections == opened, endpoint.opened
     assert len(endpoint.requests) == 30 + 4 * 16
 
 
