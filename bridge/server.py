@@ -22,7 +22,10 @@ lacks for a server on the public internet.
    HTTP/1.0, which llhttp would read as chunked, is refused here (`on_headers_complete`). h11, which
    served until 2026-12, accepted all four and needed a checking subclass; llhttp parses a request in C
    for about a tenth of the bridge's CPU per exchange less (bench/README.md). Mobile clients and
-   proxies never send these shapes; `tests/e2e/test_request_smuggling.py` sends each.
+   proxies never send these shapes; `tests/e2e/test_request_smuggling.py` sends each. No protocol is
+   ever switched to: a request asking to upgrade (h2c, say) is answered as HTTP/1.1 and the connection
+   closed after it, and one that also carries a body is refused (llhttp would hand its body to the
+   new protocol, and the app would see an empty form).
 5. Bounded memory whatever clients send (issue 15: 10,000 connections with 65 KB bodies took one worker
    from 85 MB to 1.53 GB). Per connection uvicorn buffers up to 64 KiB of body before it stops reading,
    plus the whole of one `recv` (asyncio reads 256 KiB at a time), and nothing caps the connections.
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
 # llhttp's own words when a request carries both Content-Length and Transfer-Encoding, in either order
 # ("Content-Length can't be present with Transfer-Encoding", and the other way round).
 _LENGTH_CONFLICT = "can't be present with"
+UPGRADE_WITH_BODY = "A request asking to switch protocols cannot carry a body here (no upgrade is served)."
 AMBIGUOUS_LENGTH = "The request's length is ambiguous (Content-Length with Transfer-Encoding)."
 # Point 5. One worker sustains about 250 warm exchanges a second and saturates from 8 to 32 concurrent
 # requests (bench/README.md): 256 in flight is already a second of queue, so more only holds memory.
@@ -206,6 +210,11 @@ class BridgeHttpProtocol(HttpToolsProtocol):
             # RFC 9112 section 6.1: faulty framing. llhttp would read it as chunked.
             self._refusal = AMBIGUOUS_LENGTH
             raise _FramingRefused
+        if self.parser.should_upgrade() and _has_body(self.headers):
+            # llhttp hands everything after the headers of an upgrade request to the new protocol, body
+            # included, and ends the message there: served, it would reach the app as an empty body.
+            self._refusal = UPGRADE_WITH_BODY
+            raise _FramingRefused
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -279,6 +288,13 @@ class BridgeHttpProtocol(HttpToolsProtocol):
         waiting = self.cycle is None or self.cycle.response_complete
         if waiting and not self.transport.is_closing():
             self.transport.close()
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in {b"", b"0"})
+        for name, value in headers
+    )
 
 
 class _FramingRefused(Exception):

@@ -185,3 +185,24 @@ def test_an_upgrade_request_is_answered_as_http_1_1_and_closed(served: str) -> N
     assert b"connection: close" in head.lower()
     assert json.loads(body)["status"] == "ok"
     assert still_serving(served)
+
+
+def test_an_upgrade_request_with_a_body_is_refused_and_closed(served: str) -> None:
+    """The parser would hand the body of a request asking to upgrade to the new protocol and end the
+    message at its headers: served, a token request would reach the app without its form. Refused
+    instead, with a reason, and closed."""
+    form = b"grant_type=x"
+    request = (
+        b"POST /token HTTP/1.1\r\nHost: bridge\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(form), form)
+    )
+    assert_refused_and_closed(
+        exchange_raw(served, request + FOLLOWER),
+        {
+            "error": "invalid_request",
+            "error_description": (
+                "A request asking to switch protocols cannot carry a body here (no upgrade is served)."
+            ),
+        },
+    )
+    assert still_serving(served)
