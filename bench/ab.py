@@ -187,6 +187,9 @@ def parse_args() -> argparse.Namespace:
         "--upstream", choices=("stub", "keycloak"), help="default: stub for warm, keycloak for first"
     )
     parser.add_argument("--b-python", default=sys.executable, help="interpreter of version B")
+    parser.add_argument(
+        "--rate-limits", action="store_true", help="both versions with the rate limits on, raised (bench.run)"
+    )
     args = parser.parse_args()
     if args.upstream is None:
         args.upstream = "stub" if args.case == "warm" else "keycloak"
@@ -208,7 +211,7 @@ def main() -> None:
     stub_stats: dict[str, int] = {}
     with reusable_instance_dir("bench") as instance_dir:
         progress("starting the stack")
-        stack = start_stack(work, key_file, 1, instance_dir)
+        stack = start_stack(work, key_file, 1, instance_dir, rate_limits=args.rate_limits)
         try:
             progress(f"provisioning {args.warm_users} returning users")
             # (First sign-ins are measured on users of their own; these warm the stack up all the same.)

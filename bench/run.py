@@ -178,7 +178,13 @@ def start_bridge(
     )
 
 
-def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) -> Stack:
+def start_stack(
+    work: Path, key_file: Path, workers: int, instance_dir: Path, *, rate_limits: bool = False
+) -> Stack:
+    """Keycloak, Redis and the emulator, with the bridge's environment. `rate_limits`: the per-address
+    and per-identity limits on, as deployed, but raised so that the bench's load (one address, a few
+    dozen users) is never refused: their cost is paid and measured. Off by default (the figures since
+    2026-11 are without them)."""
     bridge_port, emulator_port = free_port(), free_port()
     bridge_url, emulator_url = f"http://127.0.0.1:{bridge_port}", f"http://127.0.0.1:{emulator_port}"
     redis = RedisServer(work_dir=work / "redis")
@@ -200,7 +206,9 @@ def start_stack(work: Path, key_file: Path, workers: int, instance_dir: Path) ->
             issuer=bridge_url,
             signing_key_file=key_file,
             redis_url=redis.url,
-            BRIDGE_RATE_LIMIT_ENABLED="false",
+            BRIDGE_RATE_LIMIT_ENABLED="true" if rate_limits else "false",
+            BRIDGE_RATE_LIMIT_PER_IP="1000000/second",
+            BRIDGE_RATE_LIMIT_PER_IDENTITY="1000000/second",
             # The emulator's quota is lifted (below), so the bridge's own spending of it is too; its
             # cost (one moving-window script per TikTok call) is still paid and measured.
             BRIDGE_TIKTOK_USER_INFO_QUOTA="100000/minute",
@@ -468,6 +476,11 @@ def main() -> None:
     parser.add_argument(
         "--skip", default="", help=f"comma-separated parts to leave out: {', '.join(SKIPPABLE)}"
     )
+    parser.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="rate limits on (raised so nothing is refused), as a deployment pays for them",
+    )
     parser.add_argument("--previous", type=Path, help="results file to compare with (default: the newest)")
     parser.add_argument("--no-save", action="store_true", help="write no results file and no PNG")
     parser.add_argument(
@@ -497,7 +510,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with reusable_instance_dir("bench") as instance_dir:
         progress("starting the stack")
-        stack = start_stack(work, key_file, args.workers, instance_dir)
+        stack = start_stack(work, key_file, args.workers, instance_dir, rate_limits=args.rate_limits)
         try:
             bench = Bench(stack, args)
             sweep = measure_all(bench, key_file)
@@ -954,7 +967,7 @@ def summarise(
             for name in ("starlette", "uvicorn", "httpx2", "redis", "joserfc")
         ),
         "setup": f"{args.runs} paired runs of {args.seconds} s; bridge workers {args.workers}; "
-        f"wrk, {args.connections} connections",
+        f"wrk, {args.connections} connections" + ("; rate limits on (raised)" if args.rate_limits else ""),
         "load_average_before": [round(v, 2) for v in load_before],
         "took_seconds": round(took),
         "non_2xx": bench.non_2xx,
