@@ -801,3 +801,27 @@ def test_the_doctors_survey_reads_the_provider_once_and_finds_nothing_to_change(
     assert {step.action for step in found.steps} == {"ok"}, [(s.name, s.action) for s in found.steps]
     reads = [r for r in requested if r == f"GET /admin/realms/{realm}/identity-provider/instances/tiktok"]
     assert len(reads) == 1, requested
+
+
+async def test_doctor_with_admin_credentials_fetches_the_jwks_the_provider_names(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """Keycloak says only "Invalid signature". Without admin credentials the doctor can only fetch the
+    JWKS where the bridge serves it (and finds its key there); with them it reads the provider's own
+    JWKS URL, fetches that, and names it: here an address nothing listens on."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    dead = f"http://127.0.0.1:{free_port()}/.well-known/jwks.json"
+    _break_provider(bare, realm, jwksUrl=dead)
+
+    checks = await run_doctor(bare, bare.settings(realm), emulator, admin=doctor.AdminLogin("admin", "admin"))
+
+    assert failing(checks) == {"jwt grant"}, [c.line() for c in checks.values()]
+    detail = checks["jwt grant"].detail
+    assert f"the JWKS at {dead} cannot be fetched from here either" in detail
+    assert "--jwks-url" in checks["jwt grant"].fix
+
+    without_admin = await run_doctor(bare, bare.settings(realm), emulator)
+    assert f"{bare.issuer}/.well-known/jwks.json and finds the bridge's key there" in (
+        without_admin["jwt grant"].detail
+    )
