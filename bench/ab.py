@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import shutil
 import statistics
 import subprocess
@@ -54,13 +53,13 @@ from bench.run import (
     CLIENT_ID,
     CLIENT_SECRET,
     EXCHANGE,
-    QUIET,
     REALM,
     cpu_seconds,
     exchange_forms,
     new_tokens,
     settled_counts,
     start_stack,
+    start_stub_upstream,
     upstream_counts,
     wait_http,
     write_bodies,
@@ -231,31 +230,11 @@ def main() -> None:
             env = dict(stack.bridge_env)
             if args.upstream == "stub":
                 signer = AssertionSigner(key=load_key(key_file), issuer=stack.bridge_url, lifetime=110)
-                answer_file = work / "token-answer.json"
-                answer_file.write_bytes(capture_answer(stack.keycloak.url, signer, warm[0][0], audience))
-                users_file = work / "users.json"
-                users_file.write_text(json.dumps(user_ids))
-                stub_port = free_port()
-                stub = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.stub_upstream",
-                        "--port",
-                        str(stub_port),
-                        "--answer-file",
-                        str(answer_file),
-                        "--users",
-                        str(users_file),
-                        "--issuer",
-                        audience,
-                    ],
-                    cwd=ROOT,
-                    **QUIET,
-                )
+                answer = capture_answer(stack.keycloak.url, signer, warm[0][0], audience)
+                stub, stub_url = start_stub_upstream(work, answer, user_ids, audience)
                 extra.append(stub)
-                env["BRIDGE_KEYCLOAK_URL"] = f"http://127.0.0.1:{stub_port}"
-                wait_http(f"http://127.0.0.1:{stub_port}/_stub/stats")
+                env["BRIDGE_KEYCLOAK_URL"] = stub_url
+                wait_http(f"{stub_url}/_stub/stats")
             for variant in variants:
                 start_variant(variant, env, work)
                 assert variant.process is not None

@@ -674,6 +674,22 @@ def pinned(
             pin(pid, ALL_CORES)
 
 
+def start_stub_upstream(
+    work: Path, answer: bytes, user_ids: dict[str, str], audience: str, *, core: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`bench.stub_upstream` answering `answer` (a real Keycloak token answer, given each user's own
+    `sub`), pinned to `core` if given: the process and its URL. Shared with `bench.ab`."""
+    answer_file = work / "token-answer.json"
+    answer_file.write_bytes(answer)
+    users_file = work / "users.json"
+    users_file.write_text(json.dumps(user_ids))
+    port = free_port()
+    command = [sys.executable, "-m", "bench.stub_upstream", "--port", str(port)]
+    command += ["--answer-file", str(answer_file), "--users", str(users_file), "--issuer", audience]
+    pinned = ["taskset", "-c", core] if core is not None else []
+    return subprocess.Popen([*pinned, *command], cwd=ROOT, **QUIET), f"http://127.0.0.1:{port}"
+
+
 def bridge_only(
     bench: Bench,
     grant_url: str,
@@ -699,32 +715,9 @@ def bridge_only(
         timeout=30,
     )
     assert answer.status_code == 200, answer.text
-    answer_file = stack.work / "token-answer.json"
-    answer_file.write_bytes(answer.content)
-    users_file = stack.work / "users.json"
-    users_file.write_text(json.dumps(user_ids))
-    stub_port, bridge_port = free_port(), free_port()
-    stub_url, bridge_url = f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{bridge_port}"
-    stub = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            KC_CORE,
-            sys.executable,
-            "-m",
-            "bench.stub_upstream",
-            "--port",
-            str(stub_port),
-            "--answer-file",
-            str(answer_file),
-            "--users",
-            str(users_file),
-            "--issuer",
-            audience,
-        ],
-        cwd=ROOT,
-        **QUIET,
-    )
+    stub, stub_url = start_stub_upstream(stack.work, answer.content, user_ids, audience, core=KC_CORE)
+    bridge_port = free_port()
+    bridge_url = f"http://127.0.0.1:{bridge_port}"
     # Same Redis as the main bridge: the returning users' cache entries are already there.
     lone = start_bridge(
         {**stack.bridge_env, "BRIDGE_KEYCLOAK_URL": stub_url},
