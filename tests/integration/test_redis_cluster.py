@@ -13,12 +13,11 @@ from redis.crc import key_slot
 from bridge.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
 from bridge.exchange import ExchangeService
-from bridge.model import Held
 from bridge.ratelimit import RateLimiter
 from bridge.redis_connection import RedisConnection
 from devstack.redis import RedisClusterNodes
 from tests.conftest import forget_abandoned_sockets
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
+from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, assert_lock_outcomes, make_policy
 from tests.unit.test_exchange_service import PROFILE, request
 
 if TYPE_CHECKING:
@@ -125,23 +124,7 @@ async def test_the_lock_says_how_it_was_taken_and_waiters_read_the_winner(cluste
     redis = RedisConnection.from_url(cluster.url, timeout=2)
     cache = RedisCache(redis.client)
     try:
-        async with cache.lock("tkb:test:lock", ttl=5, wait=1) as first:
-            assert first is Held.AT_ONCE
-            async with cache.lock("tkb:test:lock", ttl=5, wait=0.05) as refused:
-                assert refused is Held.NOT_TAKEN
-
-        released = asyncio.Event()
-
-        async def hold() -> None:
-            async with cache.lock("tkb:test:lock", ttl=5, wait=1):
-                await released.wait()
-
-        holder = asyncio.create_task(hold())
-        await asyncio.sleep(0.05)
-        asyncio.get_running_loop().call_later(0.05, released.set)
-        async with cache.lock("tkb:test:lock", ttl=5, wait=2) as after:
-            assert after is Held.AFTER_WAITING
-        await holder
+        await assert_lock_outcomes(cache, "tkb:test:lock")
 
         keycloak = FakeKeycloak()
         bridge = ExchangeService(

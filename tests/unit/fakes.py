@@ -6,6 +6,7 @@ method added to a port cannot be forgotten here.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 from collections import Counter
@@ -20,14 +21,14 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserConflict,
 )
-from bridge.model import CodeGrant, FederatedLink, IssuedToken, KeycloakUser, Policy
+from bridge.model import CodeGrant, FederatedLink, Held, IssuedToken, KeycloakUser, Policy
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from bridge.model import TikTokProfile
-    from bridge.ports import AssertionMinter, KeycloakGateway, TikTokGateway
+    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, TikTokGateway
 
 ISSUER = "https://kc.example/realms/app"
 
@@ -186,3 +187,29 @@ class FakeMinter:
 _tiktok: TikTokGateway = FakeTikTok()
 _keycloak: KeycloakGateway = FakeKeycloak()
 _minter: AssertionMinter = FakeMinter()
+
+
+async def assert_lock_outcomes(cache: Cache, key: str) -> None:
+    """The lock port's contract, for any cache: a free lock is taken at once, a held one is refused once
+    the wait runs out, taken again at once after release, and taken after waiting while a holder lets go."""
+    async with cache.lock(key, ttl=5, wait=1) as first:
+        assert first is Held.AT_ONCE
+        async with cache.lock(key, ttl=5, wait=0.05) as refused:
+            assert refused is Held.NOT_TAKEN
+            assert not refused
+    async with cache.lock(key, ttl=5, wait=0.05) as again:
+        assert again is Held.AT_ONCE
+
+    released = asyncio.Event()
+
+    async def hold() -> None:
+        async with cache.lock(key, ttl=5, wait=1):
+            await released.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.05)  # the holder has it
+    asyncio.get_running_loop().call_later(0.05, released.set)
+    async with cache.lock(key, ttl=5, wait=2) as after:
+        assert after is Held.AFTER_WAITING
+        assert after
+    await holder

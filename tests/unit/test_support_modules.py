@@ -20,6 +20,7 @@ from bridge.errors import ServerError
 from bridge.logs import JsonFormatter, RedactingFilter, redact
 from bridge.model import Held
 from bridge.redis_connection import redis_client
+from tests.unit.fakes import assert_lock_outcomes
 
 if TYPE_CHECKING:
     import socket
@@ -55,28 +56,7 @@ async def test_memory_cache_is_bounded_least_recently_used_first() -> None:
 async def test_memory_lock_serialises_and_times_out() -> None:
     """A held lock makes a second taker wait, and report failure when the wait runs out; a taker that
     waited for the holder says so (the holder may have done the work)."""
-    cache = MemoryCache()
-    async with cache.lock("l", ttl=5, wait=1) as first:
-        assert first is Held.AT_ONCE
-        async with cache.lock("l", ttl=5, wait=0.05) as second:
-            assert second is Held.NOT_TAKEN
-            assert not second
-    async with cache.lock("l", ttl=5, wait=0.05) as again:
-        assert again is Held.AT_ONCE
-
-    released = asyncio.Event()
-
-    async def hold_briefly() -> None:
-        async with cache.lock("l", ttl=5, wait=1):
-            await released.wait()
-
-    holder = asyncio.create_task(hold_briefly())
-    await asyncio.sleep(0.01)  # the holder has it
-    asyncio.get_running_loop().call_later(0.02, released.set)
-    async with cache.lock("l", ttl=5, wait=1) as after:
-        assert after is Held.AFTER_WAITING
-        assert after
-    await holder
+    await assert_lock_outcomes(MemoryCache(), "l")
 
 
 async def test_memory_lock_handed_to_a_waiter_is_not_taken_by_a_newcomer_too() -> None:
