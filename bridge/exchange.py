@@ -440,12 +440,10 @@ class ExchangeService:
                 # lock). A lock taken at once had no holder to wait for, so the read is spared; the rare
                 # holder that finished between our search and our lock, or whose write was lost, is
                 # still found: Keycloak's 409 on the deterministic username leads `_create` to it.
-                if (
-                    acquired is Held.AFTER_WAITING
-                    and (winner := await self._cache.get(user_key)) is not None
-                    and "id" in json.loads(winner)
-                ):
-                    return str(json.loads(winner)["id"]), False
+                if acquired is Held.AFTER_WAITING and (winner := await self._cache.get(user_key)) is not None:
+                    won = json.loads(winner)
+                    if "id" in won:
+                        return str(won["id"]), False
                 user_id, created = await self._create(profile, attributes)
                 await self._remember(user_key, user_id, fingerprint)
                 return user_id, created
