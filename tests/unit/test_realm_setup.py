@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from bridge import doctor
 from bridge import realm_spec as spec
-from bridge.realm_setup import Admin, SetupError, check_server
+from bridge.realm_setup import Admin, SetupError, _read_provider, check_server
 from bridge.realm_spec import version_supported
 from bridge.settings import Settings
 from devstack.tiktok_emulator import TikTokEmulator
@@ -56,6 +56,34 @@ def admin_answering(serverinfo: dict[str, Any]) -> Admin:
         return httpx2.Response(200, json=serverinfo)
 
     return Admin(httpx2.Client(transport=httpx2.MockTransport(handler)), KEYCLOAK, "app", "token")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [(404, {"error": "not found"}, None), (200, {"alias": "tiktok"}, {"alias": "tiktok"})],
+)
+def test_the_provider_is_read_once_as_an_object_or_none(status: int, body: Any, expected: Any) -> None:  # noqa: ANN401
+    seen: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.url.path)
+        return httpx2.Response(status, json=body)
+
+    admin = Admin(httpx2.Client(transport=httpx2.MockTransport(handler)), KEYCLOAK, "app", "token")
+    assert _read_provider(admin, _app_settings()) == expected
+    assert seen == ["/admin/realms/app/identity-provider/instances/tiktok"]
+
+
+def test_a_provider_that_is_not_a_json_object_is_a_setup_error() -> None:
+    """A proxy or a broken Keycloak answering a list (or a string) is named, not an AttributeError."""
+    admin = Admin(
+        httpx2.Client(transport=httpx2.MockTransport(lambda _: httpx2.Response(200, json=["tiktok"]))),
+        KEYCLOAK,
+        "app",
+        "token",
+    )
+    with pytest.raises(SetupError, match="not a JSON object"):
+        _read_provider(admin, _app_settings())
 
 
 def test_apply_refuses_a_keycloak_older_than_the_oldest_supported() -> None:
