@@ -727,23 +727,42 @@ def bridge_only(
         ["taskset", "-c", BRIDGE_CORE],
     )
     bench.extra_groups = {"stub": stub.pid, "bridge_only": lone.pid}
+    # The bench turns the rate limits off (all its load comes from one address); a deployment has them
+    # on. A second lone worker with them on (raised so nothing is refused), measured in turns with the
+    # first, says what they add per exchange, paired. Idle, it costs its core next to nothing.
+    limited_url = ""
+    limited: subprocess.Popen[bytes] | None = None
+    if not args.rate_limits:
+        limited_port = free_port()
+        limited_url = f"http://127.0.0.1:{limited_port}"
+        limited = start_bridge(
+            {**stack.bridge_env, "BRIDGE_KEYCLOAK_URL": stub_url, "BRIDGE_RATE_LIMIT_ENABLED": "true"},
+            limited_port,
+            1,
+            stack.work / "prometheus-bridge-only-limits",
+            ["taskset", "-c", BRIDGE_CORE],
+        )
+        bench.extra_groups["bridge_only_limits"] = limited.pid
     groups = stack.groups()
     for pid in groups.values():
         pin(pid, KC_CORE)
     try:
         wait_http(f"{stub_url}/_stub/stats")
-        wait_http(f"{bridge_url}/healthz", timeout=BRIDGE_START_TIMEOUT)
-        progress("bridge-only: warming up one worker pinned alone on its core")
-        wrk(
-            f"{bridge_url}/token",
-            warm_bodies,
-            connections=args.connections,
-            seconds=3,
-            cycle=True,
-            cores=KC_CORE,
-        )
+        for url in filter(None, (bridge_url, limited_url)):
+            wait_http(f"{url}/healthz", timeout=BRIDGE_START_TIMEOUT)
+            progress(f"bridge-only: warming up one worker pinned alone on its core ({url})")
+            wrk(
+                f"{url}/token",
+                warm_bodies,
+                connections=args.connections,
+                seconds=3,
+                cycle=True,
+                cores=KC_CORE,
+            )
         for run in range(args.runs):
             progress(f"run {run + 1}/{args.runs}: bridge-only, one worker on core {BRIDGE_CORE}")
+            if limited_url and run % 2:  # turns: without, with; with, without; ...
+                with_limits = bridge_only_with_limits(bench, limited_url, warm_bodies)
             measured = bench.measure(
                 "bridge-only",
                 f"{bridge_url}/token",
@@ -753,6 +772,10 @@ def bridge_only(
                 cores=KC_CORE,
                 metrics_of=bridge_url,
             )
+            if limited_url and not run % 2:
+                with_limits = bridge_only_with_limits(bench, limited_url, warm_bodies)
+            if limited_url:
+                bench.add("bridge_only_limits_ratio", with_limits / measured.cpu_ms["bridge_only"])
             bench.add("bridge_only_per_s", measured.run.per_second)
             bench.add("bridge_only_cpu_ms", measured.cpu_ms["bridge_only"])
             bench.add("bridge_only_kc_token", measured.calls["keycloak_token"])
@@ -764,11 +787,27 @@ def bridge_only(
             )
     finally:
         bench.extra_groups = {}
-        for process in (lone, stub):
-            process.terminate()
-            process.wait(timeout=30)
+        for process in (lone, limited, stub):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
         for pid in groups.values():
             pin(pid, ALL_CORES)
+
+
+def bridge_only_with_limits(bench: Bench, url: str, warm_bodies: Path) -> float:
+    """One run of the lone worker with the rate limits on: its CPU ms per warm exchange."""
+    measured = bench.measure(
+        "bridge-only, rate limits on",
+        f"{url}/token",
+        warm_bodies,
+        connections=bench.args.connections,
+        cycle=True,
+        cores=KC_CORE,
+    )
+    cpu_ms = measured.cpu_ms["bridge_only_limits"]
+    bench.add("bridge_only_limits_cpu_ms", cpu_ms)
+    return cpu_ms
 
 
 def first_sign_ins(bench: Bench, token_url: str) -> None:
@@ -893,6 +932,13 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("bridge_only_cpu_ms", "bridge-only: CPU per warm exchange, 1 worker, ms", "", "{:.2f}"),
     ("bridge_per_core", "bridge exchanges per second per core (1000 / CPU per exchange)", "", "{:.0f}"),
     ("bridge_only_per_s", "bridge-only: exchanges/s achieved on its core", "", "{:.0f}"),
+    (
+        "bridge_only_limits_cpu_ms",
+        "bridge-only, rate limits on as deployed (raised): CPU per warm exchange, ms",
+        "",
+        "{:.2f}",
+    ),
+    ("bridge_only_limits_ratio", "bridge-only: rate limits on / off, paired", "", "{:.2f}"),
     ("bridge_only_core_busy", "bridge-only: busy share of its core", "~1.0 = saturated", "{:.2f}"),
     ("bridge_per_kc_core", "bridge exchanges per Keycloak grant, per core", ">= 5", "{:.1f}"),
     ("first_cpu_ms", "bridge CPU per first sign-in, ms", "<= 3", "{:.2f}"),
