@@ -1,7 +1,8 @@
 """The cache implementations of `ports.Cache`: Redis (shared by replicas), process memory (the embedded
-default), and the fallback that serves from memory while Redis is unreachable. The first two are also
-`ports.Store`s (an entry read as its lock is taken, written as it is released); the fallback is not, since
-its lock and its entry could end up one in Redis and the other in memory.
+default), and the fallback that serves from memory while Redis is unreachable. All three read an entry
+as its lock is taken and write it as the lock is released (`ports.GuardedCache`); the first two are also
+`ports.Store`s, the fallback is not, since during an outage its entry can be written to memory while the
+lock stays in Redis.
 
 Keys are named in `keys.py`; this module stores whatever key it is given.
 """
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from bridge.errors import UpstreamUnavailable
 from bridge.metrics import timed
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from bridge.ports import Cache
+    from bridge.ports import LockedEntry, Store
     from bridge.redis_connection import RedisClient
 
 T = TypeVar("T")
@@ -176,6 +178,10 @@ class MemoryCache:
     ) -> AbstractAsyncContextManager[_LockedEntry]:
         return self._locked_entry(key, lock_key, wait)
 
+    @property
+    def one_place(self) -> Literal[True]:
+        return True
+
     async def ping(self) -> None:
         return None
 
@@ -296,9 +302,11 @@ class RedisCache:
             raise UpstreamUnavailable("cache", f"{name} failed: {type(exc).__name__}") from exc
 
     async def _unlock(self, key: str, owner: str) -> None:
-        # If Redis is gone now, the lock expires by itself after its ttl.
-        with contextlib.suppress(*REDIS_FAILURES):
+        # If Redis is gone now, the lock expires by itself after its ttl. Timed like every other
+        # command, so that the commands counted per request are the commands sent.
+        with contextlib.suppress(*REDIS_FAILURES), timed("redis", "unlock") as outcome:
             await self._release(keys=[key], args=[owner])
+            outcome["result"] = "ok"
 
     @asynccontextmanager
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Held]:
@@ -351,6 +359,10 @@ class RedisCache:
     ) -> AbstractAsyncContextManager[_LockedEntry]:
         return self._locked_entry(key, lock_key, ttl, wait)
 
+    @property
+    def one_place(self) -> Literal[True]:
+        return True
+
     async def ping(self) -> None:
         await self._command("ping", self._redis.ping())
 
@@ -371,7 +383,7 @@ class FallbackCache:
     still guarantees one user per TikTok identity across replicas.
     """
 
-    def __init__(self, primary: Cache, fallback: MemoryCache, *, retry_interval: float = 5.0) -> None:
+    def __init__(self, primary: Store, fallback: MemoryCache, *, retry_interval: float = 5.0) -> None:
         self._primary = primary
         self._fallback = fallback
         self._retry_interval = retry_interval
@@ -465,6 +477,41 @@ class FallbackCache:
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
         return self._lock(key, ttl, wait)
 
+    @asynccontextmanager
+    async def _locked_entry(
+        self, key: str, lock_key: str, ttl: float, wait: float
+    ) -> AsyncIterator[LockedEntry]:
+        async with contextlib.AsyncExitStack() as stack:
+            in_redis = False
+
+            async def from_redis() -> LockedEntry:
+                nonlocal in_redis
+                entry = await stack.enter_async_context(
+                    self._primary.locked_entry(key, lock_key=lock_key, ttl=ttl, wait=wait)
+                )
+                in_redis = True
+                return entry
+
+            # Only taking the lock is guarded, as in `lock`: an error raised by the body is its own.
+            entry = await self._either(
+                from_redis,
+                lambda: stack.enter_async_context(
+                    self._fallback.locked_entry(key, lock_key=lock_key, ttl=ttl, wait=wait)
+                ),
+            )
+            if in_redis:
+                entry = _FallingBackEntry(entry, functools.partial(self._write_to_memory, key))
+            yield entry
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[LockedEntry]:
+        return self._locked_entry(key, lock_key, ttl, wait)
+
+    async def _write_to_memory(self, key: str, value: bytes, ttl: float, exc: UpstreamUnavailable) -> None:
+        self._failed(exc)
+        await self._fallback.set(key, value, ttl)
+
     async def ping(self) -> None:
         """Raises while Redis is unreachable (readiness then says "degraded"); a success ends the outage."""
         try:
@@ -477,6 +524,34 @@ class FallbackCache:
     async def aclose(self) -> None:
         await self._primary.aclose()
         await self._fallback.aclose()
+
+
+class _FallingBackEntry:
+    """An entry locked in Redis whose write falls back to memory if Redis fails just then, as every
+    other write of the fallback cache does: the value is not lost (this process serves it from memory
+    until Redis answers again) and the lock in Redis, not released, expires after its ttl."""
+
+    def __init__(
+        self,
+        entry: LockedEntry,
+        write_to_memory: Callable[[bytes, float, UpstreamUnavailable], Awaitable[None]],
+    ) -> None:
+        self._entry = entry
+        self._write_to_memory = write_to_memory
+
+    @property
+    def held(self) -> Held:
+        return self._entry.held
+
+    @property
+    def value(self) -> bytes | None:
+        return self._entry.value
+
+    async def save_and_release(self, value: bytes, ttl: float) -> None:
+        try:
+            await self._entry.save_and_release(value, ttl)
+        except UpstreamUnavailable as exc:
+            await self._write_to_memory(value, ttl, exc)
 
 
 async def _nothing() -> None:

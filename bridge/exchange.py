@@ -47,7 +47,6 @@ from bridge.model import (
     SCOPE_BASIC,
     Caller,
     Exchanged,
-    Held,
     KeycloakUser,
     Policy,
     TikTokProfile,
@@ -60,7 +59,7 @@ if TYPE_CHECKING:
     from bridge.model import CodeGrant, IssuedToken
     from bridge.ports import (
         AssertionMinter,
-        Cache,
+        GuardedCache,
         IdentityLimiter,
         KeycloakGateway,
         TikTokGateway,
@@ -99,6 +98,12 @@ def _fingerprint(attributes: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _user_entry(user_id: str, fingerprint: str) -> bytes:
+    """The cached entry of an identity's Keycloak user: its id, and the fingerprint of the attributes
+    last synced to it."""
+    return json.dumps({"id": user_id, "fp": fingerprint}).encode()
+
+
 @functools.lru_cache(maxsize=4096)
 def _profile_fingerprint(profile: TikTokProfile) -> str:
     """The fingerprint of the attributes a profile syncs to Keycloak, which a returning user's cached
@@ -113,7 +118,7 @@ class ExchangeService:
         *,
         tiktok: TikTokGateway,
         keycloak: KeycloakGateway,
-        cache: Cache,
+        cache: GuardedCache,
         minter: AssertionMinter,
         policy: Policy,
         limiter: IdentityLimiter | None = None,
@@ -427,25 +432,25 @@ class ExchangeService:
         user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
         created = False
         if user is None:
-            lock_key = keys.provisioning_lock(alias, profile.open_id)
             waiting_since = time.perf_counter()
-            async with self._cache.lock(
-                lock_key, ttl=PROVISIONING_LOCK_TTL, wait=PROVISIONING_LOCK_WAIT
-            ) as acquired:
+            async with self._cache.locked_entry(
+                user_key,
+                lock_key=keys.provisioning_lock(alias, profile.open_id),
+                ttl=PROVISIONING_LOCK_TTL,
+                wait=PROVISIONING_LOCK_WAIT,
+            ) as entry:
                 LOCK_WAIT_SECONDS.observe(time.perf_counter() - waiting_since)
-                if not acquired:
+                if not entry.held:
                     raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")
-                # Whoever held the lock before us created the user and cached its id before letting go:
-                # one cache read instead of another Keycloak search (a hundred waiters queue behind this
-                # lock). A lock taken at once had no holder to wait for, so the read is spared; the rare
-                # holder that finished between our search and our lock, or whose write was lost, is
-                # still found: Keycloak's 409 on the deterministic username leads `_create` to it.
-                if acquired is Held.AFTER_WAITING and (winner := await self._cache.get(user_key)) is not None:
-                    won = json.loads(winner)
-                    if "id" in won:
-                        return str(won["id"]), False
+                # Whoever held the lock before us created the user and cached its id as it let go; the
+                # entry was read as we took the lock (same round trip), so a hundred waiters queued
+                # behind this lock cost no Keycloak search. One whose write was lost is still found:
+                # Keycloak's 409 on the deterministic username leads `_create` to it.
+                if entry.value is not None and "id" in (won := json.loads(entry.value)):
+                    return str(won["id"]), False
                 user_id, created = await self._create(profile, attributes)
-                await self._remember(user_key, user_id, fingerprint)
+                # Cached and unlocked together: a waiter that takes the lock finds the id.
+                await entry.save_and_release(_user_entry(user_id, fingerprint), self._policy.user_ttl)
                 return user_id, created
         if not user.enabled:
             raise AccountDisabled(detail=f"keycloak user {user.id} is disabled")
@@ -455,8 +460,7 @@ class ExchangeService:
         return user.id, created
 
     async def _remember(self, user_key: str, user_id: str, fingerprint: str) -> None:
-        value = json.dumps({"id": user_id, "fp": fingerprint}).encode()
-        await self._cache.set(user_key, value, self._policy.user_ttl)
+        await self._cache.set(user_key, _user_entry(user_id, fingerprint), self._policy.user_ttl)
 
     async def _create(self, profile: TikTokProfile, attributes: dict[str, list[str]]) -> tuple[str, bool]:
         """The new user's id and True; or, when Keycloak's 409 shows another replica linked one first,

@@ -7,7 +7,7 @@ the bridge's own value types are imported here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -117,16 +117,29 @@ class LockedEntry(Protocol):
         ...
 
 
-class Store(Cache, Protocol):
-    """A cache that is one place, Redis or this process's memory, never the fallback between the two:
-    a lock and the entry it guards are always kept together, so taking the lock can read the entry and
-    writing the entry can release the lock, atomically. The session store is one."""
+class GuardedCache(Cache, Protocol):
+    """A cache that can read an entry as it takes the lock guarding it, and write it as it releases the
+    lock (`locked_entry`). The exchange's cache is one: provisioning takes the identity's lock and reads
+    what a previous holder cached in one round trip, and caches the new user's id with the release."""
 
     def locked_entry(
         self, key: str, *, lock_key: str, ttl: float, wait: float
     ) -> AbstractAsyncContextManager[LockedEntry]:
         """`lock(lock_key)` that reads `key` in the same round trip when it takes the lock (an attempt
         that finds the lock held reads nothing). With Redis Cluster the two keys share a hash tag."""
+        ...
+
+
+class Store(GuardedCache, Protocol):
+    """A cache that is one place, Redis or this process's memory, never the fallback between the two:
+    a lock and the entry it guards are always kept together, so what `locked_entry` read as it took
+    the lock is what its write replaces. The session store is one. (The fallback cache is a
+    `GuardedCache` too, but during a Redis outage its entry may be written to memory while the lock
+    it replaces stays in Redis until it expires.)"""
+
+    @property
+    def one_place(self) -> Literal[True]:
+        """Marks a Store, so that mypy refuses the fallback cache wherever a Store is expected."""
         ...
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from aiohttp.abc import AbstractResolver
 
-    from bridge.ports import Cache, Store
+    from bridge.ports import GuardedCache, Store
     from bridge.settings import Settings
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
@@ -101,7 +101,7 @@ class Resources:
     token_http: aiohttp.ClientSession
     # The one Redis client (cache, rate limits, tracing), None when no Redis is configured.
     redis: RedisConnection | None
-    cache: Cache
+    cache: GuardedCache
     signer: AssertionSigner
     tiktok: TikTokClient
     keycloak: KeycloakClient
@@ -163,7 +163,7 @@ class Resources:
             mounts=dict(mounts or {}),
         )
         redis: RedisConnection | None = None
-        cache: Cache
+        cache: GuardedCache
         session_store: Store
         limits_storage: Storage
         if settings.redis_url is not None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+import redis.asyncio as aioredis
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from bridge import keys
 from bridge.exchange import deterministic_username
 from tests.conftest import BridgeClient, Stack, running_bridge
+from tests.integration.test_session_store import redis_commands, timed_redis_operations
 
 if TYPE_CHECKING:
     from devstack.tiktok_emulator import TikTokEmulator
@@ -94,6 +98,38 @@ async def test_second_login_reuses_the_user_without_tiktok_or_admin_calls(
     assert len(linked_users(stack, user.open_id)) == 1
     # The second exchange used the cached profile; the third had a new token, so TikTok was asked again.
     assert emulator.calls["user_info"] == 2
+
+
+async def test_a_first_sign_in_provisions_in_three_redis_round_trips_on_the_identitys_keys(
+    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient
+) -> None:
+    """Counted by redis-server (MONITOR) on the identity's keys: the user entry with the tombstone, the
+    provisioning lock taken with the entry read (one script), the new user's id cached with the lock's
+    release (one script). Four before: MGET, SET NX, SET, and the release. The bridge's own count (what
+    the bench reads) includes every command sent, a lone release too."""
+    warm_up = emulator.create_user()  # loads the scripts into this redis-server
+    assert (await bridge.exchange(emulator.issue_access_token(warm_up.open_id))).status_code == 200
+    user = emulator.create_user()
+    before = timed_redis_operations()
+    async with redis_commands(stack.redis.url, ("user", "revoked", "lock:provision")) as received:
+        response = await bridge.exchange(emulator.issue_access_token(user.open_id))
+    assert response.status_code == 200, response.text
+    assert received == ["MGET", "EVALSHA", "EVALSHA"]
+    after = timed_redis_operations()
+    spent = {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name)}
+    assert spent["lock_and_get"] == spent["set_and_unlock"] == 1
+    assert "lock" not in spent
+    assert "unlock" not in spent
+
+    subject = verified_claims(stack, response.json()["access_token"])["sub"]
+    redis = aioredis.Redis.from_url(stack.redis.url)
+    try:
+        assert not await redis.exists(keys.provisioning_lock("tiktok", user.open_id))
+        cached = await redis.get(keys.linked_user("tiktok", user.open_id))
+        assert cached is not None
+        assert json.loads(cached)["id"] == subject
+    finally:
+        await redis.aclose()
 
 
 async def test_openid_scope_adds_an_id_token(

@@ -5,10 +5,13 @@ are the unit tests' fakes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
@@ -112,6 +115,28 @@ def session_id(token: str) -> str:
     parsed = parse_token(token)
     assert parsed is not None
     return parsed[0]
+
+
+@contextlib.asynccontextmanager
+async def redis_commands(redis_url: str, kinds: tuple[str, ...]) -> AsyncIterator[list[str]]:
+    """The commands redis-server receives on keys of these kinds (`tkb:v1:<kind>:...`) while the block
+    runs (MONITOR), as their
+    names: one per round trip, the commands a script runs inside Redis left out. Filled when the block
+    ends (up to a marker sent after it, so nothing in flight is missed)."""
+    marker = f"end-of-block-{secrets.token_hex(8)}"
+    seen: list[str] = []
+    watcher, sender = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+    try:
+        async with watcher.monitor() as monitor:
+            yield seen
+            await sender.echo(marker)
+            while marker not in (command := await monitor.next_command())["command"]:
+                ours = any(f"tkb:v1:{kind}:" in command["command"] for kind in kinds)
+                if command["client_type"] != "lua" and ours:
+                    seen.append(command["command"].split(" ", 1)[0].upper())
+    finally:
+        await watcher.aclose()
+        await sender.aclose()
 
 
 def timed_redis_operations() -> dict[str, float]:

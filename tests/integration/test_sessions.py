@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -17,10 +16,10 @@ from bridge import keys
 from bridge.sessions import parse_token
 from tests.conftest import BridgeClient, Clock, Stack, running_bridge, served_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
-from tests.integration.test_session_store import timed_redis_operations
+from tests.integration.test_session_store import redis_commands, timed_redis_operations
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
 
     from bridge.settings import Settings
     from devstack.tiktok_emulator import EmulatedUser, TikTokEmulator
@@ -230,25 +229,9 @@ async def test_concurrent_refreshes_on_three_replicas_yield_one_live_successor(
             await replica.aclose()
 
 
-@contextlib.asynccontextmanager
-async def session_commands(redis_url: str) -> AsyncIterator[list[str]]:
-    """The commands redis-server receives on session keys while the block runs (MONITOR), as their
-    names: one per round trip, the commands a script runs inside Redis left out. Filled when the block
-    ends (up to a marker sent after it, so nothing in flight is missed)."""
-    marker = f"end-of-block-{secrets.token_hex(8)}"
-    seen: list[str] = []
-    watcher, sender = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
-    try:
-        async with watcher.monitor() as monitor:
-            yield seen
-            await sender.echo(marker)
-            while marker not in (command := await monitor.next_command())["command"]:
-                session_key = any(f"tkb:v1:{kind}:" in command["command"] for kind in SESSION_KEY_KINDS)
-                if command["client_type"] != "lua" and session_key:
-                    seen.append(command["command"].split(" ", 1)[0].upper())
-    finally:
-        await watcher.aclose()
-        await sender.aclose()
+def session_commands(redis_url: str) -> AbstractAsyncContextManager[list[str]]:
+    """The commands redis-server receives on session keys while the block runs (`redis_commands`)."""
+    return redis_commands(redis_url, SESSION_KEY_KINDS)
 
 
 SESSION_KEY_KINDS = ("session", "lock:session", "sessions-not-before")

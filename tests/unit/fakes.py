@@ -10,9 +10,12 @@ import asyncio
 import dataclasses
 import itertools
 from collections import Counter
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from bridge import keys
+from bridge.cache import MemoryCache
 from bridge.errors import (
     AccessTokenRejected,
     AccountDisabled,
@@ -25,10 +28,10 @@ from bridge.model import CodeGrant, FederatedLink, Held, IssuedToken, KeycloakUs
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import AsyncIterator, Iterable
 
     from bridge.model import TikTokProfile
-    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, TikTokGateway
+    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, LockedEntry, TikTokGateway
 
 ISSUER = "https://kc.example/realms/app"
 
@@ -213,3 +216,110 @@ async def assert_lock_outcomes(cache: Cache, key: str) -> None:
         assert after is Held.AFTER_WAITING
         assert after
     await holder
+
+
+def _kind(key: str) -> str:
+    """What a key holds, as the recording store notes it: `session`, `user`, `lock`, ..."""
+    return key.split(":")[2]
+
+
+class RecordingEntry:
+    """A `LockedEntry` of the memory store that notes its write in the store's list."""
+
+    def __init__(self, entry: LockedEntry, operations: list[str], kind: str) -> None:
+        self._entry = entry
+        self._operations = operations
+        self._kind = kind
+
+    @property
+    def held(self) -> Held:
+        return self._entry.held
+
+    @property
+    def value(self) -> bytes | None:
+        return self._entry.value
+
+    async def save_and_release(self, value: bytes, ttl: float) -> None:
+        self._operations.append(f"save_and_release {self._kind}")
+        await self._entry.save_and_release(value, ttl)
+
+
+class RecordingStore:
+    """The memory store, noting each operation asked of it and of which kind of key (`session`, `lock`,
+    `sessions-not-before`, `user`, ...): with Redis, each is one round trip."""
+
+    def __init__(self) -> None:
+        self.memory = MemoryCache()
+        self.operations: list[str] = []
+
+    def _note(self, operation: str, *keys_: str) -> None:
+        self.operations.append(" ".join([operation, *map(_kind, keys_)]))
+
+    async def get(self, key: str) -> bytes | None:
+        self._note("get", key)
+        return await self.memory.get(key)
+
+    async def get_many(self, *keys_: str) -> list[bytes | None]:
+        self._note("get_many", *keys_)
+        return await self.memory.get_many(*keys_)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._note("set", key)
+        await self.memory.set(key, value, ttl)
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        self._note("add", key)
+        return await self.memory.add(key, value, ttl)
+
+    async def delete(self, *keys_: str) -> None:
+        self._note("delete", *keys_)
+        await self.memory.delete(*keys_)
+
+    async def schedule(self, key: str, member: str, at: float) -> None:
+        await self.memory.schedule(key, member, at)
+
+    async def due(self, key: str, until: float, limit: int) -> list[str]:
+        return await self.memory.due(key, until, limit)
+
+    async def unschedule(self, key: str, member: str) -> None:
+        await self.memory.unschedule(key, member)
+
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
+        self._note("lock", key)
+        return self.memory.lock(key, ttl=ttl, wait=wait)
+
+    @asynccontextmanager
+    async def _locked_entry(
+        self, key: str, lock_key: str, ttl: float, wait: float
+    ) -> AsyncIterator[RecordingEntry]:
+        self._note("locked_entry", key)
+        async with self.memory.locked_entry(key, lock_key=lock_key, ttl=ttl, wait=wait) as entry:
+            yield RecordingEntry(entry, self.operations, _kind(key))
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[RecordingEntry]:
+        return self._locked_entry(key, lock_key, ttl, wait)
+
+    async def ping(self) -> None:
+        await self.memory.ping()
+
+    async def aclose(self) -> None:
+        await self.memory.aclose()
+
+    @property
+    def degraded(self) -> bool:
+        return False
+
+    @property
+    def one_place(self) -> Literal[True]:
+        return True
+
+    async def lock_is_free(self, session_id: str) -> bool:
+        """Whether another refresh could take the session's lock at once (not noted)."""
+        return await self.key_lock_is_free(keys.session_lock(session_id))
+
+    async def key_lock_is_free(self, lock_key: str) -> bool:
+        """Whether the lock `lock_key` could be taken at once (not noted)."""
+        async with self.memory.lock(lock_key, ttl=1, wait=0) as held:
+            return held is Held.AT_ONCE

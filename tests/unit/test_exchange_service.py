@@ -30,10 +30,13 @@ from bridge.exchange import ExchangeService, deterministic_username
 from bridge.model import CodeGrant, TikTokProfile
 from bridge.recent_profiles import RecentProfiles
 from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
+from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, RecordingStore, make_policy
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from bridge.model import KeycloakUser
+    from bridge.ports import GuardedCache
 
 PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
 REDIRECT = "https://app.example/callback"
@@ -71,7 +74,7 @@ def service(
     tiktok: FakeTikTok,
     keycloak: FakeKeycloak,
     *,
-    cache: MemoryCache | None = None,
+    cache: GuardedCache | None = None,
     recent: RecentProfiles | None = None,
     **policy: object,
 ) -> ExchangeService:
@@ -288,31 +291,42 @@ async def test_concurrent_first_exchanges_create_one_user(tiktok: FakeTikTok, ke
     assert [r.created for r in results].count(True) == 1
 
 
-async def test_a_first_sign_in_with_the_lock_free_reads_the_user_entry_once(
+async def test_a_first_sign_in_reads_its_user_entry_with_the_lock_and_caches_it_with_the_release(
     tiktok: FakeTikTok, keycloak: FakeKeycloak
 ) -> None:
-    """With nobody holding the provisioning lock there is no winner to read: the user entry is read
-    once (with the tombstone), not again under the lock. If a user appeared meanwhile anyway (a holder
-    that finished between the search and the lock), Keycloak's 409 leads to it: still one user."""
-    shared = CountingCache()
+    """Three round trips on the identity's keys (Redis: MGET, then one script each way): the user entry
+    with the tombstone; the lock with the entry (a holder that finished meanwhile left the id there);
+    the new user's id with the lock's release. Four before: lock, write, release as commands of their
+    own."""
+    shared = RecordingStore()
     bridge = service(tiktok, keycloak, cache=shared)
     first = await bridge.exchange(request("act.one"))
     assert first.created
-    assert shared.reads.count(keys.linked_user("tiktok", PROFILE.open_id)) == 1
+    identity = [op for op in shared.operations if op.split(" ")[1] in {"user", "revoked", "lock"}]
+    assert identity == ["get_many user revoked", "locked_entry user", "save_and_release user"]
+    assert await shared.key_lock_is_free(keys.provisioning_lock("tiktok", PROFILE.open_id))
+
+    shared.operations.clear()
+    again = await bridge.exchange(request("act.one"))
+    assert again.user_id == first.user_id
+    assert [op for op in shared.operations if "user" in op] == ["get_many user revoked"]
 
 
 class LateSearchKeycloak(FakeKeycloak):
     """Its next search misses a user that exists: one created by a holder that finished between that
-    search and our taking the lock."""
+    search and our taking the lock (`after_missed_search`: what that holder did then)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.miss_next_search = False
+        self.after_missed_search: Callable[[], Awaitable[None]] | None = None
 
     async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
         if self.miss_next_search:
             self.miss_next_search = False
             self.calls["find"] += 1
+            if self.after_missed_search is not None:
+                await self.after_missed_search()
             return None
         return await super().find_linked_user(idp_alias, idp_user_id)
 
@@ -331,6 +345,31 @@ async def test_a_user_created_just_before_the_lock_is_found_by_the_409(tiktok: F
     assert again.created is False  # found through the 409, not created: logs and answers say so
     assert len(keycloak.users) == 1
     assert keycloak.calls["create"] == 2  # the second one met the 409
+
+
+async def test_a_user_cached_by_a_holder_that_finished_before_the_lock_is_used_without_creating(
+    tiktok: FakeTikTok,
+) -> None:
+    """The lock taken at once still reads the entry: a holder that finished between our search and our
+    lock left the user's id there as it let go, and that id is used (no create, no 409)."""
+    keycloak = LateSearchKeycloak()
+    bridge = service(tiktok, keycloak)
+    first = await bridge.exchange(request("act.one"))
+    user_key = keys.linked_user("tiktok", PROFILE.open_id)
+    entry = await bridge._cache.get(user_key)
+    assert entry is not None
+    await bridge._cache.delete(user_key)
+
+    async def other_holder_finishes() -> None:
+        await bridge._cache.set(user_key, entry, 60)
+
+    keycloak.miss_next_search = True
+    keycloak.after_missed_search = other_holder_finishes
+
+    again = await bridge.exchange(request("act.two"))
+    assert again.user_id == first.user_id
+    assert again.created is False
+    assert keycloak.calls["create"] == 1  # only the first sign-in's
 
 
 def test_deterministic_username_is_stable_and_valid() -> None:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
 
 from bridge import keys
-from bridge.cache import MemoryCache
 from bridge.errors import (
     AccountDisabled,
     InvalidGrant,
@@ -24,7 +22,7 @@ from bridge.errors import (
     TemporarilyUnavailable,
     UpstreamUnavailable,
 )
-from bridge.model import CodeGrant, Held, IssuedToken
+from bridge.model import CodeGrant, IssuedToken
 from bridge.sealing import Sealer, new_key
 from bridge.sessions import (
     Minter,
@@ -34,11 +32,10 @@ from bridge.sessions import (
     TikTokGrants,
     parse_token,
 )
+from tests.unit.fakes import RecordingStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from bridge.ports import LockedEntry, Store
+    from bridge.ports import Store
     from tests.conftest import Clock
 
 DAY = 86400.0
@@ -113,99 +110,6 @@ def minter() -> FakeMinter:
 @pytest.fixture
 def tiktok() -> FakeTikTokGrants:
     return FakeTikTokGrants()
-
-
-class RecordingEntry:
-    """A `LockedEntry` of the memory store that notes its write in the store's list."""
-
-    def __init__(self, entry: LockedEntry, operations: list[str]) -> None:
-        self._entry = entry
-        self._operations = operations
-
-    @property
-    def held(self) -> Held:
-        return self._entry.held
-
-    @property
-    def value(self) -> bytes | None:
-        return self._entry.value
-
-    async def save_and_release(self, value: bytes, ttl: float) -> None:
-        self._operations.append("save_and_release session")
-        await self._entry.save_and_release(value, ttl)
-
-
-class RecordingStore:
-    """The memory store, noting each operation a session asks of it and of which key (`session`, `lock`,
-    `sessions-not-before`): with Redis, each is one round trip."""
-
-    def __init__(self) -> None:
-        self.memory = MemoryCache()
-        self.operations: list[str] = []
-
-    def _note(self, operation: str, *keys_: str) -> None:
-        self.operations.append(" ".join([operation, *(key.split(":")[2] for key in keys_)]))
-
-    async def get(self, key: str) -> bytes | None:
-        self._note("get", key)
-        return await self.memory.get(key)
-
-    async def get_many(self, *keys_: str) -> list[bytes | None]:
-        self._note("get_many", *keys_)
-        return await self.memory.get_many(*keys_)
-
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        self._note("set", key)
-        await self.memory.set(key, value, ttl)
-
-    async def add(self, key: str, value: bytes, ttl: float) -> bool:
-        self._note("add", key)
-        return await self.memory.add(key, value, ttl)
-
-    async def delete(self, *keys_: str) -> None:
-        self._note("delete", *keys_)
-        await self.memory.delete(*keys_)
-
-    async def schedule(self, key: str, member: str, at: float) -> None:
-        await self.memory.schedule(key, member, at)
-
-    async def due(self, key: str, until: float, limit: int) -> list[str]:
-        return await self.memory.due(key, until, limit)
-
-    async def unschedule(self, key: str, member: str) -> None:
-        await self.memory.unschedule(key, member)
-
-    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
-        self._note("lock", key)
-        return self.memory.lock(key, ttl=ttl, wait=wait)
-
-    @asynccontextmanager
-    async def _locked_entry(
-        self, key: str, lock_key: str, ttl: float, wait: float
-    ) -> AsyncIterator[RecordingEntry]:
-        self._note("locked_entry", key)
-        async with self.memory.locked_entry(key, lock_key=lock_key, ttl=ttl, wait=wait) as entry:
-            yield RecordingEntry(entry, self.operations)
-
-    def locked_entry(
-        self, key: str, *, lock_key: str, ttl: float, wait: float
-    ) -> AbstractAsyncContextManager[RecordingEntry]:
-        return self._locked_entry(key, lock_key, ttl, wait)
-
-    async def ping(self) -> None:
-        await self.memory.ping()
-
-    async def aclose(self) -> None:
-        await self.memory.aclose()
-
-    @property
-    def degraded(self) -> bool:
-        return False
-
-    async def lock_is_free(self, session_id: str) -> bool:
-        """Whether another refresh could take the session's lock at once (not noted)."""
-        async with self.memory.lock(keys.session_lock(session_id), ttl=1, wait=0) as held:
-            return held is Held.AT_ONCE
 
 
 _store: Store = RecordingStore()  # the recording store fits the port
