@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
@@ -500,7 +499,7 @@ class FallbackCache:
                 ),
             )
             if in_redis:
-                entry = _FallingBackEntry(entry, functools.partial(self._write_to_memory, key))
+                entry = self._falling_back(entry, key)
             yield entry
 
     def locked_entry(
@@ -508,9 +507,19 @@ class FallbackCache:
     ) -> AbstractAsyncContextManager[LockedEntry]:
         return self._locked_entry(key, lock_key, ttl, wait)
 
-    async def _write_to_memory(self, key: str, value: bytes, ttl: float, exc: UpstreamUnavailable) -> None:
-        self._failed(exc)
-        await self._fallback.set(key, value, ttl)
+    def _falling_back(self, locked: LockedEntry, key: str) -> _LockedEntry:
+        """`locked` (in Redis) whose write falls back to memory if Redis fails just then, as every other
+        write of this cache does: the value is not lost (this process serves it from memory until Redis
+        answers again), and the lock in Redis, not released, expires after its ttl."""
+
+        async def write_and_release(value: bytes, ttl: float) -> None:
+            try:
+                await locked.save_and_release(value, ttl)
+            except UpstreamUnavailable as exc:
+                self._failed(exc)
+                await self._fallback.set(key, value, ttl)
+
+        return _LockedEntry(locked.held, locked.value, write_and_release)
 
     async def ping(self) -> None:
         """Raises while Redis is unreachable (readiness then says "degraded"); a success ends the outage."""
@@ -524,34 +533,6 @@ class FallbackCache:
     async def aclose(self) -> None:
         await self._primary.aclose()
         await self._fallback.aclose()
-
-
-class _FallingBackEntry:
-    """An entry locked in Redis whose write falls back to memory if Redis fails just then, as every
-    other write of the fallback cache does: the value is not lost (this process serves it from memory
-    until Redis answers again) and the lock in Redis, not released, expires after its ttl."""
-
-    def __init__(
-        self,
-        entry: LockedEntry,
-        write_to_memory: Callable[[bytes, float, UpstreamUnavailable], Awaitable[None]],
-    ) -> None:
-        self._entry = entry
-        self._write_to_memory = write_to_memory
-
-    @property
-    def held(self) -> Held:
-        return self._entry.held
-
-    @property
-    def value(self) -> bytes | None:
-        return self._entry.value
-
-    async def save_and_release(self, value: bytes, ttl: float) -> None:
-        try:
-            await self._entry.save_and_release(value, ttl)
-        except UpstreamUnavailable as exc:
-            await self._write_to_memory(value, ttl, exc)
 
 
 async def _nothing() -> None:
