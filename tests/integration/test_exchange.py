@@ -7,12 +7,16 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+import pytest
 import redis.asyncio as aioredis
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from bridge import keys
+from bridge.errors import RateLimited
 from bridge.exchange import deterministic_username
+from bridge.ratelimit import RateLimiter
+from bridge.redis_connection import RedisConnection
 from tests.conftest import BridgeClient, Stack, running_bridge
 from tests.integration.test_session_store import redis_commands, timed_redis_operations
 
@@ -120,6 +124,9 @@ async def test_a_first_sign_in_provisions_in_three_redis_round_trips_on_the_iden
     assert spent["lock_and_get"] == spent["set_and_unlock"] == 1
     assert "lock" not in spent
     assert "unlock" not in spent
+    # TikTok's user-info quota is `limits`' script in Redis, counted too: the share of every request,
+    # and the unproven share first for an address that never signed in.
+    assert spent["moving_window"] in (1, 2)
 
     subject = verified_claims(stack, response.json()["access_token"])["sub"]
     redis = aioredis.Redis.from_url(stack.redis.url)
@@ -130,6 +137,25 @@ async def test_a_first_sign_in_provisions_in_three_redis_round_trips_on_the_iden
         assert json.loads(cached)["id"] == subject
     finally:
         await redis.aclose()
+
+
+async def test_the_rate_limits_redis_scripts_are_counted_with_the_caches_commands(stack: Stack) -> None:
+    """Each check of a limit is one script in Redis, timed like every other Redis command (dashboards
+    and the bench count what is sent); the read behind a refusal's Retry-After too."""
+    redis = RedisConnection.from_url(stack.redis.url, timeout=2)
+    limiter = RateLimiter(redis.limits_storage, per_ip="2/minute", per_identity="1/minute")
+    try:
+        before = timed_redis_operations()
+        await limiter.check_ip("192.0.2.10")
+        await limiter.check_identity("-000counted")
+        with pytest.raises(RateLimited):
+            await limiter.check_identity("-000counted")
+        after = timed_redis_operations()
+    finally:
+        await redis.aclose()
+    spent = {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name)}
+    spent.pop("due", None)  # the pending-deauthorization poller's, if it ran meanwhile
+    assert spent == {"sliding_window": 3, "sliding_window_read": 1}
 
 
 async def test_openid_scope_adds_an_id_token(
