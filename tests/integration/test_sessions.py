@@ -253,6 +253,7 @@ async def test_a_refresh_with_its_lock_free_makes_three_redis_round_trips(
     after = timed_redis_operations()
     spent = {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name)}
     spent.pop("due", None)  # the pending-deauthorization poller's, every 5 s, if it ran meanwhile
+    assert spent.pop("sliding_window") == 1  # the per-address rate limit in front of the endpoint
     assert spent == {"lock_and_get": 1, "get": 1, "set_and_unlock": 1}
     parsed = parse_token(token)
     assert parsed is not None
