@@ -10,7 +10,7 @@ or Cluster deployment has one client, one pool and one view of which node is the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
@@ -24,12 +24,16 @@ from bridge.keys import RATE_LIMIT_PREFIX
 from bridge.metrics import timed
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from limits.typing import AsyncRedisClient
 
 RedisClient = aioredis.Redis | RedisCluster
 # redis-py's cluster client raises RedisClusterException, which is no RedisError, when it can reach no
 # node: without it a Redis Cluster outage escaped the fallback to memory as a 500.
 REDIS_FAILURES = (RedisError, RedisClusterException)
+
+T = TypeVar("T")
 
 
 def redis_client(url: str, *, timeout: float) -> RedisClient:
@@ -55,6 +59,14 @@ def redis_client(url: str, *, timeout: float) -> RedisClient:
     return aioredis.Redis.from_url(url, health_check_interval=30, **options)
 
 
+async def _timed(operation: str, call: Awaitable[T]) -> T:
+    """`call`, one Redis round trip, timed under `operation` as the cache times its commands."""
+    with timed("redis", operation) as outcome:
+        result = await call
+        outcome["result"] = "ok"
+    return result
+
+
 class SharedClientStorage(RedisStorage):
     """A `limits` Redis storage that uses a client we built instead of building its own from a URL.
 
@@ -72,28 +84,17 @@ class SharedClientStorage(RedisStorage):
     # Each call below is one script in Redis: timed like the cache's commands, so the Redis commands
     # counted per request (operators' dashboards, the bench) include the rate limits' and the quota's.
     async def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        with timed("redis", "sliding_window") as outcome:
-            acquired = await super().acquire_sliding_window_entry(key, limit, expiry, amount)
-            outcome["result"] = "ok"
-        return acquired
+        acquiring = super().acquire_sliding_window_entry(key, limit, expiry, amount)
+        return await _timed("sliding_window", acquiring)
 
     async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
-        with timed("redis", "sliding_window_read") as outcome:
-            window = await super().get_sliding_window(key, expiry)
-            outcome["result"] = "ok"
-        return window
+        return await _timed("sliding_window_read", super().get_sliding_window(key, expiry))
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        with timed("redis", "moving_window") as outcome:
-            acquired = await super().acquire_entry(key, limit, expiry, amount)
-            outcome["result"] = "ok"
-        return acquired
+        return await _timed("moving_window", super().acquire_entry(key, limit, expiry, amount))
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        with timed("redis", "moving_window_read") as outcome:
-            window = await super().get_moving_window(key, limit, expiry)
-            outcome["result"] = "ok"
-        return window
+        return await _timed("moving_window_read", super().get_moving_window(key, limit, expiry))
 
     def configure_bridge(self) -> None:
         bridge = self.bridge
