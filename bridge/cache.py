@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from bridge.errors import UpstreamUnavailable
 from bridge.metrics import timed
-from bridge.model import Held
-from bridge.redis_connection import REDIS_FAILURES
+from bridge.model import Held, IdentityState
+from bridge.redis_connection import REDIS_FAILURES, is_cluster
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from bridge.model import IdentityCheck
     from bridge.ports import LockedEntry, Store
     from bridge.redis_connection import RedisClient
 
@@ -181,6 +182,13 @@ class MemoryCache:
     def one_place(self) -> Literal[True]:
         return True
 
+    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+        # No await between the reads and the write: one step, as Redis's script is.
+        state = check.judge(await self.get(check.revoked_key), await self.get(check.user_key))
+        if state is IdentityState.CURRENT:
+            await self.set(key, value, ttl)
+        return state
+
     async def ping(self) -> None:
         return None
 
@@ -218,6 +226,21 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 
+# `set_if_current` (`ports.Store`): KEYS[1] the identity's tombstone, KEYS[2] its user entry, KEYS[3] the
+# key to write. ARGV[1] the profile's verification time, ARGV[2] the user entry expected, ARGV[3] the
+# value, ARGV[4] its ttl in ms. 1: a tombstone at or after the verification refuses (nothing written);
+# 2: the entry is absent or another (nothing written); 0: written. Both times are the repr of a Python
+# float, which Lua's tonumber reads back to the same double, so `<=` means what `IdentityCheck.judge`'s
+# does. Its keys lie in two slots, so it is not used with Redis Cluster.
+_SET_IF_CURRENT_SCRIPT = """
+local revoked = redis.call('get', KEYS[1])
+if revoked and tonumber(ARGV[1]) <= tonumber(revoked) then return 1 end
+if redis.call('get', KEYS[2]) ~= ARGV[2] then return 2 end
+redis.call('set', KEYS[3], ARGV[3], 'PX', ARGV[4])
+return 0
+"""
+_STATES = {0: IdentityState.CURRENT, 1: IdentityState.REVOKED, 2: IdentityState.STALE}
+
 
 def _milliseconds(ttl: float) -> int:
     return max(1, int(ttl * 1000))
@@ -239,6 +262,9 @@ class RedisCache:
         self._release = client.register_script(_RELEASE_SCRIPT)
         self._lock_and_get = client.register_script(_LOCK_AND_GET_SCRIPT)
         self._set_and_unlock = client.register_script(_SET_AND_UNLOCK_SCRIPT)
+        self._set_if_current = client.register_script(_SET_IF_CURRENT_SCRIPT)
+        # A cluster client refuses a script whose keys lie in several slots (CROSSSLOT).
+        self._one_slot_per_script = is_cluster(client)
 
     async def _command(self, name: str, command: Awaitable[T]) -> T:
         """Run one Redis command, timed under `name`; a Redis failure becomes UpstreamUnavailable."""
@@ -361,6 +387,23 @@ class RedisCache:
     @property
     def one_place(self) -> Literal[True]:
         return True
+
+    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+        if self._one_slot_per_script:
+            # The identity's keys share a slot, `key` (a session) has its own: a read, then the write.
+            revoked_at, entry = await self.get_many(check.revoked_key, check.user_key)
+            state = check.judge(revoked_at, entry)
+            if state is IdentityState.CURRENT:
+                await self.set(key, value, ttl)
+            return state
+        found = await self._command(
+            "set_if_current",
+            self._set_if_current(
+                keys=[check.revoked_key, check.user_key, key],
+                args=[repr(check.verified_at), check.entry, value, _milliseconds(ttl)],
+            ),
+        )
+        return _STATES[int(found)]
 
     async def ping(self) -> None:
         await self._command("ping", self._redis.ping())

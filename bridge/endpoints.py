@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse, Response
 
 from bridge.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from bridge.dpop import InvalidDPoPProof, verify_proof
-from bridge.errors import BridgeError, UnsupportedGrantType, UpstreamUnavailable
+from bridge.errors import BridgeError, UnsupportedGrantType
+from bridge.exchange import SessionOrder
 from bridge.metrics import exposition
 from bridge.model import Caller
 from bridge.rfc6749 import (
@@ -32,14 +33,12 @@ from bridge.rfc8693 import (
     parse_form,
     refresh_response,
 )
-from bridge.sessions import NewSession
 from bridge.web import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
     from bridge.resources import Resources
-    from bridge.sessions import SessionGrant
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +61,10 @@ async def token(request: Request) -> Response:
     )
     jkt = await _dpop_thumbprint(request, resources)
     caller = Caller(address=client_ip(request), trusted=client_id in resources.clients.confidential)
-    exchanged = await resources.apps.exchange_for(client_id).exchange(exchange_request, caller)
+    order = None if resources.sessions is None else SessionOrder(resources.sessions, jkt, client_id)
+    exchanged = await resources.apps.exchange_for(client_id).exchange(exchange_request, caller, session=order)
     answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
-    session = await start_session(
-        resources,
-        NewSession(
-            user_id=exchanged.user_id,
-            open_id=exchanged.profile.open_id,
-            scope=exchange_request.scope,
-            tiktok_grant=exchanged.tiktok_grant,
-            jkt=jkt,
-            client_id=client_id,
-            audiences=exchange_request.audiences,
-        ),
-    )
-    if session is not None:
+    if (session := exchanged.session) is not None:
         answer |= {"refresh_token": session.refresh_token, "refresh_expires_in": session.refresh_expires_in}
     log.info(
         "token exchanged",
@@ -90,21 +78,6 @@ async def token(request: Request) -> Response:
         },
     )
     return JSONResponse(answer, headers=NO_STORE)
-
-
-async def start_session(resources: Resources, new: NewSession) -> SessionGrant | None:
-    """A session for a successful sign-in; None when sessions are off or the session store is down.
-
-    A Redis outage must not stop sign-ins (the exchange itself is served from memory then): the answer
-    simply has no refresh token, and the app signs in with TikTok again when the access token expires.
-    """
-    if resources.sessions is None:
-        return None
-    try:
-        return await resources.sessions.start(new)
-    except UpstreamUnavailable as exc:
-        log.warning("session not started: the session store is unavailable", extra={"detail": exc.detail})
-        return None
 
 
 async def _refresh(request: Request, resources: Resources, refresh: RefreshRequest) -> Response:

@@ -215,6 +215,56 @@ class Exchanged:
     created: bool
     # TikTok's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
     tiktok_grant: CodeGrant | None = None
+    # The bridge session the exchange started, when one was asked for and could be kept.
+    session: SessionGrant | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """What a successful sign-in starts a session with: whose it is, and what it may refresh into."""
+
+    user_id: str
+    open_id: str
+    scope: tuple[str, ...]
+    tiktok_grant: CodeGrant | None = None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
+    jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
+    client_id: str | None = None
+    audiences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionGrant:
+    """What a client is handed with its access token."""
+
+    refresh_token: str
+    refresh_expires_in: int
+
+    def __repr__(self) -> str:
+        return f"SessionGrant(refresh_expires_in={self.refresh_expires_in})"
+
+
+class IdentityState(enum.Enum):
+    """What the shared cache says of a sign-in whose Keycloak token was minted before it was asked."""
+
+    CURRENT = 0  # no tombstone refuses the profile, and the cached user entry is the one expected
+    REVOKED = 1  # the identity deauthorized the app after its profile was verified
+    STALE = 2  # the cached user entry is absent or names another user or older attributes
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityCheck:
+    """The identity's cached state a sign-in relies on: read with the session's write, in one step."""
+
+    user_key: str  # `keys.linked_user`: must hold exactly `entry`
+    revoked_key: str  # `keys.deauthorized`: a tombstone at or after `verified_at` refuses
+    entry: bytes
+    verified_at: float
+
+    def judge(self, revoked_at: bytes | None, entry: bytes | None) -> IdentityState:
+        """The state these two stored values give (the stores that cannot run a script use this)."""
+        if revoked_at is not None and self.verified_at <= float(revoked_at):
+            return IdentityState.REVOKED
+        return IdentityState.CURRENT if entry == self.entry else IdentityState.STALE
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,12 @@ if TYPE_CHECKING:
         CodeGrant,
         FederatedLink,
         Held,
+        IdentityCheck,
+        IdentityState,
         IssuedToken,
         KeycloakUser,
+        NewSession,
+        SessionGrant,
         TikTokProfile,
         VerifiedBearer,
     )
@@ -140,6 +144,22 @@ class Store(GuardedCache, Protocol):
     @property
     def one_place(self) -> Literal[True]:
         """Marks a Store, so that mypy refuses the fallback cache wherever a Store is expected."""
+        ...
+
+    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+        """Write `key` only if `check` finds the identity's cached state as expected; read and written
+        in one step (one Redis script; with Redis Cluster, where `key` lies in another slot, a read of
+        the identity's keys and then the write). The state found, written or not."""
+        ...
+
+
+class SessionStarter(Protocol):
+    """Starts bridge sessions (`sessions.SessionService`)."""
+
+    async def start(self, new: NewSession) -> SessionGrant: ...
+
+    async def start_if_current(self, new: NewSession, check: IdentityCheck) -> SessionGrant | IdentityState:
+        """Start it only if the identity's cached state is `check`'s (read with the write)."""
         ...
 
 

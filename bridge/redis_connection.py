@@ -59,6 +59,10 @@ def redis_client(url: str, *, timeout: float) -> RedisClient:
     return aioredis.Redis.from_url(url, health_check_interval=30, **options)
 
 
+def is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 async def _timed(operation: str, call: Awaitable[T]) -> T:
     """`call`, one Redis round trip, timed under `operation` as the cache times its commands."""
     with timed("redis", operation) as outcome:

@@ -54,13 +54,16 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.metrics import SESSIONS, count
+from bridge.model import IdentityState, NewSession, SessionGrant
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from bridge.model import CodeGrant, IssuedToken
+    from bridge.model import CodeGrant, IdentityCheck, IssuedToken
     from bridge.ports import LockedEntry, Store
     from bridge.sealing import Sealer
+
+__all__ = ["NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
 
 log = logging.getLogger(__name__)
 
@@ -97,30 +100,6 @@ class SessionPolicy:
     reuse_grace: float
     tiktok_recheck: bool
     tiktok_recheck_interval: int
-
-
-@dataclass(frozen=True, slots=True)
-class NewSession:
-    """What a successful sign-in starts a session with: whose it is, and what it may refresh into."""
-
-    user_id: str
-    open_id: str
-    scope: tuple[str, ...]
-    tiktok_grant: CodeGrant | None = None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
-    jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
-    client_id: str | None = None
-    audiences: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SessionGrant:
-    """What a client is handed with its access token."""
-
-    refresh_token: str
-    refresh_expires_in: int
-
-    def __repr__(self) -> str:
-        return f"SessionGrant(refresh_expires_in={self.refresh_expires_in})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +180,27 @@ class SessionService:
 
     async def start(self, new: NewSession) -> SessionGrant:
         now = self._clock()
+        session_id, record, grant = self._opened(new, now)
+        await self._save(session_id, record, now)
+        count(SESSIONS, "started")
+        return grant
+
+    async def start_if_current(self, new: NewSession, check: IdentityCheck) -> SessionGrant | IdentityState:
+        """Start the session only if the identity's cached state is `check`'s, read in the same step
+        as the write (one Redis round trip): the session of a sign-in minted before that state was
+        read. The state otherwise, and nothing is written."""
+        now = self._clock()
+        session_id, record, grant = self._opened(new, now)
+        state = await self._store.set_if_current(
+            check, keys.session(session_id), record.to_json(), self._ttl(record, now)
+        )
+        if state is not IdentityState.CURRENT:
+            return state
+        count(SESSIONS, "started")
+        return grant
+
+    def _opened(self, new: NewSession, now: float) -> tuple[str, SessionRecord, SessionGrant]:
+        """A new session's id, record and grant; not stored yet."""
         session_id = secrets.token_urlsafe(16)
         token, digest = _new_token(session_id)
         sealed_tiktok = None
@@ -220,9 +220,7 @@ class SessionService:
             client_id=new.client_id,
             audiences=new.audiences,
         )
-        await self._save(session_id, record, now)
-        count(SESSIONS, "started")
-        return SessionGrant(token, self._expires_in(record, now))
+        return session_id, record, SessionGrant(token, self._expires_in(record, now))
 
     # ---------------------------------------------------------------------------- refreshing
 
@@ -423,11 +421,14 @@ class SessionService:
         ends = min(record.last_used + self._policy.idle_timeout, record.created + self._policy.max_lifetime)
         return max(0, int(ends - now))
 
+    def _ttl(self, record: SessionRecord, now: float) -> int:
+        # The store forgets the session when it could no longer be used anyway.
+        return max(1, self._expires_in(record, now))
+
     async def _save(
         self, session_id: str, record: SessionRecord, now: float, *, releasing: LockedEntry | None = None
     ) -> None:
-        # The store forgets the session when it could no longer be used anyway.
-        ttl = max(1, self._expires_in(record, now))
+        ttl = self._ttl(record, now)
         if releasing is not None:
             # The rotation's write gives up the session's lock in the same round trip.
             await releasing.save_and_release(record.to_json(), ttl)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.endpoints import start_session
 from bridge.errors import (
     AccountDisabled,
     BridgeError,
@@ -29,9 +28,9 @@ from bridge.errors import (
     UserNotFound,
     to_oauth_error,
 )
+from bridge.exchange import SessionOrder
 from bridge.model import Caller
 from bridge.rfc8693 import MAX_TOKEN_LENGTH
-from bridge.sessions import NewSession
 from bridge.web import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
@@ -156,11 +155,11 @@ async def _connect(request: Request) -> Response:
     token = _access_token(await read_body(request))
     exchange = resources.strapi_exchange
     profile = await exchange.verify_access_token(token, Caller(address=client_ip(request)))
-    exchanged = await exchange.sign_in(profile, ())
+    order = None if resources.sessions is None else SessionOrder(resources.sessions)
+    exchanged = await exchange.sign_in(profile, (), session=order)
     user = await exchange.account(exchanged.user_id)
     answer: dict[str, Any] = {"jwt": exchanged.issued.access_token, "user": strapi_user(user)}
-    session = await start_session(resources, NewSession(user_id=user.id, open_id=profile.open_id, scope=()))
-    if session is not None:
+    if (session := exchanged.session) is not None:
         # An extra field the plugin's apps ignore; a new app version can refresh at /token with it.
         answer["refresh_token"] = session.refresh_token
     log.info("strapi connect", extra={"outcome": "issued", "keycloak_user_id": user.id})

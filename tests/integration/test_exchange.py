@@ -104,6 +104,33 @@ async def test_second_login_reuses_the_user_without_tiktok_or_admin_calls(
     assert emulator.calls["user_info"] == 2
 
 
+async def test_a_returning_identitys_exchange_checks_it_and_starts_its_session_in_one_round_trip(
+    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient
+) -> None:
+    """Counted by redis-server (MONITOR) on the identity's and the sessions' keys: after the grant, one
+    script reads the tombstone and the user entry and writes the session (an MGET before the grant and
+    a SET after it before). The session it wrote refreshes."""
+    user = emulator.create_user()
+    token = emulator.issue_access_token(user.open_id)
+    assert (await bridge.exchange(token)).status_code == 200  # signed in once: known to this process
+    before = timed_redis_operations()
+    async with redis_commands(stack.redis.url, ("user", "revoked", "session")) as received:
+        response = await bridge.exchange(token)
+    assert response.status_code == 200, response.text
+    assert received == ["EVALSHA"]
+    after = timed_redis_operations()
+    spent = {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name)}
+    spent.pop("due", None)  # the pending-deauthorization poller's, every 5 s, if it ran meanwhile
+    assert spent.pop("set_if_current") == 1
+    assert "mget" not in spent
+    assert "set" not in spent
+
+    refreshed = await bridge.refresh(response.json()["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    first_sub = verified_claims(stack, response.json()["access_token"])["sub"]
+    assert verified_claims(stack, refreshed.json()["access_token"])["sub"] == first_sub
+
+
 async def test_a_first_sign_in_provisions_in_three_redis_round_trips_on_the_identitys_keys(
     stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient
 ) -> None:

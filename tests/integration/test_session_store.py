@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
@@ -24,6 +25,7 @@ from bridge.sealing import Sealer, new_key
 from bridge.sessions import NewSession, SessionPolicy, SessionService, parse_token
 from devstack.redis import RedisServer
 from tests.integration.test_redis_cluster import start_cluster
+from tests.unit.fakes import assert_set_if_current_outcomes
 from tests.unit.test_sessions import FakeMinter, FakeTikTokGrants
 
 if TYPE_CHECKING:
@@ -159,6 +161,18 @@ def entry_keys() -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------ the store
+
+
+async def test_a_session_is_written_only_if_the_identitys_cached_state_is_as_expected(
+    store: RedisCache, commands: CommandLog
+) -> None:
+    """A returning sign-in's check and session write: one script on a plain Redis (its keys lie in two
+    slots), a read of the identity's keys and then the write on a Cluster. Same outcomes either way,
+    the tombstone's time compared as the exchange compares it (`<=`, Lua's number read of the float)."""
+    await assert_set_if_current_outcomes(store)
+    cluster = isinstance(store._redis, RedisCluster)  # noqa: SLF001 - which deployment this run is
+    assert ("MGET" in commands.sent) is cluster
+    assert ("EVALSHA" in commands.sent) is not cluster
 
 
 async def test_the_lock_comes_with_the_entry_and_goes_with_its_write(

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
+import time
+import uuid
 from collections import Counter
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from bridge import keys
@@ -24,14 +27,23 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserConflict,
 )
-from bridge.model import CodeGrant, FederatedLink, Held, IssuedToken, KeycloakUser, Policy
+from bridge.model import (
+    CodeGrant,
+    FederatedLink,
+    Held,
+    IdentityCheck,
+    IdentityState,
+    IssuedToken,
+    KeycloakUser,
+    Policy,
+)
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
     from bridge.model import TikTokProfile
-    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, LockedEntry, TikTokGateway
+    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, LockedEntry, Store, TikTokGateway
 
 ISSUER = "https://kc.example/realms/app"
 
@@ -218,6 +230,36 @@ async def assert_lock_outcomes(cache: Cache, key: str) -> None:
     await holder
 
 
+async def assert_set_if_current_outcomes(store: Store) -> None:
+    """`Store.set_if_current`'s three outcomes, as every store must give them: written only when no
+    tombstone at or after the verification refuses and the user entry is exactly the one expected."""
+    open_id = f"-{uuid.uuid4().hex}"
+    user_key, revoked_key = keys.linked_user("tiktok", open_id), keys.deauthorized("tiktok", open_id)
+    session = keys.session(uuid.uuid4().hex[:22])
+    verified_at = time.time()
+    check = IdentityCheck(
+        user_key=user_key, revoked_key=revoked_key, entry=b'{"id":"u"}', verified_at=verified_at
+    )
+
+    assert await store.set_if_current(check, session, b"s1", 60) is IdentityState.STALE  # no entry
+    await store.set(user_key, b'{"id":"other"}', 60)
+    assert await store.set_if_current(check, session, b"s1", 60) is IdentityState.STALE  # another
+    assert await store.get(session) is None
+    await store.set(user_key, check.entry, 60)
+    assert await store.set_if_current(check, session, b"s1", 60) is IdentityState.CURRENT
+    assert await store.get(session) == b"s1"
+
+    await store.set(revoked_key, json.dumps(verified_at).encode(), 60)  # as `deauthorize` writes it
+    assert await store.set_if_current(check, session, b"s2", 60) is IdentityState.REVOKED  # same time
+    later = replace(check, verified_at=verified_at + 0.000001)
+    assert await store.set_if_current(later, session, b"s2", 60) is IdentityState.CURRENT  # verified after
+    assert await store.get(session) == b"s2"
+    await store.set(revoked_key, json.dumps(verified_at + 1).encode(), 60)
+    assert await store.set_if_current(later, session, b"s3", 60) is IdentityState.REVOKED
+    assert await store.get(session) == b"s2"  # a refused check wrote nothing
+    await store.delete(user_key, revoked_key, session)
+
+
 def _kind(key: str) -> str:
     """What a key holds, as the recording store notes it: `session`, `user`, `lock`, ..."""
     return key.split(":")[2]
@@ -314,6 +356,10 @@ class RecordingStore:
     @property
     def one_place(self) -> Literal[True]:
         return True
+
+    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+        self._note("set_if_current", check.revoked_key, check.user_key, key)
+        return await self.memory.set_if_current(check, key, value, ttl)
 
     async def lock_is_free(self, session_id: str) -> bool:
         """Whether another refresh could take the session's lock at once (not noted)."""
