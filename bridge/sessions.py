@@ -1,9 +1,10 @@
 """Bridge sessions: long-lived, rotating refresh tokens, while Keycloak stays the only issuer of access
 and ID tokens (its JWT Authorization Grant never issues a refresh token).
 
-A session starts with a successful exchange and is refreshed with `grant_type=refresh_token`; every
-refresh mints a fresh Keycloak token through the same grant, so a user disabled, deleted or unlinked in
-Keycloak is refused at the next refresh.
+A session starts with a successful exchange (`start`; for an identity the exchange minted before reading
+its cached state, `start_if_current` checks that state with the write) and is refreshed with
+`grant_type=refresh_token`; every refresh mints a fresh Keycloak token through the same grant, so a user
+disabled, deleted or unlinked in Keycloak is refused at the next refresh.
 
 Refresh tokens (`tkb1.<session id>.<secret>`, 384 random bits) are opaque to clients. The store keeps
 only the SHA-256 of the current and of the previous secret, so a leaked store replays nothing. Rules:
