@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from prometheus_client import REGISTRY
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from bridge import keys
@@ -170,7 +170,7 @@ async def test_a_session_is_written_only_if_the_identitys_cached_state_is_as_exp
     slots), a read of the identity's keys and then the write on a Cluster. Same outcomes either way,
     the tombstone's time compared as the exchange compares it (`<=`, Lua's number read of the float)."""
     await assert_set_if_current_outcomes(store)
-    cluster = isinstance(store._redis, RedisCluster)  # noqa: SLF001 - which deployment this run is
+    cluster = isinstance(store._redis, RedisCluster)
     assert ("MGET" in commands.sent) is cluster
     assert ("EVALSHA" in commands.sent) is not cluster
 
