@@ -8,9 +8,11 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import CLIENT_KEY, CLIENT_SECRET, Stack, running_bridge
 from tests.integration.test_exchange import linked_users
+from tests.integration.test_session_store import timed_redis_operations
 from tests.unit.test_webhook_signature import sign
 
 if TYPE_CHECKING:
@@ -131,3 +133,30 @@ async def test_signed_events_naming_no_possible_user_are_refused(
     response = await deliver(bridge, body)
     assert response.status_code == 400
     assert response.json() == {"error": "invalid_request", "error_description": "Not a TikTok event."}
+
+
+async def test_a_returning_users_cached_token_is_refused_after_removal_and_starts_no_session(
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None
+) -> None:
+    """Policy `record`: Keycloak still accepts the user, so the tombstone alone refuses. The bridge has
+    signed this identity in, so it asks Keycloak first and reads the tombstone in the script that
+    would write the session: the same refusal as before the change, and no session written."""
+    user = emulator.create_user()
+    token = emulator.issue_access_token(user.open_id)
+    redis = aioredis.Redis.from_url(stack.redis.url)
+    try:
+        async for bridge in running_bridge(stack.settings(deauthorization_policy="record"), emulator):
+            assert (await bridge.exchange(token)).status_code == 200
+            assert (await deliver(bridge, removed_event(user.open_id))).status_code == 200
+            sessions = [key async for key in redis.scan_iter(match="tkb:v1:session:*")]
+            before = timed_redis_operations()
+
+            refused = await bridge.exchange(token)
+
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error_description"] == "The TikTok access token is invalid or expired."
+            after = timed_redis_operations()
+            assert after["set_if_current"] - before.get("set_if_current", 0.0) == 1  # the path taken
+            assert [key async for key in redis.scan_iter(match="tkb:v1:session:*")] == sessions
+    finally:
+        await redis.aclose()

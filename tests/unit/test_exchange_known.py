@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,9 +17,8 @@ from bridge import keys
 from bridge.cache import MemoryCache
 from bridge.errors import AccountDisabled, SubjectTokenRejected, UpstreamUnavailable
 from bridge.exchange import ExchangeService, SessionOrder, deterministic_username
-from bridge.model import IdentityCheck, IdentityState, TikTokProfile
+from bridge.model import IdentityCheck, IdentityState
 from bridge.recent_profiles import RecentProfiles
-from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange
 from bridge.sealing import Sealer, new_key
 from bridge.sessions import SessionPolicy, SessionService
 from tests.unit.fakes import (
@@ -31,29 +29,9 @@ from tests.unit.fakes import (
     assert_set_if_current_outcomes,
     make_policy,
 )
-
-if TYPE_CHECKING:
-    from bridge.model import IssuedToken
-
-PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
-
-
-class NoRefreshes:
-    """The session service's minter and TikTok grants: these tests start sessions, never refresh them."""
-
-    async def mint(
-        self,
-        open_id: str,
-        scope: tuple[str, ...],
-        *,
-        audiences: tuple[str, ...] = (),
-        client_id: str | None = None,
-    ) -> IssuedToken:
-        raise AssertionError("no refresh expected")
-
-
-def request(token: str = "act.one") -> AccessTokenExchange:
-    return AccessTokenExchange(access_token=token, requested_token_type=TOKEN_TYPE_ACCESS_TOKEN, scope=())
+from tests.unit.test_exchange_service import PROFILE, request
+from tests.unit.test_sessions import FakeMinter as SessionsMinter
+from tests.unit.test_sessions import FakeTikTokGrants
 
 
 @pytest.fixture
@@ -76,8 +54,8 @@ def store() -> RecordingStore:
 def sessions_over(store: RecordingStore) -> SessionService:
     return SessionService(
         store=store,
-        minter=NoRefreshes(),
-        tiktok=None,  # type: ignore[arg-type]  # never asked: no session here refreshes
+        minter=SessionsMinter(),
+        tiktok=FakeTikTokGrants(),
         sealer=Sealer.from_keys([new_key()]),
         policy=SessionPolicy(
             idp_alias="tiktok",
