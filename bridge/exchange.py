@@ -261,7 +261,7 @@ class ExchangeService:
         except (NotLinked, AccountDisabled):
             # Refused or unlinked since: the other path decides, in its order (a tombstone first), so
             # the answer is the same whichever path a replica took.
-            self._forget(profile.open_id)
+            self._guessed_wrong(profile.open_id)
             return None
         if issued.subject is None:
             return None
@@ -285,9 +285,11 @@ class ExchangeService:
             revoked_at, entry = await self._cache.get_many(check.revoked_key, check.user_key)
             started = None if (state := check.judge(revoked_at, entry)) is IdentityState.CURRENT else state
         if started is IdentityState.REVOKED:
+            # Forgotten too: a client retrying the revoked token is refused from the cache, no grant.
+            self._guessed_wrong(profile.open_id)
             raise AccessTokenRejected(detail="profile verified before the user deauthorized the app")
         if started is IdentityState.STALE:
-            self._forget(profile.open_id)
+            self._guessed_wrong(profile.open_id)
             return None
         assert not isinstance(started, IdentityState)  # noqa: S101 - CURRENT comes as a grant (or None)
         count(CACHE_LOOKUPS, "user", "hit")
@@ -338,7 +340,9 @@ class ExchangeService:
         while len(self._known) > KNOWN_IDENTITIES:
             self._known.popitem(last=False)
 
-    def _forget(self, open_id: str) -> None:
+    def _guessed_wrong(self, open_id: str) -> None:
+        # Counted: each of these cost a Keycloak grant whose answer (if any) is dropped.
+        count(CACHE_LOOKUPS, "user", "stale")
         self._known.pop(open_id, None)
 
     async def deauthorize(self, open_id: str) -> str:

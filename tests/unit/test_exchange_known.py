@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from prometheus_client import REGISTRY
 
 from bridge import keys
 from bridge.cache import MemoryCache
@@ -145,8 +146,13 @@ async def test_a_tombstone_refuses_the_minted_sign_in_and_starts_no_session(
         await exchange.exchange(request(), session=order)
 
     assert "set session" not in store.operations
+    store.operations.clear()
+    keycloak.calls.clear()
     with pytest.raises(SubjectTokenRejected):
-        await exchange.exchange(request(), session=order)  # and again, whichever path it took
+        await exchange.exchange(request(), session=order)
+    # A retry is refused from the cache, before Keycloak: the revoked identity is no longer guessed.
+    assert identity_work(store) == ["get_many user revoked"]
+    assert keycloak.calls["token"] == 0
 
 
 async def test_the_memory_store_checks_and_writes_as_redis_does() -> None:
@@ -243,6 +249,30 @@ async def test_a_link_moved_by_an_admin_is_followed_at_once(
         stored = await store.memory.get(keys.session(exchanged.session.refresh_token.split(".")[1]))
         assert stored is not None
         assert f'"user_id":"{d}"'.encode() in stored
+
+
+def stale_guesses() -> float:
+    return REGISTRY.get_sample_value("bridge_cache_lookups_total", {"kind": "user", "result": "stale"}) or 0.0
+
+
+async def test_each_wasted_grant_is_counted_for_operators(
+    tiktok: FakeTikTok, keycloak: FakeKeycloak, store: RecordingStore
+) -> None:
+    """`bridge_cache_lookups_total{kind="user", result="stale"}`: one per grant asked before the cache
+    said no (entry gone, Keycloak refusing), none for a sign-in whose guess was right."""
+    exchange, order = bridge_over(tiktok, keycloak, store)
+    user_id = (await exchange.exchange(request(), session=order)).user_id
+    before = stale_guesses()
+    await exchange.exchange(request(), session=order)
+    assert stale_guesses() == before
+
+    await store.memory.delete(keys.linked_user("tiktok", PROFILE.open_id))
+    await exchange.exchange(request(), session=order)
+    keycloak.users[user_id]["enabled"] = False
+    with pytest.raises(AccountDisabled):
+        await exchange.exchange(request(), session=order)
+
+    assert stale_guesses() == before + 2
 
 
 async def test_an_expired_user_entry_is_looked_up_again(
