@@ -53,6 +53,34 @@ class _LockedEntry:
         self.released = True
 
 
+class _StoreEntry(_LockedEntry):
+    """`ports.StoreEntry`: a locked entry of a store that can also write it unless an end time refuses."""
+
+    def __init__(
+        self,
+        held: Held,
+        value: bytes | None,
+        write_and_release: Callable[[bytes, float], Awaitable[None]],
+        write_unless_ended: Callable[[bytes, float, str, float], Awaitable[bool]],
+    ) -> None:
+        super().__init__(held, value, write_and_release)
+        self._write_unless_ended = write_unless_ended
+
+    async def save_and_release_unless_ended(
+        self, value: bytes, ttl: float, *, ended_key: str, started: float
+    ) -> bool:
+        if not self.held or self.released:
+            raise RuntimeError("save_and_release_unless_ended needs the lock held, and is called once")
+        written = await self._write_unless_ended(value, ttl, ended_key, started)
+        self.released = True
+        return written
+
+
+def _ended(ended_at: bytes | None, started: float) -> bool:
+    """Whether an end time (a float's repr, as `json.dumps` writes it) refuses what started at `started`."""
+    return ended_at is not None and started <= float(ended_at)
+
+
 class MemoryCache:
     """A bounded in-process cache with expiry; locks are per-process asyncio locks."""
 
@@ -151,17 +179,26 @@ class MemoryCache:
         return self._lock(key, wait)
 
     @asynccontextmanager
-    async def _locked_entry(self, key: str, lock_key: str, wait: float) -> AsyncIterator[_LockedEntry]:
+    async def _locked_entry(self, key: str, lock_key: str, wait: float) -> AsyncIterator[_StoreEntry]:
         held = await self._acquire(lock_key, wait)
 
         async def write_and_release(value: bytes, ttl: float) -> None:
             await self.set(key, value, ttl)
             self._release(lock_key)
 
+        async def write_unless_ended(value: bytes, ttl: float, ended_key: str, started: float) -> bool:
+            written = not _ended(await self.get(ended_key), started)
+            if written:
+                await self.set(key, value, ttl)
+            else:
+                await self.delete(key)
+            self._release(lock_key)
+            return written
+
         if not held:
-            yield _LockedEntry(held, None, write_and_release)
+            yield _StoreEntry(held, None, write_and_release, write_unless_ended)
             return
-        entry = _LockedEntry(held, await self.get(key), write_and_release)
+        entry = _StoreEntry(held, await self.get(key), write_and_release, write_unless_ended)
         try:
             yield entry
         finally:
@@ -175,7 +212,7 @@ class MemoryCache:
         lock_key: str,
         ttl: float,  # noqa: ARG002 - no expiry needed in-process
         wait: float,
-    ) -> AbstractAsyncContextManager[_LockedEntry]:
+    ) -> AbstractAsyncContextManager[_StoreEntry]:
         return self._locked_entry(key, lock_key, wait)
 
     @property
@@ -241,6 +278,24 @@ return 0
 """
 _STATES = {0: IdentityState.CURRENT, 1: IdentityState.REVOKED, 2: IdentityState.STALE}
 
+# `save_and_release_unless_ended` (`ports.StoreEntry`): KEYS[1] the lock, KEYS[2] the entry, KEYS[3] the
+# end time (another slot: not used with Redis Cluster). ARGV[1] the owner token, ARGV[2] the value,
+# ARGV[3] its ttl in ms, ARGV[4] when what the entry holds started (a float's repr, as the end time).
+# An end time at or after the start deletes the entry instead of writing it (0); else it is written (1).
+# The lock is released either way, only if it is still ours.
+_SET_UNLESS_ENDED_AND_UNLOCK_SCRIPT = """
+local ended = redis.call('get', KEYS[3])
+local written = 1
+if ended and tonumber(ARGV[4]) <= tonumber(ended) then
+  redis.call('del', KEYS[2])
+  written = 0
+else
+  redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+return written
+"""
+
 
 def _milliseconds(ttl: float) -> int:
     return max(1, int(ttl * 1000))
@@ -263,6 +318,7 @@ class RedisCache:
         self._lock_and_get = client.register_script(_LOCK_AND_GET_SCRIPT)
         self._set_and_unlock = client.register_script(_SET_AND_UNLOCK_SCRIPT)
         self._set_if_current = client.register_script(_SET_IF_CURRENT_SCRIPT)
+        self._set_unless_ended_and_unlock = client.register_script(_SET_UNLESS_ENDED_AND_UNLOCK_SCRIPT)
         # A cluster client refuses a script whose keys lie in several slots (CROSSSLOT).
         self._one_slot_per_script = is_cluster(client)
 
@@ -355,7 +411,7 @@ class RedisCache:
     @asynccontextmanager
     async def _locked_entry(
         self, key: str, lock_key: str, ttl: float, wait: float
-    ) -> AsyncIterator[_LockedEntry]:
+    ) -> AsyncIterator[_StoreEntry]:
         owner = uuid.uuid4().hex
 
         async def attempt() -> tuple[bool, bytes | None]:
@@ -368,8 +424,26 @@ class RedisCache:
                 self._set_and_unlock(keys=[lock_key, key], args=[owner, value, _milliseconds(entry_ttl)]),
             )
 
+        async def write_unless_ended(value: bytes, entry_ttl: float, ended_key: str, started: float) -> bool:
+            if self._one_slot_per_script:
+                # The end time lies in another slot: read it first, then write or delete, and release.
+                if not _ended(await self.get(ended_key), started):
+                    await write_and_release(value, entry_ttl)
+                    return True
+                await self.delete(key)
+                await self._unlock(lock_key, owner)
+                return False
+            written = await self._command(
+                "set_unless_ended_and_unlock",
+                self._set_unless_ended_and_unlock(
+                    keys=[lock_key, key, ended_key],
+                    args=[owner, value, _milliseconds(entry_ttl), repr(started)],
+                ),
+            )
+            return bool(written)
+
         held, value = await self._take("lock_and_get", attempt, wait)
-        entry = _LockedEntry(held, value, write_and_release)
+        entry = _StoreEntry(held, value, write_and_release, write_unless_ended)
         if not held:
             yield entry
             return
@@ -381,7 +455,7 @@ class RedisCache:
 
     def locked_entry(
         self, key: str, *, lock_key: str, ttl: float, wait: float
-    ) -> AbstractAsyncContextManager[_LockedEntry]:
+    ) -> AbstractAsyncContextManager[_StoreEntry]:
         return self._locked_entry(key, lock_key, ttl, wait)
 
     @property

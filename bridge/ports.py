@@ -121,6 +121,18 @@ class LockedEntry(Protocol):
         ...
 
 
+class StoreEntry(LockedEntry, Protocol):
+    """A locked entry of a `Store`, which can also make its write depend on an end time elsewhere."""
+
+    async def save_and_release_unless_ended(
+        self, value: bytes, ttl: float, *, ended_key: str, started: float
+    ) -> bool:
+        """`save_and_release`, unless `ended_key` holds a time (a float) at or after `started`: then the
+        entry is deleted instead. The lock is released either way; True if the entry was written. One
+        Redis round trip (with Redis Cluster, where `ended_key` lies in another slot, a read first)."""
+        ...
+
+
 class GuardedCache(Cache, Protocol):
     """A cache that can read an entry as it takes the lock guarding it, and write it as it releases the
     lock (`locked_entry`). The exchange's cache is one: provisioning takes the identity's lock and reads
@@ -145,6 +157,10 @@ class Store(GuardedCache, Protocol):
     def one_place(self) -> Literal[True]:
         """Marks a Store, so that mypy refuses the fallback cache wherever a Store is expected."""
         ...
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[StoreEntry]: ...
 
     async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
         """Write `key` only if `check` finds the identity's cached state as expected; read and written

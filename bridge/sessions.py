@@ -22,10 +22,13 @@ only the SHA-256 of the current and of the previous secret, so a leaked store re
   revokes the TikTok grant, best effort.
 - **Concurrency**: the refreshes of one session are serialised across replicas by a lock in the shared
   store; concurrent refreshes of one token yield one live successor. The lock shares its Redis slot
-  with the record, so a rotation costs three Redis round trips: take the lock and read the record in
-  one (`Store.locked_entry`), read the identity's not-before time (another slot), write the rotated
-  record and release the lock in one. A retry in the grace window writes nothing and releases alone;
-  ending a session deletes the record, then releases; a due TikTok re-check writes once more.
+  with the record, so a rotation costs two Redis round trips: take the lock and read the record in
+  one (`Store.locked_entry`); after the grant, write the rotated record and release the lock in one,
+  which also reads the identity's not-before time and deletes the record instead if `end_identity`
+  ended the session (`StoreEntry.save_and_release_unless_ended`; on Redis Cluster that time lies in
+  another slot and is read first: three). An ended session thus costs the grant whose token is never
+  answered. A retry in the grace window and a reused token read the not-before time first, then write
+  nothing and release alone, or delete the record, then release; a due TikTok re-check writes once more.
 - **Store failure**: the store is Redis itself, never the process-memory fallback, so while Redis is
   unreachable refreshes answer 503 rather than guess. A session missing from the store is over: Redis
   losing its data signs users out (they sign in with TikTok again) and can never revive a revoked one.
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bridge.model import CodeGrant, IdentityCheck, IssuedToken
-    from bridge.ports import LockedEntry, Store
+    from bridge.ports import Store, StoreEntry
     from bridge.sealing import Sealer
 
 __all__ = ["NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
@@ -250,7 +253,7 @@ class SessionService:
     async def _refresh_locked(
         self,
         session_id: str,
-        entry: LockedEntry,
+        entry: StoreEntry,
         digest: str,
         scope: tuple[str, ...],
         *,
@@ -259,7 +262,7 @@ class SessionService:
         audiences: tuple[str, ...],
     ) -> Refreshed:
         now = self._clock()
-        record = await self._live_record(session_id, entry.value, now)
+        record = await self._unexpired_record(session_id, entry.value, now)
         if record.client_id is not None and client_id != record.client_id:
             # RFC 6749 §6: a refresh token is good only for the client it was issued to.
             raise InvalidGrant(detail="refresh token issued to another client")
@@ -281,10 +284,22 @@ class SessionService:
                 successor=self._sealer.seal(token.encode()),
                 last_used=now,
             )
-            await self._save(session_id, record, now, releasing=entry)
+            # Written only if the identity's sessions were not ended since this one started: the
+            # not-before time is read by the script that writes (one round trip less than reading it
+            # first). An ended session costs the token just minted, which is never answered.
+            if not await entry.save_and_release_unless_ended(
+                record.to_json(),
+                self._ttl(record, now),
+                ended_key=self._not_before_key(record),
+                started=record.created,
+            ):
+                self._ended(record, "revoked")
+                raise InvalidGrant(detail="every session of this identity was ended")
             count(SESSIONS, "refreshed")
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
 
+        # The rare paths write nothing, or end the session: the not-before time is read first.
+        await self._refuse_if_ended(session_id, record)
         in_grace = record.rotated_at is not None and now - record.rotated_at <= self._policy.reuse_grace
         if record.previous is not None and hmac.compare_digest(digest, record.previous) and in_grace:
             # The client lost the answer to its last refresh and retries: the same successor again.
@@ -299,7 +314,7 @@ class SessionService:
         log.warning("refresh token reuse detected; session ended", extra={"keycloak_user_id": record.user_id})
         raise InvalidGrant(detail="retired refresh token presented again: session revoked")
 
-    async def _live_record(self, session_id: str, raw: bytes | None, now: float) -> SessionRecord:
+    async def _unexpired_record(self, session_id: str, raw: bytes | None, now: float) -> SessionRecord:
         if raw is None:
             raise InvalidGrant(detail="unknown, expired or revoked session")
         record = SessionRecord.from_json(raw)
@@ -309,11 +324,17 @@ class SessionService:
         if now >= record.created + self._policy.max_lifetime:
             await self._end(session_id, record, "expired")
             raise InvalidGrant(detail="session reached its maximum lifetime")
-        not_before = await self._store.get(keys.sessions_not_before(self._policy.idp_alias, record.open_id))
+        return record
+
+    def _not_before_key(self, record: SessionRecord) -> str:
+        return keys.sessions_not_before(self._policy.idp_alias, record.open_id)
+
+    async def _refuse_if_ended(self, session_id: str, record: SessionRecord) -> None:
+        """`end_identity` ended every session of the identity started until then: this one too?"""
+        not_before = await self._store.get(self._not_before_key(record))
         if not_before is not None and record.created <= float(not_before):
             await self._end(session_id, record, "revoked")
             raise InvalidGrant(detail="every session of this identity was ended")
-        return record
 
     @staticmethod
     def _narrowed(original: tuple[str, ...], requested: tuple[str, ...]) -> tuple[str, ...]:
@@ -409,6 +430,10 @@ class SessionService:
 
     async def _end(self, session_id: str, record: SessionRecord, reason: str) -> None:
         await self._store.delete(keys.session(session_id))
+        self._ended(record, reason)
+
+    @staticmethod
+    def _ended(record: SessionRecord, reason: str) -> None:
         count(SESSIONS, f"ended_{reason}")
         log.info("session ended", extra={"reason": reason, "keycloak_user_id": record.user_id})
 
@@ -426,12 +451,5 @@ class SessionService:
         # The store forgets the session when it could no longer be used anyway.
         return max(1, self._expires_in(record, now))
 
-    async def _save(
-        self, session_id: str, record: SessionRecord, now: float, *, releasing: LockedEntry | None = None
-    ) -> None:
-        ttl = self._ttl(record, now)
-        if releasing is not None:
-            # The rotation's write gives up the session's lock in the same round trip.
-            await releasing.save_and_release(record.to_json(), ttl)
-        else:
-            await self._store.set(keys.session(session_id), record.to_json(), ttl)
+    async def _save(self, session_id: str, record: SessionRecord, now: float) -> None:
+        await self._store.set(keys.session(session_id), record.to_json(), self._ttl(record, now))

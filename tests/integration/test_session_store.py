@@ -25,7 +25,7 @@ from bridge.sealing import Sealer, new_key
 from bridge.sessions import NewSession, SessionPolicy, SessionService, parse_token
 from devstack.redis import RedisServer
 from tests.integration.test_redis_cluster import start_cluster
-from tests.unit.fakes import assert_set_if_current_outcomes
+from tests.unit.fakes import assert_save_unless_ended_outcomes, assert_set_if_current_outcomes
 from tests.unit.test_sessions import FakeMinter, FakeTikTokGrants
 
 if TYPE_CHECKING:
@@ -175,6 +175,17 @@ async def test_a_session_is_written_only_if_the_identitys_cached_state_is_as_exp
     assert ("EVALSHA" in commands.sent) is not cluster
 
 
+async def test_a_rotation_is_written_only_if_the_identitys_sessions_were_not_ended(
+    store: RedisCache,
+) -> None:
+    """The rotated record's write with the lock's release reads the not-before time in the same script
+    on a plain Redis; on a Cluster, where that time has another slot, it is read first. Same outcomes."""
+    before = timed_redis_operations().get("set_unless_ended_and_unlock", 0.0)
+    await assert_save_unless_ended_outcomes(store)
+    scripts = timed_redis_operations().get("set_unless_ended_and_unlock", 0.0) - before
+    assert scripts == (0 if isinstance(store._redis, RedisCluster) else 3)
+
+
 async def test_the_lock_comes_with_the_entry_and_goes_with_its_write(
     store: RedisCache, connection: RedisConnection
 ) -> None:
@@ -267,12 +278,13 @@ async def test_keys_of_two_slots_are_refused_as_a_cache_error(store: RedisCache,
 # ------------------------------------------------------------------------------ sessions over it
 
 
-async def test_a_refresh_with_its_lock_free_makes_three_round_trips(
+async def test_a_refresh_with_its_lock_free_makes_two_round_trips_three_on_a_cluster(
     store: RedisCache, commands: CommandLog, connection: RedisConnection, clock: Clock
 ) -> None:
     """Counted twice: the commands the Redis client sent, and the operations the bridge timed (the
-    bench's count): lock + record, the identity's not-before time, record + unlock. The lock is free
-    after it: another refresh takes it at once."""
+    bench's count): lock + record, then record + unlock in a script that reads the identity's
+    not-before time too; on a Cluster that time has another slot and is read between the two. The
+    lock is free after it: another refresh takes it at once."""
     sessions = service(store, clock)
     token = await start(sessions)
     # Once first, so the scripts are known to the node (a script new to a node costs a load, once).
@@ -282,10 +294,14 @@ async def test_a_refresh_with_its_lock_free_makes_three_round_trips(
 
     token = (await sessions.refresh(token, ())).grant.refresh_token
 
-    assert commands.sent == ["EVALSHA", "GET", "EVALSHA"]
     after = timed_redis_operations()
     spent = {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name)}
-    assert spent == {"lock_and_get": 1, "get": 1, "set_and_unlock": 1}
+    if isinstance(store._redis, RedisCluster):
+        assert commands.sent == ["EVALSHA", "GET", "EVALSHA"]
+        assert spent == {"lock_and_get": 1, "get": 1, "set_and_unlock": 1}
+    else:
+        assert commands.sent == ["EVALSHA", "EVALSHA"]
+        assert spent == {"lock_and_get": 1, "set_unless_ended_and_unlock": 1}
     assert not await connection.client.exists(keys.session_lock(session_id(token)))
     async with store.lock(keys.session_lock(session_id(token)), ttl=5, wait=0) as next_refresh:
         assert next_refresh is Held.AT_ONCE

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
     from bridge.model import TikTokProfile
-    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, LockedEntry, Store, TikTokGateway
+    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, Store, StoreEntry, TikTokGateway
 
 ISSUER = "https://kc.example/realms/app"
 
@@ -260,15 +260,42 @@ async def assert_set_if_current_outcomes(store: Store) -> None:
     await store.delete(user_key, revoked_key, session)
 
 
+async def assert_save_unless_ended_outcomes(store: Store) -> None:
+    """`StoreEntry.save_and_release_unless_ended`, as every store must do it: written while no end time
+    is at or after the start, deleted otherwise, and the lock released either way."""
+    sid = uuid.uuid4().hex[:22]
+    key, lock_key = keys.session(sid), keys.session_lock(sid)
+    ended_key = keys.sessions_not_before("tiktok", f"-{uuid.uuid4().hex}")
+    started = time.time()
+
+    async def attempt(value: bytes) -> bool:
+        async with store.locked_entry(key, lock_key=lock_key, ttl=5, wait=1) as entry:
+            assert entry.held is Held.AT_ONCE  # the previous attempt released the lock
+            return await entry.save_and_release_unless_ended(value, 60, ended_key=ended_key, started=started)
+
+    await store.set(key, b"v0", 60)
+    assert await attempt(b"v1")  # no end time
+    assert await store.get(key) == b"v1"
+    await store.set(ended_key, json.dumps(started - 0.000001).encode(), 60)  # as `end_identity` writes it
+    assert await attempt(b"v2")  # ended before this started
+    assert await store.get(key) == b"v2"
+    await store.set(ended_key, json.dumps(started).encode(), 60)
+    assert not await attempt(b"v3")  # ended at its very start
+    assert await store.get(key) is None
+    async with store.locked_entry(key, lock_key=lock_key, ttl=5, wait=0) as entry:
+        assert entry.held is Held.AT_ONCE
+    await store.delete(ended_key)
+
+
 def _kind(key: str) -> str:
     """What a key holds, as the recording store notes it: `session`, `user`, `lock`, ..."""
     return key.split(":")[2]
 
 
 class RecordingEntry:
-    """A `LockedEntry` of the memory store that notes its write in the store's list."""
+    """A `StoreEntry` of the memory store that notes its write in the store's list."""
 
-    def __init__(self, entry: LockedEntry, operations: list[str], kind: str) -> None:
+    def __init__(self, entry: StoreEntry, operations: list[str], kind: str) -> None:
         self._entry = entry
         self._operations = operations
         self._kind = kind
@@ -284,6 +311,14 @@ class RecordingEntry:
     async def save_and_release(self, value: bytes, ttl: float) -> None:
         self._operations.append(f"save_and_release {self._kind}")
         await self._entry.save_and_release(value, ttl)
+
+    async def save_and_release_unless_ended(
+        self, value: bytes, ttl: float, *, ended_key: str, started: float
+    ) -> bool:
+        self._operations.append(f"save_and_release_unless_ended {self._kind} {_kind(ended_key)}")
+        return await self._entry.save_and_release_unless_ended(
+            value, ttl, ended_key=ended_key, started=started
+        )
 
 
 class RecordingStore:

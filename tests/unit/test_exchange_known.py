@@ -27,6 +27,7 @@ from tests.unit.fakes import (
     FakeMinter,
     FakeTikTok,
     RecordingStore,
+    assert_save_unless_ended_outcomes,
     assert_set_if_current_outcomes,
     make_policy,
 )
@@ -157,6 +158,7 @@ async def test_a_tombstone_refuses_the_minted_sign_in_and_starts_no_session(
 
 async def test_the_memory_store_checks_and_writes_as_redis_does() -> None:
     await assert_set_if_current_outcomes(MemoryCache())
+    await assert_save_unless_ended_outcomes(MemoryCache())
 
 
 async def test_a_profile_verified_at_the_tombstones_very_time_is_refused(store: RecordingStore) -> None:

@@ -379,15 +379,16 @@ def session_id(token: str) -> str:
 async def test_a_rotation_reads_as_it_locks_and_releases_as_it_writes(
     sessions: SessionService, store: RecordingStore
 ) -> None:
-    """A refresh asks the store three things (three Redis round trips): the lock with the record, the
-    identity's not-before time, the rotated record with the lock's release; the lock is free after."""
+    """A refresh asks the store two things (two Redis round trips): the lock with the record, then the
+    rotated record written with the lock's release, unless the identity's not-before time (read in the
+    same step) ended the session; the lock is free after. Three before: the not-before time was read
+    apart."""
     token = await start(sessions)
     store.operations.clear()
     refreshed = await sessions.refresh(token, ())
     assert store.operations == [
         "locked_entry session",
-        "get sessions-not-before",
-        "save_and_release session",
+        "save_and_release_unless_ended session sessions-not-before",
     ]
     assert await store.lock_is_free(session_id(token))
     raw = await store.memory.get(keys.session(session_id(token)))
@@ -427,9 +428,15 @@ async def test_refreshes_that_write_nothing_or_end_the_session_release_the_lock(
     revoked = await start(sessions)
     clock.now += 1
     await sessions.end_identity("-000a")
-    with pytest.raises(InvalidGrant):
+    store.operations.clear()
+    with pytest.raises(InvalidGrant, match="every session of this identity was ended"):
         await sessions.refresh(revoked, ())
+    assert store.operations == [
+        "locked_entry session",
+        "save_and_release_unless_ended session sessions-not-before",
+    ]
     assert await store.lock_is_free(session_id(revoked))
+    assert await store.memory.get(keys.session(session_id(revoked))) is None  # deleted, not rotated
 
 
 async def test_a_due_tiktok_recheck_writes_its_rotation_before_the_rotation_writes_and_releases(
@@ -443,9 +450,8 @@ async def test_a_due_tiktok_recheck_writes_its_rotation_before_the_rotation_writ
     await sessions.refresh(token, ())
     assert store.operations == [
         "locked_entry session",
-        "get sessions-not-before",
         "set session",
-        "save_and_release session",
+        "save_and_release_unless_ended session sessions-not-before",
     ]
     assert await store.lock_is_free(session_id(token))
 
