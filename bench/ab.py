@@ -1,6 +1,6 @@
 """Paired A/B of the bridge's CPU per exchange: a base revision against this checkout.
 
-    .venv/bin/python -m bench.ab [--base main] [--case warm|first] [--runs 6] [--seconds 5]
+    .venv/bin/python -m bench.ab [--base main] [--case warm|first|refresh] [--runs 6] [--seconds 5]
                                  [--upstream stub|keycloak] [--b-python OTHER_VENV/bin/python]
 
 What a change to the hot path buys, measured so that machine noise hides little: both versions run at
@@ -16,7 +16,10 @@ emulator (as `bench/run.py`'s first-sign-in rows do), so every exchange of the r
 profile, searches Keycloak's admin API, creates the user and then asks for its token; a run ends early
 if its users run out (the rate is taken over the time it lasted).
 
-`--upstream stub` (the default for warm exchanges) points both bridges at `bench.stub_upstream`
+`--case refresh` measures session refreshes: before each run, sessions are started through the bridge
+measured (warm exchanges of the returning users, not counted), and each is refreshed once.
+
+`--upstream stub` (the default for warm exchanges and refreshes) points both bridges at `bench.stub_upstream`
 answering a real Keycloak token answer captured once, as `scripts/bench`'s bridge-only run does: the
 bridge's own cost, with the JVM idle. `--upstream keycloak` (the default, and the only choice, for
 first sign-ins: the stub has no admin API) sends the calls to the real Keycloak (co-located, as deployed
@@ -87,7 +90,10 @@ class Variant:
 # Fresh users made before each first-sign-in run, per second of it: well above the rate a co-located
 # Keycloak creates users at (~90/s), so a run rarely runs out, without making thousands never used.
 FIRST_USERS_PER_SECOND = 150
-CASES = {"warm": "warm exchange", "first": "first sign-in"}
+# Sessions started before each refresh run, per second of it (each refreshed once; a run that uses them
+# all up ends early, and its rate is taken over the time it lasted).
+REFRESH_SESSIONS_PER_SECOND = 800
+CASES = {"warm": "warm exchange", "first": "first sign-in", "refresh": "session refresh"}
 # Failed answers a run may have and still count (reported beside the figures): a stray 503 from a
 # kept-alive connection closed by an upstream at the wrong moment is what a deployment sees too; more
 # than this says the set-up is broken, and the run stops with the failing bridge's log. (A run of
@@ -156,12 +162,24 @@ def capture_answer(stack_keycloak_url: str, signer: AssertionSigner, open_id: st
     return answer.content
 
 
-def run_bodies(case: str, emulator_url: str, warm_bodies: Path, seconds: int) -> Path:
-    """A run's request bodies: the returning users' (cycled through), or for first sign-ins fresh TikTok
-    users made now, never seen by a bridge (made before the run's readings start: the emulator's work
-    is not the bridge's)."""
+def run_bodies(
+    case: str, emulator_url: str, warm_bodies: Path, seconds: int, *, bridge_url: str, warm_tokens: list[str]
+) -> Path:
+    """A run's request bodies: the returning users' (cycled through); for first sign-ins fresh TikTok
+    users made now, never seen by a bridge; for refreshes sessions started now through this bridge,
+    each refreshed once (made before the run's readings start: that work is not the run's)."""
     if case == "warm":
         return warm_bodies
+    if case == "refresh":
+        tokens: list[str] = []
+        with httpx2.Client(timeout=30) as client:
+            while len(tokens) < REFRESH_SESSIONS_PER_SECOND * seconds:
+                subject = warm_tokens[len(tokens) % len(warm_tokens)]
+                answer = client.post(f"{bridge_url}/token", data={**EXCHANGE, "subject_token": subject})
+                assert answer.status_code == 200, answer.text
+                tokens.append(answer.json()["refresh_token"])
+        forms = [{"grant_type": "refresh_token", "refresh_token": token} for token in tokens]
+        return write_bodies(warm_bodies.with_name("refresh.txt"), forms)
     fresh = new_tokens(emulator_url, FIRST_USERS_PER_SECOND * seconds)
     return write_bodies(warm_bodies.with_name("fresh.txt"), exchange_forms([token for _, token in fresh]))
 
@@ -183,7 +201,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--warm-users", type=int, default=50)
     parser.add_argument(
-        "--upstream", choices=("stub", "keycloak"), help="default: stub for warm, keycloak for first"
+        "--upstream", choices=("stub", "keycloak"), help="default: keycloak for first, else stub"
     )
     parser.add_argument("--b-python", default=sys.executable, help="interpreter of version B")
     parser.add_argument(
@@ -191,7 +209,7 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     if args.upstream is None:
-        args.upstream = "stub" if args.case == "warm" else "keycloak"
+        args.upstream = "keycloak" if args.case == "first" else "stub"
     if args.case == "first" and args.upstream == "stub":
         parser.error("--case first needs --upstream keycloak: the stub has no admin API")
     return args
@@ -244,7 +262,14 @@ def main() -> None:
                 progress(f"warming up {variant.name} ({variant.tree})")
                 wrk(
                     f"{variant.url}/token",
-                    run_bodies(args.case, stack.emulator_url, bodies, 3),
+                    run_bodies(
+                        args.case,
+                        stack.emulator_url,
+                        bodies,
+                        3,
+                        bridge_url=variant.url,
+                        warm_tokens=[t for _, t in warm],
+                    ),
                     connections=args.connections,
                     seconds=3,
                     cycle=args.case == "warm",
@@ -254,7 +279,14 @@ def main() -> None:
                 order = variants if run % 2 == 0 else variants[::-1]
                 for variant in order:
                     assert variant.process is not None
-                    run_file = run_bodies(args.case, stack.emulator_url, bodies, args.seconds)
+                    run_file = run_bodies(
+                        args.case,
+                        stack.emulator_url,
+                        bodies,
+                        args.seconds,
+                        bridge_url=variant.url,
+                        warm_tokens=[t for _, t in warm],
+                    )
                     before_cpu = cpu_seconds(variant.process.pid)
                     before_calls = upstream_counts(variant.url, stack.emulator_url)
                     measured = wrk(
@@ -304,15 +336,16 @@ def report(variants: list[Variant], args: argparse.Namespace, stub_stats: dict[s
     a, b = variants
     ratios = [y / x for x, y in zip(a.cpu_ms, b.cpu_ms, strict=True)]
     what = CASES[args.case]
+    whats = what + ("es" if what.endswith("sh") else "s")
     print()
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: A = {args.base}, B = this working tree ({args.b_python})")
     print(
-        f"{what}s, upstream {args.upstream}; {args.runs} runs of {args.seconds} s each, alternating, "
+        f"{whats}, upstream {args.upstream}; {args.runs} runs of {args.seconds} s each, alternating, "
         f"wrk {args.connections} connections, 1 worker"
     )
     print(f"{'':36} {'A':>22} {'B':>22}")
     print(f"{'bridge CPU per ' + what + ', ms':36} {cell(a.cpu_ms):>22} {cell(b.cpu_ms):>22}")
-    print(f"{what + 's/s':36} {cell(a.per_s, '{:.0f}'):>22} {cell(b.per_s, '{:.0f}'):>22}")
+    print(f"{whats + '/s':36} {cell(a.per_s, '{:.0f}'):>22} {cell(b.per_s, '{:.0f}'):>22}")
     for name in ("keycloak_token", "keycloak_admin", "redis", "tiktok_user_info"):
         print(
             f"{name + ' per ' + what:36} {cell(a.calls[name], '{:.2f}'):>22} {cell(b.calls[name], '{:.2f}'):>22}"
