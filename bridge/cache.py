@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from bridge.errors import UpstreamUnavailable
 from bridge.metrics import timed
-from bridge.model import Held, IdentityState
+from bridge.model import Held, IdentityState, ended_by
 from bridge.redis_connection import REDIS_FAILURES, is_cluster
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,16 @@ class _StoreEntry(_LockedEntry):
         return written
 
 
-def _ended(ended_at: bytes | None, started: float) -> bool:
-    """Whether an end time (a float's repr, as `json.dumps` writes it) refuses what started at `started`."""
-    return ended_at is not None and started <= float(ended_at)
+async def _set_if_current_in_steps(
+    store: Store, check: IdentityCheck, key: str, value: bytes, ttl: float
+) -> IdentityState:
+    """`set_if_current` as a read of the identity's keys and then the write: one step for the memory
+    store (nothing suspends between them), two round trips for Redis Cluster (`key` has its own slot)."""
+    revoked_at, entry = await store.get_many(check.revoked_key, check.user_key)
+    state = check.judge(revoked_at, entry)
+    if state is IdentityState.CURRENT:
+        await store.set(key, value, ttl)
+    return state
 
 
 class MemoryCache:
@@ -187,7 +194,7 @@ class MemoryCache:
             self._release(lock_key)
 
         async def write_unless_ended(value: bytes, ttl: float, ended_key: str, started: float) -> bool:
-            written = not _ended(await self.get(ended_key), started)
+            written = not ended_by(await self.get(ended_key), started)
             if written:
                 await self.set(key, value, ttl)
             else:
@@ -220,11 +227,7 @@ class MemoryCache:
         return True
 
     async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
-        # No await between the reads and the write: one step, as Redis's script is.
-        state = check.judge(await self.get(check.revoked_key), await self.get(check.user_key))
-        if state is IdentityState.CURRENT:
-            await self.set(key, value, ttl)
-        return state
+        return await _set_if_current_in_steps(self, check, key, value, ttl)
 
     async def ping(self) -> None:
         return None
@@ -427,7 +430,7 @@ class RedisCache:
         async def write_unless_ended(value: bytes, entry_ttl: float, ended_key: str, started: float) -> bool:
             if self._one_slot_per_script:
                 # The end time lies in another slot: read it first, then write or delete, and release.
-                if not _ended(await self.get(ended_key), started):
+                if not ended_by(await self.get(ended_key), started):
                     await write_and_release(value, entry_ttl)
                     return True
                 await self.delete(key)
@@ -464,12 +467,7 @@ class RedisCache:
 
     async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
         if self._one_slot_per_script:
-            # The identity's keys share a slot, `key` (a session) has its own: a read, then the write.
-            revoked_at, entry = await self.get_many(check.revoked_key, check.user_key)
-            state = check.judge(revoked_at, entry)
-            if state is IdentityState.CURRENT:
-                await self.set(key, value, ttl)
-            return state
+            return await _set_if_current_in_steps(self, check, key, value, ttl)
         found = await self._command(
             "set_if_current",
             self._set_if_current(

@@ -59,6 +59,7 @@ from bridge.model import (
     NewSession,
     Policy,
     TikTokProfile,
+    ended_by,
     fit_for_keycloak,
     profile_attributes,
 )
@@ -574,7 +575,7 @@ class ExchangeService:
             keys.deauthorized(alias, profile.open_id),
         )
         cached, revoked_at = await self._cache.get_many(user_key, revoked_key)
-        if revoked_at is not None and profile.verified_at <= float(revoked_at):
+        if ended_by(revoked_at, profile.verified_at):
             raise AccessTokenRejected(detail="profile verified before the user deauthorized the app")
         entry = json.loads(cached) if cached else {}
         if "id" in entry:

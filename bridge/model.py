@@ -243,6 +243,13 @@ class SessionGrant:
         return f"SessionGrant(refresh_expires_in={self.refresh_expires_in})"
 
 
+def ended_by(ended_at: bytes | None, started: float) -> bool:
+    """Whether an end time kept in the cache (a float's repr, as `json.dumps` writes it: a tombstone, a
+    sessions' not-before time) refuses what started at `started`: at or after it. The Redis scripts in
+    `cache.py` compare the same way (`<=`, Lua reading both back to the same doubles)."""
+    return ended_at is not None and started <= float(ended_at)
+
+
 class IdentityState(enum.Enum):
     """What the shared cache says of a sign-in whose Keycloak token was minted before it was asked."""
 
@@ -262,7 +269,7 @@ class IdentityCheck:
 
     def judge(self, revoked_at: bytes | None, entry: bytes | None) -> IdentityState:
         """The state these two stored values give (the stores that cannot run a script use this)."""
-        if revoked_at is not None and self.verified_at <= float(revoked_at):
+        if ended_by(revoked_at, self.verified_at):
             return IdentityState.REVOKED
         return IdentityState.CURRENT if entry == self.entry else IdentityState.STALE
 

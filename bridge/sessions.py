@@ -58,7 +58,7 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.metrics import SESSIONS, count
-from bridge.model import IdentityState, NewSession, SessionGrant
+from bridge.model import IdentityState, NewSession, SessionGrant, ended_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -332,7 +332,7 @@ class SessionService:
     async def _refuse_if_ended(self, session_id: str, record: SessionRecord) -> None:
         """`end_identity` ended every session of the identity started until then: this one too?"""
         not_before = await self._store.get(self._not_before_key(record))
-        if not_before is not None and record.created <= float(not_before):
+        if ended_by(not_before, record.created):
             await self._end(session_id, record, "revoked")
             raise InvalidGrant(detail="every session of this identity was ended")
 
