@@ -60,6 +60,7 @@ from bench.run import (
     cpu_seconds,
     exchange_forms,
     new_tokens,
+    require_wrk,
     settled_counts,
     start_stack,
     start_stub_upstream,
@@ -217,6 +218,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    require_wrk()
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))

@@ -350,6 +350,13 @@ def settled_counts(bridge_url: str, emulator_url: str, *, limit: float = 10.0) -
 # ------------------------------------------------------------------------------------- measuring
 
 
+def require_wrk() -> None:
+    """Stop with a clear message, not a traceback from the first run, where wrk is not installed (a
+    fresh machine on which `scripts/bench` has not run yet: it installs wrk and taskset)."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: `scripts/bench --help` installs the bench's tools, then exits")
+
+
 def wrk(url: str, bodies: Path, *, connections: int, seconds: int, cycle: bool, cores: str | None) -> Run:
     env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_CYCLE": "1" if cycle else "0"}
     prefix = ["taskset", "-c", cores] if cores and TWO_CORES else []
@@ -492,8 +499,7 @@ def main() -> None:
         parser.error(f"--skip: unknown {sorted(unknown)}")
     if args.runs < 1 or args.seconds < 1:
         parser.error("--runs and --seconds must be at least 1")
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found (Debian: apt-get install wrk); scripts/bench installs it")
+    require_wrk()
     if not TWO_CORES:
         progress("one CPU only: the pinned and bridge-only runs are left out")
         args.skip |= {"pinned", "bridge-only"}
