@@ -71,6 +71,7 @@ _ANSWERED = re.compile(r'^bridge_exchanges_total\{endpoint="token",[^}]*\} (?P<v
 TWO_CORES = (os.cpu_count() or 1) >= 2
 # The cores of the pinned layouts: Keycloak (or the stub) on one, the bridge side on the other.
 KC_CORE, BRIDGE_CORE, ALL_CORES = "0", "1", f"0-{(os.cpu_count() or 1) - 1}"
+PINNED_P99_CONNECTIONS = 32  # where issue 13 sets its p99 goal
 # Assertions minted per second of a baseline run: above Keycloak's rate here (~700/s), so a run never
 # runs out; they are single-use and live 110 s, so each run gets fresh ones.
 ASSERTIONS_PER_SECOND = 1500
@@ -675,6 +676,30 @@ def pinned(
             bench.add("pinned_warm_per_s", warm_run.run.per_second)
             bench.add("pinned_warm_cpu_ms", warm_run.cpu_ms["bridge"])
             bench.add("ratio_pinned", warm_run.run.per_second / base.run.per_second)
+            # Issue 13's latency goal (p99 at 32 connections within 5 ms of Keycloak's) where the
+            # bridge does not take its CPU from Keycloak's cores. Under wrk's closed loop, latency is
+            # connections / throughput, so co-located the p99 follows the co-located ratio; pinned,
+            # it says what the bridge adds to a request itself.
+            progress(f"run {run + 1}/{args.runs}: pinned, {PINNED_P99_CONNECTIONS} connections")
+            base = bench.measure(
+                "baseline, pinned",
+                grant_url,
+                baseline_run(),
+                connections=PINNED_P99_CONNECTIONS,
+                cycle=False,
+                cores=BRIDGE_CORE,
+            )
+            warm_run = bench.measure(
+                "warm, pinned",
+                token_url,
+                warm_bodies,
+                connections=PINNED_P99_CONNECTIONS,
+                cycle=True,
+                cores=BRIDGE_CORE,
+            )
+            bench.add("pinned32_kc_p99_ms", base.run.p99_ms)
+            bench.add("pinned32_warm_p99_ms", warm_run.run.p99_ms)
+            bench.add("pinned32_added_p99_ms", warm_run.run.p99_ms - base.run.p99_ms)
     finally:
         for pid in groups.values():
             pin(pid, ALL_CORES)
@@ -969,6 +994,9 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("warm_tiktok_user_info", "TikTok user-info calls per warm exchange", "0", "{:.2f}"),
     ("sweep32_warm_p99_ms", "warm p99 at 32 connections, ms", "<= Keycloak's + 5", "{:.1f}"),
     ("sweep32_kc_p99_ms", "Keycloak grant p99 at 32 connections, ms", "", "{:.1f}"),
+    ("pinned32_warm_p99_ms", "warm p99 at 32 connections, pinned (1 core each), ms", "", "{:.1f}"),
+    ("pinned32_kc_p99_ms", "Keycloak grant p99 at 32 connections, pinned, ms", "", "{:.1f}"),
+    ("pinned32_added_p99_ms", "added p99 at 32 connections, pinned, paired, ms", "<= 5", "{:.1f}"),
     ("sweep1_added_p50_ms", "added p50 at 1 connection, ms", "", "{:.2f}"),
     ("sweep1_added_p99_ms", "added p99 at 1 connection, ms", "", "{:.2f}"),
     ("rss_mb", "peak RSS of one bridge worker, MB", "< 100", "{:.0f}"),
