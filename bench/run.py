@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx2
@@ -57,6 +57,9 @@ from devstack.keycloak import (
 )
 from devstack.redis import RedisServer
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 LUA = ROOT / "bench" / "wrk_bodies.lua"
 RESULTS_DIR = ROOT / "bench" / "results"
 README = ROOT / "bench" / "README.md"
@@ -78,7 +81,7 @@ ASSERTIONS_PER_SECOND = 1500
 FRESH_USERS_PER_SECOND = 300
 # Refresh tokens rotate (single use), so a run needs one live session per request it may send.
 REFRESHES_PER_SECOND = 400
-SKIPPABLE = ("pinned", "bridge-only", "first", "refresh", "sweep")
+SKIPPABLE = ("one-worker", "pinned", "bridge-only", "first", "refresh", "sweep")
 # uvicorn's supervisor restarts a worker that has not answered its ping 5 s after being spawned; on a
 # machine loaded by other work, importing the bridge can take longer, so several restarts may come first.
 BRIDGE_START_TIMEOUT = 180.0
@@ -606,14 +609,19 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
         for name, value in warm_run.calls.items():
             bench.add(f"warm_{name}", value)
 
-    if "pinned" not in args.skip:
-        pinned(bench, grant_url, token_url, warm_bodies, baseline_run)
-    if "bridge-only" not in args.skip:
-        bridge_only(bench, grant_url, signer, audience, warm_bodies, warm, user_ids)
-    if "first" not in args.skip:
-        first_sign_ins(bench, token_url)
-    if "refresh" not in args.skip:
-        refreshes(bench, token_url, [t for _, t in warm])
+    phases: dict[str, Callable[[], None]] = {
+        # (A bridge of one worker already is the main pairs' bridge when --workers 1.)
+        "one-worker": lambda: (
+            one_worker(bench, grant_url, warm_bodies, baseline_run) if args.workers != 1 else None
+        ),
+        "pinned": lambda: pinned(bench, grant_url, token_url, warm_bodies, baseline_run),
+        "bridge-only": lambda: bridge_only(bench, grant_url, signer, audience, warm_bodies, warm, user_ids),
+        "first": lambda: first_sign_ins(bench, token_url),
+        "refresh": lambda: refreshes(bench, token_url, [t for _, t in warm]),
+    }
+    for name, phase in phases.items():
+        if name not in args.skip:
+            phase()
     sweep: list[dict[str, float]] = []
     if "sweep" not in args.skip:
         sweep = concurrency_sweep(bench, grant_url, token_url, warm_bodies, baseline_bodies)
@@ -636,6 +644,42 @@ def soak(bench: Bench, token_url: str, warm_bodies: Path) -> None:
             token_url, warm_bodies, connections=args.connections, seconds=10, cycle=True, cores=None
         ).requests
     bench.add("soak_exchanges", done)
+
+
+def one_worker(
+    bench: Bench,
+    grant_url: str,
+    warm_bodies: Path,
+    baseline_run: Any,  # noqa: ANN401 - a zero-argument callable returning fresh baseline bodies
+) -> None:
+    """The co-located pairs again with a bridge of one worker, as the README's deployment notes size a
+    bridge that shares its cores with Keycloak. A worker held to Keycloak's pace waits between the
+    steps of each exchange, and a waiting worker spends more CPU per exchange than a busy one (bench
+    README, seventh session): one busier worker costs less than two idler ones."""
+    stack, args = bench.stack, bench.args
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # The same Redis and Keycloak as the main bridge: the returning users' cache entries are there.
+    lone = start_bridge(stack.bridge_env, port, 1, stack.work / "prometheus-one-worker", [])
+    bench.extra_groups = {"one_worker": lone.pid}
+    try:
+        wait_http(f"{url}/healthz", timeout=BRIDGE_START_TIMEOUT)
+        progress(f"co-located, one worker: warming up ({url})")
+        wrk(f"{url}/token", warm_bodies, connections=args.connections, seconds=3, cycle=True, cores=None)
+        for run in range(args.runs):
+            progress(f"run {run + 1}/{args.runs}: Keycloak's grant, then a one-worker bridge (co-located)")
+            base = bench.measure(
+                "baseline", grant_url, baseline_run(), connections=args.connections, cycle=False
+            )
+            warm_run = bench.measure(
+                "warm, one worker", f"{url}/token", warm_bodies, connections=args.connections, cycle=True
+            )
+            bench.add("one_worker_cpu_ms", warm_run.cpu_ms["one_worker"])
+            bench.add("ratio_colocated_one_worker", warm_run.run.per_second / base.run.per_second)
+    finally:
+        bench.extra_groups = {}
+        lone.terminate()
+        lone.wait(timeout=30)
 
 
 def pinned(
@@ -954,6 +998,8 @@ def concurrency_sweep(
 ROWS: list[tuple[str, str, str, str]] = [
     ("warm_cpu_ms", "bridge CPU per warm exchange, ms", "<= 0.6 (1.0 at least)", "{:.2f}"),
     ("ratio_colocated", "warm throughput / Keycloak grant, co-located, paired", ">= 0.8", "{:.2f}"),
+    ("one_worker_cpu_ms", "the same with a one-worker bridge: CPU per warm exchange, ms", "", "{:.2f}"),
+    ("ratio_colocated_one_worker", "the same with a one-worker bridge: warm / Keycloak grant", "", "{:.2f}"),
     ("ratio_pinned", "warm throughput / Keycloak grant, pinned (1 core each), paired", "", "{:.2f}"),
     ("kc_per_s", "Keycloak grants/s, co-located (baseline)", "", "{:.0f}"),
     ("warm_per_s", "bridge warm exchanges/s, co-located", "", "{:.0f}"),
