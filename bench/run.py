@@ -695,27 +695,28 @@ def pinned(
     pin(groups["keycloak"], KC_CORE)
     for role in ("bridge", "redis", "emulator"):
         pin(groups[role], BRIDGE_CORE)
+
+    def pair(connections: int) -> tuple[Measured, Measured]:
+        """Keycloak's grant, then warm exchanges, with wrk on the bridge's core."""
+        base = bench.measure(
+            "baseline, pinned",
+            grant_url,
+            baseline_run(),
+            connections=connections,
+            cycle=False,
+            cores=BRIDGE_CORE,
+        )
+        warm_run = bench.measure(
+            "warm, pinned", token_url, warm_bodies, connections=connections, cycle=True, cores=BRIDGE_CORE
+        )
+        return base, warm_run
+
     try:
         for run in range(args.runs):
             progress(
                 f"run {run + 1}/{args.runs}: pinned, Keycloak on core {KC_CORE}, the rest on {BRIDGE_CORE}"
             )
-            base = bench.measure(
-                "baseline, pinned",
-                grant_url,
-                baseline_run(),
-                connections=args.connections,
-                cycle=False,
-                cores=BRIDGE_CORE,
-            )
-            warm_run = bench.measure(
-                "warm, pinned",
-                token_url,
-                warm_bodies,
-                connections=args.connections,
-                cycle=True,
-                cores=BRIDGE_CORE,
-            )
+            base, warm_run = pair(args.connections)
             bench.add("pinned_kc_per_s", base.run.per_second)
             bench.add("pinned_warm_per_s", warm_run.run.per_second)
             bench.add("pinned_warm_cpu_ms", warm_run.cpu_ms["bridge"])
@@ -725,22 +726,7 @@ def pinned(
             # connections / throughput, so co-located the p99 follows the co-located ratio; pinned,
             # it says what the bridge adds to a request itself.
             progress(f"run {run + 1}/{args.runs}: pinned, {PINNED_P99_CONNECTIONS} connections")
-            base = bench.measure(
-                "baseline, pinned",
-                grant_url,
-                baseline_run(),
-                connections=PINNED_P99_CONNECTIONS,
-                cycle=False,
-                cores=BRIDGE_CORE,
-            )
-            warm_run = bench.measure(
-                "warm, pinned",
-                token_url,
-                warm_bodies,
-                connections=PINNED_P99_CONNECTIONS,
-                cycle=True,
-                cores=BRIDGE_CORE,
-            )
+            base, warm_run = pair(PINNED_P99_CONNECTIONS)
             bench.add("pinned32_kc_p99_ms", base.run.p99_ms)
             bench.add("pinned32_warm_p99_ms", warm_run.run.p99_ms)
             bench.add("pinned32_added_p99_ms", warm_run.run.p99_ms - base.run.p99_ms)
