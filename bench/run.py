@@ -610,10 +610,7 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
             bench.add(f"warm_{name}", value)
 
     phases: dict[str, Callable[[], None]] = {
-        # (A bridge of one worker already is the main pairs' bridge when --workers 1.)
-        "one-worker": lambda: (
-            one_worker(bench, grant_url, warm_bodies, baseline_run) if args.workers != 1 else None
-        ),
+        "one-worker": lambda: one_worker(bench, grant_url, warm_bodies, baseline_run),
         "pinned": lambda: pinned(bench, grant_url, token_url, warm_bodies, baseline_run),
         "bridge-only": lambda: bridge_only(bench, grant_url, signer, audience, warm_bodies, warm, user_ids),
         "first": lambda: first_sign_ins(bench, token_url),
@@ -657,6 +654,8 @@ def one_worker(
     steps of each exchange, and a waiting worker spends more CPU per exchange than a busy one (bench
     README, seventh session): one busier worker costs less than two idler ones."""
     stack, args = bench.stack, bench.args
+    if args.workers == 1:
+        return  # the main pairs' bridge is that already
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # The same Redis and Keycloak as the main bridge: the returning users' cache entries are there.
