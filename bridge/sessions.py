@@ -358,13 +358,20 @@ class SessionService:
         self, session_id: str, record: SessionRecord, scope: tuple[str, ...], audiences: tuple[str, ...]
     ) -> IssuedToken:
         try:
-            return await self._minter.mint(
+            issued = await self._minter.mint(
                 record.open_id, scope, audiences=audiences, client_id=record.client_id
             )
         except (NotLinked, AccountDisabled) as exc:
             # Keycloak refuses the user now (disabled, deleted, unlinked): the session is over.
             await self._end(session_id, record, "refused_by_keycloak")
             raise InvalidGrant(detail=f"keycloak refused the session's user: {type(exc).__name__}") from exc
+        if issued.subject != record.user_id:
+            # The grant follows the TikTok identity's link, which now names another account (the
+            # session's was deleted and the identity linked elsewhere): a session only ever mints for
+            # the account it was issued for. The token minted is dropped, never answered.
+            await self._end(session_id, record, "account_changed")
+            raise InvalidGrant(detail="the identity is linked to another account than the session's")
+        return issued
 
     async def _recheck_tiktok(self, session_id: str, record: SessionRecord, now: float) -> SessionRecord:
         """Refresh at TikTok when a re-check is due: proves the user has not revoked the app."""

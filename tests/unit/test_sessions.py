@@ -47,6 +47,8 @@ class FakeMinter:
     minted: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     # (audiences, client_id) of each mint, beside `minted`.
     targets: list[tuple[tuple[str, ...], str | None]] = field(default_factory=list)
+    # The Keycloak account each TikTok identity is linked to: the `sub` of the tokens minted for it.
+    accounts: dict[str, str] = field(default_factory=lambda: {"-000a": "kc-1"})
 
     async def mint(
         self,
@@ -61,7 +63,10 @@ class FakeMinter:
         self.minted.append((open_id, scope))
         self.targets.append((audiences, client_id))
         return IssuedToken(
-            access_token=f"kc-{len(self.minted)}", expires_in=300, scope=" ".join(scope) or None
+            access_token=f"kc-{len(self.minted)}",
+            expires_in=300,
+            scope=" ".join(scope) or None,
+            subject=self.accounts.get(open_id),
         )
 
 
@@ -271,6 +276,22 @@ async def test_a_user_keycloak_refuses_ends_the_session(
     minter.refused = None
     with pytest.raises(InvalidGrant):
         await sessions.refresh(token, ())
+
+
+async def test_a_session_never_mints_for_another_account(
+    sessions: SessionService, minter: FakeMinter
+) -> None:
+    """The identity now links another account (the session's was deleted, the identity linked to a
+    password user): invalid_grant, the token minted for the other account is not answered, and the
+    session is over even once the link is back."""
+    token = await start(sessions)
+    minter.accounts["-000a"] = "kc-password-user"
+    with pytest.raises(InvalidGrant, match="another account"):
+        await sessions.refresh(token, ())
+    minter.accounts["-000a"] = "kc-1"
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(token, ())
+    assert len(minter.minted) == 1
 
 
 async def test_revocation_ends_the_family_and_is_idempotent(
