@@ -69,6 +69,7 @@ EXCHANGE = {
     "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
 }
 CLIENT_ID, CLIENT_SECRET, REALM = "tiktok-bridge", "bench-client-secret", "app"
+ADMIN_CLIENT_SECRET = "bench-admin-client-secret"
 _METRIC = re.compile(r"^bridge_upstream_request_seconds_count\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 _ANSWERED = re.compile(r'^bridge_exchanges_total\{endpoint="token",[^}]*\} (?P<value>[0-9.e+]+)$')
 TWO_CORES = (os.cpu_count() or 1) >= 2
@@ -196,7 +197,11 @@ def start_stack(
     keycloak = KeycloakServer(
         instance_dir=instance_dir,
         realm_env=realm_variables(
-            realm=REALM, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, issuer=bridge_url
+            realm=REALM,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            issuer=bridge_url,
+            admin_client_secret=ADMIN_CLIENT_SECRET,
         ),
     )
     env = {
@@ -210,6 +215,7 @@ def start_stack(
             issuer=bridge_url,
             signing_key_file=key_file,
             redis_url=redis.url,
+            admin_client_secret=ADMIN_CLIENT_SECRET,
             BRIDGE_RATE_LIMIT_ENABLED="true" if rate_limits else "false",
             BRIDGE_RATE_LIMIT_PER_IP="1000000/second",
             BRIDGE_RATE_LIMIT_PER_IDENTITY="1000000/second",

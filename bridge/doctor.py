@@ -1,8 +1,11 @@
 """`python -m bridge doctor`: does this deployment work, end to end, and if not, what to fix.
 
-Only the bridge's own runtime credentials are used: TikTok's client key and secret, and the Keycloak
-client's service account (which holds exactly manage-users and view-users, so it may not read identity
-providers or clients: those are proven by what Keycloak does, not by reading their settings).
+Only the bridge's own runtime credentials are used: TikTok's client key and secret, the minting
+clients' secrets, and the admin client's service account (which holds realm-management's query-users
+and fine-grained permissions over the bridge's groups, so it may not read identity providers or
+clients: those are proven by what Keycloak does, not by reading their settings). Whether that service
+account reaches further is probed on its own account, which lies outside the bridge's groups; whether
+a minting client has full scope only the admin survey can read.
 `run_checks` is the reusable part (a verbose readiness endpoint can call it); each check is one
 `Check` with a fix in one sentence when it fails. Optional admin credentials (`--admin-user`, never a
 runtime setting) add a read-only survey of the realm by `keycloak apply`'s planner: one check per
@@ -22,6 +25,10 @@ Keycloak behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
 - A wrong client secret answers `unauthorized_client`, an unknown client `invalid_client`.
 - A requested scope is checked after the user lookup (an unknown scope still answers "User not found"),
   so audience scopes are checked only by the admin survey.
+- `DELETE /users/{id}/federated-identity/{alias}` checks the caller may manage that user before it
+  looks for the link: 403 for a user out of the service account's reach, 404 "Link not found" for one
+  within it (checked on 26.7.4). On the service account's own user, with an alias no provider has,
+  it changes nothing either way.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ if TYPE_CHECKING:
 
     from bridge.settings import Settings
 
+# An identity-provider alias no realm has: the reach probe's link removal never finds anything.
+_PROBE_ALIAS = "bridge-doctor-probe-none"
 # A feature Keycloak lists from 26.7.0 on (26.7.0 release notes: "identity-assertion-jwt", new).
 _FEATURE_SINCE_26_7 = "IDENTITY_ASSERTION_JWT"
 
@@ -110,7 +119,7 @@ async def run_checks(
     try:
         await _tiktok(ctx)
         stopped = False
-        for check in (_keycloak_realm, _service_account, _server, _profile):
+        for check in (_keycloak_realm, _service_account, _reach, _server, _profile):
             try:
                 await check(ctx)
             except _Stop:
@@ -212,12 +221,18 @@ async def _keycloak_realm(ctx: _Context) -> None:
 async def _service_account(ctx: _Context) -> None:
     name = "keycloak client"
     settings = ctx.settings
+    client_id, secret = settings.admin_client
+    setting = (
+        "BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET"
+        if spec.separate_admin_client(settings)
+        else "BRIDGE_KEYCLOAK_CLIENT_SECRET"
+    )
     answer = await _send(
         ctx,
         "POST",
         f"{settings.keycloak_base_url}/realms/{settings.keycloak_realm}/protocol/openid-connect/token",
         data={"grant_type": "client_credentials"},
-        auth=(settings.keycloak_client_id, settings.keycloak_client_secret.get_secret_value()),
+        auth=(client_id, secret),
     )
     if isinstance(answer, str):
         ctx.failed(name, answer, "Check BRIDGE_KEYCLOAK_URL.")
@@ -227,10 +242,10 @@ async def _service_account(ctx: _Context) -> None:
     if not isinstance(token, str):
         error = body.get("error")
         if error in {"unauthorized_client", "invalid_client"}:
-            detail = f"Keycloak refused client '{settings.keycloak_client_id}' and its secret ({error})"
+            detail = f"Keycloak refused client '{client_id}' and its secret ({error})"
             fix = (
-                "Set BRIDGE_KEYCLOAK_CLIENT_SECRET to the client's secret, or run `bridge keycloak apply` "
-                "to create the client with it."
+                f"Set {setting} to the client's secret, or run `bridge keycloak apply` to create the "
+                "client with it."
             )
         else:
             detail = f"no service-account token: HTTP {answer.status_code} {error or ''}".rstrip()
@@ -238,20 +253,88 @@ async def _service_account(ctx: _Context) -> None:
         ctx.failed(name, detail, fix)
         raise _Stop
     ctx.token = token
-    ctx.passed(name, f"'{settings.keycloak_client_id}' authenticates and has a service account")
+    ctx.passed(name, f"'{client_id}' authenticates and has a service account")
+    _separate_clients(ctx)
     roles = set(_claims(token).get("resource_access", {}).get("realm-management", {}).get("roles", []))
-    needed = spec.SERVICE_ACCOUNT_ROLES | spec.IMPLIED_ROLES
-    if roles == needed:
-        ctx.passed("service-account roles", "exactly manage-users and view-users of realm-management")
+    needed = ", ".join(sorted(spec.SERVICE_ACCOUNT_ROLES))
+    if roles == spec.SERVICE_ACCOUNT_ROLES:
+        ctx.passed("service-account roles", f"realm-management's {needed} only")
         return
-    missing, extra = sorted(spec.SERVICE_ACCOUNT_ROLES - roles), sorted(roles - needed)
+    missing, extra = sorted(spec.SERVICE_ACCOUNT_ROLES - roles), sorted(roles - spec.SERVICE_ACCOUNT_ROLES)
     parts = [f"missing {', '.join(missing)}"] if missing else []
-    parts += [f"more than needed: {', '.join(extra)}"] if extra else []
+    wide = [r for r in extra if r in spec.REALM_WIDE_ROLES]
+    if wide:
+        parts.append(f"{', '.join(wide)} reach every account of the realm")
+    if other := [r for r in extra if r not in spec.REALM_WIDE_ROLES]:
+        parts.append(f"more than needed: {', '.join(other)}")
     ctx.failed(
         "service-account roles",
         "; ".join(parts),
-        "Give the client's service account exactly realm-management's manage-users and view-users "
-        "(`bridge keycloak apply` does).",
+        f"Give the service account realm-management's {needed} only; its other permissions come from "
+        "fine-grained admin permissions on the bridge's groups (`bridge keycloak apply` does both).",
+    )
+
+
+def _separate_clients(ctx: _Context) -> None:
+    """A client that mints users' tokens and also holds the service account puts an admin role in the
+    scope of every token it mints: a user who holds that role gets it in the bridge's token."""
+    name = "least privilege: clients"
+    if spec.separate_admin_client(ctx.settings):
+        ctx.passed(name, "the Admin API is called by a client of its own, which mints no token")
+        return
+    ctx.failed(
+        name,
+        f"'{ctx.settings.keycloak_client_id}' both mints users' tokens and holds the service account, so "
+        "its tokens may carry realm-management's query-users",
+        "Set BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID and BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET to a client of its own "
+        "(`bridge keycloak apply` creates it) and switch the service account of the minting client off.",
+    )
+
+
+async def _reach(ctx: _Context) -> None:
+    """The service account may manage the members of the bridge's groups and no one else: probed on its
+    own user (never a member) with a link removal that changes nothing, and on its group's path."""
+    name = "least privilege: reach"
+    settings = ctx.settings
+    realm_admin = f"/realms/{settings.keycloak_realm}"
+    own = _claims(ctx.token).get("sub")
+    probe = await _send(
+        ctx,
+        "DELETE",
+        f"{settings.keycloak_base_url}/admin{realm_admin}/users/{own}/federated-identity/{_PROBE_ALIAS}",
+        headers={"Authorization": f"Bearer {ctx.token}"},
+    )
+    if isinstance(probe, str):
+        ctx.failed(name, probe, "Check BRIDGE_KEYCLOAK_URL.")
+        return
+    if probe.status_code != HTTPStatus.FORBIDDEN:
+        ctx.failed(
+            name,
+            f"the service account may manage accounts outside the bridge's groups (HTTP {probe.status_code} "
+            "on an account outside them): a leaked client secret reaches every account",
+            "Confine it with fine-grained admin permissions to the bridge's groups and take realm-wide user "
+            "roles away (`bridge keycloak apply` does).",
+        )
+        return
+    if not settings.keycloak_group:
+        ctx.failed(
+            name,
+            "BRIDGE_KEYCLOAK_GROUP is empty: the service account has no group to manage users in",
+            "Set BRIDGE_KEYCLOAK_GROUP (default /tiktok-users) and run `bridge keycloak apply`.",
+        )
+        return
+    group = await _admin_get(ctx, f"{realm_admin}/group-by-path/{settings.keycloak_group.strip('/')}")
+    if isinstance(group, str) or group.status_code != HTTPStatus.OK:
+        status = group if isinstance(group, str) else f"HTTP {group.status_code}"
+        ctx.failed(
+            name,
+            f"the service account cannot see group {settings.keycloak_group} ({status}): it may not create "
+            "or find users there",
+            "Run `bridge keycloak apply` (it creates the group and the service account's permission on it).",
+        )
+        return
+    ctx.passed(
+        name, f"the service account reaches the members of {settings.keycloak_group}, not other accounts"
     )
 
 

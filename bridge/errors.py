@@ -21,6 +21,7 @@
     │   ├── InvalidTarget             400 invalid_target: an audience or resource not configured
     │   ├── InvalidToken              401 invalid_token + WWW-Authenticate: Bearer (RFC 6750 §3.1)
     │   │   └── BearerRequired        ... no bearer at all: the challenge carries no error (§3.1)
+    │   ├── AccountNotEligible        403 access_denied: the account is outside the bridge's group
     │   ├── LinkConflict              409 link_conflict: linking would move an identity between users
     │   │   ├── IdentityLinkedElsewhere   the TikTok identity belongs to another Keycloak user
     │   │   └── OtherIdentityLinked   the user already has a different TikTok identity
@@ -36,11 +37,13 @@
         ├── UpstreamUnavailable       TikTok, Keycloak or the cache cannot be reached or is overloaded
         ├── UpstreamProtocolError     an upstream answered in a way the bridge cannot use
         ├── UserConflict              Keycloak refused a user: its username or e-mail is taken (409)
+        ├── OutOfReach                the service account may not manage that user (403): not a member
         └── NotLinked                 Keycloak's grant found no user linked to the assertion's subject
 
 `description` is a fixed, client-safe sentence; `detail` (never sent) goes to the logs, and must itself
-never hold a token, code or secret. `UpstreamUnavailable` maps to `TemporarilyUnavailable` and every
-other `UpstreamError` to `ServerError` in `to_oauth_error`. `OAuthError.body()` and `.headers()` are the
+never hold a token, code or secret. `UpstreamUnavailable` maps to `TemporarilyUnavailable`,
+`OutOfReach` to `AccountNotEligible`, and every other `UpstreamError` to `ServerError` in
+`to_oauth_error`. `OAuthError.body()` and `.headers()` are the
 one shape of an error answer (RFC 6749 §5.2, `Cache-Control: no-store` always): the app, the raw HTTP
 protocol in `server.py` and the webhook all answer with them.
 
@@ -199,6 +202,17 @@ class BearerRequired(InvalidToken):
         return {"WWW-Authenticate": 'Bearer realm="bridge"'}
 
 
+class AccountNotEligible(OAuthError):
+    """The account is not one the bridge may act for: Keycloak's permissions confine the bridge's
+    service account to the members of its group (README: "Least privilege")."""
+
+    error = "access_denied"
+    status_code = HTTPStatus.FORBIDDEN
+    default_description = (
+        "This account cannot be used with TikTok here; an administrator of the realm must allow it first."
+    )
+
+
 class LinkConflict(OAuthError):
     error = "link_conflict"
     status_code = HTTPStatus.CONFLICT
@@ -316,6 +330,14 @@ class UserConflict(UpstreamError):
         return "email" in self.message.lower() and "username" not in self.message.lower()
 
 
+class OutOfReach(UpstreamError):
+    """Keycloak refused the service account one user (403): the user is not a member of the group its
+    fine-grained permissions reach, so the bridge may not read, link or change that account."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("keycloak", detail)
+
+
 class NotLinked(UpstreamError):
     """The JWT grant found no user linked to the assertion's subject (an admin removed the link)."""
 
@@ -330,6 +352,8 @@ def to_oauth_error(exc: BridgeError) -> OAuthError:
     """Map any bridge error to what a client may see."""
     if isinstance(exc, OAuthError):
         return exc
+    if isinstance(exc, OutOfReach):
+        return AccountNotEligible(detail=exc.detail)
     if isinstance(exc, UpstreamUnavailable):
         return TemporarilyUnavailable(
             f"{_UPSTREAM_NAMES[exc.upstream]} is unavailable; retry later.",

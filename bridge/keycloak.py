@@ -39,6 +39,7 @@ from bridge.errors import (
     AccountDisabled,
     InvalidScope,
     NotLinked,
+    OutOfReach,
     UpstreamProtocolError,
     UpstreamUnavailable,
     UserConflict,
@@ -287,6 +288,10 @@ class KeycloakClient:
             # 401: the token was revoked or expired early (e.g. Keycloak restarted): renew it once.
             if response.status_code != HTTPStatus.UNAUTHORIZED:
                 break
+        if response.status_code == HTTPStatus.FORBIDDEN and _ONE_USER.match(path):
+            # Confined to its group by fine-grained permissions, the service account is refused any
+            # account outside it: that account is not the bridge's to act for.
+            raise OutOfReach(f"admin API {method} /users/…: the service account may not manage this user")
         if response.status_code in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
             raise UpstreamProtocolError(
                 "keycloak",
@@ -485,6 +490,8 @@ class KeycloakClient:
         return status, content
 
 
+# An Admin API path about one user (`/users/{id}` and below), where a 403 means "not yours to manage".
+_ONE_USER = re.compile(r"^/users/(?!profile$|count$)[^/?]+(?:/|$)")
 # A JWS in compact serialisation is base64url segments joined by dots: nothing form encoding changes.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*)*")
 _GRANT_BODY_PREFIX = urlencode({"grant_type": GRANT_TYPE_JWT_BEARER}) + "&assertion="

@@ -13,7 +13,11 @@ only, like the exchange. The rules, and why (SECURITY.md, "Account takeover by l
   happen under the identity's provisioning lock, which sign-ins take too, so a concurrent first sign-in
   cannot create a second account for the identity meanwhile.
 - The cached user id of the identity is forgotten on every change, so the next sign-in asks Keycloak;
-  unlinking also ends the identity's bridge sessions (they would mint for the old user).
+  linking, relinking and unlinking end the identity's earlier bridge sessions (a session only ever
+  mints for the account it was issued for, and the identity's account may have just changed).
+- Only accounts in the bridge's group can be linked: Keycloak's fine-grained permissions confine the
+  service account to that group, so a leaked client secret cannot attach TikTok to any other account
+  (an administrator, say). Keycloak's 403 for any other account is answered as `AccountNotEligible`.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ class LinkingService:
                     raise OtherIdentityLinked(detail="keycloak refused the link: 409") from exc
             await self._write_attributes(user, profile_attributes(profile))
             await self._cache.delete(keys.linked_user(alias, profile.open_id))
+        await self._end_sessions(profile.open_id)
         log.info(
             "tiktok identity linked",
             extra={"keycloak_user_id": user.id, "relinked": current is not None},
@@ -161,11 +166,15 @@ class LinkingService:
             await self._keycloak.remove_link(user.id, alias)
             await self._write_attributes(user, {})
             await self._cache.delete(keys.linked_user(alias, link.user_id))
-        if self._sessions is not None:
-            # Sessions of the identity would mint for this user until they fail; end them now.
-            await self._sessions.end_identity(link.user_id)
+        await self._end_sessions(link.user_id)
         log.info("tiktok identity unlinked", extra={"keycloak_user_id": user.id})
         return LinkState(user_id=user.id, open_id=None)
+
+    async def _end_sessions(self, open_id: str) -> None:
+        """Every session the identity started before now is over: it was issued for the account the
+        identity had then, which a link, relink or unlink may have just changed."""
+        if self._sessions is not None:
+            await self._sessions.end_identity(open_id)
 
     async def _tiktok_link(self, user_id: str) -> FederatedLink | None:
         links = [link for link in await self._keycloak.user_links(user_id) if self._is_ours(link)]

@@ -326,8 +326,11 @@ class Policy:
             registration_open=settings.registration_open,
             redirect_uris=settings.tiktok_redirect_uris,
             access_token_scopes=settings.tiktok_access_token_scopes,
-            default_groups=settings.default_groups,
-            default_realm_roles=settings.default_realm_roles,
+            default_groups=settings.provisioning_groups,
+            # With a bridge group, the group carries these roles (`bridge keycloak apply` maps them):
+            # the service account then never maps a role to a user, which Keycloak allows only
+            # realm-wide.
+            default_realm_roles=() if settings.keycloak_group else settings.default_realm_roles,
             deauthorization=settings.deauthorization_policy,
             access_token_prefix=settings.tiktok_access_token_prefix,
             deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,

@@ -182,23 +182,47 @@ def _read_provider(admin: Admin, settings: Settings) -> dict[str, Any] | None:
 def _plan(
     admin: Admin, settings: Settings, provider: dict[str, Any] | None, *, jwks_url: str | None, force: bool
 ) -> list[Step]:
-    steps = [_provider_step(admin, settings, provider, jwks_url, force=force)]
+    steps = [_provider_step(admin, settings, provider, jwks_url, force=force), _switch_step(admin)]
+    if settings.keycloak_group:
+        steps.append(_group_step(admin, settings.keycloak_group))
     own = spec.own_client(settings)
     others = spec.minting_clients(settings)
-    steps.extend(_client_steps(admin, settings, own, force=force, service_account=True))
+    separate = spec.separate_admin_client(settings)
+    if separate:
+        steps.extend(_admin_client_steps(admin, settings, force=force))
+    steps.extend(_client_steps(admin, settings, own, force=force, service_account=not separate))
     for minting in others:
         steps.extend(_client_steps(admin, settings, minting, force=force))
+    steps.extend(_token_scope_step(admin, settings, c, force=force) for c in [own, *others])
+    steps.extend(_permission_steps(admin, settings))
     steps.extend(_audience_steps(admin, settings, [own, *others], force=force))
     steps.append(_profile_step(admin, force=force))
     return steps
 
 
-def _conflict_or_update(name: str, diffs: list[str], *, force: bool, run: Callable[[], None]) -> Step:
-    if not diffs:
+def _conflict_or_update(
+    name: str, diffs: list[str], *, force: bool, run: Callable[[], None], narrowing: list[str] | None = None
+) -> Step:
+    """`narrowing`: differences that only take a power away from the bridge's own object (a service
+    account, full scope): applied without --force, since nothing but the bridge can rely on them."""
+    narrowing = narrowing or []
+    if not diffs and not narrowing:
         return Step(name, "ok")
-    if force:
-        return Step(name, "update", [f"overwrite: {d}" for d in diffs], run)
+    if force or not diffs:
+        return Step(
+            name, "update", [f"overwrite: {d}" for d in diffs] + [f"narrow: {d}" for d in narrowing], run
+        )
     return Step(name, "conflict", diffs)
+
+
+# Client settings whose change to False only narrows what the bridge's client can do.
+_NARROWING = frozenset({"fullScopeAllowed", "serviceAccountsEnabled"})
+
+
+def _split_narrowing(diffs: list[spec.Difference]) -> tuple[list[str], list[str]]:
+    """(other differences, narrowing ones), as lines."""
+    narrowing = [d for d in diffs if d.key in _NARROWING and d.wanted is False]
+    return [str(d) for d in diffs if d not in narrowing], [str(d) for d in narrowing]
 
 
 def _provider_step(
@@ -265,6 +289,13 @@ def _realm_management(admin: Admin) -> tuple[str, dict[str, Any]]:
     return rm_id, roles
 
 
+def _service_account_summary() -> str:
+    return (
+        f"service account with realm-management's {', '.join(sorted(spec.SERVICE_ACCOUNT_ROLES))} only; "
+        "its other permissions reach the bridge's groups (fine-grained admin permissions)"
+    )
+
+
 def _client_uuid(admin: Admin, client_id: str) -> str | None:
     found = admin.get("./clients", params={"clientId": client_id})
     return str(found[0]["id"]) if found else None
@@ -313,11 +344,13 @@ def _client_steps(
         if lifespan:
             details.append(f"access tokens live {lifespan} s")
         if service_account:
-            details.append("service account with realm-management roles manage-users, view-users")
+            details.append(_service_account_summary())
         return [Step(name, "create", details + notes, create)]
     found = found_list[0]
     uuid = str(found["id"])
-    diffs = [str(d) for d in spec.differences(found, _comparable_client(wanted.representation, found))]
+    diffs, narrowing = _split_narrowing(
+        spec.differences(found, _comparable_client(wanted.representation, found))
+    )
     current_secret = admin.get(f"./clients/{uuid}/client-secret").get("value")
     if current_secret != wanted.secret:
         diffs.append(f"secret differs from {wanted.secret_setting}")
@@ -332,7 +365,7 @@ def _client_steps(
         merged["secret"] = wanted.secret
         admin.call("PUT", f"./clients/{uuid}", ok=(204,), json=merged)
 
-    step = _conflict_or_update(name, diffs, force=force, run=update_client)
+    step = _conflict_or_update(name, diffs, force=force, run=update_client, narrowing=narrowing)
     step.details.extend(notes)
     steps = [step, _mapper_step(admin, uuid, found, client_id, force=force)]
     if service_account:
@@ -397,20 +430,22 @@ def _roles_step(admin: Admin, uuid: str, rm_id: str, roles: dict[str, Any], *, f
             if step.run is not None:
                 step.run()
 
-        return Step(name, "create", ["manage-users, view-users of realm-management"], later)
+        return Step(name, "create", [_service_account_summary()], later)
     account = admin.get(f"./clients/{uuid}/service-account-user")
     path = f"./users/{account['id']}/role-mappings/clients/{rm_id}"
     have = {r["name"]: r for r in admin.get(path)}
     missing = [roles[n] for n in sorted(spec.SERVICE_ACCOUNT_ROLES - have.keys())]
     extra = [have[n] for n in sorted(have.keys() - spec.SERVICE_ACCOUNT_ROLES)]
-    if extra and not force:
+    # Roles that reach every account of the realm go without --force: keeping them is the risk.
+    kept = [r["name"] for r in extra if r["name"] not in spec.REALM_WIDE_ROLES]
+    if kept and not force:
         return Step(
             name,
             "conflict",
             [
                 (
-                    f"the service account also holds {', '.join(r['name'] for r in extra)} "
-                    "(it needs exactly manage-users, view-users)"
+                    f"the service account also holds {', '.join(kept)} "
+                    f"(it needs only {', '.join(sorted(spec.SERVICE_ACCOUNT_ROLES))})"
                 )
             ],
         )
@@ -425,6 +460,292 @@ def _roles_step(admin: Admin, uuid: str, rm_id: str, roles: dict[str, Any], *, f
 
     details = [f"add {r['name']}" for r in missing] + [f"remove {r['name']}" for r in extra]
     return Step(name, "create" if not extra else "update", details, run)
+
+
+# --------------------------------------------------------------------------- least privilege
+
+
+def _switch_step(admin: Admin) -> Step:
+    """Fine-grained admin permissions (v2) switched on for the realm: the only way Keycloak confines
+    a service account's user management to some accounts (README, "Least privilege")."""
+    name = "fine-grained admin permissions"
+    if admin.get(f"/realms/{admin.realm}").get("adminPermissionsEnabled"):
+        return Step(name, "ok")
+
+    def run() -> None:
+        admin.call("PUT", f"/realms/{admin.realm}", ok=(204,), json={"adminPermissionsEnabled": True})
+
+    return Step(
+        name, "create", ["switch on for the realm, so the bridge's power reaches its groups only"], run
+    )
+
+
+def _group_step(admin: Admin, path: str) -> Step:
+    name = f"group '{path}'"
+    if admin.call("GET", f"./group-by-path/{path.strip('/')}", ok=(200, 404)).status_code == HTTPStatus.OK:
+        return Step(name, "ok")
+
+    def run() -> None:
+        parent, _, leaf = path.rstrip("/").rpartition("/")
+        if parent:
+            parent_id = admin.get(f"./group-by-path/{parent.strip('/')}")["id"]
+            admin.call("POST", f"./groups/{parent_id}/children", ok=(201,), json={"name": leaf})
+        else:
+            admin.call("POST", "./groups", ok=(201,), json={"name": leaf})
+
+    details = ["the accounts the bridge may manage: new users join it; accounts must be in it to link TikTok"]
+    return Step(name, "create", details, run)
+
+
+def _admin_client_steps(admin: Admin, settings: Settings, *, force: bool) -> list[Step]:
+    """The client whose service account calls the Admin API (BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID), and its
+    one role."""
+    client_id, secret = settings.admin_client
+    name = f"client '{client_id}'"
+    wanted = spec.admin_client(settings)
+    rm_id, roles = _realm_management(admin)
+    found_list = admin.get("./clients", params={"clientId": client_id})
+    if not found_list:
+
+        def create() -> None:
+            location = admin.call("POST", "./clients", ok=(201,), json={**wanted, "secret": secret})
+            uuid = location.headers.get("Location", "").rstrip("/").rsplit("/", 1)[-1]
+            account = admin.get(f"./clients/{uuid}/service-account-user")
+            admin.call(
+                "POST",
+                f"./users/{account['id']}/role-mappings/clients/{rm_id}",
+                ok=(204,),
+                json=list(roles.values()),
+            )
+
+        details = [
+            "confidential, secret from BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET, no flows, no grant",
+            _service_account_summary(),
+        ]
+        return [Step(name, "create", details, create)]
+    found = found_list[0]
+    uuid = str(found["id"])
+    diffs = [str(d) for d in spec.differences(found, wanted)]
+    if admin.get(f"./clients/{uuid}/client-secret").get("value") != secret:
+        diffs.append("secret differs from BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET")
+
+    def update() -> None:
+        merged = {**copy.deepcopy(found), **{k: v for k, v in wanted.items() if k not in spec.COSMETIC}}
+        admin.call("PUT", f"./clients/{uuid}", ok=(204,), json={**merged, "secret": secret})
+
+    step = _conflict_or_update(name, diffs, force=force, run=update)
+    return [step, _roles_step(admin, uuid, rm_id, roles, force=force)]
+
+
+def _token_scope_step(admin: Admin, settings: Settings, client: spec.MintingClient, *, force: bool) -> Step:
+    """What the minting client's tokens may carry, with full scope off: the realm roles the bridge
+    gives new users (BRIDGE_DEFAULT_REALM_ROLES), never a realm-management role. Other realm roles the
+    administrators mapped are theirs. A client that is also the service account keeps query-users,
+    which its own token needs."""
+    name = f"token scope of client '{client.client_id}'"
+    legacy = client.client_id == settings.keycloak_client_id and not spec.separate_admin_client(settings)
+    allowed_admin = spec.SERVICE_ACCOUNT_ROLES if legacy else frozenset()
+    uuid = _client_uuid(admin, client.client_id)
+    realm_roles: set[str] = set()
+    admin_roles: dict[str, dict[str, Any]] = {}
+    rm_id = ""
+    if uuid is not None:
+        mappings = admin.get(f"./clients/{uuid}/scope-mappings")
+        realm_roles = {str(r.get("name")) for r in mappings.get("realmMappings") or []}
+        management = (mappings.get("clientMappings") or {}).get("realm-management") or {}
+        rm_id = str(management.get("id") or "")
+        admin_roles = {str(r.get("name")): r for r in management.get("mappings") or []}
+    missing_realm = sorted(set(settings.default_realm_roles) - realm_roles)
+    missing_admin = sorted(allowed_admin - admin_roles.keys())
+    extra_admin = sorted(admin_roles.keys() - allowed_admin)
+    if extra_admin and not force:
+        return Step(
+            name,
+            "conflict",
+            [f"its tokens may carry realm-management's {', '.join(extra_admin)}: administrative roles"],
+        )
+    if not (missing_realm or missing_admin or extra_admin):
+        return Step(name, "ok")
+
+    def run() -> None:
+        client_uuid = _client_uuid(admin, client.client_id)  # may have been created earlier in this run
+        base = f"./clients/{client_uuid}/scope-mappings"
+        if missing_realm:
+            admin.call(
+                "POST", f"{base}/realm", ok=(204,), json=[_realm_role(admin, r) for r in missing_realm]
+            )
+        management_id = rm_id or _realm_management(admin)[0]
+        if missing_admin:
+            wanted = [admin.get(f"./clients/{management_id}/roles/{r}") for r in missing_admin]
+            admin.call("POST", f"{base}/clients/{management_id}", ok=(204,), json=wanted)
+        if extra_admin:
+            gone = [admin_roles[r] for r in extra_admin]
+            admin.call("DELETE", f"{base}/clients/{management_id}", ok=(204,), json=gone)
+
+    details = [f"map realm role {r}" for r in missing_realm]
+    details += [f"map realm-management {r} (its own service account's token needs it)" for r in missing_admin]
+    details += [f"remove realm-management {r}" for r in extra_admin]
+    return Step(name, "create" if not extra_admin else "update", details, run)
+
+
+def _realm_role(admin: Admin, name: str) -> dict[str, Any]:
+    response = admin.call("GET", f"./roles/{name}", ok=(200, 404))
+    if response.status_code == HTTPStatus.NOT_FOUND:
+        raise SetupError(
+            f"realm role '{name}' (BRIDGE_DEFAULT_REALM_ROLES) does not exist in '{admin.realm}'"
+        )
+    role: dict[str, Any] = _json(response, strict=True)
+    return role
+
+
+def _permission_steps(admin: Admin, settings: Settings) -> list[Step]:
+    """The service account's policy and its permission over the members of the bridge's groups, both
+    named for the bridge (so updated without --force), and the realm roles its group carries."""
+    base = _permissions_base(admin)
+    account = _service_account_id(admin, settings)
+    policy = _named(admin, base, "policy", spec.POLICY_NAME) if base else None
+    steps = [_policy_step(admin, settings, account, policy)]
+    # The bridge's own group is created by its step earlier in the run; the others must exist.
+    missing = [g for g in _group_ids(admin, settings.provisioning_groups)[1] if g != settings.keycloak_group]
+    if missing:
+        steps.append(
+            Step(
+                f"permission '{spec.GROUPS_PERMISSION}'",
+                "conflict",
+                [
+                    f"group {g} does not exist (BRIDGE_DEFAULT_GROUPS names it; create it first)"
+                    for g in missing
+                ],
+            )
+        )
+    elif settings.provisioning_groups:
+        steps.append(_groups_permission_step(admin, base, settings.provisioning_groups))
+    if settings.default_realm_roles and settings.keycloak_group:
+        steps.append(_group_roles_step(admin, settings.keycloak_group, settings.default_realm_roles))
+    return steps
+
+
+def _group_roles_step(admin: Admin, path: str, roles: tuple[str, ...]) -> Step:
+    """BRIDGE_DEFAULT_REALM_ROLES given through the bridge's group: its members hold them, and the
+    service account never maps a role to a user (Keycloak's permission for that reaches every user)."""
+    name = f"realm roles of group '{path}'"
+    found = admin.call("GET", f"./group-by-path/{path.strip('/')}", ok=(200, 404))
+    have: set[str] = set()
+    if found.status_code == HTTPStatus.OK:
+        group_id = _json(found, strict=True)["id"]
+        have = {str(r.get("name")) for r in admin.get(f"./groups/{group_id}/role-mappings/realm")}
+    missing = [r for r in roles if r not in have]
+    if not missing:
+        return Step(name, "ok")
+    wanted = [_realm_role(admin, r) for r in missing]  # an unknown role stops the plan, named
+
+    def run() -> None:
+        group = admin.get(f"./group-by-path/{path.strip('/')}")
+        admin.call("POST", f"./groups/{group['id']}/role-mappings/realm", ok=(204,), json=wanted)
+
+    return Step(name, "create", [f"map {r} (every member holds it)" for r in missing], run)
+
+
+def _permissions_base(admin: Admin) -> str | None:
+    """The resource server of the realm's permissions; None until they are switched on."""
+    found = admin.get("./clients", params={"clientId": spec.PERMISSIONS_CLIENT})
+    return f"./clients/{found[0]['id']}/authz/resource-server" if found else None
+
+
+def _named(admin: Admin, base: str, kind: str, name: str) -> dict[str, Any] | None:
+    """The policy or permission of exactly that name (Keycloak's `name` filter matches parts)."""
+    for item in admin.get(f"{base}/{kind}", params={"name": name, "max": "50"}):
+        if item.get("name") == name:
+            return dict(item)
+    return None
+
+
+def _service_account_id(admin: Admin, settings: Settings) -> str | None:
+    uuid = _client_uuid(admin, settings.admin_client[0])
+    if uuid is None:
+        return None
+    response = admin.call("GET", f"./clients/{uuid}/service-account-user", ok=(200, 400, 404))
+    return str(_json(response).get("id")) if response.status_code == HTTPStatus.OK else None
+
+
+def _group_ids(admin: Admin, paths: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(ids of the groups that exist, paths of those that do not)."""
+    ids, missing = [], []
+    for path in paths:
+        response = admin.call("GET", f"./group-by-path/{path.strip('/')}", ok=(200, 404))
+        if response.status_code == HTTPStatus.OK:
+            ids.append(str(_json(response, strict=True)["id"]))
+        else:
+            missing.append(path)
+    return ids, missing
+
+
+def _policy_step(admin: Admin, settings: Settings, account: str | None, found: dict[str, Any] | None) -> Step:
+    name = f"policy '{spec.POLICY_NAME}'"
+
+    def wanted_body() -> dict[str, Any]:
+        # Resolved when run: the service account may be created earlier in the same run.
+        user = account or _service_account_id(admin, settings)
+        return {"name": spec.POLICY_NAME, "users": [user], "logic": "POSITIVE"}
+
+    if found is None:
+
+        def create() -> None:
+            base = _permissions_base(admin)
+            admin.call("POST", f"{base}/policy/user", ok=(201,), json=wanted_body())
+
+        return Step(name, "create", ["the bridge's service account, and no one else"], create)
+    base = _permissions_base(admin)
+    users = admin.get(f"{base}/policy/user/{found['id']}").get("users") or []
+    if account is not None and users == [account]:
+        return Step(name, "ok")
+
+    def update() -> None:
+        admin.call(
+            "PUT",
+            f"{base}/policy/user/{found['id']}",
+            ok=(201, 204),
+            json={**wanted_body(), "id": found["id"]},
+        )
+
+    return Step(name, "update", ["names the bridge's service account only"], update)
+
+
+def _groups_permission_step(admin: Admin, base: str | None, groups: tuple[str, ...]) -> Step:
+    name = f"permission '{spec.GROUPS_PERMISSION}'"
+    details = [
+        f"{', '.join(spec.GROUP_SCOPES)} on {', '.join(groups)}, for the bridge's service account only"
+    ]
+
+    def body() -> tuple[str, dict[str, Any]]:
+        server = _permissions_base(admin)
+        policy = _named(admin, str(server), "policy", spec.POLICY_NAME)
+        assert policy is not None  # noqa: S101 - the policy step runs first
+        # Resolved when run: the bridge's group may be created earlier in the same run.
+        return str(server), spec.groups_permission(_group_ids(admin, groups)[0], str(policy["id"]))
+
+    found = _named(admin, base, "permission", spec.GROUPS_PERMISSION) if base else None
+    if found is None:
+
+        def create() -> None:
+            server, wanted = body()
+            admin.call("POST", f"{server}/permission/scope", ok=(201,), json=wanted)
+
+        return Step(name, "create", details, create)
+    pid = found["id"]
+    resources = sorted(str(r.get("name")) for r in admin.get(f"{base}/policy/{pid}/resources"))
+    have_scopes = sorted(str(r.get("name")) for r in admin.get(f"{base}/policy/{pid}/scopes"))
+    policies = [str(p.get("name")) for p in admin.get(f"{base}/policy/{pid}/associatedPolicies")]
+    wanted_resources = sorted(_group_ids(admin, groups)[0])
+    wanted_scopes = sorted(spec.GROUP_SCOPES)
+    if resources == wanted_resources and have_scopes == wanted_scopes and policies == [spec.POLICY_NAME]:
+        return Step(name, "ok")
+
+    def update() -> None:
+        server, wanted = body()
+        admin.call("PUT", f"{server}/permission/scope/{pid}", ok=(201, 204), json={**wanted, "id": pid})
+
+    return Step(name, "update", details, update)
 
 
 def _audience_steps(

@@ -28,9 +28,37 @@ MIN_KEYCLOAK_VERSION = (26, 7, 0)
 FEATURE = "jwt-authorization-grant"
 FEATURE_OPTION = f"--features={FEATURE}"
 IDP_TYPE = "jwt-authorization-grant"
-SERVICE_ACCOUNT_ROLES = frozenset({"manage-users", "view-users"})
-# view-users is a composite of these two, so a token carries them as well.
-IMPLIED_ROLES = frozenset({"query-users", "query-groups"})
+# The service account's only realm-wide role: reaching the user search at all (Keycloak refuses the
+# search without a query-* role, then filters the results by the permissions below). Every other
+# power it has comes from fine-grained admin permissions and reaches the members of the bridge's
+# groups only: realm-management's manage-users or view-users would reach every account of the realm.
+SERVICE_ACCOUNT_ROLES = frozenset({"query-users"})
+# Roles whose holder reaches accounts outside the bridge's groups, or can widen its own permissions.
+REALM_WIDE_ROLES = frozenset(
+    {
+        "realm-admin",
+        "manage-users",
+        "view-users",
+        "impersonation",
+        "manage-realm",
+        "manage-authorization",
+        "manage-clients",
+        "create-client",
+        "manage-identity-providers",
+        "manage-events",
+    }
+)
+# What the service account may do to the members of the bridge's groups (fine-grained admin
+# permissions v2, checked on Keycloak 26.7.4): read the group (its path is looked up), read and manage
+# its members, and create users straight into it. Without manage-membership Keycloak refuses a user
+# created with `groups`; reset-password cannot be taken away from manage-members (a deny on it denies
+# every other user operation too: README, "Least privilege").
+GROUP_SCOPES = ("view", "view-members", "manage-members", "manage-membership")
+PERMISSIONS_CLIENT = "admin-permissions"
+POLICY_NAME = "tiktok-keycloak-bridge: its service account"
+GROUPS_PERMISSION = "tiktok-keycloak-bridge: the accounts of its groups"
+# Keycloak's feature for the permissions above (on by default since 26.2).
+FGAP_FEATURE = "ADMIN_FINE_GRAINED_AUTHZ_V2"
 ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
 ATTRIBUTE_GROUP = "tiktok"
 MAPPER_NAME = "tiktok_open_id"
@@ -110,6 +138,33 @@ def own_client(settings: Settings) -> MintingClient:
     )
 
 
+def separate_admin_client(settings: Settings) -> bool:
+    """Whether the Admin API calls come from a client of their own (BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID):
+    then no minting client needs a service account or an admin role in its scope."""
+    return settings.keycloak_admin_client_id is not None
+
+
+def admin_client(settings: Settings) -> dict[str, Any]:
+    """The client whose service account calls the Admin API, and nothing else: no browser flow, no
+    grant, no user ever gets a token from it (so its full scope carries only its service account's
+    one role)."""
+    return {
+        "clientId": settings.admin_client[0],
+        "name": "tiktok-keycloak-bridge: user provisioning",
+        "description": "The bridge's service account: finds, creates and links users, confined to the "
+        "bridge's group by fine-grained admin permissions",
+        "enabled": True,
+        "protocol": "openid-connect",
+        "publicClient": False,
+        "bearerOnly": False,
+        "clientAuthenticatorType": "client-secret",
+        "standardFlowEnabled": False,
+        "implicitFlowEnabled": False,
+        "directAccessGrantsEnabled": False,
+        "serviceAccountsEnabled": True,
+    }
+
+
 def _minting_representation(
     settings: Settings, client_id: str, *, name: str, description: str, lifespan: int | None = None
 ) -> dict[str, Any]:
@@ -132,23 +187,37 @@ def _minting_representation(
         "implicitFlowEnabled": False,
         "directAccessGrantsEnabled": False,
         "serviceAccountsEnabled": False,
-        "fullScopeAllowed": True,
+        # Tokens carry only the roles mapped to the client's scope, never every role of the user: an
+        # administrator's roles cannot reach a token the bridge mints.
+        "fullScopeAllowed": False,
         "attributes": attributes,
     }
 
 
 def client(settings: Settings) -> dict[str, Any]:
     """The bridge's confidential client, without its secret and mapper (compared separately): a
-    minting client that also has the service account."""
+    minting client, which also has the service account unless the Admin API has a client of its own."""
     return {
         **_minting_representation(
             settings,
             settings.keycloak_client_id,
             name="tiktok-keycloak-bridge",
-            description="The bridge: provisions TikTok users (service account) and mints their tokens "
-            "(JWT Authorization Grant)",
+            description="The bridge mints its users' tokens as this client (JWT Authorization Grant)",
         ),
-        "serviceAccountsEnabled": True,
+        "serviceAccountsEnabled": not separate_admin_client(settings),
+    }
+
+
+def groups_permission(group_ids: list[str], policy_id: str) -> dict[str, Any]:
+    """The service account's power over the members of the bridge's groups, and nothing else."""
+    return {
+        "name": GROUPS_PERMISSION,
+        "description": "Find, create, link and update the accounts of the bridge's groups"[:255],
+        "resourceType": "Groups",
+        "resources": group_ids,
+        "scopes": list(GROUP_SCOPES),
+        "policies": [policy_id],
+        "decisionStrategy": "UNANIMOUS",
     }
 
 

@@ -193,8 +193,9 @@ class Resources:
             token_http=token_http,
             base_url=settings.keycloak_base_url,
             realm=settings.keycloak_realm,
-            client_id=settings.keycloak_client_id,
-            client_secret=settings.keycloak_client_secret.get_secret_value(),
+            client_id=settings.admin_client[0],
+            client_secret=settings.admin_client[1],
+            minting_client=(settings.keycloak_client_id, settings.keycloak_client_secret.get_secret_value()),
         )
         limiter = RateLimiter(
             limits_storage,

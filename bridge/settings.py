@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     keycloak_client_secret: SecretStr
     # The realm's identity provider (type jwt-authorization-grant) that trusts the bridge's assertions.
     keycloak_idp_alias: str = "tiktok"
+    # The client whose service account calls the Admin API (finds, creates and links users). A client of
+    # its own, so that the clients that mint users' tokens carry no admin role in their scope. Unset:
+    # the bridge's client does both, which `bridge doctor` reports (README: "Least privilege").
+    keycloak_admin_client_id: str | None = None
+    keycloak_admin_client_secret: SecretStr | None = None
+    # The group of every account the bridge may manage: the users it provisions join it, accounts that
+    # link TikTok must be in it, and the service account's permissions reach its members only. Empty:
+    # no group (the service account then needs realm-wide user management).
+    keycloak_group: str = "/tiktok-users"
 
     # The bridge itself
     issuer: HttpUrl
@@ -216,6 +225,12 @@ class Settings(BaseSettings):
     def _check_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(g if g.startswith("/") else f"/{g}" for g in value)
 
+    @field_validator("keycloak_group")
+    @classmethod
+    def _check_group(cls, value: str) -> str:
+        value = value.strip()
+        return value if not value or value.startswith("/") else f"/{value}"
+
     @field_validator("confidential_clients")
     @classmethod
     def _check_clients(cls, value: SecretStr | None) -> SecretStr | None:
@@ -248,6 +263,27 @@ class Settings(BaseSettings):
             if not _SCOPE_TOKEN.match(scope) or not _SCOPE_TOKEN.match(audience):
                 raise ValueError(f"audience or client scope is not a scope token: {audience!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_admin_client(self) -> Settings:
+        if (self.keycloak_admin_client_id is None) != (self.keycloak_admin_client_secret is None):
+            raise ValueError("keycloak_admin_client_id and keycloak_admin_client_secret go together")
+        if self.keycloak_admin_client_id == self.keycloak_client_id:
+            raise ValueError("keycloak_admin_client_id names the minting client: leave it unset instead")
+        return self
+
+    @property
+    def admin_client(self) -> tuple[str, str]:
+        """(id, secret) of the client whose service account calls the Admin API."""
+        if self.keycloak_admin_client_id is not None and self.keycloak_admin_client_secret is not None:
+            return self.keycloak_admin_client_id, self.keycloak_admin_client_secret.get_secret_value()
+        return self.keycloak_client_id, self.keycloak_client_secret.get_secret_value()
+
+    @property
+    def provisioning_groups(self) -> tuple[str, ...]:
+        """The groups a new user joins: the bridge's own first, then BRIDGE_DEFAULT_GROUPS."""
+        groups = (self.keycloak_group,) if self.keycloak_group else ()
+        return tuple(dict.fromkeys((*groups, *self.default_groups)))
 
     @model_validator(mode="after")
     def _check_apps(self) -> Settings:

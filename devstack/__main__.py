@@ -15,11 +15,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from devstack.bridge_env import realm_variables
+from devstack.bridge_env import ADMIN_CLIENT_ID, realm_variables
 from devstack.keycloak import ROOT, SetupError, progress, start_keycloak
 
 DEV_CLIENT_SECRET = "dev-only-keycloak-client-secret"  # noqa: S105 - local development realm only
 DEV_STRAPI_CLIENT_SECRET = "dev-only-strapi-client-secret"  # noqa: S105 - local development realm only
+DEV_ADMIN_CLIENT_SECRET = "dev-only-admin-client-secret"  # noqa: S105 - local development realm only
 
 
 def wait_http(url: str, what: str, timeout: float = 30.0) -> None:
@@ -56,6 +57,8 @@ def main() -> None:
         "BRIDGE_KEYCLOAK_REALM": "app",
         "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
         "BRIDGE_KEYCLOAK_CLIENT_SECRET": DEV_CLIENT_SECRET,
+        "BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID": ADMIN_CLIENT_ID,
+        "BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET": DEV_ADMIN_CLIENT_SECRET,
         "BRIDGE_STRAPI_KEYCLOAK_CLIENT_ID": "tiktok-bridge-strapi",
         "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET": DEV_STRAPI_CLIENT_SECRET,
         "BRIDGE_ISSUER": bridge_url,
@@ -96,6 +99,7 @@ def main() -> None:
                 client_id="tiktok-bridge",
                 client_secret=DEV_CLIENT_SECRET,
                 issuer=bridge_url,
+                admin_client_secret=DEV_ADMIN_CLIENT_SECRET,
                 BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET=DEV_STRAPI_CLIENT_SECRET,
             ),
             http_port=args.keycloak_port,

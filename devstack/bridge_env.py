@@ -18,14 +18,27 @@ EMULATOR_CLIENT_KEY = "emulated-client-key"
 EMULATOR_CLIENT_SECRET = "emulated-client-secret"  # noqa: S105 - the emulator's, public on purpose
 
 
+# The client whose service account provisions users (`keycloak-config/app-realm.json`).
+ADMIN_CLIENT_ID = "tiktok-bridge-admin"
+
+
 def realm_variables(
-    *, realm: str, client_id: str, client_secret: str, issuer: str, **more: str
+    *,
+    realm: str,
+    client_id: str,
+    client_secret: str,
+    issuer: str,
+    admin_client_secret: str,
+    admin_client_id: str = ADMIN_CLIENT_ID,
+    **more: str,
 ) -> dict[str, str]:
     """What `keycloak-config/` is imported with; `more` adds other clients' secrets."""
     return {
         "BRIDGE_KEYCLOAK_REALM": realm,
         "BRIDGE_KEYCLOAK_CLIENT_ID": client_id,
         "BRIDGE_KEYCLOAK_CLIENT_SECRET": client_secret,
+        "BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID": admin_client_id,
+        "BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET": admin_client_secret,
         "BRIDGE_ISSUER": issuer,
         "BRIDGE_JWKS_URL": f"{issuer}/.well-known/jwks.json",
         **more,
@@ -42,6 +55,8 @@ def bridge_variables(
     issuer: str,
     signing_key_file: Path,
     redis_url: str | None,
+    admin_client_secret: str | None = None,
+    admin_client_id: str = ADMIN_CLIENT_ID,
     tiktok_client_key: str = EMULATOR_CLIENT_KEY,
     tiktok_client_secret: str = EMULATOR_CLIENT_SECRET,
     **more: str,
@@ -61,4 +76,7 @@ def bridge_variables(
     }
     if redis_url is not None:
         variables["BRIDGE_REDIS_URL"] = redis_url
+    if admin_client_secret is not None:
+        variables["BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID"] = admin_client_id
+        variables["BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET"] = admin_client_secret
     return {**variables, **more}

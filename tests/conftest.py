@@ -30,6 +30,7 @@ from bridge.logs import redact
 from bridge.settings import Settings
 from devstack import keycloak as devstack_keycloak
 from devstack.bridge_env import (
+    ADMIN_CLIENT_ID,
     EMULATOR_CLIENT_KEY,
     EMULATOR_CLIENT_SECRET,
     bridge_variables,
@@ -85,7 +86,10 @@ class Stack:
     strapi_client_secret: str
     # The secret of `tiktok-app-example`, the realm's example of one Keycloak client per app.
     example_app_secret: str
+    # The client whose service account provisions users, confined to the bridge's group.
+    admin_client_secret: str
     java_home: Path
+    admin_client_id: str = ADMIN_CLIENT_ID
     jwks_server: ThreadedServer | None = None
 
     def settings(self, **overrides: Any) -> Settings:  # noqa: ANN401
@@ -97,6 +101,8 @@ class Stack:
             "keycloak_realm": self.realm,
             "keycloak_client_id": self.client_id,
             "keycloak_client_secret": self.client_secret,
+            "keycloak_admin_client_id": self.admin_client_id,
+            "keycloak_admin_client_secret": self.admin_client_secret,
             "issuer": self.issuer,
             "signing_key_file": self.signing_key_file,
             "redis_url": self.redis.url,
@@ -116,6 +122,8 @@ class Stack:
             issuer=self.issuer,
             signing_key_file=self.signing_key_file,
             redis_url=self.redis.url,
+            admin_client_secret=self.admin_client_secret,
+            admin_client_id=self.admin_client_id,
             tiktok_client_key=CLIENT_KEY,
             tiktok_client_secret=CLIENT_SECRET,
             **overrides,
@@ -154,7 +162,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     realm, client_id, client_secret = "app", "tiktok-bridge", secrets.token_urlsafe(24)
     strapi_client_secret = secrets.token_urlsafe(24)
     example_app_secret = secrets.token_urlsafe(24)
-    KNOWN_SECRETS.update({client_secret, strapi_client_secret, example_app_secret})
+    admin_client_secret = secrets.token_urlsafe(24)
+    KNOWN_SECRETS.update({client_secret, strapi_client_secret, example_app_secret, admin_client_secret})
     jwks_port = free_port()
     issuer = f"http://127.0.0.1:{jwks_port}"
     realm_env = realm_variables(
@@ -162,6 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
         client_id=client_id,
         client_secret=client_secret,
         issuer=issuer,
+        admin_client_secret=admin_client_secret,
         BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET=strapi_client_secret,
         BRIDGE_EXAMPLE_APP_KEYCLOAK_CLIENT_SECRET=example_app_secret,
     )
@@ -180,6 +190,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
             client_secret=client_secret,
             strapi_client_secret=strapi_client_secret,
             example_app_secret=example_app_secret,
+            admin_client_secret=admin_client_secret,
             java_home=java_home,
         )
         # The bridge itself publishes the JWKS Keycloak trusts, exactly as in production.

@@ -64,8 +64,9 @@ def orders_audience(stack: Stack) -> str:
     return ORDERS
 
 
-def password_user(stack: Stack) -> tuple[str, str, str]:
-    """(user id, username, password) of a new enabled realm user with a password and no TikTok link."""
+def password_user(stack: Stack, *, may_link: bool = True) -> tuple[str, str, str]:
+    """(user id, username, password) of a new enabled realm user with a password and no TikTok link;
+    `may_link`: an administrator put it in the bridge's group, as accounts must be to link TikTok."""
     username, password = f"pw-{secrets.token_hex(4)}", secrets.token_urlsafe(12)
     with stack.admin() as admin:
         created = admin.post(
@@ -74,6 +75,7 @@ def password_user(stack: Stack) -> tuple[str, str, str]:
                 "username": username,
                 "enabled": True,
                 "credentials": [{"type": "password", "value": password, "temporary": False}],
+                "groups": ["/tiktok-users"] if may_link else [],
             },
         )
         assert created.status_code == 201, created.text

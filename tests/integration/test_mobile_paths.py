@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from bridge.realm_setup import apply
 from tests.conftest import Stack, running_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
 
@@ -224,9 +225,14 @@ async def test_registration_closed_refuses_new_but_admits_existing_users(
 async def test_default_groups_and_roles_are_given_to_new_users(
     stack: Stack, emulator: TikTokEmulator, flushed_redis: None
 ) -> None:
-    """New users join the configured groups and get the configured realm roles, visible in their token."""
+    """New users join the configured groups and get the configured realm roles, visible in their token:
+    `bridge keycloak apply` maps the roles to the bridge's group, which new users join, and to the
+    minting client's scope (full scope is off)."""
     user = emulator.create_user()
     settings = stack.settings(default_groups=("/tiktok-users",), default_realm_roles=("tiktok-user",))
+    lines: list[str] = []
+    assert apply(settings, admin_user="admin", admin_password="admin", out=lines.append), lines
+    assert "realm roles of group '/tiktok-users': create" in lines
     async for bridge in running_bridge(settings, emulator):
         response = await bridge.exchange(emulator.issue_access_token(user.open_id))
     assert response.status_code == 200, response.text

@@ -83,6 +83,8 @@ class Bare:
             "keycloak_realm": realm,
             "keycloak_client_id": "tiktok-bridge",
             "keycloak_client_secret": _SECRET,
+            "keycloak_admin_client_id": "tiktok-bridge-admin",
+            "keycloak_admin_client_secret": _ADMIN_SECRET,
             "issuer": self.issuer,
             "signing_key_file": self.signing_key_file,
             "redis_url": self.redis.url,
@@ -93,7 +95,8 @@ class Bare:
 
 
 _SECRET = secrets.token_urlsafe(24)
-KNOWN_SECRETS.add(_SECRET)
+_ADMIN_SECRET = secrets.token_urlsafe(24)
+KNOWN_SECRETS.update({_SECRET, _ADMIN_SECRET})
 
 
 @pytest.fixture(scope="session")
@@ -197,21 +200,29 @@ def failing(checks: dict[str, doctor.Check]) -> set[str]:
 
 
 def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_nothing_to_do(bare: Bare) -> None:
-    """Dry run lists the three objects and writes nothing; apply creates them; a rerun reports no changes."""
+    """Dry run lists the objects and writes nothing; apply creates them; a rerun reports no changes."""
     realm = customer_realm(bare)
     before = snapshot(bare, realm)
 
     done, dry = run_apply(bare, realm, dry_run=True)
     assert done
-    assert "identity provider 'tiktok': would create" in dry
-    assert "client 'tiktok-bridge': would create" in dry
-    assert "user-profile attributes: would create" in dry
-    assert dry[-1] == "dry run: 3 object(s) would change; nothing was changed"
+    assert [line for line in dry if not line.startswith("    ")][1:] == [
+        "identity provider 'tiktok': would create",
+        "fine-grained admin permissions: would create",
+        "group '/tiktok-users': would create",
+        "client 'tiktok-bridge-admin': would create",
+        "client 'tiktok-bridge': would create",
+        "token scope of client 'tiktok-bridge': ok, nothing to change",
+        "policy 'tiktok-keycloak-bridge: its service account': would create",
+        "permission 'tiktok-keycloak-bridge: the accounts of its groups': would create",
+        "user-profile attributes: would create",
+        "dry run: 8 object(s) would change; nothing was changed",
+    ]
     assert snapshot(bare, realm) == before
 
     done, first = run_apply(bare, realm)
     assert done
-    assert first[-1] == "applied: 3 object(s) changed"
+    assert first[-1] == "applied: 8 object(s) changed"
     done, second = run_apply(bare, realm)
     assert done
     assert second[-1] == "no changes"
@@ -221,7 +232,10 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
     # What the realm's administrators own is exactly as it was.
     for key in ("alice", "shop", "department"):
         assert after[key] == before[key], key
-    assert after["other_clients"] == sorted([*before["other_clients"], "tiktok-bridge"])
+    # Keycloak makes `admin-permissions` itself when fine-grained admin permissions are switched on.
+    assert after["other_clients"] == sorted(
+        [*before["other_clients"], "tiktok-bridge", "tiktok-bridge-admin", "admin-permissions"]
+    )
     assert after["attributes"] == [
         *before["attributes"],
         "tiktok_open_id",
@@ -236,22 +250,33 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
     assert provider["config"]["jwksUrl"] == f"{bare.issuer}/.well-known/jwks.json"
 
 
-def test_service_account_gets_exactly_the_two_roles_and_the_secret_from_settings(bare: Bare) -> None:
-    """The created client authenticates with the configured secret and holds manage-users, view-users."""
+def test_only_the_admin_client_has_a_service_account_and_it_holds_query_users_alone(bare: Bare) -> None:
+    """The admin client authenticates with its configured secret and holds realm-management's
+    query-users only; the minting client has no service account and no full scope."""
     realm = customer_realm(bare)
     assert run_apply(bare, realm)[0]
     with bare.admin() as admin:
-        (client,) = admin.get(f"/realms/{realm}/clients", params={"clientId": "tiktok-bridge"}).json()
-        account = admin.get(f"/realms/{realm}/clients/{client['id']}/service-account-user").json()
-        (rm,) = admin.get(f"/realms/{realm}/clients", params={"clientId": "realm-management"}).json()
-        roles = admin.get(f"/realms/{realm}/users/{account['id']}/role-mappings/clients/{rm['id']}").json()
-    assert sorted(r["name"] for r in roles) == ["manage-users", "view-users"]
-    assert client["publicClient"] is False
-    assert client["attributes"]["oauth2.jwt.authorization.grant.idp"] == "tiktok"
+        clients = {
+            name: admin.get(f"/realms/{realm}/clients", params={"clientId": name}).json()[0]
+            for name in ("tiktok-bridge", "tiktok-bridge-admin", "realm-management")
+        }
+        account = admin.get(
+            f"/realms/{realm}/clients/{clients['tiktok-bridge-admin']['id']}/service-account-user"
+        ).json()
+        roles = admin.get(
+            f"/realms/{realm}/users/{account['id']}/role-mappings/clients/{clients['realm-management']['id']}"
+        ).json()
+    assert [r["name"] for r in roles] == ["query-users"]
+    minting = clients["tiktok-bridge"]
+    assert minting["publicClient"] is False
+    assert minting["serviceAccountsEnabled"] is False
+    assert minting["fullScopeAllowed"] is False
+    assert minting["attributes"]["oauth2.jwt.authorization.grant.idp"] == "tiktok"
+    assert clients["tiktok-bridge-admin"]["attributes"].get("oauth2.jwt.authorization.grant.enabled") is None
     token = httpx2.post(
         f"{bare.keycloak.url}/realms/{realm}/protocol/openid-connect/token",
         data={"grant_type": "client_credentials"},
-        auth=("tiktok-bridge", _SECRET),
+        auth=("tiktok-bridge-admin", _ADMIN_SECRET),
         timeout=60,
     )
     assert token.status_code == 200
@@ -343,6 +368,8 @@ def bridge_env(bare: Bare, realm: str, tiktok_url: str, **overrides: str) -> dic
             "BRIDGE_KEYCLOAK_REALM": realm,
             "BRIDGE_KEYCLOAK_CLIENT_ID": "tiktok-bridge",
             "BRIDGE_KEYCLOAK_CLIENT_SECRET": _SECRET,
+            "BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID": "tiktok-bridge-admin",
+            "BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET": _ADMIN_SECRET,
             "BRIDGE_ISSUER": bare.issuer,
             "BRIDGE_SIGNING_KEY_FILE": str(bare.signing_key_file),
             "BRIDGE_REDIS_URL": bare.redis.url,
@@ -360,7 +387,8 @@ def test_doctor_command_exit_status_and_json(bare: Bare, tiktok_server: Threaded
 
     good = run_cli(command, bridge_env(bare, realm, tiktok_server.url))
     bad = run_cli(
-        [*command[:-1]], bridge_env(bare, realm, tiktok_server.url, BRIDGE_KEYCLOAK_CLIENT_SECRET="wrong")
+        [*command[:-1]],
+        bridge_env(bare, realm, tiktok_server.url, BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET="wrong"),
     )
     invalid = run_cli(command, bridge_env(bare, realm, tiktok_server.url, BRIDGE_ISSUER="not a url"))
 
@@ -372,9 +400,9 @@ def test_doctor_command_exit_status_and_json(bare: Bare, tiktok_server: Threaded
     failed = [line for line in bad.stdout.splitlines() if line.startswith("FAIL")]
     assert failed == [
         (
-            "FAIL  keycloak client: Keycloak refused client 'tiktok-bridge' and its secret "
-            "(unauthorized_client). Fix: Set BRIDGE_KEYCLOAK_CLIENT_SECRET to the client's secret, or run "
-            "`bridge keycloak apply` to create the client with it."
+            "FAIL  keycloak client: Keycloak refused client 'tiktok-bridge-admin' and its secret "
+            "(unauthorized_client). Fix: Set BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET to the client's secret, or "
+            "run `bridge keycloak apply` to create the client with it."
         )
     ]
     assert invalid.returncode == 1
@@ -455,7 +483,9 @@ async def test_doctor_passes_on_the_applied_realm_and_leaves_no_account(
         "tiktok credentials",
         "keycloak realm",
         "keycloak client",
+        "least privilege: clients",
         "service-account roles",
+        "least privilege: reach",
         "keycloak version",
         "keycloak feature",
         "user-profile attributes",
@@ -521,7 +551,7 @@ async def test_apply_makes_the_strapi_per_app_and_audience_objects_and_sign_ins_
     # Keycloak's default SSO Session Max (10 h) caps the Strapi client's 30 days: said, not changed.
     assert any("note: the realm's SSO Session Max (36000 s)" in line for line in dry)
     assert snapshot(bare, realm) == before
-    assert run_apply(bare, realm, settings=settings)[1][-1] == "applied: 8 object(s) changed"
+    assert run_apply(bare, realm, settings=settings)[1][-1] == "applied: 13 object(s) changed"
     assert run_apply(bare, realm, settings=settings)[1][-1] == "no changes"
     after = snapshot(bare, realm)
     for key in ("alice", "shop", "department"):
@@ -632,7 +662,12 @@ def _undeclare(bare: Bare, realm: str) -> None:
 @pytest.mark.parametrize(
     ("case", "check", "cause"),
     [
-        ("wrong client secret", "keycloak client", "Keycloak refused client 'tiktok-bridge' and its secret"),
+        ("wrong client secret", "jwt grant", "Keycloak refused client 'tiktok-bridge' and its secret"),
+        (
+            "wrong admin client secret",
+            "keycloak client",
+            "Keycloak refused client 'tiktok-bridge-admin' and its secret",
+        ),
         ("missing provider", "jwt grant", "no enabled identity provider has issuer"),
         ("issuer mismatch", "jwt grant", "no enabled identity provider has issuer"),
         ("undeclared attribute", "user-profile attributes", "tiktok_username not declared"),
@@ -650,6 +685,8 @@ async def test_doctor_fails_naming_the_cause(
     overrides: dict[str, Any] = {}
     if case == "wrong client secret":
         overrides["keycloak_client_secret"] = "not-the-secret"
+    elif case == "wrong admin client secret":
+        overrides["keycloak_admin_client_secret"] = "not-the-secret"
     elif case == "missing provider":
         _delete_provider(bare, realm)
     elif case == "issuer mismatch":

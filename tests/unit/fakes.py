@@ -93,7 +93,8 @@ class FakeKeycloak:
     that must exist, realm roles that can be mapped (or made to fail)."""
 
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
-    groups: set[str] = field(default_factory=set)
+    # The bridge's own group exists, as keycloak-config/ and `bridge keycloak apply` make it.
+    groups: set[str] = field(default_factory=lambda: {"/tiktok-users"})
     realm_roles: set[str] = field(default_factory=set)
     fail_role_mapping: bool = False
     calls: Counter[str] = field(default_factory=Counter)

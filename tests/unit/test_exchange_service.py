@@ -178,8 +178,12 @@ async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
         "tiktok_display_name": ["Tik Toker"],
     }
     assert "email" not in rep
+    # The new user joins the bridge's group, which confines the service account's permissions.
+    assert rep["groups"] == ["/tiktok-users"]
     assert keycloak.calls["create"] == 1
-    assert keycloak.admin_calls() == 2  # one search, one create: nothing more when the lock is free
+    # One search, one create, and the process's one check that the groups exist: nothing more when the
+    # lock is free.
+    assert keycloak.admin_calls() == 3
     assert keycloak.calls["token"] == 1
 
 

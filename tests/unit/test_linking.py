@@ -140,6 +140,19 @@ async def test_conflicting_links_are_refused_and_change_nothing(
     assert keycloak.calls["link"] + keycloak.calls["update"] == writes
 
 
+async def test_linking_and_relinking_end_the_identitys_earlier_sessions(
+    linking: LinkingService, sessions: FakeSessions
+) -> None:
+    """A link, and a relink of the same pair, end the identity's sessions started before it: they were
+    issued for the account the identity had then."""
+    alice = await linking.signed_in_user("alice")
+
+    await linking.link(alice, ALICE)
+    await linking.link(alice, ALICE)
+
+    assert sessions.ended == ["-alice", "-alice"]
+
+
 async def test_unlink_removes_link_and_attributes_and_ends_the_sessions(
     linking: LinkingService, keycloak: FakeKeycloak, sessions: FakeSessions
 ) -> None:
@@ -147,6 +160,7 @@ async def test_unlink_removes_link_and_attributes_and_ends_the_sessions(
     second unlink answers the same without doing anything."""
     alice = await linking.signed_in_user("alice")
     await linking.link(alice, ALICE)
+    sessions.ended.clear()
 
     state = await linking.unlink(alice)
     again = await linking.unlink(alice)
