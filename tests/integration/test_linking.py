@@ -17,6 +17,7 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from bridge.errors import IdentityLinkedElsewhere
 from tests.conftest import BridgeClient, Clock, Stack, running_bridge
+from tests.integration.conftest import ACCOUNT_APP
 from tests.integration.test_exchange import linked_users, realm_keys, verified_claims
 
 if TYPE_CHECKING:
@@ -24,28 +25,10 @@ if TYPE_CHECKING:
     from devstack.tiktok_emulator import TikTokEmulator
 
 LINKS = "/account/links/tiktok"
-ACCOUNT_APP = "account-app"  # an ordinary client of the realm, with direct access grants (test only)
 REDIRECT = "https://app.example/callback"
 CODE_TYPE = "urn:tiktok-keycloak-bridge:params:oauth:token-type:tiktok-authorization-code"
 ORDERS = "https://orders.example"
 CONFIG = Path(__file__).resolve().parents[2] / "keycloak-config"
-
-
-@pytest.fixture(scope="module")
-def account_app(stack: Stack) -> str:
-    """A public client of the realm that signs users in with a password (what an existing app is)."""
-    with stack.admin() as admin:
-        created = admin.post(
-            "/clients",
-            json={
-                "clientId": ACCOUNT_APP,
-                "publicClient": True,
-                "directAccessGrantsEnabled": True,
-                "standardFlowEnabled": False,
-            },
-        )
-        assert created.status_code in {201, 409}, created.text
-    return ACCOUNT_APP
 
 
 @pytest.fixture(scope="module")

@@ -862,3 +862,81 @@ async def test_doctor_with_admin_credentials_fetches_the_jwks_the_provider_names
     assert f"{bare.issuer}/.well-known/jwks.json and finds the bridge's key there" in (
         without_admin["jwt grant"].detail
     )
+
+
+# ---------------------------------------------------------------------------- least privilege
+
+
+def _leaked(bare: Bare, realm: str) -> httpx2.Client:
+    """The Admin API with nothing but the bridge's admin client id and secret."""
+    token = httpx2.post(
+        f"{bare.keycloak.url}/realms/{realm}/protocol/openid-connect/token",
+        data={"grant_type": "client_credentials"},
+        auth=("tiktok-bridge-admin", _ADMIN_SECRET),
+        timeout=60,
+    ).json()["access_token"]
+    return httpx2.Client(
+        base_url=f"{bare.keycloak.url}/admin/realms/{realm}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+
+
+def _takeover(bare: Bare, realm: str, staff_id: str) -> list[int]:
+    """The outside test's two steps with the client secret alone: link the attacker's TikTok identity
+    to a realm administrator, reset the administrator's password."""
+    with _leaked(bare, realm) as leaked:
+        link = leaked.post(
+            f"/users/{staff_id}/federated-identity/tiktok",
+            json={"identityProvider": "tiktok", "userId": "attacker-open-id", "userName": "attacker"},
+        )
+        reset = leaked.put(
+            f"/users/{staff_id}/reset-password",
+            json={"type": "password", "value": "pwned", "temporary": False},
+        )
+    return [link.status_code, reset.status_code]
+
+
+async def test_a_realm_wide_service_account_is_taken_over_until_apply_confines_it(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """Reproduced on a service account holding manage-users and view-users, as the bridge used to set it
+    up: the client secret alone links TikTok to a realm administrator and resets their password, and the
+    doctor fails naming it. `apply`, without --force, takes the roles away; the same calls answer 403
+    and the doctor passes."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    with bare.admin() as admin:
+        base = f"/realms/{realm}"
+        (management,) = admin.get(f"{base}/clients", params={"clientId": "realm-management"}).json()
+        roles_of = f"{base}/clients/{management['id']}/roles"
+        (client,) = admin.get(f"{base}/clients", params={"clientId": "tiktok-bridge-admin"}).json()
+        account = admin.get(f"{base}/clients/{client['id']}/service-account-user").json()
+        wide = [admin.get(f"{roles_of}/{name}").json() for name in ("manage-users", "view-users")]
+        path = f"{base}/users/{account['id']}/role-mappings/clients/{management['id']}"
+        assert admin.post(path, json=wide).status_code == 204
+        staff = {"username": "staff", "enabled": True}
+        staff_id = admin.post(f"{base}/users", json=staff).headers["Location"].rsplit("/", 1)[1]
+        realm_admin = admin.get(f"{roles_of}/realm-admin").json()
+        assert admin.post(
+            f"{base}/users/{staff_id}/role-mappings/clients/{management['id']}", json=[realm_admin]
+        )
+
+    taken = _takeover(bare, realm, staff_id)
+    with bare.admin() as admin:
+        assert admin.delete(f"/realms/{realm}/users/{staff_id}/federated-identity/tiktok").status_code == 204
+    before = await run_doctor(bare, bare.settings(realm), emulator)
+    done, lines = run_apply(bare, realm)
+    refused = _takeover(bare, realm, staff_id)
+    after = await run_doctor(bare, bare.settings(realm), emulator)
+
+    assert taken == [204, 204]
+    assert failing(before) == {"service-account roles", "least privilege: reach"}
+    assert (
+        "manage-users, view-users reach every account of the realm" in before["service-account roles"].detail
+    )
+    assert done
+    assert "service-account roles: update" in lines
+    assert "    remove manage-users" in lines
+    assert refused == [403, 403]
+    assert failing(after) == set(), [c.line() for c in after.values()]
