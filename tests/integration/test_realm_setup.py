@@ -918,9 +918,10 @@ async def test_a_realm_wide_service_account_is_taken_over_until_apply_confines_i
         staff = {"username": "staff", "enabled": True}
         staff_id = admin.post(f"{base}/users", json=staff).headers["Location"].rsplit("/", 1)[1]
         realm_admin = admin.get(f"{roles_of}/realm-admin").json()
-        assert admin.post(
+        mapped = admin.post(
             f"{base}/users/{staff_id}/role-mappings/clients/{management['id']}", json=[realm_admin]
         )
+        assert mapped.status_code == 204
 
     taken = _takeover(bare, realm, staff_id)
     with bare.admin() as admin:
