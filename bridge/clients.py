@@ -16,6 +16,11 @@ from urllib.parse import unquote
 
 from bridge.errors import InvalidClient
 
+# The client id of the Strapi-compatible endpoint's sessions. Its apps authenticate as no client (the
+# plugin's API has none), so while the allow-list is on their sessions are bound to this public id: a
+# new app version refreshes at /token with it, and no other client may refresh or revoke them.
+STRAPI_CLIENT_ID = "tiktok-auth-mobile"
+
 
 @dataclass(frozen=True)
 class ClientRegistry:
@@ -25,6 +30,19 @@ class ClientRegistry:
     @property
     def enabled(self) -> bool:
         return bool(self.public or self.confidential)
+
+    @classmethod
+    def of(cls, public: frozenset[str], confidential: dict[str, str], *, strapi: bool) -> ClientRegistry:
+        """The allow-list as configured; with it on and the Strapi-compatible endpoint served, that
+        endpoint's sessions' client id is a public client too."""
+        if (public or confidential) and strapi:
+            public |= {STRAPI_CLIENT_ID}
+        return cls(public=public, confidential=confidential)
+
+    def session_client(self, endpoint_client: str) -> str | None:
+        """The client a session started at an endpoint without client authentication is bound to: the
+        endpoint's own id while the allow-list is on, nothing while client ids mean nothing."""
+        return endpoint_client if self.enabled else None
 
     def authenticate(
         self, authorization: str | None, form_id: str | None, form_secret: str | None

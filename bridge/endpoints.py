@@ -113,7 +113,8 @@ async def _dpop_thumbprint(request: Request, resources: Resources) -> str | None
 
 
 async def revoke(request: Request) -> Response:
-    """RFC 7009: end the session of a refresh token. 200 whether or not the token was known (§2.2)."""
+    """RFC 7009: end the session of a refresh token. 200 whether or not the token was known (§2.2);
+    400 unauthorized_client for a token issued to another client (§2.1), which stays valid."""
     resources = resources_of(request)
     await resources.limiter.check_ip(client_ip(request))
     revocation = parse_revocation_request(
@@ -122,7 +123,7 @@ async def revoke(request: Request) -> Response:
     client_id = resources.clients.authenticate(
         request.headers.get("authorization"), revocation.client_id, revocation.client_secret
     )
-    ended = resources.sessions is not None and await resources.sessions.revoke(revocation.token)
+    ended = resources.sessions is not None and await resources.sessions.revoke(revocation.token, client_id)
     log.info("revocation", extra={"session_ended": ended, "client_id": client_id})
     return Response(status_code=HTTPStatus.OK, headers=NO_STORE)
 

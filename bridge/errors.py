@@ -15,6 +15,7 @@
     │   │   └── EmailTaken            the pseudo-email belongs to another account
     │   ├── InvalidGrant              400 invalid_grant: a refresh token unknown, expired, revoked or reused
     │   ├── InvalidClient             401 invalid_client
+    │   ├── UnauthorizedClient        400 unauthorized_client: the token was issued to another client
     │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery TikTok did not sign
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
@@ -156,6 +157,13 @@ class InvalidClient(OAuthError):
 
     def extra_headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Basic realm="token"'}
+
+
+class UnauthorizedClient(OAuthError):
+    """RFC 7009 §2.1: a client may revoke only the tokens issued to it."""
+
+    error = "unauthorized_client"
+    default_description = "The token was issued to another client."
 
 
 class WebhookSignatureRejected(OAuthError):

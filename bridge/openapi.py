@@ -106,6 +106,10 @@ def _link_operations() -> dict[str, Any]:
             "user is disabled or deleted",
             challenge,
         ),
+        "403": _json(
+            error,
+            "access_denied: the account is outside the bridge's group (an administrator must allow it)",
+        ),
         "408": _json(error, "The body did not arrive within the body timeout"),
         "413": _json(error, "Body larger than 16 KiB"),
         "431": _json(error, "Request line and headers over 16 KiB, or more than 64 headers"),
@@ -246,6 +250,7 @@ def document(issuer: str, *, strapi: bool, webhook: bool = True, linking: bool =
                 },
                 "responses": {
                     "200": {"description": "Revoked, or unknown (RFC 7009 §2.2): the same answer"},
+                    # A token issued to another client (§2.1) is answered 400 unauthorized_client.
                     **_oauth_errors(),
                 },
             }

@@ -296,8 +296,10 @@ class Resources:
             sessions=sessions,
             session_store=session_store,
             limiter=limiter,
-            clients=ClientRegistry(
-                public=frozenset(settings.public_client_ids), confidential=settings.client_secrets()
+            clients=ClientRegistry.of(
+                frozenset(settings.public_client_ids),
+                settings.client_secrets(),
+                strapi=settings.strapi_compat_enabled,
             ),
         )
 

@@ -55,6 +55,7 @@ from bridge.errors import (
     NotLinked,
     SubjectTokenRejected,
     TemporarilyUnavailable,
+    UnauthorizedClient,
     UpstreamUnavailable,
 )
 from bridge.metrics import SESSIONS, count
@@ -399,8 +400,9 @@ class SessionService:
 
     # ---------------------------------------------------------------------------- revoking
 
-    async def revoke(self, token: str) -> bool:
-        """RFC 7009: end the session of a refresh token. Unknown tokens are ignored (True if one ended)."""
+    async def revoke(self, token: str, client_id: str | None = None) -> bool:
+        """RFC 7009: end the session of a refresh token. Unknown tokens are ignored (True if one ended);
+        one issued to another client is refused (§2.1) and left alone."""
         parsed = parse_token(token)
         if parsed is None:
             return False
@@ -414,6 +416,8 @@ class SessionService:
             h is not None and hmac.compare_digest(digest, h) for h in (record.current, record.previous)
         ):
             return False
+        if record.client_id is not None and client_id != record.client_id:
+            raise UnauthorizedClient(detail="revocation of a refresh token issued to another client")
         await self._end(session_id, record, "revoked")
         await self._revoke_at_tiktok(record)
         return True

@@ -28,6 +28,7 @@ from bridge.errors import (
     UserNotFound,
     to_oauth_error,
 )
+from bridge.clients import STRAPI_CLIENT_ID
 from bridge.exchange import SessionOrder
 from bridge.model import Caller
 from bridge.rfc8693 import MAX_TOKEN_LENGTH
@@ -155,7 +156,11 @@ async def _connect(request: Request) -> Response:
     token = _access_token(await read_body(request))
     exchange = resources.strapi_exchange
     profile = await exchange.verify_access_token(token, Caller(address=client_ip(request)))
-    order = None if resources.sessions is None else SessionOrder(resources.sessions)
+    order = (
+        None
+        if resources.sessions is None
+        else SessionOrder(resources.sessions, client_id=resources.clients.session_client(STRAPI_CLIENT_ID))
+    )
     exchanged = await exchange.sign_in(profile, (), session=order)
     user = await exchange.account(exchanged.user_id)
     answer: dict[str, Any] = {"jwt": exchanged.issued.access_token, "user": strapi_user(user)}

@@ -418,3 +418,47 @@ async def test_logging_out_revokes_the_tiktok_grant_too(
     revocations = emulator.calls["revoke"]
     assert (await bridge.revoke(started.json()["refresh_token"])).status_code == 200
     assert emulator.calls["revoke"] == revocations + 1
+
+
+async def test_a_session_is_refreshed_and_revoked_only_by_the_client_it_was_issued_to(
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None
+) -> None:
+    """With the client allow-list on, app-b cannot revoke app-a's refresh token nor app-a a confidential
+    client's (400 unauthorized_client, and the sessions go on); the Strapi endpoint's session is bound to
+    `tiktok-auth-mobile`, which alone may refresh and revoke it."""
+    settings = stack.settings(public_client_ids=("app-a", "app-b"), confidential_clients="conf-c=conf-secret")
+    async with served_bridge(settings, emulator) as bridge:
+        user = emulator.create_user()
+        of_a = await bridge.exchange(emulator.issue_access_token(user.open_id), client_id="app-a")
+        of_c = await bridge.exchange(
+            emulator.issue_access_token(user.open_id), client_id="conf-c", client_secret="conf-secret"
+        )
+        of_strapi = await bridge.http.post(
+            "/api/tiktok-auth-mobile/connect",
+            json={"access_token": emulator.issue_access_token(user.open_id)},
+        )
+        a, c, strapi = (r.json()["refresh_token"] for r in (of_a, of_c, of_strapi))
+
+        refused = [
+            await bridge.revoke(a, client_id="app-b"),
+            await bridge.revoke(c, client_id="app-a"),
+            await bridge.revoke(strapi, client_id="app-b"),
+        ]
+        strangers = [
+            await bridge.refresh(strapi, client_id="app-b"),
+            await bridge.refresh(strapi, client_id="conf-c", client_secret="conf-secret"),
+        ]
+        kept = [
+            await bridge.refresh(a, client_id="app-a"),
+            await bridge.refresh(c, client_id="conf-c", client_secret="conf-secret"),
+            await bridge.refresh(strapi, client_id="tiktok-auth-mobile"),
+        ]
+        newest = kept[2].json()["refresh_token"]
+        revoked = await bridge.revoke(newest, client_id="tiktok-auth-mobile")
+        after = await bridge.refresh(newest, client_id="tiktok-auth-mobile")
+
+    assert [(r.status_code, r.json()["error"]) for r in refused] == [(400, "unauthorized_client")] * 3
+    assert [r.json()["error"] for r in strangers] == ["invalid_grant"] * 2
+    assert [r.status_code for r in kept] == [200] * 3
+    assert revoked.status_code == 200
+    assert after.json()["error"] == "invalid_grant"

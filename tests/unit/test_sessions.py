@@ -20,6 +20,7 @@ from bridge.errors import (
     NotLinked,
     SubjectTokenRejected,
     TemporarilyUnavailable,
+    UnauthorizedClient,
     UpstreamUnavailable,
 )
 from bridge.model import CodeGrant, IssuedToken
@@ -292,6 +293,20 @@ async def test_a_session_never_mints_for_another_account(
     with pytest.raises(InvalidGrant):
         await sessions.refresh(token, ())
     assert len(minter.minted) == 1
+
+
+async def test_only_the_client_a_session_was_issued_to_may_revoke_it(sessions: SessionService) -> None:
+    """RFC 7009 §2.1: another client (or none) revoking an app's refresh token is unauthorized_client and
+    the session goes on; the app itself revokes it."""
+    started = await sessions.start(NewSession(user_id="kc-1", open_id="-000a", scope=(), client_id="app-a"))
+    token = started.refresh_token
+
+    for other in ("app-b", None):
+        with pytest.raises(UnauthorizedClient):
+            await sessions.revoke(token, other)
+    refreshed = await sessions.refresh(token, (), client_id="app-a")
+
+    assert await sessions.revoke(refreshed.grant.refresh_token, "app-a")
 
 
 async def test_revocation_ends_the_family_and_is_idempotent(
