@@ -78,12 +78,14 @@ class RealmTokenVerifier:
         now = self._clock()
         try:
             # Every NumericDate the token carries is a finite number, iat included though unused.
-            exp = jwt_claims.numeric_date(claims, "exp", required=True)
-            nbf = jwt_claims.numeric_date(claims, "nbf", required=False)
-            jwt_claims.numeric_date(claims, "iat", required=False)
+            exp = jwt_claims.numeric_date(claims, "exp")
+            nbf = jwt_claims.numeric_date(claims, "nbf")
+            jwt_claims.numeric_date(claims, "iat")
         except ValueError as exc:
             raise InvalidToken(detail=str(exc)) from exc
-        if exp is None or exp <= now - LEEWAY:
+        if exp is None:
+            raise InvalidToken(detail="without exp")
+        if exp <= now - LEEWAY:
             raise InvalidToken(detail="expired")
         if nbf is not None and nbf > now + LEEWAY:
             raise InvalidToken(detail="not yet valid")

@@ -37,12 +37,12 @@ def loads(data: str | bytes) -> Any:  # noqa: ANN401 - the caller checks the sha
     return json.loads(data, cls=StrictJSONDecoder)
 
 
-def numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> float | None:
-    """The claim `name` as a finite number, None when it is absent and not `required`; ValueError if it
-    is present but not a finite number, or absent and `required`."""
-    value = claims.get(name)
-    if value is None and name not in claims and not required:
+def numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """The claim `name` as a finite number, None when it is absent (whether it may be is the caller's
+    rule); ValueError if it is present but not a finite number (`null` included)."""
+    if name not in claims:
         return None
+    value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} is not a NumericDate")  # noqa: TRY004 - one error for any bad claim
     try:

@@ -92,10 +92,12 @@ def _checked_jti(claims: object, *, method: str, url: str) -> str:
     if claims.get("htm") != method or claims.get("htu") != url:
         raise InvalidDPoPProof(detail="htm/htu do not name this request")
     try:
-        issued_at = jwt_claims.numeric_date(claims, "iat", required=True)
+        issued_at = jwt_claims.numeric_date(claims, "iat")
     except ValueError as exc:
-        raise InvalidDPoPProof(detail="iat missing or not a finite number") from exc
-    if issued_at is None or abs(time.time() - issued_at) > MAX_SKEW:
+        raise InvalidDPoPProof(detail="iat not a finite number") from exc
+    if issued_at is None:
+        raise InvalidDPoPProof(detail="iat missing")
+    if abs(time.time() - issued_at) > MAX_SKEW:
         raise InvalidDPoPProof(detail="iat out of range")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not 0 < len(jti) <= 256:  # noqa: PLR2004

@@ -128,3 +128,12 @@ async def test_fractional_numeric_dates_are_accepted() -> None:
         token(signer, iat=now - 0.5, nbf=now - 0.5, exp=now + 299.5)
     )
     assert verified.subject == "user-1"
+
+
+async def test_a_token_without_exp_is_refused() -> None:
+    """A realm access token always carries `exp`; one without it would never expire."""
+    signer = key("k1")
+    claims = {"iss": ISSUER, "sub": "user-1", "azp": "app", "typ": "Bearer", "iat": int(time.time())}
+    unlimited = jwt.encode({"alg": "RS256", "kid": signer.kid}, claims, signer)
+    with pytest.raises(InvalidToken, match="without exp"):
+        await RealmTokenVerifier(FakeRealm(signer)).verify(unlimited)

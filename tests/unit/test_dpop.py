@@ -191,3 +191,16 @@ async def test_the_token_endpoint_answers_a_nan_iat_proof_400_invalid_dpop_proof
         "error_description": "The DPoP proof is invalid.",
     }
     assert response.headers["cache-control"] == "no-store"
+
+
+async def test_a_proof_without_iat_is_refused(key: ECKey) -> None:
+    """No `iat` at all: the proof's age cannot be told, so it is invalid_dpop_proof."""
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+    claims = json.dumps({"htm": "POST", "htu": URL, "jti": secrets.token_urlsafe(12)})
+    with pytest.raises(InvalidDPoPProof, match="iat missing"):
+        await verify_proof(
+            jws.serialize_compact(header, claims, key, algorithms=["ES256"]),
+            method="POST",
+            url=URL,
+            replay_cache=MemoryCache(),
+        )
