@@ -2,7 +2,9 @@
 
 A token is accepted when it is signed by a key of the realm's JWKS, issued by the realm (`iss` exactly as
 Keycloak's discovery names it), unexpired, and an access token (`typ` Bearer: an ID token proves who
-signed in, not that the holder may act). Which client it was issued to is checked by the use case.
+signed in, not that the holder may act). Which client it was issued to is checked by the use case. Its
+parts are parsed as strict JSON and `exp` (and `nbf`, `iat` when present) must be finite numbers
+(`claims.py`): a NaN `exp` would never expire.
 
 The JWKS is fetched once and kept; a token signed with a key id not in it (Keycloak rotated its keys)
 fetches it again, at most once per `refetch_interval`, so tokens with made-up key ids cannot turn the
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,6 +22,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from bridge import claims as jwt_claims
 from bridge.errors import InvalidToken
 from bridge.model import VerifiedBearer
 
@@ -65,18 +67,27 @@ class RealmTokenVerifier:
             raise InvalidToken(detail="no key id in the token header")
         keys = await self._keys_with(kid)
         try:
-            claims = jwt.decode(token, keys, algorithms=list(ALGORITHMS)).claims
+            claims = jwt.decode(
+                token, keys, algorithms=list(ALGORITHMS), decoder_cls=jwt_claims.StrictJSONDecoder
+            ).claims
         except (JoseError, ValueError, TypeError) as exc:
-            raise InvalidToken(detail=f"signature not verified: {type(exc).__name__}") from exc
+            raise InvalidToken(detail=f"signature or claims not verified: {type(exc).__name__}") from exc
         return self._check(claims, await self._keycloak.issuer())
 
     def _check(self, claims: dict[str, Any], issuer: str) -> VerifiedBearer:
         now = self._clock()
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or exp <= now - LEEWAY:
-            raise InvalidToken(detail="expired or without exp")
-        nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and nbf > now + LEEWAY:
+        try:
+            # Every NumericDate the token carries is a finite number, iat included though unused.
+            exp = jwt_claims.numeric_date(claims, "exp")
+            nbf = jwt_claims.numeric_date(claims, "nbf")
+            jwt_claims.numeric_date(claims, "iat")
+        except ValueError as exc:
+            raise InvalidToken(detail=str(exc)) from exc
+        if exp is None:
+            raise InvalidToken(detail="without exp")
+        if exp <= now - LEEWAY:
+            raise InvalidToken(detail="expired")
+        if nbf is not None and nbf > now + LEEWAY:
             raise InvalidToken(detail="not yet valid")
         if claims.get("iss") != issuer:
             raise InvalidToken(detail="issued by another realm or server")
@@ -110,7 +121,7 @@ class RealmTokenVerifier:
 def _header(token: str) -> dict[str, Any]:
     encoded = token.split(".", 1)[0]
     try:
-        header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        header = jwt_claims.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidToken(detail="token header is not JSON") from exc
     if not isinstance(header, dict):

@@ -7,14 +7,14 @@ token stolen off the device is useless. The access tokens stay Keycloak's Bearer
 
 Checks (§4.3): one `DPoP` header; a compact JWS with `typ: dpop+jwt`, an asymmetric `alg` from the
 advertised list, a public `jwk` in its header that verifies the signature; claims `htm` = POST, `htu`
-= this endpoint's URL (without query and fragment), `iat` within `MAX_SKEW` seconds, a `jti` not seen
-within the replay window. Signature verification and thumbprints are joserfc's.
+= this endpoint's URL (without query and fragment), `iat` a finite number within `MAX_SKEW` seconds, a
+`jti` not seen within the replay window. Signature verification and thumbprints are joserfc's; the
+header and claims are parsed as strict JSON (`claims.py`: no NaN or Infinity).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from bridge import claims as jwt_claims
 from bridge import keys
 from bridge.errors import InvalidRequest
 
@@ -43,7 +44,7 @@ class InvalidDPoPProof(InvalidRequest):
 def _header(proof: str) -> dict[str, Any]:
     try:
         encoded = proof.split(".", 1)[0]
-        header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        header = jwt_claims.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidDPoPProof(detail="proof header is not base64url JSON") from exc
     if not isinstance(header, dict):
@@ -75,19 +76,30 @@ async def verify_proof(proof: str | None, *, method: str, url: str, replay_cache
     key = _public_key(header)
     try:
         verified = jws.deserialize_compact(proof, key, algorithms=list(ALGORITHMS))
-        claims = json.loads(verified.payload)
+        claims = jwt_claims.loads(verified.payload)
     except (JoseError, ValueError, UnicodeDecodeError) as exc:
         raise InvalidDPoPProof(detail="signature does not verify") from exc
+    jti = _checked_jti(claims, method=method, url=url)
+    if not await replay_cache.add(keys.dpop_proof(jti), b"1", 2 * MAX_SKEW):
+        raise InvalidDPoPProof(detail="proof replayed")
+    return key.thumbprint()
+
+
+def _checked_jti(claims: object, *, method: str, url: str) -> str:
+    """The `jti` of claims that name this request and were issued within `MAX_SKEW` seconds."""
     if not isinstance(claims, dict):
         raise InvalidDPoPProof(detail="claims are not an object")
     if claims.get("htm") != method or claims.get("htu") != url:
         raise InvalidDPoPProof(detail="htm/htu do not name this request")
-    issued_at = claims.get("iat")
-    if not isinstance(issued_at, int | float) or abs(time.time() - issued_at) > MAX_SKEW:
-        raise InvalidDPoPProof(detail="iat missing or out of range")
+    try:
+        issued_at = jwt_claims.numeric_date(claims, "iat")
+    except ValueError as exc:
+        raise InvalidDPoPProof(detail="iat not a finite number") from exc
+    if issued_at is None:
+        raise InvalidDPoPProof(detail="iat missing")
+    if abs(time.time() - issued_at) > MAX_SKEW:
+        raise InvalidDPoPProof(detail="iat out of range")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not 0 < len(jti) <= 256:  # noqa: PLR2004
         raise InvalidDPoPProof(detail="jti missing")
-    if not await replay_cache.add(keys.dpop_proof(jti), b"1", 2 * MAX_SKEW):
-        raise InvalidDPoPProof(detail="proof replayed")
-    return key.thumbprint()
+    return jti

@@ -72,6 +72,8 @@ if TYPE_CHECKING:
         GuardedCache,
         IdentityLimiter,
         KeycloakGateway,
+        RefusalBudget,
+        RefusalReservation,
         SessionStarter,
         TikTokGateway,
         UserInfoQuota,
@@ -147,8 +149,12 @@ class ExchangeService:
         limiter: IdentityLimiter | None = None,
         quota: UserInfoQuota | None = None,
         recent: RecentProfiles | None = None,
+        refusals: RefusalBudget | None = None,
     ) -> None:
         self._limiter = limiter
+        # Per client address, the bare tokens TikTok refused in a row: past its budget an address no
+        # longer spends the quota (`ratelimit.TikTokRefusals`).
+        self._refusals = refusals
         # This process's copies of profiles in front of the shared cache (`recent_profiles.py`).
         self._recent = recent
         self._quota = quota
@@ -519,12 +525,21 @@ class ExchangeService:
             count(CACHE_LOOKUPS, "rejected", "hit")
             raise AccessTokenRejected(detail="refused by TikTok recently (negative cache)")
         caller = caller or Caller()
-        await self._spend_quota(proven=caller.trusted or await self._proven(caller.address))
+        # Before the quota: an address whose tokens TikTok keeps refusing no longer spends it.
+        attempt = await self._reserve_attempt(caller)
         try:
+            await self._spend_quota(proven=caller.trusted or await self._proven(caller.address))
             profile = await self._fetch_with_fallback(access_token)
         except SubjectTokenRejected:
+            # Counted against the address (the attempt stays reserved), and cached for the token.
             await self._cache.set(rejected_key, b"1", self._policy.negative_ttl)
             raise
+        except Exception:
+            if attempt is not None:
+                await attempt.release()
+            raise
+        if attempt is not None:
+            await attempt.vouched()
         await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
         self._remember_profile(profile_key, profile)
         if caller.address is not None:
@@ -546,6 +561,14 @@ class ExchangeService:
             raise AccessTokenRejected(detail="not shaped like a TikTok access token; TikTok not asked")
         await self._spend_quota(proven=True)
         return await self._fetch_with_fallback(access_token)
+
+    async def _reserve_attempt(self, caller: Caller) -> RefusalReservation | None:
+        """The caller's attempt, counted as refused until TikTok answers; None when nothing counts it: a
+        confidential client (one server's address for many users, and a secret proving who it is) or
+        an unknown address."""
+        if self._refusals is None or caller.trusted or caller.address is None:
+            return None
+        return await self._refusals.reserve(caller.address)
 
     async def _proven(self, address: str | None) -> bool:
         return address is not None and await self._cache.get(keys.proven_client(address)) is not None

@@ -190,5 +190,24 @@ class UserInfoQuota(Protocol):
         ...
 
 
+class RefusalReservation(Protocol):
+    """One bare access token's attempt at TikTok, counted as refused until it is settled otherwise."""
+
+    async def vouched(self) -> None:
+        """TikTok accepted the token: the address's count of refusals in a row starts again."""
+        ...
+
+    async def release(self) -> None:
+        """Neither accepted nor refused (an outage, a spent quota): the attempt is not counted."""
+        ...
+
+
+class RefusalBudget(Protocol):
+    async def reserve(self, address: str) -> RefusalReservation:
+        """Count an attempt from `address` before TikTok is asked; RateLimited, with nothing counted,
+        when the address's recent tokens were refused as many times in a row as it may."""
+        ...
+
+
 class AssertionMinter(Protocol):
     def mint(self, subject: str, audience: str) -> str: ...

@@ -1,8 +1,11 @@
-"""Rate limits per client IP and per TikTok identity, shared by replicas through Redis (RFC 6585 429).
+"""Rate limits per client IP and per TikTok identity, shared by replicas through Redis (RFC 6585 429);
+TikTok's user-info quota, and the count of tokens TikTok refused per client address, kept the same way.
 
 Built on `limits` (sliding-window counters; Redis storage through redis-py when BRIDGE_REDIS_URL is set,
 process memory otherwise). If the limit store itself fails, requests are let through: a Redis outage
 must not turn into a sign-in outage (the cache falls back the same way), and it is logged and counted.
+The quota and the refusal count are kept in this process's memory meanwhile instead: what they hold
+back is a spray, which an outage must not let through whole.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from bridge.metrics import RATE_LIMITED
 from bridge.redis_connection import REDIS_FAILURES
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from limits.aio.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -121,3 +126,77 @@ class TikTokQuota:
                 retry_after=max(1, math.ceil(reset_at - time.time())),
                 detail="TikTok's user-info quota spent",
             )
+
+
+class TikTokRefusals:
+    """Per client address, how many bare access tokens in a row TikTok refused (issue 24, finding 6).
+
+    A spray of made-up tokens from a few dozen addresses, each within the per-address rate limit, spent
+    the unproven share of the quota, and real users with bare tokens from new addresses got 503 for as
+    long as it lasted. Now an address whose last `per_address` tokens TikTok refused (10 by default,
+    Auth0's threshold for custom token exchange) is refused with 429 before the quota is touched, until
+    the window that began with the first of them ends (an hour by default); a token TikTok accepts
+    from the address starts the count again, so real users behind one address keep it open.
+
+    Each attempt is counted *before* TikTok is asked and then settled (`_Reservation`): an acceptance
+    clears the count, an outage or a spent quota gives the attempt back, a refusal keeps it. Counted
+    after the answer, a burst of concurrent requests from one address would all pass the count before
+    the first refusal arrived. A fixed-window counter (limits' `incr`, one Redis script per step), not a
+    moving window: a timestamp list cannot give an attempt back. Like the quota, it is counted in this
+    process's memory while the shared store fails.
+    """
+
+    def __init__(self, storage: Storage, *, per_address: str) -> None:
+        self._shared = storage
+        self._local = MemoryStorage()
+        self._item = parse(per_address)
+
+    async def reserve(self, address: str) -> _Reservation:
+        key, expiry = self._item.key_for("tiktok-refused", address), self._item.get_expiry()
+        storage = self._shared
+        try:
+            attempts = await storage.incr(key, expiry)
+        except (StorageError, *REDIS_FAILURES) as exc:
+            log.warning(
+                "refusal counter store unavailable; counting in this process",
+                extra={"error_type": type(exc).__name__},
+            )
+            storage = self._local
+            attempts = await storage.incr(key, expiry)
+        reservation = _Reservation(storage, key, expiry)
+        if attempts <= self._item.amount:
+            return reservation
+        await reservation.release()
+        try:
+            retry_after = max(1, math.ceil(await storage.get_expiry(key) - time.time()))
+        except (StorageError, *REDIS_FAILURES):
+            retry_after = expiry
+        RATE_LIMITED.labels("tiktok_refusals").inc()
+        raise RateLimited(
+            retry_after=retry_after, detail=f"the address's last {self._item.amount} tokens were refused"
+        )
+
+
+class _Reservation:
+    """One attempt counted by `TikTokRefusals.reserve`, settled once in the store that counted it."""
+
+    def __init__(self, storage: Storage, key: str, expiry: int) -> None:
+        self._storage = storage
+        self._key = key
+        self._expiry = expiry
+
+    async def vouched(self) -> None:
+        await self._settle(self._storage.clear(self._key))
+
+    async def release(self) -> None:
+        # limits' counter taken one step back; at zero it is given a whole window again by the next
+        # attempt, as a new one is.
+        await self._settle(self._storage.incr(self._key, self._expiry, amount=-1))
+
+    @staticmethod
+    async def _settle(step: Awaitable[object]) -> None:
+        try:
+            await step
+        except (StorageError, *REDIS_FAILURES) as exc:
+            # The attempt stays counted as refused: at worst one more than there were.
+            log.warning("refusal counter not settled", extra={"error_type": type(exc).__name__})

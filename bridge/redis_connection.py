@@ -100,6 +100,12 @@ class SharedClientStorage(RedisStorage):
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         return await _timed("moving_window_read", super().get_moving_window(key, limit, expiry))
 
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return await _timed("counter", super().incr(key, expiry, amount))
+
+    async def clear(self, key: str) -> None:
+        await _timed("counter_clear", super().clear(key))
+
     def configure_bridge(self) -> None:
         bridge = self.bridge
         if not isinstance(bridge, RedispyBridge):  # pragma: no cover - the URI above selects redis-py

@@ -23,7 +23,7 @@ from bridge.exchange import ExchangeService
 from bridge.keycloak import KeycloakClient
 from bridge.linking import LinkingService, LinkPolicy
 from bridge.model import Policy
-from bridge.ratelimit import RateLimiter, TikTokQuota
+from bridge.ratelimit import RateLimiter, TikTokQuota, TikTokRefusals
 from bridge.recent_profiles import RecentProfiles
 from bridge.redis_connection import RedisConnection
 from bridge.sealing import sealer_from_settings
@@ -211,6 +211,9 @@ class Resources:
             per_minute=settings.tiktok_user_info_quota,
             unproven_share=settings.tiktok_unproven_share,
         )
+        refusals = None
+        if settings.rate_limit_enabled and settings.rate_limit_refused_tokens_per_ip:
+            refusals = TikTokRefusals(limits_storage, per_address=settings.rate_limit_refused_tokens_per_ip)
         exchange = ExchangeService(
             tiktok=tiktok,
             keycloak=keycloak,
@@ -220,6 +223,7 @@ class Resources:
             limiter=limiter,
             quota=quota,
             recent=recent,
+            refusals=refusals,
         )
         strapi_exchange = exchange
         if settings.strapi_keycloak_client_id and settings.strapi_keycloak_client_secret is not None:
@@ -235,6 +239,7 @@ class Resources:
                 limiter=limiter,
                 quota=quota,
                 recent=recent,
+                refusals=refusals,
             )
 
         def use_case(minting: KeycloakClient, app_policy: Policy) -> ExchangeService:
@@ -248,6 +253,7 @@ class Resources:
                 limiter=limiter,
                 quota=quota,
                 recent=recent,
+                refusals=refusals,
             )
 
         apps = Apps(exchange, cls._per_app(settings, policy, keycloak, use_case))

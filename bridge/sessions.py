@@ -12,7 +12,9 @@ only the SHA-256 of the current and of the previous secret, so a leaked store re
 - **Reuse detection**: a retired token presented again ends the whole session, its newest token
   included. Exception, the **grace window**: within `reuse_grace` seconds of a rotation, the token
   just retired yields the same successor again (a mobile client whose network dropped the answer
-  retries and is not signed out). The successor is kept sealed (encrypted) for that purpose only.
+  retries and is not signed out). The successor is kept sealed (encrypted) for that purpose only. A
+  successor handed out that way has no grace of its own: two holders taking turns within the grace
+  end the session at their second turn.
 - **Lifetimes**: an idle timeout and an absolute maximum; `refresh_expires_in` says which comes first.
 - **Revocation**: RFC 7009 (`revoke`), TikTok's deauthorization and an operator (`end_identity`: every
   session of a TikTok identity started before now is over), Keycloak refusing the grant.
@@ -27,8 +29,9 @@ only the SHA-256 of the current and of the previous secret, so a leaked store re
   which also reads the identity's not-before time and deletes the record instead if `end_identity`
   ended the session (`StoreEntry.save_and_release_unless_ended`; on Redis Cluster that time lies in
   another slot and is read first: three). An ended session thus costs the grant whose token is never
-  answered. A retry in the grace window and a reused token read the not-before time first, then write
-  nothing and release alone, or delete the record, then release; a due TikTok re-check writes once more.
+  answered. A retry in the grace window and a reused token read the not-before time first, then release
+  (the first retry of a token writes, with the release, which token it handed out twice), or delete the
+  record, then release; a due TikTok re-check writes once more.
 - **Store failure**: the store is Redis itself, never the process-memory fallback, so while Redis is
   unreachable refreshes answer 503 rather than guess. A session missing from the store is over: Redis
   losing its data signs users out (they sign in with TikTok again) and can never revive a revoked one.
@@ -132,6 +135,9 @@ class SessionRecord:
     client_id: str | None = None
     # The audiences granted at sign-in: a refresh may keep or narrow them, never widen them.
     audiences: tuple[str, ...] = ()
+    # SHA-256 of a secret handed out twice, by its rotation and to a grace retry: it gets no grace of
+    # its own (once one holder has rotated it, the other presenting it is reuse).
+    retried: str | None = None
 
     def to_json(self) -> bytes:
         # A shallow dict: every field is a str, number, None or a tuple of str (`asdict` copied each
@@ -299,14 +305,24 @@ class SessionService:
             count(SESSIONS, "refreshed")
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
 
-        # The rare paths write nothing, or end the session: the not-before time is read first.
+        # The rare paths write little, or end the session: the not-before time is read first.
         await self._refuse_if_ended(session_id, record)
         in_grace = record.rotated_at is not None and now - record.rotated_at <= self._policy.reuse_grace
+        # A retry hands the successor out a second time. A token handed out twice that one holder has
+        # just rotated, presented again, is a second holder: two clients taking turns would otherwise
+        # never leave the grace. Reuse, then.
+        in_grace = in_grace and not (
+            record.retried is not None and hmac.compare_digest(record.retried, digest)
+        )
         if record.previous is not None and hmac.compare_digest(digest, record.previous) and in_grace:
             # The client lost the answer to its last refresh and retries: the same successor again.
             assert record.successor is not None  # noqa: S101 - set with every rotation
             issued = await self._mint(session_id, record, granted, targets)
             token = self._sealer.open(record.successor).decode()
+            if record.retried != record.current:
+                # Written with the lock's release, the one round trip a retry made anyway.
+                retried = replace(record, retried=record.current)
+                await entry.save_and_release(retried.to_json(), self._ttl(retried, now))
             count(SESSIONS, "retried_in_grace")
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
 

@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     # Below TikTok's 600: the bridge counts a call when it sends it, TikTok when it arrives.
     tiktok_user_info_quota: str = "580/minute"
     tiktok_unproven_share: float = Field(default=0.5, gt=0, le=1)
+    # Bare access tokens TikTok may refuse in a row from one client address, per window starting with the
+    # first of them; past it the address is refused (429) before the quota is spent, until the window
+    # ends. A token TikTok accepts starts the count again. Auth0 throttles an address after 10 failed
+    # custom token exchanges. Empty string (or BRIDGE_RATE_LIMIT_ENABLED=false): off.
+    rate_limit_refused_tokens_per_ip: str = "10/hour"
     # What a TikTok access token starts with; anything else is refused before TikTok is asked (empty: no
     # check). TikTok's tokens have started with "act." in every answer seen since 2022.
     tiktok_access_token_prefix: str = "act."  # noqa: S105 - a token prefix, not a secret
@@ -328,7 +333,11 @@ class Settings(BaseSettings):
         return {client_id: secret for client_id, _, secret in pairs}
 
     @field_validator(
-        "rate_limit_per_ip", "rate_limit_per_identity", "rate_limit_webhook_per_ip", "tiktok_user_info_quota"
+        "rate_limit_per_ip",
+        "rate_limit_per_identity",
+        "rate_limit_webhook_per_ip",
+        "rate_limit_refused_tokens_per_ip",
+        "tiktok_user_info_quota",
     )
     @classmethod
     def _check_rate(cls, value: str) -> str:

@@ -34,12 +34,29 @@ def wait_http(url: str, what: str, timeout: float = 30.0) -> None:
     raise SetupError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
+def bridge_banner(bridge_url: str, admin_port: int, *, redis: bool) -> str:
+    """The line announcing the bridge: where it listens, its cache, and its admin listener if any."""
+    cache = "Redis" if redis else "memory"
+    if not admin_port:
+        return f"starting the bridge on {bridge_url} (cache: {cache}; no admin listener)"
+    return (
+        f"starting the bridge on {bridge_url} (cache: {cache}; /metrics and the detailed /readyz on "
+        f"its admin listener, http://127.0.0.1:{admin_port})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("--bridge-port", type=int, default=int(os.environ.get("BRIDGE_PORT", "8000")))
     parser.add_argument("--keycloak-port", type=int, default=int(os.environ.get("KEYCLOAK_PORT", "8080")))
     parser.add_argument(
         "--tiktok-port", type=int, default=int(os.environ.get("TIKTOK_EMULATOR_PORT", "8081"))
+    )
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=int(os.environ.get("BRIDGE_ADMIN_PORT", "9000")),
+        help="the bridge's admin listener (default: BRIDGE_ADMIN_PORT, else 9000); 0: none",
     )
     args = parser.parse_args()
 
@@ -81,16 +98,11 @@ def main() -> None:
                 env=env,
             )
         )
-        cache = "Redis" if "BRIDGE_REDIS_URL" in env else "memory"
-        progress(
-            f"starting the bridge on {bridge_url} (cache: {cache}; /metrics and the detailed /readyz on "
-            "its admin listener, http://127.0.0.1:9000)"
-        )
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "bridge", "serve", "--port", str(args.bridge_port)], env=env
-            )
-        )
+        progress(bridge_banner(bridge_url, args.admin_port, redis="BRIDGE_REDIS_URL" in env))
+        # The port is passed on, so the banner names the listener the bridge opens, whatever the
+        # environment said.
+        serve = ["serve", "--port", str(args.bridge_port), "--admin-port", str(args.admin_port)]
+        children.append(subprocess.Popen([sys.executable, "-m", "bridge", *serve], env=env))
         wait_http(f"{bridge_url}/healthz", "the bridge")
         keycloak = start_keycloak(
             Path(env["BRIDGE_DATA_DIR"]) / "keycloak",

@@ -124,6 +124,8 @@ async def test_a_returning_identitys_exchange_checks_it_and_starts_its_session_i
     assert spent.pop("set_if_current") == 1
     assert "mget" not in spent
     assert "set" not in spent
+    # The count of refused tokens per address is a cold-path cost only (issue 24, finding 6).
+    assert "counter" not in spent
 
     refreshed = await bridge.refresh(response.json()["refresh_token"])
     assert refreshed.status_code == 200, refreshed.text
@@ -154,6 +156,9 @@ async def test_a_first_sign_in_provisions_in_three_redis_round_trips_on_the_iden
     # TikTok's user-info quota is `limits`' script in Redis, counted too: the share of every request,
     # and the unproven share first for an address that never signed in.
     assert spent["moving_window"] in (1, 2)
+    # The address's count of refused tokens: the attempt counted before TikTok is asked, cleared once
+    # TikTok vouched for the token.
+    assert spent["counter"] == spent["counter_clear"] == 1
 
     subject = verified_claims(stack, response.json()["access_token"])["sub"]
     redis = aioredis.Redis.from_url(stack.redis.url)

@@ -92,3 +92,59 @@ async def test_a_spray_of_made_up_tokens_locks_no_real_user_out(
     assert statuses.count(503) >= 300 - 2 * (QUOTA // 2)
     # The first sign-in, the spray's share, the two real users: below what TikTok allows, so no 429.
     assert emulator.calls["user_info"] <= 1 + 2 * (QUOTA // 2) + 2 < TIKTOK_QUOTA
+
+
+async def test_addresses_whose_tokens_tiktok_keeps_refusing_lose_their_share_of_the_quota(
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None
+) -> None:
+    """Issue 24, finding 6, with the default settings: 13 addresses each send made-up bare tokens at the
+    per-address limit (60 a minute), enough to spend the unproven half of TikTok's quota (290 calls)
+    more than twice over. Each address is cut off after 10 refusals in a row (429 with Retry-After, TikTok
+    not asked), so TikTok sees at most 130 of them, and 5 of 5 real users from addresses never seen
+    before sign in with bare tokens while the spray goes on."""
+    settings = stack.settings()
+    assert (settings.rate_limit_per_ip, settings.tiktok_user_info_quota) == ("60/minute", "580/minute")
+    app = create_app(settings, mounts={TIKTOK_API: httpx2.ASGITransport(app=emulator.app)})
+
+    def client_from(address: str) -> httpx2.AsyncClient:
+        transport = httpx2.ASGITransport(app=app, client=(address, 40000))
+        return httpx2.AsyncClient(transport=transport, base_url="http://bridge.test")
+
+    sent, enough = [0], asyncio.Event()
+    garbage_statuses: list[int] = []
+    retry_afters: set[str] = set()
+
+    async def spray(address: str) -> None:
+        # One request at a time per address, as fast as it is answered: the per-address limit is
+        # what bounds it (the 61st in a minute is a 429 from the per-address rate limit).
+        async with client_from(address) as client:
+            for i in range(60):
+                garbage = f"act.{secrets.token_urlsafe(40)}!{i:04d}.va"
+                response = await client.post("/token", data={**EXCHANGE, "subject_token": garbage})
+                garbage_statuses.append(response.status_code)
+                if response.status_code == 429:
+                    retry_afters.add(response.headers["retry-after"])
+                sent[0] += 1
+                if sent[0] >= 400:
+                    enough.set()
+
+    async with app.router.lifespan_context(app):
+        spraying = asyncio.gather(*(spray(f"203.0.113.{i}") for i in range(1, 14)))
+        # Past 290 made-up tokens, the unproven half would be spent if each reached TikTok.
+        await asyncio.wait_for(enough.wait(), timeout=60)
+        real: list[httpx2.Response] = []
+        for n in range(5):
+            user = emulator.create_user()
+            async with client_from(f"198.51.100.{10 + n}") as newcomer:
+                token = emulator.issue_access_token(user.open_id)
+                real.append(await newcomer.post("/token", data={**EXCHANGE, "subject_token": token}))
+        await spraying
+
+    assert [response.status_code for response in real] == [200] * 5, [r.text for r in real]
+    assert len(garbage_statuses) == 13 * 60
+    assert set(garbage_statuses) == {400, 429}
+    # Ten refusals per address reached TikTok; every later one was refused before it, with the time
+    # left in the address's window (at most an hour) as Retry-After.
+    assert garbage_statuses.count(400) <= 13 * 10
+    assert emulator.calls["user_info"] <= 13 * 10 + 5
+    assert all(0 < int(seconds) <= 3600 for seconds in retry_afters)

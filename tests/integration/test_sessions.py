@@ -410,6 +410,40 @@ async def test_a_dpop_bound_session_refreshes_only_with_a_proof_of_its_key(
     assert owned.status_code == 200, owned.text
 
 
+async def test_a_dpop_bound_refresh_token_is_revoked_without_a_proof(
+    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient
+) -> None:
+    """Decided (issue 24, finding 7): revocation needs no DPoP proof, as RFC 9449 asks none at RFC 7009's
+    endpoint. A holder of a copy without the key can end the session (the user signs in again), never
+    use it; an app whose key is gone (reinstalled, keystore wiped) can still sign its user out."""
+    from joserfc.jwk import ECKey  # noqa: PLC0415
+
+    from tests.unit.test_dpop import proof  # noqa: PLC0415
+
+    key = ECKey.generate_key("P-256")
+    url = f"{stack.issuer}/token"
+    user = emulator.create_user()
+    started = await bridge.http.post(
+        "/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": emulator.issue_access_token(user.open_id),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        },
+        headers={"DPoP": proof(key, htu=url)},
+    )
+    assert started.status_code == 200, started.text
+    token = started.json()["refresh_token"]
+
+    assert (await bridge.revoke(token)).status_code == 200
+    after = await bridge.http.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": token},
+        headers={"DPoP": proof(key, htu=url)},
+    )
+    assert after.json()["error"] == "invalid_grant"
+
+
 async def test_logging_out_revokes_the_tiktok_grant_too(
     emulator: TikTokEmulator, bridge: BridgeClient
 ) -> None:

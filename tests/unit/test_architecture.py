@@ -21,10 +21,11 @@ def test_the_use_case_imports_no_adapter_library() -> None:
 
 
 def test_the_domain_modules_import_only_the_standard_library_and_each_other() -> None:
-    """model, errors, keys and ports are importable with nothing outside the standard library loaded."""
+    """model, errors, keys, ports and claims are importable with nothing outside the standard library
+    loaded."""
     probe = (
         "import sys; before = set(sys.modules); "
-        "import bridge.model, bridge.errors, bridge.keys, bridge.ports; "
+        "import bridge.model, bridge.errors, bridge.keys, bridge.ports, bridge.claims; "
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "print(sorted(new - set(sys.stdlib_module_names) - {'bridge'}))"
     )

@@ -95,3 +95,45 @@ async def test_garbage_is_refused_without_asking_keycloak() -> None:
         with pytest.raises(InvalidToken):
             await RealmTokenVerifier(realm).verify(garbage)
     assert realm.fetches == 0
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"exp": True},
+        {"exp": str(int(time.time()) + 300)},
+        {"nbf": float("nan")},
+        {"nbf": float("-inf")},
+        {"nbf": False},
+        {"iat": float("nan")},
+        {"iat": "now"},
+    ],
+    ids=repr,
+)
+async def test_numeric_dates_that_are_not_finite_numbers_are_refused(claims: dict[str, Any]) -> None:
+    """exp, nbf and iat (RFC 7519 NumericDate) must be finite numbers: a NaN exp compared false with
+    the clock and never expired, an infinite one never would; booleans and strings are not dates."""
+    signer = key("k1")
+    with pytest.raises(InvalidToken):
+        await RealmTokenVerifier(FakeRealm(signer)).verify(token(signer, **claims))
+
+
+async def test_fractional_numeric_dates_are_accepted() -> None:
+    """RFC 7519 §2: a NumericDate may be non-integer, so finite fractional exp, nbf and iat pass."""
+    signer = key("k1")
+    now = time.time()
+    verified = await RealmTokenVerifier(FakeRealm(signer)).verify(
+        token(signer, iat=now - 0.5, nbf=now - 0.5, exp=now + 299.5)
+    )
+    assert verified.subject == "user-1"
+
+
+async def test_a_token_without_exp_is_refused() -> None:
+    """A realm access token always carries `exp`; one without it would never expire."""
+    signer = key("k1")
+    claims = {"iss": ISSUER, "sub": "user-1", "azp": "app", "typ": "Bearer", "iat": int(time.time())}
+    unlimited = jwt.encode({"alg": "RS256", "kid": signer.kid}, claims, signer)
+    with pytest.raises(InvalidToken, match="without exp"):
+        await RealmTokenVerifier(FakeRealm(signer)).verify(unlimited)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from joserfc import jws
@@ -13,6 +13,9 @@ from joserfc.jwk import ECKey, OKPKey
 
 from bridge.cache import MemoryCache
 from bridge.dpop import InvalidDPoPProof, verify_proof
+
+if TYPE_CHECKING:
+    import httpx2
 
 URL = "https://bridge.example/token"
 
@@ -124,3 +127,80 @@ async def test_garbage_is_refused_cleanly(garbage: str) -> None:
     """Anything that is not a compact JWS is invalid_dpop_proof, never another error."""
     with pytest.raises(InvalidDPoPProof):
         await verify_proof(garbage, method="POST", url=URL, replay_cache=MemoryCache())
+
+
+def proof_with_raw_claims(key: ECKey, iat_json: str, htu: str = URL) -> str:
+    """A proof whose `iat` is written as raw JSON text (NaN and Infinity are what Python's json.dumps
+    writes for non-finite floats, and what its json.loads accepts unless told otherwise)."""
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+    payload = f'{{"htm": "POST", "htu": "{htu}", "iat": {iat_json}, "jti": "{secrets.token_urlsafe(12)}"}}'
+    return jws.serialize_compact(header, payload, key, algorithms=["ES256"])
+
+
+@pytest.mark.parametrize(
+    "iat_json",
+    [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "1" + "0" * 400,
+        "true",
+        "false",
+        '"1700000000"',
+        "null",
+        "[1]",
+    ],
+    ids=lambda text: text if len(text) < 20 else f"{len(text)} digits",
+)
+async def test_an_iat_that_is_not_a_finite_number_is_refused(key: ECKey, iat_json: str) -> None:
+    """NaN (an outside test's proof that never expired: every comparison with it is false), the
+    infinities, numbers too large for a float, a boolean, a string, null or a list: invalid_dpop_proof."""
+    with pytest.raises(InvalidDPoPProof) as refused:
+        await verify_proof(
+            proof_with_raw_claims(key, iat_json), method="POST", url=URL, replay_cache=MemoryCache()
+        )
+    assert refused.value.error == "invalid_dpop_proof"
+
+
+async def test_a_fractional_iat_is_accepted(key: ECKey) -> None:
+    """RFC 7519 §2: a NumericDate may be non-integer; a finite one within the window is a valid iat."""
+    thumbprint = await verify_proof(
+        proof_with_raw_claims(key, f"{time.time():.3f}"), method="POST", url=URL, replay_cache=MemoryCache()
+    )
+    assert thumbprint == key.thumbprint()
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_the_token_endpoint_answers_a_nan_iat_proof_400_invalid_dpop_proof(
+    client: httpx2.AsyncClient, key: ECKey
+) -> None:
+    """At the token endpoint a proof with `"iat": NaN` is refused before anything else is asked."""
+    response = await client.post(
+        "/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "subject_token": "act.example",
+        },
+        headers={"DPoP": proof_with_raw_claims(key, "NaN", htu="https://bridge.example/token")},
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_dpop_proof",
+        "error_description": "The DPoP proof is invalid.",
+    }
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_a_proof_without_iat_is_refused(key: ECKey) -> None:
+    """No `iat` at all: the proof's age cannot be told, so it is invalid_dpop_proof."""
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+    claims = json.dumps({"htm": "POST", "htu": URL, "jti": secrets.token_urlsafe(12)})
+    with pytest.raises(InvalidDPoPProof, match="iat missing"):
+        await verify_proof(
+            jws.serialize_compact(header, claims, key, algorithms=["ES256"]),
+            method="POST",
+            url=URL,
+            replay_cache=MemoryCache(),
+        )

@@ -205,6 +205,48 @@ async def test_a_retry_within_the_grace_gets_the_same_successor(
     assert (await sessions.refresh(answer.grant.refresh_token, ())).grant.refresh_token
 
 
+async def test_two_holders_taking_turns_within_the_grace_end_the_session_at_the_second_turn(
+    sessions: SessionService, clock: Clock
+) -> None:
+    """Issue 24, finding 7: a thief with a copy of the token and its user refreshing in turns, each
+    within the grace, went undetected for 6 rounds (24 s). The first retry looks like a lost answer and
+    is served; but the token it handed out a second time, once rotated by one holder, is reuse when the
+    other presents it: the whole session ends."""
+    first = await start(sessions)
+    users = (await sessions.refresh(first, ())).grant.refresh_token
+    clock.now += 2
+    thiefs = (await sessions.refresh(first, ())).grant.refresh_token  # in the grace: the same successor
+    assert thiefs == users
+    clock.now += 2
+    thiefs = (await sessions.refresh(thiefs, ())).grant.refresh_token  # the thief rotates first
+    clock.now += 2
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(users, ())  # within the grace of that rotation, but handed out twice
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(thiefs, ())  # the thief's newest token died with the session
+
+
+async def test_a_lost_answer_keeps_its_grace_however_often_it_happens_between_rotations(
+    sessions: SessionService, clock: Clock
+) -> None:
+    """A client that loses an answer, retries, and later loses another answer is retried again: only
+    the token a retry handed out is denied a grace of its own. Two answers lost in a row (the retried
+    successor's own answer lost too) cannot be told from two holders, and end the session."""
+    first = await start(sessions)
+    second = (await sessions.refresh(first, ())).grant.refresh_token  # answer lost
+    assert (await sessions.refresh(first, ())).grant.refresh_token == second
+    assert (await sessions.refresh(first, ())).grant.refresh_token == second  # and retried once more
+    third = (await sessions.refresh(second, ())).grant.refresh_token
+    clock.now += 60
+    fourth = (await sessions.refresh(third, ())).grant.refresh_token  # answer lost
+    assert (await sessions.refresh(third, ())).grant.refresh_token == fourth
+    fifth = (await sessions.refresh(fourth, ())).grant.refresh_token  # answer lost as well
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(fourth, ())
+    with pytest.raises(InvalidGrant):
+        await sessions.refresh(fifth, ())
+
+
 async def test_a_token_two_rotations_old_is_reuse_even_within_the_grace(sessions: SessionService) -> None:
     """Only the token retired by the very last rotation has a grace; an older one ends the session."""
     first = await start(sessions)
@@ -437,12 +479,17 @@ async def test_a_rotation_reads_as_it_locks_and_releases_as_it_writes(
 async def test_refreshes_that_write_nothing_or_end_the_session_release_the_lock(
     sessions: SessionService, store: RecordingStore, clock: Clock
 ) -> None:
-    """A retry in the grace window writes nothing; reuse, idleness and a revoked identity delete the
-    record: each leaves the lock free, as the rotation does."""
+    """A retry in the grace window writes, with the release, which token it handed out twice (the first
+    retry only: later ones write nothing); reuse, idleness and a revoked identity delete the record:
+    each leaves the lock free, as the rotation does."""
     first = await start(sessions)
     await sessions.refresh(first, ())
     store.operations.clear()
     await sessions.refresh(first, ())  # within the grace
+    assert store.operations == ["locked_entry session", "get sessions-not-before", "save_and_release session"]
+    assert await store.lock_is_free(session_id(first))
+    store.operations.clear()
+    await sessions.refresh(first, ())  # again
     assert store.operations == ["locked_entry session", "get sessions-not-before"]
     assert await store.lock_is_free(session_id(first))
 
