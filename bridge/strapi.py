@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
+from bridge.clients import STRAPI_CLIENT_ID
 from bridge.errors import (
     AccountDisabled,
     BridgeError,
@@ -28,7 +29,6 @@ from bridge.errors import (
     UserNotFound,
     to_oauth_error,
 )
-from bridge.clients import STRAPI_CLIENT_ID
 from bridge.exchange import SessionOrder
 from bridge.model import Caller
 from bridge.rfc8693 import MAX_TOKEN_LENGTH
