@@ -185,6 +185,7 @@ def _plan(
     steps = [_provider_step(admin, settings, provider, jwks_url, force=force), _switch_step(admin)]
     if settings.keycloak_group:
         steps.append(_group_step(admin, settings.keycloak_group))
+        steps.append(_members_step(admin, settings.keycloak_group, settings.keycloak_idp_alias))
     own = spec.own_client(settings)
     others = spec.minting_clients(settings)
     separate = spec.separate_admin_client(settings)
@@ -495,6 +496,52 @@ def _group_step(admin: Admin, path: str) -> Step:
 
     details = ["the accounts the bridge may manage: new users join it; accounts must be in it to link TikTok"]
     return Step(name, "create", details, run)
+
+
+# Pages of the user listings the members step reads, and how many names its plan shows.
+_PAGE = 500
+_SHOWN = 10
+
+
+def _members_step(admin: Admin, path: str, alias: str) -> Step:
+    """Accounts already linked to the bridge's provider but outside its group (provisioned or linked
+    before the group existed) join it: the service account could not see them otherwise, and would
+    provision a second account for the same TikTok identity."""
+    name = f"members of group '{path}'"
+    found = admin.call("GET", f"./group-by-path/{path.strip('/')}", ok=(200, 404))
+    group_id = str(_json(found, strict=True)["id"]) if found.status_code == HTTPStatus.OK else None
+    members = set(_all(admin, f"./groups/{group_id}/members")) if group_id else set()
+    linked = _all(admin, "./users", idpAlias=alias)
+    missing = {user_id: name for user_id, name in linked.items() if user_id not in members}
+    if not missing:
+        return Step(name, "ok")
+
+    def run() -> None:
+        target = group_id or admin.get(f"./group-by-path/{path.strip('/')}")["id"]
+        for user_id in missing:
+            admin.call("PUT", f"./users/{user_id}/groups/{target}", ok=(204,))
+
+    shown = sorted(missing.values())
+    listed = ", ".join(shown[:_SHOWN]) + (f" and {len(shown) - _SHOWN} more" if len(shown) > _SHOWN else "")
+    details = [
+        f"add {len(missing)} account(s) linked to '{alias}' but outside the group: {listed}",
+        "check the list with --dry-run: the bridge's service account may then manage these accounts",
+    ]
+    return Step(name, "create", details, run)
+
+
+def _all(admin: Admin, path: str, **params: str) -> dict[str, str]:
+    """Every user of a listing (id -> username), page by page."""
+    users: dict[str, str] = {}
+    first = 0
+    while True:
+        page = admin.get(
+            path, params={**params, "briefRepresentation": "true", "first": str(first), "max": str(_PAGE)}
+        )
+        users.update({str(u["id"]): str(u.get("username")) for u in page})
+        if len(page) < _PAGE:
+            return users
+        first += _PAGE
 
 
 def _admin_client_steps(admin: Admin, settings: Settings, *, force: bool) -> list[Step]:

@@ -210,6 +210,7 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
         "identity provider 'tiktok': would create",
         "fine-grained admin permissions: would create",
         "group '/tiktok-users': would create",
+        "members of group '/tiktok-users': ok, nothing to change",
         "client 'tiktok-bridge-admin': would create",
         "client 'tiktok-bridge': would create",
         "token scope of client 'tiktok-bridge': ok, nothing to change",
@@ -941,3 +942,44 @@ async def test_a_realm_wide_service_account_is_taken_over_until_apply_confines_i
     assert "    remove manage-users" in lines
     assert refused == [403, 403]
     assert failing(after) == set(), [c.line() for c in after.values()]
+
+
+async def test_apply_brings_accounts_linked_before_the_group_into_it(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """Users the bridge provisioned before it had a group are linked but outside it, so the confined
+    service account could not see them and would provision a second account: `apply` names them and
+    puts them in the group, and their next sign-in reaches the same account."""
+    realm = customer_realm(bare)
+    tiktok = emulator.create_user()
+    with bare.admin() as admin:
+        earlier = {
+            "username": "tiktok_provisioned_earlier",
+            "enabled": True,
+            "federatedIdentities": [
+                {"identityProvider": "tiktok", "userId": tiktok.open_id, "userName": tiktok.open_id}
+            ],
+        }
+        assert run_apply(bare, realm)[0]  # the provider exists before the link is made
+        created = admin.post(f"/realms/{realm}/users", json=earlier)
+        assert created.status_code == 201, created.text
+        earlier_id = created.headers["Location"].rsplit("/", 1)[1]
+
+    done, dry = run_apply(bare, realm, dry_run=True)
+    done_again, applied = run_apply(bare, realm)
+    async for bridge in running_bridge(bare.settings(realm), emulator):
+        signed_in = await bridge.exchange(emulator.issue_access_token(tiktok.open_id))
+
+    assert done
+    assert done_again
+    assert "members of group '/tiktok-users': would create" in dry
+    assert "    add 1 account(s) linked to 'tiktok' but outside the group: tiktok_provisioned_earlier" in dry
+    assert applied[-1] == "applied: 1 object(s) changed"
+    assert signed_in.status_code == 200, signed_in.text
+    claims = json.loads(base64.urlsafe_b64decode(signed_in.json()["access_token"].split(".")[1] + "=="))
+    assert claims["sub"] == earlier_id
+    with bare.admin() as admin:
+        linked = admin.get(
+            f"/realms/{realm}/users", params={"idpAlias": "tiktok", "idpUserId": tiktok.open_id}
+        ).json()
+    assert [u["id"] for u in linked] == [earlier_id]
