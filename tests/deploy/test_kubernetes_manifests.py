@@ -138,6 +138,7 @@ def test_the_example_configuration_and_secret_files_load(
     secrets.mkdir()
     (secrets / "bridge_tiktok_client_secret").write_text("from-a-file")
     (secrets / "bridge_keycloak_client_secret").write_text("kc-from-a-file")
+    (secrets / "bridge_keycloak_admin_client_secret").write_text("kc-admin-from-a-file")
     (secrets / "bridge_redis_url").write_text("redis+sentinel://:pw@sentinel.redis.svc:26379/mymaster/0")
     for name in [n for n in os.environ if n.startswith("BRIDGE_")]:
         monkeypatch.delenv(name)
@@ -146,6 +147,7 @@ def test_the_example_configuration_and_secret_files_load(
     monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(secrets))
     settings = Settings.load()
     assert settings.tiktok_client_secret.get_secret_value() == "from-a-file"
+    assert settings.admin_client == ("tiktok-bridge-admin", "kc-admin-from-a-file")
     assert settings.redis_url is not None
     assert settings.redis_url.get_secret_value().startswith("redis+sentinel://")
 
