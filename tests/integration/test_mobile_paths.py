@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.realm_setup import apply
+from bridge.realm_setup import SetupError, apply
 from tests.conftest import Stack, running_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
 
@@ -256,15 +256,22 @@ async def test_unknown_default_group_is_a_configuration_error_not_a_half_user(
     assert linked_users(stack, user.open_id) == []
 
 
-async def test_unknown_default_role_leaves_no_half_provisioned_user(
+async def test_an_unknown_default_role_stops_apply_and_sign_ins_never_map_roles(
     stack: Stack, emulator: TikTokEmulator, flushed_redis: None
 ) -> None:
-    """If roles cannot be mapped the just-created user is removed again."""
+    """With the bridge's group, roles come through the group: `apply` refuses a role the realm lacks,
+    naming it, and a sign-in maps no role itself (the service account may not), so it still works."""
+    settings = stack.settings(default_realm_roles=("no-such-role",))
+    with pytest.raises(SetupError, match="realm role 'no-such-role'"):
+        apply(settings, admin_user="admin", admin_password="admin", out=lambda _line: None)
     user = emulator.create_user()
-    async for bridge in running_bridge(stack.settings(default_realm_roles=("no-such-role",)), emulator):
+    async for bridge in running_bridge(settings, emulator):
         response = await bridge.exchange(emulator.issue_access_token(user.open_id))
-    assert response.status_code == 500
-    assert linked_users(stack, user.open_id) == []
+    assert response.status_code == 200, response.text
+    (linked,) = linked_users(stack, user.open_id)
+    with stack.admin() as admin:
+        roles = admin.get(f"/users/{linked['id']}/role-mappings/realm").json()
+    assert "no-such-role" not in {role["name"] for role in roles}
 
 
 # ------------------------------------------------------------------------------ Strapi endpoint
