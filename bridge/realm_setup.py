@@ -93,7 +93,16 @@ class Admin:
             else f"{self.base_url}/admin{path}"
         )
         response = _send(self._http, method, url, headers=self._headers, **kwargs)
-        if response.status_code in {401, 403}:
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
+            # Not a missing role (that is 403): the token itself was refused. Keycloak 26.8.2 and newer
+            # refuse one without the Admin API audience, which admin-cli gets from its kc-admin-api
+            # scope (the upgrade gives it that scope; an administrator may have taken it away).
+            raise SetupError(
+                f"Keycloak refused the admin login's token on {method} {path.lstrip('.')} (HTTP 401): it "
+                f"expired, or (Keycloak 26.8.2 and newer) admin-cli lacks its default client scope "
+                f"'{spec.ADMIN_API_SCOPE}' in the admin realm"
+            )
+        if response.status_code == HTTPStatus.FORBIDDEN:
             raise SetupError(
                 f"the admin user may not {method} {path.lstrip('.')}: it needs the realm-admin role of "
                 f"realm '{self.realm}' (or admin of the master realm)"
@@ -195,6 +204,7 @@ def _plan(
     for minting in others:
         steps.extend(_client_steps(admin, settings, minting, force=force))
     steps.extend(_token_scope_step(admin, settings, c, force=force) for c in [own, *others])
+    steps.append(_admin_api_scope_step(admin, settings, [own, *others], force=force))
     steps.extend(_permission_steps(admin, settings))
     steps.extend(_audience_steps(admin, settings, [own, *others], force=force))
     steps.append(_profile_step(admin, force=force))
@@ -633,6 +643,97 @@ def _token_scope_step(admin: Admin, settings: Settings, client: spec.MintingClie
     details += [f"map realm-management {r} (its own service account's token needs it)" for r in missing_admin]
     details += [f"remove realm-management {r}" for r in extra_admin]
     return Step(name, "create" if not extra_admin else "update", details, run)
+
+
+def _admin_api_scope_step(
+    admin: Admin, settings: Settings, minting: list[spec.MintingClient], *, force: bool
+) -> Step:
+    """Keycloak 26.8.2's `kc-admin-api` scope as a default scope of the admin client, and of no minting
+    client. A realm without it (Keycloak before 26.8.2) is left as it is: the scope is Keycloak's to
+    create, at the upgrade, and a look-alike made here could stand in the way of the real one.
+
+    A minting client holding it (default or optional) is a conflict, not something removed on the
+    quiet as the service account's realm-wide roles are. Those roles serve only the bridge's own Admin
+    API calls, so taking them away can break nothing else, and keeping them is the risk. A minting
+    client's scopes shape the tokens every app receives: an administrator who gave it `kc-admin-api`
+    may have an app that uses those tokens on the Admin API, and a silent removal would break that app
+    at its next token with nothing in the bridge's output. Keeping it costs little meanwhile: the
+    audience alone grants nothing without admin roles in the client's scope, which the token-scope
+    step above already refuses. So apply names it and `--force` removes it."""
+    name = f"client scope '{spec.ADMIN_API_SCOPE}'"
+    admin_id = settings.admin_client[0]
+    found = next((s for s in admin.get("./client-scopes") if s.get("name") == spec.ADMIN_API_SCOPE), None)
+    if found is None:
+        absent = (
+            "this realm has none (Keycloak before 26.8.2): nothing to assign; after upgrading to 26.8.2 or "
+            "newer run apply again (the Admin API then refuses tokens without it)"
+        )
+        return Step(name, "ok", [absent])
+    scope_id = str(found["id"])
+    on_admin = _scope_kind(admin, admin_id, scope_id)
+    holders = {
+        c.client_id: kind
+        for c in minting
+        if c.client_id != admin_id and (kind := _scope_kind(admin, c.client_id, scope_id))
+    }
+    if holders and not force:
+        return Step(
+            name,
+            "conflict",
+            [
+                f"'{client}' has it as an {kind} scope: tokens it mints for users could carry the Admin API "
+                "audience (it needs none: only the admin client calls the Admin API)"
+                for client, kind in sorted(holders.items())
+            ],
+        )
+    if on_admin == "default" and not holders:
+        return Step(name, "ok")
+
+    def run() -> None:
+        # Resolved now: the clients may have been created earlier in this run.
+        for client, kind in holders.items():
+            path = f"./clients/{_client_uuid(admin, client)}/{kind}-client-scopes/{scope_id}"
+            admin.call("DELETE", path, ok=(204,))
+        if on_admin == "default":
+            return
+        uuid = _client_uuid(admin, admin_id)
+        if on_admin == "optional":
+            # Keycloak keeps an optional scope optional when it is PUT as default too (seen on 26.7.4).
+            admin.call("DELETE", f"./clients/{uuid}/optional-client-scopes/{scope_id}", ok=(204,))
+        admin.call("PUT", f"./clients/{uuid}/default-client-scopes/{scope_id}", ok=(204,))
+
+    details = _admin_api_scope_details(settings, on_admin, holders)
+    return Step(name, "create" if on_admin is None and not holders else "update", details, run)
+
+
+def _scope_kind(admin: Admin, client_id: str, scope_id: str) -> str | None:
+    """ "default" or "optional" if the client holds that client scope, else None (or no such client)."""
+    uuid = _client_uuid(admin, client_id)
+    if uuid is None:
+        return None
+    for kind in ("default", "optional"):
+        if any(s.get("id") == scope_id for s in admin.get(f"./clients/{uuid}/{kind}-client-scopes")):
+            return kind
+    return None
+
+
+def _admin_api_scope_details(settings: Settings, on_admin: str | None, holders: dict[str, str]) -> list[str]:
+    admin_id = settings.admin_client[0]
+    details: list[str] = []
+    if on_admin is None:
+        details.append(f"make it a default scope of '{admin_id}', whose service account calls the Admin API")
+    elif on_admin == "optional":
+        details.append(
+            f"move it from optional to default on '{admin_id}': its service account's token carries "
+            "default scopes only"
+        )
+    details.extend(f"remove it from '{client}' ({kind})" for client, kind in sorted(holders.items()))
+    if not spec.separate_admin_client(settings) and on_admin != "default":
+        details.append(
+            f"note: '{admin_id}' also mints users' tokens (BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID is unset), so "
+            "they carry the Admin API audience too; give the Admin API a client of its own"
+        )
+    return details
 
 
 def _realm_role(admin: Admin, name: str) -> dict[str, Any]:

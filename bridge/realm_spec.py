@@ -59,6 +59,12 @@ POLICY_NAME = "tiktok-keycloak-bridge: its service account"
 GROUPS_PERMISSION = "tiktok-keycloak-bridge: the accounts of its groups"
 # Keycloak's feature for the permissions above (on by default since 26.2).
 FGAP_FEATURE = "ADMIN_FINE_GRAINED_AUTHZ_V2"
+# Keycloak 26.8.2's built-in client scope whose audience mapper puts the realm's Admin API URL in `aud`:
+# from 26.8.2 the Admin API answers 401 to a token without that audience, and the upgrade gives the
+# scope to admin-cli and security-admin-console only (upgrading guide, "Migrating to 26.8.2"). Older
+# releases have no such scope. The admin client needs it as a *default* scope: a client-credentials
+# token carries default scopes only (the bridge asks for none).
+ADMIN_API_SCOPE = "kc-admin-api"
 ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
 ATTRIBUTE_GROUP = "tiktok"
 MAPPER_NAME = "tiktok_open_id"

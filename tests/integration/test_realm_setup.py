@@ -214,6 +214,8 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
         "client 'tiktok-bridge-admin': would create",
         "client 'tiktok-bridge': would create",
         "token scope of client 'tiktok-bridge': ok, nothing to change",
+        # Keycloak 26.7 has no kc-admin-api scope: nothing to assign (the line's detail says so).
+        "client scope 'kc-admin-api': ok, nothing to change",
         "policy 'tiktok-keycloak-bridge: its service account': would create",
         "permission 'tiktok-keycloak-bridge: the accounts of its groups': would create",
         "user-profile attributes: would create",
@@ -227,7 +229,11 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
     done, second = run_apply(bare, realm)
     assert done
     assert second[-1] == "no changes"
-    assert all(line.endswith("ok, nothing to change") for line in second[1:-1])
+    assert all(line.endswith("ok, nothing to change") for line in second[1:-1] if not line.startswith("    "))
+    assert (
+        "    this realm has none (Keycloak before 26.8.2): nothing to assign; after upgrading to 26.8.2 or "
+        in ("\n".join(second))
+    )
 
     after = snapshot(bare, realm)
     # What the realm's administrators own is exactly as it was.
@@ -983,3 +989,79 @@ async def test_apply_brings_accounts_linked_before_the_group_into_it(
             f"/realms/{realm}/users", params={"idpAlias": "tiktok", "idpUserId": tiktok.open_id}
         ).json()
     assert [u["id"] for u in linked] == [earlier_id]
+
+
+# ------------------------------------------------------------- Keycloak 26.8.2's Admin API audience
+# 26.7.4 (what runs here) has no kc-admin-api scope: the tests make it as the 26.8.2 upgrading guide
+# describes it. On a 26.8.2 or newer server (scripts/test-keycloak-versions) it is Keycloak's own.
+
+
+def admin_api_audience(bare: Bare, realm: str) -> str:
+    return f"{bare.keycloak.url}/admin/realms/{realm}"
+
+
+def ensure_admin_api_scope(bare: Bare, realm: str) -> None:
+    """`kc-admin-api` as Keycloak 26.8.2 makes it: an OpenID Connect client scope whose audience mapper
+    puts the realm's Admin API URL in access tokens' `aud`, a default scope of admin-cli and
+    security-admin-console only. Keycloak's own where it has one."""
+    base = f"/realms/{realm}"
+    with bare.admin() as admin:
+        if any(s["name"] == "kc-admin-api" for s in admin.get(f"{base}/client-scopes").json()):
+            return
+        mapper = {
+            "name": "admin api audience",
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-audience-mapper",
+            "config": {
+                "included.custom.audience": admin_api_audience(bare, realm),
+                "access.token.claim": "true",
+                "id.token.claim": "false",
+                "introspection.token.claim": "true",
+            },
+        }
+        scope = {"name": "kc-admin-api", "protocol": "openid-connect", "protocolMappers": [mapper]}
+        created = admin.post(f"{base}/client-scopes", json=scope)
+        assert created.status_code == 201, created.text
+        scope_id = created.headers["Location"].rsplit("/", 1)[1]
+        for client_id in ("admin-cli", "security-admin-console"):
+            (client,) = admin.get(f"{base}/clients", params={"clientId": client_id}).json()
+            path = f"{base}/clients/{client['id']}/default-client-scopes/{scope_id}"
+            assert admin.put(path).status_code == 204
+
+
+def admin_api_scope_of(bare: Bare, realm: str, client_id: str) -> str | None:
+    """ "default" or "optional" if the client holds kc-admin-api, else None."""
+    base = f"/realms/{realm}"
+    with bare.admin() as admin:
+        (client,) = admin.get(f"{base}/clients", params={"clientId": client_id}).json()
+        for kind in ("default", "optional"):
+            held = admin.get(f"{base}/clients/{client['id']}/{kind}-client-scopes").json()
+            if any(s["name"] == "kc-admin-api" for s in held):
+                return kind
+    return None
+
+
+def test_a_minting_client_holding_the_admin_api_scope_is_refused_until_forced(bare: Bare) -> None:
+    """kc-admin-api on a minting client (here as an optional scope an app could ask for) stops apply,
+    named; --force takes it away and leaves it on the admin client."""
+    realm = customer_realm(bare)
+    ensure_admin_api_scope(bare, realm)
+    assert run_apply(bare, realm)[0]
+    with bare.admin() as admin:
+        base = f"/realms/{realm}"
+        (minting,) = admin.get(f"{base}/clients", params={"clientId": "tiktok-bridge"}).json()
+        (scope,) = [s for s in admin.get(f"{base}/client-scopes").json() if s["name"] == "kc-admin-api"]
+        path = f"{base}/clients/{minting['id']}/optional-client-scopes/{scope['id']}"
+        assert admin.put(path).status_code == 204
+
+    done, lines = run_apply(bare, realm)
+    assert not done
+    assert "client scope 'kc-admin-api': CONFLICT" in lines
+    assert any(line.startswith("    'tiktok-bridge' has it as an optional scope") for line in lines)
+    assert admin_api_scope_of(bare, realm, "tiktok-bridge") == "optional"
+
+    done, forced = run_apply(bare, realm, force=True)
+    assert done
+    assert "    remove it from 'tiktok-bridge' (optional)" in forced
+    assert admin_api_scope_of(bare, realm, "tiktok-bridge") is None
+    assert admin_api_scope_of(bare, realm, "tiktok-bridge-admin") == "default"
