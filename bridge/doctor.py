@@ -23,6 +23,10 @@ Keycloak behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
   cannot be fetched gives), and only then the user ("User not found"). So "User not found" for a subject
   nobody is linked to proves client, issuer, provider, JWKS and signature, and creates nothing.
 - A wrong client secret answers `unauthorized_client`, an unknown client `invalid_client`.
+- The realm's discovery document lists its OpenID Connect client scopes in `scopes_supported`, a
+  `kc-admin-api` scope an administrator created among them (checked on 26.7.4); the service account
+  may not list client scopes itself (403), and asking for a scope in its token request answers
+  `invalid_scope` alike for a scope the realm lacks and one its client lacks.
 - A requested scope is checked after the user lookup (an unknown scope still answers "User not found"),
   so audience scopes are checked only by the admin survey.
 - `DELETE /users/{id}/federated-identity/{alias}` checks the caller may manage that user before it
@@ -80,6 +84,11 @@ class _Stop(Exception):
     """Later checks depend on this one; they are skipped (the failed check says why)."""
 
 
+class _AdminApiRefused(_Stop):
+    """Keycloak refuses the service account's token: the later Admin API checks are skipped, but not
+    the grants, which need no Admin API call (a sign-in of a known user works meanwhile)."""
+
+
 @dataclass
 class _Context:
     settings: Settings
@@ -87,6 +96,8 @@ class _Context:
     results: list[Check]
     token: str = ""
     realm_issuer: str = ""
+    # The realm's client scopes as its discovery document lists them (`scopes_supported`).
+    realm_scopes: frozenset[str] = frozenset()
     # Where the provider fetches the bridge's keys: known with admin credentials, else the default.
     jwks_url: str = ""
 
@@ -119,11 +130,11 @@ async def run_checks(
     try:
         await _tiktok(ctx)
         stopped = False
-        for check in (_keycloak_realm, _service_account, _reach, _server, _profile):
+        for check in (_keycloak_realm, _service_account, _admin_api_audience, _reach, _server, _profile):
             try:
                 await check(ctx)
-            except _Stop:
-                stopped = True
+            except _Stop as stop:
+                stopped = not isinstance(stop, _AdminApiRefused)
                 break
         if admin is not None:
             await _realm_objects(ctx, admin)
@@ -210,11 +221,14 @@ async def _keycloak_realm(ctx: _Context) -> None:
             "Set BRIDGE_KEYCLOAK_REALM to an existing realm, or create it and run `bridge keycloak apply`.",
         )
         raise _Stop
-    issuer = _body(answer).get("issuer")
+    discovery = _body(answer)
+    issuer = discovery.get("issuer")
     if answer.status_code != 200 or not isinstance(issuer, str):  # noqa: PLR2004
         ctx.failed(name, f"discovery answered HTTP {answer.status_code}", "Check BRIDGE_KEYCLOAK_URL.")
         raise _Stop
     ctx.realm_issuer = issuer
+    scopes = discovery.get("scopes_supported")
+    ctx.realm_scopes = frozenset(str(s) for s in scopes) if isinstance(scopes, list) else frozenset()
     ctx.passed(name, f"reachable, issuer {issuer}")
 
 
@@ -288,6 +302,69 @@ def _separate_clients(ctx: _Context) -> None:
         "its tokens may carry realm-management's query-users",
         "Set BRIDGE_KEYCLOAK_ADMIN_CLIENT_ID and BRIDGE_KEYCLOAK_ADMIN_CLIENT_SECRET to a client of its own "
         "(`bridge keycloak apply` creates it) and switch the service account of the minting client off.",
+    )
+
+
+async def _admin_api_audience(ctx: _Context) -> None:
+    """Keycloak 26.8.2 and newer answer 401 on the Admin API to a token whose `aud` lacks the realm's
+    Admin API URL, which the `kc-admin-api` client scope adds. The service account can read neither
+    the version nor the realm's client scopes, so the audience is required where Keycloak shows it
+    matters: the realm's discovery document lists a `kc-admin-api` scope (a client scope is listed
+    unless hidden from it; seen on 26.7.4), or the Admin API refuses the token it just issued."""
+    name = "keycloak admin api audience"
+    settings = ctx.settings
+    realm, client_id = settings.keycloak_realm, settings.admin_client[0]
+    audiences = _claims(ctx.token).get("aud")
+    audiences = (
+        [audiences] if isinstance(audiences, str) else audiences if isinstance(audiences, list) else []
+    )
+    carried = [str(a) for a in audiences if spec.is_admin_api_audience(str(a), realm)]
+    # Any Admin API call shows it: Keycloak authenticates the token (401) before it authorizes (403).
+    probe = await _admin_get(ctx, f"/realms/{realm}/users/profile")
+    if isinstance(probe, str):
+        ctx.failed(name, probe, "Check BRIDGE_KEYCLOAK_URL.")
+        raise _AdminApiRefused
+    refused = probe.status_code == HTTPStatus.UNAUTHORIZED
+    listed = spec.ADMIN_API_SCOPE in ctx.realm_scopes
+    fix = (
+        f"Give client '{client_id}' the default client scope {spec.ADMIN_API_SCOPE}: run `bridge keycloak "
+        f"apply`, or in the admin console Clients > {client_id} > Client scopes > Add client scope > "
+        f"{spec.ADMIN_API_SCOPE} (Default)."
+    )
+    if refused and carried:
+        ctx.failed(
+            name,
+            f"Keycloak refuses the service account's token on the Admin API (HTTP 401) although it carries "
+            f"the Admin API audience {carried[0]}",
+            "See Keycloak's log for why; BRIDGE_KEYCLOAK_URL must reach Keycloak under a host name it serves "
+            "the realm at.",
+        )
+        raise _AdminApiRefused
+    if refused:
+        ctx.failed(
+            name,
+            f"Keycloak refuses the service account's token on the Admin API (HTTP 401), and the token lacks "
+            f"the Admin API audience {spec.admin_api_audience(settings)}: Keycloak 26.8.2 and newer require "
+            f"the {spec.ADMIN_API_SCOPE} client scope, which '{client_id}' does not have",
+            fix,
+        )
+        raise _AdminApiRefused
+    if carried:
+        ctx.passed(name, f"the service account's token carries the Admin API audience {carried[0]}")
+        return
+    if listed:
+        ctx.failed(
+            name,
+            f"the realm has the client scope {spec.ADMIN_API_SCOPE} but the service account's token lacks "
+            f"the Admin API audience it adds: Keycloak 26.8.2 and newer refuse such a token (HTTP 401)",
+            fix,
+        )
+        return
+    ctx.passed(
+        name,
+        f"not needed here: the realm lists no {spec.ADMIN_API_SCOPE} client scope and the Admin API accepts "
+        "the token without its audience (Keycloak before 26.8.2); after upgrading, run `bridge keycloak "
+        "apply`",
     )
 
 

@@ -87,6 +87,17 @@ def min_version_text() -> str:
     return ".".join(str(part) for part in MIN_KEYCLOAK_VERSION)
 
 
+def admin_api_audience(settings: Settings) -> str:
+    """The audience `kc-admin-api` adds: the realm's Admin API URL, as the bridge reaches Keycloak."""
+    return f"{settings.keycloak_base_url}/admin/realms/{settings.keycloak_realm}"
+
+
+def is_admin_api_audience(audience: str, realm: str) -> bool:
+    """Whether `audience` is a realm's Admin API URL under any host name: Keycloak builds it from its
+    own host name settings, which may differ from the address the bridge reaches it at."""
+    return audience.rstrip("/").endswith(f"/admin/realms/{realm}")
+
+
 def default_jwks_url(settings: Settings) -> str:
     return f"{settings.issuer_url}/.well-known/jwks.json"
 

@@ -492,6 +492,7 @@ async def test_doctor_passes_on_the_applied_realm_and_leaves_no_account(
         "keycloak client",
         "least privilege: clients",
         "service-account roles",
+        "keycloak admin api audience",
         "least privilege: reach",
         "keycloak version",
         "keycloak feature",
@@ -1039,6 +1040,82 @@ def admin_api_scope_of(bare: Bare, realm: str, client_id: str) -> str | None:
             if any(s["name"] == "kc-admin-api" for s in held):
                 return kind
     return None
+
+
+def take_admin_api_scope_off(bare: Bare, realm: str, client_id: str) -> None:
+    base = f"/realms/{realm}"
+    with bare.admin() as admin:
+        (client,) = admin.get(f"{base}/clients", params={"clientId": client_id}).json()
+        (scope,) = [s for s in admin.get(f"{base}/client-scopes").json() if s["name"] == "kc-admin-api"]
+        path = f"{base}/clients/{client['id']}/default-client-scopes/{scope['id']}"
+        assert admin.delete(path).status_code == 204
+
+
+def service_account_claims(bare: Bare, realm: str) -> dict[str, Any]:
+    token = httpx2.post(
+        f"{bare.keycloak.url}/realms/{realm}/protocol/openid-connect/token",
+        data={"grant_type": "client_credentials"},
+        auth=("tiktok-bridge-admin", _ADMIN_SECRET),
+        timeout=60,
+    )
+    assert token.status_code == 200, token.text
+    return claims(token.json()["access_token"])
+
+
+def audiences(token_claims: dict[str, Any]) -> list[str]:
+    aud = token_claims.get("aud", [])
+    return [aud] if isinstance(aud, str) else list(aud)
+
+
+async def test_apply_gives_the_admin_client_the_admin_api_scope_and_the_doctor_checks_it(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """In a realm with kc-admin-api, apply makes it a default scope of the admin client (named in the
+    dry run; a rerun changes nothing) and of no minting client; the service account's token then
+    carries the Admin API audience and the doctor passes. Taken off the client, the doctor fails naming
+    the scope, apply and the console path; apply puts it back."""
+    realm = customer_realm(bare)
+    ensure_admin_api_scope(bare, realm)
+
+    done, dry = run_apply(bare, realm, dry_run=True)
+    assert done
+    assert "client scope 'kc-admin-api': would create" in dry
+    assert (
+        "    make it a default scope of 'tiktok-bridge-admin', whose service account calls the Admin API"
+    ) in dry
+    assert admin_api_scope_of(bare, realm, "admin-cli") == "default"  # untouched by the dry run
+    done, lines = run_apply(bare, realm)
+    assert done
+    assert "client scope 'kc-admin-api': done" in lines
+    assert run_apply(bare, realm)[1][-1] == "no changes"
+
+    assert admin_api_scope_of(bare, realm, "tiktok-bridge-admin") == "default"
+    assert admin_api_scope_of(bare, realm, "tiktok-bridge") is None
+    assert admin_api_audience(bare, realm) in audiences(service_account_claims(bare, realm))
+    checks = await run_doctor(bare, bare.settings(realm), emulator)
+    assert failing(checks) == set(), [c.line() for c in checks.values()]
+    assert checks["keycloak admin api audience"].detail == (
+        f"the service account's token carries the Admin API audience {admin_api_audience(bare, realm)}"
+    )
+
+    take_admin_api_scope_off(bare, realm, "tiktok-bridge-admin")
+    assert admin_api_audience(bare, realm) not in audiences(service_account_claims(bare, realm))
+    without = await run_doctor(bare, bare.settings(realm), emulator)
+    surveyed = await run_doctor(
+        bare, bare.settings(realm), emulator, admin=doctor.AdminLogin("admin", "admin")
+    )
+
+    check = without["keycloak admin api audience"]
+    assert failing(without) == {"keycloak admin api audience"}, [c.line() for c in without.values()]
+    assert "kc-admin-api" in check.detail
+    assert "`bridge keycloak apply`" in check.fix
+    assert "Clients > tiktok-bridge-admin > Client scopes > Add client scope > kc-admin-api" in check.fix
+    assert "realm: client scope 'kc-admin-api'" in failing(surveyed)
+    assert "make it a default scope of 'tiktok-bridge-admin'" in (
+        surveyed["realm: client scope 'kc-admin-api'"].detail
+    )
+    assert "client scope 'kc-admin-api': create" in run_apply(bare, realm)[1]
+    assert failing(await run_doctor(bare, bare.settings(realm), emulator)) == set()
 
 
 def test_a_minting_client_holding_the_admin_api_scope_is_refused_until_forced(bare: Bare) -> None:

@@ -1,16 +1,26 @@
-"""Keycloak 26.8.2's Admin API audience (`kc-admin-api`): what apply plans, against a fake that behaves
-as a live 26.7.4 did and as the 26.8.2 upgrading guide describes (no 26.8 server could be fetched here)."""
+"""Keycloak 26.8.2's Admin API audience (`kc-admin-api`): what apply plans and what the doctor concludes,
+against fakes that behave as a live 26.7.4 did and as the 26.8.2 upgrading guide describes (no 26.8
+server could be fetched here)."""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import httpx2
 import pytest
 
+from bridge import doctor
 from bridge.realm_setup import Admin, SetupError, Step, _admin_api_scope_step
 from bridge.realm_spec import minting_clients, own_client
 from bridge.settings import Settings
+from devstack.tiktok_emulator import TikTokEmulator
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 KEYCLOAK = "http://keycloak.test"
 TIKTOK = "http://tiktok.test"
@@ -180,3 +190,132 @@ def test_a_refused_admin_token_is_told_apart_from_a_missing_role() -> None:
         answering(401).get("/serverinfo")
     with pytest.raises(SetupError, match="it needs the realm-admin role"):
         answering(403).get("/serverinfo")
+
+
+# ----------------------------------------------------------------------------------- doctor
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"eyJhbGciOiJub25lIn0.{payload}.sig"
+
+
+def keycloak_answering(*, aud: list[str], scopes: list[str], admin_status: int) -> Callable[..., Any]:
+    """Keycloak as the service account meets it: discovery (with `scopes`), a token (with `aud`), the
+    Admin API answering `admin_status` to everything, and the JWT grant's "User not found"."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith("/.well-known/openid-configuration"):
+            return httpx2.Response(200, json={"issuer": f"{KEYCLOAK}/realms/app", "scopes_supported": scopes})
+        if path.endswith("/protocol/openid-connect/token"):
+            form = parse_qs(request.content.decode())
+            if form["grant_type"] == ["client_credentials"]:
+                roles = {"realm-management": {"roles": ["query-users"]}}
+                token = _jwt({"sub": "sa", "aud": aud, "resource_access": roles})
+                return httpx2.Response(200, json={"access_token": token, "expires_in": 300})
+            return httpx2.Response(
+                400, json={"error": "invalid_grant", "error_description": "User not found"}
+            )
+        if path.startswith("/admin/"):
+            return httpx2.Response(admin_status, json={"error": "HTTP 401 Unauthorized"})
+        return httpx2.Response(404)
+
+    return handler
+
+
+async def doctor_checks(
+    tmp_path: Path,
+    *,
+    aud: list[str],
+    scopes: list[str],
+    admin_status: int,
+) -> dict[str, doctor.Check]:
+    from joserfc.jwk import ECKey  # noqa: PLC0415
+
+    key = tmp_path / "key.pem"
+    key.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    emulator = TikTokEmulator(client_key="key", client_secret="secret")
+    fake = httpx2.MockTransport(keycloak_answering(aud=aud, scopes=scopes, admin_status=admin_status))
+    mounts = {TIKTOK: httpx2.ASGITransport(app=emulator.app), KEYCLOAK: fake}
+    async with httpx2.AsyncClient(mounts=mounts) as http:
+        checks = await doctor.run_checks(settings(signing_key_file=key), http=http)
+    return {c.name: c for c in checks}
+
+
+CHECK = "keycloak admin api audience"
+AUDIENCE = f"{KEYCLOAK}/admin/realms/app"
+
+
+async def test_doctor_fails_a_401_from_the_admin_api_naming_the_scope_and_still_tries_the_grant(
+    tmp_path: Path,
+) -> None:
+    """Keycloak 26.8.2 as its upgrading guide describes it: the Admin API refuses a token without the
+    audience. The check says so with the fix; the Admin API checks after it are skipped (they would
+    all fail alike), the grant, which needs no Admin API call, is still tried."""
+    checks = await doctor_checks(
+        tmp_path, aud=["account"], scopes=["openid", "kc-admin-api"], admin_status=401
+    )
+
+    check = checks[CHECK]
+    assert not check.ok
+    assert check.detail == (
+        "Keycloak refuses the service account's token on the Admin API (HTTP 401), and the token lacks the "
+        f"Admin API audience {AUDIENCE}: Keycloak 26.8.2 and newer require the kc-admin-api client scope, "
+        "which 'tiktok-bridge-admin' does not have"
+    )
+    assert check.fix == (
+        "Give client 'tiktok-bridge-admin' the default client scope kc-admin-api: run `bridge keycloak "
+        "apply`, or in the admin console Clients > tiktok-bridge-admin > Client scopes > Add client scope > "
+        "kc-admin-api (Default)."
+    )
+    for skipped in ("least privilege: reach", "keycloak version", "user-profile attributes"):
+        assert skipped not in checks
+    assert checks["jwt grant"].ok
+
+
+async def test_doctor_fails_a_listed_scope_the_token_does_not_carry_before_keycloak_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """The realm lists kc-admin-api (discovery) but the token lacks its audience: a failure now, though
+    this Keycloak still answers, since 26.8.2 would not."""
+    checks = await doctor_checks(
+        tmp_path, aud=["account"], scopes=["openid", "kc-admin-api"], admin_status=200
+    )
+
+    assert not checks[CHECK].ok
+    assert "the realm has the client scope kc-admin-api but the service account's token lacks" in (
+        checks[CHECK].detail
+    )
+    assert "Clients > tiktok-bridge-admin > Client scopes > Add client scope" in checks[CHECK].fix
+    assert "least privilege: reach" in checks  # the Admin API answers: the other checks run
+
+
+@pytest.mark.parametrize(
+    ("aud", "scopes", "detail"),
+    [
+        (
+            [AUDIENCE, "account"],
+            ["openid", "kc-admin-api"],
+            f"the service account's token carries the Admin API audience {AUDIENCE}",
+        ),
+        (
+            # Keycloak names its own host, which may not be the address the bridge reaches it at.
+            ["https://sso.example/admin/realms/app"],
+            ["openid", "kc-admin-api"],
+            "the service account's token carries the Admin API audience https://sso.example/admin/realms/app",
+        ),
+        (["account"], ["openid", "profile"], "not needed here: the realm lists no kc-admin-api client scope"),
+    ],
+    ids=["carried", "carried-under-keycloaks-host-name", "keycloak-before-26.8.2"],
+)
+async def test_doctor_passes_a_token_with_the_audience_or_a_keycloak_that_has_no_such_scope(
+    tmp_path: Path,
+    aud: list[str],
+    scopes: list[str],
+    detail: str,
+) -> None:
+    checks = await doctor_checks(tmp_path, aud=aud, scopes=scopes, admin_status=200)
+
+    assert checks[CHECK].ok
+    assert checks[CHECK].detail.startswith(detail)
