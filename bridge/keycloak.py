@@ -44,10 +44,13 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserConflict,
 )
+from bridge.metrics import KEYCLOAK_ADMIN_API_REFUSED, count
 from bridge.model import FederatedLink, IssuedToken, KeycloakUser
 from bridge.resilience import CircuitBreaker, guarded_call
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bridge.ports import Cache
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,26 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
     """The `Authorization` value httpx2 builds from `auth=(id, secret)` (UTF-8, not form-encoded), made
     once per client instead of on every grant."""
     return "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+
+
+class _AtMostEvery:
+    """True at most once per `interval` seconds: a log line that would repeat on every request."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last = float("-inf")
+
+    def due(self) -> bool:
+        now = self._clock()
+        if now - self._last < self._interval:
+            return False
+        self._last = now
+        return True
+
+
+# Per process (module level): every KeycloakClient of the process shares the one service account.
+_ADMIN_REFUSAL_LOG = _AtMostEvery(60.0)
 
 
 @dataclass
@@ -288,6 +311,8 @@ class KeycloakClient:
             # 401: the token was revoked or expired early (e.g. Keycloak restarted): renew it once.
             if response.status_code != HTTPStatus.UNAUTHORIZED:
                 break
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
+            self._refused_token(method)
         if response.status_code == HTTPStatus.FORBIDDEN and _ONE_USER.match(path):
             # Confined to its group by fine-grained permissions, the service account is refused any
             # account outside it: that account is not the bridge's to act for.
@@ -298,6 +323,30 @@ class KeycloakClient:
                 f"admin API {method} refused (HTTP {response.status_code}): check the client's roles",
             )
         return response
+
+    def _refused_token(self, method: str) -> None:
+        """The Admin API refused a token the token endpoint issued a moment before (renewed once
+        already): the service account's configuration, not an outage, so retrying cannot help and the
+        answer is the configuration problem's (500 server_error). Keycloak 26.8.2 and newer do this to
+        a token without the Admin API audience; the log says how to fix it, once a minute per process."""
+        count(KEYCLOAK_ADMIN_API_REFUSED, "unauthorized")
+        if _ADMIN_REFUSAL_LOG.due():
+            log.error(
+                "Keycloak's Admin API refuses the service account's token (HTTP 401) even just after it "
+                "was issued: on Keycloak 26.8.2 and newer client '%s' needs the default client scope "
+                "kc-admin-api, which puts the Admin API audience in its token. Fix: run `bridge keycloak "
+                "apply`, or in the admin console Clients > %s > Client scopes > Add client scope > "
+                "kc-admin-api (Default); `bridge doctor` checks it. Sign-ins that need no Admin API call "
+                "still work meanwhile",
+                self._client_id,
+                self._client_id,
+                extra={"reason": "unauthorized", "client_id": self._client_id},
+            )
+        raise UpstreamProtocolError(
+            "keycloak",
+            f"admin API {method} refused the service account's token (HTTP 401) after renewing it: a "
+            "configuration problem (kc-admin-api scope missing on Keycloak 26.8.2+?)",
+        )
 
     # ------------------------------------------------------------------------------- users
 

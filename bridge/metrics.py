@@ -48,6 +48,13 @@ OVERLOAD_REFUSALS = Counter(
     ["action"],
 )
 CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker opened", ["upstream"])
+KEYCLOAK_ADMIN_API_REFUSED = Counter(
+    "bridge_keycloak_admin_api_refused_total",
+    "Admin API calls Keycloak refused the service account's token for, even after renewing it: a "
+    "configuration problem (unauthorized: on Keycloak 26.8.2+ the admin client lacks the kc-admin-api "
+    "client scope; run `bridge keycloak apply`)",
+    ["reason"],
+)
 
 
 # The labelled children of UPSTREAM_SECONDS, by labels: `labels()` validates and locks on every call,

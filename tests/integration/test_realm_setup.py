@@ -9,7 +9,9 @@ runs this module against the oldest supported one).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
 import secrets
 import subprocess
@@ -19,9 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import pytest
+import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
+from prometheus_client import REGISTRY
 
-from bridge import doctor
+from bridge import doctor, keys
+from bridge import realm_spec as spec
 from bridge.app import create_app
 from bridge.realm_setup import SetupError, apply, survey
 from bridge.settings import Settings
@@ -38,7 +43,7 @@ from devstack.threaded import ThreadedServer
 from tests.conftest import CLIENT_KEY, CLIENT_SECRET, KNOWN_SECRETS, TIKTOK_API, running_bridge
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
     from devstack.tiktok_emulator import TikTokEmulator
@@ -993,8 +998,12 @@ async def test_apply_brings_accounts_linked_before_the_group_into_it(
 
 
 # ------------------------------------------------------------- Keycloak 26.8.2's Admin API audience
-# 26.7.4 (what runs here) has no kc-admin-api scope: the tests make it as the 26.8.2 upgrading guide
-# describes it. On a 26.8.2 or newer server (scripts/test-keycloak-versions) it is Keycloak's own.
+# 26.7.4 (what runs here) has neither the kc-admin-api scope nor the audience check. The tests make
+# the scope as the 26.8.2 upgrading guide describes it, and put the check in front of the Admin API
+# where Keycloak does not make it itself; on a 26.8.2 or newer server (scripts/test-keycloak-versions)
+# both are Keycloak's own.
+
+ENFORCES_ADMIN_AUDIENCE = (spec.version_tuple(VERSION) or (0,)) >= (26, 8, 2)
 
 
 def admin_api_audience(bare: Bare, realm: str) -> str:
@@ -1142,3 +1151,100 @@ def test_a_minting_client_holding_the_admin_api_scope_is_refused_until_forced(ba
     assert "    remove it from 'tiktok-bridge' (optional)" in forced
     assert admin_api_scope_of(bare, realm, "tiktok-bridge") is None
     assert admin_api_scope_of(bare, realm, "tiktok-bridge-admin") == "default"
+
+
+class AdminAudienceCheck(httpx2.AsyncBaseTransport):
+    """Keycloak 26.8.2's Admin API audience check, as its upgrading guide describes it, put in front of
+    a Keycloak that does not make it: an Admin API request whose bearer token lacks the realm's Admin
+    API URL in `aud` is answered 401 without reaching Keycloak; everything else goes through."""
+
+    def __init__(self, audience: str) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self._audience = audience
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.startswith("/admin/"):
+            bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if self._audience not in audiences(claims(bearer)):
+                return httpx2.Response(401, json={"error": "HTTP 401 Unauthorized"})
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@contextlib.asynccontextmanager
+async def bridge_for(bare: Bare, realm: str, emulator: TikTokEmulator) -> AsyncIterator[httpx2.AsyncClient]:
+    """The bridge in process (Redis shared with other instances of the test), its TikTok calls to the
+    emulator, its Admin API calls through 26.8.2's audience check where Keycloak does not make it."""
+    mounts: dict[str, httpx2.AsyncBaseTransport] = {TIKTOK_API: httpx2.ASGITransport(app=emulator.app)}
+    if not ENFORCES_ADMIN_AUDIENCE:
+        mounts[bare.keycloak.url] = AdminAudienceCheck(admin_api_audience(bare, realm))
+    app = create_app(bare.settings(realm), mounts=mounts)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
+    ):
+        yield http
+
+
+async def exchange(http: httpx2.AsyncClient, emulator: TikTokEmulator, open_id: str) -> httpx2.Response:
+    return await http.post(
+        "/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": emulator.issue_access_token(open_id),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        },
+    )
+
+
+def admin_api_refusals() -> float:
+    sample = REGISTRY.get_sample_value("bridge_keycloak_admin_api_refused_total", {"reason": "unauthorized"})
+    return sample or 0.0
+
+
+async def test_a_refused_admin_api_fails_new_sign_ins_as_a_misconfiguration_and_known_ones_still_work(
+    bare: Bare, emulator: TikTokEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With kc-admin-api taken off the admin client (as an upgrade to 26.8.2 leaves it), a returning user
+    still signs in (no Admin API call); a new one gets the misconfiguration answer (500 server_error),
+    counted, with a log line naming the scope and apply; the verbose readiness fails the same check as
+    the doctor. After apply the same bridge provisions again, renewing its token once."""
+    realm = customer_realm(bare)
+    ensure_admin_api_scope(bare, realm)
+    assert run_apply(bare, realm)[0]
+    known, new = emulator.create_user(), emulator.create_user()
+    async with bridge_for(bare, realm, emulator) as http:
+        assert (await exchange(http, emulator, known.open_id)).status_code == 200
+    take_admin_api_scope_off(bare, realm, "tiktok-bridge-admin")
+    # The first bridge's service-account token (with the audience) would still be valid: as if expired.
+    redis = aioredis.Redis.from_url(bare.redis.url)
+    await redis.delete(keys.admin_token(realm, "tiktok-bridge-admin"))
+    await redis.aclose()
+    before = admin_api_refusals()
+    caplog.set_level(logging.ERROR, logger="bridge.keycloak")
+
+    async with bridge_for(bare, realm, emulator) as http:
+        returning = await exchange(http, emulator, known.open_id)
+        refused = await exchange(http, emulator, new.open_id)
+        readiness = await http.get("http://bridge.test:9000/readyz", params={"verbose": "true"})
+        refusals = admin_api_refusals() - before
+        assert run_apply(bare, realm)[0]
+        after_apply = await exchange(http, emulator, new.open_id)
+
+    assert returning.status_code == 200, returning.text
+    assert refused.status_code == 500
+    assert refused.json() == {
+        "error": "server_error",
+        "error_description": "The bridge could not complete the request.",
+    }
+    assert refusals >= 1
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "bridge.keycloak"]
+    assert "client 'tiktok-bridge-admin' needs the default client scope kc-admin-api" in line
+    assert "run `bridge keycloak apply`" in line
+    deployment = {check["name"]: check for check in readiness.json()["deployment"]}
+    assert readiness.json()["deployment_ok"] is False
+    assert deployment["keycloak admin api audience"]["ok"] is False
+    assert "kc-admin-api" in deployment["keycloak admin api audience"]["fix"]
+    assert after_apply.status_code == 200, after_apply.text

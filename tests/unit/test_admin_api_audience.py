@@ -1,26 +1,33 @@
-"""Keycloak 26.8.2's Admin API audience (`kc-admin-api`): what apply plans and what the doctor concludes,
-against fakes that behave as a live 26.7.4 did and as the 26.8.2 upgrading guide describes (no 26.8
-server could be fetched here)."""
+"""Keycloak 26.8.2's Admin API audience (`kc-admin-api`): what apply plans, what the doctor concludes,
+and how the runtime answers a refused token, against fakes that behave as a live 26.7.4 did and as the
+26.8.2 upgrading guide describes (no 26.8 server could be fetched here)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import httpx2
 import pytest
+from prometheus_client import REGISTRY
 
-from bridge import doctor
+from bridge import doctor, keycloak
+from bridge.cache import MemoryCache
+from bridge.errors import ServerError, UpstreamProtocolError, to_oauth_error
+from bridge.keycloak import KeycloakClient
 from bridge.realm_setup import Admin, SetupError, Step, _admin_api_scope_step
 from bridge.realm_spec import minting_clients, own_client
 from bridge.settings import Settings
 from devstack.tiktok_emulator import TikTokEmulator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
+
+    import aiohttp
 
 KEYCLOAK = "http://keycloak.test"
 TIKTOK = "http://tiktok.test"
@@ -319,3 +326,103 @@ async def test_doctor_passes_a_token_with_the_audience_or_a_keycloak_that_has_no
 
     assert checks[CHECK].ok
     assert checks[CHECK].detail.startswith(detail)
+
+
+# ---------------------------------------------------------------------------------- runtime
+
+
+class AdminApi:
+    """The token endpoint (a new token per request) and an Admin API answering `status` to everything;
+    each records what the bridge sent."""
+
+    def __init__(self, status: int, token_status: int = 200) -> None:
+        self.status = status
+        self.token_status = token_status
+        self.issued = 0
+        self.bearers: list[str] = []
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("/protocol/openid-connect/token"):
+            if self.token_status != 200:
+                return httpx2.Response(self.token_status, json={"error": "unauthorized_client"})
+            self.issued += 1
+            return httpx2.Response(200, json={"access_token": f"adm-{self.issued}", "expires_in": 300})
+        self.bearers.append(request.headers["Authorization"])
+        return httpx2.Response(self.status, json={"error": "HTTP 401 Unauthorized"})
+
+
+def _refusals() -> float:
+    value = REGISTRY.get_sample_value("bridge_keycloak_admin_api_refused_total", {"reason": "unauthorized"})
+    return value or 0.0
+
+
+async def client_for(api: AdminApi, token_http: aiohttp.ClientSession) -> KeycloakClient:
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(api.handle))
+    return KeycloakClient(
+        http,
+        MemoryCache(),
+        token_http=token_http,
+        base_url=KEYCLOAK,
+        realm="app",
+        client_id="tiktok-bridge-admin",
+        client_secret="admin-secret",
+    )
+
+
+@pytest.fixture
+async def token_http() -> AsyncIterator[aiohttp.ClientSession]:
+    import aiohttp  # noqa: PLC0415
+
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_a_401_that_survives_the_renewal_is_a_configuration_error_logged_once_a_minute(
+    token_http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Admin API refuses the token, then the renewed one: no third try, the documented answer for a
+    misconfiguration (500 server_error), a counted refusal per call, and one log line a minute naming
+    the cause and the fix, without any token."""
+    now = [1000.0]
+    monkeypatch.setattr(keycloak, "_ADMIN_REFUSAL_LOG", keycloak._AtMostEvery(60.0, clock=lambda: now[0]))
+    api = AdminApi(status=401)
+    client = await client_for(api, token_http)
+    before = _refusals()
+    caplog.set_level(logging.ERROR, logger="bridge.keycloak")
+
+    for _ in range(3):
+        with pytest.raises(UpstreamProtocolError) as refused:
+            await client.find_linked_user("tiktok", "-000a")
+    now[0] += 61
+    with pytest.raises(UpstreamProtocolError):
+        await client.get_user("u-1")
+
+    assert api.bearers[:2] == ["Bearer adm-1", "Bearer adm-2"]  # the one renewal, then given up
+    assert len(api.bearers) == 8
+    assert _refusals() - before == 4
+    answer = to_oauth_error(refused.value)
+    assert isinstance(answer, ServerError)
+    assert (answer.status_code, answer.body()["error"]) == (500, "server_error")
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.keycloak"]
+    assert len(lines) == 2  # the first refusal, and the first one after the minute
+    assert "client 'tiktok-bridge-admin' needs the default client scope kc-admin-api" in lines[0]
+    assert "run `bridge keycloak apply`" in lines[0]
+    assert "Clients > tiktok-bridge-admin > Client scopes > Add client scope" in lines[0]
+    assert not any("adm-" in line or "admin-secret" in line for line in lines)
+    assert "adm-" not in refused.value.detail
+
+
+async def test_a_refused_service_account_grant_is_not_an_admin_api_refusal(
+    token_http: aiohttp.ClientSession,
+) -> None:
+    """A 401 from the token endpoint (a wrong secret) keeps its own error, and is not counted as the
+    Admin API refusing the token."""
+    api = AdminApi(status=200, token_status=401)
+    client = await client_for(api, token_http)
+    before = _refusals()
+
+    with pytest.raises(UpstreamProtocolError, match="service-account token refused: HTTP 401"):
+        await client.find_linked_user("tiktok", "-000a")
+
+    assert api.bearers == []
+    assert _refusals() == before
