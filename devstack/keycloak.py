@@ -62,6 +62,18 @@ class SetupError(RuntimeError):
     """A development dependency could not be fetched or started; the message says what to do."""
 
 
+class DistributionNotServed(SetupError):
+    """The Maven repository this machine uses has no such Keycloak release (yet): nothing to retry."""
+
+
+# How Maven says an artifact is missing, as opposed to a network or set-up failure ("Could not find
+# artifact", and "Unable to find artifact ... was not found in" from the dependency plugin, seen here
+# for keycloak-quarkus-dist 26.8.2).
+_NOT_SERVED = re.compile(r"Could not find artifact|Unable to find artifact|was not found in")
+# `python -m devstack.keycloak VERSION`'s exit status when the release is not served.
+EXIT_NOT_SERVED = 3
+
+
 # --------------------------------------------------------------------------------------------- JDK
 
 
@@ -129,6 +141,9 @@ def fetch_distribution(cache_dir: Path | None = None, version: str = KEYCLOAK_VE
                 mvn,
                 "--batch-mode",
                 "--no-transfer-progress",
+                # Maven remembers a missing artifact for a day: without this, a release tried before
+                # the repository served it would still be refused after it does.
+                "--update-snapshots",
                 "dependency:copy",
                 f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{version}:tar.gz",
                 f"-DoutputDirectory={download_dir}",
@@ -138,6 +153,11 @@ def fetch_distribution(cache_dir: Path | None = None, version: str = KEYCLOAK_VE
             check=False,
         )
         if result.returncode != 0 or not archive.exists():
+            if _NOT_SERVED.search(result.stdout + result.stderr):
+                raise DistributionNotServed(
+                    f"Keycloak {version} (org.keycloak:keycloak-quarkus-dist) is not served by the Maven "
+                    "repository this machine uses"
+                )
             tail = "\n".join(result.stdout.splitlines()[-15:])
             raise SetupError(f"Maven could not fetch Keycloak {version}:\n{tail}")
         progress(f"downloaded in {time.monotonic() - started:.0f} s")
@@ -362,5 +382,9 @@ if __name__ == "__main__":
     # An optional argument names another release, e.g. the oldest supported one for
     # scripts/test-keycloak-versions.
     wanted = sys.argv[1] if len(sys.argv) > 1 else KEYCLOAK_VERSION
-    progress(f"Keycloak {wanted} at {fetch_distribution(version=wanted)}")
+    try:
+        progress(f"Keycloak {wanted} at {fetch_distribution(version=wanted)}")
+    except DistributionNotServed as exc:
+        progress(str(exc))
+        sys.exit(EXIT_NOT_SERVED)
     progress(f"JDK: {find_java_home()}")

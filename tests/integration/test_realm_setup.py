@@ -208,6 +208,12 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
     """Dry run lists the objects and writes nothing; apply creates them; a rerun reports no changes."""
     realm = customer_realm(bare)
     before = snapshot(bare, realm)
+    # Keycloak 26.8.2 and newer make kc-admin-api in every realm; older ones have none (nothing to do).
+    with bare.admin() as admin:
+        has_scope = any(
+            s["name"] == "kc-admin-api" for s in admin.get(f"/realms/{realm}/client-scopes").json()
+        )
+    changes = 9 if has_scope else 8
 
     done, dry = run_apply(bare, realm, dry_run=True)
     assert done
@@ -219,26 +225,27 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
         "client 'tiktok-bridge-admin': would create",
         "client 'tiktok-bridge': would create",
         "token scope of client 'tiktok-bridge': ok, nothing to change",
-        # Keycloak 26.7 has no kc-admin-api scope: nothing to assign (the line's detail says so).
-        "client scope 'kc-admin-api': ok, nothing to change",
+        f"client scope 'kc-admin-api': {'would create' if has_scope else 'ok, nothing to change'}",
         "policy 'tiktok-keycloak-bridge: its service account': would create",
         "permission 'tiktok-keycloak-bridge: the accounts of its groups': would create",
         "user-profile attributes: would create",
-        "dry run: 8 object(s) would change; nothing was changed",
+        f"dry run: {changes} object(s) would change; nothing was changed",
     ]
     assert snapshot(bare, realm) == before
 
     done, first = run_apply(bare, realm)
     assert done
-    assert first[-1] == "applied: 8 object(s) changed"
+    assert first[-1] == f"applied: {changes} object(s) changed"
     done, second = run_apply(bare, realm)
     assert done
     assert second[-1] == "no changes"
     assert all(line.endswith("ok, nothing to change") for line in second[1:-1] if not line.startswith("    "))
-    assert (
+    # Where there is no scope to assign, the line says when there will be one.
+    absent = (
         "    this realm has none (Keycloak before 26.8.2): nothing to assign; after upgrading to 26.8.2 or "
-        in ("\n".join(second))
+        "newer run apply again (the Admin API then refuses tokens without it)"
     )
+    assert has_scope or absent in second
 
     after = snapshot(bare, realm)
     # What the realm's administrators own is exactly as it was.
@@ -805,28 +812,34 @@ async def test_apply_and_doctor_refuse_a_keycloak_without_the_feature(
     )
     with other.admin() as admin:
         admin.post("/realms", json={"realm": realm, "enabled": True})
+        # The admin client as apply makes it (apply cannot here): a service account holding
+        # query-users, with kc-admin-api where the realm has it (Keycloak 26.8.2 and newer).
         client = {
-            "clientId": "tiktok-bridge",
-            "secret": _SECRET,
+            "clientId": "tiktok-bridge-admin",
+            "secret": _ADMIN_SECRET,
             "publicClient": False,
             "serviceAccountsEnabled": True,
         }
         admin.post(f"/realms/{realm}/clients", json=client)
-        (created,) = admin.get(f"/realms/{realm}/clients", params={"clientId": "tiktok-bridge"}).json()
+        (created,) = admin.get(f"/realms/{realm}/clients", params={"clientId": "tiktok-bridge-admin"}).json()
         account = admin.get(f"/realms/{realm}/clients/{created['id']}/service-account-user").json()
         (rm,) = admin.get(f"/realms/{realm}/clients", params={"clientId": "realm-management"}).json()
-        roles = [
-            admin.get(f"/realms/{realm}/clients/{rm['id']}/roles/{n}").json()
-            for n in ("manage-users", "view-users")
-        ]
+        roles = [admin.get(f"/realms/{realm}/clients/{rm['id']}/roles/query-users").json()]
         admin.post(f"/realms/{realm}/users/{account['id']}/role-mappings/clients/{rm['id']}", json=roles)
+        for scope in admin.get(f"/realms/{realm}/client-scopes").json():
+            if scope["name"] == "kc-admin-api":
+                admin.put(f"/realms/{realm}/clients/{created['id']}/default-client-scopes/{scope['id']}")
 
     with pytest.raises(SetupError, match="start it with --features=jwt-authorization-grant"):
         run_apply(other, realm)
     checks = await run_doctor(other, other.settings(realm), emulator)
 
-    assert failing(checks) == {"keycloak feature"}, [c.line() for c in checks.values()]
+    # The bridge's group and the permissions on it are apply's to make, which it refused to.
+    assert failing(checks) == {"least privilege: reach", "keycloak feature"}, [
+        c.line() for c in checks.values()
+    ]
     assert "--features=jwt-authorization-grant" in checks["keycloak feature"].fix
+    assert "jwt grant" not in checks
     with other.admin() as admin:
         assert admin.get(f"/realms/{realm}/identity-provider/instances").json() == []
 

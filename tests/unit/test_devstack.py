@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import pytest
+
+from devstack import keycloak
 from devstack.__main__ import bridge_banner
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_the_banner_names_the_admin_port_the_bridge_was_given() -> None:
@@ -15,3 +23,36 @@ def test_the_banner_names_the_admin_port_the_bridge_was_given() -> None:
     assert bridge_banner("http://127.0.0.1:8000", 0, redis=True) == (
         "starting the bridge on http://127.0.0.1:8000 (cache: Redis; no admin listener)"
     )
+
+
+@pytest.mark.parametrize(
+    ("maven_says", "error"),
+    [
+        (
+            (
+                "[ERROR] Failed to execute goal ... Unable to find artifact. org.keycloak:keycloak-quarkus-"
+                "dist:tar.gz:26.8.2 was not found in https://repo.maven.apache.org/maven2"
+            ),
+            keycloak.DistributionNotServed,
+        ),
+        ("[ERROR] Could not transfer artifact ...: Connection refused", keycloak.SetupError),
+    ],
+    ids=["not-served", "network"],
+)
+def test_a_release_the_repository_does_not_serve_is_told_from_other_fetch_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, maven_says: str, error: type[Exception]
+) -> None:
+    """scripts/test-keycloak-versions tries releases the Maven repository may not serve yet (26.8.2
+    here): Maven's "not found" is its own error, any other failure stays a set-up error."""
+    mvn = tmp_path / "mvn"
+    mvn.write_text(f"#!/bin/sh\necho '{maven_says}'\nexit 1\n")
+    mvn.chmod(0o755)
+    monkeypatch.setattr("devstack.keycloak.shutil.which", lambda name: str(mvn) if name == "mvn" else None)
+
+    with pytest.raises(error) as failed:
+        keycloak.fetch_distribution(tmp_path / "cache", version="26.8.2")
+
+    assert isinstance(failed.value, keycloak.DistributionNotServed) is (
+        error is keycloak.DistributionNotServed
+    )
+    assert "26.8.2" in str(failed.value)
