@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 import aiohttp
@@ -317,14 +317,13 @@ class KeycloakClient:
             # Confined to its group by fine-grained permissions, the service account is refused any
             # account outside it: that account is not the bridge's to act for.
             raise OutOfReach(f"admin API {method} /users/…: the service account may not manage this user")
-        if response.status_code in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
+        if response.status_code == HTTPStatus.FORBIDDEN:
             raise UpstreamProtocolError(
-                "keycloak",
-                f"admin API {method} refused (HTTP {response.status_code}): check the client's roles",
+                "keycloak", f"admin API {method} refused (HTTP 403): check the client's roles"
             )
         return response
 
-    def _refused_token(self, method: str) -> None:
+    def _refused_token(self, method: str) -> NoReturn:
         """The Admin API refused a token the token endpoint issued a moment before (renewed once
         already): the service account's configuration, not an outage, so retrying cannot help and the
         answer is the configuration problem's (500 server_error). Keycloak 26.8.2 and newer do this to
