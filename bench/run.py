@@ -87,10 +87,9 @@ FRESH_USERS_PER_SECOND = 300
 REFRESHES_PER_SECOND = 400
 SKIPPABLE = ("one-worker", "pinned", "bridge-only", "first", "first-postgres", "refresh", "sweep")
 # Unmeasured first sign-ins on each Keycloak before the measured ones: the one on PostgreSQL starts cold
-# in the middle of the bench, while the H2 one has been serving since the start. A count, not a time: a
-# cold Keycloak on a busy machine managed under 20 a second, too few in 5 s to compile its hot paths.
-FIRST_WARM_UP_USERS = 500
-FIRST_WARM_UP_LIMIT_SECONDS = 90
+# in the middle of the bench, while the H2 one has been serving since the start. A cold Keycloak on a
+# busy machine managed under 20 a second: 5 s gave it too few to compile its hot paths.
+FIRST_WARM_UP_SECONDS = 15
 # uvicorn's supervisor restarts a worker that has not answered its ping 5 s after being spawned; on a
 # machine loaded by other work, importing the bridge can take longer, so several restarts may come first.
 BRIDGE_START_TIMEOUT = 180.0
@@ -969,18 +968,18 @@ def first_sign_ins(bench: Bench, sides: list[str]) -> None:
             progress("first sign-ins on PostgreSQL: starting PostgreSQL, a Keycloak on it and a bridge")
             measured_sides.append(started.enter_context(postgres_side(bench)))
         for side in measured_sides:
-            progress(f"warming up {side.prefix}: {FIRST_WARM_UP_USERS} first sign-ins")
-            fresh = new_tokens(stack.emulator_url, FIRST_WARM_UP_USERS)
+            progress(f"warming up {side.prefix}: first sign-ins, {FIRST_WARM_UP_SECONDS} s")
+            fresh = new_tokens(stack.emulator_url, FRESH_USERS_PER_SECOND * FIRST_WARM_UP_SECONDS)
             bodies = write_bodies(stack.work / "fresh.txt", exchange_forms([t for _, t in fresh]))
-            # Ends when the users run out (bench/wrk_bodies.lua), the limit only bounds a stalled server.
-            wrk(
+            warm_up = wrk(
                 f"{side.bridge_url}/token",
                 bodies,
                 connections=args.connections,
-                seconds=FIRST_WARM_UP_LIMIT_SECONDS,
+                seconds=FIRST_WARM_UP_SECONDS,
                 cycle=False,
                 cores=None,
             )
+            progress(f"  {warm_up.requests} sign-ins")
         for run in range(args.runs):
             per_second: dict[str, float] = {}
             keycloak_cpu: dict[str, float] = {}
