@@ -618,17 +618,16 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
         for name, value in warm_run.calls.items():
             bench.add(f"warm_{name}", value)
 
-    # First sign-ins on H2 ("first") and on PostgreSQL ("first-postgres") run in turns, in one phase.
-    first_sides = [side for side in ("first", "first-postgres") if side not in args.skip]
     phases: dict[str, Callable[[], None]] = {
         "one-worker": lambda: one_worker(bench, grant_url, warm_bodies, baseline_run),
         "pinned": lambda: pinned(bench, grant_url, token_url, warm_bodies, baseline_run),
         "bridge-only": lambda: bridge_only(bench, grant_url, signer, audience, warm_bodies, warm, user_ids),
-        "first": lambda: first_sign_ins(bench, first_sides),
+        # "first" leaves out the first sign-ins on both Keycloaks, "first-postgres" the PostgreSQL half.
+        "first": lambda: first_sign_ins(bench, postgres="first-postgres" not in args.skip),
         "refresh": lambda: refreshes(bench, token_url, [t for _, t in warm]),
     }
     for name, phase in phases.items():
-        if name not in args.skip or (name == "first" and first_sides):
+        if name not in args.skip:
             phase()
     sweep: list[dict[str, float]] = []
     if "sweep" not in args.skip:
@@ -955,16 +954,14 @@ def postgres_side(bench: Bench) -> Iterator[FirstSide]:
             keycloak.stop()
 
 
-def first_sign_ins(bench: Bench, sides: list[str]) -> None:
-    """New TikTok users signing in: against the stack's Keycloak (H2 in memory, side "first") and against
-    one on PostgreSQL (side "first-postgres"), in turns within each run (the order swapped every run), so
-    that both see the same machine."""
+def first_sign_ins(bench: Bench, *, postgres: bool) -> None:
+    """New TikTok users signing in: against the stack's Keycloak (H2 in memory) and, with `postgres`,
+    against one keeping its data in PostgreSQL, in turns within each run (the order swapped every run),
+    so that both see the same machine."""
     stack, args = bench.stack, bench.args
     with ExitStack() as started:
-        measured_sides: list[FirstSide] = []
-        if "first" in sides:
-            measured_sides.append(FirstSide("first", stack.bridge_url, "bridge", "keycloak"))
-        if "first-postgres" in sides:
+        measured_sides = [FirstSide("first", stack.bridge_url, "bridge", "keycloak")]
+        if postgres:
             progress("first sign-ins on PostgreSQL: starting PostgreSQL, a Keycloak on it and a bridge")
             measured_sides.append(started.enter_context(postgres_side(bench)))
         for side in measured_sides:
