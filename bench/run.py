@@ -87,9 +87,13 @@ FRESH_USERS_PER_SECOND = 300
 REFRESHES_PER_SECOND = 400
 SKIPPABLE = ("one-worker", "pinned", "bridge-only", "first", "first-postgres", "refresh", "sweep")
 # Unmeasured first sign-ins on each Keycloak before the measured ones: the one on PostgreSQL starts cold
-# in the middle of the bench, while the H2 one has been serving since the start. A cold Keycloak on a
-# busy machine managed under 20 a second: 5 s gave it too few to compile its hot paths.
-FIRST_WARM_UP_SECONDS = 15
+# in the middle of the bench, while the H2 one has been serving since the start. Counted, not timed:
+# after 200 (15 s) the PostgreSQL Keycloak spent 31 ms of CPU per sign-in, after 1,200 (60 s) 22 ms,
+# and the first figure was mostly its JIT compiler at work. Run in rounds of fresh users, as wrk does
+# not end a run when its bodies run out.
+FIRST_WARM_UP_SIGN_INS = 1500
+FIRST_WARM_UP_ROUND = (10, 1000)  # seconds, users: more users than a round can use
+FIRST_WARM_UP_LIMIT_SECONDS = 240
 # uvicorn's supervisor restarts a worker that has not answered its ping 5 s after being spawned; on a
 # machine loaded by other work, importing the bridge can take longer, so several restarts may come first.
 BRIDGE_START_TIMEOUT = 180.0
@@ -954,6 +958,25 @@ def postgres_side(bench: Bench) -> Iterator[FirstSide]:
             keycloak.stop()
 
 
+def warm_up_first_sign_ins(bench: Bench, side: FirstSide) -> None:
+    """`FIRST_WARM_UP_SIGN_INS` unmeasured first sign-ins against `side`, in rounds (bounded in time)."""
+    stack, args = bench.stack, bench.args
+    seconds, users = FIRST_WARM_UP_ROUND
+    done, started = 0, time.monotonic()
+    while done < FIRST_WARM_UP_SIGN_INS and time.monotonic() - started < FIRST_WARM_UP_LIMIT_SECONDS:
+        fresh = new_tokens(stack.emulator_url, users)
+        bodies = write_bodies(stack.work / "fresh.txt", exchange_forms([t for _, t in fresh]))
+        done += wrk(
+            f"{side.bridge_url}/token",
+            bodies,
+            connections=args.connections,
+            seconds=seconds,
+            cycle=False,
+            cores=None,
+        ).requests
+        progress(f"warming up {side.prefix}: {done} first sign-ins")
+
+
 def first_sign_ins(bench: Bench, *, postgres: bool) -> None:
     """New TikTok users signing in: against the stack's Keycloak (H2 in memory) and, with `postgres`,
     against one keeping its data in PostgreSQL, in turns within each run (the order swapped every run),
@@ -965,18 +988,7 @@ def first_sign_ins(bench: Bench, *, postgres: bool) -> None:
             progress("first sign-ins on PostgreSQL: starting PostgreSQL, a Keycloak on it and a bridge")
             measured_sides.append(started.enter_context(postgres_side(bench)))
         for side in measured_sides:
-            progress(f"warming up {side.prefix}: first sign-ins, {FIRST_WARM_UP_SECONDS} s")
-            fresh = new_tokens(stack.emulator_url, FRESH_USERS_PER_SECOND * FIRST_WARM_UP_SECONDS)
-            bodies = write_bodies(stack.work / "fresh.txt", exchange_forms([t for _, t in fresh]))
-            warm_up = wrk(
-                f"{side.bridge_url}/token",
-                bodies,
-                connections=args.connections,
-                seconds=FIRST_WARM_UP_SECONDS,
-                cycle=False,
-                cores=None,
-            )
-            progress(f"  {warm_up.requests} sign-ins")
+            warm_up_first_sign_ins(bench, side)
         for run in range(args.runs):
             per_second: dict[str, float] = {}
             keycloak_cpu: dict[str, float] = {}
