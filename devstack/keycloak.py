@@ -344,7 +344,8 @@ class KeycloakServer:
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
     """A `preexec_fn`: in the child, before exec, ask for `sig` when the process that started it dies,
     however it dies (a test run killed by a timeout left JVMs running for good, each holding a core's
-    worth of work). Python calls it after switching to `Popen(user=...)`, which would clear it."""
+    worth of work). Changing the account clears the request; Python runs this after `Popen(user=...)` has
+    changed it, so the request holds for a server run as another account too."""
     if sys.platform != "linux":
         return lambda: None
     import ctypes  # noqa: PLC0415 - Linux only
