@@ -3,7 +3,8 @@
 The Keycloak here is a second one, bare like an organisation's existing server (no realm imported); each
 test makes its own ordinary realm, with a user, a declared attribute and an unrelated client, so the
 tests do not depend on each other. `KEYCLOAK_TEST_VERSION` picks the release (scripts/test-keycloak-versions
-runs this module against the oldest supported one).
+runs this module against the oldest supported one); `KEYCLOAK_TEST_DB=postgres` keeps Keycloak's data in
+PostgreSQL (scripts/test-keycloak-postgres).
 """
 
 from __future__ import annotations
@@ -35,12 +36,20 @@ from devstack.keycloak import (
 )
 from devstack.redis import RedisServer
 from devstack.threaded import ThreadedServer
-from tests.conftest import CLIENT_KEY, CLIENT_SECRET, KNOWN_SECRETS, TIKTOK_API, running_bridge
+from tests.conftest import (
+    CLIENT_KEY,
+    CLIENT_SECRET,
+    KNOWN_SECRETS,
+    TIKTOK_API,
+    keycloak_storage,
+    running_bridge,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from devstack.postgres import PostgresServer
     from devstack.tiktok_emulator import TikTokEmulator
 
 # The first start of a release builds it (2-4 minutes on a busy 2-core machine), inside the first
@@ -100,7 +109,7 @@ KNOWN_SECRETS.update({_SECRET, _ADMIN_SECRET})
 
 
 @pytest.fixture(scope="session")
-def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
+def bare(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer | None) -> Iterator[Bare]:
     work = tmp_path_factory.mktemp("bare")
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
@@ -108,9 +117,14 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
     issuer = f"http://127.0.0.1:{port}"
     distribution = fetch_distribution(version=VERSION)
     java_home = find_java_home()
-    with reusable_instance_dir(f"bare-{VERSION}") as instance_dir:
+    instance, database = keycloak_storage(postgres, f"bare-{VERSION}")
+    with reusable_instance_dir(instance) as instance_dir:
         keycloak = KeycloakServer(
-            instance_dir=instance_dir, realm_env={}, version=VERSION, import_realm=False
+            instance_dir=instance_dir,
+            realm_env={},
+            version=VERSION,
+            import_realm=False,
+            database=database,
         )
         redis = RedisServer(work_dir=work / "redis")
         env = Bare(keycloak=keycloak, redis=redis, issuer=issuer, signing_key_file=key_file)
@@ -157,9 +171,14 @@ def snapshot(bare: Bare, realm: str) -> dict[str, Any]:
         clients = admin.get(f"/realms/{realm}/clients").json()
         profile = admin.get(f"/realms/{realm}/users/profile").json()
         providers = admin.get(f"/realms/{realm}/identity-provider/instances").json()
+    shop = next(c for c in clients if c["clientId"] == "shop")
+    # Keycloak lists a client's scopes in no defined order: on PostgreSQL two reads of an unchanged
+    # client gave two orders.
+    for scopes in ("defaultClientScopes", "optionalClientScopes"):
+        shop[scopes] = sorted(shop[scopes])
     return {
         "alice": next(u for u in users if u["username"] == "alice"),
-        "shop": next(c for c in clients if c["clientId"] == "shop"),
+        "shop": shop,
         "other_clients": sorted(c["clientId"] for c in clients),
         "department": next(a for a in profile["attributes"] if a["name"] == "department"),
         "attributes": [a["name"] for a in profile["attributes"]],
