@@ -313,7 +313,7 @@ async def test_concurrent_first_logins_create_one_user(
 
     responses = await asyncio.gather(*(bridge.exchange(t) for t in tokens))
 
-    assert [r.status_code for r in responses] == [200] * 10
+    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses]
     (linked,) = linked_users(stack, user.open_id)
     assert {verified_claims(stack, r.json()["access_token"])["sub"] for r in responses} == {linked["id"]}
 
