@@ -914,7 +914,11 @@ def postgres_side(bench: Bench) -> Iterator[FirstSide]:
         keycloak = KeycloakServer(
             instance_dir=instance_dir,
             realm_env=realm_variables(
-                realm=REALM, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, issuer=stack.bridge_url
+                realm=REALM,
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+                issuer=stack.bridge_url,
+                admin_client_secret=ADMIN_CLIENT_SECRET,
             ),
             database=postgres.create_database("keycloak"),
         )
