@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stub_upstream import token_subject
-from bridge.assertions import AssertionSigner, load_key
+from bridge.keycloak.assertions import AssertionSigner, load_key
 from devstack.bridge_env import bridge_variables, realm_variables
 from devstack.keycloak import (
     KEYCLOAK_VERSION,

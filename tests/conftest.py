@@ -27,9 +27,9 @@ import hypothesis
 import pytest
 from joserfc.jwk import ECKey
 
-from bridge.app import create_app
-from bridge.logs import redact
+from bridge.observability.logs import redact
 from bridge.settings import Settings
+from bridge.web.app import create_app
 from devstack import keycloak as devstack_keycloak
 from devstack.bridge_env import (
     ADMIN_CLIENT_ID,

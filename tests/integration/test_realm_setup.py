@@ -22,10 +22,10 @@ import httpx2
 import pytest
 from joserfc.jwk import ECKey
 
-from bridge import doctor
-from bridge.app import create_app
-from bridge.realm_setup import SetupError, apply, survey
+from bridge.keycloak.realm_setup import SetupError, apply, survey
+from bridge.operations import doctor
 from bridge.settings import Settings
+from bridge.web.app import create_app
 from devstack import keycloak as devstack_keycloak
 from devstack.keycloak import (
     KeycloakServer,

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
-from bridge.cache import FallbackCache, MemoryCache, RedisCache
-from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
-from bridge.exchange import ExchangeService
-from bridge.ratelimit import RateLimiter
-from bridge.redis_connection import RedisConnection
+from bridge.domain.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
+from bridge.services.exchange import ExchangeService
+from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
+from bridge.storage.ratelimit import RateLimiter
+from bridge.storage.redis_connection import RedisConnection
 from devstack.redis import RedisClusterNodes
 from tests.conftest import forget_abandoned_sockets
 from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, assert_lock_outcomes, make_policy

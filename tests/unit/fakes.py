@@ -17,9 +17,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import (
+from bridge.domain import keys
+from bridge.domain.errors import (
     AccessTokenRejected,
     AccountDisabled,
     NotLinked,
@@ -27,7 +26,7 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserConflict,
 )
-from bridge.model import (
+from bridge.domain.model import (
     CodeGrant,
     FederatedLink,
     Held,
@@ -38,12 +37,20 @@ from bridge.model import (
     Policy,
 )
 from bridge.settings import Settings
+from bridge.storage.cache import MemoryCache
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-    from bridge.model import TikTokProfile
-    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, Store, StoreEntry, TikTokGateway
+    from bridge.domain.model import TikTokProfile
+    from bridge.services.ports import (
+        AssertionMinter,
+        Cache,
+        KeycloakGateway,
+        Store,
+        StoreEntry,
+        TikTokGateway,
+    )
 
 ISSUER = "https://kc.example/realms/app"
 

@@ -14,14 +14,14 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import AccountDisabled, SubjectTokenRejected, UpstreamUnavailable
-from bridge.exchange import ExchangeService, SessionOrder, deterministic_username
-from bridge.model import IdentityCheck, IdentityState
-from bridge.recent_profiles import RecentProfiles
-from bridge.sealing import Sealer, new_key
-from bridge.sessions import SessionPolicy, SessionService
+from bridge.domain import keys
+from bridge.domain.errors import AccountDisabled, SubjectTokenRejected, UpstreamUnavailable
+from bridge.domain.model import IdentityCheck, IdentityState
+from bridge.services.exchange import ExchangeService, SessionOrder, deterministic_username
+from bridge.services.sessions import SessionPolicy, SessionService
+from bridge.storage.cache import MemoryCache
+from bridge.storage.recent_profiles import RecentProfiles
+from bridge.storage.sealing import Sealer, new_key
 from tests.unit.fakes import (
     FakeKeycloak,
     FakeMinter,
@@ -302,7 +302,7 @@ async def test_an_identity_known_longer_than_the_user_ttl_is_read_first_again(
     exchange, order = bridge_over(tiktok, keycloak, store, user_ttl=60)
     await exchange.exchange(request(), session=order)
     later = time.time() + 61
-    monkeypatch.setattr("bridge.exchange.time.time", lambda: later)
+    monkeypatch.setattr("bridge.services.exchange.time.time", lambda: later)
     store.operations.clear()
 
     await exchange.exchange(request(), session=order)

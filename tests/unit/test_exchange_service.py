@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import (
+from bridge.domain import keys
+from bridge.domain.errors import (
     AccountDisabled,
     EmailTaken,
     IdentityMismatch,
@@ -26,17 +25,18 @@ from bridge.errors import (
     SubjectTokenRejected,
     UpstreamUnavailable,
 )
-from bridge.exchange import ExchangeService, deterministic_username
-from bridge.model import CodeGrant, TikTokProfile
-from bridge.recent_profiles import RecentProfiles
-from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
+from bridge.domain.model import CodeGrant, TikTokProfile
+from bridge.protocol.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
+from bridge.services.exchange import ExchangeService, deterministic_username
+from bridge.storage.cache import MemoryCache
+from bridge.storage.recent_profiles import RecentProfiles
 from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, RecordingStore, make_policy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from bridge.model import KeycloakUser
-    from bridge.ports import GuardedCache
+    from bridge.domain.model import KeycloakUser
+    from bridge.services.ports import GuardedCache
 
 PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
 REDIRECT = "https://app.example/callback"

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import UpstreamUnavailable
-from bridge.exchange import DEAUTHORIZATION_FIRST_DELAY, ExchangeService
+from bridge.domain import keys
+from bridge.domain.errors import UpstreamUnavailable
+from bridge.services.exchange import DEAUTHORIZATION_FIRST_DELAY, ExchangeService
+from bridge.storage.cache import MemoryCache
 from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
 
 if TYPE_CHECKING:
-    from bridge.model import KeycloakUser
+    from bridge.domain.model import KeycloakUser
 
 OPEN_ID = "-000AbC"
 
@@ -156,7 +156,7 @@ async def test_with_keycloak_up_nothing_stays_pending(policy: str) -> None:
 async def test_shutdown_stops_a_retry_loop_that_absorbed_a_cancellation() -> None:
     """A loop whose in-flight call swallows the first cancellation (as an HTTP client's timeout handling
     can) is still stopped at shutdown, instead of holding it for ever."""
-    from bridge.app import _cancel  # noqa: PLC0415 - the shutdown helper itself
+    from bridge.web.app import _cancel  # noqa: PLC0415 - the shutdown helper itself
 
     swallowed = 0
 

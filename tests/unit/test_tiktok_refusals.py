@@ -13,17 +13,22 @@ import pytest
 from limits.aio.storage import MemoryStorage
 from limits.errors import StorageError
 
-from bridge.cache import MemoryCache
-from bridge.errors import RateLimited, SubjectTokenRejected, TemporarilyUnavailable, UpstreamUnavailable
-from bridge.exchange import ExchangeService
-from bridge.model import Caller, TikTokProfile
-from bridge.ratelimit import TikTokQuota, TikTokRefusals
+from bridge.domain.errors import (
+    RateLimited,
+    SubjectTokenRejected,
+    TemporarilyUnavailable,
+    UpstreamUnavailable,
+)
+from bridge.domain.model import Caller, TikTokProfile
+from bridge.services.exchange import ExchangeService
+from bridge.storage.cache import MemoryCache
+from bridge.storage.ratelimit import TikTokQuota, TikTokRefusals
 from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from bridge.ports import RefusalBudget, RefusalReservation
+    from bridge.services.ports import RefusalBudget, RefusalReservation
 
 
 @dataclass

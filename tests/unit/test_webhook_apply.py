@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from bridge.cache import MemoryCache
-from bridge.webhook import _apply
+from bridge.storage.cache import MemoryCache
+from bridge.web.webhook import _apply
 
 if TYPE_CHECKING:
-    from bridge.exchange import ExchangeService
+    from bridge.services.exchange import ExchangeService
 
 
 class RecordingExchange:
@@ -39,7 +39,7 @@ async def test_a_revocation_kept_in_one_process_only_is_reported(
 ) -> None:
     """While Redis is down the revocation reaches only this replica's memory: an operator is told."""
     exchange = RecordingExchange()
-    with caplog.at_level(logging.INFO, logger="bridge.webhook"):
+    with caplog.at_level(logging.INFO, logger="bridge.web.webhook"):
         await _apply(cast("ExchangeService", exchange), cache, "-000AbC", 1)
     assert exchange.deauthorized == ["-000AbC"]
     messages: list[Any] = [record.getMessage() for record in caplog.records]
