@@ -314,7 +314,7 @@ class Resources:
         keycloak: KeycloakClient,
         use_case: Callable[[KeycloakClient, Policy], App],
     ) -> dict[str, App]:
-        """A use case for each app with a Keycloak client or an audience list of its own."""
+        """The exchange and minting of each app with a Keycloak client or an audience list of its own."""
         clients, audiences = settings.keycloak_client_map(), settings.client_audience_map()
         catalog = settings.audience_scopes()
         per_app = {}

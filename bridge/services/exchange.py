@@ -4,9 +4,9 @@ It composes the use cases of each step: `IdentityService` (identity.py) verifies
 (provisioning.py) finds or creates the user, `MintingService` (minting.py) asks Keycloak for the
 tokens; and it starts the session asked for with the sign-in. Ports of its own: `GuardedCache` (the
 identity's cached state, read with the session's write), `IdentityLimiter` and `SessionStarter`. It
-imports nothing but the bridge's dependency-free modules (model, errors, keys, ports), its metrics and
-the other use cases, so the same logic serves the RFC 8693 endpoint and the Strapi-compatible one, and
-loads without httpx2, redis or Starlette (a test holds it to that).
+imports nothing but the bridge's dependency-free modules (model, errors, keys, ports), the RFC 8693
+request types, its metrics and the other use cases, so the same logic serves the RFC 8693 endpoint and
+the Strapi-compatible one, and loads without httpx2, redis or Starlette (a test holds it to that).
 
 Per exchange, on the warm path (token seen within the profile TTL, user seen within the user TTL):
 no TikTok call, no Keycloak admin call, one Keycloak token call. When the exchange starts a session and
