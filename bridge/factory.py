@@ -20,9 +20,13 @@ from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.aiohttp_transport import AiohttpTransport, env_proxy
 from bridge.protocol.clients import ClientRegistry
 from bridge.providers.tiktok.client import TikTokClient
-from bridge.services.apps import Apps
+from bridge.services.apps import App, Apps
+from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
+from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
+from bridge.services.minting import MintingService
+from bridge.services.provisioning import ProvisioningService
 from bridge.services.sessions import SessionPolicy, SessionService
 from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.storage.ratelimit import RateLimiter, TikTokQuota, TikTokRefusals
@@ -106,6 +110,11 @@ class Resources:
     tiktok: TikTokClient
     keycloak: KeycloakClient
     exchange: ExchangeService
+    # Verifying TikTok identities, provisioning their users, applying TikTok's deauthorizations: one
+    # each per process, whatever the app.
+    identity: IdentityService
+    provisioning: ProvisioningService
+    deauthorization: DeauthorizationService
     # The use case per app of the allow-list: its own Keycloak client and audiences, where configured.
     apps: Apps
     # None when BRIDGE_LINK_CLIENT_IDS is empty (linking off).
@@ -214,49 +223,35 @@ class Resources:
         refusals = None
         if settings.rate_limit_enabled and settings.rate_limit_refused_tokens_per_ip:
             refusals = TikTokRefusals(limits_storage, per_address=settings.rate_limit_refused_tokens_per_ip)
-        exchange = ExchangeService(
-            tiktok=tiktok,
-            keycloak=keycloak,
-            cache=cache,
-            minter=signer,
-            policy=policy,
-            limiter=limiter,
-            quota=quota,
-            recent=recent,
-            refusals=refusals,
+        # One per process, whatever the app: none of them reads an app's own client or audiences.
+        identity = IdentityService(
+            tiktok=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
         )
-        strapi_exchange = exchange
+        provisioning = ProvisioningService(keycloak=keycloak, cache=cache, policy=policy)
+        deauthorization = DeauthorizationService(keycloak=keycloak, cache=cache, policy=policy)
+
+        def use_case(minting: KeycloakClient, app_policy: Policy) -> App:
+            # Per app: the Keycloak client it mints as, its audiences, and the identities its exchange
+            # signed in lately; every app shares the process's clients, caches, limits and TikTok quota.
+            minter = MintingService(keycloak=minting, minter=signer, policy=app_policy)
+            exchange = ExchangeService(
+                identity=identity,
+                provisioning=provisioning,
+                minting=minter,
+                cache=cache,
+                policy=app_policy,
+                limiter=limiter,
+            )
+            return App(exchange, minter)
+
+        default = use_case(keycloak, policy)
+        strapi = default
         if settings.strapi_keycloak_client_id and settings.strapi_keycloak_client_secret is not None:
             strapi_keycloak = keycloak.minting_as(
                 settings.strapi_keycloak_client_id, settings.strapi_keycloak_client_secret.get_secret_value()
             )
-            strapi_exchange = ExchangeService(
-                tiktok=tiktok,
-                keycloak=strapi_keycloak,
-                cache=cache,
-                minter=signer,
-                policy=policy,
-                limiter=limiter,
-                quota=quota,
-                recent=recent,
-                refusals=refusals,
-            )
-
-        def use_case(minting: KeycloakClient, app_policy: Policy) -> ExchangeService:
-            # Every app's use case shares the process's clients, caches, limits and TikTok quota.
-            return ExchangeService(
-                tiktok=tiktok,
-                keycloak=minting,
-                cache=cache,
-                minter=signer,
-                policy=app_policy,
-                limiter=limiter,
-                quota=quota,
-                recent=recent,
-                refusals=refusals,
-            )
-
-        apps = Apps(exchange, cls._per_app(settings, policy, keycloak, use_case))
+            strapi = use_case(strapi_keycloak, policy)
+        apps = Apps(default, cls._per_app(settings, policy, keycloak, use_case))
         sessions = None
         if settings.sessions_enabled:
             sessions = SessionService(
@@ -279,7 +274,7 @@ class Resources:
             linking = LinkingService(
                 keycloak=keycloak,
                 bearer=RealmTokenVerifier(keycloak, clock=clock or time.time),
-                proofs=exchange,
+                proofs=identity,
                 cache=cache,
                 policy=LinkPolicy(
                     idp_alias=settings.keycloak_idp_alias, link_clients=frozenset(settings.link_client_ids)
@@ -295,10 +290,13 @@ class Resources:
             signer=signer,
             tiktok=tiktok,
             keycloak=keycloak,
-            exchange=exchange,
+            exchange=default.exchange,
+            identity=identity,
+            provisioning=provisioning,
+            deauthorization=deauthorization,
             apps=apps,
             linking=linking,
-            strapi_exchange=strapi_exchange,
+            strapi_exchange=strapi.exchange,
             sessions=sessions,
             session_store=session_store,
             limiter=limiter,
@@ -314,9 +312,9 @@ class Resources:
         settings: Settings,
         policy: Policy,
         keycloak: KeycloakClient,
-        use_case: Callable[[KeycloakClient, Policy], ExchangeService],
-    ) -> dict[str, ExchangeService]:
-        """A use case for each app with a Keycloak client or an audience list of its own."""
+        use_case: Callable[[KeycloakClient, Policy], App],
+    ) -> dict[str, App]:
+        """The exchange and minting of each app with a Keycloak client or an audience list of its own."""
         clients, audiences = settings.keycloak_client_map(), settings.client_audience_map()
         catalog = settings.audience_scopes()
         per_app = {}

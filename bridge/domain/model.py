@@ -1,8 +1,8 @@
 """The bridge's value types: what TikTok vouched for, what Keycloak holds and issued, and account policy.
 
-Plain frozen dataclasses over the standard library, shared by the use case and the adapters, so the use
-case (`exchange.py`) never has to import an adapter (and with it httpx2, redis or Starlette) to name
-what it works with.
+Plain frozen dataclasses over the standard library, shared by the use cases and the adapters, so the use
+cases (`bridge/services/`) never have to import an adapter (and with it httpx2, redis or Starlette) to
+name what they work with.
 """
 
 from __future__ import annotations

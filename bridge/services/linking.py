@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Same lock and timings as provisioning (exchange.py): linking and a first sign-in exclude each other.
+# Same lock and timings as provisioning (provisioning.py): linking and a first sign-in exclude each other.
 LOCK_TTL = 30
 LOCK_WAIT = 15
 

@@ -192,7 +192,7 @@ def _start_deauthorization_retries(settings: Settings, resources: Resources) -> 
     if not settings.tiktok_webhook_enabled or settings.deauthorization_policy == "record":
         return None
     interval = min(5.0, settings.deauthorization_retry_max_delay)
-    return asyncio.create_task(webhook.retry_pending_deauthorizations(resources.exchange, interval))
+    return asyncio.create_task(webhook.retry_pending_deauthorizations(resources.deauthorization, interval))
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -1,8 +1,9 @@
 """`POST /api/tiktok-auth-mobile/connect`: the request and answer shapes of the Strapi plugin
 "TikTok Auth Mobile", so apps built on it move to Keycloak without a client release.
 
-All logic is the token endpoint's (`ExchangeService`); only the shapes differ: `{"access_token": ...}` in,
-`{"jwt", "user"}` out, and Strapi's error envelope with the plugin's own messages.
+All logic is the token endpoint's use cases' (`IdentityService`, `ExchangeService`, `ProvisioningService`);
+only the shapes differ: `{"access_token": ...}` in, `{"jwt", "user"}` out, and Strapi's error envelope
+with the plugin's own messages.
 """
 
 from __future__ import annotations
@@ -154,15 +155,14 @@ async def _connect(request: Request) -> Response:
     resources = resources_of(request)
     await resources.limiter.check_ip(client_ip(request))
     token = _access_token(await read_body(request))
-    exchange = resources.strapi_exchange
-    profile = await exchange.verify_access_token(token, Caller(address=client_ip(request)))
+    profile = await resources.identity.verify_access_token(token, Caller(address=client_ip(request)))
     order = (
         None
         if resources.sessions is None
         else SessionOrder(resources.sessions, client_id=resources.clients.session_client(STRAPI_CLIENT_ID))
     )
-    exchanged = await exchange.sign_in(profile, (), session=order)
-    user = await exchange.account(exchanged.user_id)
+    exchanged = await resources.strapi_exchange.sign_in(profile, (), session=order)
+    user = await resources.provisioning.account(exchanged.user_id)
     answer: dict[str, Any] = {"jwt": exchanged.issued.access_token, "user": strapi_user(user)}
     if (session := exchanged.session) is not None:
         # An extra field the plugin's apps ignore; a new app version can refresh at /token with it.

@@ -29,7 +29,7 @@ from bridge.web.support import client_ip, error_response, read_body, resources_o
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from bridge.services.exchange import ExchangeService
+    from bridge.services.deauthorization import DeauthorizationService
     from bridge.services.ports import Cache
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ def verify_signature(
     check_signature(timestamp, signature, body, secret)
 
 
-async def _apply(exchange: ExchangeService, cache: Cache, open_id: str, reason: object) -> None:
+async def _apply(deauthorization: DeauthorizationService, cache: Cache, open_id: str, reason: object) -> None:
     try:
-        outcome = await exchange.deauthorize(open_id)
+        outcome = await deauthorization.deauthorize(open_id)
     except BridgeError as exc:
         # Not even kept for a retry (the cache refused it): an operator replays it from this line.
         log.error(  # noqa: TRY400 - no traceback: its locals may hold a secret
@@ -100,13 +100,13 @@ async def _apply(exchange: ExchangeService, cache: Cache, open_id: str, reason: 
         )
 
 
-async def retry_pending_deauthorizations(exchange: ExchangeService, interval: float) -> None:
+async def retry_pending_deauthorizations(deauthorization: DeauthorizationService, interval: float) -> None:
     """Run for the process's life: every `interval` seconds, retry the deauthorizations that are due.
     Every replica runs it; the identity's lock makes one of them apply each event."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await exchange.retry_deauthorizations()
+            await deauthorization.retry_deauthorizations()
         except BridgeError as exc:
             log.warning(
                 "pending deauthorizations not read",
@@ -149,7 +149,11 @@ async def tiktok_webhook(request: Request) -> Response:
     if not await resources.cache.add(keys.webhook_delivery(body), b"1", SEEN_TTL):
         return JSONResponse({"status": "duplicate"})
     task = BackgroundTask(
-        _apply, resources.exchange, resources.cache, event["user_openid"], _reason(event.get("content"))
+        _apply,
+        resources.deauthorization,
+        resources.cache,
+        event["user_openid"],
+        _reason(event.get("content")),
     )
     return JSONResponse({"status": "accepted"}, background=task)
 

@@ -14,7 +14,7 @@ from joserfc.jwk import KeySet
 
 from bridge.domain import keys
 from bridge.domain.errors import RateLimited
-from bridge.services.exchange import deterministic_username
+from bridge.services.provisioning import deterministic_username
 from bridge.storage.ratelimit import RateLimiter
 from bridge.storage.redis_connection import RedisConnection
 from tests.conftest import BridgeClient, Stack, running_bridge

@@ -11,10 +11,10 @@ import pytest
 from bridge.domain import keys
 from bridge.domain.errors import IdentityLinkedElsewhere, InvalidToken, OtherIdentityLinked
 from bridge.domain.model import TikTokProfile, VerifiedBearer
-from bridge.services.exchange import ExchangeService
+from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.storage.cache import MemoryCache
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
+from tests.unit.fakes import FakeKeycloak, FakeTikTok, make_policy
 
 if TYPE_CHECKING:
     from bridge.services.ports import BearerVerifier, IdentitySessions
@@ -77,9 +77,7 @@ def linking(keycloak: FakeKeycloak, cache: MemoryCache, sessions: FakeSessions) 
             "other-client": VerifiedBearer("kc-alice", "some-other-app"),
         }
     )
-    proofs = ExchangeService(
-        tiktok=FakeTikTok(), keycloak=keycloak, cache=cache, minter=FakeMinter(), policy=make_policy()
-    )
+    proofs = IdentityService(tiktok=FakeTikTok(), cache=cache, policy=make_policy())
     return LinkingService(
         keycloak=keycloak,
         bearer=bearers,

@@ -20,10 +20,10 @@ from bridge.domain.errors import (
     UpstreamUnavailable,
 )
 from bridge.domain.model import Caller, TikTokProfile
-from bridge.services.exchange import ExchangeService
+from bridge.services.identity import IdentityService
 from bridge.storage.cache import MemoryCache
 from bridge.storage.ratelimit import TikTokQuota, TikTokRefusals
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
+from tests.unit.fakes import FakeTikTok, make_policy
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -73,19 +73,13 @@ def profile(open_id: str) -> TikTokProfile:
 
 def service(
     tiktok: FakeTikTok, refusals: RefusalBudget | None, quota: TikTokQuota | None = None
-) -> ExchangeService:
-    return ExchangeService(
-        tiktok=tiktok,
-        keycloak=FakeKeycloak(),
-        cache=MemoryCache(),
-        minter=FakeMinter(),
-        policy=make_policy(),
-        quota=quota,
-        refusals=refusals,
+) -> IdentityService:
+    return IdentityService(
+        tiktok=tiktok, cache=MemoryCache(), policy=make_policy(), quota=quota, refusals=refusals
     )
 
 
-async def outcome(bridge: ExchangeService, token: str, address: str, *, trusted: bool = False) -> str:
+async def outcome(bridge: IdentityService, token: str, address: str, *, trusted: bool = False) -> str:
     """What the caller got: ok, or the error class's name."""
     try:
         await bridge.verify_access_token(token, Caller(address=address, trusted=trusted))
