@@ -70,7 +70,7 @@ from bench.run import (
     wrk,
 )
 from bench.stub_upstream import token_subject
-from bridge.assertions import AssertionSigner, load_key
+from bridge.keycloak.assertions import AssertionSigner, load_key
 from devstack.keycloak import free_port, progress, reusable_instance_dir
 
 

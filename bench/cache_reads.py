@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bridge.cache import RedisCache
-from bridge.redis_connection import RedisConnection
+from bridge.storage.cache import RedisCache
+from bridge.storage.redis_connection import RedisConnection
 from devstack.redis import RedisServer
 
 if TYPE_CHECKING:

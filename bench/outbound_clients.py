@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stub_upstream import DEFAULT_ANSWER
-from bridge.aiohttp_transport import AiohttpTransport
-from bridge.resources import HTTP_LIMITS
+from bridge.factory import HTTP_LIMITS
+from bridge.outbound.aiohttp_transport import AiohttpTransport
 from devstack.keycloak import free_port
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class Variant:
 
 
 def _httpx2_client(transport: httpx2.AsyncBaseTransport | None = None) -> httpx2.AsyncClient:
-    # As bridge/resources.py builds it.
+    # As bridge/factory.py builds it.
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(5.0, connect=2.0),
         limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50),
@@ -265,7 +265,7 @@ VARIANTS = [
     Variant("httpx2.AsyncClient (as today)", "data=dict, auth=tuple", httpx2_as_today),
     Variant("httpx2.AsyncClient, prebuilt body+auth", "content=bytes, headers", httpx2_prebuilt),
     Variant("httpcore2.AsyncConnectionPool alone", "httpx2's transport", httpcore2_pool),
-    Variant("httpx2 over AiohttpTransport", "bridge.aiohttp_transport", httpx2_over_aiohttp),
+    Variant("httpx2 over AiohttpTransport", "bridge.outbound.aiohttp_transport", httpx2_over_aiohttp),
     Variant("aiohttp.ClientSession", "data=dict, Basic header", aiohttp_session),
     Variant("pyreqwest Client (Rust reqwest)", "form, basic_auth", pyreqwest_client),
     Variant("aiosonic HTTPClient", "data=dict, auth=tuple", aiosonic_client),

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import CLIENT_ID, CLIENT_SECRET, EXCHANGE, REALM, new_tokens, start_stack
-from bridge.app import create_app
 from bridge.settings import Settings
+from bridge.web.app import create_app
 from devstack.keycloak import reusable_instance_dir
 
 

@@ -13,6 +13,8 @@ IP) and drives it with wrk from a separate process. Built to tell the truth on a
 - a pinned variant (Keycloak on one core; bridge, Redis, emulator and wrk on the other) and a
   bridge-only capacity run (the bridge alone on one core against `bench.stub_upstream`, a fixed-answer
   stand-in for Keycloak's token endpoint on the other core) separate the bridge's cost from Keycloak's;
+- first sign-ins are measured against Keycloak on its in-memory H2 database and, in turns with those,
+  against a second Keycloak keeping its data in PostgreSQL, as production does;
 - the previous results file (`bench/results/*.json`) is shown beside this run's figures.
 """
 
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -44,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stub_upstream import token_subject
-from bridge.assertions import AssertionSigner, load_key
+from bridge.keycloak.assertions import AssertionSigner, load_key
 from devstack.bridge_env import bridge_variables, realm_variables
 from devstack.keycloak import (
     KEYCLOAK_VERSION,
@@ -55,10 +58,11 @@ from devstack.keycloak import (
     progress,
     reusable_instance_dir,
 )
+from devstack.postgres import running_postgres
 from devstack.redis import RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 LUA = ROOT / "bench" / "wrk_bodies.lua"
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -82,7 +86,15 @@ ASSERTIONS_PER_SECOND = 1500
 FRESH_USERS_PER_SECOND = 300
 # Refresh tokens rotate (single use), so a run needs one live session per request it may send.
 REFRESHES_PER_SECOND = 400
-SKIPPABLE = ("one-worker", "pinned", "bridge-only", "first", "refresh", "sweep")
+SKIPPABLE = ("one-worker", "pinned", "bridge-only", "first", "first-postgres", "refresh", "sweep")
+# Unmeasured first sign-ins on each Keycloak before the measured ones: the one on PostgreSQL starts cold
+# in the middle of the bench, while the H2 one has been serving since the start. Counted, not timed:
+# after 200 (15 s) the PostgreSQL Keycloak spent 31 ms of CPU per sign-in, after 1,200 (60 s) 22 ms,
+# and the first figure was mostly its JIT compiler at work. Run in rounds of fresh users, as wrk does
+# not end a run when its bodies run out.
+FIRST_WARM_UP_SIGN_INS = 1500
+FIRST_WARM_UP_ROUND = (10, 1000)  # seconds, users: more users than a round can use
+FIRST_WARM_UP_LIMIT_SECONDS = 240
 # uvicorn's supervisor restarts a worker that has not answered its ping 5 s after being spawned; on a
 # machine loaded by other work, importing the bridge can take longer, so several restarts may come first.
 BRIDGE_START_TIMEOUT = 180.0
@@ -407,6 +419,7 @@ class Bench:
         self.non_2xx: dict[str, int] = {}
         self.foreign: list[float] = []
         self.extra_groups: dict[str, int] = {}
+        self.versions: list[str] = []  # of what a phase started beside the stack, for the heading
 
     def add(self, key: str, value: float) -> None:
         self.figures.setdefault(key, []).append(value)
@@ -619,7 +632,8 @@ def measure_all(bench: Bench, key_file: Path) -> list[dict[str, float]]:
         "one-worker": lambda: one_worker(bench, grant_url, warm_bodies, baseline_run),
         "pinned": lambda: pinned(bench, grant_url, token_url, warm_bodies, baseline_run),
         "bridge-only": lambda: bridge_only(bench, grant_url, signer, audience, warm_bodies, warm, user_ids),
-        "first": lambda: first_sign_ins(bench, token_url),
+        # "first" leaves out the first sign-ins on both Keycloaks, "first-postgres" the PostgreSQL half.
+        "first": lambda: first_sign_ins(bench, postgres="first-postgres" not in args.skip),
         "refresh": lambda: refreshes(bench, token_url, [t for _, t in warm]),
     }
     for name, phase in phases.items():
@@ -876,29 +890,157 @@ def bridge_only_with_limits(bench: Bench, url: str, warm_bodies: Path) -> float:
     return cpu_ms
 
 
-def first_sign_ins(bench: Bench, token_url: str) -> None:
+@dataclass
+class FirstSide:
+    """One Keycloak that first sign-ins are measured against: the bridge in front of it, the roles whose
+    CPU is charged to it (`Bench.groups`), and the prefix of its figures."""
+
+    prefix: str
+    bridge_url: str
+    bridge_role: str
+    keycloak_role: str
+    database_role: str | None = None
+
+
+@contextmanager
+def postgres_side(bench: Bench) -> Iterator[FirstSide]:
+    """A PostgreSQL server (data under the cache folder, or a private folder when run as root), a second
+    Keycloak keeping its data there, and a bridge of its own in front: started, then stopped however the
+    phase ends. The bridge shares the stack's emulator, Redis server and signing key, and Keycloak trusts
+    the stack bridge's JWKS as the first one does; its cache is another Redis database, since a Keycloak
+    user id cached against one Keycloak means nothing to the other."""
     stack, args = bench.stack, bench.args
-    for run in range(args.runs):
-        count = FRESH_USERS_PER_SECOND * args.seconds
-        progress(f"run {run + 1}/{args.runs}: first sign-ins ({count} new TikTok users made first)")
-        fresh = new_tokens(stack.emulator_url, count)
-        bodies = write_bodies(stack.work / "fresh.txt", exchange_forms([t for _, t in fresh]))
-        measured = bench.measure(
-            "first", token_url, bodies, connections=args.connections, cycle=False, metrics_of=stack.bridge_url
+    with running_postgres("bench") as postgres, reusable_instance_dir("bench-postgres") as instance_dir:
+        keycloak = KeycloakServer(
+            instance_dir=instance_dir,
+            realm_env=realm_variables(
+                realm=REALM,
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+                issuer=stack.bridge_url,
+                admin_client_secret=ADMIN_CLIENT_SECRET,
+            ),
+            database=postgres.create_database("keycloak"),
         )
-        if measured.run.seconds < args.seconds - 1:
-            progress(
-                f"  all {count} new users signed in after {measured.run.seconds:.1f} s; rate from that time"
+        port = free_port()
+        bridge: subprocess.Popen[bytes] | None = None
+        try:
+            keycloak.prepare(fetch_distribution())
+            keycloak.start(find_java_home())
+            keycloak.wait_ready(timeout=KEYCLOAK_START_TIMEOUT)
+            env = {
+                **stack.bridge_env,
+                "BRIDGE_KEYCLOAK_URL": keycloak.url,
+                "BRIDGE_REDIS_URL": stack.redis.url.removesuffix("/0") + "/1",
+            }
+            bridge = start_bridge(env, port, args.workers, stack.work / "prometheus-postgres", [])
+            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=BRIDGE_START_TIMEOUT)
+            assert keycloak.process is not None
+            assert postgres.process is not None
+            bench.extra_groups = {
+                "pg_bridge": bridge.pid,
+                "pg_keycloak": keycloak.process.pid,
+                "postgres": postgres.process.pid,
+            }
+            # Its answer reads: postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1).
+            version = re.search(
+                r"\(PostgreSQL\) (\S+)",
+                subprocess.run(
+                    [str(postgres.binaries / "postgres"), "--version"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout,
             )
-        bench.add("first_per_s", measured.run.per_second)
-        bench.add("first_cpu_ms", measured.cpu_ms["bridge"])
-        bench.add("first_kc_cpu_ms", measured.cpu_ms["keycloak"])
-        for name, value in measured.calls.items():
-            bench.add(f"first_{name}", value)
-    bench.add(
-        "first_over_warm",
-        statistics.median(bench.figures["first_per_s"]) / statistics.median(bench.figures["warm_per_s"]),
-    )
+            bench.versions.append(f"PostgreSQL {version.group(1) if version else '?'} (first sign-ins)")
+            yield FirstSide(
+                prefix="pg_first",
+                bridge_url=f"http://127.0.0.1:{port}",
+                bridge_role="pg_bridge",
+                keycloak_role="pg_keycloak",
+                database_role="postgres",
+            )
+        finally:
+            bench.extra_groups = {}
+            if bridge is not None:
+                bridge.terminate()
+                bridge.wait(timeout=30)
+            keycloak.stop()
+
+
+def warm_up_first_sign_ins(bench: Bench, side: FirstSide) -> None:
+    """`FIRST_WARM_UP_SIGN_INS` unmeasured first sign-ins against `side`, in rounds (bounded in time)."""
+    stack, args = bench.stack, bench.args
+    seconds, users = FIRST_WARM_UP_ROUND
+    done, started = 0, time.monotonic()
+    while done < FIRST_WARM_UP_SIGN_INS and time.monotonic() - started < FIRST_WARM_UP_LIMIT_SECONDS:
+        fresh = new_tokens(stack.emulator_url, users)
+        bodies = write_bodies(stack.work / "fresh.txt", exchange_forms([t for _, t in fresh]))
+        done += wrk(
+            f"{side.bridge_url}/token",
+            bodies,
+            connections=args.connections,
+            seconds=seconds,
+            cycle=False,
+            cores=None,
+        ).requests
+        progress(f"warming up {side.prefix}: {done} first sign-ins")
+
+
+def first_sign_ins(bench: Bench, *, postgres: bool) -> None:
+    """New TikTok users signing in: against the stack's Keycloak (H2 in memory) and, with `postgres`,
+    against one keeping its data in PostgreSQL, in turns within each run (the order swapped every run),
+    so that both see the same machine."""
+    stack, args = bench.stack, bench.args
+    with ExitStack() as started:
+        measured_sides = [FirstSide("first", stack.bridge_url, "bridge", "keycloak")]
+        if postgres:
+            progress("first sign-ins on PostgreSQL: starting PostgreSQL, a Keycloak on it and a bridge")
+            measured_sides.append(started.enter_context(postgres_side(bench)))
+        for side in measured_sides:
+            warm_up_first_sign_ins(bench, side)
+        for run in range(args.runs):
+            per_second: dict[str, float] = {}
+            keycloak_cpu: dict[str, float] = {}
+            for side in measured_sides if run % 2 == 0 else measured_sides[::-1]:
+                count = FRESH_USERS_PER_SECOND * args.seconds
+                progress(
+                    f"run {run + 1}/{args.runs}: {side.prefix} sign-ins ({count} new TikTok users made first)"
+                )
+                fresh = new_tokens(stack.emulator_url, count)
+                bodies = write_bodies(stack.work / "fresh.txt", exchange_forms([t for _, t in fresh]))
+                measured = bench.measure(
+                    side.prefix,
+                    f"{side.bridge_url}/token",
+                    bodies,
+                    connections=args.connections,
+                    cycle=False,
+                    metrics_of=side.bridge_url,
+                )
+                if measured.run.seconds < args.seconds - 1:
+                    progress(
+                        f"  all {count} new users signed in after {measured.run.seconds:.1f} s; "
+                        "rate from that time"
+                    )
+                bench.add(f"{side.prefix}_per_s", measured.run.per_second)
+                bench.add(f"{side.prefix}_cpu_ms", measured.cpu_ms[side.bridge_role])
+                bench.add(f"{side.prefix}_kc_cpu_ms", measured.cpu_ms[side.keycloak_role])
+                per_second[side.prefix] = measured.run.per_second
+                # What Keycloak's storage costs belongs to Keycloak's side: PostgreSQL's own CPU added.
+                keycloak_cpu[side.prefix] = measured.cpu_ms[side.keycloak_role]
+                if side.database_role is not None:
+                    bench.add(f"{side.prefix}_db_cpu_ms", measured.cpu_ms[side.database_role])
+                    keycloak_cpu[side.prefix] += measured.cpu_ms[side.database_role]
+                for name, value in measured.calls.items():
+                    bench.add(f"{side.prefix}_{name}", value)
+            if {"first", "pg_first"} <= per_second.keys():
+                bench.add("pg_first_over_h2", per_second["pg_first"] / per_second["first"])
+                bench.add("pg_first_kc_db_over_h2", keycloak_cpu["pg_first"] / keycloak_cpu["first"])
+    if bench.figures.get("first_per_s"):
+        bench.add(
+            "first_over_warm",
+            statistics.median(bench.figures["first_per_s"]) / statistics.median(bench.figures["warm_per_s"]),
+        )
 
 
 def refreshes(bench: Bench, token_url: str, warm: list[str]) -> None:
@@ -1018,6 +1160,23 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("first_over_warm", "first sign-ins / warm throughput", ">= 0.35", "{:.2f}"),
     ("first_kc_cpu_ms", "Keycloak CPU per first sign-in (search, create, grant), ms", "", "{:.2f}"),
     ("first_kc_in_grants", "Keycloak CPU per first sign-in / per grant", "", "{:.1f}"),
+    ("pg_first_cpu_ms", "Keycloak on PostgreSQL: bridge CPU per first sign-in, ms", "", "{:.2f}"),
+    (
+        "pg_first_keycloak_admin",
+        "Keycloak on PostgreSQL: Keycloak admin calls per first sign-in",
+        "2 when the lock is free",
+        "{:.2f}",
+    ),
+    ("pg_first_per_s", "Keycloak on PostgreSQL: first sign-ins/s, co-located", "", "{:.0f}"),
+    ("pg_first_kc_cpu_ms", "Keycloak on PostgreSQL: Keycloak CPU per first sign-in, ms", "", "{:.2f}"),
+    ("pg_first_db_cpu_ms", "Keycloak on PostgreSQL: PostgreSQL CPU per first sign-in, ms", "", "{:.2f}"),
+    ("pg_first_over_h2", "first sign-ins/s, Keycloak on PostgreSQL / on H2, paired", "", "{:.2f}"),
+    (
+        "pg_first_kc_db_over_h2",
+        "Keycloak + PostgreSQL CPU per first sign-in / Keycloak's on H2, paired",
+        "",
+        "{:.2f}",
+    ),
     ("refresh_per_s", "session refreshes/s, co-located", "", "{:.0f}"),
     ("refresh_over_kc", "refresh throughput / Keycloak grant (same run)", "", "{:.2f}"),
     ("refresh_cpu_ms", "bridge CPU per refresh, ms", "", "{:.2f}"),
@@ -1081,8 +1240,13 @@ def summarise(
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
         "versions": f"Keycloak {KEYCLOAK_VERSION}, redis-server {redis_version.removeprefix('v=')}, "
         + ", ".join(
-            f"{name} {metadata.version(name)}"
-            for name in ("starlette", "uvicorn", "httpx2", "redis", "joserfc")
+            [
+                *(
+                    f"{name} {metadata.version(name)}"
+                    for name in ("starlette", "uvicorn", "httpx2", "redis", "joserfc")
+                ),
+                *bench.versions,
+            ]
         ),
         "setup": f"{args.runs} paired runs of {args.seconds} s; bridge workers {args.workers}; "
         f"wrk, {args.connections} connections" + ("; rate limits on (raised)" if args.rate_limits else ""),

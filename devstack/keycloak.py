@@ -3,7 +3,9 @@
 The server is the official distribution, `org.keycloak:keycloak-quarkus-dist`, fetched with Maven into a
 cache folder and run on a JDK found on the machine. Each `KeycloakServer` runs from its own copy of the
 distribution (Keycloak writes its build and data under its home folder), imports every realm file of
-`keycloak-config/` with the environment given, and is ready when its management port says so.
+`keycloak-config/` with the environment given, and is ready when its management port says so. By default
+it keeps its data in memory (H2, gone at stop); given a `KeycloakDatabase`, in PostgreSQL, as production
+does (`devstack.postgres` starts one).
 """
 
 from __future__ import annotations
@@ -193,9 +195,22 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class KeycloakDatabase:
+    """A PostgreSQL database for Keycloak: its JDBC URL and the account Keycloak logs in with."""
+
+    url: str
+    username: str
+    password: str = field(repr=False)
+
+
 @dataclass
 class KeycloakServer:
-    """One Keycloak process on loopback, started from a private copy of the distribution."""
+    """One Keycloak process on loopback, started from a private copy of the distribution.
+
+    The database vendor is a build-time option: Keycloak re-augments its build when it changes, which
+    takes minutes here. An instance folder is therefore kept for one vendor (name PostgreSQL ones apart,
+    e.g. `tests-postgres`), or every start would rebuild."""
 
     instance_dir: Path
     realm_env: Mapping[str, str]
@@ -213,6 +228,8 @@ class KeycloakServer:
     features: tuple[str, ...] = KEYCLOAK_FEATURES
     # Features switched off; the grant is on by default in 26.7, so this is how to start one without it.
     features_disabled: tuple[str, ...] = ()
+    # None: the in-memory H2 database (`--db=dev-mem`), empty at every start.
+    database: KeycloakDatabase | None = None
 
     @property
     def url(self) -> str:
@@ -248,6 +265,9 @@ class KeycloakServer:
             "KC_BOOTSTRAP_ADMIN_USERNAME": self.admin_username,
             "KC_BOOTSTRAP_ADMIN_PASSWORD": self.admin_password,
         }
+        if self.database is not None:
+            # As a variable, not `--db-password`: a command line is visible to every user in `ps`.
+            env["KC_DB_PASSWORD"] = self.database.password
         args = [
             str(self.instance_dir / "bin" / "kc.sh"),
             "start-dev",
@@ -255,7 +275,7 @@ class KeycloakServer:
             "--http-host=127.0.0.1",
             f"--http-management-port={self.management_port}",
             f"--hostname={self.url}",
-            "--db=dev-mem",
+            *self.database_args(),
             "--cache=local",
             "--health-enabled=true",
             "--metrics-enabled=true",
@@ -266,7 +286,10 @@ class KeycloakServer:
             args.append(f"--features-disabled={','.join(self.features_disabled)}")
         if self.import_realm:
             args.append("--import-realm")
-        progress(f"starting Keycloak {self.version} on {self.url} (java: {java_home})")
+        progress(
+            f"starting Keycloak {self.version} on {self.url} "
+            f"(database: {'postgres' if self.database else 'dev-mem'}; java: {java_home})"
+        )
         with self.log_file.open("wb") as log:
             # A new session, so that stop() can end kc.sh and the JVM it starts together.
             self.process = subprocess.Popen(
@@ -275,8 +298,13 @@ class KeycloakServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call, before exec
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prctl call, before exec
             )
+
+    def database_args(self) -> list[str]:
+        if self.database is None:
+            return ["--db=dev-mem"]
+        return ["--db=postgres", f"--db-url={self.database.url}", f"--db-username={self.database.username}"]
 
     # Generous: a first start builds Keycloak (2-4 minutes on two busy cores, seen here); a quiet
     # machine reusing a build is ready in about 15 s, and waiting longer costs nothing then.
@@ -333,33 +361,48 @@ class KeycloakServer:
             self.process.wait(timeout=10)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the process that started Keycloak dies, however it dies
-    (a test run killed by a timeout left JVMs running for good, each holding a core's worth of work)."""
-    if sys.platform == "linux":
-        import ctypes  # noqa: PLC0415 - Linux only
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn`: in the child, before exec, ask for `sig` when the process that started it dies,
+    however it dies (a test run killed by a timeout left JVMs running for good, each holding a core's
+    worth of work). Changing the account clears the request; Python runs this after `Popen(user=...)` has
+    changed it, so the request holds for a server run as another account too."""
+    if sys.platform != "linux":
+        return lambda: None
+    import ctypes  # noqa: PLC0415 - Linux only
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    # Loaded here, in the parent: a child switched to another account may not read Python's files.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, sig)
+
+    return arm
 
 
 @contextmanager
-def reusable_instance_dir(name: str) -> Iterator[Path]:
-    """A Keycloak home kept between runs (its build is reused: about 20 s saved per start), held with a
-    lock; if another run holds it, a private one that is removed afterwards."""
-    instances = default_cache_dir() / "keycloak" / "instances"
-    instances.mkdir(parents=True, exist_ok=True)
-    with (instances / f"{name}.lock").open("w") as lock:
+def reusable_dir(parent: Path, name: str) -> Iterator[Path]:
+    """`parent / name`, kept between runs and held with a lock; if another run holds it, a private
+    folder beside it that is removed afterwards."""
+    parent.mkdir(parents=True, exist_ok=True)
+    with (parent / f"{name}.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            private = instances / f"{name}-{os.getpid()}"
+            private = parent / f"{name}-{os.getpid()}"
             try:
                 yield private
             finally:
                 shutil.rmtree(private, ignore_errors=True)
             return
-        yield instances / name
+        yield parent / name
+
+
+@contextmanager
+def reusable_instance_dir(name: str) -> Iterator[Path]:
+    """A Keycloak home kept between runs (its build is reused: about 20 s saved per start)."""
+    with reusable_dir(default_cache_dir() / "keycloak" / "instances", name) as instance_dir:
+        yield instance_dir
 
 
 def start_keycloak(instance_dir: Path, realm_env: Mapping[str, str], **kwargs: object) -> KeycloakServer:

@@ -59,3 +59,15 @@ ensure_java_and_maven() {
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
+
+ensure_postgres() {
+    # Keycloak on PostgreSQL (scripts/test-keycloak-postgres, scripts/bench): devstack/postgres.py runs
+    # the server binaries of Debian's package itself, on a free port with its own data folder.
+    if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then return; fi
+    log "PostgreSQL missing: installing Debian package postgresql"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    # The package starts a system-wide cluster on port 5432; the project starts its own servers.
+    $sudo service postgresql stop >/dev/null 2>&1 || true
+}

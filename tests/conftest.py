@@ -2,6 +2,8 @@
 
 Unit tests use none of this. Integration and end-to-end tests ask for `stack`; the first one to do so
 pays for starting Keycloak (about 15-40 s; the first run on a machine also downloads it with Maven).
+Keycloak keeps its data in memory (H2); with `KEYCLOAK_TEST_DB=postgres` (scripts/test-keycloak-postgres)
+every Keycloak of the run keeps it in PostgreSQL instead, as production does.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import hypothesis
 import pytest
 from joserfc.jwk import ECKey
 
-from bridge.app import create_app
-from bridge.logs import redact
+from bridge.observability.logs import redact
 from bridge.settings import Settings
+from bridge.web.app import create_app
 from devstack import keycloak as devstack_keycloak
 from devstack.bridge_env import (
     ADMIN_CLIENT_ID,
@@ -37,12 +39,14 @@ from devstack.bridge_env import (
     realm_variables,
 )
 from devstack.keycloak import (
+    KeycloakDatabase,
     KeycloakServer,
     fetch_distribution,
     find_java_home,
     free_port,
     reusable_instance_dir,
 )
+from devstack.postgres import PostgresServer, running_postgres
 from devstack.redis import RedisServer
 from devstack.threaded import ThreadedServer
 
@@ -59,6 +63,10 @@ hypothesis.settings.register_profile(
 )
 
 TIKTOK_API = "https://open.tiktokapis.com"
+# Where the test run's Keycloaks keep their data: "dev-mem" (H2 in memory, the default) or "postgres".
+KEYCLOAK_TEST_DB = os.environ.get("KEYCLOAK_TEST_DB", "dev-mem")
+if KEYCLOAK_TEST_DB not in {"dev-mem", "postgres"}:
+    raise pytest.UsageError(f"KEYCLOAK_TEST_DB={KEYCLOAK_TEST_DB!r}: 'dev-mem' or 'postgres'")
 CLIENT_KEY = EMULATOR_CLIENT_KEY
 CLIENT_SECRET = EMULATOR_CLIENT_SECRET
 
@@ -147,7 +155,29 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Stack]:
+def postgres() -> Iterator[PostgresServer | None]:
+    """The PostgreSQL server of the run's Keycloaks (one database each), or None on H2."""
+    if KEYCLOAK_TEST_DB != "postgres":
+        yield None
+        return
+    with running_postgres("tests") as server:
+        yield server
+
+
+def keycloak_storage(postgres: PostgresServer | None, instance: str) -> tuple[str, KeycloakDatabase | None]:
+    """The instance folder name and the database of a Keycloak called `instance`: on PostgreSQL, a
+    fresh database and a folder of its own (the database vendor is fixed in Keycloak's build)."""
+    if postgres is None:
+        return instance, None
+    return f"{instance}-postgres", postgres.create_database(re.sub(r"[^a-z0-9_]", "_", instance.lower()))
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    pytestconfig: pytest.Config,
+    postgres: PostgresServer | None,
+) -> Iterator[Stack]:
     capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
     if capture is not None:
         # Starting Keycloak takes a while: show its progress even though pytest captures output.
@@ -177,8 +207,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     )
     distribution = fetch_distribution()
     java_home = find_java_home()
-    with reusable_instance_dir("tests") as instance_dir:
-        keycloak = KeycloakServer(instance_dir=instance_dir, realm_env=realm_env)
+    instance, database = keycloak_storage(postgres, "tests")
+    with reusable_instance_dir(instance) as instance_dir:
+        keycloak = KeycloakServer(instance_dir=instance_dir, realm_env=realm_env, database=database)
         redis = RedisServer(work_dir=work / "redis")
         stack = Stack(
             keycloak=keycloak,

@@ -11,7 +11,7 @@ import httpx2
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from bridge.doctor import run_checks
+from bridge.operations.doctor import run_checks
 from tests.conftest import _TOKEN_SHAPES, ADMIN_URLS, start_bridge_process
 from tests.integration.test_exchange import linked_users
 

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge.webhook import verify_signature
+from bridge.web.webhook import verify_signature
 from devstack.threaded import ThreadedServer
 from tests.conftest import CLIENT_KEY, CLIENT_SECRET, start_bridge_process
 from tests.e2e.test_served_bridge import exchange

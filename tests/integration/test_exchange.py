@@ -12,11 +12,11 @@ import redis.asyncio as aioredis
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from bridge import keys
-from bridge.errors import RateLimited
-from bridge.exchange import deterministic_username
-from bridge.ratelimit import RateLimiter
-from bridge.redis_connection import RedisConnection
+from bridge.domain import keys
+from bridge.domain.errors import RateLimited
+from bridge.services.provisioning import deterministic_username
+from bridge.storage.ratelimit import RateLimiter
+from bridge.storage.redis_connection import RedisConnection
 from tests.conftest import BridgeClient, Stack, running_bridge
 from tests.integration.test_session_store import redis_commands, timed_redis_operations
 
@@ -313,7 +313,7 @@ async def test_concurrent_first_logins_create_one_user(
 
     responses = await asyncio.gather(*(bridge.exchange(t) for t in tokens))
 
-    assert [r.status_code for r in responses] == [200] * 10
+    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses]
     (linked,) = linked_users(stack, user.open_id)
     assert {verified_claims(stack, r.json()["access_token"])["sub"] for r in responses} == {linked["id"]}
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from joserfc.jwk import ECKey
 
-from bridge.assertions import load_key
+from bridge.keycloak.assertions import load_key
 from devstack.threaded import ThreadedServer
 from tests.conftest import running_bridge
 from tests.integration.test_exchange import verified_claims
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def published_jwks(stack: Stack, settings: Settings) -> Iterator[None]:
     """Serve the JWKS of a bridge with `settings` where Keycloak fetches it (the issuer's port)."""
-    from bridge.app import create_app  # noqa: PLC0415
+    from bridge.web.app import create_app  # noqa: PLC0415
 
     port = int(stack.issuer.rsplit(":", 1)[1])
     server = ThreadedServer(create_app(settings), port=port)
@@ -118,7 +118,7 @@ async def test_signing_key_rotates_without_a_failed_exchange(
                 assert refused.status_code == 500, refused.text  # Keycloak refused our assertion
                 assert refused.json()["error"] == "server_error"
     finally:
-        from bridge.app import create_app  # noqa: PLC0415
+        from bridge.web.app import create_app  # noqa: PLC0415
 
         stack.jwks_server = ThreadedServer(
             create_app(stack.settings(redis_url=None)), port=stack.jwks_server.port

@@ -15,7 +15,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwt import JWTClaimsRegistry
 
-from bridge.errors import IdentityLinkedElsewhere
+from bridge.domain.errors import IdentityLinkedElsewhere
 from tests.conftest import BridgeClient, Clock, Stack, running_bridge
 from tests.integration.conftest import ACCOUNT_APP
 from tests.integration.test_exchange import linked_users, realm_keys, verified_claims

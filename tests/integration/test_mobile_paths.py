@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.realm_setup import SetupError, apply
+from bridge.keycloak.realm_setup import SetupError, apply
 from tests.conftest import Stack, running_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
 

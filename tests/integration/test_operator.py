@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.sealing import new_key
+from bridge.storage.sealing import new_key
 from tests.conftest import _TOKEN_SHAPES, CLIENT_SECRET, BridgeClient, Stack
 from tests.integration.test_exchange import linked_users
 from tests.integration.test_linking import password_user

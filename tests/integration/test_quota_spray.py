@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
-from bridge.app import create_app
+from bridge.web.app import create_app
 from tests.conftest import TIKTOK_API, Stack
 
 if TYPE_CHECKING:

@@ -3,7 +3,8 @@
 The Keycloak here is a second one, bare like an organisation's existing server (no realm imported); each
 test makes its own ordinary realm, with a user, a declared attribute and an unrelated client, so the
 tests do not depend on each other. `KEYCLOAK_TEST_VERSION` picks the release (scripts/test-keycloak-versions
-runs this module against the oldest supported one).
+runs this module against the oldest supported one); `KEYCLOAK_TEST_DB=postgres` keeps Keycloak's data in
+PostgreSQL (scripts/test-keycloak-postgres).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
 from prometheus_client import REGISTRY
 
-from bridge import doctor, keys
-from bridge import realm_spec as spec
-from bridge.app import create_app
-from bridge.realm_setup import SetupError, apply, survey
+from bridge.domain import keys
+from bridge.keycloak import realm_spec as spec
+from bridge.keycloak.realm_setup import SetupError, apply, survey
+from bridge.operations import doctor
 from bridge.settings import Settings
+from bridge.web.app import create_app
 from devstack import keycloak as devstack_keycloak
 from devstack.keycloak import (
     KeycloakServer,
@@ -40,12 +42,20 @@ from devstack.keycloak import (
 )
 from devstack.redis import RedisServer
 from devstack.threaded import ThreadedServer
-from tests.conftest import CLIENT_KEY, CLIENT_SECRET, KNOWN_SECRETS, TIKTOK_API, running_bridge
+from tests.conftest import (
+    CLIENT_KEY,
+    CLIENT_SECRET,
+    KNOWN_SECRETS,
+    TIKTOK_API,
+    keycloak_storage,
+    running_bridge,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
+    from devstack.postgres import PostgresServer
     from devstack.tiktok_emulator import TikTokEmulator
 
 # The first start of a release builds it (2-4 minutes on a busy 2-core machine), inside the first
@@ -105,7 +115,7 @@ KNOWN_SECRETS.update({_SECRET, _ADMIN_SECRET})
 
 
 @pytest.fixture(scope="session")
-def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
+def bare(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer | None) -> Iterator[Bare]:
     work = tmp_path_factory.mktemp("bare")
     key_file = work / "signing-key.pem"
     key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
@@ -113,9 +123,14 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
     issuer = f"http://127.0.0.1:{port}"
     distribution = fetch_distribution(version=VERSION)
     java_home = find_java_home()
-    with reusable_instance_dir(f"bare-{VERSION}") as instance_dir:
+    instance, database = keycloak_storage(postgres, f"bare-{VERSION}")
+    with reusable_instance_dir(instance) as instance_dir:
         keycloak = KeycloakServer(
-            instance_dir=instance_dir, realm_env={}, version=VERSION, import_realm=False
+            instance_dir=instance_dir,
+            realm_env={},
+            version=VERSION,
+            import_realm=False,
+            database=database,
         )
         redis = RedisServer(work_dir=work / "redis")
         env = Bare(keycloak=keycloak, redis=redis, issuer=issuer, signing_key_file=key_file)
@@ -162,9 +177,14 @@ def snapshot(bare: Bare, realm: str) -> dict[str, Any]:
         clients = admin.get(f"/realms/{realm}/clients").json()
         profile = admin.get(f"/realms/{realm}/users/profile").json()
         providers = admin.get(f"/realms/{realm}/identity-provider/instances").json()
+    shop = next(c for c in clients if c["clientId"] == "shop")
+    # Keycloak lists a client's scopes in no defined order: on PostgreSQL two reads of an unchanged
+    # client gave two orders.
+    for scopes in ("defaultClientScopes", "optionalClientScopes"):
+        shop[scopes] = sorted(shop[scopes])
     return {
         "alice": next(u for u in users if u["username"] == "alice"),
-        "shop": next(c for c in clients if c["clientId"] == "shop"),
+        "shop": shop,
         "other_clients": sorted(c["clientId"] for c in clients),
         "department": next(a for a in profile["attributes"] if a["name"] == "department"),
         "attributes": [a["name"] for a in profile["attributes"]],
@@ -1236,7 +1256,7 @@ async def test_a_refused_admin_api_fails_new_sign_ins_as_a_misconfiguration_and_
     await redis.delete(keys.admin_token(realm, "tiktok-bridge-admin"))
     await redis.aclose()
     before = admin_api_refusals()
-    caplog.set_level(logging.ERROR, logger="bridge.keycloak")
+    caplog.set_level(logging.ERROR, logger="bridge.keycloak.client")
 
     async with bridge_for(bare, realm, emulator) as http:
         returning = await exchange(http, emulator, known.open_id)
@@ -1253,7 +1273,7 @@ async def test_a_refused_admin_api_fails_new_sign_ins_as_a_misconfiguration_and_
         "error_description": "The bridge could not complete the request.",
     }
     assert refusals >= 1
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "bridge.keycloak"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "bridge.keycloak.client"]
     assert "client 'tiktok-bridge-admin' needs the default client scope kc-admin-api" in line
     assert "run `bridge keycloak apply`" in line
     deployment = {check["name"]: check for check in readiness.json()["deployment"]}

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
-from bridge.cache import FallbackCache, MemoryCache, RedisCache
-from bridge.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
-from bridge.exchange import ExchangeService
-from bridge.ratelimit import RateLimiter
-from bridge.redis_connection import RedisConnection
+from bridge.domain.errors import RateLimited, SubjectTokenRejected, UpstreamUnavailable
+from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
+from bridge.storage.ratelimit import RateLimiter
+from bridge.storage.redis_connection import RedisConnection
 from devstack.redis import RedisClusterNodes
 from tests.conftest import forget_abandoned_sockets
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, assert_lock_outcomes, make_policy
+from tests.unit.fakes import FakeKeycloak, FakeTikTok, assert_lock_outcomes, make_policy, use_cases
 from tests.unit.test_exchange_service import PROFILE, request
 
 if TYPE_CHECKING:
@@ -54,23 +53,22 @@ async def test_sign_in_and_deauthorization_work_through_a_cluster(cluster: Redis
     redis = RedisConnection.from_url(cluster.url, timeout=2)
     cache = RedisCache(redis.client)
     keycloak = FakeKeycloak()
-    bridge = ExchangeService(
+    bridge = use_cases(
         tiktok=FakeTikTok(profiles={"act.one": PROFILE}),
         keycloak=keycloak,
         cache=cache,
-        minter=FakeMinter(),
         policy=make_policy(deauthorization="record"),
     )
     try:
-        first = await bridge.exchange(request("act.one"))
+        first = await bridge.exchange.exchange(request("act.one"))
         keycloak.calls.clear()
-        again = await bridge.exchange(request("act.one"))
+        again = await bridge.exchange.exchange(request("act.one"))
         assert (again.user_id, again.created) == (first.user_id, False)
         assert "find" not in keycloak.calls  # the cached id came back through the cluster
 
-        await bridge.deauthorize(PROFILE.open_id)
+        await bridge.deauthorization.deauthorize(PROFILE.open_id)
         with pytest.raises(SubjectTokenRejected):
-            await bridge.exchange(request("act.one"))
+            await bridge.exchange.exchange(request("act.one"))
     finally:
         await redis.aclose()
 
@@ -127,13 +125,12 @@ async def test_the_lock_says_how_it_was_taken_and_waiters_read_the_winner(cluste
         await assert_lock_outcomes(cache, "tkb:test:lock")
 
         keycloak = FakeKeycloak()
-        bridge = ExchangeService(
+        bridge = use_cases(
             tiktok=FakeTikTok(profiles={"act.new": replace(PROFILE, open_id="-000new")}),
             keycloak=keycloak,
             cache=cache,
-            minter=FakeMinter(),
             policy=make_policy(),
-        )
+        ).exchange
         results = await asyncio.gather(*(bridge.exchange(request("act.new")) for _ in range(10)))
         assert len({r.user_id for r in results}) == 1
         assert keycloak.calls["create"] == 1

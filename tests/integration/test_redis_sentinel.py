@@ -9,8 +9,8 @@ username. A lost deauthorization tombstone is different: the old tokens' cached 
 until `BRIDGE_PROFILE_CACHE_TTL` ends. `test_an_acknowledged_write_can_be_lost_and_wait_says_so` shows
 the window on this very set-up, and what `WAIT 1 <ms>` after the write tells the writer;
 `test_wait_cost` measures what WAIT adds on a healthy set. The recommendation that follows (in the
-report of the change, for `bridge/cache.py`): WAIT after the tombstone's SET only, a rare write off the
-hot path, and when it answers 0 keep the tombstone in process memory too and warn, as in an outage.
+report of the change, for `bridge/storage/cache.py`): WAIT after the tombstone's SET only, a rare write
+off the hot path, and when it answers 0 keep the tombstone in process memory too and warn, as in an outage.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge.redis_connection import redis_client
+from bridge.storage.redis_connection import redis_client
 from devstack.redis import RedisSentinelSet
 from tests.conftest import forget_abandoned_sockets, running_bridge
 from tests.integration.test_exchange import linked_users
@@ -65,7 +65,7 @@ def sentinel_set(tmp_path: Path) -> Iterator[RedisSentinelSet]:
 
 async def close_sentinel_connections(client: object) -> None:
     """The master client's `aclose` leaves the connections to the sentinels open (redis-py's Sentinel
-    has no aclose of its own): closed here so no socket outlives the test. bridge/cache.py needs the
+    has no aclose of its own): closed here so no socket outlives the test. bridge/storage/cache.py needs the
     same in `RedisCache.aclose`."""
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", []):

@@ -16,13 +16,13 @@ from prometheus_client import REGISTRY
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from bridge import keys
-from bridge.cache import RedisCache
-from bridge.errors import TemporarilyUnavailable, UpstreamUnavailable
-from bridge.model import Held
-from bridge.redis_connection import RedisConnection
-from bridge.sealing import Sealer, new_key
-from bridge.sessions import NewSession, SessionPolicy, SessionService, parse_token
+from bridge.domain import keys
+from bridge.domain.errors import TemporarilyUnavailable, UpstreamUnavailable
+from bridge.domain.model import Held
+from bridge.services.sessions import NewSession, SessionPolicy, SessionService, parse_token
+from bridge.storage.cache import RedisCache
+from bridge.storage.redis_connection import RedisConnection
+from bridge.storage.sealing import Sealer, new_key
 from devstack.redis import RedisServer
 from tests.integration.test_redis_cluster import start_cluster
 from tests.unit.fakes import assert_save_unless_ended_outcomes, assert_set_if_current_outcomes
@@ -326,7 +326,7 @@ async def test_a_refresh_waits_for_a_held_lock_and_is_refused_after_its_wait(
 ) -> None:
     """A refresh finding the session's lock held waits; past its wait it is temporarily_unavailable (503)
     and consumed nothing; a holder letting go within the wait is waited for."""
-    monkeypatch.setattr("bridge.sessions.LOCK_WAIT", 0.1)
+    monkeypatch.setattr("bridge.services.sessions.LOCK_WAIT", 0.1)
     sessions = service(store, clock)
     token = await start(sessions)
     lock_key = keys.session_lock(session_id(token))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import httpx2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bridge.app import create_app
+from bridge.web.app import create_app
 from tests.conftest import TIKTOK_API, Stack
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ async def test_spans_cover_request_and_every_upstream_without_secrets(
         if span.attributes
         and str(span.attributes.get("http.url", "")).endswith("/protocol/openid-connect/token")
     }
-    assert ("bridge.tracing", 200) in token_calls
+    assert ("bridge.outbound.tracing", 200) in token_calls
     assert len(token_calls) == 2
     assert any(span.attributes and span.attributes.get("db.system") == "redis" for span in spans)
     dumped = json.dumps([dict(span.attributes or {}) for span in spans], default=str)

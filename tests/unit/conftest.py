@@ -11,8 +11,8 @@ import pytest
 import respx
 from joserfc.jwk import ECKey
 
-from bridge.app import create_app
 from bridge.settings import Settings
+from bridge.web.app import create_app
 from tests.unit.fake_token_endpoint import FakeTokenEndpoint
 from tests.unit.respx_httpx2 import HTTPX2Mocker
 

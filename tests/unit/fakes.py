@@ -17,9 +17,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import (
+from bridge.domain import keys
+from bridge.domain.errors import (
     AccessTokenRejected,
     AccountDisabled,
     NotLinked,
@@ -27,7 +26,7 @@ from bridge.errors import (
     UpstreamUnavailable,
     UserConflict,
 )
-from bridge.model import (
+from bridge.domain.model import (
     CodeGrant,
     FederatedLink,
     Held,
@@ -37,13 +36,31 @@ from bridge.model import (
     KeycloakUser,
     Policy,
 )
+from bridge.services.deauthorization import DeauthorizationService
+from bridge.services.exchange import ExchangeService
+from bridge.services.identity import IdentityService
+from bridge.services.minting import MintingService
+from bridge.services.provisioning import ProvisioningService
 from bridge.settings import Settings
+from bridge.storage.cache import MemoryCache
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-    from bridge.model import TikTokProfile
-    from bridge.ports import AssertionMinter, Cache, KeycloakGateway, Store, StoreEntry, TikTokGateway
+    from bridge.domain.model import TikTokProfile
+    from bridge.services.ports import (
+        AssertionMinter,
+        Cache,
+        GuardedCache,
+        IdentityLimiter,
+        KeycloakGateway,
+        RefusalBudget,
+        Store,
+        StoreEntry,
+        TikTokGateway,
+        UserInfoQuota,
+    )
+    from bridge.storage.recent_profiles import RecentProfiles
 
 ISSUER = "https://kc.example/realms/app"
 
@@ -197,6 +214,48 @@ class FakeMinter:
     def mint(self, subject: str, audience: str) -> str:
         assert audience == ISSUER
         return f"assertion-for:{subject}"
+
+
+@dataclass(frozen=True)
+class UseCases:
+    """The exchange and the use cases it composes, over one cache, wired as the factory wires them."""
+
+    exchange: ExchangeService
+    identity: IdentityService
+    provisioning: ProvisioningService
+    minting: MintingService
+    deauthorization: DeauthorizationService
+    cache: GuardedCache
+
+
+def use_cases(
+    *,
+    tiktok: TikTokGateway,
+    keycloak: KeycloakGateway,
+    cache: GuardedCache,
+    policy: Policy,
+    minter: AssertionMinter | None = None,
+    limiter: IdentityLimiter | None = None,
+    quota: UserInfoQuota | None = None,
+    recent: RecentProfiles | None = None,
+    refusals: RefusalBudget | None = None,
+) -> UseCases:
+    """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given)."""
+    identity = IdentityService(
+        tiktok=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
+    )
+    provisioning = ProvisioningService(keycloak=keycloak, cache=cache, policy=policy)
+    minting = MintingService(keycloak=keycloak, minter=minter or FakeMinter(), policy=policy)
+    exchange = ExchangeService(
+        identity=identity,
+        provisioning=provisioning,
+        minting=minting,
+        cache=cache,
+        policy=policy,
+        limiter=limiter,
+    )
+    deauthorization = DeauthorizationService(keycloak=keycloak, cache=cache, policy=policy)
+    return UseCases(exchange, identity, provisioning, minting, deauthorization, cache)
 
 
 # The fakes stand in for these ports; mypy checks each assignment.

@@ -27,7 +27,7 @@ import httpx2
 from respx.mocks import Mocker
 from respx.models import PassThrough
 
-from bridge.aiohttp_transport import AiohttpTransport
+from bridge.outbound.aiohttp_transport import AiohttpTransport
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -14,13 +14,14 @@ import httpx2
 import pytest
 from prometheus_client import REGISTRY
 
-from bridge import doctor, keycloak
-from bridge.cache import MemoryCache
-from bridge.errors import ServerError, UpstreamProtocolError, to_oauth_error
-from bridge.keycloak import KeycloakClient
-from bridge.realm_setup import Admin, SetupError, Step, _admin_api_scope_step
-from bridge.realm_spec import minting_clients, own_client
+from bridge.domain.errors import ServerError, UpstreamProtocolError, to_oauth_error
+from bridge.keycloak import client as keycloak
+from bridge.keycloak.client import KeycloakClient
+from bridge.keycloak.realm_setup import Admin, SetupError, Step, _admin_api_scope_step
+from bridge.keycloak.realm_spec import minting_clients, own_client
+from bridge.operations import doctor
 from bridge.settings import Settings
+from bridge.storage.cache import MemoryCache
 from devstack.tiktok_emulator import TikTokEmulator
 
 if TYPE_CHECKING:
@@ -388,7 +389,7 @@ async def test_a_401_that_survives_the_renewal_is_a_configuration_error_logged_o
     api = AdminApi(status=401)
     client = await client_for(api, token_http)
     before = _refusals()
-    caplog.set_level(logging.ERROR, logger="bridge.keycloak")
+    caplog.set_level(logging.ERROR, logger="bridge.keycloak.client")
 
     for _ in range(3):
         with pytest.raises(UpstreamProtocolError) as refused:
@@ -403,7 +404,7 @@ async def test_a_401_that_survives_the_renewal_is_a_configuration_error_logged_o
     answer = to_oauth_error(refused.value)
     assert isinstance(answer, ServerError)
     assert (answer.status_code, answer.body()["error"]) == (500, "server_error")
-    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.keycloak"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.keycloak.client"]
     assert len(lines) == 2  # the first refusal, and the first one after the minute
     assert "client 'tiktok-bridge-admin' needs the default client scope kc-admin-api" in lines[0]
     assert "run `bridge keycloak apply`" in lines[0]

@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bridge.aiohttp_transport import AiohttpTransport, _client_timeout
-from bridge.app import create_app
-from bridge.errors import BridgeError
-from bridge.resources import Resources
+from bridge.domain.errors import BridgeError
+from bridge.factory import Resources
+from bridge.outbound.aiohttp_transport import AiohttpTransport, _client_timeout
+from bridge.web.app import create_app
 from devstack.keycloak import free_port
 from tests.unit.scripted_upstream import Script, ScriptedUpstream, answer
 

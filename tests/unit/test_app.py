@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from prometheus_client import REGISTRY
 
-from bridge.app import create_app
+from bridge.web.app import create_app
 from tests.unit.fake_token_endpoint import Answer
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ def test_openapi_document_names_exactly_the_served_routes(
     (metrics live on the admin listener, whatever `metrics_enabled` says)."""
     from starlette.routing import Route  # noqa: PLC0415
 
-    from bridge import openapi  # noqa: PLC0415
+    from bridge.web import openapi  # noqa: PLC0415
 
     flags = {
         "strapi_compat_enabled": strapi,
@@ -441,7 +441,7 @@ async def test_every_answer_carries_a_request_id_and_one_access_line(
     status."""
     mock_keycloak(httpx2_mock, token_endpoint)
     mock_tiktok(httpx2_mock)
-    with caplog.at_level(logging.INFO, logger="bridge.app"):
+    with caplog.at_level(logging.INFO, logger="bridge.web.app"):
         issued = await client.post("/token", data=FORM, headers={"X-Request-ID": "abc-123"})
         refused = await client.post("/token", data={"grant_type": "x"}, headers={"X-Request-ID": "bad id!"})
         routed = await client.get("/healthz", headers={"X-Request-ID": "r-1"})
@@ -471,7 +471,7 @@ async def test_a_bug_on_the_direct_lane_is_a_json_500_that_tells_nothing(
     def broken(_form: dict[str, str]) -> None:
         raise RuntimeError("act.secret-token")
 
-    monkeypatch.setattr("bridge.endpoints.parse_exchange_request", broken)
+    monkeypatch.setattr("bridge.web.endpoints.parse_exchange_request", broken)
     before = _exchanges_counted("server_error")
     response = await client.post("/token", data=FORM)
 

@@ -9,8 +9,8 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from bridge.bearer import RealmTokenVerifier
-from bridge.errors import InvalidToken
+from bridge.domain.errors import InvalidToken
+from bridge.keycloak.bearer import RealmTokenVerifier
 
 ISSUER = "https://kc.example/realms/app"
 

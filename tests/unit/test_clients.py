@@ -7,8 +7,8 @@ import base64
 import pytest
 from pydantic import ValidationError
 
-from bridge.clients import ClientRegistry
-from bridge.errors import InvalidClient
+from bridge.domain.errors import InvalidClient
+from bridge.protocol.clients import ClientRegistry
 from bridge.settings import Settings
 
 REGISTRY = ClientRegistry(public=frozenset({"ios-app", "android-app"}), confidential={"web-bff": "s3cret=x"})

@@ -11,8 +11,8 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, OKPKey
 
-from bridge.cache import MemoryCache
-from bridge.dpop import InvalidDPoPProof, verify_proof
+from bridge.protocol.dpop import InvalidDPoPProof, verify_proof
+from bridge.storage.cache import MemoryCache
 
 if TYPE_CHECKING:
     import httpx2

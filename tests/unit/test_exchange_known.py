@@ -14,22 +14,24 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import AccountDisabled, SubjectTokenRejected, UpstreamUnavailable
-from bridge.exchange import ExchangeService, SessionOrder, deterministic_username
-from bridge.model import IdentityCheck, IdentityState
-from bridge.recent_profiles import RecentProfiles
-from bridge.sealing import Sealer, new_key
-from bridge.sessions import SessionPolicy, SessionService
+from bridge.domain import keys
+from bridge.domain.errors import AccountDisabled, SubjectTokenRejected, UpstreamUnavailable
+from bridge.domain.model import IdentityCheck, IdentityState
+from bridge.services.exchange import SessionOrder
+from bridge.services.provisioning import deterministic_username
+from bridge.services.sessions import SessionPolicy, SessionService
+from bridge.storage.cache import MemoryCache
+from bridge.storage.recent_profiles import RecentProfiles
+from bridge.storage.sealing import Sealer, new_key
 from tests.unit.fakes import (
     FakeKeycloak,
-    FakeMinter,
     FakeTikTok,
     RecordingStore,
+    UseCases,
     assert_save_unless_ended_outcomes,
     assert_set_if_current_outcomes,
     make_policy,
+    use_cases,
 )
 from tests.unit.test_exchange_service import PROFILE, request
 from tests.unit.test_sessions import FakeMinter as SessionsMinter
@@ -72,16 +74,15 @@ def sessions_over(store: RecordingStore) -> SessionService:
 
 def bridge_over(
     tiktok: FakeTikTok, keycloak: FakeKeycloak, store: RecordingStore, **policy: object
-) -> tuple[ExchangeService, SessionOrder]:
-    exchange = ExchangeService(
+) -> tuple[UseCases, SessionOrder]:
+    bridge = use_cases(
         tiktok=tiktok,
         keycloak=keycloak,
         cache=store,
-        minter=FakeMinter(),
         policy=make_policy(**policy),
         recent=RecentProfiles(100, 300),  # the profile from memory: the store sees the identity's work only
     )
-    return exchange, SessionOrder(sessions_over(store), jkt=None, client_id="app")
+    return bridge, SessionOrder(sessions_over(store), jkt=None, client_id="app")
 
 
 def session_writes(store: RecordingStore) -> list[str]:
@@ -99,14 +100,14 @@ async def test_a_returning_identity_costs_one_round_trip_and_one_token_call(
     """The first sign-in reads the cache before Keycloak (it cannot know the user yet) and writes the
     session apart; the next reads the tombstone and the user entry with the session's write, after
     the one token call."""
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    first = await exchange.exchange(request(), session=order)
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    first = await bridge.exchange.exchange(request(), session=order)
     assert identity_work(store)[0] == "get_many user revoked"
     assert identity_work(store)[-1] == "set session"
     store.operations.clear()
     keycloak.calls.clear()
 
-    again = await exchange.exchange(request(), session=order)
+    again = await bridge.exchange.exchange(request(), session=order)
 
     assert store.operations == ["set_if_current revoked user session"]
     assert keycloak.calls == {"token": 1}
@@ -123,11 +124,11 @@ async def test_without_a_session_asked_the_cache_is_read_before_keycloak(
     tiktok: FakeTikTok, keycloak: FakeKeycloak, store: RecordingStore
 ) -> None:
     """No session, nothing to join the check with: the token is minted only after the cache said yes."""
-    exchange, _ = bridge_over(tiktok, keycloak, store)
-    await exchange.exchange(request())
+    bridge, _ = bridge_over(tiktok, keycloak, store)
+    await bridge.exchange.exchange(request())
     store.operations.clear()
 
-    await exchange.exchange(request())
+    await bridge.exchange.exchange(request())
 
     assert store.operations == ["get_many user revoked"]
 
@@ -138,19 +139,19 @@ async def test_a_tombstone_refuses_the_minted_sign_in_and_starts_no_session(
 ) -> None:
     """Deauthorized after its profile was verified: refused, though Keycloak was asked first (with
     `record` it even minted: that token is dropped), and no session is written."""
-    exchange, order = bridge_over(tiktok, keycloak, store, deauthorization=policy)
-    await exchange.exchange(request(), session=order)
-    await exchange.deauthorize(PROFILE.open_id)
+    bridge, order = bridge_over(tiktok, keycloak, store, deauthorization=policy)
+    await bridge.exchange.exchange(request(), session=order)
+    await bridge.deauthorization.deauthorize(PROFILE.open_id)
     store.operations.clear()
 
     with pytest.raises(SubjectTokenRejected):
-        await exchange.exchange(request(), session=order)
+        await bridge.exchange.exchange(request(), session=order)
 
     assert "set session" not in store.operations
     store.operations.clear()
     keycloak.calls.clear()
     with pytest.raises(SubjectTokenRejected):
-        await exchange.exchange(request(), session=order)
+        await bridge.exchange.exchange(request(), session=order)
     # A retry is refused from the cache, before Keycloak: the revoked identity is no longer guessed.
     assert identity_work(store) == ["get_many user revoked"]
     assert keycloak.calls["token"] == 0
@@ -185,13 +186,13 @@ async def test_a_user_disabled_in_keycloak_is_refused_at_the_grant(
     tiktok: FakeTikTok, keycloak: FakeKeycloak, store: RecordingStore
 ) -> None:
     """Refused, with the same error as on the path that reads the cache first."""
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    user_id = (await exchange.exchange(request(), session=order)).user_id
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    user_id = (await bridge.exchange.exchange(request(), session=order)).user_id
     keycloak.users[user_id]["enabled"] = False
     store.operations.clear()
 
     with pytest.raises(AccountDisabled):
-        await exchange.exchange(request(), session=order)
+        await bridge.exchange.exchange(request(), session=order)
     assert session_writes(store) == []
 
 
@@ -200,12 +201,12 @@ async def test_a_changed_profile_is_synced_before_the_token_it_is_answered_with(
 ) -> None:
     """The entry's fingerprint differs: the token minted first is dropped, the attributes are synced,
     and the answer's token is minted after the sync (a mapper may put them in it)."""
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    user_id = (await exchange.exchange(request(), session=order)).user_id
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    user_id = (await bridge.exchange.exchange(request(), session=order)).user_id
     tiktok.profiles["act.renamed"] = replace(PROFILE, display_name="New Name", verified_at=time.time())
     keycloak.calls.clear()
 
-    renamed = await exchange.exchange(request("act.renamed"), session=order)
+    renamed = await bridge.exchange.exchange(request("act.renamed"), session=order)
 
     assert keycloak.users[user_id]["attributes"]["tiktok_display_name"] == ["New Name"]
     assert keycloak.calls["update"] == 1
@@ -213,7 +214,7 @@ async def test_a_changed_profile_is_synced_before_the_token_it_is_answered_with(
     assert renamed.session is not None
     keycloak.calls.clear()
     store.operations.clear()
-    await exchange.exchange(request("act.renamed"), session=order)
+    await bridge.exchange.exchange(request("act.renamed"), session=order)
     assert keycloak.calls == {"token": 1}
     assert store.operations == ["set_if_current revoked user session"]
 
@@ -221,11 +222,11 @@ async def test_a_changed_profile_is_synced_before_the_token_it_is_answered_with(
 async def test_a_removed_link_is_provisioned_afresh(
     tiktok: FakeTikTok, keycloak: FakeKeycloak, store: RecordingStore
 ) -> None:
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    old_id = (await exchange.exchange(request(), session=order)).user_id
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    old_id = (await bridge.exchange.exchange(request(), session=order)).user_id
     keycloak.users[old_id]["federatedIdentities"] = []
 
-    result = await exchange.exchange(request(), session=order)
+    result = await bridge.exchange.exchange(request(), session=order)
 
     assert result.user_id != old_id
     assert result.created
@@ -237,13 +238,13 @@ async def test_a_link_moved_by_an_admin_is_followed_at_once(
     tiktok: FakeTikTok, keycloak: FakeKeycloak, store: RecordingStore
 ) -> None:
     """Keycloak's token names D while the cache names C: the session is D's, never C's."""
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    c = (await exchange.exchange(request(), session=order)).user_id
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    c = (await bridge.exchange.exchange(request(), session=order)).user_id
     link = keycloak.users[c].pop("federatedIdentities")
     d = await keycloak.create_user({"username": "someone-else", "enabled": True, "federatedIdentities": link})
 
-    moved = await exchange.exchange(request(), session=order)
-    again = await exchange.exchange(request(), session=order)
+    moved = await bridge.exchange.exchange(request(), session=order)
+    again = await bridge.exchange.exchange(request(), session=order)
 
     assert (moved.user_id, again.user_id) == (d, d)
     for exchanged in (moved, again):
@@ -262,17 +263,17 @@ async def test_each_wasted_grant_is_counted_for_operators(
 ) -> None:
     """`bridge_cache_lookups_total{kind="user", result="stale"}`: one per grant asked before the cache
     said no (entry gone, Keycloak refusing), none for a sign-in whose guess was right."""
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    user_id = (await exchange.exchange(request(), session=order)).user_id
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    user_id = (await bridge.exchange.exchange(request(), session=order)).user_id
     before = stale_guesses()
-    await exchange.exchange(request(), session=order)
+    await bridge.exchange.exchange(request(), session=order)
     assert stale_guesses() == before
 
     await store.memory.delete(keys.linked_user("tiktok", PROFILE.open_id))
-    await exchange.exchange(request(), session=order)
+    await bridge.exchange.exchange(request(), session=order)
     keycloak.users[user_id]["enabled"] = False
     with pytest.raises(AccountDisabled):
-        await exchange.exchange(request(), session=order)
+        await bridge.exchange.exchange(request(), session=order)
 
     assert stale_guesses() == before + 2
 
@@ -282,12 +283,12 @@ async def test_an_expired_user_entry_is_looked_up_again(
 ) -> None:
     """The cache forgot the user (its TTL, or Redis lost it): the check finds no entry, and the sign-in
     goes by Keycloak's search, which caches the user again for the next one."""
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    await exchange.exchange(request(), session=order)
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    await bridge.exchange.exchange(request(), session=order)
     await store.memory.delete(keys.linked_user("tiktok", PROFILE.open_id))
     keycloak.calls.clear()
 
-    result = await exchange.exchange(request(), session=order)
+    result = await bridge.exchange.exchange(request(), session=order)
 
     assert keycloak.calls == {"token": 2, "find": 1}
     assert result.session is not None
@@ -299,13 +300,13 @@ async def test_an_identity_known_longer_than_the_user_ttl_is_read_first_again(
 ) -> None:
     """This process expects the entry it relied on to last the user TTL at most; after that it does not
     spend a token call on a guess."""
-    exchange, order = bridge_over(tiktok, keycloak, store, user_ttl=60)
-    await exchange.exchange(request(), session=order)
+    bridge, order = bridge_over(tiktok, keycloak, store, user_ttl=60)
+    await bridge.exchange.exchange(request(), session=order)
     later = time.time() + 61
-    monkeypatch.setattr("bridge.exchange.time.time", lambda: later)
+    monkeypatch.setattr("bridge.services.exchange.time.time", lambda: later)
     store.operations.clear()
 
-    await exchange.exchange(request(), session=order)
+    await bridge.exchange.exchange(request(), session=order)
 
     assert identity_work(store)[0] == "get_many user revoked"
 
@@ -323,15 +324,15 @@ async def test_a_store_failing_at_the_check_answers_without_a_session_and_keeps_
     """The token already minted is answered (no second token call) once the cache confirms the identity;
     a tombstone still refuses."""
     store = StoreGoingAway()
-    exchange, order = bridge_over(tiktok, keycloak, store)
-    first = await exchange.exchange(request(), session=order)
+    bridge, order = bridge_over(tiktok, keycloak, store)
+    first = await bridge.exchange.exchange(request(), session=order)
     keycloak.calls.clear()
 
-    again = await exchange.exchange(request(), session=order)
+    again = await bridge.exchange.exchange(request(), session=order)
 
     assert again.session is None
     assert again.user_id == first.user_id
     assert keycloak.calls == {"token": 1}
-    await exchange.deauthorize(PROFILE.open_id)
+    await bridge.deauthorization.deauthorize(PROFILE.open_id)
     with pytest.raises(SubjectTokenRejected):
-        await exchange.exchange(request(), session=order)
+        await bridge.exchange.exchange(request(), session=order)

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import (
+from bridge.domain import keys
+from bridge.domain.errors import (
     AccountDisabled,
     EmailTaken,
     IdentityMismatch,
@@ -26,17 +25,18 @@ from bridge.errors import (
     SubjectTokenRejected,
     UpstreamUnavailable,
 )
-from bridge.exchange import ExchangeService, deterministic_username
-from bridge.model import CodeGrant, TikTokProfile
-from bridge.recent_profiles import RecentProfiles
-from bridge.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, RecordingStore, make_policy
+from bridge.domain.model import CodeGrant, TikTokProfile
+from bridge.protocol.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
+from bridge.services.provisioning import deterministic_username
+from bridge.storage.cache import MemoryCache
+from bridge.storage.recent_profiles import RecentProfiles
+from tests.unit.fakes import FakeKeycloak, FakeTikTok, RecordingStore, UseCases, make_policy, use_cases
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from bridge.model import KeycloakUser
-    from bridge.ports import GuardedCache
+    from bridge.domain.model import KeycloakUser
+    from bridge.services.ports import GuardedCache
 
 PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
 REDIRECT = "https://app.example/callback"
@@ -77,13 +77,12 @@ def service(
     cache: GuardedCache | None = None,
     recent: RecentProfiles | None = None,
     **policy: object,
-) -> ExchangeService:
-    """The use case over the fakes, with the default policy changed by `policy`."""
-    return ExchangeService(
+) -> UseCases:
+    """The use cases over the fakes, with the default policy changed by `policy`."""
+    return use_cases(
         tiktok=tiktok,
         keycloak=keycloak,
         cache=cache if cache is not None else MemoryCache(),
-        minter=FakeMinter(),
         policy=make_policy(**policy),
         recent=recent,
     )
@@ -112,12 +111,12 @@ async def test_a_returning_token_is_served_from_this_process_memory(
     is asked only for the user id and the tombstone. Without it, the profile is read from the cache."""
     shared = CountingCache()
     bridge = service(tiktok, keycloak, cache=shared, recent=RecentProfiles(100, 300))
-    await bridge.exchange(request("act.one"))
+    await bridge.exchange.exchange(request("act.one"))
     profile_key = keys.profile("act.one")
     shared.reads.clear()
     tiktok.calls.clear()
 
-    await bridge.exchange(request("act.one"))
+    await bridge.exchange.exchange(request("act.one"))
     assert profile_key not in shared.reads
     assert keys.deauthorized("tiktok", PROFILE.open_id) in shared.reads
     assert tiktok.calls == []
@@ -125,9 +124,9 @@ async def test_a_returning_token_is_served_from_this_process_memory(
     # Another process (no copy of its own) reads the entry this one wrote, and keeps a copy from then on.
     other = service(tiktok, keycloak, cache=shared, recent=RecentProfiles(100, 300))
     shared.reads.clear()
-    await other.exchange(request("act.one"))
+    await other.exchange.exchange(request("act.one"))
     assert shared.reads.count(profile_key) == 1
-    await other.exchange(request("act.one"))
+    await other.exchange.exchange(request("act.one"))
     assert shared.reads.count(profile_key) == 1
     assert tiktok.calls == []
 
@@ -163,7 +162,7 @@ async def test_first_exchange_creates_a_linked_user_with_tiktok_attributes(
     tiktok: FakeTikTok, keycloak: FakeKeycloak
 ) -> None:
     """The create call carries the link, the deterministic username and the TikTok attributes, no e-mail."""
-    result = await service(tiktok, keycloak).exchange(request())
+    result = await service(tiktok, keycloak).exchange.exchange(request())
 
     assert result.created
     assert result.issued.access_token == f"kc-token-for:{result.user_id}"
@@ -192,11 +191,11 @@ async def test_warm_returning_user_costs_one_token_call_only(
 ) -> None:
     """Within the TTLs a repeated exchange makes no TikTok call and no Keycloak admin call."""
     bridge = service(tiktok, keycloak)
-    await bridge.exchange(request())
+    await bridge.exchange.exchange(request())
     tiktok.calls.clear()
     keycloak.calls.clear()
 
-    result = await bridge.exchange(request())
+    result = await bridge.exchange.exchange(request())
 
     assert not result.created
     assert tiktok.calls == []
@@ -209,42 +208,42 @@ async def test_rejected_token_is_cached_negatively(tiktok: FakeTikTok, keycloak:
     bridge = service(tiktok, keycloak)
     for _ in range(3):
         with pytest.raises(SubjectTokenRejected):
-            await bridge.exchange(request("act.bad"))
+            await bridge.exchange.exchange(request("act.bad"))
     assert tiktok.calls == ["act.bad"]
 
 
 async def test_disabled_user_is_refused_on_every_path(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
     """Disabled users are refused whether found by search (cold) or through the cached id (warm)."""
     bridge = service(tiktok, keycloak)
-    user_id = (await bridge.exchange(request())).user_id
+    user_id = (await bridge.exchange.exchange(request())).user_id
     keycloak.users[user_id]["enabled"] = False
     with pytest.raises(AccountDisabled):
-        await bridge.exchange(request())  # warm: the grant refuses
+        await bridge.exchange.exchange(request())  # warm: the grant refuses
     keycloak.calls.clear()
     with pytest.raises(AccountDisabled):
-        await service(tiktok, keycloak).exchange(request())  # cold: the search result refuses
+        await service(tiktok, keycloak).exchange.exchange(request())  # cold: the search result refuses
     assert keycloak.calls["token"] == 0  # no token was asked for on the cold path
 
 
 async def test_registration_closed_refuses_new_users_only(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
     """With registration closed, an existing linked user signs in and a new one is refused."""
-    await service(tiktok, keycloak).exchange(request())
+    await service(tiktok, keycloak).exchange.exchange(request())
     closed = service(tiktok, keycloak, registration_open=False)
-    assert (await closed.exchange(request())).created is False
+    assert (await closed.exchange.exchange(request())).created is False
     tiktok.profiles["act.new"] = TikTokProfile(open_id="-000New", union_id=None, display_name=None)
     with pytest.raises(RegistrationClosed):
-        await closed.exchange(request("act.new"))
+        await closed.exchange.exchange(request("act.new"))
 
 
 async def test_email_template_and_collision(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
     """The template fills an unverified e-mail; a second identity mapping to the same address is refused."""
     bridge = service(tiktok, keycloak, email_template="{union_id}@tiktok.invalid")
-    user_id = (await bridge.exchange(request())).user_id
+    user_id = (await bridge.exchange.exchange(request())).user_id
     assert keycloak.users[user_id]["email"] == "u-1@tiktok.invalid"
     assert keycloak.users[user_id]["emailVerified"] is False
     tiktok.profiles["act.other"] = replace(PROFILE, open_id="-000Other")
     with pytest.raises(EmailTaken):
-        await bridge.exchange(request("act.other"))
+        await bridge.exchange.exchange(request("act.other"))
 
 
 async def test_no_email_when_template_needs_a_missing_union_id(
@@ -253,19 +252,19 @@ async def test_no_email_when_template_needs_a_missing_union_id(
     """TikTok sometimes omits union_id; then no address is made up."""
     tiktok.profiles["act.nounion"] = replace(PROFILE, union_id=None)
     bridge = service(tiktok, keycloak, email_template="{union_id}@tiktok.invalid")
-    user_id = (await bridge.exchange(request("act.nounion"))).user_id
+    user_id = (await bridge.exchange.exchange(request("act.nounion"))).user_id
     assert "email" not in keycloak.users[user_id]
 
 
 async def test_profile_change_is_synced_once(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
     """A changed display name updates the user once; unchanged profiles cause no admin call."""
     bridge = service(tiktok, keycloak)
-    user_id = (await bridge.exchange(request())).user_id
+    user_id = (await bridge.exchange.exchange(request())).user_id
     tiktok.profiles["act.renamed"] = replace(PROFILE, display_name="New Name")
     keycloak.calls.clear()
 
-    await bridge.exchange(request("act.renamed"))
-    await bridge.exchange(request("act.renamed"))
+    await bridge.exchange.exchange(request("act.renamed"))
+    await bridge.exchange.exchange(request("act.renamed"))
 
     assert keycloak.users[user_id]["attributes"]["tiktok_display_name"] == ["New Name"]
     assert keycloak.calls["update"] == 1
@@ -275,10 +274,10 @@ async def test_profile_change_is_synced_once(tiktok: FakeTikTok, keycloak: FakeK
 async def test_removed_link_reprovisions_once(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:
     """A cached id whose link is gone is forgotten; the user is provisioned again under the next username."""
     bridge = service(tiktok, keycloak)
-    old_id = (await bridge.exchange(request())).user_id
+    old_id = (await bridge.exchange.exchange(request())).user_id
     keycloak.users[old_id]["federatedIdentities"] = []
 
-    result = await bridge.exchange(request())
+    result = await bridge.exchange.exchange(request())
 
     assert result.user_id != old_id
     assert keycloak.users[result.user_id]["username"] == deterministic_username("tiktok_", PROFILE.open_id, 1)
@@ -288,7 +287,7 @@ async def test_concurrent_first_exchanges_create_one_user(tiktok: FakeTikTok, ke
     """Single-flight: twenty simultaneous first sign-ins of one identity create exactly one user; the
     nineteen that waited for the lock read the winner's id from the cache instead of creating."""
     bridge = service(tiktok, keycloak)
-    results = await asyncio.gather(*(bridge.exchange(request()) for _ in range(20)))
+    results = await asyncio.gather(*(bridge.exchange.exchange(request()) for _ in range(20)))
     assert len(keycloak.users) == 1
     assert {r.user_id for r in results} == set(keycloak.users)
     assert keycloak.calls["create"] == 1
@@ -304,14 +303,14 @@ async def test_a_first_sign_in_reads_its_user_entry_with_the_lock_and_caches_it_
     own."""
     shared = RecordingStore()
     bridge = service(tiktok, keycloak, cache=shared)
-    first = await bridge.exchange(request("act.one"))
+    first = await bridge.exchange.exchange(request("act.one"))
     assert first.created
     identity = [op for op in shared.operations if op.split(" ")[1] in {"user", "revoked", "lock"}]
     assert identity == ["get_many user revoked", "locked_entry user", "save_and_release user"]
     assert await shared.key_lock_is_free(keys.provisioning_lock("tiktok", PROFILE.open_id))
 
     shared.operations.clear()
-    again = await bridge.exchange(request("act.one"))
+    again = await bridge.exchange.exchange(request("act.one"))
     assert again.user_id == first.user_id
     assert [op for op in shared.operations if "user" in op] == ["get_many user revoked"]
 
@@ -340,11 +339,11 @@ async def test_a_user_created_just_before_the_lock_is_found_by_the_409(tiktok: F
     and the lock is still found (Keycloak refuses the same username), so there is still one user."""
     keycloak = LateSearchKeycloak()
     bridge = service(tiktok, keycloak)
-    first = await bridge.exchange(request("act.one"))
-    await bridge._cache.delete(keys.linked_user("tiktok", PROFILE.open_id))
+    first = await bridge.exchange.exchange(request("act.one"))
+    await bridge.cache.delete(keys.linked_user("tiktok", PROFILE.open_id))
     keycloak.miss_next_search = True
 
-    again = await bridge.exchange(request("act.two"))
+    again = await bridge.exchange.exchange(request("act.two"))
     assert again.user_id == first.user_id
     assert again.created is False  # found through the 409, not created: logs and answers say so
     assert len(keycloak.users) == 1
@@ -358,19 +357,19 @@ async def test_a_user_cached_by_a_holder_that_finished_before_the_lock_is_used_w
     lock left the user's id there as it let go, and that id is used (no create, no 409)."""
     keycloak = LateSearchKeycloak()
     bridge = service(tiktok, keycloak)
-    first = await bridge.exchange(request("act.one"))
+    first = await bridge.exchange.exchange(request("act.one"))
     user_key = keys.linked_user("tiktok", PROFILE.open_id)
-    entry = await bridge._cache.get(user_key)
+    entry = await bridge.cache.get(user_key)
     assert entry is not None
-    await bridge._cache.delete(user_key)
+    await bridge.cache.delete(user_key)
 
     async def other_holder_finishes() -> None:
-        await bridge._cache.set(user_key, entry, 60)
+        await bridge.cache.set(user_key, entry, 60)
 
     keycloak.miss_next_search = True
     keycloak.after_missed_search = other_holder_finishes
 
-    again = await bridge.exchange(request("act.two"))
+    again = await bridge.exchange.exchange(request("act.two"))
     assert again.user_id == first.user_id
     assert again.created is False
     assert keycloak.calls["create"] == 1  # only the first sign-in's
@@ -398,24 +397,24 @@ async def test_deauthorization_refuses_profiles_cached_before_it(
     (the user authorized the app again) is judged by Keycloak as usual."""
     recent = RecentProfiles(100, 300) if in_memory else None
     bridge = service(tiktok, keycloak, recent=recent, deauthorization=policy)
-    await bridge.exchange(request("act.one"))
-    await bridge.deauthorize(PROFILE.open_id)
+    await bridge.exchange.exchange(request("act.one"))
+    await bridge.deauthorization.deauthorize(PROFILE.open_id)
     tiktok.calls.clear()
 
     with pytest.raises(SubjectTokenRejected):
-        await bridge.exchange(request("act.one"))
+        await bridge.exchange.exchange(request("act.one"))
     assert tiktok.calls == []  # refused from the cache alone
 
     tiktok.profiles["act.new"] = replace(PROFILE, verified_at=time.time() + 1)
     if policy == "disable":
         with pytest.raises(AccountDisabled):
-            await bridge.exchange(request("act.new"))
+            await bridge.exchange.exchange(request("act.new"))
     else:
-        result = await bridge.exchange(request("act.new"))
+        result = await bridge.exchange.exchange(request("act.new"))
         assert result.created is (policy == "unlink")
-        assert (await bridge.exchange(request("act.new"))).user_id == result.user_id  # cached again
+        assert (await bridge.exchange.exchange(request("act.new"))).user_id == result.user_id  # cached again
     with pytest.raises(SubjectTokenRejected):
-        await bridge.exchange(request("act.one"))  # signing in again did not erase the revocation
+        await bridge.exchange.exchange(request("act.one"))  # signing in again did not erase the revocation
 
 
 class GatedKeycloak(FakeKeycloak):
@@ -437,14 +436,14 @@ async def test_a_sign_in_in_flight_during_deauthorization_does_not_erase_it(tikt
     ends (it was already under way), and the token is refused from then on."""
     keycloak = GatedKeycloak()
     bridge = service(tiktok, keycloak, deauthorization="record")
-    in_flight = asyncio.create_task(bridge.exchange(request("act.one")))
+    in_flight = asyncio.create_task(bridge.exchange.exchange(request("act.one")))
     await keycloak.waiting.wait()  # its profile is verified and cached, and it has read the cache
-    await bridge.deauthorize(PROFILE.open_id)
+    await bridge.deauthorization.deauthorize(PROFILE.open_id)
     keycloak.gate.set()
     await in_flight
 
     with pytest.raises(SubjectTokenRejected):
-        await bridge.exchange(request("act.one"))
+        await bridge.exchange.exchange(request("act.one"))
 
 
 def test_an_identitys_user_and_tombstone_keys_share_a_redis_cluster_slot() -> None:
@@ -468,12 +467,12 @@ async def test_code_path_redeems_once_and_signs_in(tiktok: FakeTikTok, keycloak:
     tiktok.profiles["act.from-code"] = PROFILE
     bridge = service(tiktok, keycloak, redirect_uris=(REDIRECT,))
 
-    result = await bridge.exchange(code_request())
+    result = await bridge.exchange.exchange(code_request())
 
     assert result.profile.open_id == PROFILE.open_id
     assert result.created
     with pytest.raises(SubjectTokenRejected):
-        await bridge.exchange(code_request())
+        await bridge.exchange.exchange(code_request())
 
 
 async def test_code_with_an_unlisted_redirect_uri_is_refused_unsent(
@@ -483,7 +482,7 @@ async def test_code_with_an_unlisted_redirect_uri_is_refused_unsent(
     tiktok.codes["code-1"] = (VERIFIER, "https://evil.example/cb", _grant())
     bridge = service(tiktok, keycloak, redirect_uris=(REDIRECT,))
     with pytest.raises(InvalidRequest):
-        await bridge.exchange(code_request(redirect_uri="https://evil.example/cb"))
+        await bridge.exchange.exchange(code_request(redirect_uri="https://evil.example/cb"))
     assert tiktok.calls == []
     assert not keycloak.users
 
@@ -494,7 +493,7 @@ async def test_code_granted_without_the_basic_scope_is_refused(
     """Without user.info.basic there is no open_id to trust: refused, nobody provisioned."""
     tiktok.codes["code-1"] = (VERIFIER, REDIRECT, _grant(scopes=frozenset({"video.list"})))
     with pytest.raises(MissingScope):
-        await service(tiktok, keycloak, redirect_uris=(REDIRECT,)).exchange(code_request())
+        await service(tiktok, keycloak, redirect_uris=(REDIRECT,)).exchange.exchange(code_request())
     assert not keycloak.users
 
 
@@ -505,7 +504,7 @@ async def test_user_info_for_another_open_id_than_the_code_is_refused(
     tiktok.codes["code-1"] = (VERIFIER, REDIRECT, _grant(open_id="-000Someone"))
     tiktok.profiles["act.from-code"] = PROFILE
     with pytest.raises(IdentityMismatch):
-        await service(tiktok, keycloak, redirect_uris=(REDIRECT,)).exchange(code_request())
+        await service(tiktok, keycloak, redirect_uris=(REDIRECT,)).exchange.exchange(code_request())
     assert not keycloak.users
 
 
@@ -513,9 +512,9 @@ async def test_new_users_join_the_default_groups(tiktok: FakeTikTok, keycloak: F
     """Configured groups that exist are named in the create call; they are checked once per process."""
     keycloak.groups = {"/tiktok-users"}
     bridge = service(tiktok, keycloak, default_groups=("/tiktok-users",))
-    user_id = (await bridge.exchange(request())).user_id
+    user_id = (await bridge.exchange.exchange(request())).user_id
     tiktok.profiles["act.other"] = replace(PROFILE, open_id="-000Other")
-    await bridge.exchange(request("act.other"))
+    await bridge.exchange.exchange(request("act.other"))
 
     assert keycloak.users[user_id]["groups"] == ["/tiktok-users"]
     assert keycloak.calls["groups"] == 1
@@ -526,7 +525,7 @@ async def test_a_missing_default_group_is_a_configuration_error(
 ) -> None:
     """A group that does not exist is the operator's mistake: a server error, and no user created."""
     with pytest.raises(ServerError) as refused:
-        await service(tiktok, keycloak, default_groups=("/nope",)).exchange(request())
+        await service(tiktok, keycloak, default_groups=("/nope",)).exchange.exchange(request())
     assert "/nope" in refused.value.detail
     assert not keycloak.users
 
@@ -535,7 +534,7 @@ async def test_new_users_get_the_default_realm_roles(tiktok: FakeTikTok, keycloa
     """Default realm roles are mapped to a new user right after it is created."""
     keycloak.realm_roles = {"tiktok-user"}
     user_id = (
-        await service(tiktok, keycloak, default_realm_roles=("tiktok-user",)).exchange(request())
+        await service(tiktok, keycloak, default_realm_roles=("tiktok-user",)).exchange.exchange(request())
     ).user_id
     assert keycloak.users[user_id]["realmRoles"] == ["tiktok-user"]
 
@@ -547,11 +546,11 @@ async def test_a_failed_role_mapping_removes_the_new_user(tiktok: FakeTikTok, ke
     keycloak.fail_role_mapping = True
     bridge = service(tiktok, keycloak, default_realm_roles=("tiktok-user",))
     with pytest.raises(UpstreamUnavailable):
-        await bridge.exchange(request())
+        await bridge.exchange.exchange(request())
     assert not keycloak.users
 
     keycloak.fail_role_mapping = False
-    result = await bridge.exchange(request())
+    result = await bridge.exchange.exchange(request())
     assert result.created
     assert keycloak.users[result.user_id]["realmRoles"] == ["tiktok-user"]
 
@@ -562,7 +561,9 @@ async def test_configured_audiences_are_asked_of_keycloak_as_their_client_scopes
     """An allowed audience becomes its client scope in the grant; another is invalid_target before
     TikTok is asked; an audience's scope named in `scope` is refused."""
     scopes = MappingProxyType({"https://orders.example": "aud-orders", "billing": "aud-billing"})
-    exchange = service(tiktok, keycloak, audience_scopes=scopes, reserved_scopes=frozenset(scopes.values()))
+    exchange = service(
+        tiktok, keycloak, audience_scopes=scopes, reserved_scopes=frozenset(scopes.values())
+    ).exchange
 
     allowed = replace(request(scope=("openid",)), audiences=("https://orders.example",))
     assert (await exchange.exchange(allowed)).issued.scope == "openid aud-orders"
@@ -582,12 +583,12 @@ async def test_a_link_moved_by_an_admin_is_followed_at_once(
     """An admin moves the TikTok link from C to D: the very next exchange names D (whom Keycloak's token
     is for), not the cached C, and the cache learns D."""
     bridge = service(tiktok, keycloak)
-    c = (await bridge.exchange(request())).user_id
+    c = (await bridge.exchange.exchange(request())).user_id
     link = keycloak.users[c].pop("federatedIdentities")
     d = await keycloak.create_user({"username": "someone-else", "enabled": True, "federatedIdentities": link})
 
-    moved = await bridge.exchange(request())
-    again = await bridge.exchange(request())
+    moved = await bridge.exchange.exchange(request())
+    again = await bridge.exchange.exchange(request())
 
     assert moved.user_id == d
     assert again.user_id == d

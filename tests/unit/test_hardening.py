@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.app import create_app
-from bridge.errors import UnsupportedIdentity
-from bridge.model import TikTokProfile, fit_for_keycloak, keycloak_length, profile_attributes
+from bridge.domain.errors import UnsupportedIdentity
+from bridge.domain.model import TikTokProfile, fit_for_keycloak, keycloak_length, profile_attributes
+from bridge.web.app import create_app
 from tests.unit.test_webhook_signature import sign
 
 if TYPE_CHECKING:

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import IdentityLinkedElsewhere, InvalidToken, OtherIdentityLinked
-from bridge.exchange import ExchangeService
-from bridge.linking import LinkingService, LinkPolicy
-from bridge.model import TikTokProfile, VerifiedBearer
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
+from bridge.domain import keys
+from bridge.domain.errors import IdentityLinkedElsewhere, InvalidToken, OtherIdentityLinked
+from bridge.domain.model import TikTokProfile, VerifiedBearer
+from bridge.services.identity import IdentityService
+from bridge.services.linking import LinkingService, LinkPolicy
+from bridge.storage.cache import MemoryCache
+from tests.unit.fakes import FakeKeycloak, FakeTikTok, make_policy
 
 if TYPE_CHECKING:
-    from bridge.ports import BearerVerifier, IdentitySessions
+    from bridge.services.ports import BearerVerifier, IdentitySessions
 
 ALICE = TikTokProfile(open_id="-alice", union_id="u-a", display_name="Alice", username="alice")
 MALLORY = TikTokProfile(open_id="-mallory", union_id="u-m", display_name="Mallory")
@@ -77,9 +77,7 @@ def linking(keycloak: FakeKeycloak, cache: MemoryCache, sessions: FakeSessions) 
             "other-client": VerifiedBearer("kc-alice", "some-other-app"),
         }
     )
-    proofs = ExchangeService(
-        tiktok=FakeTikTok(), keycloak=keycloak, cache=cache, minter=FakeMinter(), policy=make_policy()
-    )
+    proofs = IdentityService(tiktok=FakeTikTok(), cache=cache, policy=make_policy())
     return LinkingService(
         keycloak=keycloak,
         bearer=bearers,

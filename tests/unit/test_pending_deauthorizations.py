@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge import keys
-from bridge.cache import MemoryCache
-from bridge.errors import UpstreamUnavailable
-from bridge.exchange import DEAUTHORIZATION_FIRST_DELAY, ExchangeService
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
+from bridge.domain import keys
+from bridge.domain.errors import UpstreamUnavailable
+from bridge.services.deauthorization import DEAUTHORIZATION_FIRST_DELAY, DeauthorizationService
+from bridge.storage.cache import MemoryCache
+from tests.unit.fakes import FakeKeycloak, make_policy
 
 if TYPE_CHECKING:
-    from bridge.model import KeycloakUser
+    from bridge.domain.model import KeycloakUser
 
 OPEN_ID = "-000AbC"
 
@@ -47,13 +47,9 @@ def linked(keycloak: FakeKeycloak) -> str:
     return "user-1"
 
 
-def service(keycloak: FakeKeycloak, cache: MemoryCache, **policy: object) -> ExchangeService:
-    return ExchangeService(
-        tiktok=FakeTikTok(),
-        keycloak=keycloak,
-        cache=cache,
-        minter=FakeMinter(),
-        policy=make_policy(deauthorization="disable", **policy),
+def service(keycloak: FakeKeycloak, cache: MemoryCache, **policy: object) -> DeauthorizationService:
+    return DeauthorizationService(
+        keycloak=keycloak, cache=cache, policy=make_policy(deauthorization="disable", **policy)
     )
 
 
@@ -142,12 +138,8 @@ async def test_with_keycloak_up_nothing_stays_pending(policy: str) -> None:
     """The usual case: applied at once, nothing left in the queue."""
     keycloak, cache = FlakyKeycloak(), MemoryCache()
     linked(keycloak)
-    bridge = ExchangeService(
-        tiktok=FakeTikTok(),
-        keycloak=keycloak,
-        cache=cache,
-        minter=FakeMinter(),
-        policy=make_policy(deauthorization=policy),
+    bridge = DeauthorizationService(
+        keycloak=keycloak, cache=cache, policy=make_policy(deauthorization=policy)
     )
     assert await bridge.deauthorize(OPEN_ID) == ("disabled" if policy == "disable" else "unlinked")
     assert await cache.due(keys.DEAUTHORIZATION_QUEUE, time.time() + 10**9, 10) == []
@@ -156,7 +148,7 @@ async def test_with_keycloak_up_nothing_stays_pending(policy: str) -> None:
 async def test_shutdown_stops_a_retry_loop_that_absorbed_a_cancellation() -> None:
     """A loop whose in-flight call swallows the first cancellation (as an HTTP client's timeout handling
     can) is still stopped at shutdown, instead of holding it for ever."""
-    from bridge.app import _cancel  # noqa: PLC0415 - the shutdown helper itself
+    from bridge.web.app import _cancel  # noqa: PLC0415 - the shutdown helper itself
 
     swallowed = 0
 

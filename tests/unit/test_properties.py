@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import BridgeError, OAuthError, WebhookSignatureRejected
-from bridge.keycloak import parse_grant_answer
-from bridge.model import CodeGrant, IssuedToken, TikTokProfile
-from bridge.rfc8693 import (
+from bridge.domain.errors import BridgeError, OAuthError, WebhookSignatureRejected
+from bridge.domain.model import CodeGrant, IssuedToken, TikTokProfile
+from bridge.keycloak.client import parse_grant_answer
+from bridge.protocol.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_TIKTOK_CODE,
@@ -27,9 +27,9 @@ from bridge.rfc8693 import (
     parse_exchange_request,
     parse_form,
 )
-from bridge.strapi import NoAccessToken, _access_token
-from bridge.tiktok import parse_token_answer, parse_user_info
-from bridge.webhook import _reason, verify_signature
+from bridge.providers.tiktok.client import parse_token_answer, parse_user_info
+from bridge.web.strapi import NoAccessToken, _access_token
+from bridge.web.webhook import _reason, verify_signature
 
 FORM = "application/x-www-form-urlencoded"
 NAMES = st.sampled_from(
@@ -385,7 +385,7 @@ def _served(chunks: list[bytes]) -> tuple[bytes, bool, int]:
     import uvicorn  # noqa: PLC0415 - only these tests build a protocol
     from uvicorn.server import ServerState  # noqa: PLC0415
 
-    from bridge.server import BridgeHttpProtocol  # noqa: PLC0415
+    from bridge.web.server import BridgeHttpProtocol  # noqa: PLC0415
 
     loop = asyncio.new_event_loop()
     try:
@@ -432,7 +432,7 @@ def test_any_bytes_get_http_answers_or_a_json_refusal_never_an_exception(
     """Whatever arrives, in whatever pieces: the protocol raises nothing, everything it writes is an
     HTTP/1.1 answer, a refusal is the bridge's JSON error followed by the end of the connection, and no
     more than MAX_HEADER_BYTES of an unfinished header block is held on an open connection."""
-    from bridge.app import MAX_HEADER_BYTES  # noqa: PLC0415
+    from bridge.web.app import MAX_HEADER_BYTES  # noqa: PLC0415
 
     stream = first + b"".join(pieces)
     bounds = sorted({c for c in cuts if c < len(stream)})

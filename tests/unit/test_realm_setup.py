@@ -16,10 +16,10 @@ import httpx2
 import pytest
 from pydantic import ValidationError
 
-from bridge import doctor
-from bridge import realm_spec as spec
-from bridge.realm_setup import Admin, SetupError, _read_provider, check_server
-from bridge.realm_spec import version_supported
+from bridge.keycloak import realm_spec as spec
+from bridge.keycloak.realm_setup import Admin, SetupError, _read_provider, check_server
+from bridge.keycloak.realm_spec import version_supported
+from bridge.operations import doctor
 from bridge.settings import Settings
 from devstack.tiktok_emulator import TikTokEmulator
 
@@ -226,7 +226,7 @@ async def test_doctor_fails_redis_that_does_not_answer() -> None:
 async def test_the_verbose_readiness_runs_the_doctor_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     """The admin listener's `/readyz?verbose=true` runs the doctor's checks at most once per TTL, however
     often it is probed, and once more after the TTL."""
-    from bridge import doctor  # noqa: PLC0415
+    from bridge.operations import doctor  # noqa: PLC0415
 
     runs: list[int] = []
 

@@ -14,21 +14,26 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
 
-from bridge.cache import FallbackCache, MemoryCache
-from bridge.errors import RateLimited, SubjectTokenRejected, TemporarilyUnavailable, UpstreamUnavailable
-from bridge.keycloak import KeycloakClient
-from bridge.model import Held
-from bridge.ratelimit import RateLimiter, TikTokQuota
-from bridge.redis_connection import RedisConnection
-from bridge.resilience import CircuitBreaker
-from bridge.tiktok import TikTokClient
+from bridge.domain.errors import (
+    RateLimited,
+    SubjectTokenRejected,
+    TemporarilyUnavailable,
+    UpstreamUnavailable,
+)
+from bridge.domain.model import Held
+from bridge.keycloak.client import KeycloakClient
+from bridge.outbound.resilience import CircuitBreaker
+from bridge.providers.tiktok.client import TikTokClient
+from bridge.storage.cache import FallbackCache, MemoryCache
+from bridge.storage.ratelimit import RateLimiter, TikTokQuota
+from bridge.storage.redis_connection import RedisConnection
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import respx
 
-    from bridge.ports import GuardedCache, Store
+    from bridge.services.ports import GuardedCache, Store
 
 USER_INFO = "https://open.tiktokapis.com/v2/user/info/"
 OK = {"data": {"user": {"open_id": "-000a"}}, "error": {"code": "ok", "message": "", "log_id": "1"}}

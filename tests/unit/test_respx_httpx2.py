@@ -10,7 +10,7 @@ import httpx
 import httpx2
 import pytest
 
-from bridge.aiohttp_transport import AiohttpTransport
+from bridge.outbound.aiohttp_transport import AiohttpTransport
 from tests.unit.scripted_upstream import ScriptedUpstream
 
 if TYPE_CHECKING:

@@ -6,9 +6,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from bridge.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
-from bridge.model import IssuedToken
-from bridge.rfc8693 import (
+from bridge.domain.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
+from bridge.domain.model import IssuedToken
+from bridge.protocol.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_ID_TOKEN,

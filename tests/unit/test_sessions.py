@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge import keys
-from bridge.errors import (
+from bridge.domain import keys
+from bridge.domain.errors import (
     AccountDisabled,
     InvalidGrant,
     InvalidScope,
@@ -23,9 +23,8 @@ from bridge.errors import (
     UnauthorizedClient,
     UpstreamUnavailable,
 )
-from bridge.model import CodeGrant, IssuedToken
-from bridge.sealing import Sealer, new_key
-from bridge.sessions import (
+from bridge.domain.model import CodeGrant, IssuedToken
+from bridge.services.sessions import (
     Minter,
     NewSession,
     SessionPolicy,
@@ -33,10 +32,11 @@ from bridge.sessions import (
     TikTokGrants,
     parse_token,
 )
+from bridge.storage.sealing import Sealer, new_key
 from tests.unit.fakes import RecordingStore
 
 if TYPE_CHECKING:
-    from bridge.ports import Store
+    from bridge.services.ports import Store
     from tests.conftest import Clock
 
 DAY = 86400.0
@@ -544,7 +544,7 @@ async def test_a_held_lock_is_waited_for_then_refused_without_consuming_the_toke
 ) -> None:
     """While another refresh holds the session's lock, a refresh waits; past its wait it is
     temporarily_unavailable and the token stays good. A holder that lets go in time is waited for."""
-    monkeypatch.setattr("bridge.sessions.LOCK_WAIT", 0.05)
+    monkeypatch.setattr("bridge.services.sessions.LOCK_WAIT", 0.05)
     token = await start(sessions)
     lock_key = keys.session_lock(session_id(token))
     async with store.memory.lock(lock_key, ttl=5, wait=0):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge.__main__ import main
+from bridge.cli.main import main
 from bridge.settings import Settings
 from tests.unit.test_signing_keys import ENV
 

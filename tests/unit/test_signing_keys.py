@@ -14,15 +14,15 @@ from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from bridge.__main__ import main
-from bridge.assertions import (
+from bridge.cli.main import main
+from bridge.domain.errors import ServerError
+from bridge.keycloak.assertions import (
     AssertionSigner,
     load_key,
     load_public_key,
     signer_from_settings,
     write_new_key,
 )
-from bridge.errors import ServerError
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def test_jwks_command_prints_every_published_key(
     monkeypatch.setenv("BRIDGE_SIGNING_KEY_FILE", str(active))
     monkeypatch.setenv("BRIDGE_PUBLISHED_KEY_FILES", str(extra))
     # The command configures process-wide logging, which would unhook the test run's log audit.
-    monkeypatch.setattr("bridge.logs.configure", lambda _level: None)
+    monkeypatch.setattr("bridge.observability.logs.configure", lambda _level: None)
     main(["jwks"])
     printed = json.loads(capsys.readouterr().out)
     assert [k["kid"] for k in printed["keys"]] == [load_key(active).kid, load_key(extra).kid]

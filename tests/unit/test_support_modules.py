@@ -13,13 +13,13 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.assertions import AssertionSigner, load_key, load_or_generate_key
-from bridge.cache import MemoryCache
-from bridge.errors import ServerError
-from bridge.logs import JsonFormatter, RedactingFilter, redact
-from bridge.model import Held
-from bridge.redis_connection import redis_client
+from bridge.domain import keys
+from bridge.domain.errors import ServerError
+from bridge.domain.model import Held
+from bridge.keycloak.assertions import AssertionSigner, load_key, load_or_generate_key
+from bridge.observability.logs import JsonFormatter, RedactingFilter, redact
+from bridge.storage.cache import MemoryCache
+from bridge.storage.redis_connection import redis_client
 from tests.unit.fakes import assert_lock_outcomes
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import uvicorn
     from joserfc.jwk import KeySetSerialization
 
-    from bridge.ports import Store
+    from bridge.services.ports import Store
 
 
 async def test_memory_cache_expires_entries() -> None:
@@ -319,7 +319,7 @@ def test_served_connections_disable_nagle() -> None:
     import socket  # noqa: PLC0415
     from unittest.mock import MagicMock  # noqa: PLC0415
 
-    from bridge.server import BridgeHttpProtocol  # noqa: PLC0415
+    from bridge.web.server import BridgeHttpProtocol  # noqa: PLC0415
 
     listener = socket.socket(family=socket.AF_INET)  # as uvicorn's bind_socket makes it: proto 0
     listener.bind(("127.0.0.1", 0))
@@ -368,7 +368,7 @@ async def test_an_answer_leaves_in_one_write() -> None:
     """What uvicorn writes in one loop step (status line and headers, then body) is one write to the
     socket, made by the end of that step; closing writes what was kept first, aborting drops it, and the
     rest of the transport is the real one's."""
-    from bridge.server import _CoalescingTransport  # noqa: PLC0415 - the module's own helper
+    from bridge.web.server import _CoalescingTransport  # noqa: PLC0415 - the module's own helper
 
     real = RecordingTransport()
     transport = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
@@ -422,7 +422,7 @@ def test_forwarded_headers_are_trusted_only_when_configured(monkeypatch: pytest.
     """`bridge serve` without `--forwarded-allow-ips` turns uvicorn's proxy headers off (uvicorn would
     trust X-Forwarded-For from 127.0.0.1); naming proxies turns them on for those only."""
 
-    from bridge import server  # noqa: PLC0415
+    from bridge.web import server  # noqa: PLC0415
 
     configs: list[uvicorn.Config] = []
 
@@ -436,7 +436,7 @@ def test_forwarded_headers_are_trusted_only_when_configured(monkeypatch: pytest.
             for sock in sockets:
                 sock.close()
 
-    monkeypatch.setattr("bridge.server.uvicorn.Server", NotServing)
+    monkeypatch.setattr("bridge.web.server.uvicorn.Server", NotServing)
     for allowed in (None, "10.0.0.0/8"):
         server.serve(host="127.0.0.1", port=0, workers=1, forwarded_allow_ips=allowed, admin_port=0)
     assert [config.proxy_headers for config in configs] == [False, True]

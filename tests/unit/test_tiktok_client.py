@@ -9,15 +9,15 @@ import httpx
 import httpx2
 import pytest
 
-from bridge.errors import (
+from bridge.domain.errors import (
     MissingScope,
     SubjectTokenRejected,
     UpstreamProtocolError,
     UpstreamUnavailable,
     UserNotFound,
 )
-from bridge.model import TikTokProfile
-from bridge.tiktok import TikTokClient
+from bridge.domain.model import TikTokProfile
+from bridge.providers.tiktok.client import TikTokClient
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

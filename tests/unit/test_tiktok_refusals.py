@@ -13,17 +13,22 @@ import pytest
 from limits.aio.storage import MemoryStorage
 from limits.errors import StorageError
 
-from bridge.cache import MemoryCache
-from bridge.errors import RateLimited, SubjectTokenRejected, TemporarilyUnavailable, UpstreamUnavailable
-from bridge.exchange import ExchangeService
-from bridge.model import Caller, TikTokProfile
-from bridge.ratelimit import TikTokQuota, TikTokRefusals
-from tests.unit.fakes import FakeKeycloak, FakeMinter, FakeTikTok, make_policy
+from bridge.domain.errors import (
+    RateLimited,
+    SubjectTokenRejected,
+    TemporarilyUnavailable,
+    UpstreamUnavailable,
+)
+from bridge.domain.model import Caller, TikTokProfile
+from bridge.services.identity import IdentityService
+from bridge.storage.cache import MemoryCache
+from bridge.storage.ratelimit import TikTokQuota, TikTokRefusals
+from tests.unit.fakes import FakeTikTok, make_policy
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from bridge.ports import RefusalBudget, RefusalReservation
+    from bridge.services.ports import RefusalBudget, RefusalReservation
 
 
 @dataclass
@@ -68,19 +73,13 @@ def profile(open_id: str) -> TikTokProfile:
 
 def service(
     tiktok: FakeTikTok, refusals: RefusalBudget | None, quota: TikTokQuota | None = None
-) -> ExchangeService:
-    return ExchangeService(
-        tiktok=tiktok,
-        keycloak=FakeKeycloak(),
-        cache=MemoryCache(),
-        minter=FakeMinter(),
-        policy=make_policy(),
-        quota=quota,
-        refusals=refusals,
+) -> IdentityService:
+    return IdentityService(
+        tiktok=tiktok, cache=MemoryCache(), policy=make_policy(), quota=quota, refusals=refusals
     )
 
 
-async def outcome(bridge: ExchangeService, token: str, address: str, *, trusted: bool = False) -> str:
+async def outcome(bridge: IdentityService, token: str, address: str, *, trusted: bool = False) -> str:
     """What the caller got: ok, or the error class's name."""
     try:
         await bridge.verify_access_token(token, Caller(address=address, trusted=trusted))

@@ -19,10 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bridge.aiohttp_transport import env_proxy
-from bridge.app import create_app
-from bridge.cache import MemoryCache
-from bridge.errors import (
+from bridge.domain.errors import (
     AccountDisabled,
     BridgeError,
     InvalidScope,
@@ -30,10 +27,13 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from bridge.keycloak import MAX_RESPONSE_BYTES, KeycloakClient, grant_body
-from bridge.resources import TOKEN_CONNECTIONS, token_session
-from bridge.server import DEFAULT_LIMIT_CONCURRENCY
-from bridge.tracing import Tracing
+from bridge.factory import TOKEN_CONNECTIONS, token_session
+from bridge.keycloak.client import MAX_RESPONSE_BYTES, KeycloakClient, grant_body
+from bridge.outbound.aiohttp_transport import env_proxy
+from bridge.outbound.tracing import Tracing
+from bridge.storage.cache import MemoryCache
+from bridge.web.app import create_app
+from bridge.web.server import DEFAULT_LIMIT_CONCURRENCY
 from devstack.keycloak import free_port
 from tests.unit.fake_token_endpoint import TOKEN, Answer, FakeTokenEndpoint, LoopbackResolver
 

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from bridge.cache import MemoryCache
-from bridge.webhook import _apply
+from bridge.storage.cache import MemoryCache
+from bridge.web.webhook import _apply
 
 if TYPE_CHECKING:
-    from bridge.exchange import ExchangeService
+    from bridge.services.deauthorization import DeauthorizationService
 
 
-class RecordingExchange:
-    """Stands in for the exchange service: records which identities were deauthorized."""
+class RecordingDeauthorization:
+    """Stands in for the deauthorization use case: records which identities were deauthorized."""
 
     def __init__(self) -> None:
         self.deauthorized: list[str] = []
@@ -38,10 +38,10 @@ async def test_a_revocation_kept_in_one_process_only_is_reported(
     cache: MemoryCache, warned: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """While Redis is down the revocation reaches only this replica's memory: an operator is told."""
-    exchange = RecordingExchange()
-    with caplog.at_level(logging.INFO, logger="bridge.webhook"):
-        await _apply(cast("ExchangeService", exchange), cache, "-000AbC", 1)
-    assert exchange.deauthorized == ["-000AbC"]
+    deauthorization = RecordingDeauthorization()
+    with caplog.at_level(logging.INFO, logger="bridge.web.webhook"):
+        await _apply(cast("DeauthorizationService", deauthorization), cache, "-000AbC", 1)
+    assert deauthorization.deauthorized == ["-000AbC"]
     messages: list[Any] = [record.getMessage() for record in caplog.records]
     assert "tiktok deauthorization" in messages
     assert any("this process only" in m for m in messages) is warned

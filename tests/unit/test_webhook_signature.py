@@ -7,8 +7,8 @@ import hmac
 
 import pytest
 
-from bridge.errors import WebhookSignatureRejected
-from bridge.webhook import verify_signature
+from bridge.domain.errors import WebhookSignatureRejected
+from bridge.web.webhook import verify_signature
 
 SECRET = "emulated-client-secret"
 BODY = b'{"client_key":"k","event":"authorization.removed","create_time":1615338610,"user_openid":"-000a"}'

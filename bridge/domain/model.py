@@ -1,0 +1,343 @@
+"""The bridge's value types: what TikTok vouched for, what Keycloak holds and issued, and account policy.
+
+Plain frozen dataclasses over the standard library, shared by the use cases and the adapters, so the use
+cases (`bridge/services/`) never have to import an adapter (and with it httpx2, redis or Starlette) to
+name what they work with.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from bridge.domain.errors import UnsupportedIdentity, UpstreamProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCOPE_BASIC = "user.info.basic"
+SCOPE_PROFILE = "user.info.profile"
+
+# Attributes the bridge owns on a Keycloak user; each must be declared in the realm's user profile.
+ATTR_OPEN_ID = "tiktok_open_id"
+ATTR_UNION_ID = "tiktok_union_id"
+ATTR_DISPLAY_NAME = "tiktok_display_name"
+ATTR_USERNAME = "tiktok_username"
+ATTR_VERIFIED = "tiktok_is_verified"
+OWNED_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
+
+DeauthorizationPolicy = Literal["record", "disable", "unlink"]
+
+# Keycloak refuses attribute values (and federated-identity names) over 255 characters as Java counts
+# them: UTF-16 code units, so one emoji counts two (error-invalid-length-too-long).
+KEYCLOAK_MAX_LENGTH = 255
+
+
+def keycloak_length(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def fit_for_keycloak(text: str, limit: int = KEYCLOAK_MAX_LENGTH) -> str:
+    """`text` cut to what Keycloak stores, at a code point boundary (never half a surrogate pair). For
+    display fields only: identifiers are never cut."""
+    if keycloak_length(text) <= limit:
+        return text
+    fitted, used = [], 0
+    for char in text:
+        units = 2 if ord(char) > 0xFFFF else 1  # noqa: PLR2004 - beyond the BMP: a surrogate pair
+        if used + units > limit:
+            break
+        fitted.append(char)
+        used += units
+    return "".join(fitted)
+
+
+class Held(enum.Enum):
+    """What asking for a lock came to (`ports.Cache.lock`). True when taken; whether the holder waited
+    tells whether another holder may have done the guarded work in the meantime."""
+
+    NOT_TAKEN = "not taken"
+    AT_ONCE = "taken at once"
+    AFTER_WAITING = "taken after waiting"
+
+    def __bool__(self) -> bool:
+        return self is not Held.NOT_TAKEN
+
+
+@dataclass(frozen=True, slots=True)
+class TikTokProfile:
+    """The TikTok identity of one user of our app, as user info reported it."""
+
+    open_id: str
+    union_id: str | None
+    display_name: str | None
+    avatar_url: str | None = None
+    username: str | None = None
+    is_verified: bool | None = None
+    # When TikTok vouched for this profile (it stays cached under its token for a while): a user who
+    # deauthorized the app after this moment revoked the token it came from.
+    verified_at: float = field(default_factory=time.time, compare=False)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "open_id": self.open_id,
+                "union_id": self.union_id,
+                "display_name": self.display_name,
+                "avatar_url": self.avatar_url,
+                "username": self.username,
+                "is_verified": self.is_verified,
+                "verified_at": self.verified_at,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TikTokProfile:
+        data = json.loads(raw)
+        return cls(
+            open_id=data["open_id"],
+            union_id=data.get("union_id"),
+            display_name=data.get("display_name"),
+            avatar_url=data.get("avatar_url"),
+            username=data.get("username"),
+            is_verified=data.get("is_verified"),
+            verified_at=float(data.get("verified_at", 0.0)),
+        )
+
+
+def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
+    """The attributes the bridge owns (written by sign-in and linking alike), fitted to Keycloak's
+    limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
+    union_id left out, each said in the log)."""
+    if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
+        raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
+    attributes = {ATTR_OPEN_ID: [profile.open_id]}
+    if profile.union_id:
+        if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
+            attributes[ATTR_UNION_ID] = [profile.union_id]
+        else:
+            log.warning("union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)})
+    if profile.display_name:
+        attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(profile.display_name)]
+    if profile.username:
+        attributes[ATTR_USERNAME] = [fit_for_keycloak(profile.username)]
+    if profile.is_verified is not None:
+        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
+    return attributes
+
+
+@dataclass(frozen=True, slots=True)
+class CodeGrant:
+    """What TikTok's token endpoint returned for a redeemed authorization code."""
+
+    access_token: str
+    open_id: str
+    scopes: frozenset[str]
+    expires_in: int | None
+    refresh_token: str | None = None
+    refresh_expires_in: int | None = None
+
+    def __repr__(self) -> str:
+        return f"CodeGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class KeycloakUser:
+    id: str
+    username: str
+    enabled: bool
+    email: str | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    created_timestamp: int | None = None
+    representation: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_representation(cls, rep: dict[str, Any]) -> KeycloakUser:
+        try:
+            return cls(
+                id=str(rep["id"]),
+                username=str(rep["username"]),
+                enabled=bool(rep.get("enabled", False)),
+                email=rep.get("email"),
+                attributes={k: list(v) for k, v in (rep.get("attributes") or {}).items()},
+                created_timestamp=rep.get("createdTimestamp"),
+                representation=rep,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamProtocolError("keycloak", "malformed user representation") from exc
+
+    def attribute(self, name: str) -> str | None:
+        values = self.attributes.get(name)
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, as far as quota priority goes: the client address, and whether the client proved
+    itself (a confidential client of the allow-list)."""
+
+    address: str | None = None
+    trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """What Keycloak issued, before it is shaped into an answer."""
+
+    access_token: str
+    expires_in: int | None
+    scope: str | None
+    id_token: str | None = None
+    # The Keycloak user the token is for (its `sub`): the truth when the bridge's cache is stale.
+    subject: str | None = None
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(expires_in={self.expires_in!r}, scope={self.scope!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    """The outcome of one exchange: Keycloak's tokens and whom they are for."""
+
+    issued: IssuedToken
+    user_id: str
+    profile: TikTokProfile
+    created: bool
+    # TikTok's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
+    tiktok_grant: CodeGrant | None = None
+    # The bridge session the exchange started, when one was asked for and could be kept.
+    session: SessionGrant | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """What a successful sign-in starts a session with: whose it is, and what it may refresh into."""
+
+    user_id: str
+    open_id: str
+    scope: tuple[str, ...]
+    tiktok_grant: CodeGrant | None = None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
+    jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
+    client_id: str | None = None
+    audiences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionGrant:
+    """What a client is handed with its access token."""
+
+    refresh_token: str
+    refresh_expires_in: int
+
+    def __repr__(self) -> str:
+        return f"SessionGrant(refresh_expires_in={self.refresh_expires_in})"
+
+
+def ended_by(ended_at: bytes | None, started: float) -> bool:
+    """Whether an end time kept in the cache (a float's repr, as `json.dumps` writes it: a tombstone, a
+    sessions' not-before time) refuses what started at `started`: at or after it. The Redis scripts in
+    `cache.py` compare the same way (`<=`, Lua reading both back to the same doubles)."""
+    return ended_at is not None and started <= float(ended_at)
+
+
+class IdentityState(enum.Enum):
+    """What the shared cache says of a sign-in whose Keycloak token was minted before it was asked."""
+
+    CURRENT = 0  # no tombstone refuses the profile, and the cached user entry is the one expected
+    REVOKED = 1  # the identity deauthorized the app after its profile was verified
+    STALE = 2  # the cached user entry is absent or names another user or older attributes
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityCheck:
+    """The identity's cached state a sign-in relies on: read with the session's write, in one step."""
+
+    user_key: str  # `keys.linked_user`: must hold exactly `entry`
+    revoked_key: str  # `keys.deauthorized`: a tombstone at or after `verified_at` refuses
+    entry: bytes
+    verified_at: float
+
+    def judge(self, revoked_at: bytes | None, entry: bytes | None) -> IdentityState:
+        """The state these two stored values give (the stores that cannot run a script use this)."""
+        if ended_by(revoked_at, self.verified_at):
+            return IdentityState.REVOKED
+        return IdentityState.CURRENT if entry == self.entry else IdentityState.STALE
+
+
+@dataclass(frozen=True, slots=True)
+class FederatedLink:
+    """One identity-provider link of a Keycloak user."""
+
+    identity_provider: str
+    user_id: str
+    user_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBearer:
+    """What a verified Keycloak access token says: whose it is and which client it was issued to."""
+
+    subject: str
+    client_id: str | None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Account rules. Built from settings by `from_settings`; the defaults live in `Settings` only."""
+
+    idp_alias: str
+    username_prefix: str
+    email_template: str | None
+    registration_open: bool
+    redirect_uris: tuple[str, ...]
+    access_token_scopes: tuple[str, ...]
+    default_groups: tuple[str, ...]
+    default_realm_roles: tuple[str, ...]
+    # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
+    deauthorization: DeauthorizationPolicy
+    access_token_prefix: str
+    # Retrying a policy Keycloak could not take: the longest delay between attempts, and for how long.
+    deauthorization_retry_max_delay: float
+    deauthorization_retry_horizon: int
+    profile_ttl: int
+    user_ttl: int
+    negative_ttl: int
+    # Audiences this app may ask for -> the Keycloak client scope that puts each in `aud`.
+    audience_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Every audience scope of the bridge: never accepted in `scope`, so `audience` is the only way in.
+    reserved_scopes: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            idp_alias=settings.keycloak_idp_alias,
+            username_prefix=settings.username_prefix,
+            email_template=settings.email_template,
+            registration_open=settings.registration_open,
+            redirect_uris=settings.tiktok_redirect_uris,
+            access_token_scopes=settings.tiktok_access_token_scopes,
+            default_groups=settings.provisioning_groups,
+            # With a bridge group, the group carries these roles (`bridge keycloak apply` maps them):
+            # the service account then never maps a role to a user, which Keycloak allows only
+            # realm-wide.
+            default_realm_roles=() if settings.keycloak_group else settings.default_realm_roles,
+            deauthorization=settings.deauthorization_policy,
+            access_token_prefix=settings.tiktok_access_token_prefix,
+            deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
+            deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
+            profile_ttl=settings.profile_cache_ttl,
+            user_ttl=settings.user_cache_ttl,
+            negative_ttl=settings.negative_cache_ttl,
+            audience_scopes=MappingProxyType(settings.audience_scopes()),
+            reserved_scopes=frozenset(settings.audience_scopes().values()),
+        )

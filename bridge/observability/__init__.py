@@ -1,0 +1,4 @@
+"""Logs (JSON lines, redaction) and Prometheus metrics.
+
+May import domain only.
+"""

@@ -1,0 +1,238 @@
+"""Provisioning: the Keycloak user linked to a verified TikTok identity, found or created.
+
+It holds the cached user entry of each identity (the user id, and the fingerprint of the attributes last
+synced to it), the provisioning lock that lets one replica create a new identity's user, the sync of
+TikTok's attributes, and what a new user gets (default groups, default realm roles, a pseudo-email).
+Ports: `KeycloakGateway` (its admin calls only) and `GuardedCache`. The exchange provisions through it;
+the Strapi-compatible endpoint reads the account it answers with (`account`).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from bridge.domain import keys
+from bridge.domain.errors import (
+    AccessTokenRejected,
+    AccountDisabled,
+    EmailTaken,
+    RegistrationClosed,
+    ServerError,
+    TemporarilyUnavailable,
+    UpstreamError,
+    UpstreamProtocolError,
+    UserConflict,
+)
+from bridge.domain.model import (
+    ATTR_DISPLAY_NAME,
+    ATTR_UNION_ID,
+    ATTR_USERNAME,
+    ATTR_VERIFIED,
+    KeycloakUser,
+    TikTokProfile,
+    ended_by,
+    fit_for_keycloak,
+    profile_attributes,
+)
+from bridge.observability.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED, count
+
+if TYPE_CHECKING:
+    from bridge.domain.model import Policy
+    from bridge.services.ports import GuardedCache, KeycloakGateway
+
+log = logging.getLogger(__name__)
+
+MAX_USERNAME_ATTEMPTS = 3
+# How long one replica may hold the provisioning lock, and how long another waits for it.
+PROVISIONING_LOCK_TTL = 30
+PROVISIONING_LOCK_WAIT = 15
+
+
+def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
+    """Same open_id, same username, on every replica: a racing duplicate create gets Keycloak's 409.
+
+    100 bits of SHA-256 in lower-case base32 fits Keycloak's username rules (stored lower-case; no
+    prohibited characters) whatever characters TikTok puts in an open_id.
+    """
+    digest = base64.b32encode(hashlib.sha256(open_id.encode()).digest()).decode().lower()[:20]
+    return f"{prefix}{digest}" if attempt == 0 else f"{prefix}{digest}-{attempt + 1}"
+
+
+def _fingerprint(attributes: dict[str, list[str]]) -> str:
+    return hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def user_entry(user_id: str, fingerprint: str) -> bytes:
+    """The cached entry of an identity's Keycloak user: its id, and the fingerprint of the attributes
+    last synced to it."""
+    return json.dumps({"id": user_id, "fp": fingerprint}).encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def profile_fingerprint(profile: TikTokProfile) -> str:
+    """The fingerprint of the attributes a profile syncs to Keycloak, which a returning user's cached
+    entry is compared with: worked out once per distinct profile (equal fields; when it was verified
+    does not count), not on every exchange. Bounded; a refused profile raises and is not kept."""
+    return _fingerprint(profile_attributes(profile))
+
+
+class ProvisioningService:
+    def __init__(self, *, keycloak: KeycloakGateway, cache: GuardedCache, policy: Policy) -> None:
+        self._keycloak = keycloak
+        self._cache = cache
+        self._policy = policy
+        self._groups_checked = False
+
+    async def ensure_user(self, profile: TikTokProfile) -> tuple[str, bool]:
+        """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
+        fingerprint = profile_fingerprint(profile)
+        alias = self._policy.idp_alias
+        user_key, revoked_key = (
+            keys.linked_user(alias, profile.open_id),
+            keys.deauthorized(alias, profile.open_id),
+        )
+        cached, revoked_at = await self._cache.get_many(user_key, revoked_key)
+        if ended_by(revoked_at, profile.verified_at):
+            raise AccessTokenRejected(detail="profile verified before the user deauthorized the app")
+        entry = json.loads(cached) if cached else {}
+        if "id" in entry:
+            count(CACHE_LOOKUPS, "user", "hit")
+            if entry.get("fp") != fingerprint:
+                await self._sync_profile(entry["id"], profile_attributes(profile))
+                await self._remember(user_key, entry["id"], fingerprint)
+            return str(entry["id"]), False
+
+        # Not cached: ask Keycloak.
+        count(CACHE_LOOKUPS, "user", "miss")
+        attributes = profile_attributes(profile)
+        user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
+        created = False
+        if user is None:
+            waiting_since = time.perf_counter()
+            async with self._cache.locked_entry(
+                user_key,
+                lock_key=keys.provisioning_lock(alias, profile.open_id),
+                ttl=PROVISIONING_LOCK_TTL,
+                wait=PROVISIONING_LOCK_WAIT,
+            ) as entry:
+                LOCK_WAIT_SECONDS.observe(time.perf_counter() - waiting_since)
+                if not entry.held:
+                    raise TemporarilyUnavailable(detail="provisioning lock not acquired in time")
+                # Whoever held the lock before us created the user and cached its id as it let go; the
+                # entry was read as we took the lock (same round trip), so a hundred waiters queued
+                # behind this lock cost no Keycloak search. One whose write was lost is still found:
+                # Keycloak's 409 on the deterministic username leads `_create` to it.
+                if entry.value is not None and "id" in (won := json.loads(entry.value)):
+                    return str(won["id"]), False
+                user_id, created = await self._create(profile, attributes)
+                # Cached and unlocked together: a waiter that takes the lock finds the id.
+                await entry.save_and_release(user_entry(user_id, fingerprint), self._policy.user_ttl)
+                return user_id, created
+        if not user.enabled:
+            raise AccountDisabled(detail=f"keycloak user {user.id} is disabled")
+        if {k: user.attributes.get(k) for k in attributes} != attributes:
+            await self._update_attributes(user, attributes)
+        await self._remember(user_key, user.id, fingerprint)
+        return user.id, created
+
+    async def _remember(self, user_key: str, user_id: str, fingerprint: str) -> None:
+        await self._cache.set(user_key, user_entry(user_id, fingerprint), self._policy.user_ttl)
+
+    async def _create(self, profile: TikTokProfile, attributes: dict[str, list[str]]) -> tuple[str, bool]:
+        """The new user's id and True; or, when Keycloak's 409 shows another replica linked one first,
+        that user's id and False (the sign-in found a user, it did not create one)."""
+        if not self._policy.registration_open:
+            raise RegistrationClosed(detail="new TikTok user refused: registration closed")
+        representation: dict[str, Any] = {
+            "enabled": True,
+            "attributes": attributes,
+            "federatedIdentities": [
+                {
+                    "identityProvider": self._policy.idp_alias,
+                    "userId": profile.open_id,
+                    "userName": fit_for_keycloak(profile.username or profile.open_id),
+                }
+            ],
+        }
+        if self._policy.default_groups:
+            await self._check_groups()
+            representation["groups"] = list(self._policy.default_groups)
+        email = self._pseudo_email(profile)
+        if email is not None:
+            # A pseudo-address no one has proven to own: never marked verified.
+            representation |= {"email": email, "emailVerified": False}
+        for attempt in range(MAX_USERNAME_ATTEMPTS):
+            representation["username"] = deterministic_username(
+                self._policy.username_prefix, profile.open_id, attempt
+            )
+            try:
+                user_id = await self._keycloak.create_user(representation)
+            except UserConflict as conflict:
+                if conflict.email_taken:
+                    raise EmailTaken(detail="pseudo-email collides with another account") from conflict
+                # Lost a race (then the user is linked now) or the name belongs to someone unlinked.
+                linked = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
+                if linked is not None:
+                    if not linked.enabled:
+                        raise AccountDisabled(detail=f"keycloak user {linked.id} is disabled") from conflict
+                    return linked.id, False
+                continue
+            await self._assign_roles(user_id)
+            USERS_PROVISIONED.inc()
+            log.info("provisioned keycloak user", extra={"keycloak_user_id": user_id})
+            return user_id, True
+        raise UpstreamProtocolError("keycloak", "every candidate username is taken by an unlinked user")
+
+    async def _check_groups(self) -> None:
+        if self._groups_checked:
+            return
+        missing = await self._keycloak.missing_groups(self._policy.default_groups)
+        if missing:
+            raise ServerError(detail=f"BRIDGE_DEFAULT_GROUPS names groups that do not exist: {missing}")
+        self._groups_checked = True
+
+    async def _assign_roles(self, user_id: str) -> None:
+        if not self._policy.default_realm_roles:
+            return
+        try:
+            await self._keycloak.assign_realm_roles(user_id, self._policy.default_realm_roles)
+        except UpstreamError:
+            # No half-provisioned users: without its roles the account is removed again, and the next
+            # sign-in provisions it afresh.
+            await self._keycloak.delete_user(user_id)
+            raise
+
+    def _pseudo_email(self, profile: TikTokProfile) -> str | None:
+        template = self._policy.email_template
+        if template is None:
+            return None
+        if "{union_id}" in template and ATTR_UNION_ID not in profile_attributes(profile):
+            return None  # TikTok sometimes omits union_id (or it is unstorable): no address, not a wrong one
+        return template.format(open_id=profile.open_id, union_id=profile.union_id or "").lower()
+
+    async def _sync_profile(self, user_id: str, attributes: dict[str, list[str]]) -> None:
+        user = await self._keycloak.get_user(user_id)
+        if user is None:
+            return  # deleted; the grant will say so and the caller re-provisions
+        await self._update_attributes(user, attributes)
+
+    async def _update_attributes(self, user: KeycloakUser, attributes: dict[str, list[str]]) -> None:
+        # PUT wants the whole representation (partial bodies fail user-profile validation).
+        representation = dict(user.representation)
+        representation["attributes"] = {**user.attributes, **attributes}
+        for stale in {ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED} - attributes.keys():
+            representation["attributes"].pop(stale, None)
+        await self._keycloak.update_user(user.id, representation)
+
+    async def account(self, user_id: str) -> KeycloakUser:
+        """The Keycloak user behind an exchange (for answers that describe the account)."""
+        user = await self._keycloak.get_user(user_id)
+        if user is None:
+            raise UpstreamProtocolError("keycloak", "user vanished right after sign-in")
+        return user

@@ -1,0 +1,245 @@
+"""Thin HTTP adapters: read the request, call the use case, shape the answer. No logic of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse, Response
+
+from bridge.domain.errors import BridgeError, UnsupportedGrantType
+from bridge.domain.model import Caller
+from bridge.observability.metrics import exposition
+from bridge.protocol.dpop import ALGORITHMS as DPOP_ALGORITHMS
+from bridge.protocol.dpop import InvalidDPoPProof, verify_proof
+from bridge.protocol.rfc6749 import (
+    GRANT_TYPE_REFRESH_TOKEN,
+    RefreshRequest,
+    parse_refresh_request,
+    parse_revocation_request,
+)
+from bridge.protocol.rfc8693 import (
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    SUPPORTED_REQUESTED_TOKEN_TYPES,
+    SUPPORTED_SUBJECT_TOKEN_TYPES,
+    exchange_response,
+    parse_exchange_request,
+    parse_form,
+    refresh_response,
+)
+from bridge.services.exchange import SessionOrder
+from bridge.web.support import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from bridge.factory import Resources
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH = "/token"  # noqa: S105 - a path
+REVOCATION_PATH = "/revoke"
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+@counts_exchanges("token")
+async def token(request: Request) -> Response:
+    """The token endpoint: token exchange (RFC 8693) starts a session, refresh (RFC 6749 §6) extends it."""
+    resources = resources_of(request)
+    await resources.limiter.check_ip(client_ip(request))
+    form = parse_form(await read_body(request), request.headers.get("content-type"))
+    if form.get("grant_type") == GRANT_TYPE_REFRESH_TOKEN:
+        return await _refresh(request, resources, parse_refresh_request(form))
+    exchange_request = parse_exchange_request(form)
+    client_id = resources.clients.authenticate(
+        request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
+    )
+    jkt = await _dpop_thumbprint(request, resources)
+    caller = Caller(address=client_ip(request), trusted=client_id in resources.clients.confidential)
+    order = None if resources.sessions is None else SessionOrder(resources.sessions, jkt, client_id)
+    exchanged = await resources.apps.exchange_for(client_id).exchange(exchange_request, caller, session=order)
+    answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
+    if (session := exchanged.session) is not None:
+        answer |= {"refresh_token": session.refresh_token, "refresh_expires_in": session.refresh_expires_in}
+    log.info(
+        "token exchanged",
+        extra={
+            "outcome": "issued",
+            "keycloak_user_id": exchanged.user_id,
+            "user_created": exchanged.created,
+            "subject_token_type": exchange_request.subject_token_type,
+            "client_id": client_id,
+            "dpop_bound": jkt is not None,
+        },
+    )
+    return JSONResponse(answer, headers=NO_STORE)
+
+
+async def _refresh(request: Request, resources: Resources, refresh: RefreshRequest) -> Response:
+    client_id = resources.clients.authenticate(
+        request.headers.get("authorization"), refresh.client_id, refresh.client_secret
+    )
+    if resources.sessions is None:
+        raise UnsupportedGrantType("Sessions are switched off: only token exchange is supported.")
+    jkt = await _dpop_thumbprint(request, resources)
+    refreshed = await resources.sessions.refresh(
+        refresh.refresh_token, refresh.scope, jkt=jkt, client_id=client_id, audiences=refresh.audiences
+    )
+    answer = refresh_response(refreshed.issued)
+    answer |= {
+        "refresh_token": refreshed.grant.refresh_token,
+        "refresh_expires_in": refreshed.grant.refresh_expires_in,
+    }
+    log.info("session refreshed", extra={"outcome": "issued", "client_id": client_id})
+    return JSONResponse(answer, headers=NO_STORE)
+
+
+async def _dpop_thumbprint(request: Request, resources: Resources) -> str | None:
+    proofs = request.headers.getlist("dpop")
+    if len(proofs) > 1:
+        raise InvalidDPoPProof(detail="more than one DPoP header")
+    return await verify_proof(
+        proofs[0] if proofs else None,
+        method="POST",
+        url=f"{resources.settings.issuer_url}{TOKEN_PATH}",
+        # The shared cache, falling back to memory in an outage: replay protection per replica then.
+        replay_cache=resources.cache,
+    )
+
+
+async def revoke(request: Request) -> Response:
+    """RFC 7009: end the session of a refresh token. 200 whether or not the token was known (§2.2);
+    400 unauthorized_client for a token issued to another client (§2.1), which stays valid."""
+    resources = resources_of(request)
+    await resources.limiter.check_ip(client_ip(request))
+    revocation = parse_revocation_request(
+        parse_form(await read_body(request), request.headers.get("content-type"))
+    )
+    client_id = resources.clients.authenticate(
+        request.headers.get("authorization"), revocation.client_id, revocation.client_secret
+    )
+    ended = resources.sessions is not None and await resources.sessions.revoke(revocation.token, client_id)
+    log.info("revocation", extra={"session_ended": ended, "client_id": client_id})
+    return Response(status_code=HTTPStatus.OK, headers=NO_STORE)
+
+
+async def authorization_server_metadata(request: Request) -> Response:
+    """RFC 8414 metadata, so clients discover the token endpoint and what it accepts."""
+    resources = resources_of(request)
+    issuer = resources.settings.issuer_url
+    auth_methods = (
+        ["none", "client_secret_basic", "client_secret_post"] if resources.clients.confidential else ["none"]
+    )
+    grant_types = [GRANT_TYPE_TOKEN_EXCHANGE]
+    if resources.sessions is not None:
+        grant_types.append(GRANT_TYPE_REFRESH_TOKEN)
+    metadata: dict[str, Any] = {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}{TOKEN_PATH}",
+        "jwks_uri": f"{issuer}{JWKS_PATH}",
+        "grant_types_supported": grant_types,
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint": f"{issuer}{REVOCATION_PATH}",
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "response_types_supported": [],
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
+        # Not registered RFC 8414 names, but what clients ask for most: which token types we take.
+        "subject_token_types_supported": list(SUPPORTED_SUBJECT_TOKEN_TYPES),
+        "requested_token_types_supported": list(SUPPORTED_REQUESTED_TOKEN_TYPES),
+    }
+    return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
+
+
+async def jwks(request: Request) -> Response:
+    # Short max-age: Keycloak and others must see a rotated key soon after it is published.
+    return JSONResponse(resources_of(request).signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+@dataclass
+class Readiness:
+    """The last readiness checks of this process and when they ran; one check runs at a time."""
+
+    status: str = "unavailable"
+    code: int = HTTPStatus.SERVICE_UNAVAILABLE
+    checks: dict[str, str] = field(default_factory=dict)
+    checked_at: float = -math.inf
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def current(self, resources: Resources) -> Readiness:
+        async with self.lock:
+            # Asked by every probe and load balancer, and each check calls Keycloak (100 probes were 100
+            # discovery calls): one check at a time, its answer kept `readiness_cache_ttl` seconds.
+            if time.monotonic() - self.checked_at >= resources.settings.readiness_cache_ttl:
+                self.status, self.code, self.checks = await _check_readiness(resources)
+                self.checked_at = time.monotonic()
+        return self
+
+
+async def _check_readiness(resources: Resources) -> tuple[str, int, dict[str, str]]:
+    checks: dict[str, str] = {}
+    for name, probe in (("keycloak", resources.keycloak.ping), ("cache", resources.cache.ping)):
+        try:
+            await probe()
+        except BridgeError as exc:
+            log.warning("readiness check failed", extra={"check": name, "detail": exc.detail})
+            checks[name] = "unavailable"
+        else:
+            checks[name] = "ok"
+    if checks["cache"] != "ok" and resources.cache.degraded:
+        # Exchanges still work from process memory: degraded, but worth sending traffic to.
+        checks["cache"] = "degraded"
+    if checks["keycloak"] != "ok":
+        return "unavailable", HTTPStatus.SERVICE_UNAVAILABLE, checks
+    if checks["cache"] == "degraded":
+        return "degraded", HTTPStatus.OK, checks
+    if checks["cache"] == "ok":
+        return "ready", HTTPStatus.OK, checks
+    return "unavailable", HTTPStatus.SERVICE_UNAVAILABLE, checks
+
+
+def _readiness_of(request: Request) -> Readiness:
+    state = request.app.state
+    if not hasattr(state, "readiness"):
+        state.readiness = Readiness()
+    readiness: Readiness = state.readiness
+    return readiness
+
+
+async def readyz(request: Request) -> Response:
+    """Public: the verdict only (which dependency failed is for the admin listener)."""
+    ready = await _readiness_of(request).current(resources_of(request))
+    return JSONResponse(
+        {"status": ready.status}, status_code=ready.code, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def readyz_detailed(request: Request) -> Response:
+    """Admin listener: the verdict and each check; with `?verbose=true`, also every check of
+    `bridge doctor` (the whole minting path, TikTok's credentials, the realm's set-up), cached a minute."""
+    resources = resources_of(request)
+    ready = await _readiness_of(request).current(resources)
+    body: dict[str, Any] = {"status": ready.status, "checks": ready.checks}
+    if request.query_params.get("verbose") in {"1", "true"}:
+        state = request.app.state
+        if not hasattr(state, "deployment_checks"):
+            from bridge.operations.doctor import CachedChecks  # noqa: PLC0415 - loaded when an operator asks
+
+            state.deployment_checks = CachedChecks()
+        checks = await state.deployment_checks.current(resources.settings, resources.http)
+        body["deployment"] = [check.as_dict() for check in checks]
+        body["deployment_ok"] = all(check.ok for check in checks)
+    return JSONResponse(body, status_code=ready.code, headers={"Cache-Control": "no-store"})
+
+
+async def metrics(_request: Request) -> Response:
+    body, media_type = exposition()
+    return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})

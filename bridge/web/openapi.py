@@ -1,0 +1,401 @@
+"""The OpenAPI 3.1 description of every endpoint, served at GET /openapi.json.
+
+Written by hand (the app has few routes and their contracts are RFC-defined); a test checks that it
+names exactly the routes the app serves, with the same methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.protocol.rfc6749 import GRANT_TYPE_REFRESH_TOKEN
+from bridge.protocol.rfc8693 import (
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    SUPPORTED_REQUESTED_TOKEN_TYPES,
+    SUPPORTED_SUBJECT_TOKEN_TYPES,
+)
+
+_OAUTH_ERROR = {
+    "type": "object",
+    "required": ["error", "error_description"],
+    "properties": {
+        "error": {
+            "type": "string",
+            "enum": [
+                "invalid_request",
+                "invalid_client",
+                "invalid_grant",
+                "invalid_dpop_proof",
+                "unsupported_grant_type",
+                "invalid_scope",
+                "invalid_target",
+                "invalid_token",
+                "link_conflict",
+                "temporarily_unavailable",
+                "server_error",
+            ],
+        },
+        "error_description": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+_STRAPI_ERROR = {
+    "type": "object",
+    "required": ["data", "error"],
+    "properties": {
+        "data": {"type": "null"},
+        "error": {
+            "type": "object",
+            "required": ["status", "name", "message", "details"],
+            "properties": {
+                "status": {"type": "integer"},
+                "name": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "object"},
+            },
+        },
+    },
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _oauth_errors() -> dict[str, Any]:
+    error = {"$ref": "#/components/schemas/OAuthError"}
+    return {
+        "400": _json(error, "Invalid request (RFC 6749 §5.2, RFC 8693 §2.2.2)"),
+        "401": _json(error, "Unknown client or wrong client secret (only with a client allow-list)"),
+        "408": _json(error, "The body did not arrive within the body timeout"),
+        "413": _json(error, "Body larger than 16 KiB"),
+        "431": _json(error, "Request line and headers over 16 KiB, or more than 64 headers"),
+        "429": _json(error, "Rate limited (RFC 6585)", _RETRY_AFTER),
+        "500": _json(error, "The bridge's own configuration or a bug"),
+        "503": _json(error, "TikTok or Keycloak unavailable", _RETRY_AFTER),
+    }
+
+
+def _link_operations() -> dict[str, Any]:
+    """/account/links/tiktok: the signed-in user's TikTok link (RFC 6750 bearer, a realm access token)."""
+    error = {"$ref": "#/components/schemas/OAuthError"}
+    challenge = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "RFC 6750 §3"}}
+    link_state = {
+        "type": "object",
+        "required": ["provider", "linked", "user_id", "open_id"],
+        "properties": {
+            "provider": {"type": "string", "const": "tiktok"},
+            "linked": {"type": "boolean"},
+            "user_id": {"type": "string", "description": "The Keycloak user (the token's sub)"},
+            "open_id": {"type": ["string", "null"]},
+            "tiktok_username": {"type": ["string", "null"]},
+            "tiktok_display_name": {"type": ["string", "null"]},
+        },
+    }
+    common = {
+        "401": _json(
+            error,
+            "Bearer token missing, invalid, expired, of another realm or client, or its "
+            "user is disabled or deleted",
+            challenge,
+        ),
+        "403": _json(
+            error,
+            "access_denied: the account is outside the bridge's group (an administrator must allow it)",
+        ),
+        "408": _json(error, "The body did not arrive within the body timeout"),
+        "413": _json(error, "Body larger than 16 KiB"),
+        "431": _json(error, "Request line and headers over 16 KiB, or more than 64 headers"),
+        "429": _json(error, "Rate limited (RFC 6585)", _RETRY_AFTER),
+        "500": _json(error, "The bridge's own configuration or a bug"),
+        "503": _json(error, "TikTok or Keycloak unavailable", _RETRY_AFTER),
+    }
+    security: list[dict[str, list[str]]] = [{"keycloakBearer": []}]
+    proof = {
+        "type": "object",
+        "required": ["subject_token", "subject_token_type"],
+        "properties": {
+            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
+            "subject_token_type": {"type": "string", "enum": list(SUPPORTED_SUBJECT_TOKEN_TYPES)},
+            "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{32,128}$"},
+            "redirect_uri": {"type": "string", "format": "uri"},
+        },
+    }
+    return {
+        "get": {
+            "summary": "Whether the signed-in user has a TikTok identity linked, and which",
+            "security": security,
+            "responses": {"200": _json(link_state, "The link (Cache-Control: no-store)"), **common},
+        },
+        "post": {
+            "summary": "Link the TikTok identity the form proves (a code with PKCE, or an access token) to "
+            "the signed-in user; relinking the same identity changes nothing",
+            "security": security,
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-www-form-urlencoded": {"schema": proof}},
+            },
+            "responses": {
+                "200": _json(link_state, "Linked"),
+                "400": _json(error, "Malformed form, or TikTok refused the credential"),
+                "409": _json(
+                    error, "The identity is linked to another user, or the user to another identity"
+                ),
+                **common,
+            },
+        },
+        "delete": {
+            "summary": "Unlink the signed-in user's TikTok identity and end its bridge sessions",
+            "security": security,
+            "responses": {"200": _json(link_state, "Unlinked (or there was no link)"), **common},
+        },
+    }
+
+
+def document(issuer: str, *, strapi: bool, webhook: bool = True, linking: bool = False) -> dict[str, Any]:
+    exchange_request = {
+        "type": "object",
+        "required": ["grant_type", "subject_token", "subject_token_type"],
+        "properties": {
+            "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
+            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
+            "subject_token_type": {"type": "string", "enum": list(SUPPORTED_SUBJECT_TOKEN_TYPES)},
+            "requested_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
+            "scope": {"type": "string"},
+            "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{32,128}$"},
+            "redirect_uri": {"type": "string", "format": "uri"},
+            "audience": {"type": "string", "description": "An API the token is for (configured audiences)"},
+            "resource": {"type": "string", "format": "uri", "description": "RFC 8707, like audience"},
+        },
+    }
+    refresh_request = {
+        "type": "object",
+        "required": ["grant_type", "refresh_token"],
+        "properties": {
+            "grant_type": {"type": "string", "const": GRANT_TYPE_REFRESH_TOKEN},
+            "refresh_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
+            "scope": {"type": "string"},
+            "audience": {"type": "string", "description": "Keep or narrow the session's audiences"},
+            "resource": {"type": "string", "format": "uri"},
+        },
+    }
+    token_request = {"oneOf": [exchange_request, refresh_request]}
+    token_response = {
+        "type": "object",
+        "required": ["access_token", "token_type"],
+        "properties": {
+            "access_token": {"type": "string"},
+            "issued_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
+            "token_type": {"type": "string", "enum": ["Bearer", "N_A"]},
+            "expires_in": {"type": "integer"},
+            "scope": {"type": "string"},
+            "id_token": {"type": "string"},
+            "refresh_token": {"type": "string", "pattern": "^tkb1\\."},
+            "refresh_expires_in": {"type": "integer", "minimum": 0},
+        },
+    }
+    dpop_header = {
+        "name": "DPoP",
+        "in": "header",
+        "required": False,
+        "description": "A DPoP proof (RFC 9449): binds the session's refresh token to the proof's key",
+        "schema": {"type": "string"},
+    }
+    paths: dict[str, Any] = {
+        "/token": {
+            "post": {
+                "summary": "Token Exchange (RFC 8693): TikTok credential in, Keycloak token and a session "
+                "out; or refresh a session (RFC 6749 §6)",
+                "parameters": [dpop_header],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/x-www-form-urlencoded": {"schema": token_request}},
+                },
+                "responses": {
+                    "200": _json(
+                        token_response,
+                        "RFC 8693 §2.2.1 (Cache-Control: no-store)",
+                        {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}}},
+                    ),
+                    **_oauth_errors(),
+                },
+            }
+        },
+        "/revoke": {
+            "post": {
+                "summary": "Token revocation (RFC 7009): end the session of a refresh token",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["token"],
+                                # Untyped on purpose: RFC 7009 §2.2 answers 200 to any token at
+                                # all, so no value of it can be refused (form values are strings).
+                                "properties": {
+                                    "token": {"minLength": 1},
+                                    "token_type_hint": {},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "Revoked, or unknown (RFC 7009 §2.2): the same answer"},
+                    # A token issued to another client (§2.1) is answered 400 unauthorized_client.
+                    **_oauth_errors(),
+                },
+            }
+        },
+        "/.well-known/oauth-authorization-server": {
+            "get": {
+                "summary": "Authorization server metadata (RFC 8414)",
+                "responses": {
+                    "200": _json({"type": "object", "required": ["issuer", "token_endpoint"]}, "Metadata")
+                },
+            }
+        },
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "The public keys Keycloak uses to verify the bridge's assertions",
+                "responses": {"200": _json({"type": "object", "required": ["keys"]}, "JWK Set (RFC 7517)")},
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Alive", "responses": {"200": _json({"type": "object"}, "The process runs")}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": (
+                    "Ready: Keycloak reachable; the cache reachable or degraded to memory (checked at most "
+                    "every few seconds; the checks themselves are on the admin listener)"
+                ),
+                "responses": {
+                    "200": _json({"type": "object"}, "ready or degraded"),
+                    "503": _json({"type": "object"}, "unavailable"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+    }
+    if strapi:
+        paths["/api/tiktok-auth-mobile/connect"] = {
+            "post": {
+                "summary": "Strapi plugin 'TikTok Auth Mobile' compatible sign-in",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["access_token"],
+                                "properties": {"access_token": {"type": "string", "minLength": 1}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["jwt", "user"],
+                            "properties": {
+                                "jwt": {"type": "string"},
+                                "user": {"type": "object"},
+                                "refresh_token": {"type": "string"},
+                            },
+                        },
+                        "A Keycloak token, the Strapi-shaped user and a bridge refresh token",
+                    ),
+                    "400": _json(_STRAPI_ERROR, "The plugin's error shape and messages"),
+                    "408": _json(_STRAPI_ERROR, "The body did not arrive within the body timeout"),
+                    "413": _json(_STRAPI_ERROR, "Body larger than 16 KiB"),
+                    "431": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "Request line and headers over 16 KiB, or more than 64 headers",
+                    ),
+                    "429": _json(_STRAPI_ERROR, "Rate limited", _RETRY_AFTER),
+                    "500": _json(_STRAPI_ERROR, "Internal error"),
+                    "503": _json(_STRAPI_ERROR, "TikTok or Keycloak unavailable", _RETRY_AFTER),
+                },
+            }
+        }
+    if webhook:
+        paths["/webhooks/tiktok"] = {
+            "post": {
+                "summary": "TikTok webhook: authorization.removed (signed with the app's client secret)",
+                "parameters": [
+                    {
+                        "name": "TikTok-Signature",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"status": {"enum": ["accepted", "duplicate", "ignored"]}},
+                        },
+                        "Acknowledged at once; the policy is applied afterwards",
+                    ),
+                    "400": _json({"$ref": "#/components/schemas/OAuthError"}, "Not a TikTok event"),
+                    "401": _json(
+                        {"$ref": "#/components/schemas/OAuthError"}, "Signature missing, stale or wrong"
+                    ),
+                    "408": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "The body did not arrive within the body timeout",
+                    ),
+                    "413": _json({"$ref": "#/components/schemas/OAuthError"}, "Body larger than 16 KiB"),
+                    "429": _json(
+                        {"$ref": "#/components/schemas/OAuthError"}, "Rate limited per address", _RETRY_AFTER
+                    ),
+                    "503": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "The session store is unavailable: TikTok delivers again later",
+                        _RETRY_AFTER,
+                    ),
+                    "431": _json(
+                        {"$ref": "#/components/schemas/OAuthError"},
+                        "Request line and headers over 16 KiB, or more than 64 headers",
+                    ),
+                },
+            }
+        }
+    components: dict[str, Any] = {"schemas": {"OAuthError": _OAUTH_ERROR}}
+    if linking:
+        paths["/account/links/tiktok"] = _link_operations()
+        components["securitySchemes"] = {
+            "keycloakBearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "An access token of the realm, issued to a client in BRIDGE_LINK_CLIENT_IDS",
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tiktok-keycloak-bridge", "version": "0.1.0"},
+        "servers": [{"url": issuer}],
+        "paths": paths,
+        "components": components,
+    }
