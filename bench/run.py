@@ -672,7 +672,8 @@ def one_worker(
     """The co-located pairs again with a bridge of one worker, as the README's deployment notes size a
     bridge that shares its cores with Keycloak. A worker held to Keycloak's pace waits between the
     steps of each exchange, and a waiting worker spends more CPU per exchange than a busy one (bench
-    README, seventh session): one busier worker costs less than two idler ones."""
+    README, "A waiting bridge costs more than a busy one"): one busier worker costs less than two idler
+    ones."""
     stack, args = bench.stack, bench.args
     if args.workers == 1:
         return  # the main pairs' bridge is that already
