@@ -127,7 +127,8 @@ class KeycloakClient:
     ) -> None:
         """`token_http`: the session the JWT grant is sent through (`resources.token_session`).
         `minting_client`: (id, secret) of the client the JWT grant is asked as, when it is not the
-        service-account client (the Strapi-compatible endpoint mints as a client of its own)."""
+        service-account client: the admin client has a service account and no grant, and the
+        Strapi-compatible endpoint and per-app clients mint as clients of their own."""
         self._breaker = breaker or CircuitBreaker("keycloak")
         self._retry_attempts = retry_attempts
         self._http = http

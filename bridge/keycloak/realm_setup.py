@@ -522,7 +522,7 @@ def _members_step(admin: Admin, path: str, alias: str) -> Step:
     group_id = str(_json(found, strict=True)["id"]) if found.status_code == HTTPStatus.OK else None
     members = set(_all(admin, f"./groups/{group_id}/members")) if group_id else set()
     linked = _all(admin, "./users", idpAlias=alias)
-    missing = {user_id: name for user_id, name in linked.items() if user_id not in members}
+    missing = {user_id: username for user_id, username in linked.items() if user_id not in members}
     if not missing:
         return Step(name, "ok")
 

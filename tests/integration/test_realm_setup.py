@@ -1281,3 +1281,35 @@ async def test_a_refused_admin_api_fails_new_sign_ins_as_a_misconfiguration_and_
     assert deployment["keycloak admin api audience"]["ok"] is False
     assert "kc-admin-api" in deployment["keycloak admin api audience"]["fix"]
     assert after_apply.status_code == 200, after_apply.text
+
+
+async def test_an_admin_role_in_a_minting_clients_scope_is_a_conflict_until_forced(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """realm-management's manage-users mapped to the minting client's scope (its tokens could carry it)
+    stops apply and fails the doctor's survey naming it; --force takes it out of the scope."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    with bare.admin() as admin:
+        base = f"/realms/{realm}"
+        (management,) = admin.get(f"{base}/clients", params={"clientId": "realm-management"}).json()
+        (client,) = admin.get(f"{base}/clients", params={"clientId": "tiktok-bridge"}).json()
+        role = admin.get(f"{base}/clients/{management['id']}/roles/manage-users").json()
+        scope = f"{base}/clients/{client['id']}/scope-mappings/clients/{management['id']}"
+        assert admin.post(scope, json=[role]).status_code == 204
+
+    refused, lines = run_apply(bare, realm)
+    surveyed = await run_doctor(
+        bare, bare.settings(realm), emulator, doctor.AdminLogin("admin", ADMIN_PASSWORD)
+    )
+    forced, forced_lines = run_apply(bare, realm, force=True)
+    with bare.admin() as admin:
+        left = admin.get(scope).json()
+
+    assert not refused
+    assert "token scope of client 'tiktok-bridge': CONFLICT" in lines
+    assert "    its tokens may carry realm-management's manage-users: administrative roles" in lines
+    assert not surveyed["realm: token scope of client 'tiktok-bridge'"].ok
+    assert forced
+    assert "    remove realm-management manage-users" in forced_lines
+    assert left == []
