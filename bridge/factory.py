@@ -20,6 +20,7 @@ from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.aiohttp_transport import AiohttpTransport, env_proxy
 from bridge.protocol.clients import ClientRegistry
 from bridge.providers.tiktok.client import TikTokClient
+from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
 from bridge.services.apps import App, Apps
 from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
     from aiohttp.abc import AbstractResolver
 
+    from bridge.protocol.rfc8693 import SubjectTokenTypes
     from bridge.services.ports import GuardedCache, Store
     from bridge.settings import Settings
 
@@ -128,6 +130,8 @@ class Resources:
     session_store: Store
     limiter: RateLimiter
     clients: ClientRegistry
+    # What /token and linking accept as a subject token: the identity provider's credentials.
+    subject_token_types: SubjectTokenTypes = SUBJECT_TOKEN_TYPES
 
     @classmethod
     def from_settings(

@@ -31,7 +31,7 @@ from bridge.domain.errors import (
 )
 from bridge.domain.model import Caller
 from bridge.protocol.clients import STRAPI_CLIENT_ID
-from bridge.protocol.rfc8693 import MAX_TOKEN_LENGTH
+from bridge.protocol.rfc6749 import MAX_TOKEN_LENGTH
 from bridge.services.exchange import SessionOrder
 from bridge.web.support import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 

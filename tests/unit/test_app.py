@@ -468,7 +468,7 @@ async def test_a_bug_on_the_direct_lane_is_a_json_500_that_tells_nothing(
     RFC 6749 body of server_error with the request id, the log naming its type only (never its text,
     which may hold what the request carried), and counted as a server_error."""
 
-    def broken(_form: dict[str, str]) -> None:
+    def broken(_form: dict[str, str], _types: object) -> None:
         raise RuntimeError("act.secret-token")
 
     monkeypatch.setattr("bridge.web.endpoints.parse_exchange_request", broken)

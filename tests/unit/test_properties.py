@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 from bridge.domain.errors import BridgeError, OAuthError, WebhookSignatureRejected
 from bridge.domain.model import CodeGrant, IssuedToken, TikTokProfile
 from bridge.keycloak.client import parse_grant_answer
+from bridge.protocol.rfc6749 import parse_form
 from bridge.protocol.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
-    TOKEN_TYPE_TIKTOK_CODE,
     CodeExchange,
     ExchangeRequest,
     parse_exchange_request,
-    parse_form,
 )
 from bridge.providers.tiktok.client import parse_token_answer, parse_user_info
+from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES, TOKEN_TYPE_TIKTOK_CODE
 from bridge.web.strapi import NoAccessToken, _access_token
 from bridge.web.webhook import _reason, verify_signature
 
@@ -54,7 +54,6 @@ VALUES = st.one_of(
         [
             "urn:ietf:params:oauth:grant-type:token-exchange",
             TOKEN_TYPE_ACCESS_TOKEN,
-            TOKEN_TYPE_TIKTOK_CODE,
             "urn:ietf:params:oauth:token-type:id_token",
             "act.abc!1234.va",
             "a" * 43,
@@ -75,7 +74,7 @@ def test_any_body_is_parsed_or_refused_with_an_oauth_error(body: bytes, content_
     """Arbitrary bytes and content types never raise anything but an RFC 6749 error."""
     refusal: OAuthError | None = None
     try:
-        parse_exchange_request(parse_form(body, content_type))
+        parse_exchange_request(parse_form(body, content_type), SUBJECT_TOKEN_TYPES)
     except OAuthError as error:
         refusal = error
     if refusal is not None:
@@ -126,7 +125,7 @@ def test_any_parameter_combination_is_parsed_or_refused(pairs: list[tuple[str, s
     from urllib.parse import urlencode  # noqa: PLC0415
 
     try:
-        request = parse_exchange_request(parse_form(urlencode(pairs).encode(), FORM))
+        request = parse_exchange_request(parse_form(urlencode(pairs).encode(), FORM), SUBJECT_TOKEN_TYPES)
     except OAuthError as error:
         event(f"refused: {error.description[:40]}")
         return

@@ -26,7 +26,7 @@ from bridge.domain.errors import (
 )
 from bridge.domain.model import SCOPE_BASIC, SCOPE_PROFILE, CodeGrant, TikTokProfile
 from bridge.outbound.resilience import CircuitBreaker, guarded_call
-from bridge.protocol.rfc8693 import VISIBLE_ASCII
+from bridge.protocol.rfc6749 import VISIBLE_ASCII
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
