@@ -199,6 +199,8 @@ class Resources:
             base_url=settings.tiktok_base_url,
             client_key=settings.tiktok_client_key,
             client_secret=settings.tiktok_client_secret.get_secret_value(),
+            scopes=settings.tiktok_access_token_scopes,
+            access_token_prefix=settings.tiktok_access_token_prefix,
         )
         keycloak = KeycloakClient(
             http,
@@ -229,7 +231,7 @@ class Resources:
             refusals = TikTokRefusals(limits_storage, per_address=settings.rate_limit_refused_tokens_per_ip)
         # One per process, whatever the app: none of them reads an app's own client or audiences.
         identity = IdentityService(
-            tiktok=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
+            provider=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
         )
         provisioning = ProvisioningService(keycloak=keycloak, cache=cache, policy=policy)
         deauthorization = DeauthorizationService(keycloak=keycloak, cache=cache, policy=policy)
@@ -261,15 +263,15 @@ class Resources:
             sessions = SessionService(
                 store=session_store,
                 minter=apps,
-                tiktok=tiktok,
+                provider=tiktok,
                 sealer=sealer_from_settings(settings),
                 policy=SessionPolicy(
                     idp_alias=settings.keycloak_idp_alias,
                     idle_timeout=settings.session_idle_timeout,
                     max_lifetime=settings.session_max_lifetime,
                     reuse_grace=settings.session_reuse_grace,
-                    tiktok_recheck=settings.tiktok_recheck_enabled,
-                    tiktok_recheck_interval=settings.tiktok_recheck_interval,
+                    provider_recheck=settings.tiktok_recheck_enabled,
+                    provider_recheck_interval=settings.tiktok_recheck_interval,
                 ),
                 clock=clock or time.time,
             )

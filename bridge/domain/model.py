@@ -74,7 +74,7 @@ class Held(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class TikTokProfile:
+class ExternalIdentity:
     """The TikTok identity of one user of our app, as user info reported it."""
 
     open_id: str
@@ -102,7 +102,7 @@ class TikTokProfile:
         ).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> TikTokProfile:
+    def from_json(cls, raw: bytes) -> ExternalIdentity:
         data = json.loads(raw)
         return cls(
             open_id=data["open_id"],
@@ -115,7 +115,7 @@ class TikTokProfile:
         )
 
 
-def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
+def profile_attributes(profile: ExternalIdentity) -> dict[str, list[str]]:
     """The attributes the bridge owns (written by sign-in and linking alike), fitted to Keycloak's
     limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
     union_id left out, each said in the log)."""
@@ -137,7 +137,7 @@ def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True, slots=True)
-class CodeGrant:
+class ProviderGrant:
     """What TikTok's token endpoint returned for a redeemed authorization code."""
 
     access_token: str
@@ -148,7 +148,7 @@ class CodeGrant:
     refresh_expires_in: int | None = None
 
     def __repr__(self) -> str:
-        return f"CodeGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
+        return f"ProviderGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +211,10 @@ class Exchanged:
 
     issued: IssuedToken
     user_id: str
-    profile: TikTokProfile
+    profile: ExternalIdentity
     created: bool
     # TikTok's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
-    tiktok_grant: CodeGrant | None = None
+    provider_grant: ProviderGrant | None = None
     # The bridge session the exchange started, when one was asked for and could be kept.
     session: SessionGrant | None = None
 
@@ -226,7 +226,9 @@ class NewSession:
     user_id: str
     open_id: str
     scope: tuple[str, ...]
-    tiktok_grant: CodeGrant | None = None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
+    provider_grant: ProviderGrant | None = (
+        None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
+    )
     jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
     client_id: str | None = None
     audiences: tuple[str, ...] = ()

@@ -608,7 +608,8 @@ def _grant_failure(settings: Settings, client_id: str, description: str) -> tupl
 
 async def _realm_objects(ctx: _Context, admin: AdminLogin) -> None:
     """One check per object `apply` manages, passing when `apply` would leave it as it is."""
-    from bridge.keycloak.realm_setup import SetupError, survey  # noqa: PLC0415 - only with admin credentials
+    from bridge.domain.errors import SetupError  # noqa: PLC0415
+    from bridge.keycloak.realm_setup import survey  # noqa: PLC0415 - only with admin credentials
 
     try:
         found = await asyncio.to_thread(

@@ -31,7 +31,7 @@ from bridge.protocol.rfc8693 import CodeExchange
 from bridge.services.provisioning import profile_fingerprint, user_entry
 
 if TYPE_CHECKING:
-    from bridge.domain.model import Caller, CodeGrant, Policy, SessionGrant, TikTokProfile
+    from bridge.domain.model import Caller, ExternalIdentity, Policy, ProviderGrant, SessionGrant
     from bridge.protocol.rfc8693 import ExchangeRequest
     from bridge.services.identity import IdentityService
     from bridge.services.minting import MintingService
@@ -85,7 +85,7 @@ class ExchangeService:
     ) -> Exchanged:
         # Before TikTok is asked: a request for an audience this app may not have costs nothing.
         self._minting.check_targets(request.scope, request.audiences)
-        grant: CodeGrant | None = None
+        grant: ProviderGrant | None = None
         if isinstance(request, CodeExchange):
             profile, grant = await self._identity.verify_code(
                 request.code, request.code_verifier, request.redirect_uri
@@ -93,15 +93,15 @@ class ExchangeService:
         else:
             profile = await self._identity.verify_access_token(request.access_token, caller)
         return await self.sign_in(
-            profile, request.scope, tiktok_grant=grant, audiences=request.audiences, session=session
+            profile, request.scope, provider_grant=grant, audiences=request.audiences, session=session
         )
 
     async def sign_in(
         self,
-        profile: TikTokProfile,
+        profile: ExternalIdentity,
         scope: tuple[str, ...],
         *,
-        tiktok_grant: CodeGrant | None = None,
+        provider_grant: ProviderGrant | None = None,
         audiences: tuple[str, ...] = (),
         session: SessionOrder | None = None,
     ) -> Exchanged:
@@ -110,10 +110,10 @@ class ExchangeService:
             # Per identity, before any Keycloak work: one TikTok account cannot hammer the realm.
             await self._limiter.check_identity(profile.open_id)
         if session is not None and not self._cache.degraded and self._is_known(profile.open_id):
-            known = await self._sign_in_known(profile, scope, audiences, tiktok_grant, session)
+            known = await self._sign_in_known(profile, scope, audiences, provider_grant, session)
             if known is not None:
                 return known
-        exchanged = await self._sign_in(profile, scope, tiktok_grant, audiences)
+        exchanged = await self._sign_in(profile, scope, provider_grant, audiences)
         if session is None:
             return exchanged
         started = await self._start_session(session, self._new_session(exchanged, scope, audiences, session))
@@ -121,9 +121,9 @@ class ExchangeService:
 
     async def _sign_in(
         self,
-        profile: TikTokProfile,
+        profile: ExternalIdentity,
         scope: tuple[str, ...],
-        tiktok_grant: CodeGrant | None,
+        provider_grant: ProviderGrant | None,
         audiences: tuple[str, ...],
     ) -> Exchanged:
         """Find or provision the user (the cache first, then Keycloak), then mint."""
@@ -145,15 +145,15 @@ class ExchangeService:
             # The cached entry names the user Keycloak minted for: next time, mint first.
             self._know(profile.open_id)
         return Exchanged(
-            issued=issued, user_id=user_id, profile=profile, created=created, tiktok_grant=tiktok_grant
+            issued=issued, user_id=user_id, profile=profile, created=created, provider_grant=provider_grant
         )
 
     async def _sign_in_known(
         self,
-        profile: TikTokProfile,
+        profile: ExternalIdentity,
         scope: tuple[str, ...],
         audiences: tuple[str, ...],
-        tiktok_grant: CodeGrant | None,
+        provider_grant: ProviderGrant | None,
         session: SessionOrder,
     ) -> Exchanged | None:
         """An identity this process signed in lately: mint first, then check the identity's cached state
@@ -182,7 +182,11 @@ class ExchangeService:
             verified_at=profile.verified_at,
         )
         exchanged = Exchanged(
-            issued=issued, user_id=issued.subject, profile=profile, created=False, tiktok_grant=tiktok_grant
+            issued=issued,
+            user_id=issued.subject,
+            profile=profile,
+            created=False,
+            provider_grant=provider_grant,
         )
         new = self._new_session(exchanged, scope, audiences, session)
         try:
@@ -212,7 +216,7 @@ class ExchangeService:
             user_id=exchanged.user_id,
             open_id=exchanged.profile.open_id,
             scope=scope,
-            tiktok_grant=exchanged.tiktok_grant,
+            provider_grant=exchanged.provider_grant,
             jkt=session.jkt,
             client_id=session.client_id,
             audiences=audiences,

@@ -37,8 +37,8 @@ from bridge.domain.errors import (
 from bridge.domain.model import OWNED_ATTRIBUTES, FederatedLink, KeycloakUser, profile_attributes
 
 if TYPE_CHECKING:
-    from bridge.domain.model import TikTokProfile
-    from bridge.services.ports import BearerVerifier, Cache, IdentitySessions, KeycloakGateway, TikTokProofs
+    from bridge.domain.model import ExternalIdentity
+    from bridge.services.ports import BearerVerifier, Cache, IdentityProofs, IdentitySessions, KeycloakGateway
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class LinkingService:
         *,
         keycloak: KeycloakGateway,
         bearer: BearerVerifier,
-        proofs: TikTokProofs,
+        proofs: IdentityProofs,
         cache: Cache,
         policy: LinkPolicy,
         sessions: IdentitySessions | None,
@@ -93,7 +93,7 @@ class LinkingService:
         self._sessions = sessions
 
     @property
-    def proofs(self) -> TikTokProofs:
+    def proofs(self) -> IdentityProofs:
         return self._proofs
 
     async def signed_in_user(self, bearer_token: str) -> KeycloakUser:
@@ -119,7 +119,7 @@ class LinkingService:
             display_name=user.attribute("tiktok_display_name"),
         )
 
-    async def link(self, user: KeycloakUser, profile: TikTokProfile) -> LinkState:
+    async def link(self, user: KeycloakUser, profile: ExternalIdentity) -> LinkState:
         alias = self._policy.idp_alias
         async with self._cache.lock(
             keys.provisioning_lock(alias, profile.open_id), ttl=LOCK_TTL, wait=LOCK_WAIT

@@ -34,8 +34,8 @@ from bridge.domain.model import (
     ATTR_UNION_ID,
     ATTR_USERNAME,
     ATTR_VERIFIED,
+    ExternalIdentity,
     KeycloakUser,
-    TikTokProfile,
     ended_by,
     fit_for_keycloak,
     profile_attributes,
@@ -75,7 +75,7 @@ def user_entry(user_id: str, fingerprint: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
-def profile_fingerprint(profile: TikTokProfile) -> str:
+def profile_fingerprint(profile: ExternalIdentity) -> str:
     """The fingerprint of the attributes a profile syncs to Keycloak, which a returning user's cached
     entry is compared with: worked out once per distinct profile (equal fields; when it was verified
     does not count), not on every exchange. Bounded; a refused profile raises and is not kept."""
@@ -89,7 +89,7 @@ class ProvisioningService:
         self._policy = policy
         self._groups_checked = False
 
-    async def ensure_user(self, profile: TikTokProfile) -> tuple[str, bool]:
+    async def ensure_user(self, profile: ExternalIdentity) -> tuple[str, bool]:
         """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
         fingerprint = profile_fingerprint(profile)
         alias = self._policy.idp_alias
@@ -146,7 +146,7 @@ class ProvisioningService:
     async def _remember(self, user_key: str, user_id: str, fingerprint: str) -> None:
         await self._cache.set(user_key, user_entry(user_id, fingerprint), self._policy.user_ttl)
 
-    async def _create(self, profile: TikTokProfile, attributes: dict[str, list[str]]) -> tuple[str, bool]:
+    async def _create(self, profile: ExternalIdentity, attributes: dict[str, list[str]]) -> tuple[str, bool]:
         """The new user's id and True; or, when Keycloak's 409 shows another replica linked one first,
         that user's id and False (the sign-in found a user, it did not create one)."""
         if not self._policy.registration_open:
@@ -210,7 +210,7 @@ class ProvisioningService:
             await self._keycloak.delete_user(user_id)
             raise
 
-    def _pseudo_email(self, profile: TikTokProfile) -> str | None:
+    def _pseudo_email(self, profile: ExternalIdentity) -> str | None:
         template = self._policy.email_template
         if template is None:
             return None

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.domain.errors import BridgeError, UnsupportedGrantType
+from bridge.domain.errors import BridgeError, InvalidDPoPProof, UnsupportedGrantType
 from bridge.domain.model import Caller
 from bridge.observability.metrics import exposition
 from bridge.protocol.dpop import ALGORITHMS as DPOP_ALGORITHMS
-from bridge.protocol.dpop import InvalidDPoPProof, verify_proof
+from bridge.protocol.dpop import verify_proof
 from bridge.protocol.rfc6749 import (
     GRANT_TYPE_REFRESH_TOKEN,
     RefreshRequest,

@@ -20,7 +20,7 @@ from bridge.web.support import NO_STORE, client_ip, read_body, resources_of
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from bridge.domain.model import KeycloakUser, TikTokProfile
+    from bridge.domain.model import ExternalIdentity, KeycloakUser
     from bridge.factory import Resources
     from bridge.services.linking import LinkingService
 
@@ -54,7 +54,7 @@ async def link(request: Request) -> Response:
     resources, linking, user = await _user(request)
     form = parse_form(await read_body(request), request.headers.get("content-type"))
     proof = parse_subject_proof(form, resources.subject_token_types)
-    profile: TikTokProfile
+    profile: ExternalIdentity
     if isinstance(proof, CodeExchange):
         profile, _grant = await linking.proofs.verify_code(
             proof.code, proof.code_verifier, proof.redirect_uri

@@ -27,8 +27,9 @@ from joserfc.jwk import ECKey
 from prometheus_client import REGISTRY
 
 from bridge.domain import keys
+from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
-from bridge.keycloak.realm_setup import SetupError, apply, survey
+from bridge.keycloak.realm_setup import apply, survey
 from bridge.operations import doctor
 from bridge.settings import Settings
 from bridge.web.app import create_app

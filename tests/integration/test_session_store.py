@@ -91,15 +91,15 @@ def service(store: RedisCache, clock: Clock) -> SessionService:
     return SessionService(
         store=store,
         minter=FakeMinter(),
-        tiktok=FakeTikTokGrants(),
+        provider=FakeTikTokGrants(),
         sealer=SEALER,
         policy=SessionPolicy(
             idp_alias="tiktok",
             idle_timeout=int(30 * DAY),
             max_lifetime=int(90 * DAY),
             reuse_grace=30.0,
-            tiktok_recheck=True,
-            tiktok_recheck_interval=int(DAY),
+            provider_recheck=True,
+            provider_recheck_interval=int(DAY),
         ),
         clock=clock,
     )

@@ -19,15 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.domain import keys
 from bridge.domain.errors import (
-    AccessTokenRejected,
     AccountDisabled,
+    IdentityRefused,
     NotLinked,
-    SubjectTokenRejected,
+    Refused,
     UpstreamUnavailable,
     UserConflict,
 )
 from bridge.domain.model import (
-    CodeGrant,
     FederatedLink,
     Held,
     IdentityCheck,
@@ -35,6 +34,7 @@ from bridge.domain.model import (
     IssuedToken,
     KeycloakUser,
     Policy,
+    ProviderGrant,
 )
 from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
@@ -47,18 +47,18 @@ from bridge.storage.cache import MemoryCache
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-    from bridge.domain.model import TikTokProfile
+    from bridge.domain.model import ExternalIdentity
     from bridge.services.ports import (
         AssertionMinter,
         Cache,
         GuardedCache,
         IdentityLimiter,
+        IdentityProvider,
         KeycloakGateway,
+        ProviderQuota,
         RefusalBudget,
         Store,
         StoreEntry,
-        TikTokGateway,
-        UserInfoQuota,
     )
     from bridge.storage.recent_profiles import RecentProfiles
 
@@ -81,27 +81,52 @@ def make_policy(**overrides: Any) -> Policy:  # noqa: ANN401 - any Policy field
 
 @dataclass
 class FakeTikTok:
-    """Access tokens map to profiles; codes map to (verifier, redirect URI, grant)."""
+    """TikTok as an identity provider: access tokens map to profiles; codes map to (verifier, redirect
+    URI, grant). Refusals are upstream errors, as the real adapter's are."""
 
-    profiles: dict[str, TikTokProfile] = field(default_factory=dict)
-    codes: dict[str, tuple[str, str, CodeGrant]] = field(default_factory=dict)
+    profiles: dict[str, ExternalIdentity] = field(default_factory=dict)
+    codes: dict[str, tuple[str, str, ProviderGrant]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    prefix: str = "act."
+    name: str = "TikTok"
+
+    def plausible(self, access_token: str) -> bool:
+        return access_token.startswith(self.prefix)
 
     async def fetch_profile(
         self, access_token: str, scopes: Iterable[str] = ("user.info.basic",)
-    ) -> TikTokProfile:
+    ) -> ExternalIdentity:
         self.calls.append(access_token)
         try:
             return self.profiles[access_token]
         except KeyError:
-            raise AccessTokenRejected from None
+            raise IdentityRefused("tiktok", Refused.ACCESS_TOKEN, detail="unknown token") from None
 
-    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
+    async def verify_access_token(self, access_token: str) -> ExternalIdentity:
+        return await self.fetch_profile(access_token)
+
+    async def read_profile(self, grant: ProviderGrant) -> ExternalIdentity:
+        return await self.fetch_profile(grant.access_token, sorted(grant.scopes))
+
+    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> ProviderGrant:
         self.calls.append(f"redeem:{code}")
         entry = self.codes.pop(code, None)  # single-use, as at TikTok
         if entry is None or entry[:2] != (code_verifier, redirect_uri):
-            raise SubjectTokenRejected("The TikTok authorization code is invalid, expired or already used.")
+            raise IdentityRefused(
+                "tiktok",
+                Refused.CODE,
+                description="The TikTok authorization code is invalid, expired or already used.",
+                detail="unknown code",
+            )
+        if "user.info.basic" not in entry[2].scopes:
+            raise IdentityRefused("tiktok", Refused.SCOPE, detail="no user.info.basic")
         return entry[2]
+
+    async def refresh(self, refresh_token: str) -> ProviderGrant:
+        raise IdentityRefused("tiktok", Refused.CODE, detail="no refresh at this fake")
+
+    async def revoke(self, access_token: str) -> None:
+        self.calls.append(f"revoke:{access_token}")
 
 
 @dataclass
@@ -230,19 +255,19 @@ class UseCases:
 
 def use_cases(
     *,
-    tiktok: TikTokGateway,
+    tiktok: IdentityProvider,
     keycloak: KeycloakGateway,
     cache: GuardedCache,
     policy: Policy,
     minter: AssertionMinter | None = None,
     limiter: IdentityLimiter | None = None,
-    quota: UserInfoQuota | None = None,
+    quota: ProviderQuota | None = None,
     recent: RecentProfiles | None = None,
     refusals: RefusalBudget | None = None,
 ) -> UseCases:
     """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given)."""
     identity = IdentityService(
-        tiktok=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
+        provider=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
     )
     provisioning = ProvisioningService(keycloak=keycloak, cache=cache, policy=policy)
     minting = MintingService(keycloak=keycloak, minter=minter or FakeMinter(), policy=policy)
@@ -259,7 +284,7 @@ def use_cases(
 
 
 # The fakes stand in for these ports; mypy checks each assignment.
-_tiktok: TikTokGateway = FakeTikTok()
+_tiktok: IdentityProvider = FakeTikTok()
 _keycloak: KeycloakGateway = FakeKeycloak()
 _minter: AssertionMinter = FakeMinter()
 

@@ -113,7 +113,7 @@ def _b64(part: str) -> bytes:
 
 @pytest.mark.httpx2(assert_all_called=False)
 @pytest.mark.parametrize(
-    ("tiktok_status", "tiktok_code", "status", "error"),
+    ("provider_status", "tiktok_code", "status", "error"),
     [
         (401, "access_token_invalid", 400, "invalid_request"),
         (200, "access_token_invalid", 400, "invalid_request"),
@@ -127,14 +127,14 @@ async def test_tiktok_errors_map_to_rfc_errors(
     client: httpx2.AsyncClient,
     httpx2_mock: respx.Router,
     token_endpoint: FakeTokenEndpoint,
-    tiktok_status: int,
+    provider_status: int,
     tiktok_code: str,
     status: int,
     error: str,
 ) -> None:
     """Each TikTok failure becomes the RFC 6749 error meant for it, with no-store and no stack trace."""
     mock_keycloak(httpx2_mock, token_endpoint)
-    mock_tiktok(httpx2_mock, tiktok_status, tiktok_code)
+    mock_tiktok(httpx2_mock, provider_status, tiktok_code)
 
     response = await client.post("/token", data=FORM)
 

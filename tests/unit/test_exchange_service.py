@@ -25,7 +25,7 @@ from bridge.domain.errors import (
     SubjectTokenRejected,
     UpstreamUnavailable,
 )
-from bridge.domain.model import CodeGrant, TikTokProfile
+from bridge.domain.model import ExternalIdentity, ProviderGrant
 from bridge.protocol.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
 from bridge.services.provisioning import deterministic_username
 from bridge.storage.cache import MemoryCache
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from bridge.domain.model import KeycloakUser
     from bridge.services.ports import GuardedCache
 
-PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
+PROFILE = ExternalIdentity(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
 REDIRECT = "https://app.example/callback"
 VERIFIER = "v" * 43
 
@@ -230,7 +230,7 @@ async def test_registration_closed_refuses_new_users_only(tiktok: FakeTikTok, ke
     await service(tiktok, keycloak).exchange.exchange(request())
     closed = service(tiktok, keycloak, registration_open=False)
     assert (await closed.exchange.exchange(request())).created is False
-    tiktok.profiles["act.new"] = TikTokProfile(open_id="-000New", union_id=None, display_name=None)
+    tiktok.profiles["act.new"] = ExternalIdentity(open_id="-000New", union_id=None, display_name=None)
     with pytest.raises(RegistrationClosed):
         await closed.exchange.exchange(request("act.new"))
 
@@ -450,8 +450,8 @@ def test_an_identitys_user_and_tombstone_keys_share_a_redis_cluster_slot() -> No
 
 def _grant(
     scopes: frozenset[str] = frozenset({"user.info.basic"}), open_id: str = PROFILE.open_id
-) -> CodeGrant:
-    return CodeGrant(access_token="act.from-code", open_id=open_id, scopes=scopes, expires_in=86400)
+) -> ProviderGrant:
+    return ProviderGrant(access_token="act.from-code", open_id=open_id, scopes=scopes, expires_in=86400)
 
 
 async def test_code_path_redeems_once_and_signs_in(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from bridge.domain import keys
 from bridge.domain.errors import IdentityLinkedElsewhere, InvalidToken, OtherIdentityLinked
-from bridge.domain.model import TikTokProfile, VerifiedBearer
+from bridge.domain.model import ExternalIdentity, VerifiedBearer
 from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.storage.cache import MemoryCache
@@ -19,8 +19,8 @@ from tests.unit.fakes import FakeKeycloak, FakeTikTok, make_policy
 if TYPE_CHECKING:
     from bridge.services.ports import BearerVerifier, IdentitySessions
 
-ALICE = TikTokProfile(open_id="-alice", union_id="u-a", display_name="Alice", username="alice")
-MALLORY = TikTokProfile(open_id="-mallory", union_id="u-m", display_name="Mallory")
+ALICE = ExternalIdentity(open_id="-alice", union_id="u-a", display_name="Alice", username="alice")
+MALLORY = ExternalIdentity(open_id="-mallory", union_id="u-m", display_name="Mallory")
 
 
 @dataclass
@@ -77,7 +77,7 @@ def linking(keycloak: FakeKeycloak, cache: MemoryCache, sessions: FakeSessions) 
             "other-client": VerifiedBearer("kc-alice", "some-other-app"),
         }
     )
-    proofs = IdentityService(tiktok=FakeTikTok(), cache=cache, policy=make_policy())
+    proofs = IdentityService(provider=FakeTikTok(), cache=cache, policy=make_policy())
     return LinkingService(
         keycloak=keycloak,
         bearer=bearers,

@@ -16,8 +16,9 @@ import httpx2
 import pytest
 from pydantic import ValidationError
 
+from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
-from bridge.keycloak.realm_setup import Admin, SetupError, _read_provider, check_server
+from bridge.keycloak.realm_setup import Admin, _read_provider, check_server
 from bridge.keycloak.realm_spec import version_supported
 from bridge.operations import doctor
 from bridge.settings import Settings

@@ -15,8 +15,8 @@ from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
 
 from bridge.domain.errors import (
+    IdentityRefused,
     RateLimited,
-    SubjectTokenRejected,
     TemporarilyUnavailable,
     UpstreamUnavailable,
 )
@@ -174,7 +174,7 @@ async def test_refusals_do_not_count_as_outages(tiktok: TikTokClient, httpx2_moc
     body = {"data": {}, "error": {"code": "access_token_invalid", "message": "", "log_id": "1"}}
     httpx2_mock.get(USER_INFO).respond(401, json=body)
     for _ in range(10):
-        with pytest.raises(SubjectTokenRejected):
+        with pytest.raises(IdentityRefused):
             await tiktok.fetch_profile("act.t")
 
 

@@ -19,7 +19,7 @@ from bridge.domain.errors import (
     TemporarilyUnavailable,
     UpstreamUnavailable,
 )
-from bridge.domain.model import Caller, TikTokProfile
+from bridge.domain.model import Caller, ExternalIdentity
 from bridge.services.identity import IdentityService
 from bridge.storage.cache import MemoryCache
 from bridge.storage.ratelimit import TikTokQuota, TikTokRefusals
@@ -40,7 +40,7 @@ class SlowTikTok(FakeTikTok):
 
     async def fetch_profile(
         self, access_token: str, scopes: Iterable[str] = ("user.info.basic",)
-    ) -> TikTokProfile:
+    ) -> ExternalIdentity:
         await asyncio.sleep(0.01)
         if self.down:
             self.calls.append(access_token)
@@ -67,15 +67,15 @@ class CountingRefusals:
         return await self.inner.reserve(address)
 
 
-def profile(open_id: str) -> TikTokProfile:
-    return TikTokProfile(open_id=open_id, union_id=None, display_name=None, verified_at=time.time())
+def profile(open_id: str) -> ExternalIdentity:
+    return ExternalIdentity(open_id=open_id, union_id=None, display_name=None, verified_at=time.time())
 
 
 def service(
     tiktok: FakeTikTok, refusals: RefusalBudget | None, quota: TikTokQuota | None = None
 ) -> IdentityService:
     return IdentityService(
-        tiktok=tiktok, cache=MemoryCache(), policy=make_policy(), quota=quota, refusals=refusals
+        provider=tiktok, cache=MemoryCache(), policy=make_policy(), quota=quota, refusals=refusals
     )
 
 
@@ -145,9 +145,11 @@ async def test_outages_cost_no_budget_and_confidential_clients_are_not_counted()
     tiktok = SlowTikTok(profiles={"act.real": profile("-000real")}, down=True)
     bridge = service(tiktok, TikTokRefusals(MemoryStorage(), per_address="3/hour"))
     for _ in range(5):
-        assert await outcome(bridge, "act.real", "198.51.100.7") == "UpstreamUnavailable"
+        assert await outcome(bridge, "act.real", "198.51.100.7") == "TemporarilyUnavailable"
     for i in range(5):
-        assert await outcome(bridge, f"act.garbage-{i}", "192.0.2.1", trusted=True) == "UpstreamUnavailable"
+        assert (
+            await outcome(bridge, f"act.garbage-{i}", "192.0.2.1", trusted=True) == "TemporarilyUnavailable"
+        )
     tiktok.down = False
     assert await outcome(bridge, "act.real", "198.51.100.7") == "ok"
     for i in range(5):
