@@ -196,11 +196,11 @@ class Resources:
                 )
         tiktok = TikTokClient(
             http,
-            base_url=settings.tiktok_base_url,
-            client_key=settings.tiktok_client_key,
-            client_secret=settings.tiktok_client_secret.get_secret_value(),
-            scopes=settings.tiktok_access_token_scopes,
-            access_token_prefix=settings.tiktok_access_token_prefix,
+            base_url=settings.tiktok.base_url,
+            client_key=settings.tiktok.client_key,
+            client_secret=settings.tiktok.client_secret.get_secret_value(),
+            scopes=settings.tiktok.access_token_scopes,
+            access_token_prefix=settings.tiktok.access_token_prefix,
         )
         keycloak = KeycloakClient(
             http,
@@ -223,8 +223,8 @@ class Resources:
         recent = RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
         quota = TikTokQuota(
             limits_storage,
-            per_minute=settings.tiktok_user_info_quota,
-            unproven_share=settings.tiktok_unproven_share,
+            per_minute=settings.tiktok.user_info_quota,
+            unproven_share=settings.tiktok.unproven_share,
         )
         refusals = None
         if settings.rate_limit_enabled and settings.rate_limit_refused_tokens_per_ip:
@@ -270,8 +270,8 @@ class Resources:
                     idle_timeout=settings.session_idle_timeout,
                     max_lifetime=settings.session_max_lifetime,
                     reuse_grace=settings.session_reuse_grace,
-                    provider_recheck=settings.tiktok_recheck_enabled,
-                    provider_recheck_interval=settings.tiktok_recheck_interval,
+                    provider_recheck=settings.tiktok.recheck_enabled,
+                    provider_recheck_interval=settings.tiktok.recheck_interval,
                 ),
                 clock=clock or time.time,
             )

@@ -326,15 +326,15 @@ class Policy:
             username_prefix=settings.username_prefix,
             email_template=settings.email_template,
             registration_open=settings.registration_open,
-            redirect_uris=settings.tiktok_redirect_uris,
-            access_token_scopes=settings.tiktok_access_token_scopes,
+            redirect_uris=settings.tiktok.redirect_uris,
+            access_token_scopes=settings.tiktok.access_token_scopes,
             default_groups=settings.provisioning_groups,
             # With a bridge group, the group carries these roles (`bridge keycloak apply` maps them):
             # the service account then never maps a role to a user, which Keycloak allows only
             # realm-wide.
             default_realm_roles=() if settings.keycloak_group else settings.default_realm_roles,
             deauthorization=settings.deauthorization_policy,
-            access_token_prefix=settings.tiktok_access_token_prefix,
+            access_token_prefix=settings.tiktok.access_token_prefix,
             deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
             deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
             profile_ttl=settings.profile_cache_ttl,

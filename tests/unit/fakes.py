@@ -17,6 +17,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import SecretStr
+
 from bridge.domain import keys
 from bridge.domain.errors import (
     AccountDisabled,
@@ -36,6 +38,7 @@ from bridge.domain.model import (
     Policy,
     ProviderGrant,
 )
+from bridge.providers.tiktok.settings import TikTokSettings
 from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
 from bridge.services.identity import IdentityService
@@ -68,8 +71,7 @@ ISSUER = "https://kc.example/realms/app"
 def make_policy(**overrides: Any) -> Policy:  # noqa: ANN401 - any Policy field
     """The policy of a bridge configured with the settings' defaults, with `overrides` applied."""
     settings = Settings(
-        tiktok_client_key="key",
-        tiktok_client_secret="secret",
+        tiktok=TikTokSettings(client_key="key", client_secret=SecretStr("secret")),
         keycloak_url="https://kc.example",
         keycloak_realm="app",
         keycloak_client_id="bridge",

@@ -291,7 +291,7 @@ def test_openapi_document_names_exactly_the_served_routes(
     flags = {
         "strapi_compat_enabled": strapi,
         "metrics_enabled": metrics,
-        "tiktok_webhook_enabled": strapi,
+        "tiktok": settings.tiktok.model_copy(update={"webhook_enabled": strapi}),
         "link_client_ids": ("account-app",) if strapi else (),
     }
     app = create_app(settings.model_copy(update=flags))

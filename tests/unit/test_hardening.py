@@ -64,14 +64,14 @@ async def test_a_signed_webhook_with_deep_json_is_a_400(
         b"[" * 5000 + b"]" * 5000,
         json.dumps(
             {
-                "client_key": settings.tiktok_client_key,
+                "client_key": settings.tiktok.client_key,
                 "event": "authorization.removed",
                 "user_openid": "-000a",
                 "content": "[" * 5000 + "]" * 5000,
             }
         ).encode(),
     ):
-        signature = sign(body, int(time.time()), settings.tiktok_client_secret.get_secret_value())
+        signature = sign(body, int(time.time()), settings.tiktok.client_secret.get_secret_value())
         response = await client.post(
             "/webhooks/tiktok", content=body, headers={"TikTok-Signature": signature}
         )
@@ -130,7 +130,7 @@ async def test_the_webhook_refuses_before_buffering(client: httpx2.AsyncClient, 
     big = b"x" * 20_000
     unsigned = await client.post("/webhooks/tiktok", content=big)
     assert unsigned.status_code == 401
-    signature = sign(big, int(time.time()), settings.tiktok_client_secret.get_secret_value())
+    signature = sign(big, int(time.time()), settings.tiktok.client_secret.get_secret_value())
     signed = await client.post("/webhooks/tiktok", content=big, headers={"TikTok-Signature": signature})
     assert signed.status_code == 413
 
