@@ -95,6 +95,42 @@ def token_session(
     )
 
 
+def policy_from_settings(settings: Settings) -> Policy:
+    """The account rules the use cases follow, from the settings (the defaults live there only)."""
+    return Policy(
+        idp_alias=settings.keycloak_idp_alias,
+        username_prefix=settings.username_prefix,
+        email_template=settings.email_template,
+        registration_open=settings.registration_open,
+        redirect_uris=settings.tiktok.redirect_uris,
+        default_groups=settings.provisioning_groups,
+        # With a bridge group, the group carries these roles (`bridge keycloak apply` maps them): the
+        # service account then never maps a role to a user, which Keycloak allows only realm-wide.
+        default_realm_roles=() if settings.keycloak_group else settings.default_realm_roles,
+        deauthorization=settings.deauthorization_policy,
+        deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
+        deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
+        profile_ttl=settings.profile_cache_ttl,
+        user_ttl=settings.user_cache_ttl,
+        negative_ttl=settings.negative_cache_ttl,
+        audience_scopes=MappingProxyType(settings.audience_scopes()),
+        reserved_scopes=frozenset(settings.audience_scopes().values()),
+    )
+
+
+def tiktok_client(http: httpx2.AsyncClient, settings: Settings) -> TikTokClient:
+    """TikTok as the bridge's identity provider, over the process's HTTP client."""
+    tiktok = settings.tiktok
+    return TikTokClient(
+        http,
+        base_url=tiktok.base_url,
+        client_key=tiktok.client_key,
+        client_secret=tiktok.client_secret.get_secret_value(),
+        scopes=tiktok.access_token_scopes,
+        access_token_prefix=tiktok.access_token_prefix,
+    )
+
+
 @dataclass(frozen=True)
 class Resources:
     """Everything a request handler needs; one instance per process."""
@@ -194,14 +230,7 @@ class Resources:
                     "sessions are kept in this process's memory: they end when it stops and are not "
                     "shared with other replicas; set BRIDGE_REDIS_URL in production"
                 )
-        tiktok = TikTokClient(
-            http,
-            base_url=settings.tiktok.base_url,
-            client_key=settings.tiktok.client_key,
-            client_secret=settings.tiktok.client_secret.get_secret_value(),
-            scopes=settings.tiktok.access_token_scopes,
-            access_token_prefix=settings.tiktok.access_token_prefix,
-        )
+        tiktok = tiktok_client(http, settings)
         keycloak = KeycloakClient(
             http,
             cache,
@@ -218,7 +247,7 @@ class Resources:
             per_identity=settings.rate_limit_per_identity if settings.rate_limit_enabled else None,
             webhook_per_ip=settings.rate_limit_webhook_per_ip if settings.rate_limit_enabled else None,
         )
-        policy = Policy.from_settings(settings)
+        policy = policy_from_settings(settings)
         # One per process, shared by every use case: a profile is the same whichever app asked.
         recent = RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
         quota = TikTokQuota(

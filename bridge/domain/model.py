@@ -15,17 +15,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge.domain.errors import UnsupportedIdentity, UpstreamProtocolError
+from bridge.domain.errors import UnsupportedIdentity
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SCOPE_BASIC = "user.info.basic"
-SCOPE_PROFILE = "user.info.profile"
 
 # Attributes the bridge owns on a Keycloak user; each must be declared in the realm's user profile.
 ATTR_OPEN_ID = "tiktok_open_id"
@@ -161,21 +157,6 @@ class KeycloakUser:
     created_timestamp: int | None = None
     representation: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    @classmethod
-    def from_representation(cls, rep: dict[str, Any]) -> KeycloakUser:
-        try:
-            return cls(
-                id=str(rep["id"]),
-                username=str(rep["username"]),
-                enabled=bool(rep.get("enabled", False)),
-                email=rep.get("email"),
-                attributes={k: list(v) for k, v in (rep.get("attributes") or {}).items()},
-                created_timestamp=rep.get("createdTimestamp"),
-                representation=rep,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamProtocolError("keycloak", "malformed user representation") from exc
-
     def attribute(self, name: str) -> str | None:
         values = self.attributes.get(name)
         return values[0] if values else None
@@ -295,19 +276,19 @@ class VerifiedBearer:
 
 @dataclass(frozen=True)
 class Policy:
-    """Account rules. Built from settings by `from_settings`; the defaults live in `Settings` only."""
+    """Account rules. Built from settings by composition (`factory.policy_from_settings`); the defaults
+    live in `Settings` only."""
 
     idp_alias: str
     username_prefix: str
     email_template: str | None
     registration_open: bool
+    # Redirect URIs an authorization code may have been issued for (the identity provider's setting).
     redirect_uris: tuple[str, ...]
-    access_token_scopes: tuple[str, ...]
     default_groups: tuple[str, ...]
     default_realm_roles: tuple[str, ...]
     # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
     deauthorization: DeauthorizationPolicy
-    access_token_prefix: str
     # Retrying a policy Keycloak could not take: the longest delay between attempts, and for how long.
     deauthorization_retry_max_delay: float
     deauthorization_retry_horizon: int
@@ -318,28 +299,3 @@ class Policy:
     audience_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every audience scope of the bridge: never accepted in `scope`, so `audience` is the only way in.
     reserved_scopes: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        return cls(
-            idp_alias=settings.keycloak_idp_alias,
-            username_prefix=settings.username_prefix,
-            email_template=settings.email_template,
-            registration_open=settings.registration_open,
-            redirect_uris=settings.tiktok.redirect_uris,
-            access_token_scopes=settings.tiktok.access_token_scopes,
-            default_groups=settings.provisioning_groups,
-            # With a bridge group, the group carries these roles (`bridge keycloak apply` maps them):
-            # the service account then never maps a role to a user, which Keycloak allows only
-            # realm-wide.
-            default_realm_roles=() if settings.keycloak_group else settings.default_realm_roles,
-            deauthorization=settings.deauthorization_policy,
-            access_token_prefix=settings.tiktok.access_token_prefix,
-            deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
-            deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
-            profile_ttl=settings.profile_cache_ttl,
-            user_ttl=settings.user_cache_ttl,
-            negative_ttl=settings.negative_cache_ttl,
-            audience_scopes=MappingProxyType(settings.audience_scopes()),
-            reserved_scopes=frozenset(settings.audience_scopes().values()),
-        )

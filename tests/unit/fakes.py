@@ -38,6 +38,8 @@ from bridge.domain.model import (
     Policy,
     ProviderGrant,
 )
+from bridge.factory import policy_from_settings
+from bridge.keycloak.client import user_from_representation
 from bridge.providers.tiktok.settings import TikTokSettings
 from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
@@ -78,7 +80,7 @@ def make_policy(**overrides: Any) -> Policy:  # noqa: ANN401 - any Policy field
         keycloak_client_secret="secret",
         issuer="https://bridge.example",
     )
-    return dataclasses.replace(Policy.from_settings(settings), **overrides)
+    return dataclasses.replace(policy_from_settings(settings), **overrides)
 
 
 @dataclass
@@ -152,7 +154,7 @@ class FakeKeycloak:
         for rep in self.users.values():
             for link in rep.get("federatedIdentities", []):
                 if (link["identityProvider"], link["userId"]) == (idp_alias, idp_user_id):
-                    return KeycloakUser.from_representation(rep)
+                    return user_from_representation(rep)
         return None
 
     async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
@@ -162,7 +164,7 @@ class FakeKeycloak:
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         self.calls["get"] += 1
         rep = self.users.get(user_id)
-        return KeycloakUser.from_representation(rep) if rep else None
+        return user_from_representation(rep) if rep else None
 
     async def create_user(self, representation: dict[str, Any]) -> str:
         self.calls["create"] += 1
