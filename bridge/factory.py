@@ -19,6 +19,7 @@ from bridge.keycloak.bearer import RealmTokenVerifier
 from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.aiohttp_transport import AiohttpTransport, env_proxy
 from bridge.protocol.clients import ClientRegistry
+from bridge.providers.tiktok import client as tiktok_provider
 from bridge.providers.tiktok.client import TikTokClient
 from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
 from bridge.services.apps import App, Apps
@@ -30,7 +31,7 @@ from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.services.sessions import SessionPolicy, SessionService
 from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
-from bridge.storage.ratelimit import RateLimiter, TikTokQuota, TikTokRefusals
+from bridge.storage.ratelimit import ProfileQuota, RateLimiter, RefusalCounts
 from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.redis_connection import RedisConnection
 from bridge.storage.sealing import sealer_from_settings
@@ -250,14 +251,20 @@ class Resources:
         policy = policy_from_settings(settings)
         # One per process, shared by every use case: a profile is the same whichever app asked.
         recent = RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
-        quota = TikTokQuota(
+        quota = ProfileQuota(
             limits_storage,
             per_minute=settings.tiktok.user_info_quota,
             unproven_share=settings.tiktok.unproven_share,
+            upstream=tiktok_provider.UPSTREAM,
+            name=tiktok_provider.NAME,
         )
         refusals = None
         if settings.rate_limit_enabled and settings.rate_limit_refused_tokens_per_ip:
-            refusals = TikTokRefusals(limits_storage, per_address=settings.rate_limit_refused_tokens_per_ip)
+            refusals = RefusalCounts(
+                limits_storage,
+                per_address=settings.rate_limit_refused_tokens_per_ip,
+                upstream=tiktok_provider.UPSTREAM,
+            )
         # One per process, whatever the app: none of them reads an app's own client or audiences.
         identity = IdentityService(
             provider=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals

@@ -25,7 +25,7 @@ from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.resilience import CircuitBreaker
 from bridge.providers.tiktok.client import TikTokClient
 from bridge.storage.cache import FallbackCache, MemoryCache
-from bridge.storage.ratelimit import RateLimiter, TikTokQuota
+from bridge.storage.ratelimit import ProfileQuota, RateLimiter
 from bridge.storage.redis_connection import RedisConnection
 
 if TYPE_CHECKING:
@@ -328,7 +328,9 @@ class _DownStorage(MemoryStorage):
 async def test_without_its_store_the_quota_is_kept_in_process_memory() -> None:
     """The quota store down: sign-ins go on (counted in this process), and unproven calls still stop at
     their share instead of reaching TikTok whole."""
-    quota = TikTokQuota(_DownStorage(), per_minute="10/minute", unproven_share=0.5)
+    quota = ProfileQuota(
+        _DownStorage(), per_minute="10/minute", unproven_share=0.5, upstream="tiktok", name="TikTok"
+    )
     await quota.spend(proven=True)
     for _ in range(5):
         await quota.spend(proven=False)
@@ -339,7 +341,9 @@ async def test_without_its_store_the_quota_is_kept_in_process_memory() -> None:
 
 async def test_the_quota_keeps_a_share_for_proven_calls() -> None:
     """Unproven calls stop at their share; proven ones go on up to the whole quota, and no further."""
-    quota = TikTokQuota(MemoryStorage(), per_minute="10/minute", unproven_share=0.5)
+    quota = ProfileQuota(
+        MemoryStorage(), per_minute="10/minute", unproven_share=0.5, upstream="tiktok", name="TikTok"
+    )
     for _ in range(5):
         await quota.spend(proven=False)
     with pytest.raises(TemporarilyUnavailable):
