@@ -41,7 +41,7 @@ class ProviderGrants(Protocol):
 
 
 class IdentityProvider(ProviderGrants, Protocol):
-    """Where users prove who they are (TikTok's is `providers.tiktok.TikTokProvider`). A refused
+    """Where users prove who they are (TikTok's is `providers.tiktok.client.TikTokClient`). A refused
     credential raises `IdentityRefused`, an outage `UpstreamUnavailable`; the use cases turn both into
     the client's error."""
 
