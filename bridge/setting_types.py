@@ -1,5 +1,5 @@
 """Value types and checks shared by the settings models: the bridge's (`settings.py`) and each identity
-provider's (`providers/tiktok/settings.py`)."""
+provider's (under `providers/`)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@
     │   ├── InvalidGrant              400 invalid_grant: a refresh token unknown, expired, revoked or reused
     │   ├── InvalidClient             401 invalid_client
     │   ├── UnauthorizedClient        400 unauthorized_client: the token was issued to another client
-    │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery TikTok did not sign
+    │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery the provider did not sign
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
     │   ├── InvalidTarget             400 invalid_target: an audience or resource not configured
@@ -26,8 +26,8 @@
     │   │   └── BearerRequired        ... no bearer at all: the challenge carries no error (§3.1)
     │   ├── AccountNotEligible        403 access_denied: the account is outside the bridge's group
     │   ├── LinkConflict              409 link_conflict: linking would move an identity between users
-    │   │   ├── IdentityLinkedElsewhere   the TikTok identity belongs to another Keycloak user
-    │   │   └── OtherIdentityLinked   the user already has a different TikTok identity
+    │   │   ├── IdentityLinkedElsewhere   the external identity belongs to another user
+    │   │   └── OtherIdentityLinked   the user already has a different external identity
     │   ├── BodyTimeout               408 invalid_request: the body did not arrive in time
     │   ├── ClientDisconnected        499 invalid_request: the client hung up mid-body (no one reads it)
     │   ├── BodyTooLarge              413 invalid_request
@@ -54,7 +54,9 @@ other `UpstreamError` to `ServerError`. `OAuthError.body()` and `.headers()` are
 one shape of an error answer (RFC 6749 §5.2, `Cache-Control: no-store` always): the app, the raw HTTP
 protocol in `server.py` and the webhook all answer with them.
 
-This module imports nothing outside the standard library, so the use case can depend on it freely.
+The client-facing descriptions name TikTok where the product's answers always have: they are its
+public surface, kept word for word. This module imports nothing outside the standard library, so the
+use case can depend on it freely.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ import enum
 from http import HTTPStatus
 from typing import ClassVar
 
-# Who failed: an identity provider's name ("tiktok"), "keycloak" or "cache"; in logs and metrics.
+# Who failed: an identity provider's upstream name, "keycloak" or "cache"; in logs and metrics.
 Upstream = str
 
 
@@ -103,7 +105,7 @@ class InvalidRequest(OAuthError):
 
 class ProviderRefusal(InvalidRequest):
     """The identity provider said no; keeps its own message and HTTP status, which the Strapi-compatible
-    endpoint answers with (the plugin passed TikTok's words on)."""
+    endpoint answers with (the plugin passed the provider's words on)."""
 
     def __init__(
         self,
@@ -434,7 +436,7 @@ def refusal_for(exc: IdentityRefused) -> ProviderRefusal:
 
 
 # How an answer names an upstream that is down; an identity provider is named by its adapter's
-# `upstream` (its name in the product: "TikTok is unavailable").
+# `upstream` by default; the use cases name it as the product does (`IdentityProvider.name`).
 _UPSTREAM_NAMES: dict[Upstream, str] = {"keycloak": "Keycloak", "cache": "The cache"}
 
 

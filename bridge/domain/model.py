@@ -1,4 +1,5 @@
-"""The bridge's value types: what TikTok vouched for, what Keycloak holds and issued, and account policy.
+"""The bridge's value types: what the identity provider vouched for, what Keycloak holds and issued, and
+account policy.
 
 Plain frozen dataclasses over the standard library, shared by the use cases and the adapters, so the use
 cases (`bridge/services/`) never have to import an adapter (and with it httpx2, redis or Starlette) to
@@ -71,7 +72,8 @@ class Held(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ExternalIdentity:
-    """The TikTok identity of one user of our app, as user info reported it."""
+    """The identity of one user of our app at the identity provider, as its profile reported it:
+    `open_id` is the provider's stable subject for this app."""
 
     open_id: str
     union_id: str | None
@@ -79,7 +81,7 @@ class ExternalIdentity:
     avatar_url: str | None = None
     username: str | None = None
     is_verified: bool | None = None
-    # When TikTok vouched for this profile (it stays cached under its token for a while): a user who
+    # When the provider vouched for this profile (it stays cached under its token for a while): a user who
     # deauthorized the app after this moment revoked the token it came from.
     verified_at: float = field(default_factory=time.time, compare=False)
 
@@ -134,7 +136,7 @@ def profile_attributes(profile: ExternalIdentity) -> dict[str, list[str]]:
 
 @dataclass(frozen=True, slots=True)
 class ProviderGrant:
-    """What TikTok's token endpoint returned for a redeemed authorization code."""
+    """What the identity provider's token endpoint returned for a redeemed code (or a refresh)."""
 
     access_token: str
     open_id: str
@@ -194,7 +196,7 @@ class Exchanged:
     user_id: str
     profile: ExternalIdentity
     created: bool
-    # TikTok's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
+    # The provider's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
     provider_grant: ProviderGrant | None = None
     # The bridge session the exchange started, when one was asked for and could be kept.
     session: SessionGrant | None = None
@@ -208,7 +210,7 @@ class NewSession:
     open_id: str
     scope: tuple[str, ...]
     provider_grant: ProviderGrant | None = (
-        None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
+        None  # a redeemed code's grant: kept, sealed, for the provider re-check
     )
     jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
     client_id: str | None = None
@@ -287,7 +289,7 @@ class Policy:
     redirect_uris: tuple[str, ...]
     default_groups: tuple[str, ...]
     default_realm_roles: tuple[str, ...]
-    # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
+    # What the provider's deauthorization event does to the linked user: record, disable or unlink.
     deauthorization: DeauthorizationPolicy
     # Retrying a policy Keycloak could not take: the longest delay between attempts, and for how long.
     deauthorization_retry_max_delay: float

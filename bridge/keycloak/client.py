@@ -384,7 +384,7 @@ class KeycloakClient:
             raise UpstreamProtocolError("keycloak", "user search did not return a list")
         if len(users) > 1:
             # Keycloak itself refuses to pick one in the grant; so do we, loudly.
-            raise UpstreamProtocolError("keycloak", "several users are linked to one TikTok identity")
+            raise UpstreamProtocolError("keycloak", "several users are linked to one external identity")
         return user_from_representation(users[0]) if users else None
 
     async def get_user(self, user_id: str) -> KeycloakUser | None:

@@ -1,4 +1,4 @@
-"""The token exchange use case: verify the TikTok identity, find or provision its Keycloak user, mint.
+"""The token exchange use case: verify the external identity, find or provision its Keycloak user, mint.
 
 It composes the use cases of each step: `IdentityService` (identity.py) verifies, `ProvisioningService`
 (provisioning.py) finds or creates the user, `MintingService` (minting.py) asks Keycloak for the
@@ -9,10 +9,10 @@ request types, its metrics and the other use cases, so the same logic serves the
 the Strapi-compatible one, and loads without httpx2, redis or Starlette (a test holds it to that).
 
 Per exchange, on the warm path (token seen within the profile TTL, user seen within the user TTL):
-no TikTok call, no Keycloak admin call, one Keycloak token call. When the exchange starts a session and
-this process signed the identity in lately, the token call comes first and the identity's cached state
-(tombstone, user entry) is read in the same Redis round trip that writes the session (`_sign_in_known`):
-one round trip instead of two.
+no identity-provider call, no Keycloak admin call, one Keycloak token call. When the exchange starts a
+session and this process signed the identity in lately, the token call comes first and the identity's
+cached state (tombstone, user entry) is read in the same Redis round trip that writes the session
+(`_sign_in_known`): one round trip instead of two.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class ExchangeService:
     async def exchange(
         self, request: ExchangeRequest, caller: Caller | None = None, *, session: SessionOrder | None = None
     ) -> Exchanged:
-        # Before TikTok is asked: a request for an audience this app may not have costs nothing.
+        # Before the provider is asked: a request for an audience this app may not have costs nothing.
         self._minting.check_targets(request.scope, request.audiences)
         grant: ProviderGrant | None = None
         if isinstance(request, CodeExchange):
@@ -107,7 +107,7 @@ class ExchangeService:
     ) -> Exchanged:
         """Keycloak's tokens for a verified profile, and the session asked for (if it can be kept)."""
         if self._limiter is not None:
-            # Per identity, before any Keycloak work: one TikTok account cannot hammer the realm.
+            # Per identity, before any Keycloak work: one external account cannot hammer the realm.
             await self._limiter.check_identity(profile.open_id)
         if session is not None and not self._cache.degraded and self._is_known(profile.open_id):
             known = await self._sign_in_known(profile, scope, audiences, provider_grant, session)
@@ -227,7 +227,7 @@ class ExchangeService:
         """A session for a successful sign-in; None while the session store is down.
 
         A Redis outage must not stop sign-ins (the exchange itself is served from memory then): the
-        answer simply has no refresh token, and the app signs in with TikTok again when the access
+        answer simply has no refresh token, and the app signs in with the provider again when the access
         token expires.
         """
         try:

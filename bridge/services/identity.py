@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         RefusalReservation,
     )
 
-# How long an address that signed in successfully keeps its priority on TikTok's quota.
+# How long an address that signed in successfully keeps its priority on the provider's quota.
 PROVEN_ADDRESS_TTL = 86400
 
 
@@ -100,7 +100,7 @@ class IdentityService:
         if self._recent is not None and (recent := self._recent.get(profile_key)) is not None:
             count(CACHE_LOOKUPS, "profile", "memory_hit")
             return recent
-        # Both in one round trip (one hash tag): a new token costs one read before TikTok, not two.
+        # Both in one round trip (one hash tag): a new token costs one read before the provider, not two.
         cached, rejected = await self._cache.get_many(profile_key, rejected_key)
         if cached:
             count(CACHE_LOOKUPS, "profile", "hit")
@@ -109,7 +109,7 @@ class IdentityService:
             return profile
         count(CACHE_LOOKUPS, "profile", "miss")
         if rejected:
-            # A recently refused token is refused again without spending TikTok's quota.
+            # A recently refused token is refused again without spending the provider's quota.
             count(CACHE_LOOKUPS, "rejected", "hit")
             raise AccessTokenRejected(detail="refused by the provider recently (negative cache)")
         caller = caller or Caller()

@@ -1,7 +1,7 @@
 """What the use cases need from the world, as protocols: an identity provider, Keycloak, a cache, limits,
 a signer, a sealer, and each other.
 
-The adapters (`providers/tiktok/`, `keycloak/`, `storage/`) implement these; the unit tests' fakes
+The adapters (`providers/`, `keycloak/`, `storage/`) implement these; the unit tests' fakes
 implement them too and are type-checked against them. Only the standard library and the bridge's own
 value types are imported here.
 """
@@ -41,13 +41,13 @@ class ProviderGrants(Protocol):
 
 
 class IdentityProvider(ProviderGrants, Protocol):
-    """Where users prove who they are (TikTok's is `providers.tiktok.client.TikTokClient`). A refused
+    """Where users prove who they are (composition picks the adapter, in `factory.py`). A refused
     credential raises `IdentityRefused`, an outage `UpstreamUnavailable`; the use cases turn both into
     the client's error."""
 
     @property
     def name(self) -> str:
-        """The provider's name in the product's answers ("TikTok is unavailable; retry later.")."""
+        """The provider's name in the product's answers ("<name> is unavailable; retry later.")."""
         ...
 
     def plausible(self, access_token: str) -> bool:
