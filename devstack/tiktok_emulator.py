@@ -1,6 +1,6 @@
 """A local emulator of TikTok's Open API v2, for integration tests and the local stack.
 
-Emulated, following TikTok's documented wire formats (see README, "TikTok emulator"):
+Emulated, following TikTok's documented wire formats (docs/architecture.md, "Tests"):
 - `GET /v2/user/info/`: the `{"data": {"user": {...}}, "error": {"code", "message", "log_id"}}` envelope,
   only the requested fields, per-field scope checks, `access_token_invalid` / `scope_not_authorized` (401),
   `invalid_params` (400), `rate_limit_exceeded` (429, 600 calls per sliding minute), optional HTTP 200 for

@@ -71,3 +71,23 @@ ensure_postgres() {
     # The package starts a system-wide cluster on port 5432; the project starts its own servers.
     $sudo service postgresql stop >/dev/null 2>&1 || true
 }
+
+ensure_promtool() {
+    # scripts/test checks deploy/prometheus/ with promtool. Debian's `prometheus` package would also
+    # install and start a Prometheus server; only its promtool is needed, so the package is unpacked
+    # into the cache instead of installed.
+    PROMTOOL="$(command -v promtool || true)"
+    if [ -z "$PROMTOOL" ]; then
+        PROMTOOL="$CACHE/prometheus/usr/bin/promtool"
+        if [ ! -x "$PROMTOOL" ]; then
+            log "promtool missing: unpacking Debian package prometheus into $CACHE/prometheus"
+            local download sudo=""; download="$(mktemp -d)"
+            [ "$(id -u)" -ne 0 ] && sudo="sudo"
+            (cd "$download" && apt-get download prometheus >/dev/null 2>&1) \
+                || { $sudo apt-get update -qq && (cd "$download" && apt-get download prometheus >/dev/null); }
+            dpkg-deb -x "$download"/prometheus_*.deb "$CACHE/prometheus"
+            rm -rf "$download"
+        fi
+    fi
+    export BRIDGE_PROMTOOL="$PROMTOOL"
+}

@@ -531,8 +531,9 @@ class KeycloakClient:
         """One POST to the token endpoint through the aiohttp session: (status, body), with the same
         failure mapping as `_send` (a timeout is not retryable, a refused connection is, a 5xx is)."""
         try:
+            # Never follow a redirect: a 307 would re-send the assertion to wherever Location names.
             async with self._token_http.post(
-                self._token_url, data=body, headers=self._grant_headers
+                self._token_url, data=body, headers=self._grant_headers, allow_redirects=False
             ) as response:
                 status = response.status
                 content = await _read_at_most(response, MAX_RESPONSE_BYTES)

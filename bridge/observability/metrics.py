@@ -12,7 +12,14 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 if TYPE_CHECKING:
@@ -48,6 +55,21 @@ OVERLOAD_REFUSALS = Counter(
     ["action"],
 )
 CIRCUIT_OPENED = Counter("bridge_circuit_opened_total", "Times a circuit breaker opened", ["upstream"])
+# 1 while a breaker is open or half-open in some live worker (the alert "circuit open" reads it); set on
+# the transitions only, so a call through a closed breaker costs nothing more.
+CIRCUIT_OPEN = Gauge(
+    "bridge_circuit_open",
+    "1 while the circuit breaker of an upstream is open in at least one live worker, else 0",
+    ["upstream"],
+    multiprocess_mode="livemax",
+)
+# Deauthorizations TikTok sent that Keycloak has not taken yet (retried with back-off): read from the
+# queue by each retry pass, so every live worker reports the same count and the maximum is the truth.
+DEAUTHORIZATIONS_PENDING = Gauge(
+    "bridge_deauthorizations_pending",
+    "TikTok deauthorizations waiting for another attempt against Keycloak",
+    multiprocess_mode="livemax",
+)
 KEYCLOAK_ADMIN_API_REFUSED = Counter(
     "bridge_keycloak_admin_api_refused_total",
     "Admin API calls Keycloak refused the service account's token for, even after renewing it: a "

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import stamina
 
 from bridge.domain.errors import BridgeError, UpstreamUnavailable
-from bridge.observability.metrics import CIRCUIT_OPENED, timed
+from bridge.observability.metrics import CIRCUIT_OPEN, CIRCUIT_OPENED, timed
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -73,6 +73,8 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self.failures = 0
+        if self.opened_at is not None:
+            CIRCUIT_OPEN.labels(self.upstream).set(0)
         self.opened_at = None
         self._trial_in_flight = False
 
@@ -82,6 +84,7 @@ class CircuitBreaker:
         if self.failures >= self.threshold or self.opened_at is not None:
             if self.opened_at is None:
                 CIRCUIT_OPENED.labels(self.upstream).inc()
+                CIRCUIT_OPEN.labels(self.upstream).set(1)
             self.opened_at = time.monotonic()
 
     def record_neutral(self) -> None:

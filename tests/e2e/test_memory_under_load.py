@@ -1,4 +1,4 @@
-"""The served bridge's memory under a flood of large, slow bodies (issue 15, finding 2).
+"""The served bridge's memory under a flood of large, slow bodies (SECURITY.md, "Memory without bound").
 
 The outside test pushed one worker from 85 MB to 1.53 GB with 10,000 connections each sending 65,000
 of a declared 65,500 body bytes, unsigned, to the webhook. Here 2,000 loopback connections do the same to

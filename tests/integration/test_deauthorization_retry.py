@@ -1,5 +1,5 @@
 """A deauthorization that arrives while Keycloak is frozen is kept in Redis and applied once Keycloak is
-back, by the same process or by a new one (issue 15, item 10)."""
+back, by the same process or by a new one (TikTok does not deliver again after its 200)."""
 
 from __future__ import annotations
 

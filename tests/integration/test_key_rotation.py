@@ -1,5 +1,5 @@
-"""Rotating the bridge's signing key against the real Keycloak, following the README's runbook, with
-replicas of adjacent steps side by side and no failed exchange at any point.
+"""Rotating the bridge's signing key against the real Keycloak, following the runbook in
+docs/operations.md, with replicas of adjacent steps side by side and no failed exchange at any point.
 
 The test temporarily replaces the JWKS that the realm's `tiktok` identity provider fetches (the
 session's bridge on the issuer's port) and restores it afterwards.

@@ -1,4 +1,4 @@
-"""A linking client whose Keycloak access tokens are lightweight can never link (issue 24, finding 7):
+"""A linking client whose Keycloak access tokens are lightweight can never link (SECURITY.md, finding 7):
 what the real Keycloak leaves out of such a token, and the bridge's answer to it."""
 
 from __future__ import annotations

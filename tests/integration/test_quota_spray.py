@@ -97,7 +97,7 @@ async def test_a_spray_of_made_up_tokens_locks_no_real_user_out(
 async def test_addresses_whose_tokens_tiktok_keeps_refusing_lose_their_share_of_the_quota(
     stack: Stack, emulator: TikTokEmulator, flushed_redis: None
 ) -> None:
-    """Issue 24, finding 6, with the default settings: 13 addresses each send made-up bare tokens at the
+    """SECURITY.md's spray, with the default settings: 13 addresses each send made-up bare tokens at the
     per-address limit (60 a minute), enough to spend the unproven half of TikTok's quota (290 calls)
     more than twice over. Each address is cut off after 10 refusals in a row (429 with Retry-After, TikTok
     not asked), so TikTok sees at most 130 of them, and 5 of 5 real users from addresses never seen

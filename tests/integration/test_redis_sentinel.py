@@ -183,7 +183,7 @@ async def test_master_killed_under_load_fails_over_without_errors_duplicates_or_
     codes = [code for _, code in load.statuses]
     resumed = load.resumed()
     assert load.killed is not None
-    # Printed for the record (pytest -s): the figures the README and the report quote.
+    # Printed for the record (pytest -s): the figures docs/operations.md quotes.
     print(  # noqa: T201
         f"\nsentinel failover: {len(codes)} exchanges in {load.now():.1f} s, tombstone on the replica "
         f"{replication_lag * 1000:.0f} ms after the webhook's 200, readiness back "

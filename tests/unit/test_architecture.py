@@ -1,4 +1,4 @@
-"""The layers the package promises (README, "Architecture"), one test per rule.
+"""The layers the package promises (docs/architecture.md), one test per rule.
 
 The rules themselves are import-linter contracts in pyproject.toml, so `lint-imports` checks the same
 thing from the command line; the last two tests load modules in a fresh interpreter, which also catches an

@@ -13,6 +13,7 @@ import pytest
 from limits.aio.storage import MemoryStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
+from prometheus_client import REGISTRY
 
 from bridge.domain.errors import (
     IdentityRefused,
@@ -73,6 +74,24 @@ def test_breaker_reopens_when_the_trial_fails() -> None:
     breaker.before_call()
     breaker.record_failure()
     assert breaker.state == "open"
+
+
+def test_breaker_state_is_published_for_alerting() -> None:
+    """`bridge_circuit_open` reads 1 from the moment a breaker opens until a call succeeds again."""
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("bridge_circuit_open", {"upstream": "cache"})
+
+    breaker = CircuitBreaker("cache", threshold=2, cooldown=0.01)
+    breaker.record_failure()
+    assert gauge() in {None, 0.0}
+    breaker.record_failure()
+    assert gauge() == 1.0
+    time.sleep(0.02)
+    breaker.before_call()  # half-open: still counted as open until the trial succeeds
+    assert gauge() == 1.0
+    breaker.record_success()
+    assert gauge() == 0.0
 
 
 @pytest.fixture

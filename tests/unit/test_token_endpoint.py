@@ -187,6 +187,17 @@ async def test_keycloak_answers_map_to_the_error_tree(
         assert caught.value.retryable
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_never_followed(
+    keycloak: KeycloakClient, endpoint: FakeTokenEndpoint, status: int
+) -> None:
+    """A redirect from the token endpoint is a protocol error: the assertion is sent nowhere else."""
+    endpoint.answer(Answer(status, body=b"", headers={"Location": "http://kc.test/elsewhere/token"}))
+    with pytest.raises(UpstreamProtocolError):
+        await keycloak.issue_token(ASSERTION, ())
+    assert [sent.path for sent in endpoint.requests] == [TOKEN_PATH]
+
+
 async def test_a_slow_keycloak_times_out_once_and_is_not_retried(
     keycloak: KeycloakClient, endpoint: FakeTokenEndpoint
 ) -> None:

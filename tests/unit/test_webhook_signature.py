@@ -55,7 +55,7 @@ def test_bad_signatures_are_rejected(header: str | None, now: int) -> None:
 )
 def test_a_timestamp_that_is_not_whole_digits_is_refused(t: str) -> None:
     """The signature's `t` must be an integer of ASCII digits, even when the HMAC over it is right: a
-    NaN or infinite time would pass any freshness window that compares with it (issue 24, finding 3)."""
+    NaN or infinite time would pass any freshness window that compares with it (SECURITY.md, "NaN")."""
     mac = hmac.new(SECRET.encode(), f"{t}.".encode() + BODY, hashlib.sha256).hexdigest()
     with pytest.raises(WebhookSignatureRejected) as caught:
         verify_signature(f"t={t},s={mac}", BODY, SECRET, max_age=300, now=1_000_000)
