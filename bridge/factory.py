@@ -20,6 +20,7 @@ from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.aiohttp_transport import AiohttpTransport, env_proxy
 from bridge.protocol.clients import ClientRegistry
 from bridge.providers.tiktok import client as tiktok_provider
+from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.providers.tiktok.client import TikTokClient
 from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
 from bridge.services.apps import App, Apps
@@ -114,6 +115,7 @@ def policy_from_settings(settings: Settings) -> Policy:
         profile_ttl=settings.profile_cache_ttl,
         user_ttl=settings.user_cache_ttl,
         negative_ttl=settings.negative_cache_ttl,
+        attributes=ATTRIBUTES,
         audience_scopes=MappingProxyType(settings.audience_scopes()),
         reserved_scopes=frozenset(settings.audience_scopes().values()),
     )
@@ -319,7 +321,9 @@ class Resources:
                 proofs=identity,
                 cache=cache,
                 policy=LinkPolicy(
-                    idp_alias=settings.keycloak_idp_alias, link_clients=frozenset(settings.link_client_ids)
+                    idp_alias=settings.keycloak_idp_alias,
+                    link_clients=frozenset(settings.link_client_ids),
+                    attributes=ATTRIBUTES,
                 ),
                 sessions=sessions,
             )

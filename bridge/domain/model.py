@@ -24,14 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Attributes the bridge owns on a Keycloak user; each must be declared in the realm's user profile.
-ATTR_OPEN_ID = "tiktok_open_id"
-ATTR_UNION_ID = "tiktok_union_id"
-ATTR_DISPLAY_NAME = "tiktok_display_name"
-ATTR_USERNAME = "tiktok_username"
-ATTR_VERIFIED = "tiktok_is_verified"
-OWNED_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
-
 DeauthorizationPolicy = Literal["record", "disable", "unlink"]
 
 # Keycloak refuses attribute values (and federated-identity names) over 255 characters as Java counts
@@ -113,25 +105,48 @@ class ExternalIdentity:
         )
 
 
-def profile_attributes(profile: ExternalIdentity) -> dict[str, list[str]]:
-    """The attributes the bridge owns (written by sign-in and linking alike), fitted to Keycloak's
-    limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
-    union_id left out, each said in the log)."""
-    if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
-        raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
-    attributes = {ATTR_OPEN_ID: [profile.open_id]}
-    if profile.union_id:
-        if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
-            attributes[ATTR_UNION_ID] = [profile.union_id]
-        else:
-            log.warning("union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)})
-    if profile.display_name:
-        attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(profile.display_name)]
-    if profile.username:
-        attributes[ATTR_USERNAME] = [fit_for_keycloak(profile.username)]
-    if profile.is_verified is not None:
-        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
-    return attributes
+@dataclass(frozen=True, slots=True)
+class IdentityAttributes:
+    """The attributes the bridge owns on a Keycloak user for its external identity, by the names the
+    identity provider's adapter gives them (TikTok's: `providers.tiktok.attributes`); each is declared
+    in the realm's user profile. Composition hands them to the use cases in their policies."""
+
+    subject: str
+    union_id: str
+    display_name: str
+    username: str
+    verified: str
+
+    @property
+    def owned(self) -> tuple[str, ...]:
+        return (self.subject, self.union_id, self.display_name, self.username, self.verified)
+
+    @property
+    def optional(self) -> frozenset[str]:
+        """The ones a profile may lack: a sync removes them when it does."""
+        return frozenset((self.union_id, self.display_name, self.username, self.verified))
+
+    def of(self, profile: ExternalIdentity) -> dict[str, list[str]]:
+        """The attributes of `profile` (written by sign-in and linking alike), fitted to Keycloak's
+        limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
+        union_id left out, each said in the log)."""
+        if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
+            raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
+        attributes = {self.subject: [profile.open_id]}
+        if profile.union_id:
+            if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
+                attributes[self.union_id] = [profile.union_id]
+            else:
+                log.warning(
+                    "union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)}
+                )
+        if profile.display_name:
+            attributes[self.display_name] = [fit_for_keycloak(profile.display_name)]
+        if profile.username:
+            attributes[self.username] = [fit_for_keycloak(profile.username)]
+        if profile.is_verified is not None:
+            attributes[self.verified] = ["true" if profile.is_verified else "false"]
+        return attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +312,8 @@ class Policy:
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
+    # The attributes the bridge owns on a user, by the identity provider's names.
+    attributes: IdentityAttributes
     # Audiences this app may ask for -> the Keycloak client scope that puts each in `aud`.
     audience_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every audience scope of the bridge: never accepted in `scope`, so `audience` is the only way in.

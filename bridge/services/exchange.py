@@ -178,7 +178,7 @@ class ExchangeService:
         check = IdentityCheck(
             user_key=keys.linked_user(alias, profile.open_id),
             revoked_key=keys.deauthorized(alias, profile.open_id),
-            entry=user_entry(issued.subject, profile_fingerprint(profile)),
+            entry=user_entry(issued.subject, profile_fingerprint(profile, self._policy.attributes)),
             verified_at=profile.verified_at,
         )
         exchanged = Exchanged(

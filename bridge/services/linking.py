@@ -34,7 +34,7 @@ from bridge.domain.errors import (
     TemporarilyUnavailable,
     UserConflict,
 )
-from bridge.domain.model import OWNED_ATTRIBUTES, FederatedLink, KeycloakUser, profile_attributes
+from bridge.domain.model import FederatedLink, IdentityAttributes, KeycloakUser
 
 if TYPE_CHECKING:
     from bridge.domain.model import ExternalIdentity
@@ -52,6 +52,8 @@ class LinkPolicy:
     idp_alias: str
     # `azp` values whose user tokens may link; empty means linking is off.
     link_clients: frozenset[str]
+    # The attributes the bridge owns on a user, by the identity provider's names.
+    attributes: IdentityAttributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +66,15 @@ class LinkState:
     display_name: str | None = None
 
     def to_json(self, provider: str) -> dict[str, object]:
+        """The answer of the link routes; the profile fields are named after `provider`
+        ("tiktok_username")."""
         return {
             "provider": provider,
             "linked": self.open_id is not None,
             "user_id": self.user_id,
             "open_id": self.open_id,
-            "tiktok_username": self.username,
-            "tiktok_display_name": self.display_name,
+            f"{provider}_username": self.username,
+            f"{provider}_display_name": self.display_name,
         }
 
 
@@ -115,8 +119,8 @@ class LinkingService:
         return LinkState(
             user_id=user.id,
             open_id=link.user_id,
-            username=user.attribute("tiktok_username"),
-            display_name=user.attribute("tiktok_display_name"),
+            username=user.attribute(self._policy.attributes.username),
+            display_name=user.attribute(self._policy.attributes.display_name),
         )
 
     async def link(self, user: KeycloakUser, profile: ExternalIdentity) -> LinkState:
@@ -139,7 +143,7 @@ class LinkingService:
                 except UserConflict as exc:
                     # Linked meanwhile outside the lock (an admin): whatever it is now, it is not ours.
                     raise OtherIdentityLinked(detail="keycloak refused the link: 409") from exc
-            await self._write_attributes(user, profile_attributes(profile))
+            await self._write_attributes(user, self._policy.attributes.of(profile))
             await self._cache.delete(keys.linked_user(alias, profile.open_id))
         await self._end_sessions(profile.open_id)
         log.info(
@@ -189,8 +193,9 @@ class LinkingService:
         current = await self._keycloak.get_user(user.id)
         if current is None:
             raise InvalidToken(detail="the token's user was deleted meanwhile")
-        kept = {k: v for k, v in current.attributes.items() if k not in OWNED_ATTRIBUTES}
-        if {k: current.attributes.get(k) for k in OWNED_ATTRIBUTES if k in current.attributes} == attributes:
+        owned = self._policy.attributes.owned
+        kept = {k: v for k, v in current.attributes.items() if k not in owned}
+        if {k: current.attributes.get(k) for k in owned if k in current.attributes} == attributes:
             return
         representation = {**current.representation, "attributes": {**kept, **attributes}}
         await self._keycloak.update_user(user.id, representation)

@@ -30,15 +30,11 @@ from bridge.domain.errors import (
     UserConflict,
 )
 from bridge.domain.model import (
-    ATTR_DISPLAY_NAME,
-    ATTR_UNION_ID,
-    ATTR_USERNAME,
-    ATTR_VERIFIED,
     ExternalIdentity,
+    IdentityAttributes,
     KeycloakUser,
     ended_by,
     fit_for_keycloak,
-    profile_attributes,
 )
 from bridge.observability.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED, count
 
@@ -75,11 +71,11 @@ def user_entry(user_id: str, fingerprint: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
-def profile_fingerprint(profile: ExternalIdentity) -> str:
+def profile_fingerprint(profile: ExternalIdentity, attributes: IdentityAttributes) -> str:
     """The fingerprint of the attributes a profile syncs to Keycloak, which a returning user's cached
     entry is compared with: worked out once per distinct profile (equal fields; when it was verified
     does not count), not on every exchange. Bounded; a refused profile raises and is not kept."""
-    return _fingerprint(profile_attributes(profile))
+    return _fingerprint(attributes.of(profile))
 
 
 class ProvisioningService:
@@ -91,7 +87,7 @@ class ProvisioningService:
 
     async def ensure_user(self, profile: ExternalIdentity) -> tuple[str, bool]:
         """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
-        fingerprint = profile_fingerprint(profile)
+        fingerprint = profile_fingerprint(profile, self._policy.attributes)
         alias = self._policy.idp_alias
         user_key, revoked_key = (
             keys.linked_user(alias, profile.open_id),
@@ -104,7 +100,7 @@ class ProvisioningService:
         if "id" in entry:
             count(CACHE_LOOKUPS, "user", "hit")
             if entry.get("fp") != fingerprint:
-                await self._sync_profile(entry["id"], profile_attributes(profile))
+                await self._sync_profile(entry["id"], self._policy.attributes.of(profile))
                 await self._remember(user_key, entry["id"], fingerprint)
             return str(entry["id"]), False
 
@@ -113,7 +109,7 @@ class ProvisioningService:
         # with view-users, and a hundred at once ran past the HTTP timeout), so sign-ins of one identity
         # racing each other wait for the first one's answer instead of each searching.
         count(CACHE_LOOKUPS, "user", "miss")
-        attributes = profile_attributes(profile)
+        attributes = self._policy.attributes.of(profile)
         waiting_since = time.perf_counter()
         async with self._cache.locked_entry(
             user_key,
@@ -214,7 +210,8 @@ class ProvisioningService:
         template = self._policy.email_template
         if template is None:
             return None
-        if "{union_id}" in template and ATTR_UNION_ID not in profile_attributes(profile):
+        owned = self._policy.attributes
+        if "{union_id}" in template and owned.union_id not in owned.of(profile):
             return None  # TikTok sometimes omits union_id (or it is unstorable): no address, not a wrong one
         return template.format(open_id=profile.open_id, union_id=profile.union_id or "").lower()
 
@@ -228,7 +225,7 @@ class ProvisioningService:
         # PUT wants the whole representation (partial bodies fail user-profile validation).
         representation = dict(user.representation)
         representation["attributes"] = {**user.attributes, **attributes}
-        for stale in {ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED} - attributes.keys():
+        for stale in self._policy.attributes.optional - attributes.keys():
             representation["attributes"].pop(stale, None)
         await self._keycloak.update_user(user.id, representation)
 

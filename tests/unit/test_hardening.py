@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from bridge.domain.errors import UnsupportedIdentity
-from bridge.domain.model import ExternalIdentity, fit_for_keycloak, keycloak_length, profile_attributes
+from bridge.domain.model import ExternalIdentity, fit_for_keycloak, keycloak_length
+from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.web.app import create_app
 from tests.unit.test_webhook_signature import sign
 
@@ -34,11 +35,11 @@ def test_display_fields_are_cut_to_keycloaks_limit_at_a_code_point() -> None:
 def test_identifiers_are_never_cut() -> None:
     """An over-long union_id is left out, not truncated; an over-long open_id refuses the sign-in."""
     profile = ExternalIdentity(open_id="-000a", union_id="u" * 256, display_name=EMOJI * 128)
-    attributes = profile_attributes(profile)
+    attributes = ATTRIBUTES.of(profile)
     assert "tiktok_union_id" not in attributes
     assert attributes["tiktok_display_name"] == [EMOJI * 127]
     with pytest.raises(UnsupportedIdentity):
-        profile_attributes(ExternalIdentity(open_id="o" * 256, union_id=None, display_name=None))
+        ATTRIBUTES.of(ExternalIdentity(open_id="o" * 256, union_id=None, display_name=None))
 
 
 @pytest.mark.httpx2(assert_all_called=False)

@@ -11,6 +11,7 @@ import pytest
 from bridge.domain import keys
 from bridge.domain.errors import IdentityLinkedElsewhere, InvalidToken, OtherIdentityLinked
 from bridge.domain.model import ExternalIdentity, VerifiedBearer
+from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.storage.cache import MemoryCache
@@ -83,7 +84,7 @@ def linking(keycloak: FakeKeycloak, cache: MemoryCache, sessions: FakeSessions) 
         bearer=bearers,
         proofs=proofs,
         cache=cache,
-        policy=LinkPolicy(idp_alias="tiktok", link_clients=frozenset({"account-app"})),
+        policy=LinkPolicy(idp_alias="tiktok", link_clients=frozenset({"account-app"}), attributes=ATTRIBUTES),
         sessions=sessions,
     )
 

@@ -299,3 +299,13 @@ def test_one_keycloak_client_with_two_secrets_is_refused_without_echoing_them() 
     assert "kc-mobile" in error["msg"]
     assert "two secrets" in error["msg"]
     assert "secret" not in error["msg"].replace("two secrets", "")
+
+
+def test_the_realm_declares_the_attributes_tiktoks_adapter_writes() -> None:
+    """The user profile the realm spec declares (and whose first attribute becomes the token claim)
+    names exactly the attributes TikTok's adapter writes, in the same order."""
+    from bridge.providers.tiktok.attributes import ATTRIBUTES  # noqa: PLC0415
+
+    declared, claim = spec.ATTRIBUTES, spec.ATTR_OPEN_ID
+    assert declared == ATTRIBUTES.owned
+    assert claim == ATTRIBUTES.subject
