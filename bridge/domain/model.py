@@ -108,7 +108,7 @@ class ExternalIdentity:
 @dataclass(frozen=True, slots=True)
 class IdentityAttributes:
     """The attributes the bridge owns on a Keycloak user for its external identity, by the names the
-    identity provider's adapter gives them (TikTok's: `providers.tiktok.attributes`); each is declared
+    identity provider's adapter gives them (composition picks the adapter's); each is declared
     in the realm's user profile. Composition hands them to the use cases in their policies."""
 
     subject: str

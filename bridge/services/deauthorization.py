@@ -1,5 +1,5 @@
-"""Deauthorization: the identity provider's word that a user removed the app (TikTok's
-`authorization.removed` event), applied to the identity's Keycloak user.
+"""Deauthorization: the identity provider's word that a user removed the app (its webhook's event),
+applied to the identity's Keycloak user.
 
 It holds the tombstone that refuses profiles verified before the event, the queue of deauthorizations
 Keycloak has not taken yet, their retries (any replica may run them; the identity's lock lets one

@@ -1,8 +1,8 @@
-"""Provisioning: the Keycloak user linked to a verified TikTok identity, found or created.
+"""Provisioning: the Keycloak user linked to a verified external identity, found or created.
 
 It holds the cached user entry of each identity (the user id, and the fingerprint of the attributes last
 synced to it), the provisioning lock that lets one replica create a new identity's user, the sync of
-TikTok's attributes, and what a new user gets (default groups, default realm roles, a pseudo-email).
+the identity's attributes, and what a new user gets (default groups, default realm roles, a pseudo-email).
 Ports: `KeycloakGateway` (its admin calls only) and `GuardedCache`. The exchange provisions through it;
 the Strapi-compatible endpoint reads the account it answers with (`account`).
 """
@@ -54,7 +54,7 @@ def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
     """Same open_id, same username, on every replica: a racing duplicate create gets Keycloak's 409.
 
     100 bits of SHA-256 in lower-case base32 fits Keycloak's username rules (stored lower-case; no
-    prohibited characters) whatever characters TikTok puts in an open_id.
+    prohibited characters) whatever characters the provider puts in an open_id.
     """
     digest = base64.b32encode(hashlib.sha256(open_id.encode()).digest()).decode().lower()[:20]
     return f"{prefix}{digest}" if attempt == 0 else f"{prefix}{digest}-{attempt + 1}"
@@ -86,7 +86,7 @@ class ProvisioningService:
         self._groups_checked = False
 
     async def ensure_user(self, profile: ExternalIdentity) -> tuple[str, bool]:
-        """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
+        """The id of the Keycloak user linked to this external identity, created if policy allows."""
         fingerprint = profile_fingerprint(profile, self._policy.attributes)
         alias = self._policy.idp_alias
         user_key, revoked_key = (
@@ -212,7 +212,7 @@ class ProvisioningService:
             return None
         owned = self._policy.attributes
         if "{union_id}" in template and owned.union_id not in owned.of(profile):
-            return None  # TikTok sometimes omits union_id (or it is unstorable): no address, not a wrong one
+            return None  # the provider may omit union_id (or it is unstorable): no address, not a wrong one
         return template.format(open_id=profile.open_id, union_id=profile.union_id or "").lower()
 
     async def _sync_profile(self, user_id: str, attributes: dict[str, list[str]]) -> None:
