@@ -16,6 +16,7 @@ import asyncio
 import functools
 import json
 import os
+import queue
 import random
 import secrets
 import signal
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+
+import httpx2
 
 from bench.soak import plot
 from bench.soak.stack import ACCOUNT_APP, REALM, REDIRECT_URI, SoakStack
@@ -60,31 +63,56 @@ IDP_LOOKUPS = 2000
 # ---------------------------------------------------------------------------------- blocking work
 
 
+class Launcher:
+    """One daemon thread that does all blocking stack work (restarts, waits) for the whole run.
+
+    One thread, alive until the soak exits, because of how the processes it starts are tied to the
+    soak: `die_with_parent` asks the kernel to signal a child when the *thread* that started it ends,
+    not the process; a process started from a short-lived thread would be stopped the moment that
+    thread finished. A daemon thread, so Ctrl-C never waits for a Keycloak start to finish (and
+    `SoakStack` refuses to start anything new once it is closing)."""
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="soak-launcher", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._work.get()()
+
+    async def run(self, work: Callable[[], Any]) -> Any:  # noqa: ANN401
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, failure: BaseException | None) -> None:  # noqa: ANN401
+            if done.done():  # the waiting coroutine was cancelled (Ctrl-C)
+                return
+            if failure is not None:
+                done.set_exception(failure)
+            else:
+                done.set_result(result)
+
+        def job() -> None:
+            try:
+                result = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, result, None)
+
+        self._work.put(job)
+        return await done
+
+
+_launcher: Launcher | None = None
+
+
 async def in_thread(work: Callable[[], Any]) -> Any:  # noqa: ANN401
-    """Run blocking stack work on a daemon thread: unlike asyncio.to_thread's executor, Ctrl-C never
-    waits for it (a Keycloak start can take minutes), and `SoakStack` refuses to start anything new once
-    it is closing."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, failure: BaseException | None) -> None:  # noqa: ANN401
-        if done.done():  # the waiting coroutine was cancelled (Ctrl-C)
-            return
-        if failure is not None:
-            done.set_exception(failure)
-        else:
-            done.set_result(result)
-
-    def target() -> None:
-        try:
-            result = work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=target, daemon=True).start()
-    return await done
+    """`work` on the launcher thread, awaited."""
+    global _launcher  # noqa: PLW0603 - one launcher thread per soak process
+    if _launcher is None:
+        _launcher = Launcher()
+    return await _launcher.run(work)
 
 
 # ---------------------------------------------------------------------------------- faults
@@ -299,8 +327,16 @@ async def end_checks(stack: SoakStack, driver: Driver) -> EndChecks:
 
     checks.live_sessions_checked = len(live)
     await asyncio.gather(*(alive(s) for s in live))
-    checks.keycloak_users, checks.duplicate_users = await in_thread(lambda: duplicate_users(stack, driver))
-    checks.redis_used_memory_mb, checks.redis_keys = stack.redis_memory()
+    try:
+        checks.keycloak_users, checks.duplicate_users = await in_thread(
+            lambda: duplicate_users(stack, driver)
+        )
+    except (httpx2.HTTPError, ValueError, KeyError) as exc:
+        checks.problems.append(f"Keycloak's users could not be read: {type(exc).__name__}: {exc}")
+    try:
+        checks.redis_used_memory_mb, checks.redis_keys = stack.redis_memory()
+    except (OSError, AssertionError, KeyError) as exc:
+        checks.problems.append(f"Redis memory could not be read: {type(exc).__name__}: {exc}")
     return checks
 
 
@@ -393,7 +429,7 @@ async def soak(stack: SoakStack, args: argparse.Namespace) -> dict[str, Any]:
         return result
 
 
-def print_verdict(result: dict[str, Any]) -> None:
+def verdict_text(result: dict[str, Any]) -> str:
     lines = [
         f"soak verdict: {'PASSED' if result['passed'] else 'FAILED'}",
         f"  {result['requests']} requests in {result['seconds']:.0f} s at {result['rate_per_second']}/s",
@@ -405,15 +441,16 @@ def print_verdict(result: dict[str, Any]) -> None:
         f"  documented 503s in fault windows: {result['documented_503_in_faults']}",
         f"  no answer while a replica was killed: {result['no_answer_in_replica_kill']}",
         f"  Keycloak users: {result['keycloak_users']}",
-        f"  Redis at the end: {result['redis_used_memory_mb']:.1f} MB used, {result['redis_keys']} keys",
+        f"  Redis at the end: {result['redis_used_memory_mb']} MB used, {result['redis_keys']} keys",
     ]
+    lines += [f"  END CHECK NOT MADE: {problem}" for problem in result["end_check_problems"]]
     for replica, memory in result["memory_per_worker"].items():
         lines.append(
             f"  {replica}: RSS {memory['rss_end_mb']} MB at the end, "
             f"slope over the last half {memory['slope_last_half_mb_per_hour']} MB/hour"
         )
     lines += [f"  fault: {note}" for note in result["fault_notes"]]
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _interrupt(_signal: int, _frame: object) -> None:
@@ -453,7 +490,14 @@ def main() -> None:
     finally:
         stack.close()
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print_verdict(result)
+    text = verdict_text(result)
+    # The same lines for a page to include (docs/soak.md includes the committed run's).
+    load = ", ".join(f"{value:.1f}" for value in result["load_average_at_end"])
+    args.out.with_suffix(".md").write_text(
+        f"`scripts/soak --minutes {result['minutes']:g}`, load average at the end {load}:\n\n"
+        f"```text\n{text}\n```\n"
+    )
+    print(text)
     print(f"verdict: {args.out}")
     sys.exit(0 if result["passed"] else 1)
 

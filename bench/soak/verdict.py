@@ -67,6 +67,7 @@ class EndChecks:
     duplicate_users: dict[str, int] = field(default_factory=dict)  # open_id -> users linked to it
     redis_used_memory_mb: float | None = None
     redis_keys: int | None = None
+    problems: list[str] = field(default_factory=list)  # an end check that could not be made
 
 
 def _window_of(record: Record, windows: list[FaultWindow]) -> FaultWindow | None:
@@ -208,7 +209,10 @@ def verdict(
         "wrong_user_tokens": len(wrong),
     }
     return {
-        "passed": all(value == 0 for value in must_be_zero.values()) and checks.ended_sessions_checked > 0,
+        "passed": all(value == 0 for value in must_be_zero.values())
+        and checks.ended_sessions_checked > 0
+        and not checks.problems,
+        "end_check_problems": checks.problems,
         "must_be_zero": must_be_zero,
         "requests": len(records),
         "seconds": round(length, 1),

@@ -87,7 +87,9 @@ def test_memory_slope_is_taken_over_the_last_half_of_the_longest_life() -> None:
     """A worker growing 1 MB a minute in the second half has a slope of 60 MB/hour; its first life
     (before a restart) and the first half of the run are left out."""
     first_life = [MemorySample(float(t), "replica-1", 10, 500.0) for t in range(0, 600, 30)]
-    second_life = [MemorySample(float(t), "replica-1", 11, 100.0 + (t - 600) / 60) for t in range(600, 1200, 30)]
+    second_life = [
+        MemorySample(float(t), "replica-1", 11, 100.0 + (t - 600) / 60) for t in range(600, 1200, 30)
+    ]
     summary = memory_summary(first_life + second_life, 1200.0)["replica-1"]
     assert summary["slope_last_half_mb_per_hour"] == pytest.approx(60.0)
     assert summary["slope_samples"] == 20
@@ -124,3 +126,9 @@ def test_the_verdict_passes_only_when_every_must_be_zero_count_is_zero() -> None
 def test_a_run_that_ended_no_session_does_not_pass() -> None:
     """With nothing revoked or deauthorized there was nothing to check: the verdict cannot pass."""
     assert verdict([record(10, 200)], WINDOWS, [], EndChecks(), 400.0)["passed"] is False
+
+
+def test_an_end_check_that_could_not_be_made_fails_the_verdict() -> None:
+    """Keycloak's users unread (say it was down at the end) is no evidence of no duplicates: not passed."""
+    checks = EndChecks(ended_sessions_checked=5, problems=["Keycloak's users could not be read"])
+    assert verdict([record(10, 200)], WINDOWS, [], checks, 400.0)["passed"] is False
