@@ -54,6 +54,8 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 CODE_TYPE = "urn:tiktok-keycloak-bridge:params:oauth:token-type:tiktok-authorization-code"
 MONTH = 30 * 86400
 POPULATIONS = (100_000, 1_000_000, 10_000_000)
+SIGN_IN_ATTEMPTS = 6
+UNAVAILABLE = 503
 
 
 @dataclass(frozen=True)
@@ -70,21 +72,29 @@ class Assumptions:
 
 
 async def sign_in(http: httpx2.AsyncClient, emulator: TikTokEmulator, *, code: bool) -> str:
+    """One sign-in, again after a 503 (Keycloak slow on a busy machine), with a fresh code each time:
+    a code is spent once TikTok has redeemed it."""
     user = emulator.create_user(display_name="Sizing User")
     scopes = ("user.info.basic", "user.info.profile")
-    if code:
-        verifier = secrets.token_urlsafe(48)
-        subject = emulator.issue_authorization_code(
-            user.open_id,
-            redirect_uri=REDIRECT,
-            code_challenge=hashlib.sha256(verifier.encode()).hexdigest(),
-            scopes=scopes,
+    for _ in range(SIGN_IN_ATTEMPTS):
+        if code:
+            verifier = secrets.token_urlsafe(48)
+            subject = emulator.issue_authorization_code(
+                user.open_id,
+                redirect_uri=REDIRECT,
+                code_challenge=hashlib.sha256(verifier.encode()).hexdigest(),
+                scopes=scopes,
+            )
+            form = {"subject_token_type": CODE_TYPE, "code_verifier": verifier, "redirect_uri": REDIRECT}
+        else:
+            subject = emulator.issue_access_token(user.open_id, scopes)
+            form = {"subject_token_type": ACCESS_TOKEN_TYPE}
+        answer = await http.post(
+            "/token", data={"grant_type": TOKEN_EXCHANGE, "subject_token": subject, **form}
         )
-        form = {"subject_token_type": CODE_TYPE, "code_verifier": verifier, "redirect_uri": REDIRECT}
-    else:
-        subject = emulator.issue_access_token(user.open_id, scopes)
-        form = {"subject_token_type": ACCESS_TOKEN_TYPE}
-    answer = await http.post("/token", data={"grant_type": TOKEN_EXCHANGE, "subject_token": subject, **form})
+        if answer.status_code != UNAVAILABLE:
+            break
+        await asyncio.sleep(float(answer.headers.get("retry-after", "1")))
     answer.raise_for_status()
     return user.open_id
 

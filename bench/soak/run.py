@@ -53,7 +53,8 @@ MAX_IN_FLIGHT = 200
 MEMORY_EVERY = 5.0
 # After a fault's end, how long its effects may last: breakers close after their cool-down, replicas
 # find the new Redis master, connection pools reconnect.
-GRACE = {"keycloak-restart": 20.0, "redis-failover": 20.0, "tiktok-5xx-slow": 15.0}
+# Two of the bridge's breaker cool-downs (10 s each: a half-open trial that fails opens it again).
+GRACE = {"keycloak-restart": 25.0, "redis-failover": 20.0, "tiktok-5xx-slow": 25.0}
 DEFAULT_GRACE = 5.0
 TIKTOK_LATENCY = 2.0  # seconds; under the bridge's 5-second timeout of an outbound call
 END_CHECK_CONCURRENCY = 16
@@ -164,13 +165,14 @@ class Faults:
         await emulator.post("/_emulator/latency", json={"seconds": TIKTOK_LATENCY})
         try:
             end = time.monotonic() + seconds
+            # One failure of each endpoint every half second: at most one is left queued at the end.
             while time.monotonic() < end:
                 for endpoint in ("user_info", "token"):
                     await emulator.post(
                         "/_emulator/faults",
-                        json={"endpoint": endpoint, "code": "internal_error", "http_status": 500, "count": 2},
+                        json={"endpoint": endpoint, "code": "internal_error", "http_status": 500, "count": 1},
                     )
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.5)
         finally:
             await emulator.post("/_emulator/latency", json={"seconds": 0})
         return f"{TIKTOK_LATENCY:.0f} s slower, 5xx on 2 calls of each endpoint a second"
@@ -187,7 +189,9 @@ class Faults:
             (0.70, "tiktok-5xx-slow", lambda: self.tiktok_fault(tiktok_seconds)),
         ]
         for share, name, action in schedule:
-            wait = share * length - self.driver.now()
+            # Never before the previous window closed: each fault's answers are judged by its own window.
+            previous_end = self.windows[-1].end if self.windows else 0.0
+            wait = max(share * length, previous_end) - self.driver.now()
             if wait > 0:
                 await asyncio.sleep(wait)
             await self.window(name, action)
@@ -414,6 +418,7 @@ async def soak(stack: SoakStack, args: argparse.Namespace) -> dict[str, Any]:
                 "rate_per_second": round(rate, 1),
                 "capacity_ramp": steps,
                 "shed_by_generator": driver.shed,
+                "generator_errors": driver.generator_errors[:20],
                 "fault_notes": faults.notes,
                 "stack": stack.describe(),
                 "load_average_at_end": os.getloadavg(),
@@ -480,12 +485,15 @@ def main() -> None:
         args.out = RESULTS_DIR / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     # SIGTERM ends the soak as Ctrl-C does: through the finally below, which stops the stack.
     signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C even where the soak was started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = SoakStack(work=Path(tempfile.mkdtemp(prefix="soak-")))
     try:
         stack.start()
         result = asyncio.run(soak(stack, args))
     except KeyboardInterrupt:
-        progress("interrupted: stopping everything the soak started")
+        stack.close()
+        progress("interrupted: everything the soak started is stopped")
         sys.exit(130)
     finally:
         stack.close()

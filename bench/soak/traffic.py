@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import random
@@ -131,6 +130,7 @@ class Driver:
     password_users: list[PasswordUser] = field(default_factory=list)
     identities: Identities = field(default_factory=Identities)
     shed: int = 0
+    generator_errors: list[str] = field(default_factory=list)
     recording: bool = True
     rng: random.Random = field(default_factory=random.Random)
     _bridge: httpx2.AsyncClient | None = None
@@ -184,9 +184,12 @@ class Driver:
             "revoke": self.revoke,
             "deauth": self.deauthorize,
         }
-        # A control call (emulator, Keycloak's password grant) that fails is not the bridge's request.
-        with contextlib.suppress(httpx2.HTTPError):
+        try:
             await operations[kind or self.pick_kind()]()
+        except httpx2.HTTPError:
+            pass  # a control call (emulator, Keycloak's password grant) failed: not the bridge's request
+        except Exception as exc:  # noqa: BLE001 - a bug of the generator's is reported, not fatal to the run
+            self.generator_errors.append(f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------------------ recording
 
@@ -208,7 +211,9 @@ class Driver:
         if response.status_code != OK:
             try:
                 body = response.json()
-                error = str(body.get("error", "")) if isinstance(body, dict) else ""
+                found = body.get("error", "") if isinstance(body, dict) else ""
+                # OAuth answers name the error; the Strapi endpoint's is an object with a name.
+                error = str(found.get("name", "")) if isinstance(found, dict) else str(found)
             except ValueError:
                 error = "not-json"
         self.record(
@@ -252,6 +257,10 @@ class Driver:
             self.sessions.append(Session(open_id, refresh, expected_sub))
 
     # ------------------------------------------------------------------------------ pools
+
+    def drop(self, session: Session) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
 
     def idle_user(self) -> User | None:
         for _ in range(8):
@@ -371,7 +380,7 @@ class Driver:
             if response is None or (response.status_code != OK and response.status_code < 500):
                 # No answer: whether the token rotated is unknown. Refused: the session is over. Either
                 # way it leaves the pool (a refusal is in the records, by its error).
-                self.sessions.remove(session)
+                self.drop(session)
                 return
             if response.status_code == OK:
                 body = response.json()
@@ -389,7 +398,7 @@ class Driver:
         try:
             response = await self.send("revoke", "POST", "/revoke", data={"token": session.refresh_token})
             if response is not None and response.status_code == OK:
-                self.sessions.remove(session)
+                self.drop(session)
                 self.ended.append(("revoked", session))
         finally:
             session.busy = False
@@ -405,7 +414,7 @@ class Driver:
             return
         self.users.remove(user)
         for session in own:
-            self.sessions.remove(session)
+            self.drop(session)
         began = time.monotonic()
         answer = await self.emulator.post(f"/_emulator/users/{user.open_id}/deauthorize", json={"reason": 1})
         deliveries = answer.json().get("deliveries", [])
@@ -468,6 +477,8 @@ class Driver:
         if any(s.busy for s in own):
             return
         account.busy = tiktok.busy = True
+        for session in own:  # no refresh or revocation of them may start while the link goes
+            session.busy = True
         try:
             bearer = await self.password_bearer(account)
             response = await self.send(
@@ -477,10 +488,12 @@ class Driver:
                 account.done, account.linked = True, None
                 self.users.remove(tiktok)
                 for session in own:
-                    self.sessions.remove(session)
+                    self.drop(session)
                 self.ended.extend(("unlinked", s) for s in own)
         finally:
             account.busy = tiktok.busy = False
+            for session in own:
+                session.busy = False
 
     # ------------------------------------------------------------------------------ at the end
 

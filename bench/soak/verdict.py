@@ -199,7 +199,8 @@ def verdict(
     documented = [r for r in records if is_documented_unavailable(r, windows)]
     by_kind: dict[str, Counter[str]] = {}
     for record in records:
-        by_kind.setdefault(record.kind, Counter())[str(record.status or record.error or "none")] += 1
+        answer = " ".join(str(part) for part in (record.status, record.error) if part)
+        by_kind.setdefault(record.kind, Counter())[answer or "none"] += 1
     must_be_zero = {
         "unexpected_5xx": len(unexpected),
         "rolling_restart_failures": len(rolling),
