@@ -95,10 +95,14 @@ def rolling_restart_failures(records: list[Record], windows: list[FaultWindow]) 
     """Requests in flight during a rolling restart that got no answer or a 5xx: a graceful drain and a
     load balancer that skips a closed replica leave none."""
     rolling = [w for w in windows if w.name == ROLLING]
+    killed = [w for w in windows if w.name == KILL]
     return [
         r
         for r in records
-        if (r.status is None or r.status >= SERVER_ERROR) and _window_of(r, rolling) is not None
+        if (r.status is None or r.status >= SERVER_ERROR)
+        and _window_of(r, rolling) is not None
+        # In flight when the next fault killed its replica: lost to the kill, not to the drain.
+        and not (r.status is None and _window_of(r, killed) is not None)
     ]
 
 

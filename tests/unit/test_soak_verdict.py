@@ -132,3 +132,12 @@ def test_an_end_check_that_could_not_be_made_fails_the_verdict() -> None:
     """Keycloak's users unread (say it was down at the end) is no evidence of no duplicates: not passed."""
     checks = EndChecks(ended_sessions_checked=5, problems=["Keycloak's users could not be read"])
     assert verdict([record(10, 200)], WINDOWS, [], checks, 400.0)["passed"] is False
+
+
+def test_a_request_lost_to_a_kill_just_after_the_rolling_restart_is_the_kill_s() -> None:
+    """No answer for a request in flight across the end of the rolling window and the SIGKILL that
+    follows it is charged to the kill, not to the drain."""
+    rolling = FaultWindow("rolling-restart", 200.0, 300.0)
+    across = record(299.9, None, seconds=0.2)
+    assert rolling_restart_failures([across], [rolling, KILL]) == []
+    assert transport_failures([across], [rolling, KILL]) == (1, 0)
