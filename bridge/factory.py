@@ -224,15 +224,10 @@ class Resources:
         policy = Policy.from_settings(settings)
         # One per process, shared by every use case: a profile is the same whichever app asked; this
         # process's copies of profiles in front of the shared cache.
-        profiles = ProfileStore(
-            cache,
-            profile_ttl=policy.profile_ttl,
-            negative_ttl=policy.negative_ttl,
-            recent=RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl),
+        profiles = ProfileStore.from_policy(
+            cache, policy, RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
         )
-        identities = IdentityStore(
-            cache, idp_alias=policy.idp_alias, user_ttl=policy.user_ttl, tombstone_ttl=policy.profile_ttl
-        )
+        identities = IdentityStore.from_policy(cache, policy)
         quota = TikTokQuota(
             limits_storage,
             per_minute=settings.tiktok_user_info_quota,
@@ -249,9 +244,7 @@ class Resources:
         deauthorization = DeauthorizationService(
             keycloak=keycloak,
             identities=identities,
-            queue=DeauthorizationQueue(
-                cache, idp_alias=policy.idp_alias, horizon=policy.deauthorization_retry_horizon
-            ),
+            queue=DeauthorizationQueue.from_policy(cache, policy),
             policy=policy,
         )
 

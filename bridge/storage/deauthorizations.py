@@ -17,7 +17,7 @@ from bridge.storage import keys
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from bridge.domain.model import Held
+    from bridge.domain.model import Held, Policy
     from bridge.storage.engine import Cache
 
 
@@ -44,6 +44,10 @@ class DeauthorizationQueue:
         self._alias = idp_alias
         # How long after its arrival a deauthorization is still tried.
         self._horizon = horizon
+
+    @classmethod
+    def from_policy(cls, cache: Cache, policy: Policy) -> DeauthorizationQueue:
+        return cls(cache, idp_alias=policy.idp_alias, horizon=policy.deauthorization_retry_horizon)
 
     async def add(self, open_id: str, received: float) -> None:
         """Keep a new deauthorization, due at once."""

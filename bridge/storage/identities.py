@@ -20,7 +20,7 @@ from bridge.storage.cache import EntryCheck, end_time
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from bridge.domain.model import Held
+    from bridge.domain.model import Held, Policy
     from bridge.storage.engine import GuardedCache, LockedEntry
 
 
@@ -76,6 +76,12 @@ class IdentityStore:
         self._user_ttl = user_ttl
         # As long as a profile verified before the deauthorization may stay cached.
         self._tombstone_ttl = tombstone_ttl
+
+    @classmethod
+    def from_policy(cls, cache: GuardedCache, policy: Policy) -> IdentityStore:
+        return cls(
+            cache, idp_alias=policy.idp_alias, user_ttl=policy.user_ttl, tombstone_ttl=policy.profile_ttl
+        )
 
     @property
     def degraded(self) -> bool:

@@ -15,6 +15,7 @@ from bridge.domain.model import ProfileLookup, TikTokProfile
 from bridge.storage import keys
 
 if TYPE_CHECKING:
+    from bridge.domain.model import Policy
     from bridge.storage.engine import Cache
     from bridge.storage.recent_profiles import RecentProfiles
 
@@ -73,6 +74,10 @@ class ProfileStore:
         self._negative_ttl = negative_ttl
         # This process's copies of profiles in front of the shared cache (`recent_profiles.py`).
         self._recent = recent
+
+    @classmethod
+    def from_policy(cls, cache: Cache, policy: Policy, recent: RecentProfiles | None = None) -> ProfileStore:
+        return cls(cache, profile_ttl=policy.profile_ttl, negative_ttl=policy.negative_ttl, recent=recent)
 
     async def lookup(self, access_token: str) -> ProfileLookup:
         profile_key, rejected_key = keys.token_entries(access_token)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.crc import key_slot
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccountDisabled,
     EmailTaken,
@@ -28,6 +27,7 @@ from bridge.domain.errors import (
 from bridge.domain.model import CodeGrant, TikTokProfile
 from bridge.protocol.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
 from bridge.services.provisioning import deterministic_username
+from bridge.storage import keys
 from bridge.storage.cache import MemoryCache
 from bridge.storage.recent_profiles import RecentProfiles
 from tests.unit.fakes import FakeKeycloak, FakeTikTok, RecordingStore, UseCases, make_policy, use_cases
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from bridge.domain.model import KeycloakUser
-    from bridge.services.ports import GuardedCache
+    from bridge.storage.engine import GuardedCache
 
 PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
 REDIRECT = "https://app.example/callback"
