@@ -24,6 +24,7 @@ from bridge.storage.cache import EntryCheck, MemoryCache
 from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.sealing import Sealer, new_key
 from bridge.storage.sessions import SessionStore
+from tests.unit.exchange_support import PROFILE, request
 from tests.unit.fakes import (
     FakeKeycloak,
     FakeTikTok,
@@ -34,7 +35,6 @@ from tests.unit.fakes import (
     make_policy,
     use_cases,
 )
-from tests.unit.test_exchange_service import PROFILE, request
 from tests.unit.test_sessions import FakeMinter as SessionsMinter
 from tests.unit.test_sessions import FakeTikTokGrants
 

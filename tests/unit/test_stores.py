@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from redis.crc import key_slot
 
 from bridge.domain.model import (
     CachedUser,
@@ -372,3 +373,12 @@ async def test_the_admin_token_is_shared_until_it_expires() -> None:
     assert cache.ttls[key] == 1.0
     await cache.set(key, b"{}", 60)
     assert await store.read("app", "admin") is None
+
+
+def test_an_identitys_user_and_tombstone_keys_share_a_redis_cluster_slot() -> None:
+    """MGET reads both in one round trip only if Redis Cluster keeps them in one slot (a hash tag)."""
+    for open_id in ("-000AbC", "a}b{c", "x" * 200):
+        user_key, revoked_key = keys.linked_user("tiktok", open_id), keys.deauthorized("tiktok", open_id)
+        lock_key = keys.provisioning_lock("tiktok", open_id)
+        assert len({user_key, revoked_key, lock_key}) == 3
+        assert key_slot(user_key.encode()) == key_slot(revoked_key.encode()) == key_slot(lock_key.encode())
