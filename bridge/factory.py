@@ -282,7 +282,6 @@ class Resources:
                 tiktok=tiktok,
                 sealer=sealer_from_settings(settings),
                 policy=SessionPolicy(
-                    idp_alias=settings.keycloak_idp_alias,
                     idle_timeout=settings.session_idle_timeout,
                     max_lifetime=settings.session_max_lifetime,
                     reuse_grace=settings.session_reuse_grace,

@@ -61,8 +61,8 @@ def fit_for_keycloak(text: str, limit: int = KEYCLOAK_MAX_LENGTH) -> str:
 
 
 class Held(enum.Enum):
-    """What asking for a lock came to (`ports.Cache.lock`). True when taken; whether the holder waited
-    tells whether another holder may have done the guarded work in the meantime."""
+    """What asking for a lock came to (`ports.IdentityStore.lock`, `engine.Cache.lock`). True when taken;
+    whether the holder waited tells whether another holder may have done the guarded work meanwhile."""
 
     NOT_TAKEN = "not taken"
     AT_ONCE = "taken at once"

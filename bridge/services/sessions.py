@@ -101,7 +101,6 @@ class TikTokGrants(Protocol):
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    idp_alias: str
     idle_timeout: int
     max_lifetime: int
     reuse_grace: float

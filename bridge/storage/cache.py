@@ -1,7 +1,7 @@
-"""The cache implementations of `ports.Cache`: Redis (shared by replicas), process memory (the embedded
+"""The cache implementations of `engine.Cache`: Redis (shared by replicas), process memory (the embedded
 default), and the fallback that serves from memory while Redis is unreachable. All three read an entry
-as its lock is taken and write it as the lock is released (`ports.GuardedCache`); the first two are also
-`ports.Store`s, the fallback is not, since during an outage its entry can be written to memory while the
+as its lock is taken and write it as the lock is released (`engine.GuardedCache`); the first two are also
+`engine.Store`s, the fallback is not, since during an outage its entry can be written to memory while the
 lock stays in Redis.
 
 These are the engines beneath the typed stores (`profiles.py`, `identities.py`, `sessions.py`,
@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 
 class _LockedEntry:
-    """`ports.LockedEntry`: what `locked_entry` read, and its cache's way to write it and release."""
+    """`engine.LockedEntry`: what `locked_entry` read, and its cache's way to write it and release."""
 
     def __init__(
         self, held: Held, value: bytes | None, write_and_release: Callable[[bytes, float], Awaitable[None]]
@@ -56,7 +56,7 @@ class _LockedEntry:
 
 
 class _StoreEntry(_LockedEntry):
-    """`ports.StoreEntry`: a locked entry of a store that can also write it unless an end time refuses."""
+    """`engine.StoreEntry`: a locked entry of a store that can also write it unless an end time refuses."""
 
     def __init__(
         self,
@@ -303,7 +303,7 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 
-# `set_if_current` (`ports.Store`): KEYS[1] the identity's tombstone, KEYS[2] its user entry, KEYS[3] the
+# `set_if_current` (`engine.Store`): KEYS[1] the identity's tombstone, KEYS[2] its user entry, KEYS[3] the
 # key to write. ARGV[1] the profile's verification time, ARGV[2] the user entry expected, ARGV[3] the
 # value, ARGV[4] its ttl in ms. 1: a tombstone at or after the verification refuses (nothing written);
 # 2: the entry is absent or another (nothing written); 0: written. Both times are the repr of a Python
@@ -318,7 +318,7 @@ return 0
 """
 _STATES = {0: IdentityState.CURRENT, 1: IdentityState.REVOKED, 2: IdentityState.STALE}
 
-# `save_and_release_unless_ended` (`ports.StoreEntry`): KEYS[1] the lock, KEYS[2] the entry, KEYS[3] the
+# `save_and_release_unless_ended` (`engine.StoreEntry`): KEYS[1] the lock, KEYS[2] the entry, KEYS[3] the
 # end time (another slot: not used with Redis Cluster). ARGV[1] the owner token, ARGV[2] the value,
 # ARGV[3] its ttl in ms, ARGV[4] when what the entry holds started (a float's repr, as the end time).
 # An end time at or after the start deletes the entry instead of writing it (0); else it is written (1).

@@ -95,7 +95,6 @@ def service(store: RedisCache, clock: Clock) -> SessionService:
         tiktok=FakeTikTokGrants(),
         sealer=SEALER,
         policy=SessionPolicy(
-            idp_alias="tiktok",
             idle_timeout=int(30 * DAY),
             max_lifetime=int(90 * DAY),
             reuse_grace=30.0,

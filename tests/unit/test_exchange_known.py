@@ -63,7 +63,6 @@ def sessions_over(store: RecordingStore) -> SessionService:
         tiktok=FakeTikTokGrants(),
         sealer=Sealer.from_keys([new_key()]),
         policy=SessionPolicy(
-            idp_alias="tiktok",
             idle_timeout=86400,
             max_lifetime=86400 * 30,
             reuse_grace=5.0,

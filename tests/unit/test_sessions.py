@@ -137,7 +137,6 @@ def sessions(
         tiktok=tiktok,
         sealer=Sealer.from_keys([new_key()]),
         policy=SessionPolicy(
-            idp_alias="tiktok",
             idle_timeout=int(30 * DAY),
             max_lifetime=int(90 * DAY),
             reuse_grace=5.0,
