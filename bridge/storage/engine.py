@@ -1,7 +1,8 @@
 """The protocols of the engines beneath the typed stores: a cache with locks and schedules (Redis, process
 memory, or the fallback between them), and the stores' own single-round-trip steps.
 
-Only storage, and the composition that builds it, speak these: the use cases know the typed stores'
+Storage speaks these, and so do the composition that builds it and the web layer's readiness and
+webhook (whether the cache is reachable, or degraded to memory); the use cases know the typed stores'
 protocols (`services/ports.py`), never a key, an encoded entry or a TTL.
 """
 
