@@ -1,10 +1,10 @@
 """Identity verification: the TikTok profile behind a Login Kit code or a TikTok access token.
 
-It holds the profile cache (the shared one, and this process's copies in front of it), the negative
+It uses the profile cache (the shared one, and this process's copies in front of it), the negative
 cache of refused tokens, TikTok's user-info quota (spent by the caller's priority) and the count of
-refused tokens per client address. Ports: `TikTokGateway`, `Cache`, `UserInfoQuota`, `RefusalBudget`;
-and `RecentProfiles`, this process's copies. The exchange, the Strapi-compatible endpoint and linking
-(as its `TikTokProofs`) verify through it.
+refused tokens per client address. Ports: `TikTokGateway`, `ProfileStore`, `UserInfoQuota`,
+`RefusalBudget`. The exchange, the Strapi-compatible endpoint and linking (as its `TikTokProofs`)
+verify through it.
 
 `verify_access_token` is on the warm path: a token seen lately is answered from this process's memory,
 or from one shared-cache read, without asking TikTok.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccessTokenRejected,
     IdentityMismatch,
@@ -22,16 +21,18 @@ from bridge.domain.errors import (
     MissingScope,
     SubjectTokenRejected,
 )
-from bridge.domain.model import SCOPE_BASIC, Caller, TikTokProfile
+from bridge.domain.model import SCOPE_BASIC, Caller
 from bridge.observability.metrics import CACHE_LOOKUPS, count
 
 if TYPE_CHECKING:
-    from bridge.domain.model import CodeGrant, Policy
-    from bridge.services.ports import Cache, RefusalBudget, RefusalReservation, TikTokGateway, UserInfoQuota
-    from bridge.storage.recent_profiles import RecentProfiles
-
-# How long an address that signed in successfully keeps its priority on TikTok's quota.
-PROVEN_ADDRESS_TTL = 86400
+    from bridge.domain.model import CodeGrant, Policy, TikTokProfile
+    from bridge.services.ports import (
+        ProfileStore,
+        RefusalBudget,
+        RefusalReservation,
+        TikTokGateway,
+        UserInfoQuota,
+    )
 
 
 class IdentityService:
@@ -39,20 +40,17 @@ class IdentityService:
         self,
         *,
         tiktok: TikTokGateway,
-        cache: Cache,
+        profiles: ProfileStore,
         policy: Policy,
         quota: UserInfoQuota | None = None,
-        recent: RecentProfiles | None = None,
         refusals: RefusalBudget | None = None,
     ) -> None:
         # Per client address, the bare tokens TikTok refused in a row: past its budget an address no
         # longer spends the quota (`ratelimit.TikTokRefusals`).
         self._refusals = refusals
-        # This process's copies of profiles in front of the shared cache (`recent_profiles.py`).
-        self._recent = recent
         self._quota = quota
         self._tiktok = tiktok
-        self._cache = cache
+        self._profiles = profiles
         self._policy = policy
 
     async def verify_code(
@@ -83,19 +81,12 @@ class IdentityService:
         prefix = self._policy.access_token_prefix
         if prefix and not access_token.startswith(prefix):
             raise AccessTokenRejected(detail="not shaped like a TikTok access token; TikTok not asked")
-        profile_key, rejected_key = keys.token_entries(access_token)
-        if self._recent is not None and (recent := self._recent.get(profile_key)) is not None:
-            count(CACHE_LOOKUPS, "profile", "memory_hit")
-            return recent
-        # Both in one round trip (one hash tag): a new token costs one read before TikTok, not two.
-        cached, rejected = await self._cache.get_many(profile_key, rejected_key)
-        if cached:
-            count(CACHE_LOOKUPS, "profile", "hit")
-            profile = TikTokProfile.from_json(cached)
-            self._remember_profile(profile_key, profile)
-            return profile
+        found = await self._profiles.lookup(access_token)
+        if found.profile is not None:
+            count(CACHE_LOOKUPS, "profile", "memory_hit" if found.local else "hit")
+            return found.profile
         count(CACHE_LOOKUPS, "profile", "miss")
-        if rejected:
+        if found.rejected:
             # A recently refused token is refused again without spending TikTok's quota.
             count(CACHE_LOOKUPS, "rejected", "hit")
             raise AccessTokenRejected(detail="refused by TikTok recently (negative cache)")
@@ -107,7 +98,7 @@ class IdentityService:
             profile = await self._fetch_with_fallback(access_token)
         except SubjectTokenRejected:
             # Counted against the address (the attempt stays reserved), and cached for the token.
-            await self._cache.set(rejected_key, b"1", self._policy.negative_ttl)
+            await self._profiles.reject(access_token)
             raise
         except Exception:
             if attempt is not None:
@@ -115,17 +106,12 @@ class IdentityService:
             raise
         if attempt is not None:
             await attempt.vouched()
-        await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
-        self._remember_profile(profile_key, profile)
+        await self._profiles.keep(access_token, profile)
         if caller.address is not None:
             # This address brought a token TikTok vouched for: its next new tokens get the kept share of
             # the quota. Written on this cold path only, so the warm path pays nothing.
-            await self._cache.set(keys.proven_client(caller.address), b"1", PROVEN_ADDRESS_TTL)
+            await self._profiles.vouch_for(caller.address)
         return profile
-
-    def _remember_profile(self, key: str, profile: TikTokProfile) -> None:
-        if self._recent is not None:
-            self._recent.put(key, profile)
 
     async def verify_access_token_fresh(self, access_token: str) -> TikTokProfile:
         """Ask TikTok now, whatever is cached: linking acts on proof that the token is alive this moment
@@ -146,7 +132,7 @@ class IdentityService:
         return await self._refusals.reserve(caller.address)
 
     async def _proven(self, address: str | None) -> bool:
-        return address is not None and await self._cache.get(keys.proven_client(address)) is not None
+        return address is not None and await self._profiles.is_proven(address)
 
     async def _spend_quota(self, *, proven: bool) -> None:
         if self._quota is not None:

@@ -17,7 +17,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccessTokenRejected,
     AccountDisabled,
@@ -30,7 +29,6 @@ from bridge.domain.model import (
     CodeGrant,
     FederatedLink,
     Held,
-    IdentityCheck,
     IdentityState,
     IssuedToken,
     KeycloakUser,
@@ -42,24 +40,29 @@ from bridge.services.identity import IdentityService
 from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.settings import Settings
-from bridge.storage.cache import MemoryCache
+from bridge.storage import keys
+from bridge.storage.admin_tokens import AdminTokenStore
+from bridge.storage.cache import EntryCheck, MemoryCache
+from bridge.storage.deauthorizations import DeauthorizationQueue
+from bridge.storage.identities import IdentityStore
+from bridge.storage.profiles import ProfileStore
+from bridge.storage.seen import SeenOnce
+from bridge.storage.sessions import SessionStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
     from bridge.domain.model import TikTokProfile
+    from bridge.services import ports
     from bridge.services.ports import (
         AssertionMinter,
-        Cache,
-        GuardedCache,
         IdentityLimiter,
         KeycloakGateway,
         RefusalBudget,
-        Store,
-        StoreEntry,
         TikTokGateway,
         UserInfoQuota,
     )
+    from bridge.storage.engine import Cache, GuardedCache, Store, StoreEntry
     from bridge.storage.recent_profiles import RecentProfiles
 
 ISSUER = "https://kc.example/realms/app"
@@ -241,20 +244,30 @@ def use_cases(
     refusals: RefusalBudget | None = None,
 ) -> UseCases:
     """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given)."""
+    identities = IdentityStore.from_policy(cache, policy)
     identity = IdentityService(
-        tiktok=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
+        tiktok=tiktok,
+        profiles=ProfileStore.from_policy(cache, policy, recent),
+        policy=policy,
+        quota=quota,
+        refusals=refusals,
     )
-    provisioning = ProvisioningService(keycloak=keycloak, cache=cache, policy=policy)
+    provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
     minting = MintingService(keycloak=keycloak, minter=minter or FakeMinter(), policy=policy)
     exchange = ExchangeService(
         identity=identity,
         provisioning=provisioning,
         minting=minting,
-        cache=cache,
+        identities=identities,
         policy=policy,
         limiter=limiter,
     )
-    deauthorization = DeauthorizationService(keycloak=keycloak, cache=cache, policy=policy)
+    deauthorization = DeauthorizationService(
+        keycloak=keycloak,
+        identities=identities,
+        queue=DeauthorizationQueue.from_policy(cache, policy),
+        policy=policy,
+    )
     return UseCases(exchange, identity, provisioning, minting, deauthorization, cache)
 
 
@@ -262,6 +275,15 @@ def use_cases(
 _tiktok: TikTokGateway = FakeTikTok()
 _keycloak: KeycloakGateway = FakeKeycloak()
 _minter: AssertionMinter = FakeMinter()
+# The use cases are tested over the real stores on process memory; mypy checks each fits its port.
+_profiles: ports.ProfileStore = ProfileStore(MemoryCache(), profile_ttl=60, negative_ttl=60)
+_identities: ports.IdentityStore = IdentityStore(
+    MemoryCache(), idp_alias="tiktok", user_ttl=60, tombstone_ttl=60
+)
+_queue: ports.DeauthorizationQueue = DeauthorizationQueue(MemoryCache(), idp_alias="tiktok", horizon=60)
+_sessions: ports.SessionStore = SessionStore(MemoryCache(), idp_alias="tiktok", max_lifetime=60)
+_seen: ports.SeenOnce = SeenOnce.dpop_proofs(MemoryCache())
+_admin_tokens: ports.AdminTokenStore = AdminTokenStore(MemoryCache())
 
 
 async def assert_lock_outcomes(cache: Cache, key: str) -> None:
@@ -297,7 +319,7 @@ async def assert_set_if_current_outcomes(store: Store) -> None:
     user_key, revoked_key = keys.linked_user("tiktok", open_id), keys.deauthorized("tiktok", open_id)
     session = keys.session(uuid.uuid4().hex[:22])
     verified_at = time.time()
-    check = IdentityCheck(
+    check = EntryCheck(
         user_key=user_key, revoked_key=revoked_key, entry=b'{"id":"u"}', verified_at=verified_at
     )
 
@@ -452,7 +474,7 @@ class RecordingStore:
     def one_place(self) -> Literal[True]:
         return True
 
-    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+    async def set_if_current(self, check: EntryCheck, key: str, value: bytes, ttl: float) -> IdentityState:
         self._note("set_if_current", check.revoked_key, check.user_key, key)
         return await self.memory.set_if_current(check, key, value, ttl)
 

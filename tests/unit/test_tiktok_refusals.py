@@ -22,6 +22,7 @@ from bridge.domain.errors import (
 from bridge.domain.model import Caller, TikTokProfile
 from bridge.services.identity import IdentityService
 from bridge.storage.cache import MemoryCache
+from bridge.storage.profiles import ProfileStore
 from bridge.storage.ratelimit import TikTokQuota, TikTokRefusals
 from tests.unit.fakes import FakeTikTok, make_policy
 
@@ -75,7 +76,11 @@ def service(
     tiktok: FakeTikTok, refusals: RefusalBudget | None, quota: TikTokQuota | None = None
 ) -> IdentityService:
     return IdentityService(
-        tiktok=tiktok, cache=MemoryCache(), policy=make_policy(), quota=quota, refusals=refusals
+        tiktok=tiktok,
+        profiles=ProfileStore.from_policy(MemoryCache(), make_policy()),
+        policy=make_policy(),
+        quota=quota,
+        refusals=refusals,
     )
 
 
