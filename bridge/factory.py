@@ -31,11 +31,17 @@ from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.services.sessions import SessionPolicy, SessionService
+from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
+from bridge.storage.deauthorizations import DeauthorizationQueue
+from bridge.storage.identities import IdentityStore
+from bridge.storage.profiles import ProfileStore
 from bridge.storage.ratelimit import ProfileQuota, RateLimiter, RefusalCounts
 from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.redis_connection import RedisConnection
 from bridge.storage.sealing import sealer_from_settings
+from bridge.storage.seen import SeenOnce
+from bridge.storage.sessions import SessionStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -43,8 +49,8 @@ if TYPE_CHECKING:
     from aiohttp.abc import AbstractResolver
 
     from bridge.protocol.rfc8693 import SubjectTokenTypes
-    from bridge.services.ports import GuardedCache, Store
     from bridge.settings import Settings
+    from bridge.storage.engine import GuardedCache, Store
 
 USER_AGENT = "tiktok-keycloak-bridge/0.1"
 # The pool of `Resources.http` (TikTok, Keycloak's admin API): what httpx2's own pool had here.
@@ -147,6 +153,9 @@ class Resources:
     # The one Redis client (cache, rate limits, tracing), None when no Redis is configured.
     redis: RedisConnection | None
     cache: GuardedCache
+    # Webhook deliveries and DPoP proofs already seen (the shared cache, falling back to memory).
+    webhook_deliveries: SeenOnce
+    dpop_proofs: SeenOnce
     signer: AssertionSigner
     tiktok: TikTokClient
     keycloak: KeycloakClient
@@ -164,7 +173,7 @@ class Resources:
     strapi_exchange: ExchangeService
     # None when BRIDGE_SESSIONS_ENABLED=false.
     sessions: SessionService | None
-    # Where sessions and DPoP proofs are kept: Redis itself, never the memory fallback (a session must
+    # Where sessions are kept: Redis itself, never the memory fallback (a session must
     # not be served from one replica's memory while others cannot see it, nor revived by a stale copy).
     session_store: Store
     limiter: RateLimiter
@@ -236,7 +245,7 @@ class Resources:
         tiktok = tiktok_client(http, settings)
         keycloak = KeycloakClient(
             http,
-            cache,
+            AdminTokenStore(cache),
             token_http=token_http,
             base_url=settings.keycloak_base_url,
             realm=settings.keycloak_realm,
@@ -251,8 +260,12 @@ class Resources:
             webhook_per_ip=settings.rate_limit_webhook_per_ip if settings.rate_limit_enabled else None,
         )
         policy = policy_from_settings(settings)
-        # One per process, shared by every use case: a profile is the same whichever app asked.
-        recent = RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
+        # One per process, shared by every use case: a profile is the same whichever app asked; this
+        # process's copies of profiles in front of the shared cache.
+        profiles = ProfileStore.from_policy(
+            cache, policy, RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
+        )
+        identities = IdentityStore.from_policy(cache, policy)
         quota = ProfileQuota(
             limits_storage,
             per_minute=settings.tiktok.user_info_quota,
@@ -269,10 +282,15 @@ class Resources:
             )
         # One per process, whatever the app: none of them reads an app's own client or audiences.
         identity = IdentityService(
-            provider=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
+            provider=tiktok, profiles=profiles, policy=policy, quota=quota, refusals=refusals
         )
-        provisioning = ProvisioningService(keycloak=keycloak, cache=cache, policy=policy)
-        deauthorization = DeauthorizationService(keycloak=keycloak, cache=cache, policy=policy)
+        provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
+        deauthorization = DeauthorizationService(
+            keycloak=keycloak,
+            identities=identities,
+            queue=DeauthorizationQueue.from_policy(cache, policy),
+            policy=policy,
+        )
 
         def use_case(minting: KeycloakClient, app_policy: Policy) -> App:
             # Per app: the Keycloak client it mints as, its audiences, and the identities its exchange
@@ -282,7 +300,7 @@ class Resources:
                 identity=identity,
                 provisioning=provisioning,
                 minting=minter,
-                cache=cache,
+                identities=identities,
                 policy=app_policy,
                 limiter=limiter,
             )
@@ -299,12 +317,15 @@ class Resources:
         sessions = None
         if settings.sessions_enabled:
             sessions = SessionService(
-                store=session_store,
+                store=SessionStore(
+                    session_store,
+                    idp_alias=settings.keycloak_idp_alias,
+                    max_lifetime=settings.session_max_lifetime,
+                ),
                 minter=apps,
                 provider=tiktok,
                 sealer=sealer_from_settings(settings),
                 policy=SessionPolicy(
-                    idp_alias=settings.keycloak_idp_alias,
                     idle_timeout=settings.session_idle_timeout,
                     max_lifetime=settings.session_max_lifetime,
                     reuse_grace=settings.session_reuse_grace,
@@ -319,7 +340,7 @@ class Resources:
                 keycloak=keycloak,
                 bearer=RealmTokenVerifier(keycloak, clock=clock or time.time),
                 proofs=identity,
-                cache=cache,
+                identities=identities,
                 policy=LinkPolicy(
                     idp_alias=settings.keycloak_idp_alias,
                     link_clients=frozenset(settings.link_client_ids),
@@ -333,6 +354,8 @@ class Resources:
             token_http=token_http,
             redis=redis,
             cache=cache,
+            webhook_deliveries=SeenOnce.webhook_deliveries(cache),
+            dpop_proofs=SeenOnce.dpop_proofs(cache),
             signer=signer,
             tiktok=tiktok,
             keycloak=keycloak,

@@ -1,3 +1,3 @@
-"""Values and rules every layer shares: the one error tree, the model, cache key names, JWT claim
-checks. Standard library only (a test holds it).
+"""Values and rules every layer shares: the one error tree, the model, JWT claim checks. Standard library
+only (a test holds it).
 """

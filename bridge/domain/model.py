@@ -9,7 +9,6 @@ name what they work with.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,8 +50,8 @@ def fit_for_keycloak(text: str, limit: int = KEYCLOAK_MAX_LENGTH) -> str:
 
 
 class Held(enum.Enum):
-    """What asking for a lock came to (`ports.Cache.lock`). True when taken; whether the holder waited
-    tells whether another holder may have done the guarded work in the meantime."""
+    """What asking for a lock came to (`ports.IdentityStore.lock`, `engine.Cache.lock`). True when taken;
+    whether the holder waited tells whether another holder may have done the guarded work meanwhile."""
 
     NOT_TAKEN = "not taken"
     AT_ONCE = "taken at once"
@@ -76,33 +75,6 @@ class ExternalIdentity:
     # When the provider vouched for this profile (it stays cached under its token for a while): a user who
     # deauthorized the app after this moment revoked the token it came from.
     verified_at: float = field(default_factory=time.time, compare=False)
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "open_id": self.open_id,
-                "union_id": self.union_id,
-                "display_name": self.display_name,
-                "avatar_url": self.avatar_url,
-                "username": self.username,
-                "is_verified": self.is_verified,
-                "verified_at": self.verified_at,
-            },
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> ExternalIdentity:
-        data = json.loads(raw)
-        return cls(
-            open_id=data["open_id"],
-            union_id=data.get("union_id"),
-            display_name=data.get("display_name"),
-            avatar_url=data.get("avatar_url"),
-            username=data.get("username"),
-            is_verified=data.get("is_verified"),
-            verified_at=float(data.get("verified_at", 0.0)),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +215,10 @@ class SessionGrant:
         return f"SessionGrant(refresh_expires_in={self.refresh_expires_in})"
 
 
-def ended_by(ended_at: bytes | None, started: float) -> bool:
-    """Whether an end time kept in the cache (a float's repr, as `json.dumps` writes it: a tombstone, a
-    sessions' not-before time) refuses what started at `started`: at or after it. The Redis scripts in
-    `cache.py` compare the same way (`<=`, Lua reading both back to the same doubles)."""
-    return ended_at is not None and started <= float(ended_at)
+def ended_by(ended_at: float | None, started: float) -> bool:
+    """Whether an end time (a tombstone, a sessions' not-before time) refuses what started at `started`:
+    at or after it. The stores' Redis scripts compare the same way (`<=`, on the same doubles)."""
+    return ended_at is not None and started <= ended_at
 
 
 class IdentityState(enum.Enum):
@@ -259,19 +230,45 @@ class IdentityState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class CachedUser:
+    """What the cache remembers of an identity's Keycloak user: its id, and the fingerprint of the
+    attributes last synced to it (None in an entry written without one: synced again)."""
+
+    id: str
+    fingerprint: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityCheck:
     """The identity's cached state a sign-in relies on: read with the session's write, in one step."""
 
-    user_key: str  # `keys.linked_user`: must hold exactly `entry`
-    revoked_key: str  # `keys.deauthorized`: a tombstone at or after `verified_at` refuses
-    entry: bytes
-    verified_at: float
+    open_id: str
+    expected: CachedUser  # the user entry must be exactly this one
+    verified_at: float  # a tombstone at or after it refuses
 
-    def judge(self, revoked_at: bytes | None, entry: bytes | None) -> IdentityState:
-        """The state these two stored values give (the stores that cannot run a script use this)."""
-        if ended_by(revoked_at, self.verified_at):
+    def judge(self, deauthorized_at: float | None, user: CachedUser | None) -> IdentityState:
+        """The state these two cached values give."""
+        if ended_by(deauthorized_at, self.verified_at):
             return IdentityState.REVOKED
-        return IdentityState.CURRENT if entry == self.entry else IdentityState.STALE
+        return IdentityState.CURRENT if user == self.expected else IdentityState.STALE
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDeauthorization:
+    """A deauthorization Keycloak has not taken yet: when it arrived, and how many attempts failed."""
+
+    received: float
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileLookup:
+    """What the profile cache knows of one access token: its profile, that TikTok refused it lately,
+    or nothing. `local` when this process's own copy answered (no shared-cache read)."""
+
+    profile: ExternalIdentity | None = None
+    rejected: bool = False
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,6 @@ from urllib.parse import urlencode
 import aiohttp
 import httpx2
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccountDisabled,
     InvalidScope,
@@ -51,7 +50,7 @@ from bridge.outbound.resilience import CircuitBreaker, guarded_call
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from bridge.services.ports import Cache
+    from bridge.services.ports import AdminTokenStore
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class KeycloakClient:
     def __init__(
         self,
         http: httpx2.AsyncClient,
-        cache: Cache,
+        cache: AdminTokenStore,
         *,
         token_http: aiohttp.ClientSession,
         base_url: str,
@@ -157,7 +156,6 @@ class KeycloakClient:
         self._admin_token: _AdminToken | None = None
         self._admin_token_lock = asyncio.Lock()
         self._issuer: str | None = None
-        self._admin_token_key = keys.admin_token(realm, client_id)
         self._token_url = f"{self.realm_url}{TOKEN_PATH}"
         self._grant_name = f"POST {self._path(self._token_url)}"  # how a failed grant is logged
         # Everything of the grant's request but its body, built once.
@@ -294,19 +292,14 @@ class KeycloakClient:
             token = self._admin_token
             if not refresh and token is not None and token.expires_at > time.time():
                 return token.value
-            if not refresh and (cached := await self._cache.get(self._admin_token_key)):
-                loaded = json.loads(cached)
-                token = _AdminToken(loaded["value"], loaded["expires_at"])
+            if not refresh and (cached := await self._cache.read(self._realm, self._client_id)):
+                token = _AdminToken(*cached)
                 if token.expires_at > time.time():
                     self._admin_token = token
                     return token.value
             token = await self._fetch_admin_token()
             self._admin_token = token
-            await self._cache.set(
-                self._admin_token_key,
-                json.dumps({"value": token.value, "expires_at": token.expires_at}).encode(),
-                ttl=max(1.0, token.expires_at - time.time()),
-            )
+            await self._cache.keep(self._realm, self._client_id, token.value, token.expires_at)
             return token.value
 
     async def _admin(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:  # noqa: ANN401

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bridge.settings import Settings
+    from bridge.storage.redis_connection import RedisClient
 
 # An identity-provider alias no realm has: the reach probe's link removal never finds anything.
 _PROBE_ALIAS = "bridge-doctor-probe-none"
@@ -100,6 +101,9 @@ class _Context:
     realm_scopes: frozenset[str] = frozenset()
     # Where the provider fetches the bridge's keys: known with admin credentials, else the default.
     jwks_url: str = ""
+    # The process's own Redis client, when a running bridge asks (its verbose readiness); else None,
+    # and the Redis check opens a client of its own for the run.
+    redis: RedisClient | None = None
 
     def passed(self, name: str, detail: str) -> None:
         self.results.append(Check(name, ok=True, detail=detail))
@@ -120,12 +124,18 @@ class AdminLogin:
 
 
 async def run_checks(
-    settings: Settings, *, http: httpx2.AsyncClient | None = None, admin: AdminLogin | None = None
+    settings: Settings,
+    *,
+    http: httpx2.AsyncClient | None = None,
+    admin: AdminLogin | None = None,
+    redis: RedisClient | None = None,
 ) -> list[Check]:
-    """Every check, in dependency order; a check whose prerequisite failed is left out."""
+    """Every check, in dependency order; a check whose prerequisite failed is left out. `http` and
+    `redis`: a running bridge's own clients (the command line opens its own for the run)."""
     own = http is None
     client = http or httpx2.AsyncClient(timeout=settings.http_timeout)
     ctx = _Context(settings, client, [Check("settings", ok=True, detail="BRIDGE_* settings are valid")])
+    ctx.redis = redis
     ctx.jwks_url = spec.default_jwks_url(settings)
     try:
         await _tiktok(ctx)
@@ -650,19 +660,22 @@ async def _redis(ctx: _Context) -> None:
         return
     from redis.exceptions import RedisClusterException, RedisError  # noqa: PLC0415 - only with Redis
 
+    from bridge.storage.keys import doctor_probe  # noqa: PLC0415 - only with Redis
     from bridge.storage.redis_connection import redis_client  # noqa: PLC0415 - the bridge's own URL handling
 
-    key = f"bridge-doctor:{secrets.token_hex(8)}"
+    key = doctor_probe(secrets.token_hex(8))
     value = str(time.time()).encode()
-    try:
-        # The bridge's own client (plain, Sentinel or Cluster URL) writes a key with a TTL and reads
-        # it back, as the bridge does with every cache entry.
-        client = redis_client(
-            ctx.settings.redis_url.get_secret_value(), timeout=max(1.0, ctx.settings.redis_timeout)
-        )
-    except ValueError as exc:
-        ctx.failed(name, f"BRIDGE_REDIS_URL is not usable: {exc}", "Fix BRIDGE_REDIS_URL.")
-        return
+    client = ctx.redis
+    if client is None:
+        try:
+            # The bridge's own client (plain, Sentinel or Cluster URL) writes a key with a TTL and reads
+            # it back, as the bridge does with every cache entry.
+            client = redis_client(
+                ctx.settings.redis_url.get_secret_value(), timeout=max(1.0, ctx.settings.redis_timeout)
+            )
+        except ValueError as exc:
+            ctx.failed(name, f"BRIDGE_REDIS_URL is not usable: {exc}", "Fix BRIDGE_REDIS_URL.")
+            return
     try:
         await client.set(key, value, ex=30)
         kept = await client.get(key)
@@ -675,7 +688,8 @@ async def _redis(ctx: _Context) -> None:
         )
         return
     finally:
-        await client.aclose()
+        if ctx.redis is None:  # opened for this run; a running bridge's client stays open
+            await client.aclose()
     if kept != value:
         ctx.failed(
             name,
@@ -706,9 +720,12 @@ class CachedChecks:
         self._checks: list[Check] = []
         self._at = float("-inf")
 
-    async def current(self, settings: Settings, http: httpx2.AsyncClient) -> list[Check]:
+    async def current(
+        self, settings: Settings, http: httpx2.AsyncClient, redis: RedisClient | None = None
+    ) -> list[Check]:
+        """`redis`: the process's one Redis client, which the Redis check then uses."""
         async with self._lock:
             if self._clock() - self._at >= self._ttl:
-                self._checks = await run_checks(settings, http=http)
+                self._checks = await run_checks(settings, http=http, redis=redis)
                 self._at = self._clock()
             return self._checks

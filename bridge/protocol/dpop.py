@@ -23,11 +23,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from bridge.domain import claims as jwt_claims
-from bridge.domain import keys
 from bridge.domain.errors import InvalidDPoPProof
 
 if TYPE_CHECKING:
-    from bridge.services.ports import Cache
+    from bridge.services.ports import SeenOnce
 
 ALGORITHMS = ("ES256", "Ed25519", "RS256", "PS256")  # Ed25519: RFC 9864, which deprecates "EdDSA"
 MAX_SKEW = 60
@@ -58,7 +57,7 @@ def _public_key(header: dict[str, Any]) -> ECKey | OKPKey | RSAKey:
         raise InvalidDPoPProof(detail="proof jwk cannot be imported") from exc
 
 
-async def verify_proof(proof: str | None, *, method: str, url: str, replay_cache: Cache) -> str | None:
+async def verify_proof(proof: str | None, *, method: str, url: str, replays: SeenOnce) -> str | None:
     """The thumbprint of the key that signed a valid proof, None when there is no proof at all."""
     if proof is None:
         return None
@@ -74,7 +73,7 @@ async def verify_proof(proof: str | None, *, method: str, url: str, replay_cache
     except (JoseError, ValueError, UnicodeDecodeError) as exc:
         raise InvalidDPoPProof(detail="signature does not verify") from exc
     jti = _checked_jti(claims, method=method, url=url)
-    if not await replay_cache.add(keys.dpop_proof(jti), b"1", 2 * MAX_SKEW):
+    if not await replays.first_time(jti):
         raise InvalidDPoPProof(detail="proof replayed")
     return key.thumbprint()
 

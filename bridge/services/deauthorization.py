@@ -4,22 +4,22 @@ applied to the identity's Keycloak user.
 It holds the tombstone that refuses profiles verified before the event, the queue of deauthorizations
 Keycloak has not taken yet, their retries (any replica may run them; the identity's lock lets one
 apply each) and the deauthorization policy (record, disable or unlink). Ports: `KeycloakGateway` (its
-admin calls only) and `Cache`. The webhook and its retry loop use it.
+admin calls only), `IdentityStore` (the tombstone, the cached user) and `DeauthorizationQueue`. The
+webhook and its retry loop use it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from bridge.domain import keys
 from bridge.domain.errors import TemporarilyUnavailable, UpstreamError
+from bridge.domain.model import PendingDeauthorization
 
 if TYPE_CHECKING:
     from bridge.domain.model import Policy
-    from bridge.services.ports import Cache, KeycloakGateway
+    from bridge.services.ports import DeauthorizationQueue, IdentityStore, KeycloakGateway
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,17 @@ DEAUTHORIZATION_LOCK_WAIT = 0.1
 
 
 class DeauthorizationService:
-    def __init__(self, *, keycloak: KeycloakGateway, cache: Cache, policy: Policy) -> None:
+    def __init__(
+        self,
+        *,
+        keycloak: KeycloakGateway,
+        identities: IdentityStore,
+        queue: DeauthorizationQueue,
+        policy: Policy,
+    ) -> None:
         self._keycloak = keycloak
-        self._cache = cache
+        self._identities = identities
+        self._queue = queue
         self._policy = policy
 
     async def deauthorize(self, open_id: str) -> str:
@@ -51,26 +59,17 @@ class DeauthorizationService:
         The provider already has its 200 when this runs, and will not deliver again: so the event is written
         to the shared cache before Keycloak is asked, and stays there until Keycloak has taken it.
         """
-        alias = self._policy.idp_alias
         now = time.time()
-        await self._cache.set(
-            keys.deauthorized(alias, open_id), json.dumps(now).encode(), self._policy.profile_ttl
-        )
+        await self._identities.deauthorized(open_id, now)
         if self._policy.deauthorization == "record":
             return "recorded"
-        record = {"received": now, "attempts": 0}
-        await self._cache.set(
-            keys.pending_deauthorization(alias, open_id),
-            json.dumps(record).encode(),
-            self._policy.deauthorization_retry_horizon,
-        )
-        await self._cache.schedule(keys.DEAUTHORIZATION_QUEUE, open_id, now)
+        await self._queue.add(open_id, now)
         return await self._attempt_deauthorization(open_id) or "pending"
 
     async def retry_deauthorizations(self, limit: int = 20) -> int:
         """One pass over the deauthorizations due for another attempt (any replica may run it; the
         identity's lock makes one of them apply each). Returns how many were attempted."""
-        due = await self._cache.due(keys.DEAUTHORIZATION_QUEUE, time.time(), limit)
+        due = await self._queue.due(time.time(), limit)
         for open_id in due:
             await self._attempt_deauthorization(open_id)
         return len(due)
@@ -78,41 +77,36 @@ class DeauthorizationService:
     async def _attempt_deauthorization(self, open_id: str) -> str | None:
         """Try the pending deauthorization of `open_id` once: its outcome, or None if it stays pending
         (Keycloak unavailable, or another replica holds it right now)."""
-        alias = self._policy.idp_alias
-        record_key = keys.pending_deauthorization(alias, open_id)
         # Hardly any waiting: a replica that finds the lock taken leaves the identity to its holder.
-        async with self._cache.lock(
-            keys.deauthorization_lock(alias, open_id),
-            ttl=DEAUTHORIZATION_LOCK_TTL,
-            wait=DEAUTHORIZATION_LOCK_WAIT,
+        async with self._queue.claim(
+            open_id, ttl=DEAUTHORIZATION_LOCK_TTL, wait=DEAUTHORIZATION_LOCK_WAIT
         ) as mine:
             if not mine:
                 return None
-            stored = await self._cache.get(record_key)
-            if stored is None:
+            record = await self._queue.read(open_id)
+            if record is None:
                 # Applied by another replica since it was listed, or expired past the horizon.
-                await self._cache.unschedule(keys.DEAUTHORIZATION_QUEUE, open_id)
+                await self._queue.unschedule(open_id)
                 return None
-            record = json.loads(stored)
             try:
                 outcome = await self._apply_deauthorization(open_id)
             except (UpstreamError, TemporarilyUnavailable) as exc:
                 await self._postpone_deauthorization(open_id, record, exc)
                 return None
-            await self._cache.delete(record_key)
-            await self._cache.unschedule(keys.DEAUTHORIZATION_QUEUE, open_id)
-            if record["attempts"]:
+            await self._queue.drop(open_id)
+            if record.attempts:
                 log.info(
                     "deauthorization applied after retries",
-                    extra={"outcome": outcome, "attempts": record["attempts"] + 1},
+                    extra={"outcome": outcome, "attempts": record.attempts + 1},
                 )
             return outcome
 
-    async def _postpone_deauthorization(self, open_id: str, record: dict[str, Any], exc: Exception) -> None:
-        alias = self._policy.idp_alias
+    async def _postpone_deauthorization(
+        self, open_id: str, record: PendingDeauthorization, exc: Exception
+    ) -> None:
         now = time.time()
-        attempts = int(record["attempts"]) + 1
-        age = now - float(record["received"])
+        attempts = record.attempts + 1
+        age = now - record.received
         left = self._policy.deauthorization_retry_horizon - age
         detail = getattr(exc, "detail", "")
         if left <= 0:
@@ -120,8 +114,7 @@ class DeauthorizationService:
                 "deauthorization given up: Keycloak did not take it in time",
                 extra={"attempts": attempts, "error_type": type(exc).__name__, "detail": detail},
             )
-            await self._cache.delete(keys.pending_deauthorization(alias, open_id))
-            await self._cache.unschedule(keys.DEAUTHORIZATION_QUEUE, open_id)
+            await self._queue.drop(open_id)
             return
         delay = min(
             self._policy.deauthorization_retry_max_delay, DEAUTHORIZATION_FIRST_DELAY * 2 ** (attempts - 1)
@@ -135,11 +128,7 @@ class DeauthorizationService:
                 "detail": detail,
             },
         )
-        record["attempts"] = attempts
-        await self._cache.set(
-            keys.pending_deauthorization(alias, open_id), json.dumps(record).encode(), max(1.0, left)
-        )
-        await self._cache.schedule(keys.DEAUTHORIZATION_QUEUE, open_id, now + delay)
+        await self._queue.postpone(open_id, PendingDeauthorization(record.received, attempts), now + delay)
 
     async def _apply_deauthorization(self, open_id: str) -> str:
         alias = self._policy.idp_alias
@@ -153,5 +142,5 @@ class DeauthorizationService:
             await self._keycloak.remove_link(user.id, alias)
             outcome = "unlinked"
         # The cached id now names a disabled or unlinked account: the next sign-in asks Keycloak.
-        await self._cache.delete(keys.linked_user(alias, open_id))
+        await self._identities.forget(open_id)
         return outcome

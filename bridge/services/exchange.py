@@ -2,9 +2,9 @@
 
 It composes the use cases of each step: `IdentityService` (identity.py) verifies, `ProvisioningService`
 (provisioning.py) finds or creates the user, `MintingService` (minting.py) asks Keycloak for the
-tokens; and it starts the session asked for with the sign-in. Ports of its own: `GuardedCache` (the
+tokens; and it starts the session asked for with the sign-in. Ports of its own: `IdentityStore` (the
 identity's cached state, read with the session's write), `IdentityLimiter` and `SessionStarter`. It
-imports nothing but the bridge's dependency-free modules (model, errors, keys, ports), the RFC 8693
+imports nothing but the bridge's dependency-free modules (model, errors, ports), the RFC 8693
 request types, its metrics and the other use cases, so the same logic serves the RFC 8693 endpoint and
 the Strapi-compatible one, and loads without httpx2, redis or Starlette (a test holds it to that).
 
@@ -23,19 +23,18 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from bridge.domain import keys
 from bridge.domain.errors import AccessTokenRejected, AccountDisabled, NotLinked, UpstreamUnavailable
-from bridge.domain.model import Exchanged, IdentityCheck, IdentityState, NewSession
+from bridge.domain.model import CachedUser, Exchanged, IdentityCheck, IdentityState, NewSession
 from bridge.observability.metrics import CACHE_LOOKUPS, count
 from bridge.protocol.rfc8693 import CodeExchange
-from bridge.services.provisioning import profile_fingerprint, user_entry
+from bridge.services.provisioning import profile_fingerprint
 
 if TYPE_CHECKING:
     from bridge.domain.model import Caller, ExternalIdentity, Policy, ProviderGrant, SessionGrant
     from bridge.protocol.rfc8693 import ExchangeRequest
     from bridge.services.identity import IdentityService
     from bridge.services.minting import MintingService
-    from bridge.services.ports import GuardedCache, IdentityLimiter, SessionStarter
+    from bridge.services.ports import IdentityLimiter, IdentityStore, SessionStarter
     from bridge.services.provisioning import ProvisioningService
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ class ExchangeService:
         identity: IdentityService,
         provisioning: ProvisioningService,
         minting: MintingService,
-        cache: GuardedCache,
+        identities: IdentityStore,
         policy: Policy,
         limiter: IdentityLimiter | None = None,
     ) -> None:
@@ -70,7 +69,7 @@ class ExchangeService:
         # This app's: the Keycloak client it mints as, and the audiences it may ask for.
         self._minting = minting
         self._limiter = limiter
-        self._cache = cache
+        self._identities = identities
         self._policy = policy
         # open_id -> until when (wall clock) its cached user entry, written or confirmed by this
         # process, is expected to last: the identities whose token is minted before the cache is read.
@@ -109,7 +108,7 @@ class ExchangeService:
         if self._limiter is not None:
             # Per identity, before any Keycloak work: one external account cannot hammer the realm.
             await self._limiter.check_identity(profile.open_id)
-        if session is not None and not self._cache.degraded and self._is_known(profile.open_id):
+        if session is not None and not self._identities.degraded and self._is_known(profile.open_id):
             known = await self._sign_in_known(profile, scope, audiences, provider_grant, session)
             if known is not None:
                 return known
@@ -132,14 +131,14 @@ class ExchangeService:
             issued = await self._minting.mint(profile.open_id, scope, audiences)
         except NotLinked:
             # Our cached id outlived the link (an admin removed it): forget it and provision afresh once.
-            await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
+            await self._identities.forget(profile.open_id)
             user_id, created = await self._provisioning.ensure_user(profile)
             issued = await self._minting.mint(profile.open_id, scope, audiences)
         if issued.subject is not None and issued.subject != user_id:
             # An admin moved the link to another account: Keycloak minted for that one, so the answer
             # and the log name it, and the stale cached id is forgotten.
             log.info("linked user changed in keycloak", extra={"keycloak_user_id": issued.subject})
-            await self._cache.delete(keys.linked_user(self._policy.idp_alias, profile.open_id))
+            await self._identities.forget(profile.open_id)
             user_id = issued.subject
         elif issued.subject is not None:
             # The cached entry names the user Keycloak minted for: next time, mint first.
@@ -174,12 +173,10 @@ class ExchangeService:
             return None
         if issued.subject is None:
             return None
-        alias = self._policy.idp_alias
         check = IdentityCheck(
-            user_key=keys.linked_user(alias, profile.open_id),
-            revoked_key=keys.deauthorized(alias, profile.open_id),
-            entry=user_entry(issued.subject, profile_fingerprint(profile, self._policy.attributes)),
-            verified_at=profile.verified_at,
+            profile.open_id,
+            CachedUser(issued.subject, profile_fingerprint(profile, self._policy.attributes)),
+            profile.verified_at,
         )
         exchanged = Exchanged(
             issued=issued,
@@ -195,8 +192,8 @@ class ExchangeService:
             # Redis went away meanwhile: the check reads the cache (memory now), the answer has no
             # session, as on the other path.
             log.warning("session not started: the session store is unavailable", extra={"detail": exc.detail})
-            revoked_at, entry = await self._cache.get_many(check.revoked_key, check.user_key)
-            started = None if (state := check.judge(revoked_at, entry)) is IdentityState.CURRENT else state
+            state = await self._identities.state(check)
+            started = None if state is IdentityState.CURRENT else state
         if started is IdentityState.REVOKED:
             # Forgotten too: a client retrying the revoked token is refused from the cache, no grant.
             self._guessed_wrong(profile.open_id)

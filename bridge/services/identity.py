@@ -1,12 +1,12 @@
 """Identity verification: the external identity behind an authorization code or an access token of the
 identity provider.
 
-It holds the profile cache (the shared one, and this process's copies in front of it), the negative
+It uses the profile cache (the shared one, and this process's copies in front of it), the negative
 cache of refused tokens, the provider's profile quota (spent by the caller's priority) and the count of
-refused tokens per client address. Ports: `IdentityProvider`, `Cache`, `ProviderQuota`,
-`RefusalBudget`, and `RecentProfiles`, this process's copies. The exchange, the Strapi-compatible
-endpoint and linking (as its `IdentityProofs`) verify through it. What the provider refuses, or an
-outage of it, reaches them as the client's error (`_asking`): the adapter raises upstream errors only.
+refused tokens per client address. Ports: `IdentityProvider`, `ProfileStore`, `ProviderQuota`,
+`RefusalBudget`. The exchange, the Strapi-compatible endpoint and linking (as its `IdentityProofs`)
+verify through it. What the provider refuses, or an outage of it, reaches them as the client's error
+(`_asking`): the adapter raises upstream errors only.
 
 `verify_access_token` is on the warm path: a token seen lately is answered from this process's memory,
 or from one shared-cache read, without asking the provider.
@@ -17,7 +17,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccessTokenRejected,
     IdentityMismatch,
@@ -28,24 +27,20 @@ from bridge.domain.errors import (
     UpstreamUnavailable,
     refusal_for,
 )
-from bridge.domain.model import Caller, ExternalIdentity
+from bridge.domain.model import Caller
 from bridge.observability.metrics import CACHE_LOOKUPS, count
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from bridge.domain.model import Policy, ProviderGrant
+    from bridge.domain.model import ExternalIdentity, Policy, ProviderGrant
     from bridge.services.ports import (
-        Cache,
         IdentityProvider,
+        ProfileStore,
         ProviderQuota,
-        RecentIdentities,
         RefusalBudget,
         RefusalReservation,
     )
-
-# How long an address that signed in successfully keeps its priority on the provider's quota.
-PROVEN_ADDRESS_TTL = 86400
 
 
 class IdentityService:
@@ -53,26 +48,23 @@ class IdentityService:
         self,
         *,
         provider: IdentityProvider,
-        cache: Cache,
+        profiles: ProfileStore,
         policy: Policy,
         quota: ProviderQuota | None = None,
-        recent: RecentIdentities | None = None,
         refusals: RefusalBudget | None = None,
     ) -> None:
         # Per client address, the bare tokens the provider refused in a row: past its budget an address
         # no longer spends the quota (`ratelimit.RefusalCounts`).
         self._refusals = refusals
-        # This process's copies of profiles in front of the shared cache (`recent_profiles.py`).
-        self._recent = recent
         self._quota = quota
         self._provider = provider
-        self._cache = cache
+        self._profiles = profiles
         self._policy = policy
 
     async def verify_code(
         self, code: str, code_verifier: str, redirect_uri: str
     ) -> tuple[ExternalIdentity, ProviderGrant]:
-        """Redeem a Login Kit code with our own secret, then read the profile with the fresh token.
+        """Redeem an authorization code with our own secret, then read the profile with the fresh token.
 
         A code redeemed with our client secret proves the grant was made to our app, which a bare access
         token cannot. The provider's tokens are returned for a session to keep (sealed), or to be dropped.
@@ -96,19 +88,12 @@ class IdentityService:
         cache), the provider last, spending its quota by the caller's priority."""
         if not self._provider.plausible(access_token):
             raise AccessTokenRejected(detail="not shaped like the provider's access tokens; not asked")
-        profile_key, rejected_key = keys.token_entries(access_token)
-        if self._recent is not None and (recent := self._recent.get(profile_key)) is not None:
-            count(CACHE_LOOKUPS, "profile", "memory_hit")
-            return recent
-        # Both in one round trip (one hash tag): a new token costs one read before the provider, not two.
-        cached, rejected = await self._cache.get_many(profile_key, rejected_key)
-        if cached:
-            count(CACHE_LOOKUPS, "profile", "hit")
-            profile = ExternalIdentity.from_json(cached)
-            self._remember_profile(profile_key, profile)
-            return profile
+        found = await self._profiles.lookup(access_token)
+        if found.profile is not None:
+            count(CACHE_LOOKUPS, "profile", "memory_hit" if found.local else "hit")
+            return found.profile
         count(CACHE_LOOKUPS, "profile", "miss")
-        if rejected:
+        if found.rejected:
             # A recently refused token is refused again without spending the provider's quota.
             count(CACHE_LOOKUPS, "rejected", "hit")
             raise AccessTokenRejected(detail="refused by the provider recently (negative cache)")
@@ -121,7 +106,7 @@ class IdentityService:
                 profile = await self._provider.verify_access_token(access_token)
         except SubjectTokenRejected:
             # Counted against the address (the attempt stays reserved), and cached for the token.
-            await self._cache.set(rejected_key, b"1", self._policy.negative_ttl)
+            await self._profiles.reject(access_token)
             raise
         except Exception:
             if attempt is not None:
@@ -129,17 +114,12 @@ class IdentityService:
             raise
         if attempt is not None:
             await attempt.vouched()
-        await self._cache.set(profile_key, profile.to_json(), self._policy.profile_ttl)
-        self._remember_profile(profile_key, profile)
+        await self._profiles.keep(access_token, profile)
         if caller.address is not None:
             # This address brought a token the provider vouched for: its next new tokens get the kept
             # share of the quota. Written on this cold path only, so the warm path pays nothing.
-            await self._cache.set(keys.proven_client(caller.address), b"1", PROVEN_ADDRESS_TTL)
+            await self._profiles.vouch_for(caller.address)
         return profile
-
-    def _remember_profile(self, key: str, profile: ExternalIdentity) -> None:
-        if self._recent is not None:
-            self._recent.put(key, profile)
 
     async def verify_access_token_fresh(self, access_token: str) -> ExternalIdentity:
         """Ask the provider now, whatever is cached: linking acts on proof that the token is alive this
@@ -152,15 +132,15 @@ class IdentityService:
             return await self._provider.verify_access_token(access_token)
 
     async def _reserve_attempt(self, caller: Caller) -> RefusalReservation | None:
-        """The caller's attempt, counted as refused until the provider answers; None when nothing counts it: a
-        confidential client (one server's address for many users, and a secret proving who it is) or
-        an unknown address."""
+        """The caller's attempt, counted as refused until the provider answers; None when nothing counts
+        it: a confidential client (one server's address for many users, and a secret proving who it is)
+        or an unknown address."""
         if self._refusals is None or caller.trusted or caller.address is None:
             return None
         return await self._refusals.reserve(caller.address)
 
     async def _proven(self, address: str | None) -> bool:
-        return address is not None and await self._cache.get(keys.proven_client(address)) is not None
+        return address is not None and await self._profiles.is_proven(address)
 
     async def _spend_quota(self, *, proven: bool) -> None:
         if self._quota is not None:

@@ -26,7 +26,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     IdentityLinkedElsewhere,
     InvalidToken,
@@ -38,7 +37,13 @@ from bridge.domain.model import FederatedLink, IdentityAttributes, KeycloakUser
 
 if TYPE_CHECKING:
     from bridge.domain.model import ExternalIdentity
-    from bridge.services.ports import BearerVerifier, Cache, IdentityProofs, IdentitySessions, KeycloakGateway
+    from bridge.services.ports import (
+        BearerVerifier,
+        IdentityProofs,
+        IdentitySessions,
+        IdentityStore,
+        KeycloakGateway,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +90,14 @@ class LinkingService:
         keycloak: KeycloakGateway,
         bearer: BearerVerifier,
         proofs: IdentityProofs,
-        cache: Cache,
+        identities: IdentityStore,
         policy: LinkPolicy,
         sessions: IdentitySessions | None,
     ) -> None:
         self._keycloak = keycloak
         self._bearer = bearer
         self._proofs = proofs
-        self._cache = cache
+        self._identities = identities
         self._policy = policy
         self._sessions = sessions
 
@@ -125,9 +130,7 @@ class LinkingService:
 
     async def link(self, user: KeycloakUser, profile: ExternalIdentity) -> LinkState:
         alias = self._policy.idp_alias
-        async with self._cache.lock(
-            keys.provisioning_lock(alias, profile.open_id), ttl=LOCK_TTL, wait=LOCK_WAIT
-        ) as acquired:
+        async with self._identities.lock(profile.open_id, ttl=LOCK_TTL, wait=LOCK_WAIT) as acquired:
             if not acquired:
                 raise TemporarilyUnavailable(detail="identity lock not acquired in time")
             owner = await self._keycloak.find_linked_user(alias, profile.open_id)
@@ -144,7 +147,7 @@ class LinkingService:
                     # Linked meanwhile outside the lock (an admin): whatever it is now, it is not ours.
                     raise OtherIdentityLinked(detail="keycloak refused the link: 409") from exc
             await self._write_attributes(user, self._policy.attributes.of(profile))
-            await self._cache.delete(keys.linked_user(alias, profile.open_id))
+            await self._identities.forget(profile.open_id)
         await self._end_sessions(profile.open_id)
         log.info(
             "tiktok identity linked",
@@ -162,14 +165,12 @@ class LinkingService:
         link = await self._provider_link(user.id)
         if link is None:
             return LinkState(user_id=user.id, open_id=None)
-        async with self._cache.lock(
-            keys.provisioning_lock(alias, link.user_id), ttl=LOCK_TTL, wait=LOCK_WAIT
-        ) as acquired:
+        async with self._identities.lock(link.user_id, ttl=LOCK_TTL, wait=LOCK_WAIT) as acquired:
             if not acquired:
                 raise TemporarilyUnavailable(detail="identity lock not acquired in time")
             await self._keycloak.remove_link(user.id, alias)
             await self._write_attributes(user, {})
-            await self._cache.delete(keys.linked_user(alias, link.user_id))
+            await self._identities.forget(link.user_id)
         await self._end_sessions(link.user_id)
         log.info("tiktok identity unlinked", extra={"keycloak_user_id": user.id})
         return LinkState(user_id=user.id, open_id=None)

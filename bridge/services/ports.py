@@ -1,19 +1,22 @@
-"""What the use cases need from the world, as protocols: an identity provider, Keycloak, a cache, limits,
-a signer, a sealer, and each other.
+"""What the use cases need from the world, as protocols: an identity provider, Keycloak, typed stores,
+limits, a signer, and each other.
 
-The adapters (`providers/`, `keycloak/`, `storage/`) implement these; the unit tests' fakes
-implement them too and are type-checked against them. Only the standard library and the bridge's own
-value types are imported here.
+The stores speak in the bridge's values: keys, encodings and lifetimes are storage's business
+(`bridge/storage/`), and so are the single-round-trip steps (a lock taken with the entry it guards, a
+session written with the identity's state read). The adapters (`providers/`, `keycloak/`, `storage/`)
+implement these; the unit tests' fakes implement them too and are type-checked against them. Only the
+standard library and the bridge's own value types are imported here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from bridge.domain.model import (
+        CachedUser,
         ExternalIdentity,
         FederatedLink,
         Held,
@@ -22,10 +25,13 @@ if TYPE_CHECKING:
         IssuedToken,
         KeycloakUser,
         NewSession,
+        PendingDeauthorization,
+        ProfileLookup,
         ProviderGrant,
         SessionGrant,
         VerifiedBearer,
     )
+    from bridge.services.sessions import SessionRecord
 
 
 class ProviderGrants(Protocol):
@@ -106,115 +112,151 @@ class IdentityProofs(Protocol):
     async def verify_access_token_fresh(self, access_token: str) -> ExternalIdentity: ...
 
 
-class RecentIdentities(Protocol):
-    """This process's copies of verified identities, in front of the shared cache
-    (`storage.recent_profiles.RecentProfiles`)."""
-
-    def get(self, key: str) -> ExternalIdentity | None: ...
-    def put(self, key: str, profile: ExternalIdentity) -> None: ...
-
-
 class IdentitySessions(Protocol):
     async def end_identity(self, open_id: str) -> None: ...
 
 
-class Cache(Protocol):
-    """What the bridge needs from a cache. Every method raises UpstreamUnavailable('cache') on failure."""
+class ProfileStore(Protocol):
+    """Profiles verified under an access token, tokens TikTok refused lately, and client addresses that
+    brought a token TikTok vouched for. Every method raises UpstreamUnavailable('cache') on failure."""
 
-    async def get(self, key: str) -> bytes | None: ...
-    async def get_many(self, *keys: str) -> list[bytes | None]:
-        """One round trip; with Redis Cluster the keys must share a hash tag (one slot)."""
+    async def lookup(self, access_token: str) -> ProfileLookup:
+        """What is known of the token: this process's copy first, then one shared-cache read."""
         ...
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
-    async def add(self, key: str, value: bytes, ttl: float) -> bool:
-        """Set only if absent; True if this call set it."""
+    async def keep(self, access_token: str, profile: ExternalIdentity) -> None:
+        """Remember the profile TikTok gave for the token, for the profile lifetime."""
         ...
 
-    async def delete(self, *keys: str) -> None: ...
-    async def schedule(self, key: str, member: str, at: float) -> None:
-        """Put `member` in the schedule `key` (a Redis sorted set), due at time `at`; moves it if there."""
+    async def reject(self, access_token: str) -> None:
+        """Remember that TikTok refused the token, for the negative-cache lifetime."""
         ...
 
-    async def due(self, key: str, until: float, limit: int) -> list[str]:
-        """At most `limit` members of the schedule `key` due at or before `until`, earliest first."""
-        ...
-
-    async def unschedule(self, key: str, member: str) -> None: ...
-    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
-        """Single-flight across replicas: held within `wait` (at once, or after waiting), or not."""
-        ...
-
-    async def ping(self) -> None: ...
-    async def aclose(self) -> None: ...
-    @property
-    def degraded(self) -> bool:
-        """True while a shared cache is unreachable and this process serves from its own memory."""
-        ...
+    async def vouch_for(self, address: str) -> None: ...
+    async def is_proven(self, address: str) -> bool: ...
 
 
-class LockedEntry(Protocol):
-    """One entry, read as the lock guarding it was taken (`Store.locked_entry`)."""
+class LockedUser(Protocol):
+    """An identity's cached user, read as its provisioning lock was taken (`IdentityStore.provisioning`)."""
 
     @property
     def held(self) -> Held: ...
     @property
-    def value(self) -> bytes | None:
+    def user(self) -> CachedUser | None:
         """The entry as the lock was taken; None if it was absent, or if the lock was not taken."""
         ...
 
-    async def save_and_release(self, value: bytes, ttl: float) -> None:
-        """Write the entry and give up the lock together (one Redis round trip). The entry is written
-        even if the lock's ttl ran out meanwhile; the lock is deleted only while it is still ours. Only
-        for a held lock, and once: leaving the block afterwards releases nothing more."""
+    async def save_and_release(self, user: CachedUser) -> None:
+        """Cache the user and give up the lock together (one Redis round trip). Only for a held lock,
+        and once: leaving the block afterwards releases nothing more."""
         ...
 
 
-class StoreEntry(LockedEntry, Protocol):
-    """A locked entry of a `Store`, which can also make its write depend on an end time elsewhere."""
-
-    async def save_and_release_unless_ended(
-        self, value: bytes, ttl: float, *, ended_key: str, started: float
-    ) -> bool:
-        """`save_and_release`, unless `ended_key` holds a time (a float) at or after `started`: then the
-        entry is deleted instead. The lock is released either way; True if the entry was written. One
-        Redis round trip (with Redis Cluster, where `ended_key` lies in another slot, a read first)."""
-        ...
-
-
-class GuardedCache(Cache, Protocol):
-    """A cache that can read an entry as it takes the lock guarding it, and write it as it releases the
-    lock (`locked_entry`). The exchange's cache is one: provisioning takes the identity's lock and reads
-    what a previous holder cached in one round trip, and caches the new user's id with the release."""
-
-    def locked_entry(
-        self, key: str, *, lock_key: str, ttl: float, wait: float
-    ) -> AbstractAsyncContextManager[LockedEntry]:
-        """`lock(lock_key)` that reads `key` in the same round trip when it takes the lock (an attempt
-        that finds the lock held reads nothing). With Redis Cluster the two keys share a hash tag."""
-        ...
-
-
-class Store(GuardedCache, Protocol):
-    """A cache that is one place, Redis or this process's memory, never the fallback between the two:
-    a lock and the entry it guards are always kept together, so what `locked_entry` read as it took
-    the lock is what its write replaces. The session store is one. (The fallback cache is a
-    `GuardedCache` too, but during a Redis outage its entry may be written to memory while the lock
-    it replaces stays in Redis until it expires.)"""
+class IdentityStore(Protocol):
+    """Per TikTok identity: its cached Keycloak user, the tombstone of its last deauthorization and its
+    provisioning lock. Every method raises UpstreamUnavailable('cache') on failure."""
 
     @property
-    def one_place(self) -> Literal[True]:
-        """Marks a Store, so that mypy refuses the fallback cache wherever a Store is expected."""
+    def degraded(self) -> bool:
+        """True while the shared cache is unreachable and this process serves from its own memory."""
         ...
 
-    def locked_entry(
-        self, key: str, *, lock_key: str, ttl: float, wait: float
-    ) -> AbstractAsyncContextManager[StoreEntry]: ...
+    async def read(self, open_id: str) -> tuple[CachedUser | None, float | None]:
+        """The cached user and when the identity last deauthorized the app: one round trip."""
+        ...
 
-    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
-        """Write `key` only if `check` finds the identity's cached state as expected; read and written
-        in one step (one Redis script; with Redis Cluster, where `key` lies in another slot, a read of
-        the identity's keys and then the write). The state found, written or not."""
+    async def state(self, check: IdentityCheck) -> IdentityState:
+        """What the cached user and tombstone say of `check` (one round trip)."""
+        ...
+
+    async def remember(self, open_id: str, user: CachedUser) -> None: ...
+    async def forget(self, open_id: str) -> None: ...
+    async def deauthorized(self, open_id: str, at: float) -> None:
+        """Keep the tombstone: profiles verified at or before `at` are refused while they may be cached."""
+        ...
+
+    def lock(self, open_id: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
+        """The identity's provisioning lock (single-flight across replicas), without its entry."""
+        ...
+
+    def provisioning(
+        self, open_id: str, *, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[LockedUser]:
+        """The provisioning lock, with the cached user read in the same round trip when it is taken."""
+        ...
+
+
+class DeauthorizationQueue(Protocol):
+    """Deauthorizations Keycloak has not taken yet, and when to try each next (any replica may)."""
+
+    async def add(self, open_id: str, received: float) -> None: ...
+    async def due(self, until: float, limit: int) -> list[str]: ...
+    def claim(self, open_id: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]: ...
+    async def read(self, open_id: str) -> PendingDeauthorization | None: ...
+    async def postpone(self, open_id: str, pending: PendingDeauthorization, until: float) -> None: ...
+    async def unschedule(self, open_id: str) -> None: ...
+    async def drop(self, open_id: str) -> None: ...
+
+
+class LockedSession(Protocol):
+    """A session's record, read as the lock serialising its refreshes was taken (`SessionStore.locked`)."""
+
+    @property
+    def held(self) -> Held: ...
+    @property
+    def record(self) -> SessionRecord | None:
+        """The record as the lock was taken; None if absent or unreadable, or if the lock was not taken."""
+        ...
+
+    async def save_and_release(self, record: SessionRecord, lasts: float) -> None:
+        """Write the record (kept `lasts` seconds) and give up the lock together: one Redis round trip.
+        Written even if the lock's ttl ran out meanwhile; the lock is deleted only while it is ours."""
+        ...
+
+    async def save_and_release_unless_ended(self, record: SessionRecord, lasts: float) -> bool:
+        """`save_and_release`, unless the identity's sessions were ended at or after the record's start:
+        then the record is deleted instead. The lock is released either way; True if written. One Redis
+        round trip (with Redis Cluster, where the end time lies in another slot, a read first)."""
+        ...
+
+
+class SessionStore(Protocol):
+    """Bridge sessions and, per identity, when its sessions were last ended. Never the memory fallback
+    of a Redis outage: every method raises UpstreamUnavailable('cache') while Redis is unreachable."""
+
+    async def save(self, session_id: str, record: SessionRecord, lasts: float) -> None: ...
+    async def read(self, session_id: str) -> SessionRecord | None: ...
+    async def delete(self, session_id: str) -> None: ...
+    def locked(
+        self, session_id: str, *, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[LockedSession]: ...
+    async def start_if_current(
+        self, check: IdentityCheck, session_id: str, record: SessionRecord, lasts: float
+    ) -> IdentityState:
+        """Write the record only if the identity's cached state is `check`'s, read in the same step (one
+        Redis script; with Redis Cluster, where the session lies in another slot, a read and then the
+        write). The state found, written or not."""
+        ...
+
+    async def end_identity(self, open_id: str, at: float) -> None:
+        """Every session of the identity started at or before `at` is over."""
+        ...
+
+    async def ended_at(self, open_id: str) -> float | None: ...
+
+
+class AdminTokenStore(Protocol):
+    """The Keycloak service-account token shared by replicas, with when it expires."""
+
+    async def read(self, realm: str, client_id: str) -> tuple[str, float] | None: ...
+    async def keep(self, realm: str, client_id: str, value: str, expires_at: float) -> None: ...
+
+
+class SeenOnce(Protocol):
+    """Remembers what was seen for a while: a webhook delivery, a DPoP proof."""
+
+    async def first_time(self, seen: str | bytes) -> bool:
+        """True the first time `seen` is shown within the store's lifetime, False after."""
         ...
 
 

@@ -3,7 +3,7 @@
 It holds the cached user entry of each identity (the user id, and the fingerprint of the attributes last
 synced to it), the provisioning lock that lets one replica create a new identity's user, the sync of
 the identity's attributes, and what a new user gets (default groups, default realm roles, a pseudo-email).
-Ports: `KeycloakGateway` (its admin calls only) and `GuardedCache`. The exchange provisions through it;
+Ports: `KeycloakGateway` (its admin calls only) and `IdentityStore`. The exchange provisions through it;
 the Strapi-compatible endpoint reads the account it answers with (`account`).
 """
 
@@ -17,7 +17,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccessTokenRejected,
     AccountDisabled,
@@ -30,6 +29,7 @@ from bridge.domain.errors import (
     UserConflict,
 )
 from bridge.domain.model import (
+    CachedUser,
     ExternalIdentity,
     IdentityAttributes,
     KeycloakUser,
@@ -40,7 +40,7 @@ from bridge.observability.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS
 
 if TYPE_CHECKING:
     from bridge.domain.model import Policy
-    from bridge.services.ports import GuardedCache, KeycloakGateway
+    from bridge.services.ports import IdentityStore, KeycloakGateway
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,6 @@ def _fingerprint(attributes: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def user_entry(user_id: str, fingerprint: str) -> bytes:
-    """The cached entry of an identity's Keycloak user: its id, and the fingerprint of the attributes
-    last synced to it."""
-    return json.dumps({"id": user_id, "fp": fingerprint}).encode()
-
-
 @functools.lru_cache(maxsize=4096)
 def profile_fingerprint(profile: ExternalIdentity, attributes: IdentityAttributes) -> str:
     """The fingerprint of the attributes a profile syncs to Keycloak, which a returning user's cached
@@ -79,30 +73,24 @@ def profile_fingerprint(profile: ExternalIdentity, attributes: IdentityAttribute
 
 
 class ProvisioningService:
-    def __init__(self, *, keycloak: KeycloakGateway, cache: GuardedCache, policy: Policy) -> None:
+    def __init__(self, *, keycloak: KeycloakGateway, identities: IdentityStore, policy: Policy) -> None:
         self._keycloak = keycloak
-        self._cache = cache
+        self._identities = identities
         self._policy = policy
         self._groups_checked = False
 
     async def ensure_user(self, profile: ExternalIdentity) -> tuple[str, bool]:
         """The id of the Keycloak user linked to this external identity, created if policy allows."""
         fingerprint = profile_fingerprint(profile, self._policy.attributes)
-        alias = self._policy.idp_alias
-        user_key, revoked_key = (
-            keys.linked_user(alias, profile.open_id),
-            keys.deauthorized(alias, profile.open_id),
-        )
-        cached, revoked_at = await self._cache.get_many(user_key, revoked_key)
+        cached, revoked_at = await self._identities.read(profile.open_id)
         if ended_by(revoked_at, profile.verified_at):
             raise AccessTokenRejected(detail="profile verified before the user deauthorized the app")
-        entry = json.loads(cached) if cached else {}
-        if "id" in entry:
+        if cached is not None:
             count(CACHE_LOOKUPS, "user", "hit")
-            if entry.get("fp") != fingerprint:
-                await self._sync_profile(entry["id"], self._policy.attributes.of(profile))
-                await self._remember(user_key, entry["id"], fingerprint)
-            return str(entry["id"]), False
+            if cached.fingerprint != fingerprint:
+                await self._sync_profile(cached.id, self._policy.attributes.of(profile))
+                await self._identities.remember(profile.open_id, CachedUser(cached.id, fingerprint))
+            return cached.id, False
 
         # Not cached: ask Keycloak, for one request of the identity at a time. The search is the dearest
         # admin call under fine-grained admin permissions (measured on 26.7.4: about five times a search
@@ -111,11 +99,8 @@ class ProvisioningService:
         count(CACHE_LOOKUPS, "user", "miss")
         attributes = self._policy.attributes.of(profile)
         waiting_since = time.perf_counter()
-        async with self._cache.locked_entry(
-            user_key,
-            lock_key=keys.provisioning_lock(alias, profile.open_id),
-            ttl=PROVISIONING_LOCK_TTL,
-            wait=PROVISIONING_LOCK_WAIT,
+        async with self._identities.provisioning(
+            profile.open_id, ttl=PROVISIONING_LOCK_TTL, wait=PROVISIONING_LOCK_WAIT
         ) as entry:
             LOCK_WAIT_SECONDS.observe(time.perf_counter() - waiting_since)
             if not entry.held:
@@ -124,9 +109,9 @@ class ProvisioningService:
             # the entry was read as we took the lock (same round trip), so a hundred waiters queued
             # behind this lock cost no Keycloak call. One whose write was lost is still found: by the
             # search, or by Keycloak's 409 on the deterministic username, which leads `_create` to it.
-            if entry.value is not None and "id" in (won := json.loads(entry.value)):
-                return str(won["id"]), False
-            user = await self._keycloak.find_linked_user(alias, profile.open_id)
+            if entry.user is not None:
+                return entry.user.id, False
+            user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
             if user is None:
                 user_id, created = await self._create(profile, attributes)
             else:
@@ -136,11 +121,8 @@ class ProvisioningService:
                     await self._update_attributes(user, attributes)
                 user_id, created = user.id, False
             # Cached and unlocked together: a waiter that takes the lock finds the id.
-            await entry.save_and_release(user_entry(user_id, fingerprint), self._policy.user_ttl)
+            await entry.save_and_release(CachedUser(user_id, fingerprint))
             return user_id, created
-
-    async def _remember(self, user_key: str, user_id: str, fingerprint: str) -> None:
-        await self._cache.set(user_key, user_entry(user_id, fingerprint), self._policy.user_ttl)
 
     async def _create(self, profile: ExternalIdentity, attributes: dict[str, list[str]]) -> tuple[str, bool]:
         """The new user's id and True; or, when Keycloak's 409 shows another replica linked one first,

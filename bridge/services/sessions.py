@@ -25,9 +25,9 @@ only the SHA-256 of the current and of the previous secret, so a leaked store re
 - **Concurrency**: the refreshes of one session are serialised across replicas by a lock in the shared
   store; concurrent refreshes of one token yield one live successor. The lock shares its Redis slot
   with the record, so a rotation costs two Redis round trips: take the lock and read the record in
-  one (`Store.locked_entry`); after the grant, write the rotated record and release the lock in one,
+  one (`SessionStore.locked`); after the grant, write the rotated record and release the lock in one,
   which also reads the identity's not-before time and deletes the record instead if `end_identity`
-  ended the session (`StoreEntry.save_and_release_unless_ended`; on Redis Cluster that time lies in
+  ended the session (`LockedSession.save_and_release_unless_ended`; on Redis Cluster that time lies in
   another slot and is read first: three). An ended session thus costs the grant whose token is never
   answered. A retry in the grace window and a reused token read the not-before time first, then release
   (the first retry of a token writes, with the release, which token it handed out twice), or delete the
@@ -49,7 +49,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccountDisabled,
     IdentityRefused,
@@ -68,7 +67,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bridge.domain.model import IdentityCheck, IssuedToken, ProviderGrant
-    from bridge.services.ports import Minter, ProviderGrants, Store, StoreEntry
+    from bridge.services.ports import LockedSession, Minter, ProviderGrants, SessionStore
     from bridge.storage.sealing import Sealer
 
 __all__ = ["NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
@@ -84,7 +83,6 @@ LOCK_WAIT = 10.0
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    idp_alias: str
     idle_timeout: int
     max_lifetime: int
     reuse_grace: float
@@ -100,7 +98,7 @@ class Refreshed:
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """What the store keeps of one session (JSON): hashes, times, and sealed TikTok tokens."""
+    """What the store keeps of one session: hashes, times, and sealed TikTok tokens."""
 
     user_id: str
     open_id: str
@@ -120,19 +118,6 @@ class SessionRecord:
     # SHA-256 of a secret handed out twice, by its rotation and to a grace retry: it gets no grace of
     # its own (once one holder has rotated it, the other presenting it is reuse).
     retried: str | None = None
-
-    def to_json(self) -> bytes:
-        # A shallow dict: every field is a str, number, None or a tuple of str (`asdict` copied each
-        # deeply, at three times the CPU; written on every exchange and refresh).
-        return json.dumps(vars(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> SessionRecord:
-        data = json.loads(raw)
-        data["scope"] = tuple(data.get("scope") or ())
-        data["audiences"] = tuple(data.get("audiences") or ())
-        # Fields a newer replica added are ignored, so a rolling upgrade reads every record.
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 def _digest(secret: str) -> str:
@@ -155,7 +140,7 @@ class SessionService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: SessionStore,
         minter: Minter,
         provider: ProviderGrants,
         sealer: Sealer,
@@ -184,9 +169,7 @@ class SessionService:
         read. The state otherwise, and nothing is written."""
         now = self._clock()
         session_id, record, grant = self._opened(new, now)
-        state = await self._store.set_if_current(
-            check, keys.session(session_id), record.to_json(), self._ttl(record, now)
-        )
+        state = await self._store.start_if_current(check, session_id, record, self._expires_in(record, now))
         if state is not IdentityState.CURRENT:
             return state
         count(SESSIONS, "started")
@@ -230,9 +213,7 @@ class SessionService:
         if parsed is None:
             raise InvalidGrant(detail="not a bridge refresh token")
         session_id, secret = parsed
-        async with self._store.locked_entry(
-            keys.session(session_id), lock_key=keys.session_lock(session_id), ttl=LOCK_TTL, wait=LOCK_WAIT
-        ) as entry:
+        async with self._store.locked(session_id, ttl=LOCK_TTL, wait=LOCK_WAIT) as entry:
             if not entry.held:
                 raise TemporarilyUnavailable(detail="session lock not acquired in time")
             return await self._refresh_locked(
@@ -242,7 +223,7 @@ class SessionService:
     async def _refresh_locked(
         self,
         session_id: str,
-        entry: StoreEntry,
+        entry: LockedSession,
         digest: str,
         scope: tuple[str, ...],
         *,
@@ -251,7 +232,7 @@ class SessionService:
         audiences: tuple[str, ...],
     ) -> Refreshed:
         now = self._clock()
-        record = await self._unexpired_record(session_id, entry.value, now)
+        record = await self._unexpired_record(session_id, entry.record, now)
         if record.client_id is not None and client_id != record.client_id:
             # RFC 6749 §6: a refresh token is good only for the client it was issued to.
             raise InvalidGrant(detail="refresh token issued to another client")
@@ -276,12 +257,7 @@ class SessionService:
             # Written only if the identity's sessions were not ended since this one started: the
             # not-before time is read by the script that writes (one round trip less than reading it
             # first). An ended session costs the token just minted, which is never answered.
-            if not await entry.save_and_release_unless_ended(
-                record.to_json(),
-                self._ttl(record, now),
-                ended_key=self._not_before_key(record),
-                started=record.created,
-            ):
+            if not await entry.save_and_release_unless_ended(record, self._expires_in(record, now)):
                 self._ended(record, "revoked")
                 raise InvalidGrant(detail="every session of this identity was ended")
             count(SESSIONS, "refreshed")
@@ -304,7 +280,7 @@ class SessionService:
             if record.retried != record.current:
                 # Written with the lock's release, the one round trip a retry made anyway.
                 retried = replace(record, retried=record.current)
-                await entry.save_and_release(retried.to_json(), self._ttl(retried, now))
+                await entry.save_and_release(retried, self._expires_in(retried, now))
             count(SESSIONS, "retried_in_grace")
             return Refreshed(issued, SessionGrant(token, self._expires_in(record, now)))
 
@@ -313,10 +289,11 @@ class SessionService:
         log.warning("refresh token reuse detected; session ended", extra={"keycloak_user_id": record.user_id})
         raise InvalidGrant(detail="retired refresh token presented again: session revoked")
 
-    async def _unexpired_record(self, session_id: str, raw: bytes | None, now: float) -> SessionRecord:
-        if raw is None:
+    async def _unexpired_record(
+        self, session_id: str, record: SessionRecord | None, now: float
+    ) -> SessionRecord:
+        if record is None:
             raise InvalidGrant(detail="unknown, expired or revoked session")
-        record = SessionRecord.from_json(raw)
         if now >= record.last_used + self._policy.idle_timeout:
             await self._end(session_id, record, "idle")
             raise InvalidGrant(detail="session idle for too long")
@@ -325,13 +302,9 @@ class SessionService:
             raise InvalidGrant(detail="session reached its maximum lifetime")
         return record
 
-    def _not_before_key(self, record: SessionRecord) -> str:
-        return keys.sessions_not_before(self._policy.idp_alias, record.open_id)
-
     async def _refuse_if_ended(self, session_id: str, record: SessionRecord) -> None:
         """`end_identity` ended every session of the identity started until then: this one too?"""
-        not_before = await self._store.get(self._not_before_key(record))
-        if ended_by(not_before, record.created):
+        if ended_by(await self._store.ended_at(record.open_id), record.created):
             await self._end(session_id, record, "revoked")
             raise InvalidGrant(detail="every session of this identity was ended")
 
@@ -405,10 +378,9 @@ class SessionService:
         if parsed is None:
             return False
         session_id, secret = parsed
-        raw = await self._store.get(keys.session(session_id))
-        if raw is None:
+        record = await self._store.read(session_id)
+        if record is None:
             return False
-        record = SessionRecord.from_json(raw)
         digest = _digest(secret)
         if not any(
             h is not None and hmac.compare_digest(digest, h) for h in (record.current, record.previous)
@@ -422,11 +394,7 @@ class SessionService:
 
     async def end_identity(self, open_id: str) -> None:
         """End every session of a TikTok identity started until now (deauthorization, operator)."""
-        await self._store.set(
-            keys.sessions_not_before(self._policy.idp_alias, open_id),
-            json.dumps(self._clock()).encode(),
-            self._policy.max_lifetime,
-        )
+        await self._store.end_identity(open_id, self._clock())
 
     async def _revoke_at_tiktok(self, record: SessionRecord) -> None:
         if record.tiktok is None:
@@ -438,7 +406,7 @@ class SessionService:
             log.warning("tiktok revocation failed", extra={"error_type": type(exc).__name__})
 
     async def _end(self, session_id: str, record: SessionRecord, reason: str) -> None:
-        await self._store.delete(keys.session(session_id))
+        await self._store.delete(session_id)
         self._ended(record, reason)
 
     @staticmethod
@@ -456,9 +424,6 @@ class SessionService:
         ends = min(record.last_used + self._policy.idle_timeout, record.created + self._policy.max_lifetime)
         return max(0, int(ends - now))
 
-    def _ttl(self, record: SessionRecord, now: float) -> int:
-        # The store forgets the session when it could no longer be used anyway.
-        return max(1, self._expires_in(record, now))
-
     async def _save(self, session_id: str, record: SessionRecord, now: float) -> None:
-        await self._store.set(keys.session(session_id), record.to_json(), self._ttl(record, now))
+        # Kept as long as it could still be used.
+        await self._store.save(session_id, record, self._expires_in(record, now))

@@ -1,5 +1,8 @@
-"""State shared by replicas: the cache and session store over Redis (with its in-memory stand-ins),
-rate limits and quotas, sealing at rest, the per-process profile copies.
+"""State shared by replicas: typed stores (profiles, identities, sessions, the deauthorization queue,
+seen-once guards, the shared admin token) that own their keys (`keys.py`), encodings and lifetimes,
+over the cache engines (Redis, process memory, the fallback between them); rate limits and quotas,
+sealing at rest, the per-process profile copies.
 
-May import outbound, the use cases' ports, observability and domain; not Keycloak or TikTok.
+May import the use cases (their ports and the values they keep), protocol, outbound, observability and
+domain; not Keycloak or TikTok.
 """

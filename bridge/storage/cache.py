@@ -1,10 +1,12 @@
-"""The cache implementations of `ports.Cache`: Redis (shared by replicas), process memory (the embedded
+"""The cache implementations of `engine.Cache`: Redis (shared by replicas), process memory (the embedded
 default), and the fallback that serves from memory while Redis is unreachable. All three read an entry
-as its lock is taken and write it as the lock is released (`ports.GuardedCache`); the first two are also
-`ports.Store`s, the fallback is not, since during an outage its entry can be written to memory while the
+as its lock is taken and write it as the lock is released (`engine.GuardedCache`); the first two are also
+`engine.Store`s, the fallback is not, since during an outage its entry can be written to memory while the
 lock stays in Redis.
 
-Keys are named in `keys.py`; this module stores whatever key it is given.
+These are the engines beneath the typed stores (`profiles.py`, `identities.py`, `sessions.py`,
+`deauthorizations.py`, `seen.py`), which name the keys (`keys.py`), encode the entries and choose their
+lifetimes; this module stores whatever key and bytes it is given.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from bridge.domain.errors import UpstreamUnavailable
-from bridge.domain.model import Held, IdentityState, ended_by
+from bridge.domain.model import Held, IdentityState
 from bridge.observability.metrics import timed
 from bridge.storage.redis_connection import REDIS_FAILURES, is_cluster
 
@@ -28,15 +31,14 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from bridge.domain.model import IdentityCheck
-    from bridge.services.ports import LockedEntry, Store
+    from bridge.storage.engine import LockedEntry, Store
     from bridge.storage.redis_connection import RedisClient
 
 T = TypeVar("T")
 
 
 class _LockedEntry:
-    """`ports.LockedEntry`: what `locked_entry` read, and its cache's way to write it and release."""
+    """`engine.LockedEntry`: what `locked_entry` read, and its cache's way to write it and release."""
 
     def __init__(
         self, held: Held, value: bytes | None, write_and_release: Callable[[bytes, float], Awaitable[None]]
@@ -54,7 +56,7 @@ class _LockedEntry:
 
 
 class _StoreEntry(_LockedEntry):
-    """`ports.StoreEntry`: a locked entry of a store that can also write it unless an end time refuses."""
+    """`engine.StoreEntry`: a locked entry of a store that can also write it unless an end time refuses."""
 
     def __init__(
         self,
@@ -76,8 +78,43 @@ class _StoreEntry(_LockedEntry):
         return written
 
 
+def end_time(raw: bytes | None) -> float | None:
+    """An end time as the stores keep it (a float's repr, as `json.dumps` writes it: a tombstone, a
+    sessions' not-before time); None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def ended_by(raw: bytes | None, started: float) -> bool:
+    """`model.ended_by` over a stored end time; the Redis scripts below compare the same way (`<=`, Lua
+    reading both back to the same doubles)."""
+    ended_at = end_time(raw)
+    return ended_at is not None and started <= ended_at
+
+
+@dataclass(frozen=True, slots=True)
+class EntryCheck:
+    """`set_if_current`'s condition in the engine's terms: no end time at `revoked_key` at or after
+    `verified_at`, and `user_key` holding exactly `entry` (`identities.py` builds it)."""
+
+    user_key: str
+    revoked_key: str
+    entry: bytes
+    verified_at: float
+
+    def judge(self, revoked_at: bytes | None, entry: bytes | None) -> IdentityState:
+        """The state these two stored values give (the engines that cannot run a script use this)."""
+        if ended_by(revoked_at, self.verified_at):
+            return IdentityState.REVOKED
+        return IdentityState.CURRENT if entry == self.entry else IdentityState.STALE
+
+
 async def _set_if_current_in_steps(
-    store: Store, check: IdentityCheck, key: str, value: bytes, ttl: float
+    store: Store, check: EntryCheck, key: str, value: bytes, ttl: float
 ) -> IdentityState:
     """`set_if_current` as a read of the identity's keys and then the write: one step for the memory
     store (nothing suspends between them), two round trips for Redis Cluster (`key` has its own slot)."""
@@ -226,7 +263,7 @@ class MemoryCache:
     def one_place(self) -> Literal[True]:
         return True
 
-    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+    async def set_if_current(self, check: EntryCheck, key: str, value: bytes, ttl: float) -> IdentityState:
         return await _set_if_current_in_steps(self, check, key, value, ttl)
 
     async def ping(self) -> None:
@@ -266,12 +303,12 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 
-# `set_if_current` (`ports.Store`): KEYS[1] the identity's tombstone, KEYS[2] its user entry, KEYS[3] the
+# `set_if_current` (`engine.Store`): KEYS[1] the identity's tombstone, KEYS[2] its user entry, KEYS[3] the
 # key to write. ARGV[1] the profile's verification time, ARGV[2] the user entry expected, ARGV[3] the
 # value, ARGV[4] its ttl in ms. 1: a tombstone at or after the verification refuses (nothing written);
 # 2: the entry is absent or another (nothing written); 0: written. Both times are the repr of a Python
-# float, which Lua's tonumber reads back to the same double, so `<=` means what `IdentityCheck.judge`'s
-# does. Its keys lie in two slots, so it is not used with Redis Cluster.
+# float, which Lua's tonumber reads back to the same double, so `<=` means what `EntryCheck.judge`'s
+# does. Its keys lie in several slots, so it is not used with Redis Cluster.
 _SET_IF_CURRENT_SCRIPT = """
 local revoked = redis.call('get', KEYS[1])
 if revoked and tonumber(ARGV[1]) <= tonumber(revoked) then return 1 end
@@ -281,7 +318,7 @@ return 0
 """
 _STATES = {0: IdentityState.CURRENT, 1: IdentityState.REVOKED, 2: IdentityState.STALE}
 
-# `save_and_release_unless_ended` (`ports.StoreEntry`): KEYS[1] the lock, KEYS[2] the entry, KEYS[3] the
+# `save_and_release_unless_ended` (`engine.StoreEntry`): KEYS[1] the lock, KEYS[2] the entry, KEYS[3] the
 # end time (another slot: not used with Redis Cluster). ARGV[1] the owner token, ARGV[2] the value,
 # ARGV[3] its ttl in ms, ARGV[4] when what the entry holds started (a float's repr, as the end time).
 # An end time at or after the start deletes the entry instead of writing it (0); else it is written (1).
@@ -465,7 +502,7 @@ class RedisCache:
     def one_place(self) -> Literal[True]:
         return True
 
-    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+    async def set_if_current(self, check: EntryCheck, key: str, value: bytes, ttl: float) -> IdentityState:
         if self._one_slot_per_script:
             return await _set_if_current_in_steps(self, check, key, value, ttl)
         found = await self._command(

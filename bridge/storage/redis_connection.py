@@ -1,5 +1,5 @@
-"""The one Redis connection of a process: parsed from BRIDGE_REDIS_URL once, shared by the cache, the
-rate limiter and tracing.
+"""The one Redis connection of a process: parsed from BRIDGE_REDIS_URL once, shared by the cache (and the
+typed stores over it), the rate limiter, tracing and the admin listener's verbose readiness check.
 
 Supported URLs: `redis://`, `rediss://`, `unix://`; `redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]`
 (the master of a Sentinel-monitored service, followed across fail-overs); `redis+cluster://h:p`.
@@ -20,8 +20,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisClusterException, RedisError
 
-from bridge.domain.keys import RATE_LIMIT_PREFIX
 from bridge.observability.metrics import timed
+from bridge.storage.keys import RATE_LIMIT_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable

@@ -107,7 +107,7 @@ async def _dpop_thumbprint(request: Request, resources: Resources) -> str | None
         method="POST",
         url=f"{resources.settings.issuer_url}{TOKEN_PATH}",
         # The shared cache, falling back to memory in an outage: replay protection per replica then.
-        replay_cache=resources.cache,
+        replays=resources.dpop_proofs,
     )
 
 
@@ -233,7 +233,9 @@ async def readyz_detailed(request: Request) -> Response:
             from bridge.operations.doctor import CachedChecks  # noqa: PLC0415 - loaded when an operator asks
 
             state.deployment_checks = CachedChecks()
-        checks = await state.deployment_checks.current(resources.settings, resources.http)
+        # The process's own clients: the check opens no connection of its own.
+        redis = resources.redis.client if resources.redis is not None else None
+        checks = await state.deployment_checks.current(resources.settings, resources.http, redis)
         body["deployment"] = [check.as_dict() for check in checks]
         body["deployment_ok"] = all(check.ok for check in checks)
     return JSONResponse(body, status_code=ready.code, headers={"Cache-Control": "no-store"})

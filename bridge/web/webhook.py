@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 
-from bridge.domain import keys
 from bridge.domain.errors import BridgeError, InvalidRequest, WebhookSignatureRejected
 from bridge.web.support import client_ip, error_response, read_body, resources_of
 
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from bridge.services.deauthorization import DeauthorizationService
-    from bridge.services.ports import Cache
+    from bridge.storage.engine import Cache
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ PATH = "/webhooks/tiktok"
 EVENT_REMOVED = "authorization.removed"
 # TikTok's events are a few hundred bytes; SECURITY.md promises 413 above this.
 MAX_BODY_BYTES = 16 * 1024
-# TikTok retries for up to 72 hours: remember what was handled at least that long.
-SEEN_TTL = 72 * 3600
 TIMESTAMP = re.compile(r"[0-9]{1,12}")
 HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # TikTok's open_ids are short visible-ASCII strings; anything else cannot name one of our users.
@@ -146,7 +143,7 @@ async def tiktok_webhook(request: Request) -> Response:
         # Before the 200, and idempotent: if the session store cannot take it, TikTok gets a 503 and
         # delivers again (for up to 72 h), so ending the user's sessions is never lost.
         await resources.sessions.end_identity(event["user_openid"])
-    if not await resources.cache.add(keys.webhook_delivery(body), b"1", SEEN_TTL):
+    if not await resources.webhook_deliveries.first_time(body):
         return JSONResponse({"status": "duplicate"})
     task = BackgroundTask(
         _apply,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from bridge.domain import keys
+from bridge.storage import keys
 from tests.conftest import running_bridge
 from tests.integration.test_exchange import linked_users
 from tests.integration.test_webhook import deliver, removed_event

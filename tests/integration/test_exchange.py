@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from bridge.domain import keys
 from bridge.domain.errors import RateLimited
 from bridge.services.provisioning import deterministic_username
+from bridge.storage import keys
 from bridge.storage.ratelimit import RateLimiter
 from bridge.storage.redis_connection import RedisConnection
 from tests.conftest import BridgeClient, Stack, running_bridge

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.domain import keys
+from bridge.storage import keys
 from devstack.redis import RedisServer
 from tests.conftest import Stack, forget_abandoned_sockets, running_bridge
 

@@ -26,12 +26,12 @@ import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
 from prometheus_client import REGISTRY
 
-from bridge.domain import keys
 from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
 from bridge.keycloak.realm_setup import apply, survey
 from bridge.operations import doctor
 from bridge.settings import Settings
+from bridge.storage import keys
 from bridge.web.app import create_app
 from devstack import keycloak as devstack_keycloak
 from devstack.keycloak import (

@@ -16,8 +16,8 @@ from bridge.storage.ratelimit import RateLimiter
 from bridge.storage.redis_connection import RedisConnection
 from devstack.redis import RedisClusterNodes
 from tests.conftest import forget_abandoned_sockets
+from tests.unit.exchange_support import PROFILE, request
 from tests.unit.fakes import FakeKeycloak, FakeTikTok, assert_lock_outcomes, make_policy, use_cases
-from tests.unit.test_exchange_service import PROFILE, request
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

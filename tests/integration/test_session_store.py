@@ -16,13 +16,14 @@ from prometheus_client import REGISTRY
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from bridge.domain import keys
 from bridge.domain.errors import TemporarilyUnavailable, UpstreamUnavailable
 from bridge.domain.model import Held
 from bridge.services.sessions import NewSession, SessionPolicy, SessionService, parse_token
+from bridge.storage import keys
 from bridge.storage.cache import RedisCache
 from bridge.storage.redis_connection import RedisConnection
 from bridge.storage.sealing import Sealer, new_key
+from bridge.storage.sessions import SessionStore
 from devstack.redis import RedisServer
 from tests.integration.test_redis_cluster import start_cluster
 from tests.unit.fakes import assert_save_unless_ended_outcomes, assert_set_if_current_outcomes
@@ -89,12 +90,11 @@ def commands(connection: RedisConnection, monkeypatch: pytest.MonkeyPatch) -> Co
 def service(store: RedisCache, clock: Clock) -> SessionService:
     """Sessions over `store`, as one replica holds them; several of these over one store are replicas."""
     return SessionService(
-        store=store,
+        store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
         minter=FakeMinter(),
         provider=FakeTikTokGrants(),
         sealer=SEALER,
         policy=SessionPolicy(
-            idp_alias="tiktok",
             idle_timeout=int(30 * DAY),
             max_lifetime=int(90 * DAY),
             reuse_grace=30.0,

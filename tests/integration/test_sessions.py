@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from oauthlib.oauth2 import WebApplicationClient
 
-from bridge.domain import keys
 from bridge.services.sessions import parse_token
+from bridge.storage import keys
 from tests.conftest import BridgeClient, Clock, Stack, running_bridge, served_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
 from tests.integration.test_session_store import redis_commands, timed_redis_operations

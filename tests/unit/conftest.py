@@ -4,6 +4,8 @@ endpoint on a loopback port."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -15,7 +17,9 @@ from pydantic import SecretStr
 from bridge.providers.tiktok.settings import TikTokSettings
 from bridge.settings import Settings
 from bridge.web.app import create_app
+from tests.unit.exchange_support import PROFILE
 from tests.unit.fake_token_endpoint import FakeTokenEndpoint
+from tests.unit.fakes import FakeKeycloak, FakeTikTok
 from tests.unit.respx_httpx2 import HTTPX2Mocker
 
 if TYPE_CHECKING:
@@ -71,3 +75,18 @@ async def client(settings: Settings, token_endpoint: FakeTokenEndpoint) -> Async
         httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://bridge.test") as http,
     ):
         yield http
+
+
+# The fakes of the use-case tests (test_identity.py, test_provisioning.py, ...): TikTok vouching for
+# `PROFILE` under two tokens, and an empty realm.
+@pytest.fixture
+def tiktok() -> FakeTikTok:
+    # Verified now, not when the module was imported: a whole suite runs longer than a profile's TTL, and
+    # a profile older than that is no longer kept in memory.
+    fresh = replace(PROFILE, verified_at=time.time())
+    return FakeTikTok(profiles={"act.one": fresh, "act.two": fresh})
+
+
+@pytest.fixture
+def keycloak() -> FakeKeycloak:
+    return FakeKeycloak()

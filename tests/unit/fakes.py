@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccountDisabled,
     IdentityRefused,
@@ -31,7 +30,6 @@ from bridge.domain.errors import (
 from bridge.domain.model import (
     FederatedLink,
     Held,
-    IdentityCheck,
     IdentityState,
     IssuedToken,
     KeycloakUser,
@@ -47,24 +45,29 @@ from bridge.services.identity import IdentityService
 from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.settings import Settings
-from bridge.storage.cache import MemoryCache
+from bridge.storage import keys
+from bridge.storage.admin_tokens import AdminTokenStore
+from bridge.storage.cache import EntryCheck, MemoryCache
+from bridge.storage.deauthorizations import DeauthorizationQueue
+from bridge.storage.identities import IdentityStore
+from bridge.storage.profiles import ProfileStore
+from bridge.storage.seen import SeenOnce
+from bridge.storage.sessions import SessionStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
     from bridge.domain.model import ExternalIdentity
+    from bridge.services import ports
     from bridge.services.ports import (
         AssertionMinter,
-        Cache,
-        GuardedCache,
         IdentityLimiter,
         IdentityProvider,
         KeycloakGateway,
         ProviderQuota,
         RefusalBudget,
-        Store,
-        StoreEntry,
     )
+    from bridge.storage.engine import Cache, GuardedCache, Store, StoreEntry
     from bridge.storage.recent_profiles import RecentProfiles
 
 ISSUER = "https://kc.example/realms/app"
@@ -270,20 +273,30 @@ def use_cases(
     refusals: RefusalBudget | None = None,
 ) -> UseCases:
     """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given)."""
+    identities = IdentityStore.from_policy(cache, policy)
     identity = IdentityService(
-        provider=tiktok, cache=cache, policy=policy, quota=quota, recent=recent, refusals=refusals
+        provider=tiktok,
+        profiles=ProfileStore.from_policy(cache, policy, recent),
+        policy=policy,
+        quota=quota,
+        refusals=refusals,
     )
-    provisioning = ProvisioningService(keycloak=keycloak, cache=cache, policy=policy)
+    provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
     minting = MintingService(keycloak=keycloak, minter=minter or FakeMinter(), policy=policy)
     exchange = ExchangeService(
         identity=identity,
         provisioning=provisioning,
         minting=minting,
-        cache=cache,
+        identities=identities,
         policy=policy,
         limiter=limiter,
     )
-    deauthorization = DeauthorizationService(keycloak=keycloak, cache=cache, policy=policy)
+    deauthorization = DeauthorizationService(
+        keycloak=keycloak,
+        identities=identities,
+        queue=DeauthorizationQueue.from_policy(cache, policy),
+        policy=policy,
+    )
     return UseCases(exchange, identity, provisioning, minting, deauthorization, cache)
 
 
@@ -291,6 +304,15 @@ def use_cases(
 _tiktok: IdentityProvider = FakeTikTok()
 _keycloak: KeycloakGateway = FakeKeycloak()
 _minter: AssertionMinter = FakeMinter()
+# The use cases are tested over the real stores on process memory; mypy checks each fits its port.
+_profiles: ports.ProfileStore = ProfileStore(MemoryCache(), profile_ttl=60, negative_ttl=60)
+_identities: ports.IdentityStore = IdentityStore(
+    MemoryCache(), idp_alias="tiktok", user_ttl=60, tombstone_ttl=60
+)
+_queue: ports.DeauthorizationQueue = DeauthorizationQueue(MemoryCache(), idp_alias="tiktok", horizon=60)
+_sessions: ports.SessionStore = SessionStore(MemoryCache(), idp_alias="tiktok", max_lifetime=60)
+_seen: ports.SeenOnce = SeenOnce.dpop_proofs(MemoryCache())
+_admin_tokens: ports.AdminTokenStore = AdminTokenStore(MemoryCache())
 
 
 async def assert_lock_outcomes(cache: Cache, key: str) -> None:
@@ -326,7 +348,7 @@ async def assert_set_if_current_outcomes(store: Store) -> None:
     user_key, revoked_key = keys.linked_user("tiktok", open_id), keys.deauthorized("tiktok", open_id)
     session = keys.session(uuid.uuid4().hex[:22])
     verified_at = time.time()
-    check = IdentityCheck(
+    check = EntryCheck(
         user_key=user_key, revoked_key=revoked_key, entry=b'{"id":"u"}', verified_at=verified_at
     )
 
@@ -481,7 +503,7 @@ class RecordingStore:
     def one_place(self) -> Literal[True]:
         return True
 
-    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+    async def set_if_current(self, check: EntryCheck, key: str, value: bytes, ttl: float) -> IdentityState:
         self._note("set_if_current", check.revoked_key, check.user_key, key)
         return await self.memory.set_if_current(check, key, value, ttl)
 

@@ -21,6 +21,7 @@ from bridge.keycloak.realm_setup import Admin, Step, _admin_api_scope_step
 from bridge.keycloak.realm_spec import minting_clients, own_client
 from bridge.operations import doctor
 from bridge.settings import Settings
+from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import MemoryCache
 from devstack.tiktok_emulator import TikTokEmulator
 
@@ -361,7 +362,7 @@ async def client_for(api: AdminApi, token_http: aiohttp.ClientSession) -> Keyclo
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(api.handle))
     return KeycloakClient(
         http,
-        MemoryCache(),
+        AdminTokenStore(MemoryCache()),
         token_http=token_http,
         base_url=KEYCLOAK,
         realm="app",

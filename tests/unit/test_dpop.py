@@ -14,11 +14,17 @@ from joserfc.jwk import ECKey, OKPKey
 from bridge.domain.errors import InvalidDPoPProof
 from bridge.protocol.dpop import verify_proof
 from bridge.storage.cache import MemoryCache
+from bridge.storage.seen import SeenOnce
 
 if TYPE_CHECKING:
     import httpx2
 
 URL = "https://bridge.example/token"
+
+
+def _replays() -> SeenOnce:
+    """A fresh replay guard over process memory."""
+    return SeenOnce.dpop_proofs(MemoryCache())
 
 
 def proof(
@@ -49,32 +55,28 @@ def key() -> ECKey:
 
 async def test_a_valid_proof_gives_the_keys_thumbprint(key: ECKey) -> None:
     """The RFC 7638 thumbprint of the proof's key is what a session is bound to."""
-    assert (
-        await verify_proof(proof(key), method="POST", url=URL, replay_cache=MemoryCache()) == key.thumbprint()
-    )
+    assert await verify_proof(proof(key), method="POST", url=URL, replays=_replays()) == key.thumbprint()
 
 
 async def test_no_proof_is_no_binding() -> None:
     """Without a DPoP header the exchange is a plain one."""
-    assert await verify_proof(None, method="POST", url=URL, replay_cache=MemoryCache()) is None
+    assert await verify_proof(None, method="POST", url=URL, replays=_replays()) is None
 
 
 async def test_ed25519_proofs_are_accepted() -> None:
     """Ed25519 (RFC 9864) is advertised, so an Ed25519 key signs a valid proof."""
     okp = OKPKey.generate_key("Ed25519")
-    thumbprint = await verify_proof(
-        proof(okp, alg="Ed25519"), method="POST", url=URL, replay_cache=MemoryCache()
-    )
+    thumbprint = await verify_proof(proof(okp, alg="Ed25519"), method="POST", url=URL, replays=_replays())
     assert thumbprint == okp.thumbprint()
 
 
 async def test_a_proof_is_single_use(key: ECKey) -> None:
     """The same proof twice: the second is a replay."""
-    cache = MemoryCache()
+    replays = _replays()
     once = proof(key)
-    await verify_proof(once, method="POST", url=URL, replay_cache=cache)
+    await verify_proof(once, method="POST", url=URL, replays=replays)
     with pytest.raises(InvalidDPoPProof):
-        await verify_proof(once, method="POST", url=URL, replay_cache=cache)
+        await verify_proof(once, method="POST", url=URL, replays=replays)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,7 @@ async def test_proofs_for_something_else_are_refused(key: ECKey, change: dict[st
             change = {"iat": time.time() + change["iat"]}
         candidate = proof(key, **change)
     with pytest.raises(InvalidDPoPProof) as refused:
-        await verify_proof(candidate, method="POST", url=URL, replay_cache=MemoryCache())
+        await verify_proof(candidate, method="POST", url=URL, replays=_replays())
     assert refused.value.error == "invalid_dpop_proof"
 
 
@@ -111,7 +113,7 @@ async def test_a_proof_signed_by_another_key_than_its_jwk_is_refused(key: ECKey)
     other = ECKey.generate_key("P-256")
     with pytest.raises(InvalidDPoPProof):
         await verify_proof(
-            proof(key, jwk=other.as_dict(private=False)), method="POST", url=URL, replay_cache=MemoryCache()
+            proof(key, jwk=other.as_dict(private=False)), method="POST", url=URL, replays=_replays()
         )
 
 
@@ -119,7 +121,7 @@ async def test_a_private_key_in_the_header_is_refused(key: ECKey) -> None:
     """A proof that publishes its private key proves nothing."""
     with pytest.raises(InvalidDPoPProof):
         await verify_proof(
-            proof(key, jwk=key.as_dict(private=True)), method="POST", url=URL, replay_cache=MemoryCache()
+            proof(key, jwk=key.as_dict(private=True)), method="POST", url=URL, replays=_replays()
         )
 
 
@@ -127,7 +129,7 @@ async def test_a_private_key_in_the_header_is_refused(key: ECKey) -> None:
 async def test_garbage_is_refused_cleanly(garbage: str) -> None:
     """Anything that is not a compact JWS is invalid_dpop_proof, never another error."""
     with pytest.raises(InvalidDPoPProof):
-        await verify_proof(garbage, method="POST", url=URL, replay_cache=MemoryCache())
+        await verify_proof(garbage, method="POST", url=URL, replays=_replays())
 
 
 def proof_with_raw_claims(key: ECKey, iat_json: str, htu: str = URL) -> str:
@@ -158,16 +160,14 @@ async def test_an_iat_that_is_not_a_finite_number_is_refused(key: ECKey, iat_jso
     """NaN (an outside test's proof that never expired: every comparison with it is false), the
     infinities, numbers too large for a float, a boolean, a string, null or a list: invalid_dpop_proof."""
     with pytest.raises(InvalidDPoPProof) as refused:
-        await verify_proof(
-            proof_with_raw_claims(key, iat_json), method="POST", url=URL, replay_cache=MemoryCache()
-        )
+        await verify_proof(proof_with_raw_claims(key, iat_json), method="POST", url=URL, replays=_replays())
     assert refused.value.error == "invalid_dpop_proof"
 
 
 async def test_a_fractional_iat_is_accepted(key: ECKey) -> None:
     """RFC 7519 §2: a NumericDate may be non-integer; a finite one within the window is a valid iat."""
     thumbprint = await verify_proof(
-        proof_with_raw_claims(key, f"{time.time():.3f}"), method="POST", url=URL, replay_cache=MemoryCache()
+        proof_with_raw_claims(key, f"{time.time():.3f}"), method="POST", url=URL, replays=_replays()
     )
     assert thumbprint == key.thumbprint()
 
@@ -203,5 +203,5 @@ async def test_a_proof_without_iat_is_refused(key: ECKey) -> None:
             jws.serialize_compact(header, claims, key, algorithms=["ES256"]),
             method="POST",
             url=URL,
-            replay_cache=MemoryCache(),
+            replays=_replays(),
         )

@@ -14,15 +14,17 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from bridge.domain import keys
 from bridge.domain.errors import AccountDisabled, SubjectTokenRejected, UpstreamUnavailable
-from bridge.domain.model import IdentityCheck, IdentityState
+from bridge.domain.model import IdentityState
 from bridge.services.exchange import SessionOrder
 from bridge.services.provisioning import deterministic_username
 from bridge.services.sessions import SessionPolicy, SessionService
-from bridge.storage.cache import MemoryCache
+from bridge.storage import keys
+from bridge.storage.cache import EntryCheck, MemoryCache
 from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.sealing import Sealer, new_key
+from bridge.storage.sessions import SessionStore
+from tests.unit.exchange_support import PROFILE, request
 from tests.unit.fakes import (
     FakeKeycloak,
     FakeTikTok,
@@ -33,7 +35,6 @@ from tests.unit.fakes import (
     make_policy,
     use_cases,
 )
-from tests.unit.test_exchange_service import PROFILE, request
 from tests.unit.test_sessions import FakeMinter as SessionsMinter
 from tests.unit.test_sessions import FakeTikTokGrants
 
@@ -57,12 +58,11 @@ def store() -> RecordingStore:
 
 def sessions_over(store: RecordingStore) -> SessionService:
     return SessionService(
-        store=store,
+        store=SessionStore(store, idp_alias="tiktok", max_lifetime=86400 * 30),
         minter=SessionsMinter(),
         provider=FakeTikTokGrants(),
         sealer=Sealer.from_keys([new_key()]),
         policy=SessionPolicy(
-            idp_alias="tiktok",
             idle_timeout=86400,
             max_lifetime=86400 * 30,
             reuse_grace=5.0,
@@ -167,7 +167,7 @@ async def test_a_profile_verified_at_the_tombstones_very_time_is_refused(store: 
     now = time.time()
     await store.set(keys.deauthorized("tiktok", "o"), repr(now).encode(), 60)
     await store.set(keys.linked_user("tiktok", "o"), b"entry", 60)
-    check = IdentityCheck(
+    check = EntryCheck(
         user_key=keys.linked_user("tiktok", "o"),
         revoked_key=keys.deauthorized("tiktok", "o"),
         entry=b"entry",
@@ -314,7 +314,7 @@ async def test_an_identity_known_longer_than_the_user_ttl_is_read_first_again(
 class StoreGoingAway(RecordingStore):
     """Redis answering the cache's reads but failing the session's write (it went away in between)."""
 
-    async def set_if_current(self, check: IdentityCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+    async def set_if_current(self, check: EntryCheck, key: str, value: bytes, ttl: float) -> IdentityState:
         raise UpstreamUnavailable("cache", "set_if_current failed: ConnectionError")
 
 

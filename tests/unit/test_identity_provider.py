@@ -25,6 +25,7 @@ from bridge.domain.model import ExternalIdentity, ProviderGrant
 from bridge.providers.tiktok.client import SCOPE_BASIC, SCOPE_PROFILE, TikTokClient
 from bridge.services.identity import IdentityService
 from bridge.storage.cache import MemoryCache
+from bridge.storage.profiles import ProfileStore
 from tests.unit.fakes import FakeTikTok, make_policy
 
 if TYPE_CHECKING:
@@ -149,7 +150,11 @@ class DownTikTok(FakeTikTok):
 async def test_the_use_case_answers_an_outage_naming_the_provider() -> None:
     """The adapter's `UpstreamUnavailable` reaches the caller as 503 "TikTok is unavailable", with the
     adapter's retry hint."""
-    identity = IdentityService(provider=DownTikTok(), cache=MemoryCache(), policy=make_policy())
+    identity = IdentityService(
+        provider=DownTikTok(),
+        profiles=ProfileStore.from_policy(MemoryCache(), make_policy()),
+        policy=make_policy(),
+    )
     with pytest.raises(TemporarilyUnavailable) as caught:
         await identity.verify_access_token("act.token")
     assert caught.value.body()["error_description"] == "TikTok is unavailable; retry later."
@@ -160,7 +165,9 @@ async def test_the_use_case_answers_a_refused_code_in_the_adapters_words() -> No
     """A code the provider refuses is the client's invalid_request, in the adapter's sentence."""
     provider = FakeTikTok()
     identity = IdentityService(
-        provider=provider, cache=MemoryCache(), policy=make_policy(redirect_uris=("https://app.example/cb",))
+        provider=provider,
+        profiles=ProfileStore.from_policy(MemoryCache(), make_policy()),
+        policy=make_policy(redirect_uris=("https://app.example/cb",)),
     )
     with pytest.raises(SubjectTokenRejected) as caught:
         await identity.verify_code("nope", "v" * 43, "https://app.example/cb")

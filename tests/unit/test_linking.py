@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge.domain import keys
 from bridge.domain.errors import IdentityLinkedElsewhere, InvalidToken, OtherIdentityLinked
 from bridge.domain.model import ExternalIdentity, VerifiedBearer
 from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
+from bridge.storage import keys
 from bridge.storage.cache import MemoryCache
+from bridge.storage.identities import IdentityStore
+from bridge.storage.profiles import ProfileStore
 from tests.unit.fakes import FakeKeycloak, FakeTikTok, make_policy
 
 if TYPE_CHECKING:
@@ -78,12 +80,14 @@ def linking(keycloak: FakeKeycloak, cache: MemoryCache, sessions: FakeSessions) 
             "other-client": VerifiedBearer("kc-alice", "some-other-app"),
         }
     )
-    proofs = IdentityService(provider=FakeTikTok(), cache=cache, policy=make_policy())
+    proofs = IdentityService(
+        provider=FakeTikTok(), profiles=ProfileStore.from_policy(cache, make_policy()), policy=make_policy()
+    )
     return LinkingService(
         keycloak=keycloak,
         bearer=bearers,
         proofs=proofs,
-        cache=cache,
+        identities=IdentityStore.from_policy(cache, make_policy()),
         policy=LinkPolicy(idp_alias="tiktok", link_clients=frozenset({"account-app"}), attributes=ATTRIBUTES),
         sessions=sessions,
     )

@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.domain import keys
 from bridge.domain.errors import UpstreamUnavailable
 from bridge.services.deauthorization import DEAUTHORIZATION_FIRST_DELAY, DeauthorizationService
+from bridge.storage import keys
 from bridge.storage.cache import MemoryCache
+from bridge.storage.deauthorizations import DeauthorizationQueue
+from bridge.storage.identities import IdentityStore
 from tests.unit.fakes import FakeKeycloak, make_policy
 
 if TYPE_CHECKING:
-    from bridge.domain.model import KeycloakUser
+    from bridge.domain.model import KeycloakUser, Policy
 
 OPEN_ID = "-000AbC"
 
@@ -48,8 +50,16 @@ def linked(keycloak: FakeKeycloak) -> str:
 
 
 def service(keycloak: FakeKeycloak, cache: MemoryCache, **policy: object) -> DeauthorizationService:
+    return over(keycloak, cache, make_policy(deauthorization="disable", **policy))
+
+
+def over(keycloak: FakeKeycloak, cache: MemoryCache, policy: Policy) -> DeauthorizationService:
+    """The use case over the identity store and the queue on `cache`, as the factory wires it."""
     return DeauthorizationService(
-        keycloak=keycloak, cache=cache, policy=make_policy(deauthorization="disable", **policy)
+        keycloak=keycloak,
+        identities=IdentityStore.from_policy(cache, policy),
+        queue=DeauthorizationQueue.from_policy(cache, policy),
+        policy=policy,
     )
 
 
@@ -138,9 +148,7 @@ async def test_with_keycloak_up_nothing_stays_pending(policy: str) -> None:
     """The usual case: applied at once, nothing left in the queue."""
     keycloak, cache = FlakyKeycloak(), MemoryCache()
     linked(keycloak)
-    bridge = DeauthorizationService(
-        keycloak=keycloak, cache=cache, policy=make_policy(deauthorization=policy)
-    )
+    bridge = over(keycloak, cache, make_policy(deauthorization=policy))
     assert await bridge.deauthorize(OPEN_ID) == ("disabled" if policy == "disable" else "unlinked")
     assert await cache.due(keys.DEAUTHORIZATION_QUEUE, time.time() + 10**9, 10) == []
 

@@ -231,7 +231,9 @@ async def test_the_verbose_readiness_runs_the_doctor_once_a_minute(monkeypatch: 
 
     runs: list[int] = []
 
-    async def fake_run_checks(settings: object, *, http: object = None) -> list[doctor.Check]:
+    async def fake_run_checks(
+        settings: object, *, http: object = None, redis: object = None
+    ) -> list[doctor.Check]:
         runs.append(1)
         return [doctor.Check("settings", ok=True, detail="ok")]
 
@@ -244,6 +246,58 @@ async def test_the_verbose_readiness_runs_the_doctor_once_a_minute(monkeypatch: 
     now[0] += 61  # the minute has passed
     await cached.current(None, None)  # type: ignore[arg-type]
     assert len(runs) == 2
+
+
+class _ProcessRedis:
+    """The process's Redis client as the doctor's Redis check uses it: keeps what it is given, and
+    notes whether anyone closed it."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, bytes] = {}
+        self.closed = False
+
+    async def set(self, key: str, value: bytes, ex: int) -> None:
+        self.entries[key] = value
+
+    async def get(self, key: str) -> bytes | None:
+        return self.entries.get(key)
+
+    async def delete(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_the_verbose_readiness_checks_redis_over_the_process_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given the process's Redis client, the doctor's Redis check writes its probe through it (a key named
+    by the storage's key builders), opens no client of its own, and leaves the process's one open."""
+    from bridge.operations import doctor  # noqa: PLC0415
+    from bridge.storage import keys, redis_connection  # noqa: PLC0415
+
+    def no_new_client(url: str, *, timeout: float) -> object:
+        raise AssertionError("a second Redis client was opened")
+
+    monkeypatch.setattr(redis_connection, "redis_client", no_new_client)
+    process = _ProcessRedis()
+    written: list[str] = []
+    original_set = process.set
+
+    async def noting_set(key: str, value: bytes, ex: int) -> None:
+        written.append(key)
+        await original_set(key, value, ex)
+
+    monkeypatch.setattr(process, "set", noting_set)
+    ctx = doctor._Context(_app_settings(redis_url="redis://localhost:1/0"), None, [])  # type: ignore[arg-type]
+    ctx.redis = process  # type: ignore[assignment]
+    await doctor._redis(ctx)
+    assert [(c.name, c.ok) for c in ctx.results] == [("redis", True)]
+    assert len(written) == 1
+    assert written[0].startswith(keys.PREFIX + "doctor-probe:")
+    assert process.entries == {}  # the probe is deleted again
+    assert not process.closed
 
 
 def _app_settings(**overrides: Any) -> Settings:  # noqa: ANN401

@@ -25,6 +25,7 @@ from bridge.domain.model import Held
 from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.resilience import CircuitBreaker
 from bridge.providers.tiktok.client import TikTokClient
+from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import FallbackCache, MemoryCache
 from bridge.storage.ratelimit import ProfileQuota, RateLimiter
 from bridge.storage.redis_connection import RedisConnection
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     import respx
 
-    from bridge.services.ports import GuardedCache, Store
+    from bridge.storage.engine import GuardedCache, Store
 
 USER_INFO = "https://open.tiktokapis.com/v2/user/info/"
 OK = {"data": {"user": {"open_id": "-000a"}}, "error": {"code": "ok", "message": "", "log_id": "1"}}
@@ -137,7 +138,7 @@ async def keycloak() -> AsyncIterator[KeycloakClient]:
     async with httpx2.AsyncClient(timeout=1) as http, aiohttp.ClientSession() as token_http:
         yield KeycloakClient(
             http,
-            MemoryCache(),
+            AdminTokenStore(MemoryCache()),
             token_http=token_http,
             base_url=KC,
             realm="app",

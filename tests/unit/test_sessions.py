@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bridge.domain import keys
 from bridge.domain.errors import (
     AccountDisabled,
     IdentityRefused,
@@ -31,11 +30,14 @@ from bridge.services.sessions import (
     SessionService,
     parse_token,
 )
+from bridge.storage import keys
 from bridge.storage.sealing import Sealer, new_key
+from bridge.storage.sessions import SessionStore
 from tests.unit.fakes import RecordingStore
 
 if TYPE_CHECKING:
-    from bridge.services.ports import Minter, ProviderGrants, Store
+    from bridge.services.ports import Minter, ProviderGrants
+    from bridge.storage.engine import Store
     from tests.conftest import Clock
 
 DAY = 86400.0
@@ -130,12 +132,11 @@ def sessions(
     store: RecordingStore, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
 ) -> SessionService:
     return SessionService(
-        store=store,
+        store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
         minter=minter,
         provider=tiktok,
         sealer=Sealer.from_keys([new_key()]),
         policy=SessionPolicy(
-            idp_alias="tiktok",
             idle_timeout=int(30 * DAY),
             max_lifetime=int(90 * DAY),
             reuse_grace=5.0,

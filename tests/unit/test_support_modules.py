@@ -13,11 +13,11 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 from redis.asyncio import Redis
 
-from bridge.domain import keys
 from bridge.domain.errors import ServerError
 from bridge.domain.model import Held
 from bridge.keycloak.assertions import AssertionSigner, load_key, load_or_generate_key
 from bridge.observability.logs import JsonFormatter, RedactingFilter, redact
+from bridge.storage import keys
 from bridge.storage.cache import MemoryCache
 from bridge.storage.redis_connection import redis_client
 from tests.unit.fakes import assert_lock_outcomes
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import uvicorn
     from joserfc.jwk import KeySetSerialization
 
-    from bridge.services.ports import Store
+    from bridge.storage.engine import Store
 
 
 async def test_memory_cache_expires_entries() -> None:

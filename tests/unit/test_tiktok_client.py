@@ -201,12 +201,6 @@ async def test_wrong_types_in_optional_fields_are_ignored(
     assert profile == ExternalIdentity(open_id="-000abc", union_id=None, display_name=None)
 
 
-def test_profile_json_round_trip() -> None:
-    """Profiles survive the cache's serialisation unchanged."""
-    profile = ExternalIdentity("-000a", "u", "Name", "https://a", "user", is_verified=False)
-    assert ExternalIdentity.from_json(profile.to_json()) == profile
-
-
 async def test_a_profile_is_dated_from_before_tiktok_was_asked(
     client: TikTokClient, httpx2_mock: respx.Router
 ) -> None:

@@ -22,6 +22,7 @@ from bridge.domain.errors import (
 from bridge.domain.model import Caller, ExternalIdentity
 from bridge.services.identity import IdentityService
 from bridge.storage.cache import MemoryCache
+from bridge.storage.profiles import ProfileStore
 from bridge.storage.ratelimit import ProfileQuota, RefusalCounts
 from tests.unit.fakes import FakeTikTok, make_policy
 
@@ -75,7 +76,11 @@ def service(
     tiktok: FakeTikTok, refusals: RefusalBudget | None, quota: ProfileQuota | None = None
 ) -> IdentityService:
     return IdentityService(
-        provider=tiktok, cache=MemoryCache(), policy=make_policy(), quota=quota, refusals=refusals
+        provider=tiktok,
+        profiles=ProfileStore.from_policy(MemoryCache(), make_policy()),
+        policy=make_policy(),
+        quota=quota,
+        refusals=refusals,
     )
 
 

@@ -31,6 +31,7 @@ from bridge.factory import TOKEN_CONNECTIONS, token_session
 from bridge.keycloak.client import MAX_RESPONSE_BYTES, KeycloakClient, grant_body
 from bridge.outbound.aiohttp_transport import env_proxy
 from bridge.outbound.tracing import Tracing
+from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import MemoryCache
 from bridge.web.app import create_app
 from bridge.web.server import DEFAULT_LIMIT_CONCURRENCY
@@ -81,7 +82,7 @@ async def keycloak_with(settings: Settings) -> AsyncIterator[Callable[..., Keycl
         opened.append((http, session))
         return KeycloakClient(
             http,
-            MemoryCache(),
+            AdminTokenStore(MemoryCache()),
             token_http=session,
             base_url=KC,
             realm="app",

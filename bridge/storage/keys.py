@@ -1,4 +1,5 @@
-"""Every cache key the bridge writes, named here and built nowhere else.
+"""Every cache key the bridge writes, named here and built nowhere else (the typed stores of this package
+use them; the rate limiter's keys start with `RATE_LIMIT_PREFIX`, the rest is named by `limits`).
 
 All keys share one versioned prefix, so a change of format never reads old entries. Anything derived from
 a secret (a TikTok token, a webhook body) appears only as its SHA-256. Keys that are read or written
@@ -74,7 +75,7 @@ def admin_token(realm: str, client_id: str) -> str:
     return f"{PREFIX}kc-admin-token:{realm}:{client_id}"
 
 
-def webhook_delivery(body: bytes) -> str:
+def webhook_delivery(body: str | bytes) -> str:
     """A webhook delivery already handled (TikTok delivers at least once)."""
     return f"{PREFIX}webhook:{_digest(body)}"
 
@@ -99,9 +100,14 @@ def proven_client(address: str) -> str:
     return f"{PREFIX}proven:{_digest(address)}"
 
 
-def dpop_proof(jti: str) -> str:
+def dpop_proof(jti: str | bytes) -> str:
     """A DPoP proof already used (RFC 9449 §11.1: proofs are single-use)."""
     return f"{PREFIX}dpop-jti:{_digest(jti)}"
+
+
+def doctor_probe(nonce: str) -> str:
+    """The throwaway entry `bridge doctor` writes and reads back to see that Redis keeps what it is given."""
+    return f"{PREFIX}doctor-probe:{nonce}"
 
 
 RATE_LIMIT_PREFIX = f"{PREFIX}ratelimit"

@@ -1,0 +1,117 @@
+"""The protocols of the engines beneath the typed stores: a cache with locks and schedules (Redis, process
+memory, or the fallback between them), and the stores' own single-round-trip steps.
+
+Storage speaks these, and so do the composition that builds it and the web layer's readiness and
+webhook (whether the cache is reachable, or degraded to memory); the use cases know the typed stores'
+protocols (`services/ports.py`), never a key, an encoded entry or a TTL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from bridge.domain.model import Held, IdentityState
+    from bridge.storage.cache import EntryCheck
+
+
+class Cache(Protocol):
+    """What the bridge needs from a cache. Every method raises UpstreamUnavailable('cache') on failure."""
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        """One round trip; with Redis Cluster the keys must share a hash tag (one slot)."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Set only if absent; True if this call set it."""
+        ...
+
+    async def delete(self, *keys: str) -> None: ...
+    async def schedule(self, key: str, member: str, at: float) -> None:
+        """Put `member` in the schedule `key` (a Redis sorted set), due at time `at`; moves it if there."""
+        ...
+
+    async def due(self, key: str, until: float, limit: int) -> list[str]:
+        """At most `limit` members of the schedule `key` due at or before `until`, earliest first."""
+        ...
+
+    async def unschedule(self, key: str, member: str) -> None: ...
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
+        """Single-flight across replicas: held within `wait` (at once, or after waiting), or not."""
+        ...
+
+    async def ping(self) -> None: ...
+    async def aclose(self) -> None: ...
+    @property
+    def degraded(self) -> bool:
+        """True while a shared cache is unreachable and this process serves from its own memory."""
+        ...
+
+
+class LockedEntry(Protocol):
+    """One entry, read as the lock guarding it was taken (`Store.locked_entry`)."""
+
+    @property
+    def held(self) -> Held: ...
+    @property
+    def value(self) -> bytes | None:
+        """The entry as the lock was taken; None if it was absent, or if the lock was not taken."""
+        ...
+
+    async def save_and_release(self, value: bytes, ttl: float) -> None:
+        """Write the entry and give up the lock together (one Redis round trip). The entry is written
+        even if the lock's ttl ran out meanwhile; the lock is deleted only while it is still ours. Only
+        for a held lock, and once: leaving the block afterwards releases nothing more."""
+        ...
+
+
+class StoreEntry(LockedEntry, Protocol):
+    """A locked entry of a `Store`, which can also make its write depend on an end time elsewhere."""
+
+    async def save_and_release_unless_ended(
+        self, value: bytes, ttl: float, *, ended_key: str, started: float
+    ) -> bool:
+        """`save_and_release`, unless `ended_key` holds a time (a float) at or after `started`: then the
+        entry is deleted instead. The lock is released either way; True if the entry was written. One
+        Redis round trip (with Redis Cluster, where `ended_key` lies in another slot, a read first)."""
+        ...
+
+
+class GuardedCache(Cache, Protocol):
+    """A cache that can read an entry as it takes the lock guarding it, and write it as it releases the
+    lock (`locked_entry`). The exchange's cache is one: provisioning takes the identity's lock and reads
+    what a previous holder cached in one round trip, and caches the new user's id with the release."""
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[LockedEntry]:
+        """`lock(lock_key)` that reads `key` in the same round trip when it takes the lock (an attempt
+        that finds the lock held reads nothing). With Redis Cluster the two keys share a hash tag."""
+        ...
+
+
+class Store(GuardedCache, Protocol):
+    """A cache that is one place, Redis or this process's memory, never the fallback between the two:
+    a lock and the entry it guards are always kept together, so what `locked_entry` read as it took
+    the lock is what its write replaces. The session store is one. (The fallback cache is a
+    `GuardedCache` too, but during a Redis outage its entry may be written to memory while the lock
+    it replaces stays in Redis until it expires.)"""
+
+    @property
+    def one_place(self) -> Literal[True]:
+        """Marks a Store, so that mypy refuses the fallback cache wherever a Store is expected."""
+        ...
+
+    def locked_entry(
+        self, key: str, *, lock_key: str, ttl: float, wait: float
+    ) -> AbstractAsyncContextManager[StoreEntry]: ...
+
+    async def set_if_current(self, check: EntryCheck, key: str, value: bytes, ttl: float) -> IdentityState:
+        """Write `key` only if `check` finds the identity's cached state as expected; read and written
+        in one step (one Redis script; with Redis Cluster, where `key` lies in another slot, a read of
+        the identity's keys and then the write). The state found, written or not."""
+        ...
