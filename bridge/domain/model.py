@@ -263,7 +263,7 @@ class PendingDeauthorization:
 
 @dataclass(frozen=True, slots=True)
 class ProfileLookup:
-    """What the profile cache knows of one access token: its profile, that TikTok refused it lately,
+    """What the profile cache knows of one access token: its profile, that the provider refused it lately,
     or nothing. `local` when this process's own copy answered (no shared-cache read)."""
 
     profile: ExternalIdentity | None = None

@@ -117,19 +117,20 @@ class IdentitySessions(Protocol):
 
 
 class ProfileStore(Protocol):
-    """Profiles verified under an access token, tokens TikTok refused lately, and client addresses that
-    brought a token TikTok vouched for. Every method raises UpstreamUnavailable('cache') on failure."""
+    """Profiles verified under an access token, tokens the identity provider refused lately, and client
+    addresses that brought a token it vouched for. Every method raises UpstreamUnavailable('cache') on
+    failure."""
 
     async def lookup(self, access_token: str) -> ProfileLookup:
         """What is known of the token: this process's copy first, then one shared-cache read."""
         ...
 
     async def keep(self, access_token: str, profile: ExternalIdentity) -> None:
-        """Remember the profile TikTok gave for the token, for the profile lifetime."""
+        """Remember the profile the provider gave for the token, for the profile lifetime."""
         ...
 
     async def reject(self, access_token: str) -> None:
-        """Remember that TikTok refused the token, for the negative-cache lifetime."""
+        """Remember that the provider refused the token, for the negative-cache lifetime."""
         ...
 
     async def vouch_for(self, address: str) -> None: ...
@@ -153,7 +154,7 @@ class LockedUser(Protocol):
 
 
 class IdentityStore(Protocol):
-    """Per TikTok identity: its cached Keycloak user, the tombstone of its last deauthorization and its
+    """Per external identity: its cached Keycloak user, the tombstone of its last deauthorization and its
     provisioning lock. Every method raises UpstreamUnavailable('cache') on failure."""
 
     @property

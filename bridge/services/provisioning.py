@@ -128,7 +128,7 @@ class ProvisioningService:
         """The new user's id and True; or, when Keycloak's 409 shows another replica linked one first,
         that user's id and False (the sign-in found a user, it did not create one)."""
         if not self._policy.registration_open:
-            raise RegistrationClosed(detail="new TikTok user refused: registration closed")
+            raise RegistrationClosed(detail="new user refused: registration closed")
         representation: dict[str, Any] = {
             "enabled": True,
             "attributes": attributes,
