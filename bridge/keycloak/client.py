@@ -371,6 +371,22 @@ class KeycloakClient:
             raise UpstreamProtocolError("keycloak", "several users are linked to one TikTok identity")
         return KeycloakUser.from_representation(users[0]) if users else None
 
+    async def users_with_attribute(self, name: str, value: str) -> list[KeycloakUser]:
+        """The users (that the service account may see) whose attribute `name` is exactly `value`."""
+        response = await self._admin(
+            "GET",
+            "/users",
+            params={"q": f"{name}:{value}", "exact": "true", "briefRepresentation": "false", "max": "10"},
+        )
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"user search HTTP {response.status_code}")
+        users = self._json(response)
+        if not isinstance(users, list):
+            raise UpstreamProtocolError("keycloak", "user search did not return a list")
+        # Keycloak's `q` search may match more loosely than asked on some releases: check each value.
+        found = [KeycloakUser.from_representation(user) for user in users]
+        return [user for user in found if value in user.attributes.get(name, [])]
+
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         response = await self._admin("GET", f"/users/{user_id}")
         if response.status_code == HTTPStatus.NOT_FOUND:
