@@ -116,7 +116,10 @@ def open_strapi_database(url: str) -> StrapiDatabase:
 
 
 def _open_sqlite(url: str) -> StrapiDatabase:
-    path = Path(unquote(urlsplit(url).path))
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/"):
+        raise StrapiDatabaseError("a SQLite URL names an absolute path: sqlite:///path/to/data.db")
+    path = Path(unquote(parts.path))
     if not path.is_file():
         raise StrapiDatabaseError(f"no SQLite database at {path}")
     where = f"SQLite database {path}"

@@ -77,6 +77,7 @@ def test_the_database_is_opened_read_only(tmp_path: Path) -> None:
     [
         ("sqlite:///nonexistent/data.db", "no SQLite database at /nonexistent/data.db"),
         ("mysql://db/strapi", "unsupported database URL"),
+        ("sqlite://data.db", "a SQLite URL names an absolute path"),
         (
             "postgresql://127.0.0.1:1/strapi?connect_timeout=2",
             "cannot connect to PostgreSQL database 127.0.0.1:1/strapi",
