@@ -37,6 +37,7 @@ from devstack.keycloak import SetupError, default_cache_dir, die_with_parent, fr
 # 13 needs Node 22; 12.x runs on Node 20.
 STRAPI_VERSION = "5.54.0"
 BETTER_SQLITE3_VERSION = "12.11.1"
+MIN_NODE_MAJOR = 20
 PACKAGE = {
     "name": "bridge-test-strapi",
     "private": True,
@@ -72,10 +73,17 @@ def package_hash() -> str:
 
 
 def find_npm() -> str:
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
+    """npm, next to a Node.js that Strapi 5 runs on (20 or newer)."""
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if npm is None or node is None:
+        raise SetupError("Node.js 20 or newer and npm are needed to run Strapi (https://nodejs.org)")
+    version = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    major = version.strip().lstrip("v").split(".")[0]
+    if not major.isdigit() or int(major) < MIN_NODE_MAJOR:
         raise SetupError(
-            "Node.js 20 or newer and npm are needed to run Strapi; Debian: apt-get install nodejs npm"
+            f"Strapi 5 needs Node.js {MIN_NODE_MAJOR} or newer; this machine's is {version.strip()}"
         )
     return npm
 
