@@ -54,6 +54,20 @@ CREATE TABLE up_users (
 """
 
 
+def session_cpu_seconds(session_id: int) -> float:
+    """User+system CPU of every process of a session (Keycloak's kc.sh and its JVM), from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, session, ..., utime (12th), stime (13th).
+        if int(fields[3]) == session_id:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def write_strapi_database(path: Path, first_id: int, count: int) -> str:
     """A Strapi 5 SQLite file holding `count` TikTok users from id `first_id` (every 100th blocked)."""
     now_ms = int(time.time() * 1000)
@@ -188,27 +202,36 @@ def main() -> None:
             admin_client_secret=ADMIN_SECRET,
         )
         keycloak = start_keycloak(instance_dir, realm_env)
+
+        def keycloak_cpu() -> float:
+            return session_cpu_seconds(keycloak.process.pid) if keycloak.process else 0.0
+
         try:
             settings = bridge_settings(keycloak.url, key_file)
             next_id = 1
             rates: dict[int, float] = {}
             for level in levels:
                 url = write_strapi_database(work / f"probe-{level}.db", next_id, args.probe)
+                cpu = keycloak_cpu()
                 created, seconds = asyncio.run(import_users(settings, url, level))
+                cpu = keycloak_cpu() - cpu
                 next_id += args.probe
                 rates[level] = created / seconds
                 results.append(
-                    f"import, concurrency {level}: {created} users in {seconds:.1f} s, {rates[level]:.0f} users/s"
+                    f"import, concurrency {level}: {created} users in {seconds:.1f} s, {rates[level]:.0f} users/s, "
+                    f"Keycloak CPU {1000 * cpu / created:.1f} ms/user"
                 )
                 progress(results[-1])
             best = max(rates, key=lambda level: rates[level])
             if args.users:
                 url = write_strapi_database(work / "big.db", next_id, args.users)
+                cpu = keycloak_cpu()
                 created, seconds = asyncio.run(import_users(settings, url, best))
+                cpu = keycloak_cpu() - cpu
                 next_id += args.users
                 results.append(
                     f"import of {args.users}, concurrency {best}: {created} users in {seconds:.0f} s, "
-                    f"{created / seconds:.0f} users/s"
+                    f"{created / seconds:.0f} users/s, Keycloak CPU {1000 * cpu / created:.1f} ms/user"
                 )
                 progress(results[-1])
 
@@ -236,17 +259,17 @@ def main() -> None:
                     "password": "admin",
                 },
             )
-            started, created = time.monotonic(), 0
+            started, created, cpu = time.monotonic(), 0, keycloak_cpu()
             for first in range(next_id, next_id + args.probe, args.batch):
                 answer = partial_import(
                     keycloak.url, admin, partial_import_users(first, args.batch, "/tiktok-users")
                 )
                 answer.raise_for_status()
                 created += int(answer.json().get("added", 0))
-            seconds = time.monotonic() - started
+            seconds, cpu = time.monotonic() - started, keycloak_cpu() - cpu
             results.append(
                 f"partialImport as master admin, batches of {args.batch}: {created} users in {seconds:.1f} s, "
-                f"{created / seconds:.0f} users/s"
+                f"{created / seconds:.0f} users/s, Keycloak CPU {1000 * cpu / created:.1f} ms/user"
             )
             progress(results[-1])
         finally:
