@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from bridge.services.strapi_import import DEFAULT_CONCURRENCY
+
 if TYPE_CHECKING:
     import argparse
 
@@ -38,7 +40,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     run.add_argument("--dry-run", action="store_true", help="count what would be created; create nothing")
     run.add_argument(
-        "--concurrency", type=int, default=8, help="Keycloak calls in flight at once (default 8)"
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"Keycloak calls in flight at once (default {DEFAULT_CONCURRENCY}); fewer spare a busy Keycloak",
     )
 
 
