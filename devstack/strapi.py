@@ -38,20 +38,21 @@ from devstack.keycloak import SetupError, default_cache_dir, die_with_parent, fr
 STRAPI_VERSION = "5.54.0"
 BETTER_SQLITE3_VERSION = "12.11.1"
 MIN_NODE_MAJOR = 20
+DEPENDENCIES = {
+    "@strapi/strapi": STRAPI_VERSION,
+    "@strapi/plugin-users-permissions": STRAPI_VERSION,
+    "better-sqlite3": BETTER_SQLITE3_VERSION,
+    # Peer dependencies of Strapi's admin panel, pinned where the registry's newest ones conflict.
+    "react": "18.3.1",
+    "react-dom": "18.3.1",
+    "react-router-dom": "6.30.6",
+    "styled-components": "6.6.0",
+}
 PACKAGE = {
     "name": "bridge-test-strapi",
     "private": True,
     "version": "0.0.0",
-    "dependencies": {
-        "@strapi/strapi": STRAPI_VERSION,
-        "@strapi/plugin-users-permissions": STRAPI_VERSION,
-        "better-sqlite3": BETTER_SQLITE3_VERSION,
-        # Peer dependencies of Strapi's admin panel, which npm would otherwise pick itself.
-        "react": "18.3.1",
-        "react-dom": "18.3.1",
-        "react-router-dom": "6.30.6",
-        "styled-components": "6.6.0",
-    },
+    "dependencies": DEPENDENCIES,
     "engines": {"node": ">=20.0.0 <=24.x.x"},
 }
 # The route the plugin's sign-in stands in for; it answers only requests carrying the server's seed key.
@@ -88,8 +89,18 @@ def find_npm() -> str:
     return npm
 
 
+# npm's own retries of a ping take over a minute to give up on a registry that does not answer.
+PING_RETRIES = 1
+
+
 def npm_reachable(npm: str) -> bool:
-    done = subprocess.run([npm, "ping"], capture_output=True, timeout=60, check=False)
+    """Whether npm reaches its registry (the one configured for this machine)."""
+    done = subprocess.run(
+        [npm, "ping", f"--fetch-retries={PING_RETRIES}", "--fetch-timeout=20000"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     return done.returncode == 0
 
 
