@@ -387,6 +387,25 @@ class KeycloakClient:
         found = [KeycloakUser.from_representation(user) for user in users]
         return [user for user in found if value in user.attributes.get(name, [])]
 
+    async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]:
+        """One page of a group's members, with their attributes (the service account may view the
+        members of the bridge's groups); an empty page past the last one."""
+        found = await self._admin("GET", f"/group-by-path/{group_path.lstrip('/')}")
+        if found.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"group lookup HTTP {found.status_code}")
+        group_id = self._json(found).get("id")
+        response = await self._admin(
+            "GET",
+            f"/groups/{group_id}/members",
+            params={"first": str(first), "max": str(count), "briefRepresentation": "false"},
+        )
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"group members HTTP {response.status_code}")
+        members = self._json(response)
+        if not isinstance(members, list):
+            raise UpstreamProtocolError("keycloak", "group members did not return a list")
+        return [KeycloakUser.from_representation(member) for member in members]
+
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         response = await self._admin("GET", f"/users/{user_id}")
         if response.status_code == HTTPStatus.NOT_FOUND:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# Members of the bridge's group read per call when listing the users imported already.
+MEMBERS_PAGE = 500
 # Keycloak 26.7.4 on H2 on two cores: 68 users/s at 8 calls in flight, 112 at 16, 133 at 32 (2,000 users
 # each, cold), 237 at 32 over 100,000 users (bench/strapi_import.py).
 DEFAULT_CONCURRENCY = 32
@@ -67,6 +69,8 @@ class ImportGateway(Protocol):
     async def delete_user(self, user_id: str) -> None: ...
 
     async def missing_groups(self, paths: tuple[str, ...]) -> list[str]: ...
+
+    async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]: ...
 
 
 class ImportRefused(Exception):
@@ -122,13 +126,20 @@ class StrapiImport:
         missing = await self._keycloak.missing_groups(self._policy.default_groups)
         if missing:
             raise ImportRefused(f"the bridge's groups do not exist in Keycloak: {', '.join(missing)}")
+        imported = await self._imported_ids()
+        # With the group listed, a dry run knows every imported user the service account could find.
+        listed = bool(self._policy.default_groups)
         limit = asyncio.Semaphore(self._concurrency)
         after_id = 0
         while batch := self._source.tiktok_users(after_id=after_id, limit=BATCH):
+            present = [user for user in batch if user.id in imported]
+            summary.seen += len(present)
+            summary.already_imported += len(present)
             try:
                 async with asyncio.TaskGroup() as group:
                     for user in batch:
-                        group.create_task(self._one(user, summary, limit, dry_run=dry_run))
+                        if user.id not in imported:
+                            group.create_task(self._one(user, summary, limit, dry_run=dry_run, listed=listed))
             except ExceptionGroup as failed:
                 # The first refusal names its row; the rows imported meanwhile stay imported.
                 refusals = _flattened(failed)
@@ -140,12 +151,41 @@ class StrapiImport:
                 on_progress(summary.seen, summary.tiktok_users)
         return summary
 
+    async def _imported_ids(self) -> set[int]:
+        """The Strapi ids of the users imported already, read from the bridge's group in pages: a run
+        over users imported before costs a listing, not a refused create and a search per user (the
+        search, under fine-grained admin permissions, ran at 6 users/s here). Users outside the group
+        are out of the service account's sight anyway; a create refused for another reason still
+        falls back to the search."""
+        if not self._policy.default_groups:
+            return set()
+        ids: set[int] = set()
+        first = 0
+        while page := await self._keycloak.group_members(
+            self._policy.default_groups[0], first=first, count=MEMBERS_PAGE
+        ):
+            for member in page:
+                value = member.attribute(ATTR_STRAPI_ID)
+                if value is not None and value.isdigit():
+                    ids.add(int(value))
+            first += len(page)
+        return ids
+
     async def _one(
-        self, user: StrapiUser, summary: ImportSummary, limit: asyncio.Semaphore, *, dry_run: bool
+        self,
+        user: StrapiUser,
+        summary: ImportSummary,
+        limit: asyncio.Semaphore,
+        *,
+        dry_run: bool,
+        listed: bool,
     ) -> None:
         async with limit:
             try:
-                outcome = await (self._exists(user) if dry_run else self._import(user))
+                if dry_run:
+                    outcome = "created" if listed else await self._exists(user)
+                else:
+                    outcome = await self._import(user)
             except UpstreamError as exc:
                 raise ImportRefused(f"Strapi user {user.id}: Keycloak refused it: {exc.detail}") from exc
         summary.seen += 1

@@ -49,8 +49,11 @@ class FakeKeycloak:
     roles_fail: bool = False
     roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ids: Any = field(default_factory=lambda: itertools.count(1))
+    creates: int = 0
+    searches: int = 0
 
     async def create_user(self, representation: dict[str, Any]) -> str:
+        self.creates += 1
         username = representation["username"]
         if username in self.refuse:
             raise UpstreamProtocolError("keycloak", "user create HTTP 400: error-invalid-length")
@@ -64,6 +67,7 @@ class FakeKeycloak:
         return user_id
 
     async def users_with_attribute(self, name: str, value: str) -> list[KeycloakUser]:
+        self.searches += 1
         return [
             KeycloakUser.from_representation(u)
             for u in self.users.values()
@@ -80,6 +84,10 @@ class FakeKeycloak:
 
     async def missing_groups(self, paths: tuple[str, ...]) -> list[str]:
         return [p for p in paths if p not in self.groups]
+
+    async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]:
+        members = [u for u in self.users.values() if group_path in u.get("groups", [])]
+        return [KeycloakUser.from_representation(u) for u in members[first : first + count]]
 
 
 def importer(source: FakeSource, keycloak: FakeKeycloak, **policy: Any) -> StrapiImport:  # noqa: ANN401
@@ -121,12 +129,36 @@ async def test_each_tiktok_user_becomes_one_keycloak_user_with_strapi_attributes
 
 
 async def test_a_second_run_changes_nothing() -> None:
-    """Run twice, the import creates each user once and then reports every one as imported already."""
+    """Run twice, the import creates each user once and then reports every one as imported already,
+    known from the listing of the bridge's group: no create is even tried, no user searched."""
     source, keycloak = FakeSource([ALICE, BOB]), FakeKeycloak()
     await importer(source, keycloak).run()
+    assert (keycloak.creates, keycloak.searches) == (2, 0)
     again = await importer(source, keycloak).run()
-    assert (again.created, again.already_imported, again.changed) == (0, 2, False)
+    assert (again.created, again.already_imported, again.changed, again.seen) == (0, 2, False, 2)
     assert len(keycloak.users) == 2
+    assert (keycloak.creates, keycloak.searches) == (2, 0)
+
+
+async def test_without_groups_a_refused_create_is_confirmed_by_a_search() -> None:
+    """With no group to list (BRIDGE_KEYCLOAK_GROUP and BRIDGE_DEFAULT_GROUPS empty) the second run finds
+    each user by its strapi_id after Keycloak's 409."""
+    source, keycloak = FakeSource([ALICE, BOB]), FakeKeycloak()
+    await importer(source, keycloak, default_groups=()).run()
+    again = await importer(source, keycloak, default_groups=()).run()
+    assert (again.created, again.already_imported) == (0, 2)
+    assert (keycloak.creates, keycloak.searches) == (4, 2)
+
+
+async def test_a_user_imported_outside_the_listing_is_still_found() -> None:
+    """A user created between the listing and its own create (a racing run) is found by its strapi_id
+    after Keycloak's 409, not created twice."""
+    keycloak = FakeKeycloak()
+    await importer(FakeSource([ALICE]), keycloak).run()
+    keycloak.users["tiktok_strapi-4"]["groups"] = []  # out of the listing's sight, as if made meanwhile
+    again = await importer(FakeSource([ALICE]), keycloak).run()
+    assert (again.created, again.already_imported) == (0, 1)
+    assert keycloak.searches == 1
 
 
 async def test_an_interrupted_run_continues() -> None:
