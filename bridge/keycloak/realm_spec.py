@@ -18,6 +18,12 @@ from bridge.domain.model import (
     ATTR_USERNAME,
     ATTR_VERIFIED,
 )
+from bridge.domain.strapi import (
+    ATTR_STRAPI_CREATED_AT,
+    ATTR_STRAPI_DOCUMENT_ID,
+    ATTR_STRAPI_ID,
+    STRAPI_ATTRIBUTES,
+)
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
@@ -65,7 +71,9 @@ FGAP_FEATURE = "ADMIN_FINE_GRAINED_AUTHZ_V2"
 # releases have no such scope. The admin client needs it as a *default* scope: a client-credentials
 # token carries default scopes only (the bridge asks for none).
 ADMIN_API_SCOPE = "kc-admin-api"
-ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
+TIKTOK_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
+# The TikTok ones first: `ATTRIBUTES[0]` is the one the minting clients put in their tokens.
+ATTRIBUTES = (*TIKTOK_ATTRIBUTES, *STRAPI_ATTRIBUTES)
 ATTRIBUTE_GROUP = "tiktok"
 MAPPER_NAME = "tiktok_open_id"
 
@@ -344,17 +352,24 @@ _DISPLAY_NAMES = {
     ATTR_DISPLAY_NAME: "TikTok display name",
     ATTR_USERNAME: "TikTok username",
     ATTR_VERIFIED: "TikTok verified account",
+    ATTR_STRAPI_ID: "Strapi user id",
+    ATTR_STRAPI_DOCUMENT_ID: "Strapi document id",
+    ATTR_STRAPI_CREATED_AT: "Strapi creation time",
 }
 
 
 def profile_attribute(name: str) -> dict[str, Any]:
-    """One user-profile attribute: admin-editable, visible to the user, single-valued, optional."""
+    """One user-profile attribute: admin-editable, single-valued, optional; TikTok's visible to the user,
+    Strapi's identifiers (kept by `bridge strapi import`) to admins only, as nobody else needs them."""
     return {
         "name": name,
         "displayName": _DISPLAY_NAMES[name],
         "group": ATTRIBUTE_GROUP,
         "validations": {"length": {"max": 5 if name == ATTR_VERIFIED else 255}},
-        "permissions": {"view": ["admin", "user"], "edit": ["admin"]},
+        "permissions": {
+            "view": ["admin"] if name in STRAPI_ATTRIBUTES else ["admin", "user"],
+            "edit": ["admin"],
+        },
         "multivalued": False,
     }
 
