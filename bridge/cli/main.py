@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from bridge.cli import strapi
 from bridge.observability import logs
 from bridge.settings import Settings
 
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("path", type=Path)
     _add_session_commands(commands)
     _add_setup_commands(commands)
+    strapi.add_commands(commands)
     return parser
 
 
@@ -130,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.configure(settings.log_level)
     if args.command == "keycloak":
         _keycloak_apply(settings, args)
+        return
+    if args.command == "strapi":
+        strapi.run_import(settings, args)
         return
     if args.command == "check-config":
         print("configuration ok")  # noqa: T201

@@ -380,6 +380,41 @@ class KeycloakClient:
             raise UpstreamProtocolError("keycloak", "several users are linked to one external identity")
         return user_from_representation(users[0]) if users else None
 
+    async def users_with_attribute(self, name: str, value: str) -> list[KeycloakUser]:
+        """The users (that the service account may see) whose attribute `name` is exactly `value`."""
+        response = await self._admin(
+            "GET",
+            "/users",
+            params={"q": f"{name}:{value}", "exact": "true", "briefRepresentation": "false", "max": "10"},
+        )
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"user search HTTP {response.status_code}")
+        users = self._json(response)
+        if not isinstance(users, list):
+            raise UpstreamProtocolError("keycloak", "user search did not return a list")
+        # Keycloak's `q` search may match more loosely than asked on some releases: check each value.
+        found = [user_from_representation(user) for user in users]
+        return [user for user in found if value in user.attributes.get(name, [])]
+
+    async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]:
+        """One page of a group's members, with their attributes (the service account may view the
+        members of the bridge's groups); an empty page past the last one."""
+        found = await self._admin("GET", f"/group-by-path/{group_path.lstrip('/')}")
+        if found.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"group lookup HTTP {found.status_code}")
+        group_id = self._json(found).get("id")
+        response = await self._admin(
+            "GET",
+            f"/groups/{group_id}/members",
+            params={"first": str(first), "max": str(count), "briefRepresentation": "false"},
+        )
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"group members HTTP {response.status_code}")
+        members = self._json(response)
+        if not isinstance(members, list):
+            raise UpstreamProtocolError("keycloak", "group members did not return a list")
+        return [user_from_representation(member) for member in members]
+
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         response = await self._admin("GET", f"/users/{user_id}")
         if response.status_code == HTTPStatus.NOT_FOUND:

@@ -11,6 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bridge.domain.strapi import (
+    ATTR_STRAPI_CREATED_AT,
+    ATTR_STRAPI_DOCUMENT_ID,
+    ATTR_STRAPI_ID,
+    STRAPI_ATTRIBUTES,
+)
+
 if TYPE_CHECKING:
     from bridge.settings import Settings
 
@@ -64,7 +71,9 @@ ATTR_UNION_ID = "tiktok_union_id"
 ATTR_DISPLAY_NAME = "tiktok_display_name"
 ATTR_USERNAME = "tiktok_username"
 ATTR_VERIFIED = "tiktok_is_verified"
-ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
+TIKTOK_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
+# The TikTok ones first: `ATTRIBUTES[0]` is the one the minting clients put in their tokens.
+ATTRIBUTES = (*TIKTOK_ATTRIBUTES, *STRAPI_ATTRIBUTES)
 ATTRIBUTE_GROUP = "tiktok"
 MAPPER_NAME = "tiktok_open_id"
 
@@ -343,17 +352,24 @@ _DISPLAY_NAMES = {
     ATTR_DISPLAY_NAME: "TikTok display name",
     ATTR_USERNAME: "TikTok username",
     ATTR_VERIFIED: "TikTok verified account",
+    ATTR_STRAPI_ID: "Strapi user id",
+    ATTR_STRAPI_DOCUMENT_ID: "Strapi document id",
+    ATTR_STRAPI_CREATED_AT: "Strapi creation time",
 }
 
 
 def profile_attribute(name: str) -> dict[str, Any]:
-    """One user-profile attribute: admin-editable, visible to the user, single-valued, optional."""
+    """One user-profile attribute: admin-editable, single-valued, optional; TikTok's visible to the user,
+    Strapi's identifiers (kept by `bridge strapi import`) to admins only, as nobody else needs them."""
     return {
         "name": name,
         "displayName": _DISPLAY_NAMES[name],
         "group": ATTRIBUTE_GROUP,
         "validations": {"length": {"max": 5 if name == ATTR_VERIFIED else 255}},
-        "permissions": {"view": ["admin", "user"], "edit": ["admin"]},
+        "permissions": {
+            "view": ["admin"] if name in STRAPI_ATTRIBUTES else ["admin", "user"],
+            "edit": ["admin"],
+        },
         "multivalued": False,
     }
 

@@ -74,6 +74,10 @@ class DeauthorizationService:
             await self._attempt_deauthorization(open_id)
         return len(due)
 
+    async def pending(self) -> int:
+        """How many deauthorizations Keycloak has not taken yet (retried until the horizon)."""
+        return await self._queue.size()
+
     async def _attempt_deauthorization(self, open_id: str) -> str | None:
         """Try the pending deauthorization of `open_id` once: its outcome, or None if it stays pending
         (Keycloak unavailable, or another replica holds it right now)."""

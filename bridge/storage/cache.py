@@ -177,6 +177,9 @@ class MemoryCache:
         members = self._schedules.get(key, {})
         return sorted((m for m, at in members.items() if at <= until), key=members.__getitem__)[:limit]
 
+    async def scheduled(self, key: str) -> int:
+        return len(self._schedules.get(key, {}))
+
     async def unschedule(self, key: str, member: str) -> None:
         self._schedules.get(key, {}).pop(member, None)
 
@@ -396,6 +399,9 @@ class RedisCache:
         found = await self._command("due", self._redis.zrangebyscore(key, "-inf", until, start=0, num=limit))
         return [m.decode() if isinstance(m, bytes) else str(m) for m in found]
 
+    async def scheduled(self, key: str) -> int:
+        return int(await self._command("scheduled", self._redis.zcard(key)))
+
     async def unschedule(self, key: str, member: str) -> None:
         await self._command("unschedule", self._redis.zrem(key, member))
 
@@ -609,6 +615,9 @@ class FallbackCache:
         return await self._either(
             lambda: self._primary.due(key, until, limit), lambda: self._fallback.due(key, until, limit)
         )
+
+    async def scheduled(self, key: str) -> int:
+        return await self._either(lambda: self._primary.scheduled(key), lambda: self._fallback.scheduled(key))
 
     async def unschedule(self, key: str, member: str) -> None:
         # Both, like delete: a member scheduled in memory during an outage must not come back.

@@ -62,6 +62,10 @@ class DeauthorizationQueue:
         """At most `limit` identities whose deauthorization is due at or before `until`, earliest first."""
         return await self._cache.due(keys.DEAUTHORIZATION_QUEUE, until, limit)
 
+    async def size(self) -> int:
+        """How many deauthorizations wait for Keycloak, due now or later."""
+        return await self._cache.scheduled(keys.DEAUTHORIZATION_QUEUE)
+
     def claim(self, open_id: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
         """The identity's lock: held by the one replica applying its deauthorization."""
         return self._cache.lock(keys.deauthorization_lock(self._alias, open_id), ttl=ttl, wait=wait)

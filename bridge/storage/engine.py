@@ -39,6 +39,10 @@ class Cache(Protocol):
         """At most `limit` members of the schedule `key` due at or before `until`, earliest first."""
         ...
 
+    async def scheduled(self, key: str) -> int:
+        """How many members the schedule `key` holds, due or not."""
+        ...
+
     async def unschedule(self, key: str, member: str) -> None: ...
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
         """Single-flight across replicas: held within `wait` (at once, or after waiting), or not."""

@@ -23,6 +23,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 
 from bridge.domain.errors import BridgeError, InvalidRequest, WebhookSignatureRejected
+from bridge.observability.metrics import DEAUTHORIZATIONS_PENDING
 from bridge.web.support import client_ip, error_response, read_body, resources_of
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ async def retry_pending_deauthorizations(deauthorization: DeauthorizationService
         await asyncio.sleep(interval)
         try:
             await deauthorization.retry_deauthorizations()
+            # Every replica reads the shared queue, so each worker's gauge says the same; see metrics.
+            DEAUTHORIZATIONS_PENDING.set(await deauthorization.pending())
         except BridgeError as exc:
             log.warning(
                 "pending deauthorizations not read",

@@ -283,6 +283,9 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
         "tiktok_display_name",
         "tiktok_username",
         "tiktok_is_verified",
+        "strapi_id",
+        "strapi_document_id",
+        "strapi_created_at",
     ]
     (provider,) = after["providers"]
     assert provider["providerId"] == "jwt-authorization-grant"

@@ -469,6 +469,9 @@ class RecordingStore:
     async def due(self, key: str, until: float, limit: int) -> list[str]:
         return await self.memory.due(key, until, limit)
 
+    async def scheduled(self, key: str) -> int:
+        return await self.memory.scheduled(key)
+
     async def unschedule(self, key: str, member: str) -> None:
         await self.memory.unschedule(key, member)
 

@@ -176,3 +176,34 @@ async def test_shutdown_stops_a_retry_loop_that_absorbed_a_cancellation() -> Non
         await _cancel(task)
     assert task.cancelled()
     assert swallowed == 1
+
+
+async def test_the_retry_loop_publishes_how_many_deauthorizations_wait() -> None:
+    """`bridge_deauthorizations_pending` follows the queue: 1 while Keycloak is down, 0 once applied."""
+    from prometheus_client import REGISTRY  # noqa: PLC0415 - the gauge's process registry
+
+    from bridge.web.webhook import retry_pending_deauthorizations  # noqa: PLC0415 - the loop itself
+
+    keycloak, cache = FlakyKeycloak(), MemoryCache()
+    linked(keycloak)
+    bridge = service(keycloak, cache)
+    keycloak.down = True
+    assert await bridge.deauthorize(OPEN_ID) == "pending"
+    assert await bridge.pending() == 1
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("bridge_deauthorizations_pending")
+
+    loop = asyncio.create_task(retry_pending_deauthorizations(bridge, interval=0.01))
+    try:
+        async with asyncio.timeout(5):
+            while gauge() != 1.0:  # noqa: ASYNC110 - polls a gauge the loop task sets
+                await asyncio.sleep(0.01)
+            keycloak.down = False
+            await make_due(cache)
+            while gauge() != 0.0:
+                await make_due(cache)
+                await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+    assert await bridge.pending() == 0

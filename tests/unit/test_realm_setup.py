@@ -360,6 +360,6 @@ def test_the_realm_declares_the_attributes_tiktoks_adapter_writes() -> None:
     names exactly the attributes TikTok's adapter writes, in the same order."""
     from bridge.providers.tiktok.attributes import ATTRIBUTES  # noqa: PLC0415
 
-    declared, claim = spec.ATTRIBUTES, spec.ATTR_OPEN_ID
+    declared, claim = spec.TIKTOK_ATTRIBUTES, spec.ATTR_OPEN_ID
     assert declared == ATTRIBUTES.owned
     assert claim == ATTRIBUTES.subject

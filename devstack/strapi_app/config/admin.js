@@ -1,0 +1,8 @@
+module.exports = ({ env }) => ({
+  auth: { secret: env('ADMIN_JWT_SECRET') },
+  apiToken: { salt: env('API_TOKEN_SALT') },
+  transfer: { token: { salt: env('TRANSFER_TOKEN_SALT') } },
+  secrets: { encryptionKey: env('ENCRYPTION_KEY') },
+  // The tests speak to the content API only; the admin panel would need a build of minutes.
+  serveAdminPanel: false,
+});
