@@ -31,8 +31,7 @@ from typing import Any
 import httpx2
 from joserfc.jwk import ECKey
 
-from bridge.domain.model import Policy
-from bridge.factory import Resources
+from bridge.factory import Resources, policy_from_settings
 from bridge.services.strapi_import import StrapiImport
 from bridge.settings import Settings
 from bridge.storage.strapi_database import open_strapi_database
@@ -121,7 +120,7 @@ async def import_users(settings: Settings, url: str, concurrency: int) -> tuple[
         use_case = StrapiImport(
             source=database,
             keycloak=resources.keycloak,
-            policy=Policy.from_settings(settings),
+            policy=policy_from_settings(settings),
             concurrency=concurrency,
         )
         last = [time.monotonic()]

@@ -19,7 +19,10 @@ from bridge.keycloak.bearer import RealmTokenVerifier
 from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.aiohttp_transport import AiohttpTransport, env_proxy
 from bridge.protocol.clients import ClientRegistry
+from bridge.providers.tiktok import client as tiktok_provider
+from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.providers.tiktok.client import TikTokClient
+from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
 from bridge.services.apps import App, Apps
 from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
@@ -33,7 +36,7 @@ from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.storage.deauthorizations import DeauthorizationQueue
 from bridge.storage.identities import IdentityStore
 from bridge.storage.profiles import ProfileStore
-from bridge.storage.ratelimit import RateLimiter, TikTokQuota, TikTokRefusals
+from bridge.storage.ratelimit import ProfileQuota, RateLimiter, RefusalCounts
 from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.redis_connection import RedisConnection
 from bridge.storage.sealing import sealer_from_settings
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 
     from aiohttp.abc import AbstractResolver
 
+    from bridge.protocol.rfc8693 import SubjectTokenTypes
     from bridge.settings import Settings
     from bridge.storage.engine import GuardedCache, Store
 
@@ -99,6 +103,43 @@ def token_session(
     )
 
 
+def policy_from_settings(settings: Settings) -> Policy:
+    """The account rules the use cases follow, from the settings (the defaults live there only)."""
+    return Policy(
+        idp_alias=settings.keycloak_idp_alias,
+        username_prefix=settings.username_prefix,
+        email_template=settings.email_template,
+        registration_open=settings.registration_open,
+        redirect_uris=settings.tiktok.redirect_uris,
+        default_groups=settings.provisioning_groups,
+        # With a bridge group, the group carries these roles (`bridge keycloak apply` maps them): the
+        # service account then never maps a role to a user, which Keycloak allows only realm-wide.
+        default_realm_roles=() if settings.keycloak_group else settings.default_realm_roles,
+        deauthorization=settings.deauthorization_policy,
+        deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
+        deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
+        profile_ttl=settings.profile_cache_ttl,
+        user_ttl=settings.user_cache_ttl,
+        negative_ttl=settings.negative_cache_ttl,
+        attributes=ATTRIBUTES,
+        audience_scopes=MappingProxyType(settings.audience_scopes()),
+        reserved_scopes=frozenset(settings.audience_scopes().values()),
+    )
+
+
+def tiktok_client(http: httpx2.AsyncClient, settings: Settings) -> TikTokClient:
+    """TikTok as the bridge's identity provider, over the process's HTTP client."""
+    tiktok = settings.tiktok
+    return TikTokClient(
+        http,
+        base_url=tiktok.base_url,
+        client_key=tiktok.client_key,
+        client_secret=tiktok.client_secret.get_secret_value(),
+        scopes=tiktok.access_token_scopes,
+        access_token_prefix=tiktok.access_token_prefix,
+    )
+
+
 @dataclass(frozen=True)
 class Resources:
     """Everything a request handler needs; one instance per process."""
@@ -137,6 +178,8 @@ class Resources:
     session_store: Store
     limiter: RateLimiter
     clients: ClientRegistry
+    # What /token and linking accept as a subject token: the identity provider's credentials.
+    subject_token_types: SubjectTokenTypes = SUBJECT_TOKEN_TYPES
 
     @classmethod
     def from_settings(
@@ -199,12 +242,7 @@ class Resources:
                     "sessions are kept in this process's memory: they end when it stops and are not "
                     "shared with other replicas; set BRIDGE_REDIS_URL in production"
                 )
-        tiktok = TikTokClient(
-            http,
-            base_url=settings.tiktok_base_url,
-            client_key=settings.tiktok_client_key,
-            client_secret=settings.tiktok_client_secret.get_secret_value(),
-        )
+        tiktok = tiktok_client(http, settings)
         keycloak = KeycloakClient(
             http,
             AdminTokenStore(cache),
@@ -221,24 +259,30 @@ class Resources:
             per_identity=settings.rate_limit_per_identity if settings.rate_limit_enabled else None,
             webhook_per_ip=settings.rate_limit_webhook_per_ip if settings.rate_limit_enabled else None,
         )
-        policy = Policy.from_settings(settings)
+        policy = policy_from_settings(settings)
         # One per process, shared by every use case: a profile is the same whichever app asked; this
         # process's copies of profiles in front of the shared cache.
         profiles = ProfileStore.from_policy(
             cache, policy, RecentProfiles(settings.profile_memory_entries, settings.profile_cache_ttl)
         )
         identities = IdentityStore.from_policy(cache, policy)
-        quota = TikTokQuota(
+        quota = ProfileQuota(
             limits_storage,
-            per_minute=settings.tiktok_user_info_quota,
-            unproven_share=settings.tiktok_unproven_share,
+            per_minute=settings.tiktok.user_info_quota,
+            unproven_share=settings.tiktok.unproven_share,
+            upstream=tiktok_provider.UPSTREAM,
+            name=tiktok_provider.NAME,
         )
         refusals = None
         if settings.rate_limit_enabled and settings.rate_limit_refused_tokens_per_ip:
-            refusals = TikTokRefusals(limits_storage, per_address=settings.rate_limit_refused_tokens_per_ip)
+            refusals = RefusalCounts(
+                limits_storage,
+                per_address=settings.rate_limit_refused_tokens_per_ip,
+                upstream=tiktok_provider.UPSTREAM,
+            )
         # One per process, whatever the app: none of them reads an app's own client or audiences.
         identity = IdentityService(
-            tiktok=tiktok, profiles=profiles, policy=policy, quota=quota, refusals=refusals
+            provider=tiktok, profiles=profiles, policy=policy, quota=quota, refusals=refusals
         )
         provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
         deauthorization = DeauthorizationService(
@@ -279,14 +323,14 @@ class Resources:
                     max_lifetime=settings.session_max_lifetime,
                 ),
                 minter=apps,
-                tiktok=tiktok,
+                provider=tiktok,
                 sealer=sealer_from_settings(settings),
                 policy=SessionPolicy(
                     idle_timeout=settings.session_idle_timeout,
                     max_lifetime=settings.session_max_lifetime,
                     reuse_grace=settings.session_reuse_grace,
-                    tiktok_recheck=settings.tiktok_recheck_enabled,
-                    tiktok_recheck_interval=settings.tiktok_recheck_interval,
+                    provider_recheck=settings.tiktok.recheck_enabled,
+                    provider_recheck_interval=settings.tiktok.recheck_interval,
                 ),
                 clock=clock or time.time,
             )
@@ -298,7 +342,9 @@ class Resources:
                 proofs=identity,
                 identities=identities,
                 policy=LinkPolicy(
-                    idp_alias=settings.keycloak_idp_alias, link_clients=frozenset(settings.link_client_ids)
+                    idp_alias=settings.keycloak_idp_alias,
+                    link_clients=frozenset(settings.link_client_ids),
+                    attributes=ATTRIBUTES,
                 ),
                 sessions=sessions,
             )

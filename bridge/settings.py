@@ -6,34 +6,89 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
-PositiveSeconds = Annotated[int, Field(gt=0, le=86400 * 30)]
-DAY = 86400
-SessionSeconds = Annotated[int, Field(gt=0, le=DAY * 400)]
-# Lists read from one environment variable, comma-separated (a JSON list is accepted too).
-CommaList = Annotated[tuple[str, ...], NoDecode]
+from bridge.providers.tiktok.settings import TikTokSettings
+from bridge.setting_types import DAY, CommaList, PositiveSeconds, SessionSeconds, check_rate, split_list
 
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
-def _split(value: object) -> object:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            import json  # noqa: PLC0415 - only for this rare spelling
-
-            return tuple(json.loads(text))
-        return tuple(part.strip() for part in text.split(",") if part.strip())
-    return value
+# The settings nested per identity provider: BRIDGE_TIKTOK_CLIENT_KEY is `tiktok.client_key`.
+NESTED: dict[str, type[BaseModel]] = {"tiktok": TikTokSettings}
 
 
 class Settings(BaseSettings):
     """Every knob of the bridge. Secrets are `SecretStr`, so they never show in a repr or a log line."""
 
-    model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="forbid", frozen=True)
+    # One "_" after the prefix splits off a nested model's name: BRIDGE_TIKTOK_CLIENT_KEY is
+    # tiktok.client_key. Only nested models' variables are split; every other keeps its whole name.
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", extra="forbid", frozen=True, env_nested_delimiter="_", env_nested_max_split=1
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings reads no secret file into a nested model: `_NestedSecrets` does.
+        assert isinstance(file_secret_settings, SecretsSettingsSource)  # noqa: S101 - pydantic-settings' own
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            _NestedSecrets(settings_cls, file_secret_settings.secrets_dir),
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest(cls, data: Any) -> Any:  # noqa: ANN401 - what pydantic hands a before-validator
+        """Keywords spelt like the variables (`tiktok_client_key=...`) go to their nested model, as the
+        variables do, and win over what the environment gave it (keywords always win)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in NESTED:
+            prefix = f"{name}_"
+            flat = {
+                key.removeprefix(prefix): data.pop(key) for key in [k for k in data if k.startswith(prefix)]
+            }
+            if not flat:
+                continue
+            given = data.get(name)
+            if isinstance(given, BaseModel):
+                data[name] = given.model_copy(update=flat)
+            else:
+                data[name] = {**(given if isinstance(given, dict) else {}), **flat}
+        return data
+        data = dict(data)
+        for name in NESTED:
+            prefix = f"{name}_"
+            flat = {k.removeprefix(prefix): data.pop(k) for k in [k for k in data if k.startswith(prefix)]}
+            if flat:
+                nested = data.get(name)
+                data[name] = (
+                    {**flat, **(nested if isinstance(nested, dict) else {})}
+                    if not isinstance(nested, BaseModel)
+                    else nested.model_copy(update=flat)
+                )
+        return data
 
     @classmethod
     def load(cls) -> Settings:
@@ -58,15 +113,8 @@ class Settings(BaseSettings):
             raise ValidationError.from_exception_data(cls.__name__, problems)
         return cls(_secrets_dir=secrets_dir) if secrets_dir else cls()
 
-    # TikTok
-    tiktok_client_key: str = Field(min_length=1)
-    tiktok_client_secret: SecretStr
-    tiktok_api_url: HttpUrl = HttpUrl("https://open.tiktokapis.com")
-    # Redirect URIs a Login Kit code may have been issued for; codes with any other are refused unsent.
-    tiktok_redirect_uris: CommaList = ()
-    # Scopes your app requests from users; decides which user-info fields are read for bare access
-    # tokens (codes carry their granted scopes). Falls back to user.info.basic if a token lacks the rest.
-    tiktok_access_token_scopes: CommaList = ("user.info.basic",)
+    # TikTok: every BRIDGE_TIKTOK_* variable (`providers/tiktok/settings.py`).
+    tiktok: TikTokSettings
 
     # Keycloak
     keycloak_url: HttpUrl
@@ -119,9 +167,8 @@ class Settings(BaseSettings):
     # (form or HTTP Basic). Public (mobile) clients need none; confidential ones "id=secret,id2=secret2".
     public_client_ids: CommaList = ()
     confidential_clients: SecretStr | None = None
-    # TikTok's deauthorization webhook (POST /webhooks/tiktok): what "authorization.removed" does to
-    # the linked Keycloak user, and how old a signed delivery may be.
-    tiktok_webhook_enabled: bool = True
+    # TikTok's deauthorization webhook (POST /webhooks/tiktok, on with BRIDGE_TIKTOK_WEBHOOK_ENABLED):
+    # what "authorization.removed" does to the linked Keycloak user, and how old a signed delivery may be.
     deauthorization_policy: Literal["record", "disable", "unlink"] = "record"
     webhook_max_age: int = Field(default=300, ge=30, le=3600)
     # A policy Keycloak could not take (it was down) is kept in Redis and retried by every replica, with
@@ -143,20 +190,11 @@ class Settings(BaseSettings):
     # A pseudo-email template with the placeholders {open_id} and {union_id}. Off when unset.
     email_template: str | None = None
 
-    # TikTok's user-info quota for the app (600 calls a minute, shared by every replica), and the share
-    # of it that unproven requests may spend: a bare access token from an address that never signed in
-    # successfully. The rest is kept for codes (redeemed with PKCE) and proven addresses.
-    # Below TikTok's 600: the bridge counts a call when it sends it, TikTok when it arrives.
-    tiktok_user_info_quota: str = "580/minute"
-    tiktok_unproven_share: float = Field(default=0.5, gt=0, le=1)
     # Bare access tokens TikTok may refuse in a row from one client address, per window starting with the
     # first of them; past it the address is refused (429) before the quota is spent, until the window
     # ends. A token TikTok accepts starts the count again. Auth0 throttles an address after 10 failed
     # custom token exchanges. Empty string (or BRIDGE_RATE_LIMIT_ENABLED=false): off.
     rate_limit_refused_tokens_per_ip: str = "10/hour"
-    # What a TikTok access token starts with; anything else is refused before TikTok is asked (empty: no
-    # check). TikTok's tokens have started with "act." in every answer seen since 2022.
-    tiktok_access_token_prefix: str = "act."  # noqa: S105 - a token prefix, not a secret
 
     # Bridge sessions (README: "Sessions"): refresh tokens issued with every exchange, rotated on use.
     sessions_enabled: bool = True
@@ -167,10 +205,6 @@ class Settings(BaseSettings):
     # Fernet keys sealing TikTok tokens and rotated refresh tokens at rest, newest first, comma-separated
     # (`python -m bridge generate-session-key`). Unset: a development key generated into data_dir.
     session_encryption_keys: SecretStr | None = None
-    # Sessions started from a TikTok code re-check the user's TikTok grant this often while refreshing;
-    # off: nothing from TikTok is kept.
-    tiktok_recheck_enabled: bool = True
-    tiktok_recheck_interval: SessionSeconds = DAY
     # The Keycloak client that mints the Strapi-compatible endpoint's `jwt` (its own, longer access-token
     # lifespan: apps built on the plugin never refresh). Unset: the bridge's own client.
     strapi_keycloak_client_id: str | None = None
@@ -202,8 +236,6 @@ class Settings(BaseSettings):
     assertion_lifetime: int = Field(default=60, ge=10, le=300)
 
     @field_validator(
-        "tiktok_redirect_uris",
-        "tiktok_access_token_scopes",
         "default_groups",
         "default_realm_roles",
         "published_key_files",
@@ -215,15 +247,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        return _split(value)
-
-    @field_validator("tiktok_redirect_uris")
-    @classmethod
-    def _check_redirects(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for uri in value:
-            if not uri.startswith(("https://", "http://localhost", "http://127.0.0.1")) or "#" in uri:
-                raise ValueError(f"redirect URIs must be absolute https URLs without fragment: {uri!r}")
-        return value
+        return split_list(value)
 
     @field_validator("default_groups")
     @classmethod
@@ -337,18 +361,10 @@ class Settings(BaseSettings):
         "rate_limit_per_identity",
         "rate_limit_webhook_per_ip",
         "rate_limit_refused_tokens_per_ip",
-        "tiktok_user_info_quota",
     )
     @classmethod
     def _check_rate(cls, value: str) -> str:
-        if value:
-            from limits import parse  # noqa: PLC0415 - validation only
-
-            try:
-                parse(value)
-            except ValueError as exc:
-                raise ValueError(f"not a rate limit like '60/minute': {value!r}") from exc
-        return value
+        return check_rate(value)
 
     @field_validator("email_template")
     @classmethod
@@ -370,10 +386,6 @@ class Settings(BaseSettings):
     @property
     def keycloak_base_url(self) -> str:
         return str(self.keycloak_url).rstrip("/")
-
-    @property
-    def tiktok_base_url(self) -> str:
-        return str(self.tiktok_api_url).rstrip("/")
 
 
 def _pairs(text: str, problem: str) -> list[tuple[str, str]]:
@@ -398,8 +410,39 @@ NOT_SETTINGS = frozenset(
 )
 
 
+def variables() -> dict[str, FieldInfo]:
+    """Every setting by the variable that sets it (a nested model's fields under their own names)."""
+    fields = {name: info for name, info in Settings.model_fields.items() if name not in NESTED}
+    for nest, model in NESTED.items():
+        fields |= {f"{nest}_{name}": info for name, info in model.model_fields.items()}
+    return {f"BRIDGE_{name.upper()}": info for name, info in fields.items()}
+
+
 def _known_variables() -> set[str]:
-    return {f"BRIDGE_{name.upper()}" for name in Settings.model_fields}
+    return set(variables())
+
+
+class _NestedSecrets(PydanticBaseSettingsSource):
+    """The nested models' secret files, named like their variables: bridge_tiktok_client_secret in
+    BRIDGE_SECRETS_DIR is `tiktok.client_secret` (the environment still wins)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], secrets_dir: object) -> None:
+        super().__init__(settings_cls)
+        dirs = secrets_dir if isinstance(secrets_dir, list | tuple) else [secrets_dir]
+        self._dirs = [Path(str(d)).expanduser() for d in dirs if d is not None]
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # noqa: ANN401, ARG002
+        return None, field_name, False  # not used: __call__ reads every nested field at once
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, dict[str, str]] = {}
+        for nest, model in NESTED.items():
+            for name in model.model_fields:
+                for directory in self._dirs:
+                    path = directory / f"bridge_{nest}_{name}"
+                    if path.is_file():
+                        found.setdefault(nest, {})[name] = path.read_text().strip()
+        return found
 
 
 def _hint(name: str) -> str:

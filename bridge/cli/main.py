@@ -220,7 +220,8 @@ def _admin_password(args: argparse.Namespace) -> str:
 
 
 def _keycloak_apply(settings: Settings, args: argparse.Namespace) -> None:
-    from bridge.keycloak.realm_setup import SetupError, apply  # noqa: PLC0415
+    from bridge.domain.errors import SetupError  # noqa: PLC0415
+    from bridge.keycloak.realm_setup import apply  # noqa: PLC0415
 
     password = _admin_password(args)
     try:

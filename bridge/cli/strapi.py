@@ -99,8 +99,7 @@ def run_import(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _run_import(settings: Settings, url: str, *, dry_run: bool, concurrency: int) -> int:
     from bridge.domain.errors import BridgeError  # noqa: PLC0415
-    from bridge.domain.model import Policy  # noqa: PLC0415
-    from bridge.factory import Resources  # noqa: PLC0415
+    from bridge.factory import Resources, policy_from_settings  # noqa: PLC0415
     from bridge.services.strapi_import import ImportRefused, StrapiImport  # noqa: PLC0415
     from bridge.storage.strapi_database import StrapiDatabaseError, open_strapi_database  # noqa: PLC0415
 
@@ -118,7 +117,7 @@ async def _run_import(settings: Settings, url: str, *, dry_run: bool, concurrenc
     use_case = StrapiImport(
         source=database,
         keycloak=resources.keycloak,
-        policy=Policy.from_settings(settings),
+        policy=policy_from_settings(settings),
         concurrency=concurrency,
     )
     started = time.monotonic()

@@ -3,20 +3,22 @@
     BridgeError
     ├── OAuthError                    answered as RFC 6749 §5.2 JSON with its own status
     │   ├── InvalidRequest            400 invalid_request (RFC 8693 §2.2.2: also for a bad subject_token)
-    │   │   ├── TikTokRefusal         TikTok said no (keeps TikTok's message for the Strapi endpoint)
-    │   │   │   ├── SubjectTokenRejected  TikTok refused the token or code
+    │   │   ├── ProviderRefusal     the identity provider said no (keeps its message and status)
+    │   │   │   ├── SubjectTokenRejected  it refused the token or code
     │   │   │   │   └── AccessTokenRejected   ... an access token, in the words the Strapi plugin used
-    │   │   │   └── MissingScope      the TikTok grant lacks a scope the bridge needs
-    │   │   ├── IdentityMismatch      user info answered for another open_id than the code's
-    │   │   ├── UserNotFound          TikTok answered without a user
-    │   │   ├── UnsupportedIdentity   a TikTok identifier longer than Keycloak can store
+    │   │   │   ├── MissingScope      the grant lacks a scope the bridge needs
+    │   │   │   └── UserNotFound      it answered without a user
+    │   │   ├── NoAccessToken         the Strapi-compatible endpoint's body carries no access token
+    │   │   ├── InvalidDPoPProof      400 invalid_dpop_proof (RFC 9449 §5): a DPoP proof refused
+    │   │   ├── IdentityMismatch      the profile belongs to another subject than the code's
+    │   │   ├── UnsupportedIdentity   an identifier longer than Keycloak can store
     │   │   ├── AccountDisabled       the Keycloak user is disabled
     │   │   ├── RegistrationClosed    policy forbids creating a new user
     │   │   └── EmailTaken            the pseudo-email belongs to another account
     │   ├── InvalidGrant              400 invalid_grant: a refresh token unknown, expired, revoked or reused
     │   ├── InvalidClient             401 invalid_client
     │   ├── UnauthorizedClient        400 unauthorized_client: the token was issued to another client
-    │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery TikTok did not sign
+    │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery the provider did not sign
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
     │   ├── InvalidTarget             400 invalid_target: an audience or resource not configured
@@ -24,8 +26,8 @@
     │   │   └── BearerRequired        ... no bearer at all: the challenge carries no error (§3.1)
     │   ├── AccountNotEligible        403 access_denied: the account is outside the bridge's group
     │   ├── LinkConflict              409 link_conflict: linking would move an identity between users
-    │   │   ├── IdentityLinkedElsewhere   the TikTok identity belongs to another Keycloak user
-    │   │   └── OtherIdentityLinked   the user already has a different TikTok identity
+    │   │   ├── IdentityLinkedElsewhere   the external identity belongs to another user
+    │   │   └── OtherIdentityLinked   the user already has a different external identity
     │   ├── BodyTimeout               408 invalid_request: the body did not arrive in time
     │   ├── ClientDisconnected        499 invalid_request: the client hung up mid-body (no one reads it)
     │   ├── BodyTooLarge              413 invalid_request
@@ -34,29 +36,37 @@
     │   ├── TemporarilyUnavailable    503 temporarily_unavailable with Retry-After
     │   │   └── Overloaded            ... and Connection: close: the worker is at its connection limit
     │   └── ServerError               500 server_error: our fault or our configuration's, never input's
-    └── UpstreamError                 raised by adapters; never shown to a client as it is
-        ├── UpstreamUnavailable       TikTok, Keycloak or the cache cannot be reached or is overloaded
-        ├── UpstreamProtocolError     an upstream answered in a way the bridge cannot use
-        ├── UserConflict              Keycloak refused a user: its username or e-mail is taken (409)
-        ├── OutOfReach                the service account may not manage that user (403): not a member
-        └── NotLinked                 Keycloak's grant found no user linked to the assertion's subject
+    │       └── Unsealable            sealed data no configured key opens (a key removed too early)
+    ├── UpstreamError                 raised by adapters; never shown to a client as it is
+    │   ├── UpstreamUnavailable       the identity provider, Keycloak or the cache: unreachable or overloaded
+    │   ├── UpstreamProtocolError     an upstream answered in a way the bridge cannot use
+    │   ├── IdentityRefused           the identity provider refused a credential (`Refused` says which way)
+    │   ├── UserConflict              Keycloak refused a user: its username or e-mail is taken (409)
+    │   ├── OutOfReach                the service account may not manage that user (403): not a member
+    │   └── NotLinked                 Keycloak's grant found no user linked to the assertion's subject
+    └── SetupError                    `bridge keycloak apply` cannot make the realm as specified
 
 `description` is a fixed, client-safe sentence; `detail` (never sent) goes to the logs, and must itself
-never hold a token, code or secret. `UpstreamUnavailable` maps to `TemporarilyUnavailable`,
-`OutOfReach` to `AccountNotEligible`, and every other `UpstreamError` to `ServerError` in
-`to_oauth_error`. `OAuthError.body()` and `.headers()` are the
+never hold a token, code or secret. Adapters raise `UpstreamError`s; the use cases map an
+`IdentityRefused` to its `ProviderRefusal` (`refusal_for`), and `to_oauth_error` maps the rest:
+`UpstreamUnavailable` to `TemporarilyUnavailable`, `OutOfReach` to `AccountNotEligible`, and every
+other `UpstreamError` to `ServerError`. `OAuthError.body()` and `.headers()` are the
 one shape of an error answer (RFC 6749 §5.2, `Cache-Control: no-store` always): the app, the raw HTTP
 protocol in `server.py` and the webhook all answer with them.
 
-This module imports nothing outside the standard library, so the use case can depend on it freely.
+The client-facing descriptions name TikTok where the product's answers always have: they are its
+public surface, kept word for word. This module imports nothing outside the standard library, so the
+use case can depend on it freely.
 """
 
 from __future__ import annotations
 
+import enum
 from http import HTTPStatus
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-Upstream = Literal["tiktok", "keycloak", "cache"]
+# Who failed: an identity provider's upstream name, "keycloak" or "cache"; in logs and metrics.
+Upstream = str
 
 
 class BridgeError(Exception):
@@ -93,23 +103,24 @@ class InvalidRequest(OAuthError):
     error = "invalid_request"
 
 
-class TikTokRefusal(InvalidRequest):
-    """TikTok said no; keeps TikTok's own message and HTTP status for the Strapi-compatible endpoint."""
+class ProviderRefusal(InvalidRequest):
+    """The identity provider said no; keeps its own message and HTTP status, which the Strapi-compatible
+    endpoint answers with (the plugin passed the provider's words on)."""
 
     def __init__(
         self,
         description: str | None = None,
         *,
         detail: str = "",
-        tiktok_message: str | None = None,
-        tiktok_status: int | None = None,
+        provider_message: str | None = None,
+        provider_status: int | None = None,
     ) -> None:
         super().__init__(description, detail=detail)
-        self.tiktok_message = tiktok_message
-        self.tiktok_status = tiktok_status
+        self.provider_message = provider_message
+        self.provider_status = provider_status
 
 
-class SubjectTokenRejected(TikTokRefusal):
+class SubjectTokenRejected(ProviderRefusal):
     default_description = "The subject_token was rejected by TikTok."
 
 
@@ -117,15 +128,27 @@ class AccessTokenRejected(SubjectTokenRejected):
     default_description = "The TikTok access token is invalid or expired."
 
 
-class MissingScope(TikTokRefusal):
+class MissingScope(ProviderRefusal):
     default_description = "The TikTok grant lacks the user.info.basic scope."
+
+
+class NoAccessToken(InvalidRequest):
+    """The Strapi-compatible endpoint's body names no access token (the plugin's own message)."""
+
+    default_description = "No access token provided."
+
+
+class InvalidDPoPProof(InvalidRequest):
+    # RFC 9449 §5: a token endpoint refusing a proof answers 400 invalid_dpop_proof.
+    error = "invalid_dpop_proof"
+    default_description = "The DPoP proof is invalid."
 
 
 class IdentityMismatch(InvalidRequest):
     default_description = "TikTok's user info does not belong to the redeemed code."
 
 
-class UserNotFound(InvalidRequest):
+class UserNotFound(ProviderRefusal):
     default_description = "TikTok returned no user for the subject_token."
 
 
@@ -302,6 +325,10 @@ class ServerError(OAuthError):
     default_description = "The bridge could not complete the request."
 
 
+class Unsealable(ServerError):
+    """Sealed data that no configured key opens (a key was removed too early, or the data was altered)."""
+
+
 class UpstreamError(BridgeError):
     """An upstream service failed; adapters raise this, with the library error as __cause__."""
 
@@ -324,6 +351,37 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     pass
+
+
+class Refused(enum.Enum):
+    """What an identity provider refused, which decides the client's error (`refusal_for`)."""
+
+    ACCESS_TOKEN = "access_token"  # noqa: S105 - a bare access token: invalid, expired or revoked
+    CODE = "code"  # an authorization code, its PKCE verifier or redirect URI, or a refresh token
+    SCOPE = "scope"  # the grant lacks a scope the bridge needs
+    NO_USER = "no_user"  # the provider answered without a user
+
+
+class IdentityRefused(UpstreamError):
+    """The identity provider refused a credential. `description` is the provider adapter's client-safe
+    sentence for it; `message` and `status` are the provider's own words and HTTP status (for the
+    Strapi-compatible endpoint), never holding the credential."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        refused: Refused,
+        *,
+        description: str | None = None,
+        detail: str,
+        message: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(upstream, detail)
+        self.refused = refused
+        self.description = description
+        self.message = message
+        self.status = status
 
 
 class UserConflict(UpstreamError):
@@ -353,7 +411,37 @@ class NotLinked(UpstreamError):
         super().__init__("keycloak", "no user linked to the assertion subject")
 
 
-_UPSTREAM_NAMES: dict[Upstream, str] = {"tiktok": "TikTok", "keycloak": "Keycloak", "cache": "The cache"}
+class SetupError(BridgeError):
+    """A reason `bridge keycloak apply` (or the doctor's survey) stops, worded for the operator in one
+    line (never a traceback)."""
+
+
+_REFUSALS: dict[Refused, type[ProviderRefusal]] = {
+    Refused.ACCESS_TOKEN: AccessTokenRejected,
+    Refused.CODE: SubjectTokenRejected,
+    Refused.SCOPE: MissingScope,
+    Refused.NO_USER: UserNotFound,
+}
+
+
+def refusal_for(exc: IdentityRefused) -> ProviderRefusal:
+    """The client's error for what the identity provider refused (RFC 8693 §2.2.2: invalid_request),
+    in the adapter's words where it gave some, keeping the provider's own message and status."""
+    return _REFUSALS[exc.refused](
+        exc.description,
+        detail=exc.detail,
+        provider_message=exc.message,
+        provider_status=exc.status,
+    )
+
+
+# How an answer names an upstream that is down; an identity provider is named by its adapter's
+# `upstream` by default; the use cases name it as the product does (`IdentityProvider.name`).
+_UPSTREAM_NAMES: dict[Upstream, str] = {"keycloak": "Keycloak", "cache": "The cache"}
+
+
+def upstream_name(upstream: Upstream) -> str:
+    return _UPSTREAM_NAMES.get(upstream, upstream)
 
 
 def to_oauth_error(exc: BridgeError) -> OAuthError:
@@ -362,9 +450,13 @@ def to_oauth_error(exc: BridgeError) -> OAuthError:
         return exc
     if isinstance(exc, OutOfReach):
         return AccountNotEligible(detail=exc.detail)
+    if isinstance(exc, IdentityRefused):
+        # The use cases map these themselves (`refusal_for`); this keeps one that slipped past a
+        # client error too, never a 500.
+        return refusal_for(exc)
     if isinstance(exc, UpstreamUnavailable):
         return TemporarilyUnavailable(
-            f"{_UPSTREAM_NAMES[exc.upstream]} is unavailable; retry later.",
+            f"{upstream_name(exc.upstream)} is unavailable; retry later.",
             retry_after=exc.retry_after,
             detail=exc.detail,
         )

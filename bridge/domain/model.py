@@ -1,4 +1,5 @@
-"""The bridge's value types: what TikTok vouched for, what Keycloak holds and issued, and account policy.
+"""The bridge's value types: what the identity provider vouched for, what Keycloak holds and issued, and
+account policy.
 
 Plain frozen dataclasses over the standard library, shared by the use cases and the adapters, so the use
 cases (`bridge/services/`) never have to import an adapter (and with it httpx2, redis or Starlette) to
@@ -14,25 +15,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge.domain.errors import UnsupportedIdentity, UpstreamProtocolError
+from bridge.domain.errors import UnsupportedIdentity
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SCOPE_BASIC = "user.info.basic"
-SCOPE_PROFILE = "user.info.profile"
-
-# Attributes the bridge owns on a Keycloak user; each must be declared in the realm's user profile.
-ATTR_OPEN_ID = "tiktok_open_id"
-ATTR_UNION_ID = "tiktok_union_id"
-ATTR_DISPLAY_NAME = "tiktok_display_name"
-ATTR_USERNAME = "tiktok_username"
-ATTR_VERIFIED = "tiktok_is_verified"
-OWNED_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
 
 DeauthorizationPolicy = Literal["record", "disable", "unlink"]
 
@@ -73,8 +62,9 @@ class Held(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class TikTokProfile:
-    """The TikTok identity of one user of our app, as user info reported it."""
+class ExternalIdentity:
+    """The identity of one user of our app at the identity provider, as its profile reported it:
+    `open_id` is the provider's stable subject for this app."""
 
     open_id: str
     union_id: str | None
@@ -82,35 +72,58 @@ class TikTokProfile:
     avatar_url: str | None = None
     username: str | None = None
     is_verified: bool | None = None
-    # When TikTok vouched for this profile (it stays cached under its token for a while): a user who
+    # When the provider vouched for this profile (it stays cached under its token for a while): a user who
     # deauthorized the app after this moment revoked the token it came from.
     verified_at: float = field(default_factory=time.time, compare=False)
 
 
-def profile_attributes(profile: TikTokProfile) -> dict[str, list[str]]:
-    """The attributes the bridge owns (written by sign-in and linking alike), fitted to Keycloak's
-    limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
-    union_id left out, each said in the log)."""
-    if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
-        raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
-    attributes = {ATTR_OPEN_ID: [profile.open_id]}
-    if profile.union_id:
-        if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
-            attributes[ATTR_UNION_ID] = [profile.union_id]
-        else:
-            log.warning("union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)})
-    if profile.display_name:
-        attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(profile.display_name)]
-    if profile.username:
-        attributes[ATTR_USERNAME] = [fit_for_keycloak(profile.username)]
-    if profile.is_verified is not None:
-        attributes[ATTR_VERIFIED] = ["true" if profile.is_verified else "false"]
-    return attributes
+@dataclass(frozen=True, slots=True)
+class IdentityAttributes:
+    """The attributes the bridge owns on a Keycloak user for its external identity, by the names the
+    identity provider's adapter gives them (composition picks the adapter's); each is declared
+    in the realm's user profile. Composition hands them to the use cases in their policies."""
+
+    subject: str
+    union_id: str
+    display_name: str
+    username: str
+    verified: str
+
+    @property
+    def owned(self) -> tuple[str, ...]:
+        return (self.subject, self.union_id, self.display_name, self.username, self.verified)
+
+    @property
+    def optional(self) -> frozenset[str]:
+        """The ones a profile may lack: a sync removes them when it does."""
+        return frozenset((self.union_id, self.display_name, self.username, self.verified))
+
+    def of(self, profile: ExternalIdentity) -> dict[str, list[str]]:
+        """The attributes of `profile` (written by sign-in and linking alike), fitted to Keycloak's
+        limit: display fields are cut, identifiers never (an over-long open_id is refused, an over-long
+        union_id left out, each said in the log)."""
+        if keycloak_length(profile.open_id) > KEYCLOAK_MAX_LENGTH:
+            raise UnsupportedIdentity(detail=f"open_id of {keycloak_length(profile.open_id)} UTF-16 units")
+        attributes = {self.subject: [profile.open_id]}
+        if profile.union_id:
+            if keycloak_length(profile.union_id) <= KEYCLOAK_MAX_LENGTH:
+                attributes[self.union_id] = [profile.union_id]
+            else:
+                log.warning(
+                    "union_id too long for Keycloak: left out", extra={"length": len(profile.union_id)}
+                )
+        if profile.display_name:
+            attributes[self.display_name] = [fit_for_keycloak(profile.display_name)]
+        if profile.username:
+            attributes[self.username] = [fit_for_keycloak(profile.username)]
+        if profile.is_verified is not None:
+            attributes[self.verified] = ["true" if profile.is_verified else "false"]
+        return attributes
 
 
 @dataclass(frozen=True, slots=True)
-class CodeGrant:
-    """What TikTok's token endpoint returned for a redeemed authorization code."""
+class ProviderGrant:
+    """What the identity provider's token endpoint returned for a redeemed code (or a refresh)."""
 
     access_token: str
     open_id: str
@@ -120,7 +133,7 @@ class CodeGrant:
     refresh_expires_in: int | None = None
 
     def __repr__(self) -> str:
-        return f"CodeGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
+        return f"ProviderGrant(open_id={self.open_id!r}, scopes={sorted(self.scopes)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,21 +145,6 @@ class KeycloakUser:
     attributes: dict[str, list[str]] = field(default_factory=dict)
     created_timestamp: int | None = None
     representation: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_representation(cls, rep: dict[str, Any]) -> KeycloakUser:
-        try:
-            return cls(
-                id=str(rep["id"]),
-                username=str(rep["username"]),
-                enabled=bool(rep.get("enabled", False)),
-                email=rep.get("email"),
-                attributes={k: list(v) for k, v in (rep.get("attributes") or {}).items()},
-                created_timestamp=rep.get("createdTimestamp"),
-                representation=rep,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamProtocolError("keycloak", "malformed user representation") from exc
 
     def attribute(self, name: str) -> str | None:
         values = self.attributes.get(name)
@@ -183,10 +181,10 @@ class Exchanged:
 
     issued: IssuedToken
     user_id: str
-    profile: TikTokProfile
+    profile: ExternalIdentity
     created: bool
-    # TikTok's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
-    tiktok_grant: CodeGrant | None = None
+    # The provider's answer when the exchange redeemed a code: a session may keep its tokens (sealed).
+    provider_grant: ProviderGrant | None = None
     # The bridge session the exchange started, when one was asked for and could be kept.
     session: SessionGrant | None = None
 
@@ -198,7 +196,9 @@ class NewSession:
     user_id: str
     open_id: str
     scope: tuple[str, ...]
-    tiktok_grant: CodeGrant | None = None  # a redeemed code's grant: kept, sealed, for the TikTok re-check
+    provider_grant: ProviderGrant | None = (
+        None  # a redeemed code's grant: kept, sealed, for the provider re-check
+    )
     jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
     client_id: str | None = None
     audiences: tuple[str, ...] = ()
@@ -263,10 +263,10 @@ class PendingDeauthorization:
 
 @dataclass(frozen=True, slots=True)
 class ProfileLookup:
-    """What the profile cache knows of one access token: its profile, that TikTok refused it lately,
+    """What the profile cache knows of one access token: its profile, that the provider refused it lately,
     or nothing. `local` when this process's own copy answered (no shared-cache read)."""
 
-    profile: TikTokProfile | None = None
+    profile: ExternalIdentity | None = None
     rejected: bool = False
     local: bool = False
 
@@ -290,51 +290,28 @@ class VerifiedBearer:
 
 @dataclass(frozen=True)
 class Policy:
-    """Account rules. Built from settings by `from_settings`; the defaults live in `Settings` only."""
+    """Account rules. Built from settings by composition (`factory.policy_from_settings`); the defaults
+    live in `Settings` only."""
 
     idp_alias: str
     username_prefix: str
     email_template: str | None
     registration_open: bool
+    # Redirect URIs an authorization code may have been issued for (the identity provider's setting).
     redirect_uris: tuple[str, ...]
-    access_token_scopes: tuple[str, ...]
     default_groups: tuple[str, ...]
     default_realm_roles: tuple[str, ...]
-    # What a TikTok "authorization.removed" event does to the linked user: record, disable or unlink.
+    # What the provider's deauthorization event does to the linked user: record, disable or unlink.
     deauthorization: DeauthorizationPolicy
-    access_token_prefix: str
     # Retrying a policy Keycloak could not take: the longest delay between attempts, and for how long.
     deauthorization_retry_max_delay: float
     deauthorization_retry_horizon: int
     profile_ttl: int
     user_ttl: int
     negative_ttl: int
+    # The attributes the bridge owns on a user, by the identity provider's names.
+    attributes: IdentityAttributes
     # Audiences this app may ask for -> the Keycloak client scope that puts each in `aud`.
     audience_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every audience scope of the bridge: never accepted in `scope`, so `audience` is the only way in.
     reserved_scopes: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        return cls(
-            idp_alias=settings.keycloak_idp_alias,
-            username_prefix=settings.username_prefix,
-            email_template=settings.email_template,
-            registration_open=settings.registration_open,
-            redirect_uris=settings.tiktok_redirect_uris,
-            access_token_scopes=settings.tiktok_access_token_scopes,
-            default_groups=settings.provisioning_groups,
-            # With a bridge group, the group carries these roles (`bridge keycloak apply` maps them):
-            # the service account then never maps a role to a user, which Keycloak allows only
-            # realm-wide.
-            default_realm_roles=() if settings.keycloak_group else settings.default_realm_roles,
-            deauthorization=settings.deauthorization_policy,
-            access_token_prefix=settings.tiktok_access_token_prefix,
-            deauthorization_retry_max_delay=settings.deauthorization_retry_max_delay,
-            deauthorization_retry_horizon=settings.deauthorization_retry_horizon,
-            profile_ttl=settings.profile_cache_ttl,
-            user_ttl=settings.user_cache_ttl,
-            negative_ttl=settings.negative_cache_ttl,
-            audience_scopes=MappingProxyType(settings.audience_scopes()),
-            reserved_scopes=frozenset(settings.audience_scopes().values()),
-        )

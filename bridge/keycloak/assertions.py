@@ -2,7 +2,8 @@
 
 Keycloak trusts the bridge as an identity provider of type `jwt-authorization-grant`: it fetches this
 JWKS, checks the assertion's signature, issuer, audience, lifetime and single-use `jti`, and then issues
-a token for the user linked to `sub` (the TikTok open_id). ES256 keeps signatures small and cheap.
+a token for the user linked to `sub` (the identity provider's open_id). ES256 keeps signatures small
+and cheap.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -29,18 +29,13 @@ from bridge.domain.model import VerifiedBearer
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from bridge.services.ports import RealmKeys
+
 # Keycloak's default and the algorithms it offers for realm keys; never "none" or a symmetric one.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 MAX_TOKEN_LENGTH = 8192
 # Seconds of clock difference tolerated between Keycloak and the bridge.
 LEEWAY = 5
-
-
-class RealmKeys(Protocol):
-    """What the verifier needs of Keycloak (KeycloakClient has both)."""
-
-    async def issuer(self) -> str: ...
-    async def realm_keys(self) -> dict[str, Any]: ...
 
 
 class RealmTokenVerifier:

@@ -91,6 +91,22 @@ class _AdminToken:
     expires_at: float
 
 
+def user_from_representation(rep: dict[str, Any]) -> KeycloakUser:
+    """Keycloak's UserRepresentation (admin API JSON) as the bridge's value; malformed is a protocol error."""
+    try:
+        return KeycloakUser(
+            id=str(rep["id"]),
+            username=str(rep["username"]),
+            enabled=bool(rep.get("enabled", False)),
+            email=rep.get("email"),
+            attributes={k: list(v) for k, v in (rep.get("attributes") or {}).items()},
+            created_timestamp=rep.get("createdTimestamp"),
+            representation=rep,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UpstreamProtocolError("keycloak", "malformed user representation") from exc
+
+
 def _subject(access_token: str) -> str | None:
     """The `sub` of a token Keycloak just handed us over our own authenticated connection (so it is
     read, not verified): the user the token is for, whoever the bridge's cache said. Only the payload
@@ -361,8 +377,8 @@ class KeycloakClient:
             raise UpstreamProtocolError("keycloak", "user search did not return a list")
         if len(users) > 1:
             # Keycloak itself refuses to pick one in the grant; so do we, loudly.
-            raise UpstreamProtocolError("keycloak", "several users are linked to one TikTok identity")
-        return KeycloakUser.from_representation(users[0]) if users else None
+            raise UpstreamProtocolError("keycloak", "several users are linked to one external identity")
+        return user_from_representation(users[0]) if users else None
 
     async def users_with_attribute(self, name: str, value: str) -> list[KeycloakUser]:
         """The users (that the service account may see) whose attribute `name` is exactly `value`."""
@@ -377,7 +393,7 @@ class KeycloakClient:
         if not isinstance(users, list):
             raise UpstreamProtocolError("keycloak", "user search did not return a list")
         # Keycloak's `q` search may match more loosely than asked on some releases: check each value.
-        found = [KeycloakUser.from_representation(user) for user in users]
+        found = [user_from_representation(user) for user in users]
         return [user for user in found if value in user.attributes.get(name, [])]
 
     async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]:
@@ -397,7 +413,7 @@ class KeycloakClient:
         members = self._json(response)
         if not isinstance(members, list):
             raise UpstreamProtocolError("keycloak", "group members did not return a list")
-        return [KeycloakUser.from_representation(member) for member in members]
+        return [user_from_representation(member) for member in members]
 
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         response = await self._admin("GET", f"/users/{user_id}")
@@ -405,7 +421,7 @@ class KeycloakClient:
             return None
         if response.status_code != HTTPStatus.OK:
             raise UpstreamProtocolError("keycloak", f"user read HTTP {response.status_code}")
-        return KeycloakUser.from_representation(self._json(response))
+        return user_from_representation(self._json(response))
 
     async def create_user(self, representation: dict[str, Any]) -> str:
         response = await self._admin("POST", "/users", json=representation)

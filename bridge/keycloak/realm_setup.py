@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx2
 
+from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
 
 if TYPE_CHECKING:
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
     from bridge.settings import Settings
 
 Action = Literal["ok", "create", "update", "conflict"]
-
-
-class SetupError(Exception):
-    """A reason to stop, worded for the operator in one line (never a traceback)."""
 
 
 @dataclass

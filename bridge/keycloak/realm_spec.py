@@ -11,13 +11,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bridge.domain.model import (
-    ATTR_DISPLAY_NAME,
-    ATTR_OPEN_ID,
-    ATTR_UNION_ID,
-    ATTR_USERNAME,
-    ATTR_VERIFIED,
-)
 from bridge.domain.strapi import (
     ATTR_STRAPI_CREATED_AT,
     ATTR_STRAPI_DOCUMENT_ID,
@@ -71,6 +64,13 @@ FGAP_FEATURE = "ADMIN_FINE_GRAINED_AUTHZ_V2"
 # releases have no such scope. The admin client needs it as a *default* scope: a client-credentials
 # token carries default scopes only (the bridge asks for none).
 ADMIN_API_SCOPE = "kc-admin-api"
+# The attributes the bridge owns on a user, declared in the realm's user profile: the names TikTok's
+# adapter gives them (`providers/tiktok/attributes.py`; tests/unit/test_realm_setup.py holds them equal).
+ATTR_OPEN_ID = "tiktok_open_id"
+ATTR_UNION_ID = "tiktok_union_id"
+ATTR_DISPLAY_NAME = "tiktok_display_name"
+ATTR_USERNAME = "tiktok_username"
+ATTR_VERIFIED = "tiktok_is_verified"
 TIKTOK_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED)
 # The TikTok ones first: `ATTRIBUTES[0]` is the one the minting clients put in their tokens.
 ATTRIBUTES = (*TIKTOK_ATTRIBUTES, *STRAPI_ATTRIBUTES)

@@ -182,14 +182,14 @@ async def _tiktok(ctx: _Context) -> None:
     """TikTok's client-credentials grant proves key and secret without any user."""
     name = "tiktok credentials"
     settings = ctx.settings
-    url = f"{settings.tiktok_base_url}/v2/oauth/token/"
+    url = f"{settings.tiktok.base_url}/v2/oauth/token/"
     answer = await _send(
         ctx,
         "POST",
         url,
         data={
-            "client_key": settings.tiktok_client_key,
-            "client_secret": settings.tiktok_client_secret.get_secret_value(),
+            "client_key": settings.tiktok.client_key,
+            "client_secret": settings.tiktok.client_secret.get_secret_value(),
             "grant_type": "client_credentials",
         },
     )
@@ -199,7 +199,7 @@ async def _tiktok(ctx: _Context) -> None:
     body = _body(answer)
     # TikTok often answers errors with HTTP 200: success is an access token, nothing else.
     if isinstance(body.get("access_token"), str):
-        ctx.passed(name, f"{settings.tiktok_base_url} accepted the client key and secret")
+        ctx.passed(name, f"{settings.tiktok.base_url} accepted the client key and secret")
         return
     error = str(body.get("error") or f"HTTP {answer.status_code}")
     if error in {"invalid_client", "invalid_request", "unauthorized_client"}:
@@ -618,7 +618,8 @@ def _grant_failure(settings: Settings, client_id: str, description: str) -> tupl
 
 async def _realm_objects(ctx: _Context, admin: AdminLogin) -> None:
     """One check per object `apply` manages, passing when `apply` would leave it as it is."""
-    from bridge.keycloak.realm_setup import SetupError, survey  # noqa: PLC0415 - only with admin credentials
+    from bridge.domain.errors import SetupError  # noqa: PLC0415
+    from bridge.keycloak.realm_setup import survey  # noqa: PLC0415 - only with admin credentials
 
     try:
         found = await asyncio.to_thread(

@@ -7,8 +7,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from bridge.domain.errors import BridgeError
-from bridge.domain.model import ATTR_OPEN_ID
 from bridge.factory import Resources
+from bridge.providers.tiktok.attributes import ATTRIBUTES
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
@@ -80,7 +80,9 @@ async def _open_id_of(resources: Resources, user_id: str) -> str:
     user = await resources.keycloak.get_user(user_id)
     if user is None:
         raise _Refused(f"no Keycloak user {user_id} in realm {resources.settings.keycloak_realm}")
-    open_id = user.attribute(ATTR_OPEN_ID)
+    open_id = user.attribute(ATTRIBUTES.subject)
     if open_id is None:
-        raise _Refused(f"Keycloak user {user_id} has no TikTok identity ({ATTR_OPEN_ID}): no bridge sessions")
+        raise _Refused(
+            f"Keycloak user {user_id} has no TikTok identity ({ATTRIBUTES.subject}): no bridge sessions"
+        )
     return open_id

@@ -23,7 +23,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from bridge.domain import claims as jwt_claims
-from bridge.domain.errors import InvalidRequest
+from bridge.domain.errors import InvalidDPoPProof
 
 if TYPE_CHECKING:
     from bridge.services.ports import SeenOnce
@@ -32,12 +32,6 @@ ALGORITHMS = ("ES256", "Ed25519", "RS256", "PS256")  # Ed25519: RFC 9864, which 
 MAX_SKEW = 60
 MAX_PROOF_BYTES = 8192
 _KEY_TYPES: dict[str, type[ECKey | OKPKey | RSAKey]] = {"EC": ECKey, "OKP": OKPKey, "RSA": RSAKey}
-
-
-class InvalidDPoPProof(InvalidRequest):
-    # RFC 9449 §5: a token endpoint refusing a proof answers 400 invalid_dpop_proof.
-    error = "invalid_dpop_proof"
-    default_description = "The DPoP proof is invalid."
 
 
 def _header(proof: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Deauthorization: TikTok's `authorization.removed` event applied to the identity's Keycloak user.
+"""Deauthorization: the identity provider's word that a user removed the app (its webhook's event),
+applied to the identity's Keycloak user.
 
 It holds the tombstone that refuses profiles verified before the event, the queue of deauthorizations
 Keycloak has not taken yet, their retries (any replica may run them; the identity's lock lets one
@@ -49,13 +50,13 @@ class DeauthorizationService:
         "pending" when Keycloak could not take it now (it is then retried, see `retry_deauthorizations`).
 
         In every case a tombstone with the time of revocation is kept as long as a profile may stay
-        cached. TikTok revoked the user's tokens before sending the event, but profiles cached under them
-        would otherwise keep signing in for their TTL; the tombstone refuses any profile verified before
+        cached. The provider revoked the user's tokens before sending the event, but profiles cached under
+        them would otherwise keep signing in for their TTL; the tombstone refuses any profile verified before
         it. It has a key of its own, which sign-ins never write, so neither a later sign-in (the user
         authorized the app again) nor one already in flight can erase it; it is read with the user id,
         in the same round trip, so the warm path pays nothing for it.
 
-        TikTok already has its 200 when this runs, and will not deliver again: so the event is written
+        The provider already has its 200 when this runs, and will not deliver again: so the event is written
         to the shared cache before Keycloak is asked, and stays there until Keycloak has taken it.
         """
         now = time.time()

@@ -1,4 +1,4 @@
-"""The token exchange use case: verify the TikTok identity, find or provision its Keycloak user, mint.
+"""The token exchange use case: verify the external identity, find or provision its Keycloak user, mint.
 
 It composes the use cases of each step: `IdentityService` (identity.py) verifies, `ProvisioningService`
 (provisioning.py) finds or creates the user, `MintingService` (minting.py) asks Keycloak for the
@@ -9,10 +9,10 @@ request types, its metrics and the other use cases, so the same logic serves the
 the Strapi-compatible one, and loads without httpx2, redis or Starlette (a test holds it to that).
 
 Per exchange, on the warm path (token seen within the profile TTL, user seen within the user TTL):
-no TikTok call, no Keycloak admin call, one Keycloak token call. When the exchange starts a session and
-this process signed the identity in lately, the token call comes first and the identity's cached state
-(tombstone, user entry) is read in the same Redis round trip that writes the session (`_sign_in_known`):
-one round trip instead of two.
+no identity-provider call, no Keycloak admin call, one Keycloak token call. When the exchange starts a
+session and this process signed the identity in lately, the token call comes first and the identity's
+cached state (tombstone, user entry) is read in the same Redis round trip that writes the session
+(`_sign_in_known`): one round trip instead of two.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bridge.protocol.rfc8693 import CodeExchange
 from bridge.services.provisioning import profile_fingerprint
 
 if TYPE_CHECKING:
-    from bridge.domain.model import Caller, CodeGrant, Policy, SessionGrant, TikTokProfile
+    from bridge.domain.model import Caller, ExternalIdentity, Policy, ProviderGrant, SessionGrant
     from bridge.protocol.rfc8693 import ExchangeRequest
     from bridge.services.identity import IdentityService
     from bridge.services.minting import MintingService
@@ -82,9 +82,9 @@ class ExchangeService:
     async def exchange(
         self, request: ExchangeRequest, caller: Caller | None = None, *, session: SessionOrder | None = None
     ) -> Exchanged:
-        # Before TikTok is asked: a request for an audience this app may not have costs nothing.
+        # Before the provider is asked: a request for an audience this app may not have costs nothing.
         self._minting.check_targets(request.scope, request.audiences)
-        grant: CodeGrant | None = None
+        grant: ProviderGrant | None = None
         if isinstance(request, CodeExchange):
             profile, grant = await self._identity.verify_code(
                 request.code, request.code_verifier, request.redirect_uri
@@ -92,27 +92,27 @@ class ExchangeService:
         else:
             profile = await self._identity.verify_access_token(request.access_token, caller)
         return await self.sign_in(
-            profile, request.scope, tiktok_grant=grant, audiences=request.audiences, session=session
+            profile, request.scope, provider_grant=grant, audiences=request.audiences, session=session
         )
 
     async def sign_in(
         self,
-        profile: TikTokProfile,
+        profile: ExternalIdentity,
         scope: tuple[str, ...],
         *,
-        tiktok_grant: CodeGrant | None = None,
+        provider_grant: ProviderGrant | None = None,
         audiences: tuple[str, ...] = (),
         session: SessionOrder | None = None,
     ) -> Exchanged:
         """Keycloak's tokens for a verified profile, and the session asked for (if it can be kept)."""
         if self._limiter is not None:
-            # Per identity, before any Keycloak work: one TikTok account cannot hammer the realm.
+            # Per identity, before any Keycloak work: one external account cannot hammer the realm.
             await self._limiter.check_identity(profile.open_id)
         if session is not None and not self._identities.degraded and self._is_known(profile.open_id):
-            known = await self._sign_in_known(profile, scope, audiences, tiktok_grant, session)
+            known = await self._sign_in_known(profile, scope, audiences, provider_grant, session)
             if known is not None:
                 return known
-        exchanged = await self._sign_in(profile, scope, tiktok_grant, audiences)
+        exchanged = await self._sign_in(profile, scope, provider_grant, audiences)
         if session is None:
             return exchanged
         started = await self._start_session(session, self._new_session(exchanged, scope, audiences, session))
@@ -120,9 +120,9 @@ class ExchangeService:
 
     async def _sign_in(
         self,
-        profile: TikTokProfile,
+        profile: ExternalIdentity,
         scope: tuple[str, ...],
-        tiktok_grant: CodeGrant | None,
+        provider_grant: ProviderGrant | None,
         audiences: tuple[str, ...],
     ) -> Exchanged:
         """Find or provision the user (the cache first, then Keycloak), then mint."""
@@ -144,15 +144,15 @@ class ExchangeService:
             # The cached entry names the user Keycloak minted for: next time, mint first.
             self._know(profile.open_id)
         return Exchanged(
-            issued=issued, user_id=user_id, profile=profile, created=created, tiktok_grant=tiktok_grant
+            issued=issued, user_id=user_id, profile=profile, created=created, provider_grant=provider_grant
         )
 
     async def _sign_in_known(
         self,
-        profile: TikTokProfile,
+        profile: ExternalIdentity,
         scope: tuple[str, ...],
         audiences: tuple[str, ...],
-        tiktok_grant: CodeGrant | None,
+        provider_grant: ProviderGrant | None,
         session: SessionOrder,
     ) -> Exchanged | None:
         """An identity this process signed in lately: mint first, then check the identity's cached state
@@ -174,10 +174,16 @@ class ExchangeService:
         if issued.subject is None:
             return None
         check = IdentityCheck(
-            profile.open_id, CachedUser(issued.subject, profile_fingerprint(profile)), profile.verified_at
+            profile.open_id,
+            CachedUser(issued.subject, profile_fingerprint(profile, self._policy.attributes)),
+            profile.verified_at,
         )
         exchanged = Exchanged(
-            issued=issued, user_id=issued.subject, profile=profile, created=False, tiktok_grant=tiktok_grant
+            issued=issued,
+            user_id=issued.subject,
+            profile=profile,
+            created=False,
+            provider_grant=provider_grant,
         )
         new = self._new_session(exchanged, scope, audiences, session)
         try:
@@ -207,7 +213,7 @@ class ExchangeService:
             user_id=exchanged.user_id,
             open_id=exchanged.profile.open_id,
             scope=scope,
-            tiktok_grant=exchanged.tiktok_grant,
+            provider_grant=exchanged.provider_grant,
             jkt=session.jkt,
             client_id=session.client_id,
             audiences=audiences,
@@ -218,7 +224,7 @@ class ExchangeService:
         """A session for a successful sign-in; None while the session store is down.
 
         A Redis outage must not stop sign-ins (the exchange itself is served from memory then): the
-        answer simply has no refresh token, and the app signs in with TikTok again when the access
+        answer simply has no refresh token, and the app signs in with the provider again when the access
         token expires.
         """
         try:

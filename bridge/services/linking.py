@@ -1,14 +1,14 @@
-"""Linking a TikTok identity to the Keycloak user who is signed in (and unlinking it).
+"""Linking an external identity to the Keycloak user who is signed in (and unlinking it).
 
-The use case behind `/account/links/tiktok`. It knows its collaborators by the protocols of `ports.py`
+The use case behind the web edge's link routes. It knows its collaborators by the protocols of `ports.py`
 only, like the exchange. The rules, and why (SECURITY.md, "Account takeover by linking"):
 - The caller proves who they are in Keycloak with a realm access token of a client allowed to link
   (`link_clients`), for a user who still exists and is enabled. A bearer token in a header, never a
   cookie: a cross-site request cannot carry it, so linking needs no CSRF defence.
-- The caller proves the TikTok identity freshly: a code redeemed now (with its PKCE verifier, so a code
-  intercepted on its way to the app is useless), or an access token TikTok accepts now (never a cached
-  profile).
-- One identity, one user: an identity linked to another user, or a user with another TikTok identity,
+- The caller proves the external identity freshly: a code redeemed now (with its PKCE verifier, so a
+  code intercepted on its way to the app is useless), or an access token the provider accepts now
+  (never a cached profile).
+- One identity, one user: an identity linked to another user, or a user with another external identity,
   is refused (409) and nothing changes. Relinking the same pair is harmless. The check and the write
   happen under the identity's provisioning lock, which sign-ins take too, so a concurrent first sign-in
   cannot create a second account for the identity meanwhile.
@@ -16,7 +16,7 @@ only, like the exchange. The rules, and why (SECURITY.md, "Account takeover by l
   linking, relinking and unlinking end the identity's earlier bridge sessions (a session only ever
   mints for the account it was issued for, and the identity's account may have just changed).
 - Only accounts in the bridge's group can be linked: Keycloak's fine-grained permissions confine the
-  service account to that group, so a leaked client secret cannot attach TikTok to any other account
+  service account to that group, so a leaked client secret cannot attach an identity to any other account
   (an administrator, say). Keycloak's 403 for any other account is answered as `AccountNotEligible`.
 """
 
@@ -33,16 +33,16 @@ from bridge.domain.errors import (
     TemporarilyUnavailable,
     UserConflict,
 )
-from bridge.domain.model import OWNED_ATTRIBUTES, FederatedLink, KeycloakUser, profile_attributes
+from bridge.domain.model import FederatedLink, IdentityAttributes, KeycloakUser
 
 if TYPE_CHECKING:
-    from bridge.domain.model import TikTokProfile
+    from bridge.domain.model import ExternalIdentity
     from bridge.services.ports import (
         BearerVerifier,
+        IdentityProofs,
         IdentitySessions,
         IdentityStore,
         KeycloakGateway,
-        TikTokProofs,
     )
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,13 @@ class LinkPolicy:
     idp_alias: str
     # `azp` values whose user tokens may link; empty means linking is off.
     link_clients: frozenset[str]
+    # The attributes the bridge owns on a user, by the identity provider's names.
+    attributes: IdentityAttributes
 
 
 @dataclass(frozen=True, slots=True)
 class LinkState:
-    """What the account's TikTok link is, as answered to the app."""
+    """What the account's link to the identity provider is, as answered to the app."""
 
     user_id: str
     open_id: str | None
@@ -69,13 +71,15 @@ class LinkState:
     display_name: str | None = None
 
     def to_json(self, provider: str) -> dict[str, object]:
+        """The answer of the link routes; the profile fields are named after `provider`
+        (`<provider>_username`)."""
         return {
             "provider": provider,
             "linked": self.open_id is not None,
             "user_id": self.user_id,
             "open_id": self.open_id,
-            "tiktok_username": self.username,
-            "tiktok_display_name": self.display_name,
+            f"{provider}_username": self.username,
+            f"{provider}_display_name": self.display_name,
         }
 
 
@@ -85,7 +89,7 @@ class LinkingService:
         *,
         keycloak: KeycloakGateway,
         bearer: BearerVerifier,
-        proofs: TikTokProofs,
+        proofs: IdentityProofs,
         identities: IdentityStore,
         policy: LinkPolicy,
         sessions: IdentitySessions | None,
@@ -98,7 +102,7 @@ class LinkingService:
         self._sessions = sessions
 
     @property
-    def proofs(self) -> TikTokProofs:
+    def proofs(self) -> IdentityProofs:
         return self._proofs
 
     async def signed_in_user(self, bearer_token: str) -> KeycloakUser:
@@ -114,17 +118,17 @@ class LinkingService:
         return user
 
     async def state(self, user: KeycloakUser) -> LinkState:
-        link = await self._tiktok_link(user.id)
+        link = await self._provider_link(user.id)
         if link is None:
             return LinkState(user_id=user.id, open_id=None)
         return LinkState(
             user_id=user.id,
             open_id=link.user_id,
-            username=user.attribute("tiktok_username"),
-            display_name=user.attribute("tiktok_display_name"),
+            username=user.attribute(self._policy.attributes.username),
+            display_name=user.attribute(self._policy.attributes.display_name),
         )
 
-    async def link(self, user: KeycloakUser, profile: TikTokProfile) -> LinkState:
+    async def link(self, user: KeycloakUser, profile: ExternalIdentity) -> LinkState:
         alias = self._policy.idp_alias
         async with self._identities.lock(profile.open_id, ttl=LOCK_TTL, wait=LOCK_WAIT) as acquired:
             if not acquired:
@@ -132,7 +136,7 @@ class LinkingService:
             owner = await self._keycloak.find_linked_user(alias, profile.open_id)
             if owner is not None and owner.id != user.id:
                 raise IdentityLinkedElsewhere(detail=f"identity linked to keycloak user {owner.id}")
-            current = await self._tiktok_link(user.id)
+            current = await self._provider_link(user.id)
             if current is not None and current.user_id != profile.open_id:
                 raise OtherIdentityLinked(detail=f"keycloak user {user.id} has another TikTok identity")
             if current is None:
@@ -142,7 +146,7 @@ class LinkingService:
                 except UserConflict as exc:
                     # Linked meanwhile outside the lock (an admin): whatever it is now, it is not ours.
                     raise OtherIdentityLinked(detail="keycloak refused the link: 409") from exc
-            await self._write_attributes(user, profile_attributes(profile))
+            await self._write_attributes(user, self._policy.attributes.of(profile))
             await self._identities.forget(profile.open_id)
         await self._end_sessions(profile.open_id)
         log.info(
@@ -158,7 +162,7 @@ class LinkingService:
 
     async def unlink(self, user: KeycloakUser) -> LinkState:
         alias = self._policy.idp_alias
-        link = await self._tiktok_link(user.id)
+        link = await self._provider_link(user.id)
         if link is None:
             return LinkState(user_id=user.id, open_id=None)
         async with self._identities.lock(link.user_id, ttl=LOCK_TTL, wait=LOCK_WAIT) as acquired:
@@ -177,7 +181,7 @@ class LinkingService:
         if self._sessions is not None:
             await self._sessions.end_identity(open_id)
 
-    async def _tiktok_link(self, user_id: str) -> FederatedLink | None:
+    async def _provider_link(self, user_id: str) -> FederatedLink | None:
         links = [link for link in await self._keycloak.user_links(user_id) if self._is_ours(link)]
         return links[0] if links else None
 
@@ -185,13 +189,14 @@ class LinkingService:
         return link.identity_provider == self._policy.idp_alias
 
     async def _write_attributes(self, user: KeycloakUser, attributes: dict[str, list[str]]) -> None:
-        """Replace the bridge's tiktok_* attributes with `attributes` (none: unlinking), keep the rest.
+        """Replace the attributes the bridge owns with `attributes` (none: unlinking), keep the rest.
         Read afresh: PUT takes the whole representation, and a stale one would undo other changes."""
         current = await self._keycloak.get_user(user.id)
         if current is None:
             raise InvalidToken(detail="the token's user was deleted meanwhile")
-        kept = {k: v for k, v in current.attributes.items() if k not in OWNED_ATTRIBUTES}
-        if {k: current.attributes.get(k) for k in OWNED_ATTRIBUTES if k in current.attributes} == attributes:
+        owned = self._policy.attributes.owned
+        kept = {k: v for k, v in current.attributes.items() if k not in owned}
+        if {k: current.attributes.get(k) for k in owned if k in current.attributes} == attributes:
             return
         representation = {**current.representation, "attributes": {**kept, **attributes}}
         await self._keycloak.update_user(user.id, representation)

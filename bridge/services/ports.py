@@ -1,11 +1,11 @@
-"""What the use case needs from the world, as protocols: TikTok, Keycloak, typed stores, a limiter, a signer.
+"""What the use cases need from the world, as protocols: an identity provider, Keycloak, typed stores,
+limits, a signer, and each other.
 
 The stores speak in the bridge's values: keys, encodings and lifetimes are storage's business
 (`bridge/storage/`), and so are the single-round-trip steps (a lock taken with the entry it guards, a
-session written with the identity's state read). The adapters (`providers/tiktok/`, `keycloak/`,
-`storage/`, `assertions.py`) implement these;
-the unit tests' fakes implement them too and are type-checked against them. Only the standard library and
-the bridge's own value types are imported here.
+session written with the identity's state read). The adapters (`providers/`, `keycloak/`, `storage/`)
+implement these; the unit tests' fakes implement them too and are type-checked against them. Only the
+standard library and the bridge's own value types are imported here.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from contextlib import AbstractAsyncContextManager
 
     from bridge.domain.model import (
         CachedUser,
-        CodeGrant,
+        ExternalIdentity,
         FederatedLink,
         Held,
         IdentityCheck,
@@ -28,16 +27,50 @@ if TYPE_CHECKING:
         NewSession,
         PendingDeauthorization,
         ProfileLookup,
+        ProviderGrant,
         SessionGrant,
-        TikTokProfile,
         VerifiedBearer,
     )
     from bridge.services.sessions import SessionRecord
 
 
-class TikTokGateway(Protocol):
-    async def fetch_profile(self, access_token: str, scopes: Iterable[str]) -> TikTokProfile: ...
-    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant: ...
+class ProviderGrants(Protocol):
+    """What a session needs of the identity provider: the user's grant kept alive, and ended."""
+
+    async def refresh(self, refresh_token: str) -> ProviderGrant:
+        """Refresh a user's grant: refused (`IdentityRefused`) once the user revoked the app."""
+        ...
+
+    async def revoke(self, access_token: str) -> None:
+        """Revoke the user's grant of the app."""
+        ...
+
+
+class IdentityProvider(ProviderGrants, Protocol):
+    """Where users prove who they are (composition picks the adapter, in `factory.py`). A refused
+    credential raises `IdentityRefused`, an outage `UpstreamUnavailable`; the use cases turn both into
+    the client's error."""
+
+    @property
+    def name(self) -> str:
+        """The provider's name in the product's answers ("<name> is unavailable; retry later.")."""
+        ...
+
+    def plausible(self, access_token: str) -> bool:
+        """Whether `access_token` could be one of this provider's at all (its shape; no call)."""
+        ...
+
+    async def verify_access_token(self, access_token: str) -> ExternalIdentity:
+        """The identity behind a bare access token, read with the scopes the app asks users for."""
+        ...
+
+    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> ProviderGrant:
+        """Redeem an authorization code (with its PKCE verifier) with the bridge's own client secret."""
+        ...
+
+    async def read_profile(self, grant: ProviderGrant) -> ExternalIdentity:
+        """The identity behind a grant just redeemed, read with the scopes it was granted."""
+        ...
 
 
 class KeycloakGateway(Protocol):
@@ -57,19 +90,26 @@ class KeycloakGateway(Protocol):
         ...
 
 
+class RealmKeys(Protocol):
+    """What the bearer verifier (`keycloak.bearer`) needs of Keycloak; `KeycloakClient` has both."""
+
+    async def issuer(self) -> str: ...
+    async def realm_keys(self) -> dict[str, Any]: ...
+
+
 class BearerVerifier(Protocol):
     async def verify(self, token: str) -> VerifiedBearer:
         """Signature, issuer, expiry and token type of a realm access token; InvalidToken otherwise."""
         ...
 
 
-class TikTokProofs(Protocol):
-    """Fresh proof that the caller holds a TikTok identity: a code (with PKCE) or a live access token."""
+class IdentityProofs(Protocol):
+    """Fresh proof that the caller holds an identity: a code (with PKCE) or a live access token."""
 
     async def verify_code(
         self, code: str, code_verifier: str, redirect_uri: str
-    ) -> tuple[TikTokProfile, CodeGrant]: ...
-    async def verify_access_token_fresh(self, access_token: str) -> TikTokProfile: ...
+    ) -> tuple[ExternalIdentity, ProviderGrant]: ...
+    async def verify_access_token_fresh(self, access_token: str) -> ExternalIdentity: ...
 
 
 class IdentitySessions(Protocol):
@@ -77,19 +117,20 @@ class IdentitySessions(Protocol):
 
 
 class ProfileStore(Protocol):
-    """Profiles verified under an access token, tokens TikTok refused lately, and client addresses that
-    brought a token TikTok vouched for. Every method raises UpstreamUnavailable('cache') on failure."""
+    """Profiles verified under an access token, tokens the identity provider refused lately, and client
+    addresses that brought a token it vouched for. Every method raises UpstreamUnavailable('cache') on
+    failure."""
 
     async def lookup(self, access_token: str) -> ProfileLookup:
         """What is known of the token: this process's copy first, then one shared-cache read."""
         ...
 
-    async def keep(self, access_token: str, profile: TikTokProfile) -> None:
-        """Remember the profile TikTok gave for the token, for the profile lifetime."""
+    async def keep(self, access_token: str, profile: ExternalIdentity) -> None:
+        """Remember the profile the provider gave for the token, for the profile lifetime."""
         ...
 
     async def reject(self, access_token: str) -> None:
-        """Remember that TikTok refused the token, for the negative-cache lifetime."""
+        """Remember that the provider refused the token, for the negative-cache lifetime."""
         ...
 
     async def vouch_for(self, address: str) -> None: ...
@@ -113,7 +154,7 @@ class LockedUser(Protocol):
 
 
 class IdentityStore(Protocol):
-    """Per TikTok identity: its cached Keycloak user, the tombstone of its last deauthorization and its
+    """Per external identity: its cached Keycloak user, the tombstone of its last deauthorization and its
     provisioning lock. Every method raises UpstreamUnavailable('cache') on failure."""
 
     @property
@@ -235,18 +276,19 @@ class IdentityLimiter(Protocol):
     async def check_identity(self, open_id: str) -> None: ...
 
 
-class UserInfoQuota(Protocol):
+class ProviderQuota(Protocol):
     async def spend(self, *, proven: bool) -> None:
-        """Take one TikTok user-info call from the shared quota; TemporarilyUnavailable when the share
-        of this kind of request is spent."""
+        """Take one profile read from the identity provider's shared quota; TemporarilyUnavailable when
+        the share of this kind of request is spent."""
         ...
 
 
 class RefusalReservation(Protocol):
-    """One bare access token's attempt at TikTok, counted as refused until it is settled otherwise."""
+    """One bare access token's attempt at the identity provider, counted as refused until it is
+    settled otherwise."""
 
     async def vouched(self) -> None:
-        """TikTok accepted the token: the address's count of refusals in a row starts again."""
+        """The provider accepted the token: the address's count of refusals in a row starts again."""
         ...
 
     async def release(self) -> None:
@@ -256,9 +298,22 @@ class RefusalReservation(Protocol):
 
 class RefusalBudget(Protocol):
     async def reserve(self, address: str) -> RefusalReservation:
-        """Count an attempt from `address` before TikTok is asked; RateLimited, with nothing counted,
+        """Count an attempt from `address` before the provider is asked; RateLimited, nothing counted,
         when the address's recent tokens were refused as many times in a row as it may."""
         ...
+
+
+class Minter(Protocol):
+    """Mints as the Keycloak client of a session's app, for the audiences asked (`apps.Apps`)."""
+
+    async def mint(
+        self,
+        open_id: str,
+        scope: tuple[str, ...],
+        *,
+        audiences: tuple[str, ...] = (),
+        client_id: str | None = None,
+    ) -> IssuedToken: ...
 
 
 class AssertionMinter(Protocol):

@@ -1,8 +1,8 @@
-"""Provisioning: the Keycloak user linked to a verified TikTok identity, found or created.
+"""Provisioning: the Keycloak user linked to a verified external identity, found or created.
 
 It holds the cached user entry of each identity (the user id, and the fingerprint of the attributes last
 synced to it), the provisioning lock that lets one replica create a new identity's user, the sync of
-TikTok's attributes, and what a new user gets (default groups, default realm roles, a pseudo-email).
+the identity's attributes, and what a new user gets (default groups, default realm roles, a pseudo-email).
 Ports: `KeycloakGateway` (its admin calls only) and `IdentityStore`. The exchange provisions through it;
 the Strapi-compatible endpoint reads the account it answers with (`account`).
 """
@@ -29,16 +29,12 @@ from bridge.domain.errors import (
     UserConflict,
 )
 from bridge.domain.model import (
-    ATTR_DISPLAY_NAME,
-    ATTR_UNION_ID,
-    ATTR_USERNAME,
-    ATTR_VERIFIED,
     CachedUser,
+    ExternalIdentity,
+    IdentityAttributes,
     KeycloakUser,
-    TikTokProfile,
     ended_by,
     fit_for_keycloak,
-    profile_attributes,
 )
 from bridge.observability.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS_PROVISIONED, count
 
@@ -58,7 +54,7 @@ def deterministic_username(prefix: str, open_id: str, attempt: int = 0) -> str:
     """Same open_id, same username, on every replica: a racing duplicate create gets Keycloak's 409.
 
     100 bits of SHA-256 in lower-case base32 fits Keycloak's username rules (stored lower-case; no
-    prohibited characters) whatever characters TikTok puts in an open_id.
+    prohibited characters) whatever characters the provider puts in an open_id.
     """
     digest = base64.b32encode(hashlib.sha256(open_id.encode()).digest()).decode().lower()[:20]
     return f"{prefix}{digest}" if attempt == 0 else f"{prefix}{digest}-{attempt + 1}"
@@ -69,11 +65,11 @@ def _fingerprint(attributes: dict[str, list[str]]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def profile_fingerprint(profile: TikTokProfile) -> str:
+def profile_fingerprint(profile: ExternalIdentity, attributes: IdentityAttributes) -> str:
     """The fingerprint of the attributes a profile syncs to Keycloak, which a returning user's cached
     entry is compared with: worked out once per distinct profile (equal fields; when it was verified
     does not count), not on every exchange. Bounded; a refused profile raises and is not kept."""
-    return _fingerprint(profile_attributes(profile))
+    return _fingerprint(attributes.of(profile))
 
 
 class ProvisioningService:
@@ -83,16 +79,16 @@ class ProvisioningService:
         self._policy = policy
         self._groups_checked = False
 
-    async def ensure_user(self, profile: TikTokProfile) -> tuple[str, bool]:
-        """The id of the Keycloak user linked to this TikTok identity, created if policy allows."""
-        fingerprint = profile_fingerprint(profile)
+    async def ensure_user(self, profile: ExternalIdentity) -> tuple[str, bool]:
+        """The id of the Keycloak user linked to this external identity, created if policy allows."""
+        fingerprint = profile_fingerprint(profile, self._policy.attributes)
         cached, revoked_at = await self._identities.read(profile.open_id)
         if ended_by(revoked_at, profile.verified_at):
             raise AccessTokenRejected(detail="profile verified before the user deauthorized the app")
         if cached is not None:
             count(CACHE_LOOKUPS, "user", "hit")
             if cached.fingerprint != fingerprint:
-                await self._sync_profile(cached.id, profile_attributes(profile))
+                await self._sync_profile(cached.id, self._policy.attributes.of(profile))
                 await self._identities.remember(profile.open_id, CachedUser(cached.id, fingerprint))
             return cached.id, False
 
@@ -101,7 +97,7 @@ class ProvisioningService:
         # with view-users, and a hundred at once ran past the HTTP timeout), so sign-ins of one identity
         # racing each other wait for the first one's answer instead of each searching.
         count(CACHE_LOOKUPS, "user", "miss")
-        attributes = profile_attributes(profile)
+        attributes = self._policy.attributes.of(profile)
         waiting_since = time.perf_counter()
         async with self._identities.provisioning(
             profile.open_id, ttl=PROVISIONING_LOCK_TTL, wait=PROVISIONING_LOCK_WAIT
@@ -128,11 +124,11 @@ class ProvisioningService:
             await entry.save_and_release(CachedUser(user_id, fingerprint))
             return user_id, created
 
-    async def _create(self, profile: TikTokProfile, attributes: dict[str, list[str]]) -> tuple[str, bool]:
+    async def _create(self, profile: ExternalIdentity, attributes: dict[str, list[str]]) -> tuple[str, bool]:
         """The new user's id and True; or, when Keycloak's 409 shows another replica linked one first,
         that user's id and False (the sign-in found a user, it did not create one)."""
         if not self._policy.registration_open:
-            raise RegistrationClosed(detail="new TikTok user refused: registration closed")
+            raise RegistrationClosed(detail="new user refused: registration closed")
         representation: dict[str, Any] = {
             "enabled": True,
             "attributes": attributes,
@@ -192,12 +188,13 @@ class ProvisioningService:
             await self._keycloak.delete_user(user_id)
             raise
 
-    def _pseudo_email(self, profile: TikTokProfile) -> str | None:
+    def _pseudo_email(self, profile: ExternalIdentity) -> str | None:
         template = self._policy.email_template
         if template is None:
             return None
-        if "{union_id}" in template and ATTR_UNION_ID not in profile_attributes(profile):
-            return None  # TikTok sometimes omits union_id (or it is unstorable): no address, not a wrong one
+        owned = self._policy.attributes
+        if "{union_id}" in template and owned.union_id not in owned.of(profile):
+            return None  # the provider may omit union_id (or it is unstorable): no address, not a wrong one
         return template.format(open_id=profile.open_id, union_id=profile.union_id or "").lower()
 
     async def _sync_profile(self, user_id: str, attributes: dict[str, list[str]]) -> None:
@@ -210,7 +207,7 @@ class ProvisioningService:
         # PUT wants the whole representation (partial bodies fail user-profile validation).
         representation = dict(user.representation)
         representation["attributes"] = {**user.attributes, **attributes}
-        for stale in {ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNAME, ATTR_VERIFIED} - attributes.keys():
+        for stale in self._policy.attributes.optional - attributes.keys():
             representation["attributes"].pop(stale, None)
         await self._keycloak.update_user(user.id, representation)
 

@@ -19,7 +19,7 @@ only the SHA-256 of the current and of the previous secret, so a leaked store re
 - **Revocation**: RFC 7009 (`revoke`), TikTok's deauthorization and an operator (`end_identity`: every
   session of a TikTok identity started before now is over), Keycloak refusing the grant.
 - **TikTok in the loop**: sessions started from a code keep TikTok's refresh and access tokens, sealed.
-  At most every `tiktok_recheck_interval` seconds a refresh also refreshes at TikTok (TikTok rotates its
+  At most every `provider_recheck_interval` seconds a refresh also refreshes at TikTok (TikTok rotates its
   refresh token); TikTok refusing means the user revoked the app, and the session ends. Logging out
   revokes the TikTok grant, best effort.
 - **Concurrency**: the refreshes of one session are serialised across replicas by a lock in the shared
@@ -47,15 +47,15 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from bridge.domain.errors import (
     AccountDisabled,
+    IdentityRefused,
     InvalidGrant,
     InvalidScope,
     InvalidTarget,
     NotLinked,
-    SubjectTokenRejected,
     TemporarilyUnavailable,
     UnauthorizedClient,
     UpstreamUnavailable,
@@ -66,8 +66,8 @@ from bridge.observability.metrics import SESSIONS, count
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from bridge.domain.model import CodeGrant, IdentityCheck, IssuedToken
-    from bridge.services.ports import LockedSession, SessionStore
+    from bridge.domain.model import IdentityCheck, IssuedToken, ProviderGrant
+    from bridge.services.ports import LockedSession, Minter, ProviderGrants, SessionStore
     from bridge.storage.sealing import Sealer
 
 __all__ = ["NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
@@ -81,31 +81,13 @@ LOCK_TTL = 30.0
 LOCK_WAIT = 10.0
 
 
-class Minter(Protocol):
-    """Mints as the Keycloak client of the session's app, for the audiences asked."""
-
-    async def mint(
-        self,
-        open_id: str,
-        scope: tuple[str, ...],
-        *,
-        audiences: tuple[str, ...] = (),
-        client_id: str | None = None,
-    ) -> IssuedToken: ...
-
-
-class TikTokGrants(Protocol):
-    async def refresh(self, refresh_token: str) -> CodeGrant: ...
-    async def revoke(self, access_token: str) -> None: ...
-
-
 @dataclass(frozen=True)
 class SessionPolicy:
     idle_timeout: int
     max_lifetime: int
     reuse_grace: float
-    tiktok_recheck: bool
-    tiktok_recheck_interval: int
+    provider_recheck: bool
+    provider_recheck_interval: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +142,14 @@ class SessionService:
         *,
         store: SessionStore,
         minter: Minter,
-        tiktok: TikTokGrants,
+        provider: ProviderGrants,
         sealer: Sealer,
         policy: SessionPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._minter = minter
-        self._tiktok = tiktok
+        self._provider = provider
         self._sealer = sealer
         self._policy = policy
         self._clock = clock
@@ -198,8 +180,8 @@ class SessionService:
         session_id = secrets.token_urlsafe(16)
         token, digest = _new_token(session_id)
         sealed_tiktok = None
-        grant = new.tiktok_grant
-        if self._policy.tiktok_recheck and grant is not None and grant.refresh_token:
+        grant = new.provider_grant
+        if self._policy.provider_recheck and grant is not None and grant.refresh_token:
             sealed_tiktok = self._seal_tiktok(grant)
         record = SessionRecord(
             user_id=new.user_id,
@@ -365,17 +347,17 @@ class SessionService:
 
     async def _recheck_tiktok(self, session_id: str, record: SessionRecord, now: float) -> SessionRecord:
         """Refresh at TikTok when a re-check is due: proves the user has not revoked the app."""
-        if record.tiktok is None or not self._policy.tiktok_recheck:
+        if record.tiktok is None or not self._policy.provider_recheck:
             return record
         if (
             record.tiktok_checked is not None
-            and now - record.tiktok_checked < self._policy.tiktok_recheck_interval
+            and now - record.tiktok_checked < self._policy.provider_recheck_interval
         ):
             return record
         tokens = json.loads(self._sealer.open(record.tiktok))
         try:
-            grant = await self._tiktok.refresh(tokens["refresh_token"])
-        except SubjectTokenRejected as exc:
+            grant = await self._provider.refresh(tokens["refresh_token"])
+        except IdentityRefused as exc:
             await self._end(session_id, record, "revoked_at_tiktok")
             raise InvalidGrant(detail="TikTok refused the session's grant: the user revoked the app") from exc
         except UpstreamUnavailable as exc:
@@ -419,7 +401,7 @@ class SessionService:
             return
         try:
             tokens = json.loads(self._sealer.open(record.tiktok))
-            await self._tiktok.revoke(tokens["access_token"])
+            await self._provider.revoke(tokens["access_token"])
         except Exception as exc:  # noqa: BLE001 - best effort: logging out never fails on TikTok's account
             log.warning("tiktok revocation failed", extra={"error_type": type(exc).__name__})
 
@@ -434,7 +416,7 @@ class SessionService:
 
     # ------------------------------------------------------------------------------ storage
 
-    def _seal_tiktok(self, grant: CodeGrant) -> str:
+    def _seal_tiktok(self, grant: ProviderGrant) -> str:
         payload = {"refresh_token": grant.refresh_token, "access_token": grant.access_token}
         return self._sealer.seal(json.dumps(payload).encode())
 

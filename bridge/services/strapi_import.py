@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from bridge.domain.errors import UpstreamError, UserConflict
-from bridge.domain.model import ATTR_DISPLAY_NAME, ATTR_UNION_ID, fit_for_keycloak
+from bridge.domain.model import fit_for_keycloak
 from bridge.domain.strapi import (
     ATTR_STRAPI_CREATED_AT,
     ATTR_STRAPI_DOCUMENT_ID,
@@ -230,10 +230,10 @@ class StrapiImport:
         if user.created_at:
             attributes[ATTR_STRAPI_CREATED_AT] = [user.created_at]
         if user.union_id:
-            attributes[ATTR_UNION_ID] = [user.union_id]
+            attributes[self._policy.attributes.union_id] = [user.union_id]
         if user.username:
             # The plugin set Strapi's username to the TikTok display name.
-            attributes[ATTR_DISPLAY_NAME] = [fit_for_keycloak(user.username)]
+            attributes[self._policy.attributes.display_name] = [fit_for_keycloak(user.username)]
         representation: dict[str, Any] = {
             "username": keycloak_username(self._policy.username_prefix, user.id),
             "enabled": not user.blocked,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from bridge.domain.model import ProfileLookup, TikTokProfile
+from bridge.domain.model import ExternalIdentity, ProfileLookup
 from bridge.storage import keys
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ _NOTHING = ProfileLookup()
 _REJECTED = ProfileLookup(rejected=True)
 
 
-def encode_profile(profile: TikTokProfile) -> bytes:
+def encode_profile(profile: ExternalIdentity) -> bytes:
     return json.dumps(
         {
             "open_id": profile.open_id,
@@ -41,11 +41,11 @@ def encode_profile(profile: TikTokProfile) -> bytes:
     ).encode()
 
 
-def decode_profile(raw: bytes) -> TikTokProfile | None:
+def decode_profile(raw: bytes) -> ExternalIdentity | None:
     """The profile of a stored entry; None for an entry this version cannot read (as if absent)."""
     try:
         data = json.loads(raw)
-        return TikTokProfile(
+        return ExternalIdentity(
             open_id=str(data["open_id"]),
             union_id=data.get("union_id"),
             display_name=data.get("display_name"),
@@ -91,7 +91,7 @@ class ProfileStore:
             return ProfileLookup(profile)
         return _REJECTED if rejected else _NOTHING
 
-    async def keep(self, access_token: str, profile: TikTokProfile) -> None:
+    async def keep(self, access_token: str, profile: ExternalIdentity) -> None:
         profile_key = keys.profile(access_token)
         await self._cache.set(profile_key, encode_profile(profile), self._profile_ttl)
         if self._recent is not None:

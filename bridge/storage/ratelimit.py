@@ -1,5 +1,6 @@
-"""Rate limits per client IP and per TikTok identity, shared by replicas through Redis (RFC 6585 429);
-TikTok's user-info quota, and the count of tokens TikTok refused per client address, kept the same way.
+"""Rate limits per client IP and per external identity, shared by replicas through Redis (RFC 6585 429);
+the identity provider's profile quota, and the count of tokens it refused per client address, kept the
+same way. Which provider, and its quota, composition says (`factory.py`).
 
 Built on `limits` (sliding-window counters; Redis storage through redis-py when BRIDGE_REDIS_URL is set,
 process memory otherwise). If the limit store itself fails, requests are let through: a Redis outage
@@ -54,7 +55,7 @@ class RateLimiter:
             await self._hit(self._per_ip, "ip", address)
 
     async def check_webhook(self, address: str | None) -> None:
-        """Webhook deliveries per address: a bucket of their own (TikTok's bursts are not sign-ins)."""
+        """Webhook deliveries per address: a bucket of their own (a provider's bursts are not sign-ins)."""
         if self._webhook_per_ip is not None and address:
             await self._hit(self._webhook_per_ip, "webhook", address)
 
@@ -80,20 +81,26 @@ class RateLimiter:
         )
 
 
-class TikTokQuota:
-    """TikTok's user-info quota, spent deliberately and shared by every replica (same storage as the
-    rate limits). Unproven requests may spend `unproven_share` of it; the rest is kept for requests
-    that are likely real, so a spray of made-up tokens can no longer make TikTok answer 429 to everyone
-    (and open the breaker for every sign-in)."""
+class ProfileQuota:
+    """The identity provider's quota of profile reads (its user-info quota), spent deliberately and
+    shared by every replica (same storage as the rate limits). Unproven requests may spend
+    `unproven_share` of it; the rest is kept for requests that are likely real, so a spray of made-up
+    tokens can no longer make the provider answer 429 to everyone (and open the breaker for every
+    sign-in). `upstream` names its counters and metrics, `name` the provider in answers."""
 
-    def __init__(self, storage: Storage, *, per_minute: str, unproven_share: float) -> None:
-        # An exact moving window, as TikTok counts: the sliding-window counter of the rate limits is an
-        # approximation that lets a burst at a window's edge exceed the amount (seen: TikTok's 429).
-        # It costs a list per key in Redis, paid only when TikTok is about to be called.
+    def __init__(
+        self, storage: Storage, *, per_minute: str, unproven_share: float, upstream: str, name: str
+    ) -> None:
+        self._key = f"{upstream}-user-info"
+        self._upstream = upstream
+        self._name = name
+        # An exact moving window, as the provider counts: the sliding-window counter of the rate limits
+        # is an approximation that lets a burst at a window's edge exceed the amount (seen: a 429).
+        # It costs a list per key in Redis, paid only when the provider is about to be called.
         self._shared = MovingWindowRateLimiter(storage)
         # While the shared store cannot count (Redis down or timing out under a spray), each process
         # keeps the quota in its own memory: sign-ins go on, as they do from the memory cache, and a
-        # spray is still held to the unproven share per process instead of reaching TikTok whole.
+        # spray is still held to the unproven share per process instead of reaching the provider whole.
         self._local = MovingWindowRateLimiter(MemoryStorage())
         self._total = parse(per_minute)
         self._unproven = type(self._total)(
@@ -110,35 +117,36 @@ class TikTokQuota:
             await self._spend(self._local, proven=proven)
 
     async def _spend(self, limiter: MovingWindowRateLimiter, *, proven: bool) -> None:
-        if not proven and not await limiter.hit(self._unproven, "tiktok-user-info", "unproven"):
-            reset_at, _ = await limiter.get_window_stats(self._unproven, "tiktok-user-info", "unproven")
-            RATE_LIMITED.labels("tiktok_unproven").inc()
+        if not proven and not await limiter.hit(self._unproven, self._key, "unproven"):
+            reset_at, _ = await limiter.get_window_stats(self._unproven, self._key, "unproven")
+            RATE_LIMITED.labels(f"{self._upstream}_unproven").inc()
             raise TemporarilyUnavailable(
                 "Too many new sign-ins right now; retry later.",
                 retry_after=max(1, math.ceil(reset_at - time.time())),
-                detail="unproven share of TikTok's user-info quota spent",
+                detail=f"unproven share of {self._name}'s user-info quota spent",
             )
-        if not await limiter.hit(self._total, "tiktok-user-info", "all"):
-            reset_at, _ = await limiter.get_window_stats(self._total, "tiktok-user-info", "all")
-            RATE_LIMITED.labels("tiktok_quota").inc()
+        if not await limiter.hit(self._total, self._key, "all"):
+            reset_at, _ = await limiter.get_window_stats(self._total, self._key, "all")
+            RATE_LIMITED.labels(f"{self._upstream}_quota").inc()
             raise TemporarilyUnavailable(
-                "TikTok's quota for this app is spent; retry later.",
+                f"{self._name}'s quota for this app is spent; retry later.",
                 retry_after=max(1, math.ceil(reset_at - time.time())),
-                detail="TikTok's user-info quota spent",
+                detail=f"{self._name}'s user-info quota spent",
             )
 
 
-class TikTokRefusals:
-    """Per client address, how many bare access tokens in a row TikTok refused (issue 24, finding 6).
+class RefusalCounts:
+    """Per client address, how many bare access tokens in a row the identity provider refused
+    (`upstream` names the counters and the metric).
 
     A spray of made-up tokens from a few dozen addresses, each within the per-address rate limit, spent
     the unproven share of the quota, and real users with bare tokens from new addresses got 503 for as
-    long as it lasted. Now an address whose last `per_address` tokens TikTok refused (10 by default,
+    long as it lasted. Now an address whose last `per_address` tokens were refused (10 by default,
     Auth0's threshold for custom token exchange) is refused with 429 before the quota is touched, until
-    the window that began with the first of them ends (an hour by default); a token TikTok accepts
+    the window that began with the first of them ends (an hour by default); a token the provider accepts
     from the address starts the count again, so real users behind one address keep it open.
 
-    Each attempt is counted *before* TikTok is asked and then settled (`_Reservation`): an acceptance
+    Each attempt is counted *before* the provider is asked and then settled (`_Reservation`): an acceptance
     clears the count, an outage or a spent quota gives the attempt back, a refusal keeps it. Counted
     after the answer, a burst of concurrent requests from one address would all pass the count before
     the first refusal arrived. A fixed-window counter (limits' `incr`, one Redis script per step), not a
@@ -146,13 +154,14 @@ class TikTokRefusals:
     process's memory while the shared store fails.
     """
 
-    def __init__(self, storage: Storage, *, per_address: str) -> None:
+    def __init__(self, storage: Storage, *, per_address: str, upstream: str) -> None:
+        self._upstream = upstream
         self._shared = storage
         self._local = MemoryStorage()
         self._item = parse(per_address)
 
     async def reserve(self, address: str) -> _Reservation:
-        key, expiry = self._item.key_for("tiktok-refused", address), self._item.get_expiry()
+        key, expiry = self._item.key_for(f"{self._upstream}-refused", address), self._item.get_expiry()
         storage = self._shared
         try:
             attempts = await storage.incr(key, expiry)
@@ -171,14 +180,14 @@ class TikTokRefusals:
             retry_after = max(1, math.ceil(await storage.get_expiry(key) - time.time()))
         except (StorageError, *REDIS_FAILURES):
             retry_after = expiry
-        RATE_LIMITED.labels("tiktok_refusals").inc()
+        RATE_LIMITED.labels(f"{self._upstream}_refusals").inc()
         raise RateLimited(
             retry_after=retry_after, detail=f"the address's last {self._item.amount} tokens were refused"
         )
 
 
 class _Reservation:
-    """One attempt counted by `TikTokRefusals.reserve`, settled once in the store that counted it."""
+    """One attempt counted by `RefusalCounts.reserve`, settled once in the store that counted it."""
 
     def __init__(self, storage: Storage, key: str, expiry: int) -> None:
         self._storage = storage

@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from bridge.domain.model import TikTokProfile
+    from bridge.domain.model import ExternalIdentity
 
 
 class RecentProfiles:
     def __init__(self, max_entries: int, ttl: float, *, clock: Callable[[], float] = time.time) -> None:
-        self._entries: OrderedDict[str, TikTokProfile] = OrderedDict()
+        self._entries: OrderedDict[str, ExternalIdentity] = OrderedDict()
         self._max_entries = max_entries
         self._ttl = ttl
-        # Wall-clock time, as `TikTokProfile.verified_at` is.
+        # Wall-clock time, as `ExternalIdentity.verified_at` is.
         self._clock = clock
 
-    def get(self, key: str) -> TikTokProfile | None:
+    def get(self, key: str) -> ExternalIdentity | None:
         profile = self._entries.get(key)
         if profile is None:
             return None
@@ -43,7 +43,7 @@ class RecentProfiles:
         self._entries.move_to_end(key)
         return profile
 
-    def put(self, key: str, profile: TikTokProfile) -> None:
+    def put(self, key: str, profile: ExternalIdentity) -> None:
         if self._max_entries <= 0 or profile.verified_at + self._ttl <= self._clock():
             return
         self._entries[key] = profile

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from bridge.domain.errors import ServerError
+from bridge.domain.errors import ServerError, Unsealable
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GENERATED_KEY_NAME = "session-encryption.key"
-
-
-class Unsealable(ServerError):
-    """Sealed data that no configured key opens (a key was removed too early, or the data was altered)."""
 
 
 @dataclass(frozen=True)

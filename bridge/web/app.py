@@ -189,7 +189,7 @@ def _access_line(scope: Scope, status: int, started: float) -> None:
 
 def _start_deauthorization_retries(settings: Settings, resources: Resources) -> asyncio.Task[None] | None:
     """The loop retrying deauthorizations Keycloak could not take, when a policy needs Keycloak."""
-    if not settings.tiktok_webhook_enabled or settings.deauthorization_policy == "record":
+    if not settings.tiktok.webhook_enabled or settings.deauthorization_policy == "record":
         return None
     interval = min(5.0, settings.deauthorization_retry_max_delay)
     return asyncio.create_task(webhook.retry_pending_deauthorizations(resources.deauthorization, interval))
@@ -252,7 +252,7 @@ def _public_routes(resolved: Settings) -> list[Route]:
     spec = openapi.document(
         resolved.issuer_url,
         strapi=resolved.strapi_compat_enabled,
-        webhook=resolved.tiktok_webhook_enabled,
+        webhook=resolved.tiktok.webhook_enabled,
         linking=bool(resolved.link_client_ids),
     )
 
@@ -262,7 +262,7 @@ def _public_routes(resolved: Settings) -> list[Route]:
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
     if resolved.strapi_compat_enabled:
         routes.append(Route(strapi.PATH, strapi.connect, methods=["POST"]))
-    if resolved.tiktok_webhook_enabled:
+    if resolved.tiktok.webhook_enabled:
         routes.append(Route(webhook.PATH, webhook.tiktok_webhook, methods=["POST"]))
     if resolved.link_client_ids:
         # Not mounted at all while off (404, and absent from /openapi.json): nothing to probe.

@@ -12,24 +12,23 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.domain.errors import BridgeError, UnsupportedGrantType
+from bridge.domain.errors import BridgeError, InvalidDPoPProof, UnsupportedGrantType
 from bridge.domain.model import Caller
 from bridge.observability.metrics import exposition
 from bridge.protocol.dpop import ALGORITHMS as DPOP_ALGORITHMS
-from bridge.protocol.dpop import InvalidDPoPProof, verify_proof
+from bridge.protocol.dpop import verify_proof
 from bridge.protocol.rfc6749 import (
     GRANT_TYPE_REFRESH_TOKEN,
     RefreshRequest,
+    parse_form,
     parse_refresh_request,
     parse_revocation_request,
 )
 from bridge.protocol.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     SUPPORTED_REQUESTED_TOKEN_TYPES,
-    SUPPORTED_SUBJECT_TOKEN_TYPES,
     exchange_response,
     parse_exchange_request,
-    parse_form,
     refresh_response,
 )
 from bridge.services.exchange import SessionOrder
@@ -55,7 +54,7 @@ async def token(request: Request) -> Response:
     form = parse_form(await read_body(request), request.headers.get("content-type"))
     if form.get("grant_type") == GRANT_TYPE_REFRESH_TOKEN:
         return await _refresh(request, resources, parse_refresh_request(form))
-    exchange_request = parse_exchange_request(form)
+    exchange_request = parse_exchange_request(form, resources.subject_token_types)
     client_id = resources.clients.authenticate(
         request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
     )
@@ -149,7 +148,7 @@ async def authorization_server_metadata(request: Request) -> Response:
         "response_types_supported": [],
         "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         # Not registered RFC 8414 names, but what clients ask for most: which token types we take.
-        "subject_token_types_supported": list(SUPPORTED_SUBJECT_TOKEN_TYPES),
+        "subject_token_types_supported": list(resources.subject_token_types.supported),
         "requested_token_types_supported": list(SUPPORTED_REQUESTED_TOKEN_TYPES),
     }
     return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})

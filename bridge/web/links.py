@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse, Response
 
 from bridge.domain.errors import BearerRequired, InvalidToken
-from bridge.protocol.rfc8693 import CodeExchange, parse_form, parse_tiktok_proof
+from bridge.protocol.rfc6749 import parse_form
+from bridge.protocol.rfc8693 import CodeExchange, parse_subject_proof
 from bridge.web.support import NO_STORE, client_ip, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from bridge.domain.model import KeycloakUser, TikTokProfile
+    from bridge.domain.model import ExternalIdentity, KeycloakUser
     from bridge.factory import Resources
     from bridge.services.linking import LinkingService
 
@@ -50,9 +51,10 @@ async def _user(request: Request) -> tuple[Resources, LinkingService, KeycloakUs
 
 async def link(request: Request) -> Response:
     """POST: attach the TikTok identity the form proves to the bearer's user."""
-    _resources, linking, user = await _user(request)
-    proof = parse_tiktok_proof(parse_form(await read_body(request), request.headers.get("content-type")))
-    profile: TikTokProfile
+    resources, linking, user = await _user(request)
+    form = parse_form(await read_body(request), request.headers.get("content-type"))
+    proof = parse_subject_proof(form, resources.subject_token_types)
+    profile: ExternalIdentity
     if isinstance(proof, CodeExchange):
         profile, _grant = await linking.proofs.verify_code(
             proof.code, proof.code_verifier, proof.redirect_uri

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.protocol.rfc6749 import GRANT_TYPE_REFRESH_TOKEN
-from bridge.protocol.rfc8693 import (
-    GRANT_TYPE_TOKEN_EXCHANGE,
-    SUPPORTED_REQUESTED_TOKEN_TYPES,
-    SUPPORTED_SUBJECT_TOKEN_TYPES,
-)
+from bridge.protocol.rfc8693 import GRANT_TYPE_TOKEN_EXCHANGE, SUPPORTED_REQUESTED_TOKEN_TYPES
+from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
+
+# The public surface names TikTok's credentials: the subject token types /token and linking accept.
+SUPPORTED_SUBJECT_TOKEN_TYPES = SUBJECT_TOKEN_TYPES.supported
 
 _OAUTH_ERROR = {
     "type": "object",

@@ -75,7 +75,7 @@ AMBIGUOUS_LENGTH = "The request's length is ambiguous (Content-Length with Trans
 DEFAULT_LIMIT_CONCURRENCY = 256
 # Bytes read from a socket at once (asyncio's default is 256 KiB), and the body bytes buffered for a
 # request before reading stops until the app asks for more (uvicorn's is 64 KiB). Every body the bridge
-# accepts is at most 16 KiB (`rfc8693.MAX_BODY_BYTES`).
+# accepts is at most 16 KiB (`rfc6749.MAX_BODY_BYTES`).
 RECEIVE_CHUNK_BYTES = 16 * 1024
 BODY_HIGH_WATER = 16 * 1024
 

@@ -20,18 +20,18 @@ from bridge.domain.errors import (
     AccountDisabled,
     BridgeError,
     EmailTaken,
-    InvalidRequest,
+    NoAccessToken,
     OAuthError,
+    ProviderRefusal,
     RegistrationClosed,
     SubjectTokenRejected,
     TemporarilyUnavailable,
-    TikTokRefusal,
     UserNotFound,
     to_oauth_error,
 )
 from bridge.domain.model import Caller
 from bridge.protocol.clients import STRAPI_CLIENT_ID
-from bridge.protocol.rfc8693 import MAX_TOKEN_LENGTH
+from bridge.protocol.rfc6749 import MAX_TOKEN_LENGTH
 from bridge.services.exchange import SessionOrder
 from bridge.web.support import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
 
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/api/tiktok-auth-mobile/connect"
-
-
-class NoAccessToken(InvalidRequest):
-    default_description = "No access token provided."
 
 
 # The plugin called TikTok with axios, whose error message for a non-2xx answer is this sentence.
@@ -71,11 +67,11 @@ def plugin_message(exc: BridgeError) -> str | None:
     for kind, message in MESSAGES.items():
         if isinstance(exc, kind):
             return message
-    if isinstance(exc, TikTokRefusal):
-        if exc.tiktok_status is not None and exc.tiktok_status >= HTTPStatus.BAD_REQUEST:
-            return AXIOS_STATUS_MESSAGE.format(status=exc.tiktok_status)
-        if exc.tiktok_message:
-            return exc.tiktok_message
+    if isinstance(exc, ProviderRefusal):
+        if exc.provider_status is not None and exc.provider_status >= HTTPStatus.BAD_REQUEST:
+            return AXIOS_STATUS_MESSAGE.format(status=exc.provider_status)
+        if exc.provider_message:
+            return exc.provider_message
         if isinstance(exc, SubjectTokenRejected):
             # Refused from the negative cache: TikTok's answer was a 401 the first time.
             return AXIOS_STATUS_MESSAGE.format(status=HTTPStatus.UNAUTHORIZED.value)

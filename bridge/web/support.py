@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from bridge.domain.errors import BodyTimeout, BodyTooLarge, BridgeError, ClientDisconnected, to_oauth_error
 from bridge.observability.metrics import EXCHANGES, count
-from bridge.protocol.rfc8693 import MAX_BODY_BYTES
+from bridge.protocol.rfc6749 import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

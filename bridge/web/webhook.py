@@ -128,7 +128,7 @@ async def tiktok_webhook(request: Request) -> Response:
         request.headers.get("tiktok-signature"), max_age=settings.webhook_max_age
     )
     body = await read_body(request, limit=MAX_BODY_BYTES)
-    check_signature(timestamp, signature, body, settings.tiktok_client_secret.get_secret_value())
+    check_signature(timestamp, signature, body, settings.tiktok.client_secret.get_secret_value())
     try:
         event: Any = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
@@ -139,7 +139,7 @@ async def tiktok_webhook(request: Request) -> Response:
         or not OPEN_ID.fullmatch(event["user_openid"])
     ):
         return error_response(InvalidRequest("Not a TikTok event."), path=PATH)
-    if event.get("client_key") != settings.tiktok_client_key or event.get("event") != EVENT_REMOVED:
+    if event.get("client_key") != settings.tiktok.client_key or event.get("event") != EVENT_REMOVED:
         # Signed by our secret but not ours to act on (another event type): acknowledged, ignored.
         return JSONResponse({"status": "ignored"})
     if resources.sessions is not None:

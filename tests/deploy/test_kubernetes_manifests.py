@@ -19,7 +19,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from bridge.settings import NOT_SETTINGS, Settings
+from bridge.settings import NOT_SETTINGS, Settings, variables
 from devstack.keycloak import KEYCLOAK_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,8 @@ BUILT_IN = ("base", "overlays/example")
 OPERATOR_EXAMPLE = "keycloak-operator-example"
 # Settings whose values are secrets (SecretStr): never in a ConfigMap or a plain env value.
 SECRET_SETTINGS = {
-    f"BRIDGE_{name.upper()}"
-    for name, field in Settings.model_fields.items()
+    name
+    for name, field in variables().items()
     if "SecretStr" in str(field.annotation) or field.annotation is SecretStr
 }
 
@@ -114,7 +114,7 @@ def test_probes_ask_the_bridge_s_health_endpoints_on_its_ports() -> None:
 def test_every_bridge_variable_is_a_real_setting_and_no_secret_is_plain() -> None:
     """Every BRIDGE_* name in the pod's env and ConfigMap is a setting (the bridge refuses others); no
     secret setting is among them, and no env entry reads a Secret: secrets come only as files."""
-    known = {f"BRIDGE_{name.upper()}" for name in Settings.model_fields} | NOT_SETTINGS
+    known = set(variables()) | NOT_SETTINGS
     bridge = container("overlays/example")
     config = only("overlays/example", "ConfigMap")["data"]
     names = {entry["name"] for entry in bridge["env"]} | set(config)
@@ -146,7 +146,7 @@ def test_the_example_configuration_and_secret_files_load(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(secrets))
     settings = Settings.load()
-    assert settings.tiktok_client_secret.get_secret_value() == "from-a-file"
+    assert settings.tiktok.client_secret.get_secret_value() == "from-a-file"
     assert settings.admin_client == ("tiktok-bridge-admin", "kc-admin-from-a-file")
     assert settings.redis_url is not None
     assert settings.redis_url.get_secret_value().startswith("redis+sentinel://")

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.keycloak.realm_setup import SetupError, apply
+from bridge.domain.errors import SetupError
+from bridge.keycloak.realm_setup import apply
 from tests.conftest import Stack, running_bridge
 from tests.integration.test_exchange import linked_users, verified_claims
 

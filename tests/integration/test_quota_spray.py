@@ -103,7 +103,7 @@ async def test_addresses_whose_tokens_tiktok_keeps_refusing_lose_their_share_of_
     not asked), so TikTok sees at most 130 of them, and 5 of 5 real users from addresses never seen
     before sign in with bare tokens while the spray goes on."""
     settings = stack.settings()
-    assert (settings.rate_limit_per_ip, settings.tiktok_user_info_quota) == ("60/minute", "580/minute")
+    assert (settings.rate_limit_per_ip, settings.tiktok.user_info_quota) == ("60/minute", "580/minute")
     app = create_app(settings, mounts={TIKTOK_API: httpx2.ASGITransport(app=emulator.app)})
 
     def client_from(address: str) -> httpx2.AsyncClient:

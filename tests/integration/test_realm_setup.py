@@ -26,8 +26,9 @@ import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
 from prometheus_client import REGISTRY
 
+from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
-from bridge.keycloak.realm_setup import SetupError, apply, survey
+from bridge.keycloak.realm_setup import apply, survey
 from bridge.operations import doctor
 from bridge.settings import Settings
 from bridge.storage import keys

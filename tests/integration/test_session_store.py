@@ -92,14 +92,14 @@ def service(store: RedisCache, clock: Clock) -> SessionService:
     return SessionService(
         store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
         minter=FakeMinter(),
-        tiktok=FakeTikTokGrants(),
+        provider=FakeTikTokGrants(),
         sealer=SEALER,
         policy=SessionPolicy(
             idle_timeout=int(30 * DAY),
             max_lifetime=int(90 * DAY),
             reuse_grace=30.0,
-            tiktok_recheck=True,
-            tiktok_recheck_interval=int(DAY),
+            provider_recheck=True,
+            provider_recheck_interval=int(DAY),
         ),
         clock=clock,
     )

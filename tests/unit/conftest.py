@@ -12,7 +12,9 @@ import httpx2
 import pytest
 import respx
 from joserfc.jwk import ECKey
+from pydantic import SecretStr
 
+from bridge.providers.tiktok.settings import TikTokSettings
 from bridge.settings import Settings
 from bridge.web.app import create_app
 from tests.unit.exchange_support import PROFILE
@@ -54,8 +56,7 @@ def settings(tmp_path: Path) -> Settings:
     key = tmp_path / "key.pem"
     key.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     return Settings(
-        tiktok_client_key="key",
-        tiktok_client_secret="secret",
+        tiktok=TikTokSettings(client_key="key", client_secret=SecretStr("secret")),
         keycloak_url=KC,
         keycloak_realm="app",
         keycloak_client_id="tiktok-bridge",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bridge.domain.model import TikTokProfile
+from bridge.domain.model import ExternalIdentity
 from bridge.protocol.rfc8693 import TOKEN_TYPE_ACCESS_TOKEN, AccessTokenExchange, CodeExchange
 from bridge.storage.cache import MemoryCache
 from tests.unit.fakes import FakeKeycloak, FakeTikTok, UseCases, make_policy, use_cases
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from bridge.storage.recent_profiles import RecentProfiles
 
 
-PROFILE = TikTokProfile(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
+PROFILE = ExternalIdentity(open_id="-000AbC", union_id="u-1", display_name="Tik Toker")
 REDIRECT = "https://app.example/callback"
 VERIFIER = "v" * 43
 

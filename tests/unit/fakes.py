@@ -17,23 +17,28 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import SecretStr
+
 from bridge.domain.errors import (
-    AccessTokenRejected,
     AccountDisabled,
+    IdentityRefused,
     NotLinked,
-    SubjectTokenRejected,
+    Refused,
     UpstreamUnavailable,
     UserConflict,
 )
 from bridge.domain.model import (
-    CodeGrant,
     FederatedLink,
     Held,
     IdentityState,
     IssuedToken,
     KeycloakUser,
     Policy,
+    ProviderGrant,
 )
+from bridge.factory import policy_from_settings
+from bridge.keycloak.client import user_from_representation
+from bridge.providers.tiktok.settings import TikTokSettings
 from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
 from bridge.services.identity import IdentityService
@@ -52,15 +57,15 @@ from bridge.storage.sessions import SessionStore
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-    from bridge.domain.model import TikTokProfile
+    from bridge.domain.model import ExternalIdentity
     from bridge.services import ports
     from bridge.services.ports import (
         AssertionMinter,
         IdentityLimiter,
+        IdentityProvider,
         KeycloakGateway,
+        ProviderQuota,
         RefusalBudget,
-        TikTokGateway,
-        UserInfoQuota,
     )
     from bridge.storage.engine import Cache, GuardedCache, Store, StoreEntry
     from bridge.storage.recent_profiles import RecentProfiles
@@ -71,40 +76,64 @@ ISSUER = "https://kc.example/realms/app"
 def make_policy(**overrides: Any) -> Policy:  # noqa: ANN401 - any Policy field
     """The policy of a bridge configured with the settings' defaults, with `overrides` applied."""
     settings = Settings(
-        tiktok_client_key="key",
-        tiktok_client_secret="secret",
+        tiktok=TikTokSettings(client_key="key", client_secret=SecretStr("secret")),
         keycloak_url="https://kc.example",
         keycloak_realm="app",
         keycloak_client_id="bridge",
         keycloak_client_secret="secret",
         issuer="https://bridge.example",
     )
-    return dataclasses.replace(Policy.from_settings(settings), **overrides)
+    return dataclasses.replace(policy_from_settings(settings), **overrides)
 
 
 @dataclass
 class FakeTikTok:
-    """Access tokens map to profiles; codes map to (verifier, redirect URI, grant)."""
+    """TikTok as an identity provider: access tokens map to profiles; codes map to (verifier, redirect
+    URI, grant). Refusals are upstream errors, as the real adapter's are."""
 
-    profiles: dict[str, TikTokProfile] = field(default_factory=dict)
-    codes: dict[str, tuple[str, str, CodeGrant]] = field(default_factory=dict)
+    profiles: dict[str, ExternalIdentity] = field(default_factory=dict)
+    codes: dict[str, tuple[str, str, ProviderGrant]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    prefix: str = "act."
+    name: str = "TikTok"
+
+    def plausible(self, access_token: str) -> bool:
+        return access_token.startswith(self.prefix)
 
     async def fetch_profile(
         self, access_token: str, scopes: Iterable[str] = ("user.info.basic",)
-    ) -> TikTokProfile:
+    ) -> ExternalIdentity:
         self.calls.append(access_token)
         try:
             return self.profiles[access_token]
         except KeyError:
-            raise AccessTokenRejected from None
+            raise IdentityRefused("tiktok", Refused.ACCESS_TOKEN, detail="unknown token") from None
 
-    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
+    async def verify_access_token(self, access_token: str) -> ExternalIdentity:
+        return await self.fetch_profile(access_token)
+
+    async def read_profile(self, grant: ProviderGrant) -> ExternalIdentity:
+        return await self.fetch_profile(grant.access_token, sorted(grant.scopes))
+
+    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> ProviderGrant:
         self.calls.append(f"redeem:{code}")
         entry = self.codes.pop(code, None)  # single-use, as at TikTok
         if entry is None or entry[:2] != (code_verifier, redirect_uri):
-            raise SubjectTokenRejected("The TikTok authorization code is invalid, expired or already used.")
+            raise IdentityRefused(
+                "tiktok",
+                Refused.CODE,
+                description="The TikTok authorization code is invalid, expired or already used.",
+                detail="unknown code",
+            )
+        if "user.info.basic" not in entry[2].scopes:
+            raise IdentityRefused("tiktok", Refused.SCOPE, detail="no user.info.basic")
         return entry[2]
+
+    async def refresh(self, refresh_token: str) -> ProviderGrant:
+        raise IdentityRefused("tiktok", Refused.CODE, detail="no refresh at this fake")
+
+    async def revoke(self, access_token: str) -> None:
+        self.calls.append(f"revoke:{access_token}")
 
 
 @dataclass
@@ -128,7 +157,7 @@ class FakeKeycloak:
         for rep in self.users.values():
             for link in rep.get("federatedIdentities", []):
                 if (link["identityProvider"], link["userId"]) == (idp_alias, idp_user_id):
-                    return KeycloakUser.from_representation(rep)
+                    return user_from_representation(rep)
         return None
 
     async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
@@ -138,7 +167,7 @@ class FakeKeycloak:
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         self.calls["get"] += 1
         rep = self.users.get(user_id)
-        return KeycloakUser.from_representation(rep) if rep else None
+        return user_from_representation(rep) if rep else None
 
     async def create_user(self, representation: dict[str, Any]) -> str:
         self.calls["create"] += 1
@@ -233,20 +262,20 @@ class UseCases:
 
 def use_cases(
     *,
-    tiktok: TikTokGateway,
+    tiktok: IdentityProvider,
     keycloak: KeycloakGateway,
     cache: GuardedCache,
     policy: Policy,
     minter: AssertionMinter | None = None,
     limiter: IdentityLimiter | None = None,
-    quota: UserInfoQuota | None = None,
+    quota: ProviderQuota | None = None,
     recent: RecentProfiles | None = None,
     refusals: RefusalBudget | None = None,
 ) -> UseCases:
     """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given)."""
     identities = IdentityStore.from_policy(cache, policy)
     identity = IdentityService(
-        tiktok=tiktok,
+        provider=tiktok,
         profiles=ProfileStore.from_policy(cache, policy, recent),
         policy=policy,
         quota=quota,
@@ -272,7 +301,7 @@ def use_cases(
 
 
 # The fakes stand in for these ports; mypy checks each assignment.
-_tiktok: TikTokGateway = FakeTikTok()
+_tiktok: IdentityProvider = FakeTikTok()
 _keycloak: KeycloakGateway = FakeKeycloak()
 _minter: AssertionMinter = FakeMinter()
 # The use cases are tested over the real stores on process memory; mypy checks each fits its port.

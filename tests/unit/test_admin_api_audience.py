@@ -14,10 +14,10 @@ import httpx2
 import pytest
 from prometheus_client import REGISTRY
 
-from bridge.domain.errors import ServerError, UpstreamProtocolError, to_oauth_error
+from bridge.domain.errors import ServerError, SetupError, UpstreamProtocolError, to_oauth_error
 from bridge.keycloak import client as keycloak
 from bridge.keycloak.client import KeycloakClient
-from bridge.keycloak.realm_setup import Admin, SetupError, Step, _admin_api_scope_step
+from bridge.keycloak.realm_setup import Admin, Step, _admin_api_scope_step
 from bridge.keycloak.realm_spec import minting_clients, own_client
 from bridge.operations import doctor
 from bridge.settings import Settings

@@ -113,7 +113,7 @@ def _b64(part: str) -> bytes:
 
 @pytest.mark.httpx2(assert_all_called=False)
 @pytest.mark.parametrize(
-    ("tiktok_status", "tiktok_code", "status", "error"),
+    ("provider_status", "tiktok_code", "status", "error"),
     [
         (401, "access_token_invalid", 400, "invalid_request"),
         (200, "access_token_invalid", 400, "invalid_request"),
@@ -127,14 +127,14 @@ async def test_tiktok_errors_map_to_rfc_errors(
     client: httpx2.AsyncClient,
     httpx2_mock: respx.Router,
     token_endpoint: FakeTokenEndpoint,
-    tiktok_status: int,
+    provider_status: int,
     tiktok_code: str,
     status: int,
     error: str,
 ) -> None:
     """Each TikTok failure becomes the RFC 6749 error meant for it, with no-store and no stack trace."""
     mock_keycloak(httpx2_mock, token_endpoint)
-    mock_tiktok(httpx2_mock, tiktok_status, tiktok_code)
+    mock_tiktok(httpx2_mock, provider_status, tiktok_code)
 
     response = await client.post("/token", data=FORM)
 
@@ -291,7 +291,7 @@ def test_openapi_document_names_exactly_the_served_routes(
     flags = {
         "strapi_compat_enabled": strapi,
         "metrics_enabled": metrics,
-        "tiktok_webhook_enabled": strapi,
+        "tiktok": settings.tiktok.model_copy(update={"webhook_enabled": strapi}),
         "link_client_ids": ("account-app",) if strapi else (),
     }
     app = create_app(settings.model_copy(update=flags))
@@ -468,7 +468,7 @@ async def test_a_bug_on_the_direct_lane_is_a_json_500_that_tells_nothing(
     RFC 6749 body of server_error with the request id, the log naming its type only (never its text,
     which may hold what the request carried), and counted as a server_error."""
 
-    def broken(_form: dict[str, str]) -> None:
+    def broken(_form: dict[str, str], _types: object) -> None:
         raise RuntimeError("act.secret-token")
 
     monkeypatch.setattr("bridge.web.endpoints.parse_exchange_request", broken)

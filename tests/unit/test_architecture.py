@@ -26,6 +26,10 @@ ADAPTER_LIBRARIES = ("httpx2", "httpcore2", "aiohttp", "yarl", "redis", "starlet
         # Keycloak's, TikTok's and the storage's adapters meet only in the factory.
         "adapters-apart",
         "use-cases-without-adapter-libraries",
+        # The use cases, domain, protocol and storage know an identity provider only by its port.
+        "tiktok-behind-its-port",
+        # RFC 8693 extends RFC 6749, never the other way round.
+        "rfc6749-at-the-bottom",
     ],
 )
 def test_the_import_contract_holds(contract: str) -> None:

@@ -11,7 +11,8 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, OKPKey
 
-from bridge.protocol.dpop import InvalidDPoPProof, verify_proof
+from bridge.domain.errors import InvalidDPoPProof
+from bridge.protocol.dpop import verify_proof
 from bridge.storage.cache import MemoryCache
 from bridge.storage.seen import SeenOnce
 

@@ -60,14 +60,14 @@ def sessions_over(store: RecordingStore) -> SessionService:
     return SessionService(
         store=SessionStore(store, idp_alias="tiktok", max_lifetime=86400 * 30),
         minter=SessionsMinter(),
-        tiktok=FakeTikTokGrants(),
+        provider=FakeTikTokGrants(),
         sealer=Sealer.from_keys([new_key()]),
         policy=SessionPolicy(
             idle_timeout=86400,
             max_lifetime=86400 * 30,
             reuse_grace=5.0,
-            tiktok_recheck=False,
-            tiktok_recheck_interval=86400,
+            provider_recheck=False,
+            provider_recheck_interval=86400,
         ),
     )
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from bridge.domain.errors import UnsupportedIdentity
-from bridge.domain.model import TikTokProfile, fit_for_keycloak, keycloak_length, profile_attributes
+from bridge.domain.model import ExternalIdentity, fit_for_keycloak, keycloak_length
+from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.web.app import create_app
 from tests.unit.test_webhook_signature import sign
 
@@ -33,12 +34,12 @@ def test_display_fields_are_cut_to_keycloaks_limit_at_a_code_point() -> None:
 
 def test_identifiers_are_never_cut() -> None:
     """An over-long union_id is left out, not truncated; an over-long open_id refuses the sign-in."""
-    profile = TikTokProfile(open_id="-000a", union_id="u" * 256, display_name=EMOJI * 128)
-    attributes = profile_attributes(profile)
+    profile = ExternalIdentity(open_id="-000a", union_id="u" * 256, display_name=EMOJI * 128)
+    attributes = ATTRIBUTES.of(profile)
     assert "tiktok_union_id" not in attributes
     assert attributes["tiktok_display_name"] == [EMOJI * 127]
     with pytest.raises(UnsupportedIdentity):
-        profile_attributes(TikTokProfile(open_id="o" * 256, union_id=None, display_name=None))
+        ATTRIBUTES.of(ExternalIdentity(open_id="o" * 256, union_id=None, display_name=None))
 
 
 @pytest.mark.httpx2(assert_all_called=False)
@@ -64,14 +65,14 @@ async def test_a_signed_webhook_with_deep_json_is_a_400(
         b"[" * 5000 + b"]" * 5000,
         json.dumps(
             {
-                "client_key": settings.tiktok_client_key,
+                "client_key": settings.tiktok.client_key,
                 "event": "authorization.removed",
                 "user_openid": "-000a",
                 "content": "[" * 5000 + "]" * 5000,
             }
         ).encode(),
     ):
-        signature = sign(body, int(time.time()), settings.tiktok_client_secret.get_secret_value())
+        signature = sign(body, int(time.time()), settings.tiktok.client_secret.get_secret_value())
         response = await client.post(
             "/webhooks/tiktok", content=body, headers={"TikTok-Signature": signature}
         )
@@ -130,7 +131,7 @@ async def test_the_webhook_refuses_before_buffering(client: httpx2.AsyncClient, 
     big = b"x" * 20_000
     unsigned = await client.post("/webhooks/tiktok", content=big)
     assert unsigned.status_code == 401
-    signature = sign(big, int(time.time()), settings.tiktok_client_secret.get_secret_value())
+    signature = sign(big, int(time.time()), settings.tiktok.client_secret.get_secret_value())
     signed = await client.post("/webhooks/tiktok", content=big, headers={"TikTok-Signature": signature})
     assert signed.status_code == 413
 

@@ -15,7 +15,7 @@ from bridge.domain.errors import (
     MissingScope,
     SubjectTokenRejected,
 )
-from bridge.domain.model import CodeGrant
+from bridge.domain.model import ProviderGrant
 from bridge.storage import keys
 from bridge.storage.recent_profiles import RecentProfiles
 from tests.unit.exchange_support import (
@@ -97,8 +97,8 @@ async def test_rejected_token_is_cached_negatively(tiktok: FakeTikTok, keycloak:
 
 def _grant(
     scopes: frozenset[str] = frozenset({"user.info.basic"}), open_id: str = PROFILE.open_id
-) -> CodeGrant:
-    return CodeGrant(access_token="act.from-code", open_id=open_id, scopes=scopes, expires_in=86400)
+) -> ProviderGrant:
+    return ProviderGrant(access_token="act.from-code", open_id=open_id, scopes=scopes, expires_in=86400)
 
 
 async def test_code_path_redeems_once_and_signs_in(tiktok: FakeTikTok, keycloak: FakeKeycloak) -> None:

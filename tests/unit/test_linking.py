@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bridge.domain.errors import IdentityLinkedElsewhere, InvalidToken, OtherIdentityLinked
-from bridge.domain.model import TikTokProfile, VerifiedBearer
+from bridge.domain.model import ExternalIdentity, VerifiedBearer
+from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.storage import keys
@@ -21,8 +22,8 @@ from tests.unit.fakes import FakeKeycloak, FakeTikTok, make_policy
 if TYPE_CHECKING:
     from bridge.services.ports import BearerVerifier, IdentitySessions
 
-ALICE = TikTokProfile(open_id="-alice", union_id="u-a", display_name="Alice", username="alice")
-MALLORY = TikTokProfile(open_id="-mallory", union_id="u-m", display_name="Mallory")
+ALICE = ExternalIdentity(open_id="-alice", union_id="u-a", display_name="Alice", username="alice")
+MALLORY = ExternalIdentity(open_id="-mallory", union_id="u-m", display_name="Mallory")
 
 
 @dataclass
@@ -80,14 +81,14 @@ def linking(keycloak: FakeKeycloak, cache: MemoryCache, sessions: FakeSessions) 
         }
     )
     proofs = IdentityService(
-        tiktok=FakeTikTok(), profiles=ProfileStore.from_policy(cache, make_policy()), policy=make_policy()
+        provider=FakeTikTok(), profiles=ProfileStore.from_policy(cache, make_policy()), policy=make_policy()
     )
     return LinkingService(
         keycloak=keycloak,
         bearer=bearers,
         proofs=proofs,
         identities=IdentityStore.from_policy(cache, make_policy()),
-        policy=LinkPolicy(idp_alias="tiktok", link_clients=frozenset({"account-app"})),
+        policy=LinkPolicy(idp_alias="tiktok", link_clients=frozenset({"account-app"}), attributes=ATTRIBUTES),
         sessions=sessions,
     )
 

@@ -16,7 +16,7 @@ from bridge.domain.errors import (
     ServerError,
     UpstreamUnavailable,
 )
-from bridge.domain.model import TikTokProfile
+from bridge.domain.model import ExternalIdentity
 from bridge.services.provisioning import deterministic_username
 from bridge.storage import keys
 from tests.unit.exchange_support import PROFILE, request, service
@@ -74,7 +74,7 @@ async def test_registration_closed_refuses_new_users_only(tiktok: FakeTikTok, ke
     await service(tiktok, keycloak).exchange.exchange(request())
     closed = service(tiktok, keycloak, registration_open=False)
     assert (await closed.exchange.exchange(request())).created is False
-    tiktok.profiles["act.new"] = TikTokProfile(open_id="-000New", union_id=None, display_name=None)
+    tiktok.profiles["act.new"] = ExternalIdentity(open_id="-000New", union_id=None, display_name=None)
     with pytest.raises(RegistrationClosed):
         await closed.exchange.exchange(request("act.new"))
 

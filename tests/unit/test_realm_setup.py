@@ -16,8 +16,9 @@ import httpx2
 import pytest
 from pydantic import ValidationError
 
+from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
-from bridge.keycloak.realm_setup import Admin, SetupError, _read_provider, check_server
+from bridge.keycloak.realm_setup import Admin, _read_provider, check_server
 from bridge.keycloak.realm_spec import version_supported
 from bridge.operations import doctor
 from bridge.settings import Settings
@@ -352,3 +353,13 @@ def test_one_keycloak_client_with_two_secrets_is_refused_without_echoing_them() 
     assert "kc-mobile" in error["msg"]
     assert "two secrets" in error["msg"]
     assert "secret" not in error["msg"].replace("two secrets", "")
+
+
+def test_the_realm_declares_the_attributes_tiktoks_adapter_writes() -> None:
+    """The user profile the realm spec declares (and whose first attribute becomes the token claim)
+    names exactly the attributes TikTok's adapter writes, in the same order."""
+    from bridge.providers.tiktok.attributes import ATTRIBUTES  # noqa: PLC0415
+
+    declared, claim = spec.TIKTOK_ATTRIBUTES, spec.ATTR_OPEN_ID
+    assert declared == ATTRIBUTES.owned
+    assert claim == ATTRIBUTES.subject

@@ -16,8 +16,8 @@ from limits.errors import StorageError
 from prometheus_client import REGISTRY
 
 from bridge.domain.errors import (
+    IdentityRefused,
     RateLimited,
-    SubjectTokenRejected,
     TemporarilyUnavailable,
     UpstreamUnavailable,
 )
@@ -27,7 +27,7 @@ from bridge.outbound.resilience import CircuitBreaker
 from bridge.providers.tiktok.client import TikTokClient
 from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import FallbackCache, MemoryCache
-from bridge.storage.ratelimit import RateLimiter, TikTokQuota
+from bridge.storage.ratelimit import ProfileQuota, RateLimiter
 from bridge.storage.redis_connection import RedisConnection
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ async def test_refusals_do_not_count_as_outages(tiktok: TikTokClient, httpx2_moc
     body = {"data": {}, "error": {"code": "access_token_invalid", "message": "", "log_id": "1"}}
     httpx2_mock.get(USER_INFO).respond(401, json=body)
     for _ in range(10):
-        with pytest.raises(SubjectTokenRejected):
+        with pytest.raises(IdentityRefused):
             await tiktok.fetch_profile("act.t")
 
 
@@ -348,7 +348,9 @@ class _DownStorage(MemoryStorage):
 async def test_without_its_store_the_quota_is_kept_in_process_memory() -> None:
     """The quota store down: sign-ins go on (counted in this process), and unproven calls still stop at
     their share instead of reaching TikTok whole."""
-    quota = TikTokQuota(_DownStorage(), per_minute="10/minute", unproven_share=0.5)
+    quota = ProfileQuota(
+        _DownStorage(), per_minute="10/minute", unproven_share=0.5, upstream="tiktok", name="TikTok"
+    )
     await quota.spend(proven=True)
     for _ in range(5):
         await quota.spend(proven=False)
@@ -359,7 +361,9 @@ async def test_without_its_store_the_quota_is_kept_in_process_memory() -> None:
 
 async def test_the_quota_keeps_a_share_for_proven_calls() -> None:
     """Unproven calls stop at their share; proven ones go on up to the whole quota, and no further."""
-    quota = TikTokQuota(MemoryStorage(), per_minute="10/minute", unproven_share=0.5)
+    quota = ProfileQuota(
+        MemoryStorage(), per_minute="10/minute", unproven_share=0.5, upstream="tiktok", name="TikTok"
+    )
     for _ in range(5):
         await quota.spend(proven=False)
     with pytest.raises(TemporarilyUnavailable):

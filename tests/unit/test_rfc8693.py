@@ -8,18 +8,19 @@ import pytest
 
 from bridge.domain.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
 from bridge.domain.model import IssuedToken
+from bridge.protocol.rfc6749 import parse_form
 from bridge.protocol.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_ID_TOKEN,
-    TOKEN_TYPE_TIKTOK_CODE,
     AccessTokenExchange,
     CodeExchange,
     ExchangeRequest,
+    SubjectTokenTypes,
     exchange_response,
     parse_exchange_request,
-    parse_form,
 )
+from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES, TOKEN_TYPE_TIKTOK_CODE
 
 FORM = "application/x-www-form-urlencoded"
 BASE = {
@@ -31,7 +32,7 @@ BASE = {
 
 def parse(**overrides: str | None) -> ExchangeRequest:
     form = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
-    return parse_exchange_request(parse_form(urlencode(form).encode(), FORM))
+    return parse_exchange_request(parse_form(urlencode(form).encode(), FORM), SUBJECT_TOKEN_TYPES)
 
 
 def test_minimal_request_defaults_to_an_access_token() -> None:
@@ -124,6 +125,29 @@ def test_authorization_code_request_carries_verifier_and_redirect() -> None:
     assert isinstance(request, CodeExchange)
     assert request.code_verifier == "a" * 32
     assert request.redirect_uri == "https://app.example/cb"
+    assert request.subject_token_type == TOKEN_TYPE_TIKTOK_CODE
+
+
+def test_the_parser_accepts_only_the_subject_token_types_it_is_handed() -> None:
+    """Without a provider's code type registered, TikTok's code URN is an unsupported subject token
+    type: the parser knows no provider of its own."""
+    form = {**BASE, "subject_token_type": TOKEN_TYPE_TIKTOK_CODE, "code_verifier": "a" * 43}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_exchange_request(form, SubjectTokenTypes())
+    assert caught.value.description == "The subject_token_type is not supported."
+
+
+def test_a_code_type_without_a_rule_of_its_own_follows_rfc_7636() -> None:
+    """A code type registered without its provider's PKCE rule takes RFC 7636's: 43 characters at
+    least, so TikTok's 32-character Android verifier passes only under TikTok's rule."""
+    generic = SubjectTokenTypes(codes=("urn:example:code",))
+    form = {**BASE, "subject_token_type": "urn:example:code", "redirect_uri": "https://app.example/cb"}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_exchange_request({**form, "code_verifier": "a" * 32}, generic)
+    assert caught.value.description == "The code_verifier is malformed."
+    request = parse_exchange_request({**form, "code_verifier": "a" * 43}, generic)
+    assert isinstance(request, CodeExchange)
+    assert request.subject_token_type == "urn:example:code"
 
 
 @pytest.mark.parametrize(

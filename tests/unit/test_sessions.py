@@ -13,22 +13,21 @@ import pytest
 
 from bridge.domain.errors import (
     AccountDisabled,
+    IdentityRefused,
     InvalidGrant,
     InvalidScope,
     InvalidTarget,
     NotLinked,
-    SubjectTokenRejected,
+    Refused,
     TemporarilyUnavailable,
     UnauthorizedClient,
     UpstreamUnavailable,
 )
-from bridge.domain.model import CodeGrant, IssuedToken
+from bridge.domain.model import IssuedToken, ProviderGrant
 from bridge.services.sessions import (
-    Minter,
     NewSession,
     SessionPolicy,
     SessionService,
-    TikTokGrants,
     parse_token,
 )
 from bridge.storage import keys
@@ -37,6 +36,7 @@ from bridge.storage.sessions import SessionStore
 from tests.unit.fakes import RecordingStore
 
 if TYPE_CHECKING:
+    from bridge.services.ports import Minter, ProviderGrants
     from bridge.storage.engine import Store
     from tests.conftest import Clock
 
@@ -81,16 +81,16 @@ class FakeTikTokGrants:
     revoked: list[str] = field(default_factory=list)
     refreshes: int = 0
 
-    async def refresh(self, refresh_token: str) -> CodeGrant:
+    async def refresh(self, refresh_token: str) -> ProviderGrant:
         self.refreshes += 1
         if self.unavailable:
             raise UpstreamUnavailable("tiktok", "down")
         if refresh_token not in self.live:
-            raise SubjectTokenRejected(detail="invalid_grant")
+            raise IdentityRefused("tiktok", Refused.CODE, detail="invalid_grant")
         self.live.discard(refresh_token)
         successor = f"rft.{self.refreshes + 1}"
         self.live.add(successor)
-        return CodeGrant(
+        return ProviderGrant(
             access_token=f"act.{self.refreshes + 1}",
             open_id="-000a",
             scopes=frozenset(),
@@ -103,10 +103,10 @@ class FakeTikTokGrants:
         self.live.clear()
 
 
-GRANT = CodeGrant(
+GRANT = ProviderGrant(
     access_token="act.1", open_id="-000a", scopes=frozenset(), expires_in=7200, refresh_token="rft.1"
 )
-_ports: tuple[Minter, TikTokGrants] = (FakeMinter(), FakeTikTokGrants())  # the fakes fit the ports
+_ports: tuple[Minter, ProviderGrants] = (FakeMinter(), FakeTikTokGrants())  # the fakes fit the ports
 
 
 @pytest.fixture
@@ -134,22 +134,24 @@ def sessions(
     return SessionService(
         store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
         minter=minter,
-        tiktok=tiktok,
+        provider=tiktok,
         sealer=Sealer.from_keys([new_key()]),
         policy=SessionPolicy(
             idle_timeout=int(30 * DAY),
             max_lifetime=int(90 * DAY),
             reuse_grace=5.0,
-            tiktok_recheck=True,
-            tiktok_recheck_interval=int(DAY),
+            provider_recheck=True,
+            provider_recheck_interval=int(DAY),
         ),
         clock=clock,
     )
 
 
-async def start(sessions: SessionService, grant: CodeGrant | None = None, jkt: str | None = None) -> str:
+async def start(sessions: SessionService, grant: ProviderGrant | None = None, jkt: str | None = None) -> str:
     started = await sessions.start(
-        NewSession(user_id="kc-1", open_id="-000a", scope=("openid", "profile"), tiktok_grant=grant, jkt=jkt)
+        NewSession(
+            user_id="kc-1", open_id="-000a", scope=("openid", "profile"), provider_grant=grant, jkt=jkt
+        )
     )
     assert started.refresh_expires_in == int(30 * DAY)
     return started.refresh_token

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bridge.cli.main import main
-from bridge.settings import Settings
+from bridge.providers.tiktok.settings import TikTokSettings
+from bridge.settings import Settings, _known_variables
 from tests.unit.test_signing_keys import ENV
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def test_secrets_are_read_from_files_and_the_environment_wins(
     monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path))
 
     settings = Settings.load()
-    assert settings.tiktok_client_secret.get_secret_value() == "tiktok-from-file"
+    assert settings.tiktok.client_secret.get_secret_value() == "tiktok-from-file"
     assert settings.keycloak_client_secret.get_secret_value() == "keycloak-from-file"
     assert "from-file" not in repr(settings)
 
@@ -90,3 +91,81 @@ def test_public_client_ids_are_read_from_a_comma_separated_variable(monkeypatch:
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("BRIDGE_PUBLIC_CLIENT_IDS", "ios, android")
     assert Settings.load().public_client_ids == ("ios", "android")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        ("BRIDGE_TIKTOK_CLIENT_KEY", "key-2", "client_key", "key-2"),
+        ("BRIDGE_TIKTOK_API_URL", "http://127.0.0.1:9/", "base_url", "http://127.0.0.1:9"),
+        (
+            "BRIDGE_TIKTOK_REDIRECT_URIS",
+            "https://a.example/cb, https://b.example/cb",
+            "redirect_uris",
+            ("https://a.example/cb", "https://b.example/cb"),
+        ),
+        (
+            "BRIDGE_TIKTOK_ACCESS_TOKEN_SCOPES",
+            '["user.info.basic", "user.info.profile"]',
+            "access_token_scopes",
+            ("user.info.basic", "user.info.profile"),
+        ),
+        ("BRIDGE_TIKTOK_USER_INFO_QUOTA", "100/minute", "user_info_quota", "100/minute"),
+        ("BRIDGE_TIKTOK_UNPROVEN_SHARE", "0.25", "unproven_share", 0.25),
+        ("BRIDGE_TIKTOK_ACCESS_TOKEN_PREFIX", "", "access_token_prefix", ""),
+        ("BRIDGE_TIKTOK_RECHECK_ENABLED", "false", "recheck_enabled", False),
+        ("BRIDGE_TIKTOK_RECHECK_INTERVAL", "3600", "recheck_interval", 3600),
+        ("BRIDGE_TIKTOK_WEBHOOK_ENABLED", "false", "webhook_enabled", False),
+    ],
+)
+def test_tiktok_variables_keep_their_names_and_land_in_the_nested_settings(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str, expected: object
+) -> None:
+    """Every BRIDGE_TIKTOK_* variable users set keeps its name and is read into `settings.tiktok`."""
+    for name, env_value in ENV.items():
+        monkeypatch.setenv(name, env_value)
+    monkeypatch.setenv(variable, value)
+    assert getattr(Settings.load().tiktok, field) == expected
+
+
+def test_every_tiktok_setting_has_its_variable() -> None:
+    """The variables the bridge knows are exactly BRIDGE_TIKTOK_ and each nested field's name, so none
+    is refused as unknown and no bare BRIDGE_TIKTOK is accepted."""
+    known = {name for name in _known_variables() if name.startswith("BRIDGE_TIKTOK")}
+    assert known == {f"BRIDGE_TIKTOK_{name.upper()}" for name in TikTokSettings.model_fields}
+    assert "BRIDGE_TIKTOK_CLIENT_SECRET" in known
+
+
+def test_a_misspelt_tiktok_variable_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt nested variable is refused like any other, naming the one it resembles."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BRIDGE_TIKTOK_REDIRECT_URI", "https://a.example/cb")
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config"])
+    assert str(exited.value) == (
+        "configuration error: BRIDGE_TIKTOK_REDIRECT_URI: unknown setting; "
+        "did you mean BRIDGE_TIKTOK_REDIRECT_URIS?"
+    )
+
+
+def test_a_bad_tiktok_value_is_reported_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing or invalid nested setting names the variable to fix, as a flat one does."""
+    for name, value in ENV.items():
+        if name != "BRIDGE_TIKTOK_CLIENT_KEY":
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BRIDGE_TIKTOK_USER_INFO_QUOTA", "lots")
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config"])
+    message = str(exited.value)
+    assert "BRIDGE_TIKTOK_CLIENT_KEY: Field required" in message
+    assert "BRIDGE_TIKTOK_USER_INFO_QUOTA: Value error, not a rate limit like '60/minute': 'lots'" in message
+
+
+def test_keywords_spelt_like_the_variables_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Settings(tiktok_client_key=...)` fills the nested field, over what the environment says."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(tiktok_client_key="from-keyword")  # type: ignore[call-arg]
+    assert settings.tiktok.client_key == "from-keyword"
+    assert settings.tiktok.client_secret.get_secret_value() == "s"

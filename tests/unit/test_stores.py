@@ -11,11 +11,11 @@ from redis.crc import key_slot
 
 from bridge.domain.model import (
     CachedUser,
+    ExternalIdentity,
     Held,
     IdentityCheck,
     IdentityState,
     PendingDeauthorization,
-    TikTokProfile,
 )
 from bridge.services.sessions import SessionRecord
 from bridge.storage import keys
@@ -28,7 +28,7 @@ from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.seen import DPOP_PROOF_TTL, WEBHOOK_DELIVERY_TTL, SeenOnce
 from bridge.storage.sessions import SessionStore
 
-PROFILE = TikTokProfile("-000a", "u", "Name", "https://a", "user", is_verified=False)
+PROFILE = ExternalIdentity("-000a", "u", "Name", "https://a", "user", is_verified=False)
 
 
 class TtlCache(MemoryCache):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from bridge.domain.errors import UpstreamProtocolError, UserConflict
-from bridge.domain.model import KeycloakUser
 from bridge.domain.strapi import StrapiCensus, StrapiUser
+from bridge.keycloak.client import user_from_representation
 from bridge.services.strapi_import import ImportRefused, StrapiImport
 from tests.unit.fakes import make_policy
+
+if TYPE_CHECKING:
+    from bridge.domain.model import KeycloakUser
 
 ALICE = StrapiUser(
     id=4,
@@ -69,7 +72,7 @@ class FakeKeycloak:
     async def users_with_attribute(self, name: str, value: str) -> list[KeycloakUser]:
         self.searches += 1
         return [
-            KeycloakUser.from_representation(u)
+            user_from_representation(u)
             for u in self.users.values()
             if value in u.get("attributes", {}).get(name, [])
         ]
@@ -87,7 +90,7 @@ class FakeKeycloak:
 
     async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]:
         members = [u for u in self.users.values() if group_path in u.get("groups", [])]
-        return [KeycloakUser.from_representation(u) for u in members[first : first + count]]
+        return [user_from_representation(u) for u in members[first : first + count]]
 
 
 def importer(source: FakeSource, keycloak: FakeKeycloak, **policy: Any) -> StrapiImport:  # noqa: ANN401

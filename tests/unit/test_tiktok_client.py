@@ -10,13 +10,12 @@ import httpx2
 import pytest
 
 from bridge.domain.errors import (
-    MissingScope,
-    SubjectTokenRejected,
+    IdentityRefused,
+    Refused,
     UpstreamProtocolError,
     UpstreamUnavailable,
-    UserNotFound,
 )
-from bridge.domain.model import TikTokProfile
+from bridge.domain.model import ExternalIdentity
 from bridge.providers.tiktok.client import TikTokClient
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ async def test_profile_from_documented_success_body(client: TikTokClient, httpx2
 
     profile = await client.fetch_profile("act.token")
 
-    assert profile == TikTokProfile(
+    assert profile == ExternalIdentity(
         open_id="723f24d7-e717-40f8-a2b6-cb8464cd23b4",
         union_id="c9c60f44-a68e-4f5d-84dd-ce22faeb0ba1",
         display_name="Tik Toker",
@@ -87,7 +86,7 @@ async def test_missing_basic_scope_is_refused_before_calling(
 ) -> None:
     """Without user.info.basic there is nothing to identify the user by, so TikTok is not called."""
     route = httpx2_mock.get(USER_INFO)
-    with pytest.raises(MissingScope):
+    with pytest.raises(IdentityRefused, check=lambda e: e.refused is Refused.SCOPE):
         await client.fetch_profile("act.token", ["user.info.profile"])
     assert not route.called
 
@@ -101,7 +100,7 @@ async def test_invalid_token_with_either_status(
         status,
         json=envelope(code="access_token_invalid", message="The access token is invalid or not found."),
     )
-    with pytest.raises(SubjectTokenRejected) as caught:
+    with pytest.raises(IdentityRefused, check=lambda e: e.refused is Refused.ACCESS_TOKEN) as caught:
         await client.fetch_profile("act.token")
     assert LOG_ID in caught.value.detail
     assert "act.token" not in caught.value.detail
@@ -116,7 +115,7 @@ async def test_scope_errors_are_missing_scope(
 ) -> None:
     """Both documented scope errors mean the grant lacks a scope the bridge needs."""
     httpx2_mock.get(USER_INFO).respond(status, json=envelope(code=code))
-    with pytest.raises(MissingScope):
+    with pytest.raises(IdentityRefused, check=lambda e: e.refused is Refused.SCOPE):
         await client.fetch_profile("act.token")
 
 
@@ -168,7 +167,7 @@ async def test_answers_without_a_user_are_user_not_found(
 ) -> None:
     """A success envelope without a usable open_id means TikTok returned no user."""
     httpx2_mock.get(USER_INFO).respond(200, json=body)
-    with pytest.raises(UserNotFound):
+    with pytest.raises(IdentityRefused, check=lambda e: e.refused is Refused.NO_USER):
         await client.fetch_profile("act.token")
 
 
@@ -199,7 +198,7 @@ async def test_wrong_types_in_optional_fields_are_ignored(
         200, json=envelope({"open_id": "-000abc", "union_id": 5, "display_name": ["x"], "is_verified": "yes"})
     )
     profile = await client.fetch_profile("act.token", ["user.info.basic", "user.info.profile"])
-    assert profile == TikTokProfile(open_id="-000abc", union_id=None, display_name=None)
+    assert profile == ExternalIdentity(open_id="-000abc", union_id=None, display_name=None)
 
 
 async def test_a_profile_is_dated_from_before_tiktok_was_asked(

@@ -19,11 +19,11 @@ from bridge.domain.errors import (
     TemporarilyUnavailable,
     UpstreamUnavailable,
 )
-from bridge.domain.model import Caller, TikTokProfile
+from bridge.domain.model import Caller, ExternalIdentity
 from bridge.services.identity import IdentityService
 from bridge.storage.cache import MemoryCache
 from bridge.storage.profiles import ProfileStore
-from bridge.storage.ratelimit import TikTokQuota, TikTokRefusals
+from bridge.storage.ratelimit import ProfileQuota, RefusalCounts
 from tests.unit.fakes import FakeTikTok, make_policy
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class SlowTikTok(FakeTikTok):
 
     async def fetch_profile(
         self, access_token: str, scopes: Iterable[str] = ("user.info.basic",)
-    ) -> TikTokProfile:
+    ) -> ExternalIdentity:
         await asyncio.sleep(0.01)
         if self.down:
             self.calls.append(access_token)
@@ -59,7 +59,7 @@ class _DownStorage(MemoryStorage):
 class CountingRefusals:
     """The refusal count, recording which addresses it was asked about."""
 
-    def __init__(self, inner: TikTokRefusals) -> None:
+    def __init__(self, inner: RefusalCounts) -> None:
         self.inner = inner
         self.asked: list[str] = []
 
@@ -68,15 +68,15 @@ class CountingRefusals:
         return await self.inner.reserve(address)
 
 
-def profile(open_id: str) -> TikTokProfile:
-    return TikTokProfile(open_id=open_id, union_id=None, display_name=None, verified_at=time.time())
+def profile(open_id: str) -> ExternalIdentity:
+    return ExternalIdentity(open_id=open_id, union_id=None, display_name=None, verified_at=time.time())
 
 
 def service(
-    tiktok: FakeTikTok, refusals: RefusalBudget | None, quota: TikTokQuota | None = None
+    tiktok: FakeTikTok, refusals: RefusalBudget | None, quota: ProfileQuota | None = None
 ) -> IdentityService:
     return IdentityService(
-        tiktok=tiktok,
+        provider=tiktok,
         profiles=ProfileStore.from_policy(MemoryCache(), make_policy()),
         policy=make_policy(),
         quota=quota,
@@ -96,7 +96,7 @@ async def outcome(bridge: IdentityService, token: str, address: str, *, trusted:
 async def test_an_address_is_cut_off_after_its_budget_of_refusals_in_a_row() -> None:
     """Ten refused attempts, then 429 with the rest of the hour as Retry-After; the refused eleventh is
     not counted (it gives its attempt back), so the address stays at exactly its budget."""
-    refusals = TikTokRefusals(MemoryStorage(), per_address="10/hour")
+    refusals = RefusalCounts(MemoryStorage(), per_address="10/hour", upstream="tiktok")
     for _ in range(10):
         await refusals.reserve("203.0.113.1")  # kept: TikTok refused each
     for _ in range(3):
@@ -111,7 +111,7 @@ async def test_an_address_is_cut_off_after_its_budget_of_refusals_in_a_row() -> 
 async def test_an_accepted_token_starts_the_count_again_and_a_release_gives_the_attempt_back() -> None:
     """Nine refusals and an acceptance leave the address a whole budget; attempts that ended in an
     outage or a spent quota are not counted at all."""
-    refusals = TikTokRefusals(MemoryStorage(), per_address="10/hour")
+    refusals = RefusalCounts(MemoryStorage(), per_address="10/hour", upstream="tiktok")
     for _ in range(9):
         await refusals.reserve("203.0.113.1")
     accepted: RefusalReservation = await refusals.reserve("203.0.113.1")
@@ -127,7 +127,7 @@ async def test_an_accepted_token_starts_the_count_again_and_a_release_gives_the_
 async def test_without_its_store_the_count_is_kept_in_process_memory() -> None:
     """The shared store down: the address is still cut off, counted in this process (a Redis outage
     under a spray must not let the spray through whole)."""
-    refusals = TikTokRefusals(_DownStorage(), per_address="3/hour")
+    refusals = RefusalCounts(_DownStorage(), per_address="3/hour", upstream="tiktok")
     for _ in range(3):
         await refusals.reserve("203.0.113.1")
     with pytest.raises(RateLimited):
@@ -138,7 +138,7 @@ async def test_a_burst_from_one_address_reaches_tiktok_only_its_budget_of_times(
     """60 made-up tokens at once from one address: each attempt is counted before TikTok answers, so 10
     reach TikTok and 50 are refused 429 without a call (counted after the answer, all 60 would pass)."""
     tiktok = SlowTikTok()
-    bridge = service(tiktok, TikTokRefusals(MemoryStorage(), per_address="10/hour"))
+    bridge = service(tiktok, RefusalCounts(MemoryStorage(), per_address="10/hour", upstream="tiktok"))
     outcomes = await asyncio.gather(*(outcome(bridge, f"act.garbage-{i}", "203.0.113.1") for i in range(60)))
     assert sorted(set(outcomes)) == ["AccessTokenRejected", "RateLimited"]
     assert outcomes.count("AccessTokenRejected") == len(tiktok.calls) == 10
@@ -148,11 +148,13 @@ async def test_outages_cost_no_budget_and_confidential_clients_are_not_counted()
     """Attempts that end in a TikTok outage are given back, so a real user retrying through one is not
     cut off afterwards; a confidential client (one server for many users) is never counted."""
     tiktok = SlowTikTok(profiles={"act.real": profile("-000real")}, down=True)
-    bridge = service(tiktok, TikTokRefusals(MemoryStorage(), per_address="3/hour"))
+    bridge = service(tiktok, RefusalCounts(MemoryStorage(), per_address="3/hour", upstream="tiktok"))
     for _ in range(5):
-        assert await outcome(bridge, "act.real", "198.51.100.7") == "UpstreamUnavailable"
+        assert await outcome(bridge, "act.real", "198.51.100.7") == "TemporarilyUnavailable"
     for i in range(5):
-        assert await outcome(bridge, f"act.garbage-{i}", "192.0.2.1", trusted=True) == "UpstreamUnavailable"
+        assert (
+            await outcome(bridge, f"act.garbage-{i}", "192.0.2.1", trusted=True) == "TemporarilyUnavailable"
+        )
     tiktok.down = False
     assert await outcome(bridge, "act.real", "198.51.100.7") == "ok"
     for i in range(5):
@@ -163,7 +165,7 @@ async def test_a_cut_off_address_still_signs_in_with_a_token_already_verified() 
     """The warm path is untouched: a profile in the cache answers without the counter being asked, so
     a real user behind a cut-off address keeps signing in with a token TikTok vouched for."""
     tiktok = SlowTikTok(profiles={"act.real": profile("-000real")})
-    refusals = CountingRefusals(TikTokRefusals(MemoryStorage(), per_address="2/hour"))
+    refusals = CountingRefusals(RefusalCounts(MemoryStorage(), per_address="2/hour", upstream="tiktok"))
     bridge = service(tiktok, refusals)
     assert await outcome(bridge, "act.real", "198.51.100.7") == "ok"  # from elsewhere: cached now
     for i in range(2):
@@ -181,8 +183,10 @@ async def test_during_a_spray_from_13_addresses_5_of_5_new_real_users_sign_in() 
     it the share is spent and each of them gets 503."""
     real = {f"act.real-{n}": profile(f"-000real{n}") for n in range(5)}
     tiktok = SlowTikTok(profiles=dict(real))
-    quota = TikTokQuota(MemoryStorage(), per_minute="580/minute", unproven_share=0.5)
-    bridge = service(tiktok, TikTokRefusals(MemoryStorage(), per_address="10/hour"), quota)
+    quota = ProfileQuota(
+        MemoryStorage(), per_minute="580/minute", unproven_share=0.5, upstream="tiktok", name="TikTok"
+    )
+    bridge = service(tiktok, RefusalCounts(MemoryStorage(), per_address="10/hour", upstream="tiktok"), quota)
     spray = await asyncio.gather(
         *(outcome(bridge, f"act.garbage-{i}", f"203.0.113.{i % 13 + 1}") for i in range(13 * 60))
     )
@@ -194,7 +198,9 @@ async def test_during_a_spray_from_13_addresses_5_of_5_new_real_users_sign_in() 
     without = service(
         replace(tiktok, calls=[]),
         None,
-        TikTokQuota(MemoryStorage(), per_minute="580/minute", unproven_share=0.5),
+        ProfileQuota(
+            MemoryStorage(), per_minute="580/minute", unproven_share=0.5, upstream="tiktok", name="TikTok"
+        ),
     )
     await asyncio.gather(
         *(outcome(without, f"act.garbage-{i}", f"203.0.113.{i % 13 + 1}") for i in range(13 * 60))

@@ -1,8 +1,11 @@
-"""TikTok Open API v2 client: user info, authorization-code redemption, and the mapping of their errors.
+"""TikTok as the bridge's identity provider (`ports.IdentityProvider`): the Open API v2 client for user
+info, authorization-code redemption, refresh and revocation, and the reading of their answers.
 
 TikTok answers errors inside an envelope and sometimes with HTTP 200, so success is decided by the body
 (`error.code == "ok"` for user info, presence of `access_token` for the token endpoint), never by the
-status alone. Nothing in this module logs or raises a token, code or secret.
+status alone. What TikTok refuses is raised as `IdentityRefused` (with the client-safe sentence for it
+and TikTok's own words), an outage as `UpstreamUnavailable`: upstream errors, which the use cases turn
+into the client's. Nothing in this module logs or raises a token, code or secret.
 """
 
 from __future__ import annotations
@@ -16,17 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 
-from bridge.domain.errors import (
-    AccessTokenRejected,
-    MissingScope,
-    SubjectTokenRejected,
-    UpstreamProtocolError,
-    UpstreamUnavailable,
-    UserNotFound,
-)
-from bridge.domain.model import SCOPE_BASIC, SCOPE_PROFILE, CodeGrant, TikTokProfile
+from bridge.domain.errors import IdentityRefused, Refused, UpstreamProtocolError, UpstreamUnavailable
+from bridge.domain.model import ExternalIdentity, ProviderGrant
 from bridge.outbound.resilience import CircuitBreaker, guarded_call
-from bridge.protocol.rfc8693 import VISIBLE_ASCII
+from bridge.protocol.rfc6749 import VISIBLE_ASCII
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -34,6 +30,11 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
+
+UPSTREAM = "tiktok"  # in logs, metrics and the breaker
+NAME = "TikTok"  # in answers: "TikTok is unavailable; retry later."
+SCOPE_BASIC = "user.info.basic"
+SCOPE_PROFILE = "user.info.profile"
 
 USER_INFO_PATH = "/v2/user/info/"
 TOKEN_PATH = "/v2/oauth/token/"  # noqa: S105 - a path
@@ -51,10 +52,23 @@ _RETRY_AFTER_DEFAULT = 60  # TikTok's window is one minute and it sends no Retry
 _GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
+def _refused(
+    refused: Refused,
+    description: str | None = None,
+    *,
+    detail: str,
+    message: str | None = None,
+    status: int | None = None,
+) -> IdentityRefused:
+    return IdentityRefused(
+        UPSTREAM, refused, description=description, detail=detail, message=message, status=status
+    )
+
+
 def fields_for_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     granted = set(scopes)
     if SCOPE_BASIC not in granted:
-        raise MissingScope
+        raise _refused(Refused.SCOPE, detail="user.info.basic not among the scopes asked for")
     fields: list[str] = []
     for scope, scope_fields in FIELDS_BY_SCOPE.items():
         if scope in granted:
@@ -75,11 +89,11 @@ def _load_json(status: int, body: bytes, what: str) -> Any:  # noqa: ANN401 - ch
         return json.loads(body)
     except ValueError as exc:
         if status >= HTTPStatus.INTERNAL_SERVER_ERROR or status == HTTPStatus.TOO_MANY_REQUESTS:
-            raise UpstreamUnavailable("tiktok", f"{what} HTTP {status}", retry_after=5) from exc
-        raise UpstreamProtocolError("tiktok", f"{what} HTTP {status}: body is not JSON") from exc
+            raise UpstreamUnavailable(UPSTREAM, f"{what} HTTP {status}", retry_after=5) from exc
+        raise UpstreamProtocolError(UPSTREAM, f"{what} HTTP {status}: body is not JSON") from exc
 
 
-def parse_user_info(status: int, body: bytes) -> TikTokProfile:
+def parse_user_info(status: int, body: bytes) -> ExternalIdentity:
     """Interpret a /v2/user/info/ answer; the status is consulted only where the body says nothing."""
     payload = _load_json(status, body, "user info")
     error = payload.get("error") if isinstance(payload, dict) else None
@@ -96,13 +110,13 @@ def parse_user_info(status: int, body: bytes) -> TikTokProfile:
     data = payload.get("data")
     user = data.get("user") if isinstance(data, dict) else None
     if not isinstance(user, dict):
-        raise UserNotFound(detail=f"TikTok user info had no user (log_id={log_id})")
+        raise _refused(Refused.NO_USER, detail=f"TikTok user info had no user (log_id={log_id})")
     # Sanity caps only; what Keycloak can store is decided by the use case (model.fit_for_keycloak).
     open_id = _optional_str(user, "open_id", limit=1024)
     if open_id is None:
-        raise UserNotFound(detail=f"TikTok user info had no open_id (log_id={log_id})")
+        raise _refused(Refused.NO_USER, detail=f"TikTok user info had no open_id (log_id={log_id})")
     verified = user.get("is_verified")
-    return TikTokProfile(
+    return ExternalIdentity(
         open_id=open_id,
         union_id=_optional_str(user, "union_id", limit=1024),
         display_name=_optional_str(user, "display_name", limit=1024),
@@ -115,36 +129,29 @@ def parse_user_info(status: int, body: bytes) -> TikTokProfile:
 def _raise_user_info_error(status: int, code: str | None, log_id: object, message: str | None) -> None:
     where = f"user info HTTP {status} error.code={code} log_id={log_id}"
     if code == "access_token_invalid":
-        raise AccessTokenRejected(
-            detail=where,
-            tiktok_message=message,
-            tiktok_status=status,
-        )
+        raise _refused(Refused.ACCESS_TOKEN, detail=where, message=message, status=status)
     if code in {"scope_not_authorized", "scope_permission_missed"}:
-        raise MissingScope(
+        raise _refused(
+            Refused.SCOPE,
             "The TikTok token was not granted the scopes the bridge needs.",
             detail=where,
-            tiktok_message=message,
-            tiktok_status=status,
+            message=message,
+            status=status,
         )
     if code == "rate_limit_exceeded" or status == HTTPStatus.TOO_MANY_REQUESTS:
-        raise UpstreamUnavailable("tiktok", where, retry_after=_RETRY_AFTER_DEFAULT)
+        raise UpstreamUnavailable(UPSTREAM, where, retry_after=_RETRY_AFTER_DEFAULT)
     if code == "internal_error" or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-        raise UpstreamUnavailable("tiktok", where, retry_after=5)
+        raise UpstreamUnavailable(UPSTREAM, where, retry_after=5)
     if status == HTTPStatus.UNAUTHORIZED:
-        raise AccessTokenRejected(
-            detail=where,
-            tiktok_message=message,
-            tiktok_status=status,
-        )
-    raise UpstreamProtocolError("tiktok", where)
+        raise _refused(Refused.ACCESS_TOKEN, detail=where, message=message, status=status)
+    raise UpstreamProtocolError(UPSTREAM, where)
 
 
-def parse_token_answer(status: int, body: bytes) -> CodeGrant:
+def parse_token_answer(status: int, body: bytes) -> ProviderGrant:
     """Interpret /v2/oauth/token/: success is the presence of access_token, whatever the status."""
     payload = _load_json(status, body, "token")
     if not isinstance(payload, dict):
-        raise UpstreamProtocolError("tiktok", f"token HTTP {status}: body is not an object")
+        raise UpstreamProtocolError(UPSTREAM, f"token HTTP {status}: body is not an object")
     access_token = payload.get("access_token")
     open_id = payload.get("open_id")
     if isinstance(access_token, str) and access_token and isinstance(open_id, str) and open_id:
@@ -152,7 +159,7 @@ def parse_token_answer(status: int, body: bytes) -> CodeGrant:
         expires_in = payload.get("expires_in")
         refresh_token = payload.get("refresh_token")
         refresh_expires_in = payload.get("refresh_expires_in")
-        return CodeGrant(
+        return ProviderGrant(
             access_token=access_token,
             open_id=open_id,
             refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
@@ -175,33 +182,35 @@ def _raise_token_error(status: int, payload: dict[str, Any]) -> None:
     where = f"token HTTP {status} error={error} log_id={payload.get('log_id')}: {description[:200]}"
     message = description[:200] or None
     if error == "invalid_grant":
-        raise SubjectTokenRejected(
+        raise _refused(
+            Refused.CODE,
             "The TikTok authorization code is invalid, expired or already used.",
             detail=where,
-            tiktok_message=message,
+            message=message,
         )
     if error == "invalid_request" and "code verifier" in description.lower():
-        raise SubjectTokenRejected(
-            "The code_verifier does not match the code.", detail=where, tiktok_message=message
+        raise _refused(
+            Refused.CODE, "The code_verifier does not match the code.", detail=where, message=message
         )
     if error == "invalid_request" and "redirect_uri" in description.lower():
-        raise SubjectTokenRejected(
+        raise _refused(
+            Refused.CODE,
             "The redirect_uri does not match the one used to obtain the code.",
             detail=where,
-            tiktok_message=message,
+            message=message,
         )
     if (
         error in {"temporarily_unavailable", "server_error"}
         or status >= HTTPStatus.INTERNAL_SERVER_ERROR
         or status == HTTPStatus.TOO_MANY_REQUESTS
     ):
-        raise UpstreamUnavailable("tiktok", where, retry_after=5)
+        raise UpstreamUnavailable(UPSTREAM, where, retry_after=5)
     if error == "access_denied":
-        raise SubjectTokenRejected(
-            "The TikTok user denied the authorization.", detail=where, tiktok_message=message
+        raise _refused(
+            Refused.CODE, "The TikTok user denied the authorization.", detail=where, message=message
         )
     # invalid_client, unauthorized_client, other invalid_request: the bridge's own configuration is at fault.
-    raise UpstreamProtocolError("tiktok", where)
+    raise UpstreamProtocolError(UPSTREAM, where)
 
 
 def parse_revoke_answer(status: int, body: bytes) -> None:
@@ -213,7 +222,11 @@ def parse_revoke_answer(status: int, body: bytes) -> None:
 
 
 class TikTokClient:
-    """Calls TikTok with one shared HTTP client; built once per process in the app's lifespan."""
+    """TikTok as an `IdentityProvider`, calling it with one shared HTTP client; built once per process
+    in the app's lifespan. `scopes` are those the app asks users for (which user-info fields a bare
+    access token is read with); `access_token_prefix` what every TikTok access token starts with."""
+
+    name = NAME
 
     def __init__(
         self,
@@ -222,6 +235,8 @@ class TikTokClient:
         base_url: str,
         client_key: str,
         client_secret: str,
+        scopes: tuple[str, ...] = (SCOPE_BASIC,),
+        access_token_prefix: str = "",
         breaker: CircuitBreaker | None = None,
         retry_attempts: int = 2,
     ) -> None:
@@ -229,15 +244,39 @@ class TikTokClient:
         self._base_url = base_url
         self._client_key = client_key
         self._client_secret = client_secret
-        self._breaker = breaker or CircuitBreaker("tiktok")
+        self._scopes = scopes
+        self._access_token_prefix = access_token_prefix
+        self._breaker = breaker or CircuitBreaker(UPSTREAM)
         self._retry_attempts = retry_attempts
 
-    async def fetch_profile(self, access_token: str, scopes: Iterable[str] = (SCOPE_BASIC,)) -> TikTokProfile:
+    def plausible(self, access_token: str) -> bool:
+        """TikTok's access tokens have started with "act." in every answer seen since 2022."""
+        prefix = self._access_token_prefix
+        return not prefix or access_token.startswith(prefix)
+
+    async def verify_access_token(self, access_token: str) -> ExternalIdentity:
+        """The profile read with the app's scopes, or with the basic fields alone when this token was
+        granted fewer scopes than the app usually asks for (TikTok refuses a field it lacks a scope for)."""
+        try:
+            return await self.fetch_profile(access_token, self._scopes)
+        except IdentityRefused as refused:
+            if refused.refused is not Refused.SCOPE or tuple(self._scopes) == (SCOPE_BASIC,):
+                raise
+            return await self.fetch_profile(access_token, (SCOPE_BASIC,))
+
+    async def read_profile(self, grant: ProviderGrant) -> ExternalIdentity:
+        return await self.fetch_profile(grant.access_token, sorted(grant.scopes))
+
+    async def fetch_profile(
+        self, access_token: str, scopes: Iterable[str] = (SCOPE_BASIC,)
+    ) -> ExternalIdentity:
         if not VISIBLE_ASCII.match(access_token):
             # It cannot go into an Authorization header (httpx would raise; CR/LF would inject), and
             # TikTok answers 401 access_token_invalid to any token it did not issue: say so unasked.
-            raise AccessTokenRejected(
-                detail="token is not visible ASCII; TikTok not called", tiktok_status=HTTPStatus.UNAUTHORIZED
+            raise _refused(
+                Refused.ACCESS_TOKEN,
+                detail="token is not visible ASCII; TikTok not called",
+                status=HTTPStatus.UNAUTHORIZED,
             )
         fields = ",".join(fields_for_scopes(scopes))
         # Stamped before asking, not when the answer is read: an answer TikTok gave just before the user
@@ -254,9 +293,10 @@ class TikTokClient:
         )
         return replace(profile, verified_at=asked_at)
 
-    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> CodeGrant:
-        """Exchange a Login Kit authorization code with our own client secret (never retried: single-use)."""
-        return await self._call(
+    async def redeem_code(self, code: str, *, code_verifier: str, redirect_uri: str) -> ProviderGrant:
+        """Exchange a Login Kit authorization code with our own client secret (never retried: single-use).
+        A grant without user.info.basic is refused: no profile can be read with it."""
+        grant = await self._call(
             "token",
             parse_token_answer,
             "POST",
@@ -272,11 +312,18 @@ class TikTokClient:
             },
             headers={"Cache-Control": "no-cache"},
         )
+        if SCOPE_BASIC not in grant.scopes:
+            raise _refused(
+                Refused.SCOPE,
+                "The user did not grant the user.info.basic scope.",
+                detail=f"granted {sorted(grant.scopes)}",
+            )
+        return grant
 
-    async def refresh(self, refresh_token: str) -> CodeGrant:
+    async def refresh(self, refresh_token: str) -> ProviderGrant:
         """Refresh a user's grant (TikTok rotates the refresh token: the old one stops working). Never
         retried: a repeat would present a token TikTok has just retired. `invalid_grant` means the user
-        revoked the app (or the token expired): SubjectTokenRejected."""
+        revoked the app (or the token expired): refused."""
         return await self._call(
             "refresh",
             parse_token_answer,
@@ -333,15 +380,15 @@ class TikTokClient:
                     body.extend(chunk)
                     if len(body) > MAX_RESPONSE_BYTES:
                         raise UpstreamProtocolError(
-                            "tiktok", f"{path} answer larger than {MAX_RESPONSE_BYTES}"
+                            UPSTREAM, f"{path} answer larger than {MAX_RESPONSE_BYTES}"
                         )
         except httpx2.TimeoutException as exc:
             # The request may be in progress at TikTok: not repeated.
-            raise UpstreamUnavailable("tiktok", f"{path} timed out") from exc
+            raise UpstreamUnavailable(UPSTREAM, f"{path} timed out") from exc
         except httpx2.HTTPError as exc:
             raise UpstreamUnavailable(
-                "tiktok", f"{path}: {type(exc).__name__}", retryable=isinstance(exc, httpx2.ConnectError)
+                UPSTREAM, f"{path}: {type(exc).__name__}", retryable=isinstance(exc, httpx2.ConnectError)
             ) from exc
         if response.status_code in _GATEWAY_STATUSES:
-            raise UpstreamUnavailable("tiktok", f"{path} HTTP {response.status_code}", retryable=True)
+            raise UpstreamUnavailable(UPSTREAM, f"{path} HTTP {response.status_code}", retryable=True)
         return response.status_code, bytes(body)
