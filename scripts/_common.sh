@@ -89,5 +89,6 @@ ensure_promtool() {
             rm -rf "$download"
         fi
     fi
-    export BRIDGE_PROMTOOL="$PROMTOOL"
+    # Not BRIDGE_-prefixed: the bridge refuses BRIDGE_* variables it does not know.
+    export PROMTOOL
 }

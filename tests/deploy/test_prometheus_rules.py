@@ -2,7 +2,7 @@
 (deploy/grafana/) read only metrics the bridge exports, every alert has its runbook entry, and the rules
 pass promtool's check and their own test cases (each alert firing on the series written for it).
 
-scripts/test unpacks promtool (Debian's `prometheus` package) and sets BRIDGE_PROMTOOL; run alone, the
+scripts/test unpacks promtool (Debian's `prometheus` package) and sets PROMTOOL; run alone, the
 promtool tests use `promtool` from PATH and are skipped without it, except under CI, where they fail.
 """
 
@@ -50,7 +50,7 @@ def dashboard_expressions() -> list[str]:
 
 
 def promtool() -> str:
-    found = os.environ.get("BRIDGE_PROMTOOL") or shutil.which("promtool")
+    found = os.environ.get("PROMTOOL") or shutil.which("promtool")
     if found:
         return found
     if os.environ.get("CI"):
