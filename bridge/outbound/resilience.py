@@ -1,8 +1,7 @@
 """Guards for outbound calls: `guarded_call`, the one way the serving path's adapters call TikTok or
 Keycloak. Operator commands and checks (`keycloak apply`, `doctor`, the verbose readiness) call Keycloak
-and TikTok with a plain client,
-without breaker or retries: an operator reads each step's outcome, and a retry would hide a
-misconfiguration the command exists to show.
+and TikTok with a plain client, without breaker or retries: an operator reads each step's outcome, and a
+retry would hide a misconfiguration the command exists to show.
 
 Each call goes through the upstream's circuit breaker, is timed, and is retried only if it is idempotent
 and failed in a way that proves it was not carried out (`UpstreamUnavailable.retryable`: no connection,
