@@ -1,4 +1,6 @@
-"""Per-process clients, opened once in the app's lifespan and closed once at shutdown."""
+"""Per-process clients and the use cases over them, built once per process and closed once at its end:
+in the app's lifespan for `bridge serve`, for the command's run for `bridge sessions end` and
+`bridge strapi import` (each a process of its own), never per request."""
 
 from __future__ import annotations
 

@@ -63,10 +63,18 @@ from __future__ import annotations
 
 import enum
 from http import HTTPStatus
-from typing import ClassVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, ClassVar, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # Who failed: an identity provider's upstream name, "keycloak" or "cache"; in logs and metrics.
 Upstream = str
+
+# RFC 6749 §5.1: token and error answers must not be cached by anyone. Every answer that carries a token,
+# an error or a user's state uses this pair.
+NO_STORE: Final[Mapping[str, str]] = MappingProxyType({"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 class BridgeError(Exception):
@@ -93,7 +101,7 @@ class OAuthError(BridgeError):
 
     def headers(self) -> dict[str, str]:
         """Every error answer's headers: never cached (RFC 6749 §5.1), plus what the error adds."""
-        return {"Cache-Control": "no-store", "Pragma": "no-cache", **self.extra_headers()}
+        return {**NO_STORE, **self.extra_headers()}
 
     def extra_headers(self) -> dict[str, str]:
         return {}

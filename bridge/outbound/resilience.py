@@ -1,11 +1,17 @@
-"""Guards for outbound calls: `guarded_call`, the one way an adapter calls TikTok or Keycloak.
+"""Guards for outbound calls: `guarded_call`, the one way the serving path's adapters call TikTok or
+Keycloak. Operator commands and checks (`keycloak apply`, `doctor`, the verbose readiness) call Keycloak
+and TikTok with a plain client, without breaker or retries: an operator reads each step's outcome, and a
+retry would hide a misconfiguration the command exists to show.
 
 Each call goes through the upstream's circuit breaker, is timed, and is retried only if it is idempotent
 and failed in a way that proves it was not carried out (`UpstreamUnavailable.retryable`: no connection,
 a gateway's 5xx). Retries use stamina (exponential backoff with jitter, bounded by attempts *and* total
 time). Only calls that are safe to repeat are retried: TikTok user info, Keycloak reads and the
 service-account token. Never retried: TikTok code redemption (codes are single-use), the JWT grant (its
-`jti` is single-use), user creation (Keycloak's 409 handles races, not blind repeats).
+`jti` is single-use), user creation (Keycloak's 409 handles races, not blind repeats). Beneath these,
+aiohttp re-sends an idempotent request (never a POST) once when a kept-alive connection turns out to
+have been closed by the upstream (RFC 9112 §9.3.1 allows it for idempotent methods): a repeated read
+changes nothing, and it is the only repetition outside this module.
 
 What the breaker counts: an `UpstreamUnavailable` is a failure; any other `BridgeError` means the upstream
 answered and said no (alive: neutral); a result is a success.

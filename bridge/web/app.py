@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.domain.errors import BridgeError, HeadersTooLarge, ServerError
+from bridge.domain.errors import NO_STORE, BridgeError, HeadersTooLarge, ServerError
 from bridge.factory import Resources
 from bridge.observability.logs import request_id
 from bridge.outbound.tracing import Tracing
@@ -48,7 +48,7 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"error": names.get(exc.status_code, "invalid_request"), "error_description": str(exc.detail)},
         status_code=exc.status_code,
-        headers=dict(exc.headers or {}),
+        headers={**NO_STORE, **(exc.headers or {})},
     )
 
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-import time
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.domain.errors import BridgeError, InvalidDPoPProof, UnsupportedGrantType
+from bridge.domain.errors import NO_STORE, InvalidDPoPProof, UnsupportedGrantType
 from bridge.domain.model import Caller
 from bridge.observability.metrics import exposition
+from bridge.operations.readiness import DeploymentChecks, Readiness
 from bridge.protocol.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from bridge.protocol.dpop import verify_proof
 from bridge.protocol.rfc6749 import (
@@ -32,7 +29,7 @@ from bridge.protocol.rfc8693 import (
     refresh_response,
 )
 from bridge.services.exchange import SessionOrder
-from bridge.web.support import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
+from bridge.web.support import client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -163,48 +160,6 @@ async def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@dataclass
-class Readiness:
-    """The last readiness checks of this process and when they ran; one check runs at a time."""
-
-    status: str = "unavailable"
-    code: int = HTTPStatus.SERVICE_UNAVAILABLE
-    checks: dict[str, str] = field(default_factory=dict)
-    checked_at: float = -math.inf
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def current(self, resources: Resources) -> Readiness:
-        async with self.lock:
-            # Asked by every probe and load balancer, and each check calls Keycloak (100 probes were 100
-            # discovery calls): one check at a time, its answer kept `readiness_cache_ttl` seconds.
-            if time.monotonic() - self.checked_at >= resources.settings.readiness_cache_ttl:
-                self.status, self.code, self.checks = await _check_readiness(resources)
-                self.checked_at = time.monotonic()
-        return self
-
-
-async def _check_readiness(resources: Resources) -> tuple[str, int, dict[str, str]]:
-    checks: dict[str, str] = {}
-    for name, probe in (("keycloak", resources.keycloak.ping), ("cache", resources.cache.ping)):
-        try:
-            await probe()
-        except BridgeError as exc:
-            log.warning("readiness check failed", extra={"check": name, "detail": exc.detail})
-            checks[name] = "unavailable"
-        else:
-            checks[name] = "ok"
-    if checks["cache"] != "ok" and resources.cache.degraded:
-        # Exchanges still work from process memory: degraded, but worth sending traffic to.
-        checks["cache"] = "degraded"
-    if checks["keycloak"] != "ok":
-        return "unavailable", HTTPStatus.SERVICE_UNAVAILABLE, checks
-    if checks["cache"] == "degraded":
-        return "degraded", HTTPStatus.OK, checks
-    if checks["cache"] == "ok":
-        return "ready", HTTPStatus.OK, checks
-    return "unavailable", HTTPStatus.SERVICE_UNAVAILABLE, checks
-
-
 def _readiness_of(request: Request) -> Readiness:
     state = request.app.state
     if not hasattr(state, "readiness"):
@@ -216,9 +171,7 @@ def _readiness_of(request: Request) -> Readiness:
 async def readyz(request: Request) -> Response:
     """Public: the verdict only (which dependency failed is for the admin listener)."""
     ready = await _readiness_of(request).current(resources_of(request))
-    return JSONResponse(
-        {"status": ready.status}, status_code=ready.code, headers={"Cache-Control": "no-store"}
-    )
+    return JSONResponse({"status": ready.status}, status_code=ready.code, headers=NO_STORE)
 
 
 async def readyz_detailed(request: Request) -> Response:
@@ -230,17 +183,12 @@ async def readyz_detailed(request: Request) -> Response:
     if request.query_params.get("verbose") in {"1", "true"}:
         state = request.app.state
         if not hasattr(state, "deployment_checks"):
-            from bridge.operations.doctor import CachedChecks  # noqa: PLC0415 - loaded when an operator asks
-
-            state.deployment_checks = CachedChecks()
-        # The process's own clients: the check opens no connection of its own.
-        redis = resources.redis.client if resources.redis is not None else None
-        checks = await state.deployment_checks.current(resources.settings, resources.http, redis)
-        body["deployment"] = [check.as_dict() for check in checks]
-        body["deployment_ok"] = all(check.ok for check in checks)
-    return JSONResponse(body, status_code=ready.code, headers={"Cache-Control": "no-store"})
+            state.deployment_checks = DeploymentChecks()
+        deployment: DeploymentChecks = state.deployment_checks
+        body |= await deployment.current(resources)
+    return JSONResponse(body, status_code=ready.code, headers=NO_STORE)
 
 
 async def metrics(_request: Request) -> Response:
     body, media_type = exposition()
-    return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
+    return Response(body, media_type=media_type, headers=NO_STORE)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.domain.errors import BearerRequired, InvalidToken
+from bridge.domain.errors import NO_STORE, BearerRequired, InvalidToken
 from bridge.protocol.rfc6749 import parse_form
 from bridge.protocol.rfc8693 import CodeExchange, parse_subject_proof
-from bridge.web.support import NO_STORE, client_ip, read_body, resources_of
+from bridge.web.support import client_ip, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request

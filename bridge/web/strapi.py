@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, Response
 
 from bridge.domain.errors import (
+    NO_STORE,
     AccountDisabled,
     BridgeError,
     EmailTaken,
@@ -33,7 +34,7 @@ from bridge.domain.model import Caller
 from bridge.protocol.clients import STRAPI_CLIENT_ID
 from bridge.protocol.rfc6749 import MAX_TOKEN_LENGTH
 from bridge.services.exchange import SessionOrder
-from bridge.web.support import NO_STORE, client_ip, counts_exchanges, read_body, resources_of
+from bridge.web.support import client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request

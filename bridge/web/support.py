@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
-from bridge.domain.errors import BodyTimeout, BodyTooLarge, BridgeError, ClientDisconnected, to_oauth_error
+from bridge.domain.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    BridgeError,
+    ClientDisconnected,
+    to_oauth_error,
+)
 from bridge.observability.metrics import EXCHANGES, count
 from bridge.protocol.rfc6749 import MAX_BODY_BYTES
 
@@ -27,9 +33,6 @@ if TYPE_CHECKING:
     Handler = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger(__name__)
-
-# RFC 6749 §5.1: token responses must not be cached by anyone.
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def resources_of(request: Request) -> Resources:

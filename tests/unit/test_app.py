@@ -210,10 +210,11 @@ async def test_bad_requests_are_json_errors(
     status: int,
     error: str,
 ) -> None:
-    """Oversized, mistyped and misrouted requests get JSON errors, never a 500."""
+    """Oversized, mistyped and misrouted requests get JSON errors, never a 500, never cacheable."""
     response = await getattr(client, method)(path, **kwargs)
     assert response.status_code == status
     assert response.json()["error"] == error
+    assert (response.headers["cache-control"], response.headers["pragma"]) == ("no-store", "no-cache")
 
 
 @pytest.mark.httpx2(assert_all_called=False)
