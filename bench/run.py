@@ -79,7 +79,7 @@ _ANSWERED = re.compile(r'^bridge_exchanges_total\{endpoint="token",[^}]*\} (?P<v
 TWO_CORES = (os.cpu_count() or 1) >= 2
 # The cores of the pinned layouts: Keycloak (or the stub) on one, the bridge side on the other.
 KC_CORE, BRIDGE_CORE, ALL_CORES = "0", "1", f"0-{(os.cpu_count() or 1) - 1}"
-PINNED_P99_CONNECTIONS = 32  # where issue 13 sets its p99 goal
+PINNED_P99_CONNECTIONS = 32  # where the p99 goal (within 5 ms of Keycloak's) is measured
 # Assertions minted per second of a baseline run: above Keycloak's rate here (~700/s), so a run never
 # runs out; they are single-use and live 110 s, so each run gets fresh ones.
 ASSERTIONS_PER_SECOND = 1500
@@ -200,8 +200,8 @@ def start_stack(
 ) -> Stack:
     """Keycloak, Redis and the emulator, with the bridge's environment. `rate_limits`: the per-address
     and per-identity limits on, as deployed, but raised so that the bench's load (one address, a few
-    dozen users) is never refused: their cost is paid and measured. Off by default (the figures since
-    2026-11 are without them)."""
+    dozen users) is never refused: their cost is paid and measured. Off by default (the
+    figures in bench/README.md are without them unless a row says otherwise)."""
     bridge_port, emulator_port = free_port(), free_port()
     bridge_url, emulator_url = f"http://127.0.0.1:{bridge_port}", f"http://127.0.0.1:{emulator_port}"
     redis = RedisServer(work_dir=work / "redis")
@@ -669,7 +669,7 @@ def one_worker(
     warm_bodies: Path,
     baseline_run: Any,  # noqa: ANN401 - a zero-argument callable returning fresh baseline bodies
 ) -> None:
-    """The co-located pairs again with a bridge of one worker, as the README's deployment notes size a
+    """The co-located pairs again with a bridge of one worker, as docs/operations.md ("Several workers in one container") sizes a
     bridge that shares its cores with Keycloak. A worker held to Keycloak's pace waits between the
     steps of each exchange, and a waiting worker spends more CPU per exchange than a busy one (bench
     README, "A waiting bridge costs more than a busy one"): one busier worker costs less than two idler
@@ -741,7 +741,7 @@ def pinned(
             bench.add("pinned_warm_per_s", warm_run.run.per_second)
             bench.add("pinned_warm_cpu_ms", warm_run.cpu_ms["bridge"])
             bench.add("ratio_pinned", warm_run.run.per_second / base.run.per_second)
-            # Issue 13's latency goal (p99 at 32 connections within 5 ms of Keycloak's) where the
+            # The latency goal (p99 at 32 connections within 5 ms of Keycloak's) where the
             # bridge does not take its CPU from Keycloak's cores. Under wrk's closed loop, latency is
             # connections / throughput, so co-located the p99 follows the co-located ratio; pinned,
             # it says what the bridge adds to a request itself.

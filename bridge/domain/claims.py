@@ -2,7 +2,7 @@
 
 Python's `json` accepts `NaN`, `Infinity` and `-Infinity`, which RFC 8259 JSON does not have, and a
 NaN compares false with everything: a DPoP proof with `"iat": NaN` passed the freshness window and
-never expired (issue 24). Two rules, applied to DPoP proofs (`dpop.py`) and to the realm's access
+never expired. Two rules, applied to DPoP proofs (`dpop.py`) and to the realm's access
 tokens (`bearer.py`):
 - the JSON of a JWT part is parsed strictly: those three words are refused at parsing (`loads`, and
   `StrictJSONDecoder` for joserfc, which parses the claims itself);

@@ -315,3 +315,27 @@ class Policy:
     audience_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every audience scope of the bridge: never accepted in `scope`, so `audience` is the only way in.
     reserved_scopes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What the store keeps of one session: hashes, times, and sealed TikTok tokens."""
+
+    user_id: str
+    open_id: str
+    scope: tuple[str, ...]
+    created: float
+    last_used: float
+    current: str  # SHA-256 of the live secret
+    previous: str | None = None  # SHA-256 of the secret retired by the last rotation
+    rotated_at: float | None = None
+    successor: str | None = None  # the live token, sealed: handed out again within the grace window
+    jkt: str | None = None  # DPoP key thumbprint the session is bound to (RFC 9449)
+    tiktok: str | None = None  # sealed {"refresh_token", "access_token"} of a code-started session
+    tiktok_checked: float | None = None
+    client_id: str | None = None
+    # The audiences granted at sign-in: a refresh may keep or narrow them, never widen them.
+    audiences: tuple[str, ...] = ()
+    # SHA-256 of a secret handed out twice, by its rotation and to a grace retry: it gets no grace of
+    # its own (once one holder has rotated it, the other presenting it is reuse).
+    retried: str | None = None

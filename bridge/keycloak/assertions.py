@@ -48,8 +48,9 @@ def load_key(path: Path) -> ECKey:
 
 
 def load_public_key(path: Path) -> ECKey:
-    """A key to publish without signing with it: the next key, or the previous one (README: "Rotating
-    the signing key"). A private PEM is accepted, but only its public half is ever used or published."""
+    """A key to publish without signing with it: the next key, or the previous one (docs/operations.md:
+    "Rotating the signing key"). A private PEM is accepted, but only its public half is ever used or
+    published."""
     try:
         key = ECKey.import_key(path.read_bytes())
     except (OSError, ValueError, JoseError) as exc:
@@ -128,7 +129,7 @@ class AssertionSigner:
 
     def mint(self, subject: str, audience: str) -> str:
         # joserfc makes the JWS. Signing it by hand with `cryptography` measured ~60 us less per
-        # assertion (bench/README.md, "2026-12-02: hot path"), not worth owning a token format.
+        # assertion (bench/README.md, "History"), not worth owning a token format.
         now = int(time.time())
         claims = {
             "iss": self.issuer,

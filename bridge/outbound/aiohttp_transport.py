@@ -6,7 +6,7 @@ user info and token endpoints, Keycloak's discovery, service-account token and a
 (`mounts`, respx); underneath, aiohttp's connection pool and C HTTP/1.1 parser replace httpcore2's,
 which cost about half of httpx2's CPU per call: 1.56 ms per call over httpcore2, 0.77 ms over this
 transport on the shared machine, and 0.675 of the bridge's CPU per first sign-in, paired
-(bench/README.md, "2026-12-02 (later): first sign-in").
+(bench/README.md, "History").
 
 It behaves as httpx2's own transport does, so that nothing above it can tell:
 

@@ -33,10 +33,11 @@ from bridge.domain.errors import ServerError
 if TYPE_CHECKING:
     from types import SimpleNamespace
 
+    import httpx2
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
     from starlette.applications import Starlette
 
-    from bridge.factory import Resources
-    from bridge.settings import Settings
 
 # Probes and scrapes would drown the interesting traces.
 EXCLUDED_URLS = "healthz,readyz,metrics"
@@ -47,9 +48,8 @@ class Tracing:
     provider: Any  # opentelemetry.sdk.trace.TracerProvider; typed loosely, the package is optional
 
     @classmethod
-    def from_settings(cls, settings: Settings, exporter: Any = None) -> Tracing | None:  # noqa: ANN401
-        if not settings.otel_enabled:
-            return None
+    def start(cls, service_name: str, exporter: Any = None) -> Tracing:  # noqa: ANN401
+        """A tracer provider for `service_name`, exporting over OTLP/HTTP (or to `exporter`, in tests)."""
         try:
             from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
             from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
@@ -58,7 +58,7 @@ class Tracing:
             raise ServerError(
                 detail="BRIDGE_OTEL_ENABLED needs the otel extra: pip install 'tiktok-keycloak-bridge[otel]'"
             ) from exc
-        provider = TracerProvider(resource=Resource.create({"service.name": settings.otel_service_name}))
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
@@ -74,14 +74,14 @@ class Tracing:
             OpenTelemetryMiddleware, tracer_provider=self.provider, excluded_urls=EXCLUDED_URLS
         )
 
-    def instrument_clients(self, resources: Resources) -> None:
+    def instrument_clients(self, http: httpx2.AsyncClient, redis: Redis | RedisCluster | None) -> None:
         from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor  # noqa: PLC0415
         from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: PLC0415
 
         # Annotated with httpx types even on the httpx2 instrumentor; an httpx2 client is what it takes.
-        HTTPX2ClientInstrumentor.instrument_client(resources.http, tracer_provider=self.provider)  # type: ignore[arg-type]
-        if resources.redis is not None:
-            RedisInstrumentor.instrument_client(resources.redis.client, tracer_provider=self.provider)
+        HTTPX2ClientInstrumentor.instrument_client(http, tracer_provider=self.provider)  # type: ignore[arg-type]
+        if redis is not None:
+            RedisInstrumentor.instrument_client(redis, tracer_provider=self.provider)
 
     def client_trace_configs(self) -> list[aiohttp.TraceConfig]:
         """Hooks giving each request of an aiohttp session a client span (see the module docstring)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -25,8 +25,12 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from bridge.domain import claims as jwt_claims
 from bridge.domain.errors import InvalidDPoPProof
 
-if TYPE_CHECKING:
-    from bridge.services.ports import SeenOnce
+
+class SeenOnce(Protocol):
+    """Where proofs' `jti`s are remembered for a while (`storage/seen.py` over the shared cache)."""
+
+    async def first_time(self, seen: str | bytes) -> bool: ...
+
 
 ALGORITHMS = ("ES256", "Ed25519", "RS256", "PS256")  # Ed25519: RFC 9864, which deprecates "EdDSA"
 MAX_SKEW = 60

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
         ProfileLookup,
         ProviderGrant,
         SessionGrant,
+        SessionRecord,
         VerifiedBearer,
     )
-    from bridge.services.sessions import SessionRecord
 
 
 class ProviderGrants(Protocol):
@@ -252,6 +252,15 @@ class AdminTokenStore(Protocol):
 
     async def read(self, realm: str, client_id: str) -> tuple[str, float] | None: ...
     async def keep(self, realm: str, client_id: str, value: str, expires_at: float) -> None: ...
+
+
+class Sealing(Protocol):
+    """Authenticated encryption of what a session keeps (`storage/sealing.py`: Fernet, rotating keys)."""
+
+    def seal(self, plaintext: bytes) -> str: ...
+    def open(self, sealed: str) -> bytes:
+        """Raises Unsealable when no configured key opens it."""
+        ...
 
 
 class SeenOnce(Protocol):

@@ -60,15 +60,14 @@ from bridge.domain.errors import (
     UnauthorizedClient,
     UpstreamUnavailable,
 )
-from bridge.domain.model import IdentityState, NewSession, SessionGrant, ended_by
+from bridge.domain.model import IdentityState, NewSession, SessionGrant, SessionRecord, ended_by
 from bridge.observability.metrics import SESSIONS, count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bridge.domain.model import IdentityCheck, IssuedToken, ProviderGrant
-    from bridge.services.ports import LockedSession, Minter, ProviderGrants, SessionStore
-    from bridge.storage.sealing import Sealer
+    from bridge.services.ports import LockedSession, Minter, ProviderGrants, Sealing, SessionStore
 
 __all__ = ["NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
 
@@ -96,30 +95,6 @@ class Refreshed:
     grant: SessionGrant
 
 
-@dataclass(frozen=True)
-class SessionRecord:
-    """What the store keeps of one session: hashes, times, and sealed TikTok tokens."""
-
-    user_id: str
-    open_id: str
-    scope: tuple[str, ...]
-    created: float
-    last_used: float
-    current: str  # SHA-256 of the live secret
-    previous: str | None = None  # SHA-256 of the secret retired by the last rotation
-    rotated_at: float | None = None
-    successor: str | None = None  # the live token, sealed: handed out again within the grace window
-    jkt: str | None = None  # DPoP key thumbprint the session is bound to (RFC 9449)
-    tiktok: str | None = None  # sealed {"refresh_token", "access_token"} of a code-started session
-    tiktok_checked: float | None = None
-    client_id: str | None = None
-    # The audiences granted at sign-in: a refresh may keep or narrow them, never widen them.
-    audiences: tuple[str, ...] = ()
-    # SHA-256 of a secret handed out twice, by its rotation and to a grace retry: it gets no grace of
-    # its own (once one holder has rotated it, the other presenting it is reuse).
-    retried: str | None = None
-
-
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -143,7 +118,7 @@ class SessionService:
         store: SessionStore,
         minter: Minter,
         provider: ProviderGrants,
-        sealer: Sealer,
+        sealer: Sealing,
         policy: SessionPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:

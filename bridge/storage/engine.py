@@ -8,13 +8,50 @@ protocols (`services/ports.py`), never a key, an encoded entry or a TTL.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
+
+from bridge.domain.model import IdentityState
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from bridge.domain.model import Held, IdentityState
-    from bridge.storage.cache import EntryCheck
+    from bridge.domain.model import Held
+
+
+def end_time(raw: bytes | None) -> float | None:
+    """An end time as the stores keep it (a float's repr, as `json.dumps` writes it: a tombstone, a
+    sessions' not-before time); None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def ended_by(raw: bytes | None, started: float) -> bool:
+    """`model.ended_by` over a stored end time; the Redis scripts below compare the same way (`<=`, Lua
+    reading both back to the same doubles)."""
+    ended_at = end_time(raw)
+    return ended_at is not None and started <= ended_at
+
+
+@dataclass(frozen=True, slots=True)
+class EntryCheck:
+    """`set_if_current`'s condition in the engine's terms: no end time at `revoked_key` at or after
+    `verified_at`, and `user_key` holding exactly `entry` (`identities.py` builds it)."""
+
+    user_key: str
+    revoked_key: str
+    entry: bytes
+    verified_at: float
+
+    def judge(self, revoked_at: bytes | None, entry: bytes | None) -> IdentityState:
+        """The state these two stored values give (the engines that cannot run a script use this)."""
+        if ended_by(revoked_at, self.verified_at):
+            return IdentityState.REVOKED
+        return IdentityState.CURRENT if entry == self.entry else IdentityState.STALE
 
 
 class Cache(Protocol):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from bridge.domain.model import CachedUser, IdentityCheck, IdentityState
 from bridge.storage import keys
-from bridge.storage.cache import EntryCheck, end_time
+from bridge.storage.engine import EntryCheck, end_time
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

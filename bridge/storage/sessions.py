@@ -16,9 +16,9 @@ import json
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
-from bridge.services.sessions import SessionRecord
+from bridge.domain.model import SessionRecord
 from bridge.storage import keys
-from bridge.storage.cache import end_time
+from bridge.storage.engine import end_time
 from bridge.storage.identities import entry_check
 
 if TYPE_CHECKING:

@@ -283,7 +283,7 @@ def create_app(
     fake token endpoint on a loopback port); `span_exporter` receives the spans when tracing is enabled;
     `clock` is the time sessions are judged by (expiry tests without sleeping)."""
     resolved = settings if settings is not None else Settings.load()
-    tracing = Tracing.from_settings(resolved, span_exporter)
+    tracing = Tracing.start(resolved.otel_service_name, span_exporter) if resolved.otel_enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -301,7 +301,9 @@ def create_app(
             extra={"signing_kid": resources.signer.kid, "published_kids": resources.signer.kids},
         )
         if tracing is not None:
-            tracing.instrument_clients(resources)
+            tracing.instrument_clients(
+                resources.http, resources.redis.client if resources.redis is not None else None
+            )
         retrier = _start_deauthorization_retries(resolved, resources)
         try:
             yield

@@ -19,16 +19,16 @@ lacks for a server on the public internet.
 4. Request smuggling shapes, refused with that JSON 400, `Connection: close`, and nothing pipelined
    behind them read (RFC 9112 sections 2.2, 5.2, 6.1). llhttp in its strict default refuses
    Content-Length beside Transfer-Encoding, bare LF line ends and obs-fold lines; Transfer-Encoding on
-   HTTP/1.0, which llhttp would read as chunked, is refused here (`on_headers_complete`). h11, which
-   served until 2026-12, accepted all four and needed a checking subclass; llhttp parses a request in C
+   HTTP/1.0, which llhttp would read as chunked, is refused here (`on_headers_complete`). h11, the
+   parser before it, accepted all four and needed a checking subclass; llhttp parses a request in C
    for about a tenth of the bridge's CPU per exchange less (bench/README.md). Mobile clients and
    proxies never send these shapes; `tests/e2e/test_request_smuggling.py` sends each. No protocol is
    ever switched to: a request asking to upgrade (h2c, say) is answered as HTTP/1.1 and the connection
    closed after it, and one that also carries a body is refused (llhttp would hand its body to the
    new protocol, and the app would see an empty form).
-5. Bounded memory whatever clients send (issue 15: 10,000 connections with 65 KB bodies took one worker
-   from 85 MB to 1.53 GB). Per connection uvicorn buffers up to 64 KiB of body before it stops reading,
-   plus the whole of one `recv` (asyncio reads 256 KiB at a time), and nothing caps the connections.
+5. Bounded memory whatever clients send (without these bounds 10,000 connections with 65 KB bodies took
+   one worker from 85 MB to 1.53 GB). Per connection uvicorn buffers up to 64 KiB of body before it stops
+   reading, plus the whole of one `recv` (asyncio reads 256 KiB at a time), and nothing caps the connections.
    uvicorn's own `limit_concurrency` does not cap them either: every connection is accepted and its
    headers read, and only then is it answered a plain-text 503. Here each worker holds at most
    `limit_concurrency` connections (and as many running requests); the next ones, up to as many again,

@@ -15,6 +15,7 @@ import httpx2
 import pytest
 
 from tests.conftest import start_bridge_process
+from tests.e2e.test_served_bridge import exchange
 
 if TYPE_CHECKING:
     from devstack.threaded import ThreadedServer
@@ -23,18 +24,6 @@ if TYPE_CHECKING:
 
 TIKTOK_LATENCY = 3.0
 IN_FLIGHT = 8
-
-
-def exchange(base: str, token: str) -> httpx2.Response:
-    return httpx2.post(
-        f"{base}/token",
-        data={
-            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": token,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-        },
-        timeout=30,
-    )
 
 
 def accepts_connections(base: str) -> bool:

@@ -1,7 +1,7 @@
 """Request shapes that let a front proxy and the bridge disagree on where a request ends (request
 smuggling, RFC 9112 sections 2.2, 5.2 and 6.1), sent over raw sockets to `python -m bridge serve`.
 
-h11, which parsed requests until 2026-12, accepted all of them: it let Transfer-Encoding win over
+h11, the parser before llhttp, accepted all of them: it let Transfer-Encoding win over
 Content-Length and kept the connection open, read a bare LF as a line end, and unfolded obs-fold
 continuation lines. llhttp (httptools) refuses most of them itself but reads Transfer-Encoding on HTTP/1.0
 as chunked. A proxy that reads any of them otherwise would forward a request of its own choosing hidden

@@ -124,7 +124,8 @@ async def test_a_returning_identitys_exchange_checks_it_and_starts_its_session_i
     assert spent.pop("set_if_current") == 1
     assert "mget" not in spent
     assert "set" not in spent
-    # The count of refused tokens per address is a cold-path cost only (issue 24, finding 6).
+    # The count of refused tokens per address is a cold-path cost only (SECURITY.md, "credentials and
+    # sessions", finding 6).
     assert "counter" not in spent
 
     refreshed = await bridge.refresh(response.json()["refresh_token"])

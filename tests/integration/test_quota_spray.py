@@ -1,6 +1,7 @@
-"""Under a spray of made-up TikTok tokens the bridge keeps signing real users in (issue "Hold under
-attack", finding 1): TikTok's user-info quota is spent deliberately, with a share kept for requests that
-are likely real. Real Keycloak and Redis; the emulator models TikTok's per-app quota and its 429."""
+"""Under a spray of made-up TikTok tokens the bridge keeps signing real users in (an outside attack test's
+finding; SECURITY.md, "Found and fixed under attack"): TikTok's user-info quota is spent deliberately, with a
+share kept for requests that are likely real. Real Keycloak and Redis; the emulator models TikTok's per-app
+quota and its 429."""
 
 from __future__ import annotations
 

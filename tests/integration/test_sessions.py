@@ -413,9 +413,10 @@ async def test_a_dpop_bound_session_refreshes_only_with_a_proof_of_its_key(
 async def test_a_dpop_bound_refresh_token_is_revoked_without_a_proof(
     stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient
 ) -> None:
-    """Decided (issue 24, finding 7): revocation needs no DPoP proof, as RFC 9449 asks none at RFC 7009's
-    endpoint. A holder of a copy without the key can end the session (the user signs in again), never
-    use it; an app whose key is gone (reinstalled, keystore wiped) can still sign its user out."""
+    """Decided (SECURITY.md, "credentials and sessions", finding 7): revocation needs no DPoP proof, as RFC
+    9449 asks none at RFC 7009's endpoint. A holder of a copy without the key can end the session (the user
+    signs in again), never use it; an app whose key is gone (reinstalled, keystore wiped) can still sign its
+    user out."""
     from joserfc.jwk import ECKey  # noqa: PLC0415
 
     from tests.unit.test_dpop import proof  # noqa: PLC0415

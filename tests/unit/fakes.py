@@ -47,8 +47,9 @@ from bridge.services.provisioning import ProvisioningService
 from bridge.settings import Settings
 from bridge.storage import keys
 from bridge.storage.admin_tokens import AdminTokenStore
-from bridge.storage.cache import EntryCheck, MemoryCache
+from bridge.storage.cache import MemoryCache
 from bridge.storage.deauthorizations import DeauthorizationQueue
+from bridge.storage.engine import EntryCheck
 from bridge.storage.identities import IdentityStore
 from bridge.storage.profiles import ProfileStore
 from bridge.storage.seen import SeenOnce

@@ -20,7 +20,8 @@ from bridge.services.exchange import SessionOrder
 from bridge.services.provisioning import deterministic_username
 from bridge.services.sessions import SessionPolicy, SessionService
 from bridge.storage import keys
-from bridge.storage.cache import EntryCheck, MemoryCache
+from bridge.storage.cache import MemoryCache
+from bridge.storage.engine import EntryCheck
 from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.sealing import Sealer, new_key
 from bridge.storage.sessions import SessionStore

@@ -1,4 +1,5 @@
-"""Regressions of the outside attack test (issue "Hold under attack"): inputs that were 500s, profiles
+"""Regressions of the outside attack test (SECURITY.md, "Found and fixed under
+attack: quota, input and memory"): inputs that were 500s, profiles
 that could never sign in, hang-ups counted as server errors, redirects built from the Host header."""
 
 from __future__ import annotations

@@ -210,10 +210,10 @@ async def test_a_retry_within_the_grace_gets_the_same_successor(
 async def test_two_holders_taking_turns_within_the_grace_end_the_session_at_the_second_turn(
     sessions: SessionService, clock: Clock
 ) -> None:
-    """Issue 24, finding 7: a thief with a copy of the token and its user refreshing in turns, each
-    within the grace, went undetected for 6 rounds (24 s). The first retry looks like a lost answer and
-    is served; but the token it handed out a second time, once rotated by one holder, is reuse when the
-    other presents it: the whole session ends."""
+    """Found under attack (SECURITY.md, "credentials and sessions", finding 7): a thief with a copy of the
+    token and its user refreshing in turns, each within the grace, went undetected for 6 rounds (24 s). The
+    first retry looks like a lost answer and is served; but the token it handed out a second time, once
+    rotated by one holder, is reuse when the other presents it: the whole session ends."""
     first = await start(sessions)
     users = (await sessions.refresh(first, ())).grant.refresh_token
     clock.now += 2

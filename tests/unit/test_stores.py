@@ -16,8 +16,8 @@ from bridge.domain.model import (
     IdentityCheck,
     IdentityState,
     PendingDeauthorization,
+    SessionRecord,
 )
-from bridge.services.sessions import SessionRecord
 from bridge.storage import keys
 from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import MemoryCache

@@ -1,4 +1,5 @@
-"""The count of bare access tokens TikTok refused per client address (issue 24, finding 6): addresses
+"""The count of bare access tokens TikTok refused per client address (SECURITY.md, "credentials and
+sessions", finding 6): addresses
 whose tokens TikTok keeps refusing stop spending TikTok's quota, and real users from new addresses
 keep signing in during a spray of made-up tokens."""
 
@@ -177,7 +178,8 @@ async def test_a_cut_off_address_still_signs_in_with_a_token_already_verified() 
 
 
 async def test_during_a_spray_from_13_addresses_5_of_5_new_real_users_sign_in() -> None:
-    """Issue 24, finding 6: 13 addresses send 60 made-up bare tokens each at once (the per-address
+    """Found under attack (SECURITY.md, "credentials and sessions", finding 6): 13
+    addresses send 60 made-up bare tokens each at once (the per-address
     limit), 780 in all against an unproven share of 290 TikTok calls a minute. With the default budget
     only 130 reach TikTok, and 5 of 5 real users from addresses never seen before are verified; without
     it the share is spent and each of them gets 503."""

@@ -1,5 +1,5 @@
 """TikTok's settings, nested in the bridge's as `settings.tiktok`, read from the same variables as
-ever: BRIDGE_TIKTOK_CLIENT_KEY is `tiktok.client_key` (README: "Configuration")."""
+ever: BRIDGE_TIKTOK_CLIENT_KEY is `tiktok.client_key` (docs/configuration.md)."""
 
 from __future__ import annotations
 
