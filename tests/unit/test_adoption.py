@@ -141,7 +141,7 @@ async def test_a_racing_pair_of_first_sign_ins_adopts_once(keycloak: FakeKeycloa
 
     answers = await asyncio.gather(service.ensure_user(PROFILE), service.ensure_user(PROFILE))
 
-    assert answers == [("kc-7", False), ("kc-7", False)]
+    assert list(answers) == [("kc-7", False), ("kc-7", False)]
     assert keycloak.calls["link"] == 1
     assert keycloak.calls["create"] == 0
     assert len(keycloak.users) == 1
