@@ -224,7 +224,7 @@ class Settings(BaseSettings):
     link_client_ids: CommaList = ()
     # The realm's identity providers whose links are keyed by TikTok's union_id (the TikTok web sign-in
     # of the community extension keycloak-tiktok), comma-separated: a first sign-in through the bridge
-    # links the account found there (docs/migrating-from-strapi.md, "Adoption").
+    # links the account found there (docs/migrating-from-strapi.md, "TikTok web sign-ins of the realm").
     union_id_idp_aliases: CommaList = ()
     # At a first sign-in, look for a user imported from Strapi with the identity's union_id and link it:
     # one Admin API search per new identity. Switch it off when no imported user is left to adopt.
