@@ -25,6 +25,7 @@ from bridge.providers.tiktok import client as tiktok_provider
 from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.providers.tiktok.client import TikTokClient
 from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
+from bridge.services.adoption import AdoptionPolicy, AdoptionService
 from bridge.services.apps import App, Apps
 from bridge.services.deauthorization import DeauthorizationService
 from bridge.services.exchange import ExchangeService
@@ -126,6 +127,17 @@ def policy_from_settings(settings: Settings) -> Policy:
         attributes=ATTRIBUTES,
         audience_scopes=MappingProxyType(settings.audience_scopes()),
         reserved_scopes=frozenset(settings.audience_scopes().values()),
+    )
+
+
+def adoption_policy(settings: Settings) -> AdoptionPolicy:
+    """Which existing accounts a first sign-in adopts (`services/adoption.py`)."""
+    return AdoptionPolicy(
+        idp_alias=settings.keycloak_idp_alias,
+        union_id_attribute=ATTRIBUTES.union_id,
+        imported=settings.adopt_imported_users,
+        union_id_idp_aliases=settings.union_id_idp_aliases,
+        group=settings.keycloak_group,
     )
 
 
@@ -286,7 +298,10 @@ class Resources:
         identity = IdentityService(
             provider=tiktok, profiles=profiles, policy=policy, quota=quota, refusals=refusals
         )
-        provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
+        adoption = AdoptionService(keycloak=keycloak, policy=adoption_policy(settings))
+        provisioning = ProvisioningService(
+            keycloak=keycloak, identities=identities, policy=policy, adoption=adoption
+        )
         deauthorization = DeauthorizationService(
             keycloak=keycloak,
             identities=identities,
@@ -349,6 +364,7 @@ class Resources:
                     attributes=ATTRIBUTES,
                 ),
                 sessions=sessions,
+                adoption=adoption,
             )
         return cls(
             settings=settings,

@@ -222,6 +222,13 @@ class Settings(BaseSettings):
     # Linking TikTok to a signed-in Keycloak user (/account/links/tiktok): the `azp` values whose user
     # tokens may link. Empty (the default): linking is off and its routes are not served.
     link_client_ids: CommaList = ()
+    # The realm's identity providers whose links are keyed by TikTok's union_id (the TikTok web sign-in
+    # of the community extension keycloak-tiktok), comma-separated: a first sign-in through the bridge
+    # links the account found there (docs/migrating-from-strapi.md, "TikTok web sign-ins of the realm").
+    union_id_idp_aliases: CommaList = ()
+    # At a first sign-in, look for a user imported from Strapi with the identity's union_id and link it:
+    # one Admin API search per new identity. Switch it off when no imported user is left to adopt.
+    adopt_imported_users: bool = True
 
     # How long cache entries live, in seconds.
     profile_cache_ttl: PositiveSeconds = 300
@@ -243,6 +250,7 @@ class Settings(BaseSettings):
         "audiences",
         "client_audiences",
         "link_client_ids",
+        "union_id_idp_aliases",
         mode="before",
     )
     @classmethod

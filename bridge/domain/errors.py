@@ -14,7 +14,10 @@
     │   │   ├── UnsupportedIdentity   an identifier longer than Keycloak can store
     │   │   ├── AccountDisabled       the Keycloak user is disabled
     │   │   ├── RegistrationClosed    policy forbids creating a new user
-    │   │   └── EmailTaken            the pseudo-email belongs to another account
+    │   │   ├── EmailTaken            the pseudo-email belongs to another account
+    │   │   └── AdoptionRefused       an existing account of the identity cannot be taken over safely
+    │   │       ├── AccountsAmbiguous     ... several accounts match its union_id
+    │   │       └── AccountLinkedToOther  ... the one that matches has another TikTok identity
     │   ├── InvalidGrant              400 invalid_grant: a refresh token unknown, expired, revoked or reused
     │   ├── InvalidClient             401 invalid_client
     │   ├── UnauthorizedClient        400 unauthorized_client: the token was issued to another client
@@ -174,6 +177,26 @@ class RegistrationClosed(InvalidRequest):
 
 class EmailTaken(InvalidRequest):
     default_description = "The e-mail address is already used by another account."
+
+
+class AdoptionRefused(InvalidRequest):
+    """A first sign-in found an existing account of the identity by its union_id (imported from Strapi,
+    or linked by a web sign-in provider) that the bridge will not link on its own: never guessed."""
+
+    default_description = "An existing account matches this TikTok user; an administrator must resolve it."
+
+
+class AccountsAmbiguous(AdoptionRefused):
+    default_description = (
+        "More than one existing account matches this TikTok user; an administrator must resolve it."
+    )
+
+
+class AccountLinkedToOther(AdoptionRefused):
+    default_description = (
+        "The existing account of this TikTok user is linked to another TikTok account; "
+        "an administrator must resolve it."
+    )
 
 
 class InvalidGrant(OAuthError):

@@ -360,6 +360,14 @@ class KeycloakClient:
     # ------------------------------------------------------------------------------- users
 
     async def find_linked_user(self, idp_alias: str, idp_user_id: str) -> KeycloakUser | None:
+        users = await self.linked_users(idp_alias, idp_user_id)
+        if len(users) > 1:
+            # Keycloak itself refuses to pick one in the grant; so do we, loudly.
+            raise UpstreamProtocolError("keycloak", "several users are linked to one external identity")
+        return users[0] if users else None
+
+    async def linked_users(self, idp_alias: str, idp_user_id: str) -> list[KeycloakUser]:
+        """The users linked to the identity (exact match on the link's user id), two at most."""
         response = await self._admin(
             "GET",
             "/users",
@@ -375,10 +383,7 @@ class KeycloakClient:
         users = self._json(response)
         if not isinstance(users, list):
             raise UpstreamProtocolError("keycloak", "user search did not return a list")
-        if len(users) > 1:
-            # Keycloak itself refuses to pick one in the grant; so do we, loudly.
-            raise UpstreamProtocolError("keycloak", "several users are linked to one external identity")
-        return user_from_representation(users[0]) if users else None
+        return [user_from_representation(user) for user in users]
 
     async def users_with_attribute(self, name: str, value: str) -> list[KeycloakUser]:
         """The users (that the service account may see) whose attribute `name` is exactly `value`."""
@@ -392,9 +397,22 @@ class KeycloakClient:
         users = self._json(response)
         if not isinstance(users, list):
             raise UpstreamProtocolError("keycloak", "user search did not return a list")
-        # Keycloak's `q` search may match more loosely than asked on some releases: check each value.
+        # Keycloak's `q` search may match more loosely than asked on some releases: check each value,
+        # ignoring case as Keycloak's exact attribute search does.
         found = [user_from_representation(user) for user in users]
-        return [user for user in found if value in user.attributes.get(name, [])]
+        wanted = value.lower()
+        return [user for user in found if wanted in {v.lower() for v in user.attributes.get(name, [])}]
+
+    async def user_groups(self, user_id: str) -> list[str]:
+        response = await self._admin(
+            "GET", f"/users/{user_id}/groups", params={"briefRepresentation": "true"}
+        )
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"user groups HTTP {response.status_code}")
+        groups = self._json(response)
+        if not isinstance(groups, list):
+            raise UpstreamProtocolError("keycloak", "user groups did not return a list")
+        return [str(group["path"]) for group in groups if isinstance(group, dict) and "path" in group]
 
     async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]:
         """One page of a group's members, with their attributes (the service account may view the

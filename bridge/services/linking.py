@@ -15,6 +15,9 @@ only, like the exchange. The rules, and why (SECURITY.md, "Account takeover by l
 - The cached user id of the identity is forgotten on every change, so the next sign-in asks Keycloak;
   linking, relinking and unlinking end the identity's earlier bridge sessions (a session only ever
   mints for the account it was issued for, and the identity's account may have just changed).
+- An identity that already has an account here by its union_id (imported from Strapi, or of the realm's
+  web sign-in; `adoption.py`) and no link yet can be linked to that account only: linking it to another
+  one would leave the person with two accounts (`IdentityLinkedElsewhere`).
 - Only accounts in the bridge's group can be linked: Keycloak's fine-grained permissions confine the
   service account to that group, so a leaked client secret cannot attach an identity to any other account
   (an administrator, say). Keycloak's 403 for any other account is answered as `AccountNotEligible`.
@@ -37,6 +40,7 @@ from bridge.domain.model import FederatedLink, IdentityAttributes, KeycloakUser
 
 if TYPE_CHECKING:
     from bridge.domain.model import ExternalIdentity
+    from bridge.services.adoption import AdoptionService
     from bridge.services.ports import (
         BearerVerifier,
         IdentityProofs,
@@ -93,7 +97,9 @@ class LinkingService:
         identities: IdentityStore,
         policy: LinkPolicy,
         sessions: IdentitySessions | None,
+        adoption: AdoptionService | None = None,
     ) -> None:
+        self._adoption = adoption
         self._keycloak = keycloak
         self._bearer = bearer
         self._proofs = proofs
@@ -136,6 +142,13 @@ class LinkingService:
             owner = await self._keycloak.find_linked_user(alias, profile.open_id)
             if owner is not None and owner.id != user.id:
                 raise IdentityLinkedElsewhere(detail=f"identity linked to keycloak user {owner.id}")
+            existing = None
+            if owner is None and self._adoption is not None:
+                existing = await self._adoption.find(profile)
+                if existing is not None and existing.user.id != user.id:
+                    raise IdentityLinkedElsewhere(
+                        detail=f"identity has keycloak user {existing.user.id} ({existing.source})"
+                    )
             current = await self._provider_link(user.id)
             if current is not None and current.user_id != profile.open_id:
                 raise OtherIdentityLinked(detail=f"keycloak user {user.id} has another TikTok identity")
@@ -151,7 +164,12 @@ class LinkingService:
         await self._end_sessions(profile.open_id)
         log.info(
             "tiktok identity linked",
-            extra={"keycloak_user_id": user.id, "relinked": current is not None},
+            extra={
+                "keycloak_user_id": user.id,
+                "relinked": current is not None,
+                # The account the identity had before (imported from Strapi, or of the web sign-in).
+                "adopted_from": existing.source if existing is not None else None,
+            },
         )
         return LinkState(
             user_id=user.id,

@@ -40,6 +40,7 @@ from bridge.observability.metrics import CACHE_LOOKUPS, LOCK_WAIT_SECONDS, USERS
 
 if TYPE_CHECKING:
     from bridge.domain.model import Policy
+    from bridge.services.adoption import AdoptionService
     from bridge.services.ports import IdentityStore, KeycloakGateway
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,19 @@ def profile_fingerprint(profile: ExternalIdentity, attributes: IdentityAttribute
 
 
 class ProvisioningService:
-    def __init__(self, *, keycloak: KeycloakGateway, identities: IdentityStore, policy: Policy) -> None:
+    def __init__(
+        self,
+        *,
+        keycloak: KeycloakGateway,
+        identities: IdentityStore,
+        policy: Policy,
+        adoption: AdoptionService | None = None,
+    ) -> None:
         self._keycloak = keycloak
         self._identities = identities
         self._policy = policy
+        # Finds the account an identity had before its first sign-in through the bridge (`adoption.py`).
+        self._adoption = adoption
         self._groups_checked = False
 
     async def ensure_user(self, profile: ExternalIdentity) -> tuple[str, bool]:
@@ -112,6 +122,10 @@ class ProvisioningService:
             if entry.user is not None:
                 return entry.user.id, False
             user = await self._keycloak.find_linked_user(self._policy.idp_alias, profile.open_id)
+            if user is None and self._adoption is not None:
+                # First sign-in: an account imported from Strapi, or of the realm's web sign-in, is linked
+                # and goes on as a returning user's.
+                user = await self._adoption.adopt(profile)
             if user is None:
                 user_id, created = await self._create(profile, attributes)
             else:

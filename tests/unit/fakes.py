@@ -165,6 +165,30 @@ class FakeKeycloak:
         self.calls["find"] += 1
         return self._linked(idp_alias, idp_user_id)
 
+    async def linked_users(self, idp_alias: str, idp_user_id: str) -> list[KeycloakUser]:
+        self.calls["find_by_idp"] += 1
+        return [
+            user_from_representation(rep)
+            for rep in self.users.values()
+            if any(
+                (link["identityProvider"], link["userId"]) == (idp_alias, idp_user_id)
+                for link in rep.get("federatedIdentities", [])
+            )
+        ][:2]
+
+    async def users_with_attribute(self, name: str, value: str) -> list[KeycloakUser]:
+        """Like Keycloak's exact attribute search: the value compared ignoring case."""
+        self.calls["find_by_attribute"] += 1
+        return [
+            user_from_representation(rep)
+            for rep in self.users.values()
+            if value.lower() in {v.lower() for v in rep.get("attributes", {}).get(name, [])}
+        ]
+
+    async def user_groups(self, user_id: str) -> list[str]:
+        self.calls["user_groups"] += 1
+        return list(self.users[user_id].get("groups", []))
+
     async def get_user(self, user_id: str) -> KeycloakUser | None:
         self.calls["get"] += 1
         rep = self.users.get(user_id)
