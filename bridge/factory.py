@@ -21,6 +21,8 @@ from bridge.keycloak.bearer import RealmTokenVerifier
 from bridge.keycloak.client import KeycloakClient
 from bridge.outbound.aiohttp_transport import AiohttpTransport, env_proxy
 from bridge.protocol.clients import ClientRegistry
+from bridge.providers.strapi.jwt import StrapiJwtVerifier
+from bridge.providers.strapi.tokens import with_strapi_jwt
 from bridge.providers.tiktok import client as tiktok_provider
 from bridge.providers.tiktok.attributes import ATTRIBUTES
 from bridge.providers.tiktok.client import TikTokClient
@@ -34,6 +36,7 @@ from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.services.sessions import SessionPolicy, SessionService
+from bridge.services.strapi_jwt import StrapiJwtExchange
 from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.storage.deauthorizations import DeauthorizationQueue
@@ -192,8 +195,12 @@ class Resources:
     session_store: Store
     limiter: RateLimiter
     clients: ClientRegistry
-    # What /token and linking accept as a subject token: the identity provider's credentials.
+    # What linking accepts as a subject token: the identity provider's credentials.
     subject_token_types: SubjectTokenTypes = SUBJECT_TOKEN_TYPES
+    # What /token accepts: the same, and a Strapi jwt when BRIDGE_STRAPI_JWT_SECRET is set.
+    exchange_token_types: SubjectTokenTypes = SUBJECT_TOKEN_TYPES
+    # None when BRIDGE_STRAPI_JWT_SECRET is unset.
+    strapi_jwt: StrapiJwtExchange | None = None
 
     @classmethod
     def from_settings(
@@ -366,6 +373,14 @@ class Resources:
                 sessions=sessions,
                 adoption=adoption,
             )
+        strapi_jwt = None
+        if settings.strapi_jwt_secret is not None:
+            strapi_jwt = StrapiJwtExchange(
+                verifier=StrapiJwtVerifier(
+                    settings.strapi_jwt_secret.get_secret_value(), clock=clock or time.time
+                ),
+                keycloak=keycloak,
+            )
         return cls(
             settings=settings,
             http=http,
@@ -392,6 +407,10 @@ class Resources:
                 settings.client_secrets(),
                 strapi=settings.strapi_compat_enabled,
             ),
+            exchange_token_types=SUBJECT_TOKEN_TYPES
+            if strapi_jwt is None
+            else with_strapi_jwt(SUBJECT_TOKEN_TYPES),
+            strapi_jwt=strapi_jwt,
         )
 
     @staticmethod

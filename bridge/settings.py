@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     # lifespan: apps built on the plugin never refresh). Unset: the bridge's own client.
     strapi_keycloak_client_id: str | None = None
     strapi_keycloak_client_secret: SecretStr | None = None
+    # Strapi's JWT secret (its JWT_SECRET, `plugin::users-permissions.jwtSecret`): when set, /token
+    # exchanges a jwt the plugin issued for a session of the imported user it names. Unset once the
+    # apps of the plugin's days have updated: the token type is then neither accepted nor announced.
+    strapi_jwt_secret: SecretStr | None = None
     # One Keycloak client per app (README: "Apps and audiences"): "app_client_id=keycloak_client_id:secret",
     # comma-separated, so the tokens of an app name it in `azp` and get its client's settings. Apps must
     # be in the client allow-list (their id is authenticated); unmapped apps mint as the bridge's client.

@@ -18,7 +18,12 @@ PSEUDO_EMAIL_DOMAIN = "@tiktok.com"
 ATTR_STRAPI_ID = "strapi_id"
 ATTR_STRAPI_DOCUMENT_ID = "strapi_document_id"
 ATTR_STRAPI_CREATED_AT = "strapi_created_at"
-STRAPI_ATTRIBUTES = (ATTR_STRAPI_ID, ATTR_STRAPI_DOCUMENT_ID, ATTR_STRAPI_CREATED_AT)
+# The username Strapi answered (the plugin set it to the TikTok display name at the user's first sign-in):
+# kept apart from TikTok's display name, which later sign-ins overwrite.
+ATTR_STRAPI_USERNAME = "strapi_username"
+STRAPI_ATTRIBUTES = (ATTR_STRAPI_ID, ATTR_STRAPI_DOCUMENT_ID, ATTR_STRAPI_CREATED_AT, ATTR_STRAPI_USERNAME)
+# The claim that carries `strapi_id` (a JSON number) in the Strapi-compatible client's tokens.
+STRAPI_ID_CLAIM = ATTR_STRAPI_ID
 
 
 @dataclass(frozen=True, slots=True)

@@ -329,7 +329,7 @@ def _client_steps(
             body = {
                 **wanted.representation,
                 "secret": wanted.secret,
-                "protocolMappers": [spec.open_id_mapper()],
+                "protocolMappers": list(wanted.wanted_mappers),
             }
             location = admin.call("POST", "./clients", ok=(201,), json=body).headers.get("Location", "")
             if not service_account:
@@ -346,7 +346,7 @@ def _client_steps(
         details = [
             f"confidential, secret from {wanted.secret_setting}",
             f"JWT Authorization Grant limited to '{settings.keycloak_idp_alias}'",
-            f"mapper '{spec.MAPPER_NAME}'",
+            f"mappers {', '.join(repr(m['name']) for m in wanted.wanted_mappers)}",
         ]
         lifespan = wanted.representation["attributes"].get(spec.LIFESPAN_ATTRIBUTE)
         if lifespan:
@@ -375,7 +375,8 @@ def _client_steps(
 
     step = _conflict_or_update(name, diffs, force=force, run=update_client, narrowing=narrowing)
     step.details.extend(notes)
-    steps = [step, _mapper_step(admin, uuid, found, client_id, force=force)]
+    steps = [step]
+    steps += [_mapper_step(admin, uuid, found, client_id, m, force=force) for m in wanted.wanted_mappers]
     if service_account:
         steps.append(_roles_step(admin, uuid, rm_id, roles, force=force))
     return steps
@@ -407,16 +408,18 @@ def _lifespan_notes(admin: Admin, wanted: spec.MintingClient) -> list[str]:
     ]
 
 
-def _mapper_step(admin: Admin, uuid: str, client: dict[str, Any], client_id: str, *, force: bool) -> Step:
-    name = f"token mapper '{spec.MAPPER_NAME}' of client '{client_id}'"
-    wanted = spec.open_id_mapper()
-    mappers = [m for m in client.get("protocolMappers") or [] if m.get("name") == spec.MAPPER_NAME]
+def _mapper_step(
+    admin: Admin, uuid: str, client: dict[str, Any], client_id: str, wanted: dict[str, Any], *, force: bool
+) -> Step:
+    name = f"token mapper '{wanted['name']}' of client '{client_id}'"
+    mappers = [m for m in client.get("protocolMappers") or [] if m.get("name") == wanted["name"]]
     if not mappers:
 
         def create() -> None:
             admin.call("POST", f"./clients/{uuid}/protocol-mappers/models", ok=(201,), json=wanted)
 
-        return Step(name, "create", [f"puts {spec.ATTRIBUTES[0]} in the client's tokens"], create)
+        attribute = wanted["config"]["user.attribute"]
+        return Step(name, "create", [f"puts {attribute} in the client's tokens"], create)
     found = mappers[0]
 
     def update() -> None:

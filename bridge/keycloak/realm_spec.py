@@ -15,7 +15,9 @@ from bridge.domain.strapi import (
     ATTR_STRAPI_CREATED_AT,
     ATTR_STRAPI_DOCUMENT_ID,
     ATTR_STRAPI_ID,
+    ATTR_STRAPI_USERNAME,
     STRAPI_ATTRIBUTES,
+    STRAPI_ID_CLAIM,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ TIKTOK_ATTRIBUTES = (ATTR_OPEN_ID, ATTR_UNION_ID, ATTR_DISPLAY_NAME, ATTR_USERNA
 ATTRIBUTES = (*TIKTOK_ATTRIBUTES, *STRAPI_ATTRIBUTES)
 ATTRIBUTE_GROUP = "tiktok"
 MAPPER_NAME = "tiktok_open_id"
+STRAPI_ID_MAPPER_NAME = "strapi_id"
 
 
 def version_tuple(text: str) -> tuple[int, ...] | None:
@@ -149,6 +152,13 @@ class MintingClient:
     representation: dict[str, Any]
     # The audiences' client scopes it is given as optional scopes (what its apps may ask for).
     scopes: tuple[str, ...] = ()
+    # The token mappers it needs: every minting client puts the open_id in its tokens; the
+    # Strapi-compatible one also the user's Strapi id.
+    mappers: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def wanted_mappers(self) -> tuple[dict[str, Any], ...]:
+        return self.mappers or (open_id_mapper(),)
 
 
 def own_client(settings: Settings) -> MintingClient:
@@ -267,6 +277,7 @@ def minting_clients(settings: Settings) -> list[MintingClient]:
                 strapi_secret.get_secret_value(),
                 "BRIDGE_STRAPI_KEYCLOAK_CLIENT_SECRET",
                 representation,
+                mappers=(open_id_mapper(), strapi_id_mapper()),
             )
         )
     catalog = settings.audience_scopes()
@@ -346,6 +357,26 @@ def open_id_mapper() -> dict[str, Any]:
     }
 
 
+def strapi_id_mapper() -> dict[str, Any]:
+    """Puts the user's Strapi id (imported, or allocated at creation) in the Strapi-compatible client's
+    tokens as a JSON number, as app-realm.json does: backends keyed on Strapi's `user.id` read it there
+    once they verify Keycloak's tokens."""
+    return {
+        "name": STRAPI_ID_MAPPER_NAME,
+        "protocol": "openid-connect",
+        "protocolMapper": "oidc-usermodel-attribute-mapper",
+        "config": {
+            "user.attribute": ATTR_STRAPI_ID,
+            "claim.name": STRAPI_ID_CLAIM,
+            "jsonType.label": "long",
+            "access.token.claim": "true",
+            "id.token.claim": "true",
+            "userinfo.token.claim": "true",
+            "introspection.token.claim": "true",
+        },
+    }
+
+
 _DISPLAY_NAMES = {
     ATTR_OPEN_ID: "TikTok open_id",
     ATTR_UNION_ID: "TikTok union_id",
@@ -355,6 +386,7 @@ _DISPLAY_NAMES = {
     ATTR_STRAPI_ID: "Strapi user id",
     ATTR_STRAPI_DOCUMENT_ID: "Strapi document id",
     ATTR_STRAPI_CREATED_AT: "Strapi creation time",
+    ATTR_STRAPI_USERNAME: "Strapi username",
 }
 
 

@@ -2,9 +2,9 @@
 
 One Keycloak user per `up_users` row of provider `tiktok`, made as the bridge's provisioning makes its
 users (the bridge's groups, the default realm roles, a pseudo-email only where BRIDGE_EMAIL_TEMPLATE asks
-for one and never verified), enabled unless Strapi had it blocked, keeping Strapi's id, document id and
-creation time and the union_id of the pseudo-email as attributes. Users of other providers are counted
-and left alone.
+for one and never verified), enabled unless Strapi had it blocked, keeping Strapi's id, document id,
+creation time and username and the union_id of the pseudo-email as attributes. Users of other
+providers are counted and left alone.
 
 Idempotent and resumable without any state of its own: an imported user's Keycloak username is derived
 from its Strapi id, so creating it twice is refused by Keycloak (409), and the user found by its
@@ -27,6 +27,7 @@ from bridge.domain.strapi import (
     ATTR_STRAPI_CREATED_AT,
     ATTR_STRAPI_DOCUMENT_ID,
     ATTR_STRAPI_ID,
+    ATTR_STRAPI_USERNAME,
 )
 
 if TYPE_CHECKING:
@@ -232,8 +233,10 @@ class StrapiImport:
         if user.union_id:
             attributes[self._policy.attributes.union_id] = [user.union_id]
         if user.username:
-            # The plugin set Strapi's username to the TikTok display name.
+            # The plugin set Strapi's username to the TikTok display name; the Strapi-compatible endpoint
+            # answers it as it was (sign-ins overwrite the display name, never this).
             attributes[self._policy.attributes.display_name] = [fit_for_keycloak(user.username)]
+            attributes[ATTR_STRAPI_USERNAME] = [fit_for_keycloak(user.username)]
         representation: dict[str, Any] = {
             "username": keycloak_username(self._policy.username_prefix, user.id),
             "enabled": not user.blocked,

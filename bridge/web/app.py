@@ -254,6 +254,7 @@ def _public_routes(resolved: Settings) -> list[Route]:
         strapi=resolved.strapi_compat_enabled,
         webhook=resolved.tiktok.webhook_enabled,
         linking=bool(resolved.link_client_ids),
+        strapi_jwt=resolved.strapi_jwt_secret is not None,
     )
 
     async def openapi_json(_request: Request) -> Response:

@@ -24,10 +24,12 @@ from bridge.protocol.rfc6749 import (
 from bridge.protocol.rfc8693 import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     SUPPORTED_REQUESTED_TOKEN_TYPES,
+    AccessTokenExchange,
     exchange_response,
     parse_exchange_request,
     refresh_response,
 )
+from bridge.providers.strapi.tokens import TOKEN_TYPE_STRAPI_JWT
 from bridge.services.exchange import SessionOrder
 from bridge.web.support import client_ip, counts_exchanges, read_body, resources_of
 
@@ -51,14 +53,25 @@ async def token(request: Request) -> Response:
     form = parse_form(await read_body(request), request.headers.get("content-type"))
     if form.get("grant_type") == GRANT_TYPE_REFRESH_TOKEN:
         return await _refresh(request, resources, parse_refresh_request(form))
-    exchange_request = parse_exchange_request(form, resources.subject_token_types)
+    exchange_request = parse_exchange_request(form, resources.exchange_token_types)
     client_id = resources.clients.authenticate(
         request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
     )
     jkt = await _dpop_thumbprint(request, resources)
     caller = Caller(address=client_ip(request), trusted=client_id in resources.clients.confidential)
     order = None if resources.sessions is None else SessionOrder(resources.sessions, jkt, client_id)
-    exchanged = await resources.apps.exchange_for(client_id).exchange(exchange_request, caller, session=order)
+    service = resources.apps.exchange_for(client_id)
+    if exchange_request.subject_token_type == TOKEN_TYPE_STRAPI_JWT and resources.strapi_jwt is not None:
+        assert isinstance(exchange_request, AccessTokenExchange)  # noqa: S101 - a bearer type, never a code
+        exchanged = await resources.strapi_jwt.exchange(
+            exchange_request.access_token,
+            service,
+            exchange_request.scope,
+            audiences=exchange_request.audiences,
+            session=order,
+        )
+    else:
+        exchanged = await service.exchange(exchange_request, caller, session=order)
     answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
     if (session := exchanged.session) is not None:
         answer |= {"refresh_token": session.refresh_token, "refresh_expires_in": session.refresh_expires_in}
@@ -145,7 +158,7 @@ async def authorization_server_metadata(request: Request) -> Response:
         "response_types_supported": [],
         "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         # Not registered RFC 8414 names, but what clients ask for most: which token types we take.
-        "subject_token_types_supported": list(resources.subject_token_types.supported),
+        "subject_token_types_supported": list(resources.exchange_token_types.supported),
         "requested_token_types_supported": list(SUPPORTED_REQUESTED_TOKEN_TYPES),
     }
     return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})

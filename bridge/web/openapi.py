@@ -10,6 +10,7 @@ from typing import Any
 
 from bridge.protocol.rfc6749 import GRANT_TYPE_REFRESH_TOKEN
 from bridge.protocol.rfc8693 import GRANT_TYPE_TOKEN_EXCHANGE, SUPPORTED_REQUESTED_TOKEN_TYPES
+from bridge.providers.strapi.tokens import TOKEN_TYPE_STRAPI_JWT
 from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
 
 # The public surface names TikTok's credentials: the subject token types /token and linking accept.
@@ -159,14 +160,18 @@ def _link_operations() -> dict[str, Any]:
     }
 
 
-def document(issuer: str, *, strapi: bool, webhook: bool = True, linking: bool = False) -> dict[str, Any]:
+def document(
+    issuer: str, *, strapi: bool, webhook: bool = True, linking: bool = False, strapi_jwt: bool = False
+) -> dict[str, Any]:
+    # /token also takes a Strapi jwt when BRIDGE_STRAPI_JWT_SECRET is set (linking never does).
+    exchange_types = [*SUPPORTED_SUBJECT_TOKEN_TYPES, *([TOKEN_TYPE_STRAPI_JWT] if strapi_jwt else [])]
     exchange_request = {
         "type": "object",
         "required": ["grant_type", "subject_token", "subject_token_type"],
         "properties": {
             "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
             "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
-            "subject_token_type": {"type": "string", "enum": list(SUPPORTED_SUBJECT_TOKEN_TYPES)},
+            "subject_token_type": {"type": "string", "enum": exchange_types},
             "requested_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
             "scope": {"type": "string"},
             "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{32,128}$"},

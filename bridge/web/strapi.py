@@ -31,6 +31,12 @@ from bridge.domain.errors import (
     to_oauth_error,
 )
 from bridge.domain.model import Caller
+from bridge.domain.strapi import (
+    ATTR_STRAPI_CREATED_AT,
+    ATTR_STRAPI_DOCUMENT_ID,
+    ATTR_STRAPI_ID,
+    ATTR_STRAPI_USERNAME,
+)
 from bridge.protocol.clients import STRAPI_CLIENT_ID
 from bridge.protocol.rfc6749 import MAX_TOKEN_LENGTH
 from bridge.services.exchange import SessionOrder
@@ -104,15 +110,26 @@ def _iso(timestamp_ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def strapi_user(user: KeycloakUser) -> dict[str, Any]:
-    """Every field of the plugin's example answer, each with a stable value (README: "Migrating from
-    the Strapi plugin")."""
-    created = _iso(user.created_timestamp)
+def strapi_id(user: KeycloakUser) -> int | None:
+    """The user's Strapi id: imported from Strapi, or allocated when the bridge created the user."""
+    value = user.attribute(ATTR_STRAPI_ID)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def strapi_user(user: KeycloakUser, display_name: str | None) -> dict[str, Any]:
+    """Every field of the plugin's example answer, each with a stable value (docs/migrating-from-strapi.md).
+
+    An imported user is answered as Strapi knew it: its Strapi `id` (a number), `documentId`,
+    `createdAt` and `username`. Others get their Strapi id too; the Keycloak user id stands in as
+    `documentId`, and `username` is the TikTok display name, as the plugin set it (never the Keycloak
+    username, which apps would display)."""
+    created = user.attribute(ATTR_STRAPI_CREATED_AT) or _iso(user.created_timestamp)
+    number = strapi_id(user)
     return {
-        "id": user.id,
+        "id": number if number is not None else user.id,
         # Strapi 5 apps key records on documentId: the Keycloak user id is as stable as it gets.
-        "documentId": user.id,
-        "username": user.username,
+        "documentId": user.attribute(ATTR_STRAPI_DOCUMENT_ID) or user.id,
+        "username": user.attribute(ATTR_STRAPI_USERNAME) or display_name,
         "email": user.email,
         "provider": "tiktok",
         # Strapi marks users of a third-party provider confirmed: the provider vouched for them.
@@ -160,7 +177,10 @@ async def _connect(request: Request) -> Response:
     )
     exchanged = await resources.strapi_exchange.sign_in(profile, (), session=order)
     user = await resources.provisioning.account(exchanged.user_id)
-    answer: dict[str, Any] = {"jwt": exchanged.issued.access_token, "user": strapi_user(user)}
+    display_name = profile.display_name or user.attribute(
+        resources.strapi_exchange.policy.attributes.display_name
+    )
+    answer: dict[str, Any] = {"jwt": exchanged.issued.access_token, "user": strapi_user(user, display_name)}
     if (session := exchanged.session) is not None:
         # An extra field the plugin's apps ignore; a new app version can refresh at /token with it.
         answer["refresh_token"] = session.refresh_token

@@ -303,7 +303,8 @@ async def test_strapi_connect_answers_jwt_and_user(
     assert body["user"] == {
         "id": linked["id"],
         "documentId": linked["id"],
-        "username": linked["username"],
+        # The plugin's username: the TikTok display name, never Keycloak's `tiktok_…` one.
+        "username": user.display_name,
         "email": None,
         "provider": "tiktok",
         "confirmed": True,

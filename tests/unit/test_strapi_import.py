@@ -98,7 +98,8 @@ def importer(source: FakeSource, keycloak: FakeKeycloak, **policy: Any) -> Strap
 
 
 async def test_each_tiktok_user_becomes_one_keycloak_user_with_strapi_attributes() -> None:
-    """A Strapi user is created in the bridge's group with Strapi's ids, creation time and union_id kept,
+    """A Strapi user is created in the bridge's group with Strapi's ids, creation time, username and union_id
+    kept,
     disabled when blocked, without an e-mail when no template asks for one."""
     keycloak = FakeKeycloak()
     summary = await importer(FakeSource([ALICE, BOB]), keycloak).run()
@@ -114,6 +115,7 @@ async def test_each_tiktok_user_becomes_one_keycloak_user_with_strapi_attributes
             "strapi_created_at": ["2025-03-01T10:00:00.123Z"],
             "tiktok_union_id": ["unionidalice"],
             "tiktok_display_name": ["Alice A."],
+            "strapi_username": ["Alice A."],
         },
     }
     assert bob["enabled"] is False
@@ -121,6 +123,7 @@ async def test_each_tiktok_user_becomes_one_keycloak_user_with_strapi_attributes
         "strapi_id": ["7"],
         "tiktok_union_id": ["unionidbob"],
         "tiktok_display_name": ["Bob"],
+        "strapi_username": ["Bob"],
     }
     assert (summary.tiktok_users, summary.created, summary.created_disabled, summary.already_imported) == (
         2,

@@ -82,6 +82,7 @@ def assert_imported(stack: Stack, seeded: StrapiUser, *, enabled: bool) -> dict[
         "strapi_created_at": [seeded.user["createdAt"]],
         "tiktok_union_id": [seeded.union_id.lower()],
         "tiktok_display_name": [seeded.user["username"]],
+        "strapi_username": [seeded.user["username"]],
     }
     assert "email" not in user
     with stack.admin() as admin:
