@@ -33,6 +33,7 @@ from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.services.sessions import SessionPolicy, SessionService
+from bridge.services.vault import VaultPolicy, VaultService
 from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.storage.deauthorizations import DeauthorizationQueue
@@ -44,6 +45,7 @@ from bridge.storage.redis_connection import RedisConnection
 from bridge.storage.sealing import sealer_from_settings
 from bridge.storage.seen import SeenOnce
 from bridge.storage.sessions import SessionStore
+from bridge.storage.vault import GrantStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -182,6 +184,8 @@ class Resources:
     clients: ClientRegistry
     # What /token and linking accept as a subject token: the identity provider's credentials.
     subject_token_types: SubjectTokenTypes = SUBJECT_TOKEN_TYPES
+    # The token vault (docs/vault.md); None when BRIDGE_VAULT_CLIENT_IDS is empty.
+    vault: VaultService | None = None
 
     @classmethod
     def from_settings(
@@ -287,11 +291,13 @@ class Resources:
             provider=tiktok, profiles=profiles, policy=policy, quota=quota, refusals=refusals
         )
         provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
+        vault = cls._vault(settings, session_store, keycloak, tiktok, clock or time.time)
         deauthorization = DeauthorizationService(
             keycloak=keycloak,
             identities=identities,
             queue=DeauthorizationQueue.from_policy(cache, policy),
             policy=policy,
+            grants=vault,
         )
 
         def use_case(minting: KeycloakClient, app_policy: Policy) -> App:
@@ -349,6 +355,7 @@ class Resources:
                     attributes=ATTRIBUTES,
                 ),
                 sessions=sessions,
+                grants=vault,
             )
         return cls(
             settings=settings,
@@ -376,6 +383,34 @@ class Resources:
                 settings.client_secrets(),
                 strapi=settings.strapi_compat_enabled,
             ),
+            vault=vault,
+        )
+
+    @staticmethod
+    def _vault(
+        settings: Settings,
+        store: Store,
+        keycloak: KeycloakClient,
+        tiktok: TikTokClient,
+        clock: Callable[[], float],
+    ) -> VaultService | None:
+        """The token vault over the session store (Redis itself, never the memory fallback), when on."""
+        if not settings.vault_client_ids:
+            return None
+        return VaultService(
+            store=GrantStore(
+                store, sealer_from_settings(settings), idp_alias=settings.keycloak_idp_alias, clock=clock
+            ),
+            bearer=RealmTokenVerifier(keycloak, clock=clock),
+            keycloak=keycloak,
+            provider=tiktok,
+            policy=VaultPolicy(
+                idp_alias=settings.keycloak_idp_alias,
+                clients=frozenset(settings.vault_client_ids),
+                subject_clients=MappingProxyType(settings.vault_option(settings.vault_subject_clients)),
+                scopes=MappingProxyType(settings.vault_option(settings.vault_scopes)),
+            ),
+            clock=clock,
         )
 
     @staticmethod

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from bridge.domain.model import ExternalIdentity
     from bridge.services.ports import (
         BearerVerifier,
+        GrantForgetter,
         IdentityProofs,
         IdentitySessions,
         IdentityStore,
@@ -93,6 +94,7 @@ class LinkingService:
         identities: IdentityStore,
         policy: LinkPolicy,
         sessions: IdentitySessions | None,
+        grants: GrantForgetter | None = None,
     ) -> None:
         self._keycloak = keycloak
         self._bearer = bearer
@@ -100,6 +102,8 @@ class LinkingService:
         self._identities = identities
         self._policy = policy
         self._sessions = sessions
+        # The token vault's grants, when the vault is on: unlinking forgets the identity's.
+        self.grants = grants
 
     @property
     def proofs(self) -> IdentityProofs:
@@ -171,6 +175,8 @@ class LinkingService:
             await self._keycloak.remove_link(user.id, alias)
             await self._write_attributes(user, {})
             await self._identities.forget(link.user_id)
+            if self.grants is not None:
+                await self.grants.forget(link.user_id)
         await self._end_sessions(link.user_id)
         log.info("tiktok identity unlinked", extra={"keycloak_user_id": user.id})
         return LinkState(user_id=user.id, open_id=None)

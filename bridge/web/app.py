@@ -254,6 +254,7 @@ def _public_routes(resolved: Settings) -> list[Route]:
         strapi=resolved.strapi_compat_enabled,
         webhook=resolved.tiktok.webhook_enabled,
         linking=bool(resolved.link_client_ids),
+        vault=bool(resolved.vault_client_ids),
     )
 
     async def openapi_json(_request: Request) -> Response:
