@@ -37,6 +37,7 @@ from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.services.sessions import SessionPolicy, SessionService
 from bridge.services.strapi_jwt import StrapiJwtExchange
+from bridge.services.vault import VaultPolicy, VaultService
 from bridge.storage.admin_tokens import AdminTokenStore
 from bridge.storage.cache import FallbackCache, MemoryCache, RedisCache
 from bridge.storage.deauthorizations import DeauthorizationQueue
@@ -48,6 +49,7 @@ from bridge.storage.redis_connection import RedisConnection
 from bridge.storage.sealing import sealer_from_settings
 from bridge.storage.seen import SeenOnce
 from bridge.storage.sessions import SessionStore
+from bridge.storage.vault import GrantStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -201,6 +203,8 @@ class Resources:
     exchange_token_types: SubjectTokenTypes = SUBJECT_TOKEN_TYPES
     # None when BRIDGE_STRAPI_JWT_SECRET is unset.
     strapi_jwt: StrapiJwtExchange | None = None
+    # The token vault (docs/vault.md); None when BRIDGE_VAULT_CLIENT_IDS is empty.
+    vault: VaultService | None = None
 
     @classmethod
     def from_settings(
@@ -309,11 +313,13 @@ class Resources:
         provisioning = ProvisioningService(
             keycloak=keycloak, identities=identities, policy=policy, adoption=adoption
         )
+        vault = cls._vault(settings, session_store, keycloak, tiktok, clock or time.time)
         deauthorization = DeauthorizationService(
             keycloak=keycloak,
             identities=identities,
             queue=DeauthorizationQueue.from_policy(cache, policy),
             policy=policy,
+            grants=vault,
         )
 
         def use_case(minting: KeycloakClient, app_policy: Policy) -> App:
@@ -372,6 +378,7 @@ class Resources:
                 ),
                 sessions=sessions,
                 adoption=adoption,
+                grants=vault,
             )
         strapi_jwt = None
         if settings.strapi_jwt_secret is not None:
@@ -411,6 +418,34 @@ class Resources:
             if strapi_jwt is None
             else with_strapi_jwt(SUBJECT_TOKEN_TYPES),
             strapi_jwt=strapi_jwt,
+            vault=vault,
+        )
+
+    @staticmethod
+    def _vault(
+        settings: Settings,
+        store: Store,
+        keycloak: KeycloakClient,
+        tiktok: TikTokClient,
+        clock: Callable[[], float],
+    ) -> VaultService | None:
+        """The token vault over the session store (Redis itself, never the memory fallback), when on."""
+        if not settings.vault_client_ids:
+            return None
+        return VaultService(
+            store=GrantStore(
+                store, sealer_from_settings(settings), idp_alias=settings.keycloak_idp_alias, clock=clock
+            ),
+            bearer=RealmTokenVerifier(keycloak, clock=clock),
+            keycloak=keycloak,
+            provider=tiktok,
+            policy=VaultPolicy(
+                idp_alias=settings.keycloak_idp_alias,
+                clients=frozenset(settings.vault_client_ids),
+                subject_clients=MappingProxyType(settings.vault_option(settings.vault_subject_clients)),
+                scopes=MappingProxyType(settings.vault_option(settings.vault_scopes)),
+            ),
+            clock=clock,
         )
 
     @staticmethod

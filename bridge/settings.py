@@ -233,6 +233,13 @@ class Settings(BaseSettings):
     # At a first sign-in, look for a user imported from Strapi with the identity's union_id and link it:
     # one Admin API search per new identity. Switch it off when no imported user is left to adopt.
     adopt_imported_users: bool = True
+    # The token vault (docs/vault.md): the confidential clients that may swap a user's Keycloak access
+    # token for the user's TikTok access token. Empty (the default): the vault is off, nothing is kept.
+    vault_client_ids: CommaList = ()
+    # Per vault client, the Keycloak clients (`azp`) whose user tokens it may present, and the TikTok
+    # scopes a token it receives may carry: "client=a b", comma-separated. A client not listed: any.
+    vault_subject_clients: CommaList = ()
+    vault_scopes: CommaList = ()
 
     # How long cache entries live, in seconds.
     profile_cache_ttl: PositiveSeconds = 300
@@ -260,6 +267,32 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return split_list(value)
+
+    @field_validator("vault_client_ids", "vault_subject_clients", "vault_scopes", mode="before")
+    @classmethod
+    def _vault_lists(cls, value: object) -> object:
+        return split_list(value)
+
+    @model_validator(mode="after")
+    def _check_vault(self) -> Settings:
+        """Vault clients must be confidential ones (a backend authenticates); per-client options must
+        name vault clients, or they would silently never apply."""
+        if stray := set(self.vault_client_ids) - set(self.client_secrets()):
+            raise ValueError(f"vault_client_ids not in confidential_clients: {sorted(stray)}")
+        for name, entries in (
+            ("vault_subject_clients", self.vault_subject_clients),
+            ("vault_scopes", self.vault_scopes),
+        ):
+            for client, values in _pairs(",".join(entries), f"{name} entries are client=value value"):
+                if client not in self.vault_client_ids:
+                    raise ValueError(f"{name} names {client!r}, which is not in vault_client_ids")
+                if not all(_SCOPE_TOKEN.match(v) for v in values.split()):
+                    raise ValueError(f"{name} of {client!r} is not a list of names")
+        return self
+
+    def vault_option(self, entries: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        """`vault_subject_clients` or `vault_scopes` as client -> its set."""
+        return {client: frozenset(values.split()) for client, values in _pairs(",".join(entries), "")}
 
     @field_validator("default_groups")
     @classmethod

@@ -15,12 +15,17 @@
     │   │   ├── AccountDisabled       the Keycloak user is disabled
     │   │   ├── RegistrationClosed    policy forbids creating a new user
     │   │   ├── EmailTaken            the pseudo-email belongs to another account
-    │   │   └── AdoptionRefused       an existing account of the identity cannot be taken over safely
-    │   │       ├── AccountsAmbiguous     ... several accounts match its union_id
-    │   │       └── AccountLinkedToOther  ... the one that matches has another TikTok identity
+    │   │   ├── AdoptionRefused       an existing account of the identity cannot be taken over safely
+    │   │   │   ├── AccountsAmbiguous     ... several accounts match its union_id
+    │   │   │   └── AccountLinkedToOther  ... the one that matches has another TikTok identity
+    │   │   └── VaultRefusal          the token vault holds nothing it may hand out for this subject
+    │   │       ├── SubjectNotAccepted    a realm access token refused: another realm, expired, tampered
+    │   │       ├── NothingHeld       the user never granted TikTok a code (or the grant was ended)
+    │   │       └── GrantEnded        TikTok no longer honours the user's grant (its refresh refused)
     │   ├── InvalidGrant              400 invalid_grant: a refresh token unknown, expired, revoked or reused
     │   ├── InvalidClient             401 invalid_client
     │   ├── UnauthorizedClient        400 unauthorized_client: the token was issued to another client
+    │   │   └── VaultNotAllowed       ... or the client may not use the token vault
     │   ├── WebhookSignatureRejected  401 invalid_request: a webhook delivery the provider did not sign
     │   ├── UnsupportedGrantType      400 unsupported_grant_type
     │   ├── InvalidScope              400 invalid_scope
@@ -199,6 +204,30 @@ class AccountLinkedToOther(AdoptionRefused):
     )
 
 
+class VaultRefusal(InvalidRequest):
+    """RFC 8693 §2.2.2: the subject_token is not acceptable for the TikTok access token asked for."""
+
+    default_description = "The subject_token cannot be exchanged for a TikTok access token."
+
+
+class SubjectNotAccepted(VaultRefusal):
+    default_description = "The subject_token is not a valid access token of the realm."
+
+
+class NothingHeld(VaultRefusal):
+    default_description = (
+        "No TikTok grant is held for this user: the user must sign in with TikTok "
+        "(Login Kit, with an authorization code) first."
+    )
+
+
+class GrantEnded(VaultRefusal):
+    default_description = (
+        "TikTok no longer honours this user's grant: the user must sign in with TikTok "
+        "(Login Kit, with an authorization code) again."
+    )
+
+
 class InvalidGrant(OAuthError):
     error = "invalid_grant"
     default_description = "The refresh token is invalid, expired or revoked."
@@ -218,6 +247,10 @@ class UnauthorizedClient(OAuthError):
 
     error = "unauthorized_client"
     default_description = "The token was issued to another client."
+
+
+class VaultNotAllowed(UnauthorizedClient):
+    default_description = "This client may not receive TikTok access tokens."
 
 
 class WebhookSignatureRejected(OAuthError):

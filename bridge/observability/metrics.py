@@ -78,6 +78,14 @@ KEYCLOAK_ADMIN_API_REFUSED = Counter(
     ["reason"],
 )
 
+# Token vault answers (docs/vault.md): the client label is an authenticated confidential client's id (or
+# "unauthenticated"), so its values are bounded by BRIDGE_CONFIDENTIAL_CLIENTS.
+VAULT_ANSWERS = Counter(
+    "bridge_vault_answers_total",
+    "Token vault answers by client and outcome (issued, refreshed, or the OAuth error code)",
+    ["client", "outcome"],
+)
+
 
 # The labelled children of UPSTREAM_SECONDS, by labels: `labels()` validates and locks on every call,
 # and `timed` runs four times per exchange. Bounded: upstream, operation and result are named in code.

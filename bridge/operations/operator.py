@@ -70,6 +70,8 @@ async def _end_sessions(settings: Settings, *, user_id: str | None, open_id: str
             assert user_id is not None  # noqa: S101 - argparse requires one of the two
             open_id = await _open_id_of(resources, user_id)
         await resources.sessions.end_identity(open_id)
+        if resources.vault is not None:
+            await resources.vault.forget(open_id)
     except BridgeError as exc:
         raise _Refused(f"sessions not ended: {exc.detail}") from exc
     finally:

@@ -237,3 +237,63 @@ def refresh_response(issued: IssuedToken) -> dict[str, Any]:
     if issued.scope is not None:
         body["scope"] = issued.scope
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTokenRequest:
+    """A validated exchange of a realm user's access token for a token the bridge keeps for that user
+    (the token vault: `requested_token_type` is the kept token's type, composition names it)."""
+
+    subject_token: str
+    requested_token_type: str
+    scope: tuple[str, ...]
+    client_id: str | None = None
+    client_secret: str | None = None
+
+    def __repr__(self) -> str:
+        # Never let the token or secret reach a log line through a repr.
+        return f"StoredTokenRequest(requested_token_type={self.requested_token_type!r}, scope={self.scope!r})"
+
+
+def parse_stored_token_request(form: dict[str, str], requested_token_type: str) -> StoredTokenRequest:
+    """Validate an exchange (RFC 8693 §2.1) of a realm access token for `requested_token_type`: the
+    subject is an access token (the registered URI), nothing is delegated, and no audience is named
+    (the token kept is the one its issuer made, for its own API)."""
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        raise InvalidRequest("The grant_type parameter is missing.")
+    if grant_type != GRANT_TYPE_TOKEN_EXCHANGE:
+        raise UnsupportedGrantType
+    if form.get("actor_token") or form.get("actor_token_type"):
+        raise InvalidRequest("Delegation (actor_token) is not supported.")
+    # The registered access token URI only: the realm's own access token.
+    subject_token, _type = _subject(form, SubjectTokenTypes())
+    if form.get("audience") or form.get("resource"):
+        raise InvalidRequest("audience and resource are not supported with this requested_token_type.")
+    if (
+        optional_parameter(form, "code_verifier") is not None
+        or optional_parameter(form, "redirect_uri") is not None
+    ):
+        raise InvalidRequest("code_verifier and redirect_uri go only with an authorization code.")
+    if optional_parameter(form, "requested_token_type") != requested_token_type:
+        raise InvalidRequest("The requested_token_type is not supported.")
+    return StoredTokenRequest(
+        subject_token=subject_token,
+        requested_token_type=requested_token_type,
+        scope=parse_scope(optional_parameter(form, "scope")),
+        client_id=optional_parameter(form, "client_id"),
+        client_secret=optional_parameter(form, "client_secret"),
+    )
+
+
+def stored_token_response(
+    access_token: str, issued_token_type: str, expires_in: int, scope: tuple[str, ...]
+) -> dict[str, Any]:
+    """RFC 8693 §2.2.1 body of a kept access token: a Bearer token of its issuer's, with its own scope."""
+    return {
+        "access_token": access_token,
+        "issued_token_type": issued_token_type,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "scope": " ".join(scope),
+    }

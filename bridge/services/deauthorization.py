@@ -19,7 +19,7 @@ from bridge.domain.model import PendingDeauthorization
 
 if TYPE_CHECKING:
     from bridge.domain.model import Policy
-    from bridge.services.ports import DeauthorizationQueue, IdentityStore, KeycloakGateway
+    from bridge.services.ports import DeauthorizationQueue, GrantForgetter, IdentityStore, KeycloakGateway
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,14 @@ class DeauthorizationService:
         identities: IdentityStore,
         queue: DeauthorizationQueue,
         policy: Policy,
+        grants: GrantForgetter | None = None,
     ) -> None:
         self._keycloak = keycloak
         self._identities = identities
         self._queue = queue
         self._policy = policy
+        # The token vault's grants, when the vault is on: forgotten first.
+        self.grants = grants
 
     async def deauthorize(self, open_id: str) -> str:
         """Apply the deauthorization policy to the user linked to `open_id`; returns what was done, or
@@ -60,6 +63,9 @@ class DeauthorizationService:
         to the shared cache before Keycloak is asked, and stays there until Keycloak has taken it.
         """
         now = time.time()
+        if self.grants is not None:
+            # The provider has revoked the grant: the vault must not hand out its access token meanwhile.
+            await self.grants.forget(open_id)
         await self._identities.deauthorized(open_id, now)
         if self._policy.deauthorization == "record":
             return "recorded"

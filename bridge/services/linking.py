@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from bridge.services.adoption import AdoptionService
     from bridge.services.ports import (
         BearerVerifier,
+        GrantForgetter,
         IdentityProofs,
         IdentitySessions,
         IdentityStore,
@@ -98,6 +99,7 @@ class LinkingService:
         policy: LinkPolicy,
         sessions: IdentitySessions | None,
         adoption: AdoptionService | None = None,
+        grants: GrantForgetter | None = None,
     ) -> None:
         self._adoption = adoption
         self._keycloak = keycloak
@@ -106,6 +108,8 @@ class LinkingService:
         self._identities = identities
         self._policy = policy
         self._sessions = sessions
+        # The token vault's grants, when the vault is on: unlinking forgets the identity's.
+        self.grants = grants
 
     @property
     def proofs(self) -> IdentityProofs:
@@ -189,6 +193,8 @@ class LinkingService:
             await self._keycloak.remove_link(user.id, alias)
             await self._write_attributes(user, {})
             await self._identities.forget(link.user_id)
+            if self.grants is not None:
+                await self.grants.forget(link.user_id)
         await self._end_sessions(link.user_id)
         log.info("tiktok identity unlinked", extra={"keycloak_user_id": user.id})
         return LinkState(user_id=user.id, open_id=None)

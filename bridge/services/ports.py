@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         SessionRecord,
         VerifiedBearer,
     )
+    from bridge.services.vault import HeldGrant
 
 
 class ProviderGrants(Protocol):
@@ -339,3 +340,36 @@ class Minter(Protocol):
 
 class AssertionMinter(Protocol):
     def mint(self, subject: str, audience: str) -> str: ...
+
+
+class GrantForgetter(Protocol):
+    """Ends what the token vault holds for an identity (deauthorization, unlinking, an operator)."""
+
+    async def forget(self, open_id: str) -> None: ...
+
+
+class LockedGrant(Protocol):
+    """An identity's kept grant, read as its refresh lock was taken (`GrantVault.locked`)."""
+
+    @property
+    def held(self) -> Held: ...
+    @property
+    def grant(self) -> HeldGrant | None:
+        """The grant as the lock was taken; None if absent or unreadable, or if the lock was not taken."""
+        ...
+
+    async def save_and_release(self, grant: HeldGrant) -> None:
+        """Keep the grant (as long as its refresh token lives) and give up the lock: one round trip."""
+        ...
+
+
+class GrantVault(GrantForgetter, Protocol):
+    """The token vault's store: per identity, the provider grant last given with a code, sealed, kept as
+    long as its refresh token lives. Never the memory fallback of a Redis outage: every method raises
+    UpstreamUnavailable('cache') while Redis is unreachable."""
+
+    async def keep(self, grant: HeldGrant) -> None: ...
+    async def read(self, open_id: str) -> HeldGrant | None: ...
+    def locked(self, open_id: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[LockedGrant]:
+        """The identity's refresh lock (single-flight across replicas), with its grant read as it is taken."""
+        ...

@@ -95,6 +95,16 @@ def sessions_not_before(idp_alias: str, open_id: str) -> str:
     return f"{PREFIX}sessions-not-before:{_identity_tag(idp_alias, open_id)}"
 
 
+def vault_grant(idp_alias: str, open_id: str) -> str:
+    """The token vault's sealed provider grant of one identity (same slot as its other keys)."""
+    return f"{PREFIX}vault:{_identity_tag(idp_alias, open_id)}"
+
+
+def vault_lock(idp_alias: str, open_id: str) -> str:
+    """Serialises the refreshes of the identity's kept grant across replicas (same slot as `vault_grant`)."""
+    return f"{PREFIX}lock:vault:{_identity_tag(idp_alias, open_id)}"
+
+
 def proven_client(address: str) -> str:
     """A client address that signed in successfully with a TikTok token recently (quota priority)."""
     return f"{PREFIX}proven:{_digest(address)}"

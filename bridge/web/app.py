@@ -255,6 +255,7 @@ def _public_routes(resolved: Settings) -> list[Route]:
         webhook=resolved.tiktok.webhook_enabled,
         linking=bool(resolved.link_client_ids),
         strapi_jwt=resolved.strapi_jwt_secret is not None,
+        vault=bool(resolved.vault_client_ids),
     )
 
     async def openapi_json(_request: Request) -> Response:

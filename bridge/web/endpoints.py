@@ -8,9 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from bridge.domain.errors import NO_STORE, InvalidDPoPProof, UnsupportedGrantType
+from bridge.domain.errors import (
+    NO_STORE,
+    BridgeError,
+    InvalidClient,
+    InvalidDPoPProof,
+    UnsupportedGrantType,
+    to_oauth_error,
+)
 from bridge.domain.model import Caller
-from bridge.observability.metrics import exposition
+from bridge.observability.metrics import VAULT_ANSWERS, count, exposition
 from bridge.operations.readiness import DeploymentChecks, Readiness
 from bridge.protocol.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from bridge.protocol.dpop import verify_proof
@@ -27,9 +34,12 @@ from bridge.protocol.rfc8693 import (
     AccessTokenExchange,
     exchange_response,
     parse_exchange_request,
+    parse_stored_token_request,
     refresh_response,
+    stored_token_response,
 )
 from bridge.providers.strapi.tokens import TOKEN_TYPE_STRAPI_JWT
+from bridge.providers.tiktok.tokens import TOKEN_TYPE_TIKTOK_ACCESS_TOKEN
 from bridge.services.exchange import SessionOrder
 from bridge.web.support import client_ip, counts_exchanges, read_body, resources_of
 
@@ -53,6 +63,8 @@ async def token(request: Request) -> Response:
     form = parse_form(await read_body(request), request.headers.get("content-type"))
     if form.get("grant_type") == GRANT_TYPE_REFRESH_TOKEN:
         return await _refresh(request, resources, parse_refresh_request(form))
+    if resources.vault is not None and form.get("requested_token_type") == TOKEN_TYPE_TIKTOK_ACCESS_TOKEN:
+        return await _vault(request, resources, form)
     exchange_request = parse_exchange_request(form, resources.exchange_token_types)
     client_id = resources.clients.authenticate(
         request.headers.get("authorization"), exchange_request.client_id, exchange_request.client_secret
@@ -75,6 +87,8 @@ async def token(request: Request) -> Response:
     answer = exchange_response(exchanged.issued, exchange_request.requested_token_type)
     if (session := exchanged.session) is not None:
         answer |= {"refresh_token": session.refresh_token, "refresh_expires_in": session.refresh_expires_in}
+    if resources.vault is not None and exchanged.provider_grant is not None:
+        await resources.vault.keep(exchanged.user_id, exchanged.provider_grant)
     log.info(
         "token exchanged",
         extra={
@@ -106,6 +120,61 @@ async def _refresh(request: Request, resources: Resources, refresh: RefreshReque
     }
     log.info("session refreshed", extra={"outcome": "issued", "client_id": client_id})
     return JSONResponse(answer, headers=NO_STORE)
+
+
+async def _vault(request: Request, resources: Resources, form: dict[str, str]) -> Response:
+    """The token vault (docs/vault.md): a confidential backend swaps a user's realm access token for
+    the user's TikTok access token. Every answer is logged (client, user, scopes) and counted."""
+    assert resources.vault is not None  # noqa: S101 - routed here only with the vault on
+    client_id: str | None = None
+    try:
+        stored = parse_stored_token_request(form, TOKEN_TYPE_TIKTOK_ACCESS_TOKEN)
+        client_id = resources.clients.authenticate(
+            request.headers.get("authorization"), stored.client_id, stored.client_secret
+        )
+        if client_id is None or client_id not in resources.clients.confidential:
+            # A backend authenticates: a public client, or none, never receives a TikTok token.
+            client_id = None
+            raise InvalidClient("The token vault answers authenticated confidential clients only.")
+        handed = await resources.vault.hand_out(client_id, stored.subject_token, stored.scope)
+    except BridgeError as refused:
+        _audit_vault(
+            client_id,
+            to_oauth_error(refused).error,
+            keycloak_user_id=None,
+            scopes=None,
+            detail=refused.detail,
+        )
+        raise
+    _audit_vault(
+        client_id,
+        "refreshed" if handed.refreshed else "issued",
+        keycloak_user_id=handed.user_id,
+        scopes=handed.scopes,
+    )
+    answer = stored_token_response(
+        handed.access_token, TOKEN_TYPE_TIKTOK_ACCESS_TOKEN, handed.expires_in, handed.scopes
+    )
+    return JSONResponse(answer, headers=NO_STORE)
+
+
+def _audit_vault(
+    client_id: str | None,
+    outcome: str,
+    *,
+    keycloak_user_id: str | None,
+    scopes: tuple[str, ...] | None,
+    detail: str | None = None,
+) -> None:
+    """One log line and one count per vault answer; never a token (only the client, user and scopes)."""
+    client = client_id or "unauthenticated"
+    count(VAULT_ANSWERS, client, outcome)
+    extra: dict[str, Any] = {"outcome": outcome, "client_id": client, "keycloak_user_id": keycloak_user_id}
+    if scopes is not None:
+        extra["tiktok_scopes"] = " ".join(scopes)
+    if detail:
+        extra["detail"] = detail
+    log.info("tiktok token handed out" if scopes is not None else "tiktok token refused", extra=extra)
 
 
 async def _dpop_thumbprint(request: Request, resources: Resources) -> str | None:
@@ -161,6 +230,8 @@ async def authorization_server_metadata(request: Request) -> Response:
         "subject_token_types_supported": list(resources.exchange_token_types.supported),
         "requested_token_types_supported": list(SUPPORTED_REQUESTED_TOKEN_TYPES),
     }
+    if resources.vault is not None:
+        metadata["requested_token_types_supported"].append(TOKEN_TYPE_TIKTOK_ACCESS_TOKEN)
     return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
 
 

@@ -20,7 +20,7 @@ from bridge.web.support import client_ip, read_body, resources_of
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from bridge.domain.model import ExternalIdentity, KeycloakUser
+    from bridge.domain.model import ExternalIdentity, KeycloakUser, ProviderGrant
     from bridge.factory import Resources
     from bridge.services.linking import LinkingService
 
@@ -55,13 +55,15 @@ async def link(request: Request) -> Response:
     form = parse_form(await read_body(request), request.headers.get("content-type"))
     proof = parse_subject_proof(form, resources.subject_token_types)
     profile: ExternalIdentity
+    grant: ProviderGrant | None = None
     if isinstance(proof, CodeExchange):
-        profile, _grant = await linking.proofs.verify_code(
-            proof.code, proof.code_verifier, proof.redirect_uri
-        )
+        profile, grant = await linking.proofs.verify_code(proof.code, proof.code_verifier, proof.redirect_uri)
     else:
         profile = await linking.proofs.verify_access_token_fresh(proof.access_token)
     state = await linking.link(user, profile)
+    if resources.vault is not None and grant is not None:
+        # A link made with a code gives the token vault the identity's newest grant.
+        await resources.vault.keep(user.id, grant)
     return JSONResponse(state.to_json(PROVIDER), headers=NO_STORE)
 
 

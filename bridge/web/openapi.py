@@ -11,7 +11,7 @@ from typing import Any
 from bridge.protocol.rfc6749 import GRANT_TYPE_REFRESH_TOKEN
 from bridge.protocol.rfc8693 import GRANT_TYPE_TOKEN_EXCHANGE, SUPPORTED_REQUESTED_TOKEN_TYPES
 from bridge.providers.strapi.tokens import TOKEN_TYPE_STRAPI_JWT
-from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES
+from bridge.providers.tiktok.tokens import SUBJECT_TOKEN_TYPES, TOKEN_TYPE_TIKTOK_ACCESS_TOKEN
 
 # The public surface names TikTok's credentials: the subject token types /token and linking accept.
 SUPPORTED_SUBJECT_TOKEN_TYPES = SUBJECT_TOKEN_TYPES.supported
@@ -160,8 +160,32 @@ def _link_operations() -> dict[str, Any]:
     }
 
 
+def _vault_request() -> dict[str, Any]:
+    """The token vault's request (docs/vault.md): a realm user's access token for the user's TikTok one."""
+    return {
+        "type": "object",
+        "required": ["grant_type", "subject_token", "subject_token_type", "requested_token_type"],
+        "properties": {
+            "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
+            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
+            "subject_token_type": {
+                "type": "string",
+                "const": "urn:ietf:params:oauth:token-type:access_token",
+            },
+            "requested_token_type": {"type": "string", "const": TOKEN_TYPE_TIKTOK_ACCESS_TOKEN},
+            "scope": {"type": "string", "description": "TikTok scopes the user's grant must carry"},
+        },
+    }
+
+
 def document(
-    issuer: str, *, strapi: bool, webhook: bool = True, linking: bool = False, strapi_jwt: bool = False
+    issuer: str,
+    *,
+    strapi: bool,
+    webhook: bool = True,
+    linking: bool = False,
+    strapi_jwt: bool = False,
+    vault: bool = False,
 ) -> dict[str, Any]:
     # /token also takes a Strapi jwt when BRIDGE_STRAPI_JWT_SECRET is set (linking never does).
     exchange_types = [*SUPPORTED_SUBJECT_TOKEN_TYPES, *([TOKEN_TYPE_STRAPI_JWT] if strapi_jwt else [])]
@@ -192,7 +216,7 @@ def document(
         },
     }
     token_request = {"oneOf": [exchange_request, refresh_request]}
-    token_response = {
+    token_response: dict[str, Any] = {
         "type": "object",
         "required": ["access_token", "token_type"],
         "properties": {
@@ -206,6 +230,9 @@ def document(
             "refresh_expires_in": {"type": "integer", "minimum": 0},
         },
     }
+    if vault:
+        token_request["oneOf"].append(_vault_request())
+        token_response["properties"]["issued_token_type"]["enum"].append(TOKEN_TYPE_TIKTOK_ACCESS_TOKEN)
     dpop_header = {
         "name": "DPoP",
         "in": "header",
