@@ -339,3 +339,26 @@ class SessionRecord:
     # SHA-256 of a secret handed out twice, by its rotation and to a grace retry: it gets no grace of
     # its own (once one holder has rotated it, the other presenting it is reuse).
     retried: str | None = None
+
+
+# An access token is refreshed when less than this is left of it (or half its life, if shorter), so a
+# backend always receives one it can use for a while.
+REFRESH_MARGIN = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldGrant:
+    """The provider's grant of one identity, as the vault keeps it (sealed by the store)."""
+
+    open_id: str
+    user_id: str  # the Keycloak user it was granted for: a link moved elsewhere does not inherit it
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    scopes: tuple[str, ...]
+    access_expires_at: float
+    access_lifetime: float
+    refresh_expires_at: float
+    stored_at: float
+
+    def refresh_due(self, now: float) -> bool:
+        return now >= self.access_expires_at - min(REFRESH_MARGIN, self.access_lifetime / 2)

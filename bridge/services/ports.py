@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         ExternalIdentity,
         FederatedLink,
         Held,
+        HeldGrant,
         IdentityCheck,
         IdentityState,
         IssuedToken,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
         SessionRecord,
         VerifiedBearer,
     )
-    from bridge.services.vault import HeldGrant
 
 
 class ProviderGrants(Protocol):

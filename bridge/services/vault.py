@@ -45,6 +45,7 @@ from bridge.domain.errors import (
     UpstreamUnavailable,
     VaultNotAllowed,
 )
+from bridge.domain.model import HeldGrant
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -57,27 +58,6 @@ log = logging.getLogger(__name__)
 # One refresh waits on the provider (bounded by the HTTP timeout); the backends behind it wait that long.
 LOCK_TTL = 30.0
 LOCK_WAIT = 15.0
-# An access token is refreshed when less than this is left of it (or half its life, if shorter), so a
-# backend always receives one it can use for a while.
-REFRESH_MARGIN = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class HeldGrant:
-    """The provider's grant of one identity, as the vault keeps it (sealed by the store)."""
-
-    open_id: str
-    user_id: str  # the Keycloak user it was granted for: a link moved elsewhere does not inherit it
-    access_token: str = field(repr=False)
-    refresh_token: str = field(repr=False)
-    scopes: tuple[str, ...]
-    access_expires_at: float
-    access_lifetime: float
-    refresh_expires_at: float
-    stored_at: float
-
-    def refresh_due(self, now: float) -> bool:
-        return now >= self.access_expires_at - min(REFRESH_MARGIN, self.access_lifetime / 2)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from bridge.domain.errors import Unsealable
-from bridge.services.vault import HeldGrant
+from bridge.domain.model import HeldGrant
 from bridge.storage import keys
 
 if TYPE_CHECKING:

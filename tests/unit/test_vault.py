@@ -27,10 +27,10 @@ from bridge.domain.errors import (
     UpstreamUnavailable,
     VaultNotAllowed,
 )
-from bridge.domain.model import ProviderGrant, VerifiedBearer
+from bridge.domain.model import HeldGrant, ProviderGrant, VerifiedBearer
 from bridge.protocol.rfc8693 import parse_stored_token_request, stored_token_response
 from bridge.providers.tiktok.tokens import TOKEN_TYPE_TIKTOK_ACCESS_TOKEN
-from bridge.services.vault import HeldGrant, VaultPolicy, VaultService
+from bridge.services.vault import VaultPolicy, VaultService
 from bridge.storage import keys
 from bridge.storage.cache import MemoryCache
 from bridge.storage.sealing import Sealer, new_key
