@@ -28,7 +28,11 @@ from bridge.storage.recent_profiles import RecentProfiles
 from bridge.storage.seen import DPOP_PROOF_TTL, WEBHOOK_DELIVERY_TTL, SeenOnce
 from bridge.storage.sessions import SessionStore
 
-PROFILE = ExternalIdentity("-000a", "u", "Name", "https://a", "user", is_verified=False)
+
+def fresh_profile() -> ExternalIdentity:
+    """A profile verified now: process memory keeps one only for its lifetime from `verified_at`, so a
+    module-level profile made at import would age out when the suite runs long before this file."""
+    return ExternalIdentity("-000a", "u", "Name", "https://a", "user", is_verified=False)
 
 
 class TtlCache(MemoryCache):
@@ -57,20 +61,22 @@ class TtlCache(MemoryCache):
 
 def test_profile_json_round_trip() -> None:
     """Profiles survive the cache's serialisation unchanged."""
-    assert decode_profile(encode_profile(PROFILE)) == PROFILE
+    profile = fresh_profile()
+    assert decode_profile(encode_profile(profile)) == profile
 
 
 async def test_a_kept_profile_is_read_back_under_its_hashed_key_for_the_profile_ttl() -> None:
     """`keep` writes the token's profile entry (a SHA-256 key, never the token) for the profile TTL."""
+    profile = fresh_profile()
     cache = TtlCache()
     store = ProfileStore(cache, profile_ttl=300, negative_ttl=30)
-    await store.keep("act.secret", PROFILE)
+    await store.keep("act.secret", profile)
     key = keys.profile("act.secret")
     assert "act.secret" not in key
     assert cache.ttls == {key: 300}
-    assert decode_profile(await cache.get(key) or b"") == PROFILE
+    assert decode_profile(await cache.get(key) or b"") == profile
     found = await store.lookup("act.secret")
-    assert (found.profile, found.rejected, found.local) == (PROFILE, False, False)
+    assert (found.profile, found.rejected, found.local) == (profile, False, False)
 
 
 async def test_a_rejected_token_reads_as_rejected_for_the_negative_ttl() -> None:
@@ -97,13 +103,14 @@ async def test_an_unreadable_profile_entry_reads_as_unknown(raw: bytes) -> None:
 
 async def test_this_process_copy_answers_without_a_read() -> None:
     """A profile read once from the shared cache is answered from memory after, marked local."""
+    profile = fresh_profile()
     cache = TtlCache()
     recent = RecentProfiles(10, 300)
     store = ProfileStore(cache, profile_ttl=300, negative_ttl=30, recent=recent)
-    await cache.set(keys.profile("act.t"), encode_profile(PROFILE), 300)
+    await cache.set(keys.profile("act.t"), encode_profile(profile), 300)
     first = await store.lookup("act.t")
     second = await store.lookup("act.t")
-    assert (first.local, second.local, second.profile) == (False, True, PROFILE)
+    assert (first.local, second.local, second.profile) == (False, True, profile)
     assert cache.reads == 1
 
 
