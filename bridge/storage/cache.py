@@ -316,6 +316,11 @@ def _as_bytes(value: object) -> bytes | None:
     return str(value).encode()
 
 
+# After a lock's fate became unknown: when to try releasing it (about 16 s in all, within a
+# provisioning lock's 30 s ttl; a longer outage leaves it to expire).
+_LATE_RELEASE_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 class RedisCache:
     """Redis-backed cache; locks are SET NX PX with an owner token (single-flight across replicas)."""
 
@@ -329,6 +334,8 @@ class RedisCache:
         self._set_unless_ended_and_unlock = client.register_script(_SET_UNLESS_ENDED_AND_UNLOCK_SCRIPT)
         # A cluster client refuses a script whose keys lie in several slots (CROSSSLOT).
         self._one_slot_per_script = is_cluster(client)
+        # Releases of locks whose fate is unknown, retried until Redis answers (`_release_later`).
+        self._late_releases: set[asyncio.Task[None]] = set()
 
     async def _command(self, name: str, command: Awaitable[T]) -> T:
         """Run one Redis command, timed under `name`; a Redis failure becomes UpstreamUnavailable."""
@@ -394,11 +401,32 @@ class RedisCache:
             raise UpstreamUnavailable("cache", f"{name} failed: {type(exc).__name__}") from exc
 
     async def _unlock(self, key: str, owner: str) -> None:
-        # If Redis is gone now, the lock expires by itself after its ttl. Timed like every other
-        # command, so that the commands counted per request are the commands sent.
-        with contextlib.suppress(*REDIS_FAILURES), timed("redis", "unlock") as outcome:
-            await self._release(keys=[key], args=[owner])
-            outcome["result"] = "ok"
+        # Timed like every other command, so that the commands counted per request are the commands sent.
+        try:
+            with timed("redis", "unlock") as outcome:
+                await self._release(keys=[key], args=[owner])
+                outcome["result"] = "ok"
+        except REDIS_FAILURES:
+            self._release_later(key, owner)
+
+    def _release_later(self, key: str, owner: str) -> None:
+        """Release `owner`'s lock once Redis answers again, in the background.
+
+        A lock whose SET timed out may have been taken all the same (the answer was lost, not the
+        command), and a release that failed left it held: either way the identity's next sign-in, on
+        any replica, would wait for the lock's whole ttl (30 s for provisioning) and be answered 503.
+        The release compares the owner token, so it never frees a lock someone else took since."""
+
+        async def release() -> None:
+            for delay in _LATE_RELEASE_DELAYS:
+                await asyncio.sleep(delay)
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await self._release(keys=[key], args=[owner])
+                    return
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._late_releases.add(task)
+        task.add_done_callback(self._late_releases.discard)
 
     @asynccontextmanager
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Held]:
@@ -407,7 +435,11 @@ class RedisCache:
         async def attempt() -> tuple[bool, None]:
             return bool(await self._redis.set(key, owner, nx=True, px=_milliseconds(ttl))), None
 
-        held, _ = await self._take("lock", attempt, wait)
+        try:
+            held, _ = await self._take("lock", attempt, wait)
+        except UpstreamUnavailable:
+            self._release_later(key, owner)
+            raise
         if not held:
             yield held
             return
@@ -453,7 +485,11 @@ class RedisCache:
             )
             return bool(written)
 
-        held, value = await self._take("lock_and_get", attempt, wait)
+        try:
+            held, value = await self._take("lock_and_get", attempt, wait)
+        except UpstreamUnavailable:
+            self._release_later(lock_key, owner)
+            raise
         entry = _StoreEntry(held, value, write_and_release, write_unless_ended)
         if not held:
             yield entry
@@ -493,7 +529,10 @@ class RedisCache:
         return False
 
     async def aclose(self) -> None:
-        return None
+        for task in self._late_releases:
+            task.cancel()
+        # Their locks expire by themselves after their ttl.
+        await asyncio.gather(*self._late_releases, return_exceptions=True)
 
 
 class FallbackCache:

@@ -345,3 +345,41 @@ async def test_a_refresh_waits_for_a_held_lock_and_is_refused_after_its_wait(
     asyncio.get_running_loop().call_later(0.03, released.set)
     assert (await sessions.refresh(token, ())).grant.refresh_token
     await holder
+
+
+@pytest.mark.parametrize("how", ["lock", "locked_entry"])
+async def test_a_lock_taken_though_its_answer_was_lost_is_released_once_redis_answers(
+    store: RedisCache, connection: RedisConnection, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A lock command whose answer is lost (a timeout under load, a failover) may have taken the lock
+    all the same: the bridge releases it in the background as soon as Redis answers, so the identity's
+    next sign-in, on any replica, takes it at once instead of waiting out its ttl and answering 503."""
+    lock_key = f"tkb:v1:lock:test:{{{uuid.uuid4().hex}}}"
+    entry_key = lock_key.replace(":lock:", ":entry:")
+    lost = {"answers": 0}
+
+    def losing_the_first_answer(send: Any) -> Any:  # noqa: ANN401 - redis-py's own signatures
+        async def sent(*args: Any, **options: Any) -> Any:  # noqa: ANN401
+            answer = await send(*args, **options)
+            if not lost["answers"]:
+                lost["answers"] += 1
+                raise aioredis.TimeoutError("the answer was lost on the way back")
+            return answer
+
+        return sent
+
+    if how == "lock":
+        monkeypatch.setattr(connection.client, "set", losing_the_first_answer(connection.client.set))
+        taking = store.lock(lock_key, ttl=30, wait=1)
+    else:
+        monkeypatch.setattr(store, "_lock_and_get", losing_the_first_answer(store._lock_and_get))
+        taking = store.locked_entry(entry_key, lock_key=lock_key, ttl=30, wait=1)  # type: ignore[assignment]
+    with pytest.raises(UpstreamUnavailable):
+        async with taking:
+            pass
+    assert lost["answers"] == 1
+    async with asyncio.timeout(5):
+        while await connection.client.exists(lock_key):  # noqa: ASYNC110 - polls Redis itself
+            await asyncio.sleep(0.05)
+    async with store.lock(lock_key, ttl=30, wait=0.1) as held:
+        assert held is Held.AT_ONCE
