@@ -1,4 +1,4 @@
-"""Configuration, read once from `BRIDGE_*` environment variables (README: "Configuration")."""
+"""Configuration, read once from `BRIDGE_*` environment variables (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -125,7 +125,8 @@ class Settings(BaseSettings):
     keycloak_idp_alias: str = "tiktok"
     # The client whose service account calls the Admin API (finds, creates and links users). A client of
     # its own, so that the clients that mint users' tokens carry no admin role in their scope. Unset:
-    # the bridge's client does both, which `bridge doctor` reports (README: "Least privilege").
+    # the bridge's client does both, which `bridge doctor` reports (docs/existing-keycloak.md, "Least
+    # privilege").
     keycloak_admin_client_id: str | None = None
     keycloak_admin_client_secret: SecretStr | None = None
     # The group of every account the bridge may manage: the users it provisions join it, accounts that
@@ -137,7 +138,8 @@ class Settings(BaseSettings):
     issuer: HttpUrl
     signing_key_file: Path | None = None
     # Keys published in the JWKS without signing, so a key rotation overlaps: the next key before it
-    # signs, the previous one until its last assertions expired (README: "Rotating the signing key").
+    # signs, the previous one until its last assertions expired (docs/operations.md, "Rotating the
+    # signing key").
     published_key_files: Annotated[tuple[Path, ...], NoDecode] = ()
     # Where a generated development signing key is kept, so restarts and local replicas agree.
     data_dir: Path = Path("var")
@@ -196,7 +198,7 @@ class Settings(BaseSettings):
     # custom token exchanges. Empty string (or BRIDGE_RATE_LIMIT_ENABLED=false): off.
     rate_limit_refused_tokens_per_ip: str = "10/hour"
 
-    # Bridge sessions (README: "Sessions"): refresh tokens issued with every exchange, rotated on use.
+    # Bridge sessions (docs/sessions.md): refresh tokens issued with every exchange, rotated on use.
     sessions_enabled: bool = True
     session_idle_timeout: SessionSeconds = 30 * DAY
     session_max_lifetime: SessionSeconds = 90 * DAY
@@ -213,7 +215,7 @@ class Settings(BaseSettings):
     # exchanges a jwt the plugin issued for a session of the imported user it names. Unset once the
     # apps of the plugin's days have updated: the token type is then neither accepted nor announced.
     strapi_jwt_secret: SecretStr | None = None
-    # One Keycloak client per app (README: "Apps and audiences"): "app_client_id=keycloak_client_id:secret",
+    # One Keycloak client per app (docs/apps-and-audiences.md): "app_client_id=keycloak_client_id:secret",
     # comma-separated, so the tokens of an app name it in `azp` and get its client's settings. Apps must
     # be in the client allow-list (their id is authenticated); unmapped apps mint as the bridge's client.
     keycloak_clients: SecretStr | None = None

@@ -299,7 +299,7 @@ class BearerRequired(InvalidToken):
 
 class AccountNotEligible(OAuthError):
     """The account is not one the bridge may act for: Keycloak's permissions confine the bridge's
-    service account to the members of its group (README: "Least privilege")."""
+    service account to the members of its group (docs/existing-keycloak.md, "Least privilege")."""
 
     error = "access_denied"
     status_code = HTTPStatus.FORBIDDEN

@@ -1,6 +1,6 @@
 """Keycloak adapter: a thin async Admin REST client and token issuance by JWT Authorization Grant.
 
-Behaviour checked against a live Keycloak 26.7.4 (see README, "How tokens are minted"):
+Behaviour checked against a live Keycloak 26.7.4 (docs/existing-keycloak.md, "How tokens are minted"):
 - `POST /admin/realms/{r}/users` with `federatedIdentities` creates and links in one call (201 + Location);
   a taken username answers 409 `{"errorMessage": "User exists with same username"}`, a taken e-mail
   409 `"User exists with same email"`.

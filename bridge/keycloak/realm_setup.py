@@ -4,9 +4,9 @@ Everything is planned before anything is written: each object the bridge needs i
 `bridge.realm_spec`, and given one action. Any conflict (an object of the same name whose type or
 settings differ) stops the run before the first write, unless `force` is given. Only what the plan
 lists is written; other clients, users, attributes and unlisted fields of our objects are never sent
-back changed, and nothing is deleted except what `--force` documents (README, "Setting up an existing
-Keycloak"): a provider of another type under our alias, and realm-management roles beyond the two the
-service account needs.
+back changed, and nothing is deleted except what `--force` documents (docs/existing-keycloak.md): a
+provider of another type under our alias, and realm-management roles beyond the two the service account
+needs.
 
 Admin credentials come from the command line only and live as long as this process; the token is never
 printed. Behaviour relied on, checked against live Keycloak 26.7.0 and 26.7.4:
@@ -478,7 +478,7 @@ def _roles_step(admin: Admin, uuid: str, rm_id: str, roles: dict[str, Any], *, f
 
 def _switch_step(admin: Admin) -> Step:
     """Fine-grained admin permissions (v2) switched on for the realm: the only way Keycloak confines
-    a service account's user management to some accounts (README, "Least privilege")."""
+    a service account's user management to some accounts (docs/existing-keycloak.md, "Least privilege")."""
     name = "fine-grained admin permissions"
     if admin.get(f"/realms/{admin.realm}").get("adminPermissionsEnabled"):
         return Step(name, "ok")

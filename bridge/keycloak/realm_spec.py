@@ -53,7 +53,7 @@ REALM_WIDE_ROLES = frozenset(
 # permissions v2, checked on Keycloak 26.7.4): read the group (its path is looked up), read and manage
 # its members, and create users straight into it. Without manage-membership Keycloak refuses a user
 # created with `groups`; reset-password cannot be taken away from manage-members (a deny on it denies
-# every other user operation too: README, "Least privilege").
+# every other user operation too: docs/existing-keycloak.md, "Least privilege").
 GROUP_SCOPES = ("view", "view-members", "manage-members", "manage-membership")
 PERMISSIONS_CLIENT = "admin-permissions"
 POLICY_NAME = "tiktok-keycloak-bridge: its service account"

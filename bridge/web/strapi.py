@@ -120,9 +120,10 @@ def strapi_user(user: KeycloakUser, display_name: str | None) -> dict[str, Any]:
     """Every field of the plugin's example answer, each with a stable value (docs/migrating-from-strapi.md).
 
     An imported user is answered as Strapi knew it: its Strapi `id` (a number), `documentId`,
-    `createdAt` and `username`. Others get their Strapi id too; the Keycloak user id stands in as
-    `documentId`, and `username` is the TikTok display name, as the plugin set it (never the Keycloak
-    username, which apps would display)."""
+    `createdAt` and `username`. A user created after the move has no Strapi id: its Keycloak user id
+    stands in as `id` and `documentId` (no numeric id is allocated for such users yet), and `username`
+    is the TikTok display name, as the plugin set it (never the Keycloak username, which apps would
+    display)."""
     created = user.attribute(ATTR_STRAPI_CREATED_AT) or _iso(user.created_timestamp)
     number = strapi_id(user)
     return {
