@@ -363,6 +363,7 @@ class Resources:
                     provider_recheck_interval=settings.tiktok.recheck_interval,
                 ),
                 clock=clock or time.time,
+                grants=vault,
             )
         linking = None
         if settings.link_client_ids:

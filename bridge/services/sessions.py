@@ -67,7 +67,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bridge.domain.model import IdentityCheck, IssuedToken, ProviderGrant
-    from bridge.services.ports import LockedSession, Minter, ProviderGrants, Sealing, SessionStore
+    from bridge.services.ports import (
+        GrantForgetter,
+        LockedSession,
+        Minter,
+        ProviderGrants,
+        Sealing,
+        SessionStore,
+    )
 
 __all__ = ["NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
 
@@ -121,6 +128,7 @@ class SessionService:
         sealer: Sealing,
         policy: SessionPolicy,
         clock: Callable[[], float] = time.time,
+        grants: GrantForgetter | None = None,
     ) -> None:
         self._store = store
         self._minter = minter
@@ -128,6 +136,9 @@ class SessionService:
         self._sealer = sealer
         self._policy = policy
         self._clock = clock
+        # The token vault's grants, when the vault is on: a sign-out that revokes at the provider
+        # leaves the vault nothing to hand out.
+        self._grants = grants
 
     # ------------------------------------------------------------------------------ starting
 
@@ -379,6 +390,13 @@ class SessionService:
             await self._provider.revoke(tokens["access_token"])
         except Exception as exc:  # noqa: BLE001 - best effort: logging out never fails on TikTok's account
             log.warning("tiktok revocation failed", extra={"error_type": type(exc).__name__})
+        if self._grants is not None:
+            # TikTok's revocation ends the user's grant of the app: the vault's copy is dead too, and
+            # must not be handed out until its refresh fails.
+            try:
+                await self._grants.forget(record.open_id)
+            except Exception as exc:  # noqa: BLE001 - best effort, as the revocation; refreshing would fail
+                log.warning("vault grant not forgotten at sign-out", extra={"error_type": type(exc).__name__})
 
     async def _end(self, session_id: str, record: SessionRecord, reason: str) -> None:
         await self._store.delete(session_id)

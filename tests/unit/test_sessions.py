@@ -367,6 +367,43 @@ async def test_revocation_ends_the_family_and_is_idempotent(
         await sessions.refresh(token, ())
 
 
+class ForgottenGrants:
+    """The token vault's `GrantForgetter`: records the identities whose grant was forgotten."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
+
+    async def forget(self, open_id: str) -> None:
+        self.forgotten.append(open_id)
+
+
+async def test_a_sign_out_revoked_at_tiktok_leaves_the_vault_nothing(
+    store: RecordingStore, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
+) -> None:
+    """Revoking a code-started session revokes TikTok's grant and forgets the vault's copy of it; a
+    session that holds no TikTok grant (bare token) revokes nothing at TikTok and forgets nothing."""
+    grants = ForgottenGrants()
+    sessions = SessionService(
+        store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
+        minter=minter,
+        provider=tiktok,
+        sealer=Sealer.from_keys([new_key()]),
+        policy=SessionPolicy(
+            idle_timeout=int(30 * DAY),
+            max_lifetime=int(90 * DAY),
+            reuse_grace=5.0,
+            provider_recheck=True,
+            provider_recheck_interval=int(DAY),
+        ),
+        clock=clock,
+        grants=grants,
+    )
+    assert await sessions.revoke(await start(sessions))
+    assert (tiktok.revoked, grants.forgotten) == ([], [])
+    assert await sessions.revoke(await start(sessions, GRANT))
+    assert (tiktok.revoked, grants.forgotten) == (["act.1"], ["-000a"])
+
+
 async def test_ending_an_identity_ends_its_sessions_but_not_later_ones(
     sessions: SessionService, clock: Clock
 ) -> None:
