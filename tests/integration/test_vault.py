@@ -311,3 +311,23 @@ async def test_an_operator_ending_the_users_sessions_ends_the_grant(
     assert await end_sessions(bridge_settings, user_id=kc_user["id"], open_id=None) == 0
 
     assert_refused(await ask_vault(bridge, keycloak_token), 400, "invalid_request", NOTHING_HELD)
+
+
+async def test_signing_out_a_code_started_session_ends_the_grant(
+    emulator: TikTokEmulator, bridge: BridgeClient
+) -> None:
+    """A sign-out (RFC 7009 /revoke of the session's refresh token) revokes at TikTok, and the vault,
+    holding a copy of that grant, hands nothing out after it."""
+    user = emulator.create_user()
+    form = code_for(emulator, user)
+    started = await bridge.exchange(form.pop("subject_token"), client_id="mobile", **form)
+    assert started.status_code == 200, started.text
+    keycloak_token, refresh_token = started.json()["access_token"], started.json()["refresh_token"]
+    assert (await ask_vault(bridge, keycloak_token)).status_code == 200
+    revocations = emulator.calls["revoke"]
+
+    signed_out = await bridge.http.post("/revoke", data={"token": refresh_token, "client_id": "mobile"})
+
+    assert signed_out.status_code == 200, signed_out.text
+    assert emulator.calls["revoke"] == revocations + 1
+    assert_refused(await ask_vault(bridge, keycloak_token), 400, "invalid_request", NOTHING_HELD)
