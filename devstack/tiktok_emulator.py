@@ -330,6 +330,12 @@ class TikTokEmulator:
         with self._lock:
             self._faults.setdefault(endpoint, deque()).append(_Fault(code, http_status, text, count))
 
+    def clear_faults(self) -> None:
+        """Drop every fault still queued: a fault window ends when its caller says, not when the last
+        queued failure happens to be served (a caller whose breaker is open consumes them slowly)."""
+        with self._lock:
+            self._faults.clear()
+
     def set_latency(self, seconds: float) -> None:
         self._latency = max(0.0, seconds)
 
@@ -610,6 +616,9 @@ def create_app(emulator: TikTokEmulator) -> Starlette:  # noqa: C901 - one small
         return JSONResponse({"deliveries": outcomes})
 
     async def fault(request: Request) -> Response:
+        if request.method == "DELETE":
+            emulator.clear_faults()
+            return Response(status_code=204)
         body = await _json_object(request)
         if (
             body is None
@@ -652,7 +661,7 @@ def create_app(emulator: TikTokEmulator) -> Starlette:  # noqa: C901 - one small
             Route("/_emulator/tokens", issue_token, methods=["POST"]),
             Route("/_emulator/tokens/revoke", revoke_token, methods=["POST"]),
             Route("/_emulator/codes", issue_code, methods=["POST"]),
-            Route("/_emulator/faults", fault, methods=["POST"]),
+            Route("/_emulator/faults", fault, methods=["POST", "DELETE"]),
             Route("/_emulator/latency", latency, methods=["POST"]),
             Route("/_emulator/stats", stats, methods=["GET"]),
             Route("/_emulator/reset", reset, methods=["POST"]),

@@ -168,7 +168,8 @@ class Faults:
         await emulator.post("/_emulator/latency", json={"seconds": TIKTOK_LATENCY})
         try:
             end = time.monotonic() + seconds
-            # One failure of each endpoint every half second: at most one is left queued at the end.
+            # One failure of each endpoint every half second, queued; what the bridge has not consumed
+            # by the end (its breaker open, it calls TikTok less) is dropped when the window closes.
             while time.monotonic() < end:
                 for endpoint in ("user_info", "token"):
                     await emulator.post(
@@ -178,6 +179,7 @@ class Faults:
                 await asyncio.sleep(0.5)
         finally:
             await emulator.post("/_emulator/latency", json={"seconds": 0})
+            await emulator.delete("/_emulator/faults")
         return f"{TIKTOK_LATENCY:.0f} s slower, 5xx on 2 calls of each endpoint a second"
 
     async def run(self, length: float) -> None:

@@ -12,6 +12,8 @@ from devstack.__main__ import bridge_banner
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from devstack.tiktok_emulator import TikTokEmulator
+
 
 def test_the_banner_names_the_admin_port_the_bridge_was_given() -> None:
     """The banner names the port passed to the bridge, not a fixed 9000 (SECURITY.md, finding 7: someone
@@ -56,3 +58,27 @@ def test_a_release_the_repository_does_not_serve_is_told_from_other_fetch_failur
         error is keycloak.DistributionNotServed
     )
     assert "26.8.2" in str(failed.value)
+
+
+async def test_the_emulator_drops_queued_faults_when_told(emulator: TikTokEmulator) -> None:
+    """`DELETE /_emulator/faults` ends a fault window at once: the failures still queued are not served
+    afterwards (a caller whose breaker was open leaves many behind)."""
+    import httpx2  # noqa: PLC0415 - the emulator's own control API, over its ASGI app
+
+    token = emulator.issue_access_token(emulator.create_user().open_id)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=emulator.app), base_url="https://open.tiktokapis.com"
+    ) as tiktok:
+        fault = {"endpoint": "user_info", "code": "internal_error", "http_status": 500, "count": 1}
+        for _ in range(3):
+            assert (await tiktok.post("/_emulator/faults", json=fault)).status_code == 204
+
+        async def user_info() -> int:
+            answer = await tiktok.get(
+                "/v2/user/info/", params={"fields": "open_id"}, headers={"Authorization": f"Bearer {token}"}
+            )
+            return answer.status_code
+
+        assert await user_info() == 500
+        assert (await tiktok.delete("/_emulator/faults")).status_code == 204
+        assert await user_info() == 200
