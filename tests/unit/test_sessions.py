@@ -36,7 +36,7 @@ from bridge.storage.sessions import SessionStore
 from tests.unit.fakes import RecordingStore
 
 if TYPE_CHECKING:
-    from bridge.services.ports import Minter, ProviderGrants
+    from bridge.services.ports import GrantForgetter, Minter, ProviderGrants
     from bridge.storage.engine import Store
     from tests.conftest import Clock
 
@@ -127,9 +127,12 @@ def store() -> RecordingStore:
     return RecordingStore()
 
 
-@pytest.fixture
-def sessions(
-    store: RecordingStore, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
+def make_sessions(
+    store: RecordingStore,
+    minter: FakeMinter,
+    tiktok: FakeTikTokGrants,
+    clock: Clock,
+    grants: GrantForgetter | None = None,
 ) -> SessionService:
     return SessionService(
         store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
@@ -144,7 +147,15 @@ def sessions(
             provider_recheck_interval=int(DAY),
         ),
         clock=clock,
+        grants=grants,
     )
+
+
+@pytest.fixture
+def sessions(
+    store: RecordingStore, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
+) -> SessionService:
+    return make_sessions(store, minter, tiktok, clock)
 
 
 async def start(sessions: SessionService, grant: ProviderGrant | None = None, jkt: str | None = None) -> str:
@@ -383,21 +394,7 @@ async def test_a_sign_out_revoked_at_tiktok_leaves_the_vault_nothing(
     """Revoking a code-started session revokes TikTok's grant and forgets the vault's copy of it; a
     session that holds no TikTok grant (bare token) revokes nothing at TikTok and forgets nothing."""
     grants = ForgottenGrants()
-    sessions = SessionService(
-        store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
-        minter=minter,
-        provider=tiktok,
-        sealer=Sealer.from_keys([new_key()]),
-        policy=SessionPolicy(
-            idle_timeout=int(30 * DAY),
-            max_lifetime=int(90 * DAY),
-            reuse_grace=5.0,
-            provider_recheck=True,
-            provider_recheck_interval=int(DAY),
-        ),
-        clock=clock,
-        grants=grants,
-    )
+    sessions = make_sessions(store, minter, tiktok, clock, grants)
     assert await sessions.revoke(await start(sessions))
     assert (tiktok.revoked, grants.forgotten) == ([], [])
     assert await sessions.revoke(await start(sessions, GRANT))
