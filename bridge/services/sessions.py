@@ -85,6 +85,8 @@ _TOKEN = re.compile(r"tkb1\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})")
 # One refresh may wait on TikTok and Keycloak (each bounded by the HTTP timeout and its retries).
 LOCK_TTL = 30.0
 LOCK_WAIT = 10.0
+# Ends that someone still holding the refresh token must never get undone by a Redis failover.
+DURABLE_ENDS = frozenset({"revoked", "reused"})
 
 
 @dataclass(frozen=True)
@@ -399,7 +401,9 @@ class SessionService:
                 log.warning("vault grant not forgotten at sign-out", extra={"error_type": type(exc).__name__})
 
     async def _end(self, session_id: str, record: SessionRecord, reason: str) -> None:
-        await self._store.delete(session_id)
+        # A revoked or reused session lost in a failover would be usable again: confirmed by the
+        # replicas. The others end again by themselves (idle, expired, refused at the next grant).
+        await self._store.delete(session_id, durable=reason in DURABLE_ENDS)
         self._ended(record, reason)
 
     @staticmethod

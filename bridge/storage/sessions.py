@@ -96,8 +96,8 @@ class SessionStore:
     async def read(self, session_id: str) -> SessionRecord | None:
         return decode_record(await self._store.get(keys.session(session_id)))
 
-    async def delete(self, session_id: str) -> None:
-        await self._store.delete(keys.session(session_id))
+    async def delete(self, session_id: str, *, durable: bool = False) -> None:
+        await self._store.delete(keys.session(session_id), durable=durable)
 
     async def start_if_current(
         self, check: IdentityCheck, session_id: str, record: SessionRecord, lasts: float
@@ -107,7 +107,9 @@ class SessionStore:
         )
 
     async def end_identity(self, open_id: str, at: float) -> None:
-        await self._store.set(self._not_before_key(open_id), json.dumps(at).encode(), self._max_lifetime)
+        await self._store.set(
+            self._not_before_key(open_id), json.dumps(at).encode(), self._max_lifetime, durable=True
+        )
 
     async def ended_at(self, open_id: str) -> float | None:
         return end_time(await self._store.get(self._not_before_key(open_id)))

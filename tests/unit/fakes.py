@@ -464,6 +464,8 @@ class RecordingStore:
     def __init__(self) -> None:
         self.memory = MemoryCache()
         self.operations: list[str] = []
+        # (operation, key) of each write asked to be confirmed by Redis replicas.
+        self.durable: list[tuple[str, str]] = []
 
     def _note(self, operation: str, *keys_: str) -> None:
         self.operations.append(" ".join([operation, *map(_kind, keys_)]))
@@ -476,19 +478,25 @@ class RecordingStore:
         self._note("get_many", *keys_)
         return await self.memory.get_many(*keys_)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._note("set", key)
+        if durable:
+            self.durable.append(("set", _kind(key)))
         await self.memory.set(key, value, ttl)
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         self._note("add", key)
         return await self.memory.add(key, value, ttl)
 
-    async def delete(self, *keys_: str) -> None:
+    async def delete(self, *keys_: str, durable: bool = False) -> None:
         self._note("delete", *keys_)
+        if durable:
+            self.durable.extend(("delete", _kind(key)) for key in keys_)
         await self.memory.delete(*keys_)
 
-    async def schedule(self, key: str, member: str, at: float) -> None:
+    async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
+        if durable:
+            self.durable.append(("schedule", _kind(key)))
         await self.memory.schedule(key, member, at)
 
     async def due(self, key: str, until: float, limit: int) -> list[str]:

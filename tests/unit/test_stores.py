@@ -43,9 +43,9 @@ class TtlCache(MemoryCache):
         self.ttls: dict[str, float] = {}
         self.reads = 0
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self.ttls[key] = ttl
-        await super().set(key, value, ttl)
+        await super().set(key, value, ttl, durable=durable)
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         self.ttls[key] = ttl
