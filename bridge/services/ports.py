@@ -129,6 +129,12 @@ class IdentitySessions(Protocol):
     async def end_identity(self, open_id: str) -> None: ...
 
 
+class LinkedUsers(Protocol):
+    """Who is linked to an identity (ending the sessions of a deauthorized identity's account)."""
+
+    async def linked_users(self, idp_alias: str, idp_user_id: str) -> list[KeycloakUser]: ...
+
+
 class ProfileStore(Protocol):
     """Profiles verified under an access token, tokens the identity provider refused lately, and client
     addresses that brought a token it vouched for. Every method raises UpstreamUnavailable('cache') on
@@ -261,12 +267,13 @@ class SessionStore(Protocol):
         write). The state found, written or not."""
         ...
 
-    async def end_identity(self, open_id: str, at: float) -> None:
-        """Every session of the identity started at or before `at` is over (durable: confirmed by the
-        Redis replicas, or NotReplicated)."""
+    async def end_identity(self, open_id: str, at: float, *, by_account: bool = False) -> None:
+        """Every session of the identity started at or before `at` is over; `by_account`: every session
+        a Strapi jwt started for the Keycloak account `open_id` (the Strapi jwt provider's subject).
+        Durable: confirmed by the Redis replicas, or NotReplicated."""
         ...
 
-    async def ended_at(self, open_id: str) -> float | None: ...
+    async def ended_at(self, open_id: str, *, by_account: bool = False) -> float | None: ...
 
 
 class AdminTokenStore(Protocol):
@@ -348,7 +355,10 @@ class Minter(Protocol):
         *,
         audiences: tuple[str, ...] = (),
         client_id: str | None = None,
-    ) -> IssuedToken: ...
+        by_account: bool = False,
+    ) -> IssuedToken:
+        """`by_account`: `open_id` is a Keycloak user id linked to the Strapi jwt provider."""
+        ...
 
 
 class AssertionMinter(Protocol):

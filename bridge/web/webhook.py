@@ -136,9 +136,10 @@ async def tiktok_webhook(request: Request) -> Response:
         # Signed by our secret but not ours to act on (another event type): acknowledged, ignored.
         return JSONResponse({"status": "ignored"})
     if resources.sessions is not None:
-        # Before the 200, and idempotent: if the session store cannot take it, TikTok gets a 503 and
-        # delivers again (for up to 72 h), so ending the user's sessions is never lost.
-        await resources.sessions.end_identity(event["user_openid"])
+        # Before the 200, and idempotent: if the session store (or, with the Strapi jwt exchange on,
+        # Keycloak, asked for the linked account) cannot take it, TikTok gets a 503 and delivers again
+        # (for up to 72 h), so ending the user's sessions is never lost.
+        await resources.sessions.deauthorized(event["user_openid"])
     if not await resources.webhook_deliveries.first_time(body):
         return JSONResponse({"status": "duplicate"})
     open_id, reason = event["user_openid"], _reason(event.get("content"))

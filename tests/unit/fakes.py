@@ -251,7 +251,9 @@ class FakeKeycloak:
     async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken:
         self.calls["token"] += 1
         self.scopes.append(scope)
-        user = self._linked("tiktok", assertion.removeprefix("assertion-for:"))
+        # Like Keycloak, the provider is picked by the assertion's issuer (`FakeMinter.issuer`).
+        issuer, _, subject = assertion.removeprefix("assertion-for:").rpartition("@")
+        user = self._linked(PROVIDERS[issuer], subject)
         if user is None:
             raise NotLinked
         if not user.enabled:
@@ -267,10 +269,19 @@ class FakeKeycloak:
         return sum(count for name, count in self.calls.items() if name != "token")
 
 
+# The providers of the fake realm by the issuer the bridge signs as: TikTok's, and the Strapi jwt one.
+PROVIDERS = {"": "tiktok", "strapi-jwt": "tiktok-strapi-jwt"}
+
+
+@dataclass(frozen=True)
 class FakeMinter:
+    """Assertions naming their issuer: "" for the TikTok provider, "strapi-jwt" for the other."""
+
+    issuer: str = ""
+
     def mint(self, subject: str, audience: str) -> str:
         assert audience == ISSUER
-        return f"assertion-for:{subject}"
+        return f"assertion-for:{self.issuer}@{subject}" if self.issuer else f"assertion-for:{subject}"
 
 
 @dataclass(frozen=True)
@@ -296,8 +307,10 @@ def use_cases(
     quota: ProviderQuota | None = None,
     recent: RecentProfiles | None = None,
     refusals: RefusalBudget | None = None,
+    strapi_jwt: bool = False,
 ) -> UseCases:
-    """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given)."""
+    """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given);
+    `strapi_jwt`: minting by the Strapi jwt provider too."""
     identities = IdentityStore.from_policy(cache, policy)
     identity = IdentityService(
         provider=tiktok,
@@ -307,7 +320,12 @@ def use_cases(
         refusals=refusals,
     )
     provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
-    minting = MintingService(keycloak=keycloak, minter=minter or FakeMinter(), policy=policy)
+    minting = MintingService(
+        keycloak=keycloak,
+        minter=minter or FakeMinter(),
+        policy=policy,
+        strapi_jwt_minter=FakeMinter("strapi-jwt") if strapi_jwt else None,
+    )
     exchange = ExchangeService(
         identity=identity,
         provisioning=provisioning,
