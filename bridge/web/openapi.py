@@ -196,7 +196,7 @@ def _vault_request(client_parameters: dict[str, Any]) -> dict[str, Any]:
         "type": "object",
         "description": "The token vault: a confidential client of BRIDGE_VAULT_CLIENT_IDS (HTTP Basic or "
         "client_id and client_secret) swaps a realm user's access token for the user's TikTok access "
-        "token; audience, resource, actor_token and PKCE parameters are refused",
+        "token",
         "required": ["grant_type", "subject_token", "subject_token_type", "requested_token_type"],
         "properties": {
             "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
@@ -225,25 +225,75 @@ def _vault_response() -> dict[str, Any]:
     }
 
 
+def _token_examples(*, strapi_jwt: bool, vault: bool) -> dict[str, Any]:
+    """A request of each kind /token serves, as the guides show them (the tokens are placeholders)."""
+    jws = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJleGFtcGxlIn0.c2lnbmF0dXJl"
+    examples: dict[str, Any] = {
+        "tiktok_access_token": {
+            "summary": "Sign in with a TikTok access token",
+            "value": {
+                "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+                "subject_token": "act.example",
+                "subject_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+            },
+        }
+    }
+    if strapi_jwt:
+        examples["strapi_jwt"] = {
+            "summary": "Trade a Strapi plugin's jwt for a session (docs/migrating-from-strapi.md)",
+            "value": {
+                "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+                "subject_token": jws,
+                "subject_token_type": TOKEN_TYPE_STRAPI_JWT,
+            },
+        }
+    if vault:
+        examples["vault"] = {
+            "summary": "A vault client swaps a user's realm access token for the user's TikTok access token "
+            "(docs/vault.md; the client authenticates)",
+            "value": {
+                "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+                "subject_token": jws,
+                "subject_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+                "requested_token_type": TOKEN_TYPE_TIKTOK_ACCESS_TOKEN,
+                "scope": "video.list",
+            },
+        }
+    return examples
+
+
 def _token_operation(*, strapi_jwt: bool, vault: bool, clients: bool, confidential: bool) -> dict[str, Any]:
     """POST /token: exchange (RFC 8693), refresh (RFC 6749 §6) and, with the vault on, TikTok's token."""
     client_parameters = _CLIENT_PARAMETERS if clients else {}
-    # /token also takes a Strapi jwt when BRIDGE_STRAPI_JWT_SECRET is set (linking never does).
-    exchange_types = [*SUPPORTED_SUBJECT_TOKEN_TYPES, *([TOKEN_TYPE_STRAPI_JWT] if strapi_jwt else [])]
-    exchange_request = {
+    # /token also takes a Strapi jwt when BRIDGE_STRAPI_JWT_SECRET is set (linking never does). A bearer
+    # credential travels alone; an authorization code with its PKCE verifier and redirect URI, which go
+    # with nothing else (two alternatives, so a generated request is one the bridge would read).
+    bearer_types = [*SUBJECT_TOKEN_TYPES.access_tokens, *([TOKEN_TYPE_STRAPI_JWT] if strapi_jwt else [])]
+    exchange_properties = {
+        "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
+        "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
+        "requested_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
+        "scope": {"type": "string"},
+        "audience": {"type": "string", "description": "An API the token is for (configured audiences)"},
+        "resource": {"type": "string", "format": "uri", "description": "RFC 8707, like audience"},
+        **client_parameters,
+    }
+    bearer_request = {
         "type": "object",
         "required": ["grant_type", "subject_token", "subject_token_type"],
         "properties": {
-            "grant_type": {"type": "string", "const": GRANT_TYPE_TOKEN_EXCHANGE},
-            "subject_token": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[!-~]+$"},
-            "subject_token_type": {"type": "string", "enum": exchange_types},
-            "requested_token_type": {"type": "string", "enum": list(SUPPORTED_REQUESTED_TOKEN_TYPES)},
-            "scope": {"type": "string"},
+            **exchange_properties,
+            "subject_token_type": {"type": "string", "enum": bearer_types},
+        },
+    }
+    code_request = {
+        "type": "object",
+        "required": ["grant_type", "subject_token", "subject_token_type", "code_verifier", "redirect_uri"],
+        "properties": {
+            **exchange_properties,
+            "subject_token_type": {"type": "string", "enum": list(SUBJECT_TOKEN_TYPES.codes)},
             "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{32,128}$"},
             "redirect_uri": {"type": "string", "format": "uri"},
-            "audience": {"type": "string", "description": "An API the token is for (configured audiences)"},
-            "resource": {"type": "string", "format": "uri", "description": "RFC 8707, like audience"},
-            **client_parameters,
         },
     }
     refresh_request = {
@@ -258,7 +308,7 @@ def _token_operation(*, strapi_jwt: bool, vault: bool, clients: bool, confidenti
             **client_parameters,
         },
     }
-    token_request: list[dict[str, Any]] = [exchange_request, refresh_request]
+    token_request: list[dict[str, Any]] = [bearer_request, code_request, refresh_request]
     token_response: dict[str, Any] = {
         "type": "object",
         "required": ["access_token", "token_type"],
@@ -299,7 +349,12 @@ def _token_operation(*, strapi_jwt: bool, vault: bool, clients: bool, confidenti
         "parameters": [dpop_header],
         "requestBody": {
             "required": True,
-            "content": {"application/x-www-form-urlencoded": {"schema": {"oneOf": token_request}}},
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"oneOf": token_request},
+                    "examples": _token_examples(strapi_jwt=strapi_jwt, vault=vault),
+                }
+            },
         },
         "responses": {
             "200": _json(

@@ -29,13 +29,14 @@ from bridge.protocol.rfc8693 import (
     stored_token_response,
 )
 from bridge.providers.strapi.tokens import TOKEN_TYPE_STRAPI_JWT
-from bridge.providers.tiktok.tokens import TOKEN_TYPE_TIKTOK_ACCESS_TOKEN
+from bridge.providers.tiktok.tokens import TOKEN_TYPE_TIKTOK_ACCESS_TOKEN, TOKEN_TYPE_TIKTOK_CODE
 from bridge.web import openapi
 from bridge.web.app import create_app
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
 
+CODE = TOKEN_TYPE_TIKTOK_CODE
 VAULT_FORM = {
     "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
     "subject_token": "not-a-jwt",
@@ -77,10 +78,13 @@ def test_the_vault_and_client_authentication_are_described_where_configured() ->
     assert token["security"] == [{"clientBasic": []}, {}]
     assert document["paths"]["/revoke"]["post"]["security"] == [{"clientBasic": []}, {}]
     assert document["components"]["securitySchemes"]["clientBasic"]["scheme"] == "basic"
-    exchange, _refresh, vault = token["requestBody"]["content"]["application/x-www-form-urlencoded"][
+    exchange, code, _refresh, vault = token["requestBody"]["content"]["application/x-www-form-urlencoded"][
         "schema"
     ]["oneOf"]
     assert TOKEN_TYPE_STRAPI_JWT in exchange["properties"]["subject_token_type"]["enum"]
+    assert TOKEN_TYPE_STRAPI_JWT not in code["properties"]["subject_token_type"]["enum"]
+    assert "code_verifier" not in exchange["properties"]
+    assert {"code_verifier", "redirect_uri"} <= set(code["required"])
     assert TOKEN_TYPE_TIKTOK_ACCESS_TOKEN not in exchange["properties"]["requested_token_type"]["enum"]
     assert vault["properties"]["subject_token_type"] == {"type": "string", "const": TOKEN_TYPE_ACCESS_TOKEN}
     assert vault["properties"]["requested_token_type"]["const"] == TOKEN_TYPE_TIKTOK_ACCESS_TOKEN
@@ -108,11 +112,26 @@ def test_without_an_allow_list_nothing_of_client_authentication_or_the_vault_is_
     assert "security" not in document["paths"]["/revoke"]["post"]
     assert "securitySchemes" not in document["components"]
     branches = token["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]["oneOf"]
-    assert len(branches) == 2
+    assert len(branches) == 3
     assert all("client_id" not in branch["properties"] for branch in branches)
     assert TOKEN_TYPE_STRAPI_JWT not in str(document)
     assert TOKEN_TYPE_TIKTOK_ACCESS_TOKEN not in str(document)
     assert token_request_branches(document, VAULT_FORM) == 0
+
+
+def test_every_example_request_is_one_alternative_of_the_token_request() -> None:
+    """Each documented example (which a fuzzer sends as it is) is a request of exactly one kind, and the
+    vault's and the Strapi jwt's are there only when those are on."""
+    document = full_document()
+    content = document["paths"]["/token"]["post"]["requestBody"]["content"]
+    examples = content["application/x-www-form-urlencoded"]["examples"]
+    assert set(examples) == {"tiktok_access_token", "strapi_jwt", "vault"}
+    for example in examples.values():
+        assert token_request_branches(document, example["value"]) == 1, example
+    bare = openapi.document("https://bridge.example", strapi=False)["paths"]["/token"]["post"]
+    assert set(bare["requestBody"]["content"]["application/x-www-form-urlencoded"]["examples"]) == {
+        "tiktok_access_token"
+    }
 
 
 @pytest.mark.parametrize(
@@ -124,11 +143,23 @@ def test_without_an_allow_list_nothing_of_client_authentication_or_the_vault_is_
         ({**VAULT_FORM, "requested_token_type": TOKEN_TYPE_ACCESS_TOKEN}, 1),  # a TikTok exchange
         ({**VAULT_FORM, "subject_token_type": TOKEN_TYPE_STRAPI_JWT, "requested_token_type": ""}, 0),
         ({k: v for k, v in VAULT_FORM.items() if k != "requested_token_type"}, 1),  # a TikTok exchange
+        ({**VAULT_FORM, "requested_token_type": TOKEN_TYPE_ACCESS_TOKEN, "subject_token_type": CODE}, 0),
+        (
+            {
+                **VAULT_FORM,
+                "requested_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+                "subject_token_type": CODE,
+                "code_verifier": "v" * 43,
+                "redirect_uri": "https://app.example/callback",
+            },
+            1,
+        ),
     ],
 )
 def test_each_request_is_one_alternative_of_the_token_request(form: dict[str, str], branches: int) -> None:
     """A vault request matches the vault's alternative alone (a fuzzer generating from the document
-    produces it), and a Strapi jwt never goes with the TikTok token type."""
+    produces it), a Strapi jwt never goes with the TikTok token type, and a code only with its PKCE
+    verifier and redirect URI."""
     assert token_request_branches(full_document(), form) == branches
 
 
