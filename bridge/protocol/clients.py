@@ -9,7 +9,6 @@ The client id goes into the exchange's log line, so an operator can tell which a
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -56,7 +55,9 @@ class ClientRegistry:
                 raise InvalidClient("Use one client authentication method, not two.")  # RFC 6749 §2.3
             try:
                 decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError) as exc:
+            except ValueError as exc:
+                # binascii.Error and UnicodeDecodeError are ValueErrors, and so is b64decode's refusal
+                # of a non-ASCII header (Starlette decodes header bytes as Latin-1).
                 raise InvalidClient from exc
             basic_id, _, basic_secret = decoded.partition(":")
             client_id, secret = unquote(basic_id), unquote(basic_secret)  # RFC 6749 §2.3.1 form-encodes them

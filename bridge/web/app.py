@@ -256,6 +256,8 @@ def _public_routes(resolved: Settings) -> list[Route]:
         linking=bool(resolved.link_client_ids),
         strapi_jwt=resolved.strapi_jwt_secret is not None,
         vault=bool(resolved.vault_client_ids),
+        clients=bool(resolved.public_client_ids or resolved.client_secrets()),
+        confidential_clients=bool(resolved.client_secrets()),
     )
 
     async def openapi_json(_request: Request) -> Response:

@@ -318,6 +318,7 @@ async def test_openapi_is_served(client: httpx2.AsyncClient) -> None:
         "200",
         "400",
         "401",
+        "403",
         "408",
         "413",
         "429",

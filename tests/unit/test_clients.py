@@ -53,6 +53,9 @@ def test_known_clients_are_named(
         (basic("web-bff", "wrong"), None, None),
         (basic("web-bff", "s3cret=x"), "web-bff", "s3cret=x"),  # two methods at once
         ("Basic !!!not-base64", None, None),
+        ("Basic \xe9t\xe9", None, None),  # not ASCII: an HTTP header decoded as Latin-1
+        ("Basic " + base64.b64encode(b"\xffweb-bff:s3cret=x").decode(), None, None),  # not UTF-8
+        ("Basic " + base64.b64encode(b"web-bff").decode(), None, None),  # no colon, so no secret
     ],
 )
 def test_everything_else_is_invalid_client(
