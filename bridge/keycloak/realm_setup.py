@@ -641,7 +641,10 @@ def _group_mapper_step(admin: Admin, alias: str, group: str, *, force: bool) -> 
             f"hardcoded group {group}, sync mode {spec.GROUP_MAPPER_SYNC_MODE}: every web sign-in joins it"
         ]
         return Step(name, "create", details, create)
-    diffs = [str(d) for d in spec.differences(found, {k: v for k, v in wanted.items() if k != "name"})]
+    compared = {k: v for k, v in wanted.items() if k != "name"}
+    if _same_group((found.get("config") or {}).get("group"), group):
+        compared["config"] = {k: v for k, v in wanted["config"].items() if k != "group"}
+    diffs = [str(d) for d in spec.differences(found, compared)]
 
     def update() -> None:
         merged = {**found, **{k: v for k, v in wanted.items() if k != "name"}}
