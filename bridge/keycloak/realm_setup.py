@@ -633,6 +633,14 @@ def _group_mapper_step(admin: Admin, alias: str, group: str, *, force: bool) -> 
     ]
     found = next(iter(ours or theirs), None)
     if found is None:
+        offered = admin.get(f"./identity-provider/instances/{alias}/mapper-types")
+        if spec.GROUP_MAPPER_TYPE not in offered:
+            # Keycloak would accept the mapper, then fail every sign-in through the provider.
+            detail = (
+                f"Keycloak offers provider '{alias}' no mapper type {spec.GROUP_MAPPER_TYPE!r} (Hardcoded "
+                "Group): give it such a mapper for the bridge's group by hand"
+            )
+            return Step(name, "conflict", [detail])
 
         def create() -> None:
             admin.call("POST", base, ok=(201,), json=wanted)

@@ -455,9 +455,12 @@ def _same(have: object, want: object) -> bool:
 # Providers named in BRIDGE_UNION_ID_IDP_ALIASES (the community extension keycloak-tiktok) link their
 # accounts by TikTok's union_id. The bridge's service account sees the members of its group only, so
 # those accounts must be members: each such provider gets a mapper putting everyone who signs in
-# through it into the group, and `apply` brings the accounts linked before into it once. Checked on
-# Keycloak 26.7.4: the provider id and its config keys (`group`, the group's path; `syncMode`).
-GROUP_MAPPER_TYPE = "hardcoded-group-idp-mapper"
+# through it into the group, and `apply` brings the accounts linked before into it once. Read from
+# Keycloak 26.7.4's mapper types for a provider: the id of "Hardcoded Group" (offered for providers of
+# any type despite its prefix) and its one config key, `group` (the group's path). Keycloak accepts a
+# mapper of a type it does not know and then fails every sign-in through the provider (a
+# NullPointerException, seen on 26.7.4), so `apply` checks the type is offered before it creates one.
+GROUP_MAPPER_TYPE = "oidc-hardcoded-group-idp-mapper"
 GROUP_MAPPER_NAME = "tiktok-keycloak-bridge: its group"
 # FORCE: the mapper runs at every sign-in through the provider, not only at the account's first, so an
 # account that signed in before the mapper existed (or was taken out of the group) is a member again

@@ -383,6 +383,7 @@ class WebRealm:
         self.linked = linked  # user id -> its realm-management roles (effective)
         self.members = members
         self.attributes: dict[str, list[str]] = {}
+        self.mapper_types = {spec.GROUP_MAPPER_TYPE, "oidc-hardcoded-role-idp-mapper"}
         self.writes: list[tuple[str, str, Any]] = []
 
     def group(self) -> dict[str, Any]:
@@ -410,6 +411,11 @@ class WebRealm:
                 lambda _: ok(200, json={"alias": "tiktok-web"}),
             ),
             ("GET", mappers, lambda _: ok(200, json=self.mappers)),
+            (
+                "GET",
+                f"{mappers[:-1]}-types",
+                lambda _: ok(200, json={t: {"id": t} for t in self.mapper_types}),
+            ),
             ("POST", mappers, lambda _: ok(201)),
             ("PUT", f"{mappers}/[^/]+", lambda _: ok(204)),
             ("GET", "/group-by-path/tiktok-users", lambda _: ok(200, json=self.group())),
@@ -460,7 +466,7 @@ def hardcoded(name: str, sync_mode: str, group: str = "/tiktok-users") -> dict[s
         "id": f"id-{name}",
         "name": name,
         "identityProviderAlias": "tiktok-web",
-        "identityProviderMapper": "hardcoded-group-idp-mapper",
+        "identityProviderMapper": "oidc-hardcoded-group-idp-mapper",
         "config": {"group": group, "syncMode": sync_mode},
     }
 
@@ -493,6 +499,19 @@ def test_the_group_mapper_is_made_put_right_or_left_to_its_administrators(
         assert mapper_step.run is not None
         mapper_step.run()
         assert realm.writes == [("POST", "/identity-provider/instances/tiktok-web/mappers", body)]
+
+
+def test_no_mapper_of_a_type_keycloak_does_not_offer_the_provider() -> None:
+    """Keycloak stores a mapper of an unknown type and then fails every sign-in through the provider:
+    apply makes none when the provider's mapper types lack Hardcoded Group, and says so."""
+    realm = WebRealm([], linked={}, members=set())
+    realm.mapper_types = {"hardcoded-attribute-idp-mapper"}
+
+    mapper_step = web_steps(realm)[0]
+
+    assert mapper_step.action == "conflict"
+    assert "no mapper type 'oidc-hardcoded-group-idp-mapper'" in mapper_step.details[0]
+    assert mapper_step.run is None
 
 
 def test_enrollment_brings_in_the_accounts_outside_with_progress_and_records_the_provider(
