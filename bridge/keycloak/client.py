@@ -481,6 +481,19 @@ class KeycloakClient:
                 raise UpstreamProtocolError("keycloak", f"group lookup HTTP {response.status_code}")
         return missing
 
+    async def group_attributes(self, path: str) -> dict[str, list[str]]:
+        """The attributes of the group at `path`: group-by-path answers the whole representation."""
+        response = await self._admin("GET", f"/group-by-path/{path.lstrip('/')}")
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"group lookup HTTP {response.status_code}")
+        group = self._json(response)
+        attributes = (group.get("attributes") or {}) if isinstance(group, dict) else None
+        if not isinstance(attributes, dict):
+            raise UpstreamProtocolError("keycloak", "group attributes are not a JSON object")
+        return {
+            str(k): [str(v) for v in values] for k, values in attributes.items() if isinstance(values, list)
+        }
+
     async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None:
         """Map realm roles to a user. Reads them from the user's 'available' list: reading a role by name
         needs view-realm, which the bridge's client deliberately lacks."""

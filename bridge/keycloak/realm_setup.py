@@ -29,9 +29,10 @@ import httpx2
 
 from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
+from bridge.services.adoption import ENROLLED_PROVIDERS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from bridge.settings import Settings
 
@@ -167,11 +168,19 @@ def check_realm(admin: Admin) -> None:
 # ------------------------------------------------------------------------------------ planning
 
 
-def plan(admin: Admin, settings: Settings, *, jwks_url: str | None, force: bool = False) -> list[Step]:
+def plan(
+    admin: Admin,
+    settings: Settings,
+    *,
+    jwks_url: str | None,
+    force: bool = False,
+    out: Callable[[str], None] | None = None,
+) -> list[Step]:
     """Read the realm and decide one action per object; writes nothing. `jwks_url` None: whatever
-    JWKS URL the provider has is right (the doctor's view: the grant proves it works)."""
+    JWKS URL the provider has is right (the doctor's view: the grant proves it works). `out`: where
+    long steps report progress when they run."""
     found = _read_provider(admin, settings.keycloak_idp_alias)
-    return _plan(admin, settings, found, jwks_url=jwks_url, force=force)
+    return _plan(admin, settings, found, jwks_url=jwks_url, force=force, out=out)
 
 
 def _read_provider(admin: Admin, alias: str) -> dict[str, Any] | None:
@@ -186,8 +195,16 @@ def _read_provider(admin: Admin, alias: str) -> dict[str, Any] | None:
 
 
 def _plan(
-    admin: Admin, settings: Settings, provider: dict[str, Any] | None, *, jwks_url: str | None, force: bool
+    admin: Admin,
+    settings: Settings,
+    provider: dict[str, Any] | None,
+    *,
+    jwks_url: str | None,
+    force: bool,
+    out: Callable[[str], None] | None = None,
+    sample: int | None = None,
 ) -> list[Step]:
+    """`sample`: check that many accounts of each union_id-keyed provider instead of all (the doctor)."""
     url = jwks_url or spec.default_jwks_url(settings)
     steps = [_provider_step(admin, spec.identity_provider(settings, url), provider, jwks_url, force=force)]
     if spec.strapi_jwt_enabled(settings):
@@ -198,6 +215,7 @@ def _plan(
     if settings.keycloak_group:
         steps.append(_group_step(admin, settings.keycloak_group))
         steps.append(_members_step(admin, settings.keycloak_group, settings.keycloak_idp_alias))
+    steps.extend(_web_sign_in_steps(admin, settings, force=force, out=out or _quiet, sample=sample))
     own = spec.own_client(settings)
     others = spec.minting_clients(settings)
     separate = spec.separate_admin_client(settings)
@@ -573,6 +591,219 @@ def _all(admin: Admin, path: str, **params: str) -> dict[str, str]:
         if len(page) < _PAGE:
             return users
         first += _PAGE
+
+
+# --------------------------------------------------- the realm's TikTok web sign-in (union_id-keyed)
+
+# How many accounts of each union_id-keyed provider the doctor checks for membership (one admin call
+# each); apply checks them all.
+DOCTOR_SAMPLE = 50
+# Enrollment reports its progress every this many accounts.
+_PROGRESS_EVERY = 500
+
+
+def _quiet(_line: str) -> None:
+    """Progress nobody reads (the doctor's survey never runs a step)."""
+
+
+def _web_sign_in_steps(
+    admin: Admin, settings: Settings, *, force: bool, out: Callable[[str], None], sample: int | None
+) -> list[Step]:
+    """Per provider of BRIDGE_UNION_ID_IDP_ALIASES: its group mapper, then its accounts in the group
+    and the group's record of that (which the bridge reads before it gives anyone a new account). The
+    mapper comes first, so no account signing in while the enrollment runs can slip past both."""
+    group = settings.keycloak_group
+    if not group:
+        # No group, no confinement: the service account sees every account of the realm.
+        return []
+    steps: list[Step] = []
+    for alias in settings.union_id_idp_aliases:
+        response = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
+        if response.status_code == HTTPStatus.NOT_FOUND:
+            steps.append(
+                Step(
+                    f"web sign-in provider '{alias}'",
+                    "conflict",
+                    [
+                        (
+                            f"the realm has no identity provider '{alias}' (BRIDGE_UNION_ID_IDP_ALIASES "
+                            "names it): create it, or take it out of the setting"
+                        )
+                    ],
+                )
+            )
+            continue
+        steps.append(_group_mapper_step(admin, alias, group, force=force))
+        steps.append(_enrollment_step(admin, alias, group, force=force, out=out, sample=sample))
+    return steps
+
+
+def _group_mapper_step(admin: Admin, alias: str, group: str, *, force: bool) -> Step:
+    """The provider's hardcoded-group mapper for the bridge's group. One an administrator made by hand
+    (any name, same type and group) serves as well; its sync mode is theirs unless --force."""
+    name = f"group mapper of provider '{alias}'"
+    base = f"./identity-provider/instances/{alias}/mappers"
+    wanted = spec.group_mapper(alias, group)
+    mappers: list[dict[str, Any]] = admin.get(base)
+    ours = [m for m in mappers if m.get("name") == spec.GROUP_MAPPER_NAME]
+    theirs = [
+        m
+        for m in mappers
+        if m.get("identityProviderMapper") == spec.GROUP_MAPPER_TYPE
+        and _same_group((m.get("config") or {}).get("group"), group)
+    ]
+    found = next(iter(ours or theirs), None)
+    if found is None:
+        offered = admin.get(f"./identity-provider/instances/{alias}/mapper-types")
+        if spec.GROUP_MAPPER_TYPE not in offered:
+            # Keycloak would accept the mapper, then fail every sign-in through the provider.
+            detail = (
+                f"Keycloak offers provider '{alias}' no mapper type {spec.GROUP_MAPPER_TYPE!r} (Hardcoded "
+                "Group): give it such a mapper for the bridge's group by hand"
+            )
+            return Step(name, "conflict", [detail])
+
+        def create() -> None:
+            admin.call("POST", base, ok=(201,), json=wanted)
+
+        details = [
+            f"hardcoded group {group}, sync mode {spec.GROUP_MAPPER_SYNC_MODE}: every web sign-in joins it"
+        ]
+        return Step(name, "create", details, create)
+    compared = {k: v for k, v in wanted.items() if k != "name"}
+    if _same_group((found.get("config") or {}).get("group"), group):
+        compared["config"] = {k: v for k, v in wanted["config"].items() if k != "group"}
+    diffs = [str(d) for d in spec.differences(found, compared)]
+
+    def update() -> None:
+        merged = {**found, **{k: v for k, v in wanted.items() if k != "name"}}
+        merged["config"] = {**(found.get("config") or {}), **wanted["config"]}
+        admin.call("PUT", f"{base}/{found['id']}", ok=(204,), json=merged)
+
+    if found.get("name") == spec.GROUP_MAPPER_NAME:
+        # The bridge's own mapper: put right without --force, nothing else relies on its settings.
+        return _conflict_or_update(name, [], force=force, run=update, own=[f"set: {d}" for d in diffs])
+    return _conflict_or_update(f"{name} ('{found.get('name')}')", diffs, force=force, run=update)
+
+
+def _same_group(found: object, path: str) -> bool:
+    """Keycloak keeps the group as its path; a hand-made mapper may lack the leading slash."""
+    return isinstance(found, str) and found.strip("/") == path.strip("/")
+
+
+def _enrollment_step(
+    admin: Admin, alias: str, path: str, *, force: bool, out: Callable[[str], None], sample: int | None
+) -> Step:
+    """The accounts linked to the provider that are outside the group join it, and the group records
+    the provider. Idempotent: a second run finds none outside. `sample`: look at that many only.
+
+    An account holding a realm-wide administrative role is a conflict: in the group, the bridge's service
+    account could reset its password (manage-members includes it), so a leaked client secret would reach
+    the realm's administration. Such an account should not sign in through the web provider at all (the
+    mapper would bring it in at its next web sign-in); --force brings it in anyway."""
+    name = f"accounts of provider '{alias}' in group '{path}'"
+    found = admin.call("GET", f"./group-by-path/{path.strip('/')}", ok=(200, 404))
+    group = _json(found, strict=True) if found.status_code == HTTPStatus.OK else None
+    recorded = alias in ((group or {}).get("attributes") or {}).get(ENROLLED_PROVIDERS, [])
+    if sample is not None:
+        return _sampled_enrollment_step(admin, name, alias, group, recorded=recorded, sample=sample)
+    members = set(_all(admin, f"./groups/{group['id']}/members")) if group else set()
+    outside = {i: u for i, u in _all(admin, "./users", idpAlias=alias).items() if i not in members}
+    if not outside and recorded:
+        return Step(name, "ok")
+    privileged = _privileged(admin, outside, out)
+    held = [f"{outside[i]} holds realm-management's {', '.join(roles)}" for i, roles in privileged.items()]
+    if held and not force:
+        why = (
+            "in the group the bridge's service account could reset their passwords: unlink them from "
+            f"'{alias}' (its group mapper would bring them in at their next web sign-in), or --force"
+        )
+        return Step(name, "conflict", [*held, why])
+
+    def run() -> None:
+        target = group or admin.get(f"./group-by-path/{path.strip('/')}")
+        total = len(outside)
+        for done, user_id in enumerate(outside, start=1):
+            # 404: the account was deleted since the plan read it; nothing to bring in.
+            admin.call("PUT", f"./users/{user_id}/groups/{target['id']}", ok=(204, 404))
+            if done % _PROGRESS_EVERY == 0 or done == total:
+                out(f"    {done}/{total} accounts of '{alias}' in the group")
+        _record_enrolled(admin, path, alias)
+
+    details = [f"record '{alias}' on the group: the bridge gives no one a new account until it is there"]
+    if outside:
+        added = (
+            f"add {len(outside)} account(s) linked to '{alias}' but outside the group (the bridge's service "
+            f"account may then manage them): {_names(outside.values())}"
+        )
+        details[:0] = [added, *(f"--force: {line}" for line in held)]
+    return Step(name, "update" if held else "create", details, run)
+
+
+def _privileged(admin: Admin, users: Iterable[str], out: Callable[[str], None]) -> dict[str, list[str]]:
+    """The realm-wide administrative roles each account holds, directly, through a group or a composite
+    (Keycloak's effective roles: one call per account), for the accounts holding any."""
+    management = _client_uuid(admin, "realm-management")
+    accounts = list(users)
+    found: dict[str, list[str]] = {}
+    for done, user_id in enumerate(accounts, start=1):
+        path = f"./users/{user_id}/role-mappings/clients/{management}/composite"
+        response = admin.call("GET", path, ok=(200, 404))
+        roles = _json(response) if response.status_code == HTTPStatus.OK else []
+        wide = sorted({str(r.get("name")) for r in roles} & spec.REALM_WIDE_ROLES)
+        if wide:
+            found[user_id] = wide
+        if done % _PROGRESS_EVERY == 0:
+            out(f"checked {done}/{len(accounts)} accounts for administrative roles")
+    return found
+
+
+def _sampled_enrollment_step(
+    admin: Admin, name: str, alias: str, group: dict[str, Any] | None, *, recorded: bool, sample: int
+) -> Step:
+    """The doctor's cheap view: the first `sample` accounts linked to the provider (by username), each
+    checked for membership and administrative roles. Never run: the doctor only reports."""
+    params = {"idpAlias": alias, "briefRepresentation": "true", "max": str(sample)}
+    linked = {str(u["id"]): str(u.get("username")) for u in admin.get("./users", params=params)}
+    outside = [
+        username
+        for user_id, username in linked.items()
+        if group is None
+        or not any(g.get("id") == group["id"] for g in admin.get(f"./users/{user_id}/groups"))
+    ]
+    privileged = _privileged(admin, linked, _quiet)
+    details = []
+    if outside:
+        details.append(
+            f"{len(outside)} of the first {len(linked)} accounts linked to '{alias}' are outside the group, "
+            f"out of the bridge's sight (their mobile sign-in would make a second account): {_names(outside)}"
+        )
+    details.extend(
+        f"{linked[i]} holds realm-management's {', '.join(roles)}: in the group, the bridge's service "
+        "account could reset its password; unlink it from the provider"
+        for i, roles in privileged.items()
+    )
+    if not recorded:
+        details.append(f"the group does not record '{alias}': the bridge refuses new accounts until it does")
+    return Step(name, "create" if details else "ok", details)
+
+
+def _names(usernames: Iterable[str]) -> str:
+    shown = sorted(usernames)
+    more = f" and {len(shown) - _SHOWN} more" if len(shown) > _SHOWN else ""
+    return ", ".join(shown[:_SHOWN]) + more
+
+
+def _record_enrolled(admin: Admin, path: str, alias: str) -> None:
+    """The group's record that the provider's accounts are members: read by the bridge's service account
+    before it makes a new account (`services/adoption.py`)."""
+    group = admin.get(f"./group-by-path/{path.strip('/')}")
+    attributes = dict(group.get("attributes") or {})
+    recorded = list(attributes.get(ENROLLED_PROVIDERS) or [])
+    if alias in recorded:
+        return
+    attributes[ENROLLED_PROVIDERS] = [*recorded, alias]
+    admin.call("PUT", f"./groups/{group['id']}", ok=(204,), json={**group, "attributes": attributes})
 
 
 def _admin_client_steps(admin: Admin, settings: Settings, *, force: bool) -> list[Step]:
@@ -1114,7 +1345,7 @@ def apply(
     jwks_url = jwks_url or spec.default_jwks_url(settings)
     with _admin_session(settings, admin_user, admin_password, admin_realm, http) as (admin, version):
         out(f"Keycloak {version}, realm '{settings.keycloak_realm}'")
-        steps = plan(admin, settings, jwks_url=jwks_url, force=force)
+        steps = plan(admin, settings, jwks_url=jwks_url, force=force, out=out)
         for step in steps:
             out(f"{step.name}: {_label(step.action, dry_run=dry_run)}")
             for detail in step.details:
@@ -1164,7 +1395,7 @@ def survey(
         # One read of the provider serves the plan and says where Keycloak fetches the bridge's keys.
         found = _read_provider(admin, settings.keycloak_idp_alias)
         jwks_url = ((found or {}).get("config") or {}).get("jwksUrl")
-        steps = _plan(admin, settings, found, jwks_url=None, force=False)
+        steps = _plan(admin, settings, found, jwks_url=None, force=False, sample=DOCTOR_SAMPLE)
         return Survey(version, steps, jwks_url)
 
 

@@ -496,3 +496,31 @@ def _same(have: object, want: object) -> bool:
     if isinstance(want, bool) and isinstance(have, str):
         return have.lower() == str(want).lower()
     return have == want
+
+
+# ------------------------------------------------- the realm's TikTok web sign-in (union_id-keyed)
+# Providers named in BRIDGE_UNION_ID_IDP_ALIASES (the community extension keycloak-tiktok) link their
+# accounts by TikTok's union_id. The bridge's service account sees the members of its group only, so
+# those accounts must be members: each such provider gets a mapper putting everyone who signs in
+# through it into the group, and `apply` brings the accounts linked before into it once. Read from
+# Keycloak 26.7.4's mapper types for a provider: the id of "Hardcoded Group" (offered for providers of
+# any type despite its prefix) and its one config key, `group` (the group's path). Keycloak accepts a
+# mapper of a type it does not know and then fails every sign-in through the provider (a
+# NullPointerException, seen on 26.7.4), so `apply` checks the type is offered before it creates one.
+GROUP_MAPPER_TYPE = "oidc-hardcoded-group-idp-mapper"
+GROUP_MAPPER_NAME = "tiktok-keycloak-bridge: its group"
+# FORCE: the mapper runs at every sign-in through the provider, not only at the account's first, so an
+# account that signed in before the mapper existed (or was taken out of the group) is a member again
+# after its next web sign-in. The price: an administrator cannot keep such an account out of the group
+# while it signs in through the provider (docs/existing-keycloak.md, "TikTok web sign-ins").
+GROUP_MAPPER_SYNC_MODE = "FORCE"
+
+
+def group_mapper(alias: str, group: str) -> dict[str, Any]:
+    """The provider's mapper that makes every account signing in through it a member of `group`."""
+    return {
+        "name": GROUP_MAPPER_NAME,
+        "identityProviderAlias": alias,
+        "identityProviderMapper": GROUP_MAPPER_TYPE,
+        "config": {"group": group, "syncMode": GROUP_MAPPER_SYNC_MODE},
+    }

@@ -52,6 +52,7 @@ from bridge.domain.model import strapi_jwt_idp_alias, strapi_jwt_issuer
 from bridge.keycloak import realm_spec as spec
 from bridge.keycloak.assertions import signer_from_settings
 from bridge.keycloak.client import GRANT_TYPE_JWT_BEARER
+from bridge.services.adoption import ENROLLED_PROVIDERS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -141,7 +142,15 @@ async def run_checks(
     try:
         await _tiktok(ctx)
         stopped = False
-        for check in (_keycloak_realm, _service_account, _admin_api_audience, _reach, _server, _profile):
+        for check in (
+            _keycloak_realm,
+            _service_account,
+            _admin_api_audience,
+            _reach,
+            _web_sign_in_reach,
+            _server,
+            _profile,
+        ):
             try:
                 await check(ctx)
             except _Stop as stop:
@@ -431,6 +440,36 @@ async def _reach(ctx: _Context) -> None:
     ctx.passed(
         name, f"the service account reaches the members of {settings.keycloak_group}, not other accounts"
     )
+
+
+async def _web_sign_in_reach(ctx: _Context) -> None:
+    """Whether the bridge's group records every provider of BRIDGE_UNION_ID_IDP_ALIASES, which `bridge
+    keycloak apply` does once that provider's accounts are members: until then the bridge refuses every
+    new account (one could be a second account of a person it cannot see). The service account can
+    neither read providers nor see accounts outside the group, so the mapper and the members
+    themselves are checked by `doctor --admin-user` (a sample of each provider's accounts)."""
+    settings = ctx.settings
+    aliases, group = settings.union_id_idp_aliases, settings.keycloak_group
+    if not aliases or not group:
+        return
+    name = "web sign-in accounts in reach"
+    answer = await _admin_get(ctx, f"/realms/{settings.keycloak_realm}/group-by-path/{group.strip('/')}")
+    if isinstance(answer, str) or answer.status_code != HTTPStatus.OK:
+        status = answer if isinstance(answer, str) else f"HTTP {answer.status_code}"
+        ctx.failed(name, f"group {group} unreadable: {status}", "Run `bridge keycloak apply`.")
+        return
+    recorded = (_body(answer).get("attributes") or {}).get(ENROLLED_PROVIDERS) or []
+    missing = [alias for alias in aliases if alias not in recorded]
+    if missing:
+        ctx.failed(
+            name,
+            f"{group} does not record the accounts of {', '.join(missing)} as its members: the bridge "
+            "refuses every new account meanwhile (it could be a second one for a person it cannot see)",
+            "Run `bridge keycloak apply`: it gives each provider a group mapper, brings the accounts linked "
+            "to it into the group and records it.",
+        )
+        return
+    ctx.passed(name, f"{group} records the accounts of {', '.join(aliases)} as its members")
 
 
 def _claims(token: str) -> dict[str, Any]:

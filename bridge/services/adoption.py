@@ -14,6 +14,15 @@ provisioning lock (a racing pair of first sign-ins adopts once); the candidate m
 bridge's group (the accounts its service account may manage) and must have no link to the bridge's
 provider; two candidates, or one linked to another TikTok identity, are refused (`AdoptionRefused`),
 never guessed. Ports: `KeycloakGateway` (its admin calls only).
+
+A web sign-in account outside the group is invisible to the service account: Keycloak leaves it out of
+the search without an error (measured on 26.7.4), so "no candidate" cannot tell a person without an
+account from one whose account the bridge may not see. Such accounts come into the group through
+`bridge keycloak apply` (a group mapper on each provider, and the accounts linked before enrolled once),
+which then records the provider on the group (`ENROLLED_PROVIDERS`, an attribute the service account can
+read). Until every configured provider is recorded there, a first sign-in that finds no candidate is
+refused (`ServerError`, logged with the fix) rather than given a new account that could be the person's
+second.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from bridge.domain.errors import (
     AccountLinkedToOther,
     AccountNotEligible,
     AccountsAmbiguous,
+    ServerError,
     UserConflict,
 )
 from bridge.domain.model import FederatedLink, fit_for_keycloak
@@ -39,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMPORTED = "strapi_import"
+# The bridge's group's attribute listing the union_id-keyed providers whose accounts `bridge keycloak
+# apply` brought into the group (mapper and enrollment both done).
+ENROLLED_PROVIDERS = "tiktok_bridge_union_id_providers"
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class AdoptionService:
     def __init__(self, *, keycloak: KeycloakGateway, policy: AdoptionPolicy) -> None:
         self._keycloak = keycloak
         self._policy = policy
+        # Set once the group records every configured provider: `apply` never takes a record back.
+        self._providers_in_reach = not (policy.group and policy.union_id_idp_aliases)
 
     async def find(self, profile: ExternalIdentity) -> Candidate | None:
         """The one existing account of the identity by its union_id, if there is one; AdoptionRefused
@@ -80,6 +95,7 @@ class AdoptionService:
             return None
         found = await self._candidates(union_id)
         if not found:
+            await self._check_providers_in_reach()
             return None
         if len(found) > 1:
             raise AccountsAmbiguous(detail=f"union_id matches keycloak users {sorted(found)}")
@@ -95,6 +111,21 @@ class AdoptionService:
                 detail=f"keycloak user {user_id} ({candidate.source}) has another open_id"
             )
         return candidate
+
+    async def _check_providers_in_reach(self) -> None:
+        """ServerError unless every union_id-keyed provider's accounts are in the bridge's group: then an
+        empty search means no account, not one the service account may not see."""
+        if self._providers_in_reach:
+            return
+        recorded = (await self._keycloak.group_attributes(self._policy.group)).get(ENROLLED_PROVIDERS, [])
+        missing = sorted(set(self._policy.union_id_idp_aliases) - set(recorded))
+        if missing:
+            raise ServerError(
+                detail=f"the accounts of identity providers {missing} (BRIDGE_UNION_ID_IDP_ALIASES) are not "
+                f"recorded as members of {self._policy.group}: a new account could be a second one for its "
+                "person, so first sign-ins are refused; run `bridge keycloak apply`"
+            )
+        self._providers_in_reach = True
 
     async def _candidates(self, union_id: str) -> dict[str, Candidate]:
         found: dict[str, Candidate] = {}

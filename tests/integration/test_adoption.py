@@ -1,6 +1,10 @@
 """Adoption against the real Keycloak: users as `bridge strapi import` makes them, and accounts of a
 union_id-keyed web sign-in provider, linked at their identity's first sign-in through /token, the
-Strapi-compatible endpoint or linking; once under a race; ambiguity and strangers refused."""
+Strapi-compatible endpoint or linking; once under a race; ambiguity and strangers refused.
+
+The bridge runs as in production: its admin calls come from the least-privileged service account, which
+sees the members of its group only, and the realm is set up for the web sign-in by `bridge keycloak
+apply` (the `applied` fixture), which the bridge needs before it gives anyone a new account."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from bridge.domain.errors import (
 )
 from bridge.domain.strapi import StrapiUser
 from bridge.factory import policy_from_settings
+from bridge.keycloak import realm_spec as spec
+from bridge.keycloak.realm_setup import apply
 from bridge.services.strapi_import import StrapiImport
 from tests.integration.test_exchange import linked_users, verified_claims
 from tests.integration.test_least_privilege import as_service_account
@@ -42,11 +48,17 @@ GROUP = "/tiktok-users"
 def web_provider(stack: Stack) -> str:
     """An identity provider standing for the community extension's TikTok web sign-in (any type will
     do: the bridge only reads its links, keyed by the union_id)."""
+    oidc_provider(stack, WEB)
+    return WEB
+
+
+def oidc_provider(stack: Stack, alias: str) -> None:
+    """An identity provider of the realm standing for a web sign-in (its type does not matter here)."""
     with stack.admin() as admin:
         created = admin.post(
             "/identity-provider/instances",
             json={
-                "alias": WEB,
+                "alias": alias,
                 "providerId": "oidc",
                 "enabled": True,
                 "config": {
@@ -59,14 +71,32 @@ def web_provider(stack: Stack) -> str:
             },
         )
         assert created.status_code in {201, 409}, created.text
-    return WEB
+
+
+def run_apply(stack: Stack, settings: Settings) -> list[str]:
+    """`bridge keycloak apply` with the realm's administrator, as an operator runs it."""
+    lines: list[str] = []
+    keycloak = stack.keycloak
+    done = apply(
+        settings, admin_user=keycloak.admin_username, admin_password=keycloak.admin_password, out=lines.append
+    )
+    assert done, lines
+    return lines
+
+
+@pytest.fixture(scope="module")
+def applied(stack: Stack, web_provider: str) -> str:
+    """The realm after `bridge keycloak apply` with the web provider named in the settings: its group
+    mapper, its accounts in the bridge's group, and the group's record of it."""
+    run_apply(stack, stack.settings(union_id_idp_aliases=(web_provider,)))
+    return web_provider
 
 
 @pytest.fixture
-def bridge_settings(stack: Stack, account_app: str, web_provider: str) -> Settings:
+def bridge_settings(stack: Stack, account_app: str, applied: str) -> Settings:
     return stack.settings(
         link_client_ids=(account_app,),
-        union_id_idp_aliases=(web_provider,),
+        union_id_idp_aliases=(applied,),
         strapi_keycloak_client_id="tiktok-bridge-strapi",
         strapi_keycloak_client_secret=stack.strapi_client_secret,
     )
@@ -94,17 +124,29 @@ def import_strapi_user(stack: Stack, union_id: str, **changes: Any) -> str:  # n
         return str(created.headers["Location"].rsplit("/", 1)[1])
 
 
-def web_account(stack: Stack, union_id: str, *, in_group: bool = True, **changes: Any) -> str:  # noqa: ANN401
-    """An account of the realm's TikTok web sign-in: linked to the web provider by the union_id."""
+def web_account(
+    stack: Stack,
+    union_id: str,
+    *,
+    in_group: bool = True,
+    alias: str = WEB,
+    **changes: Any,  # noqa: ANN401
+) -> str:
+    """An account of the realm's TikTok web sign-in as the extension makes it: linked to the web provider
+    by the union_id, named by the TikTok username, e-mail `<username>@tiktok.com`; in the bridge's group
+    as the provider's group mapper leaves it (`in_group=False`: an account from before the mapper)."""
+    username = f"webby{secrets.token_hex(4)}"
     with stack.admin() as admin:
         created = admin.post(
             "/users",
             json={
-                "username": f"web-{secrets.token_hex(4)}",
+                "username": username,
                 "enabled": True,
-                "email": f"web-{secrets.token_hex(4)}@tiktok.com",
+                "email": f"{username}@tiktok.com",
                 "groups": [GROUP] if in_group else [],
-                "federatedIdentities": [{"identityProvider": WEB, "userId": union_id, "userName": "webby"}],
+                "federatedIdentities": [
+                    {"identityProvider": alias, "userId": union_id, "userName": username}
+                ],
                 **changes,
             },
         )
@@ -234,7 +276,7 @@ async def test_a_racing_pair_of_first_sign_ins_adopts_once(
 
 
 async def test_an_account_with_only_the_pseudo_email_is_still_refused(
-    stack: Stack, emulator: TikTokEmulator, flushed_redis: None, web_provider: str
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None, applied: str
 ) -> None:
     """An account that merely holds the pseudo-email (no Strapi id) is not adopted: the sign-in is
     refused as the e-mail's, and the account stays unlinked."""
@@ -254,7 +296,7 @@ async def test_an_account_with_only_the_pseudo_email_is_still_refused(
         )
         assert created.status_code == 201, created.text
         lookalike = created.headers["Location"].rsplit("/", 1)[1]
-    settings = stack.settings(email_template="{union_id}@tiktok.com", union_id_idp_aliases=(web_provider,))
+    settings = stack.settings(email_template="{union_id}@tiktok.com", union_id_idp_aliases=(applied,))
 
     async with served_bridge(settings, emulator) as bridge:
         response = await bridge.exchange(emulator.issue_access_token(tiktok.open_id))
@@ -319,29 +361,67 @@ async def test_a_web_sign_in_account_is_linked_for_the_bridge(
     }
 
 
-async def test_a_web_sign_in_account_is_reached_once_it_joins_the_group(
-    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient, new_users: Callable[[], int]
+LATE = "tiktok-web-late"
+
+
+async def test_a_web_sign_in_account_out_of_sight_gets_no_second_account_and_apply_brings_it_in(
+    stack: Stack, emulator: TikTokEmulator, flushed_redis: None, applied: str, new_users: Callable[[], int]
 ) -> None:
-    """Measured: the confined service account's search does not see a web sign-in account outside the
-    bridge's group (Keycloak filters it out, no 403), so such accounts must join the group first (an
-    administrator, or the provider's hardcoded-group mapper); once in, the sign-in reaches it."""
+    """Measured with the least-privileged service account: an account of a web sign-in provider that
+    apply has not handled yet lies outside the bridge's group, and the service account's search does
+    not see it (Keycloak leaves it out, no 403). So the first mobile sign-in is refused, with no account
+    made, rather than given a second one; after `bridge keycloak apply` the same sign-in reaches it."""
+    from tests.conftest import served_bridge  # noqa: PLC0415
+
+    oidc_provider(stack, LATE)
     tiktok = tiktok_user(emulator)
-    web_id = web_account(stack, tiktok.union_id or "", in_group=False)
+    web_id = web_account(stack, tiktok.union_id or "", in_group=False, alias=LATE)
+    settings = stack.settings(union_id_idp_aliases=(applied, LATE))
     with as_service_account(stack) as confined:
-        found = confined.get("/users", params={"idpAlias": WEB, "idpUserId": tiktok.union_id})
-    assert (found.status_code, found.json()) == (200, [])
+        unseen = confined.get("/users", params={"idpAlias": LATE, "idpUserId": tiktok.union_id})
+
+    async with served_bridge(settings, emulator) as bridge:
+        refused = await bridge.exchange(emulator.issue_access_token(tiktok.open_id))
+    made_before_apply = new_users()
+    lines = run_apply(stack, settings)
+    with as_service_account(stack) as confined:
+        seen = confined.get("/users", params={"idpAlias": LATE, "idpUserId": tiktok.union_id})
+    async with served_bridge(settings, emulator) as bridge:
+        response = await bridge.exchange(emulator.issue_access_token(tiktok.open_id))
+
+    assert (unseen.status_code, unseen.json()) == (200, [])
+    assert refused.status_code == 500, refused.text
+    assert refused.json()["error"] == "server_error"
+    assert made_before_apply == 1  # the web account, no second one
+    assert f"accounts of provider '{LATE}' in group '{GROUP}': create" in lines
+    assert [u["id"] for u in seen.json()] == [web_id]
+    assert response.status_code == 200, response.text
+    assert verified_claims(stack, response.json()["access_token"])["sub"] == web_id
+    assert new_users() == 1
+
+
+async def test_a_new_web_sign_in_is_in_reach_through_the_providers_group_mapper(
+    stack: Stack, emulator: TikTokEmulator, bridge: BridgeClient, applied: str, new_users: Callable[[], int]
+) -> None:
+    """apply gave the web provider a hardcoded-group mapper for the bridge's group, synced at every
+    sign-in; an account its first web sign-in makes (here made as the mapper leaves it: in the group,
+    since a browser sign-in through TikTok cannot run here) is reached by the first mobile sign-in."""
     with stack.admin() as admin:
-        group_id = admin.get(f"/group-by-path{GROUP}").json()["id"]
-        assert admin.put(f"/users/{web_id}/groups/{group_id}").status_code == 204
+        mappers = admin.get(f"/identity-provider/instances/{applied}/mappers").json()
+    tiktok = tiktok_user(emulator)
+    web_id = web_account(stack, tiktok.union_id or "")
 
     response = await bridge.exchange(emulator.issue_access_token(tiktok.open_id))
 
+    assert [(m["name"], m["identityProviderMapper"], m["config"]) for m in mappers] == [
+        (spec.GROUP_MAPPER_NAME, "oidc-hardcoded-group-idp-mapper", {"group": GROUP, "syncMode": "FORCE"})
+    ]
     assert response.status_code == 200, response.text
     assert verified_claims(stack, response.json()["access_token"])["sub"] == web_id
-    assert new_users() == 1  # the web account, no second one
+    assert new_users() == 1
 
 
-def test_the_searches_cost_of_a_first_sign_in(stack: Stack, web_provider: str) -> None:
+def test_the_searches_cost_of_a_first_sign_in(stack: Stack, applied: str) -> None:
     """Measured, not asserted beyond sanity: the Admin API searches adoption adds to a first sign-in,
     as the bridge's confined service account makes them (printed with -s)."""
     union_id = f"UnionId{secrets.token_hex(6)}X"

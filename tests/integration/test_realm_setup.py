@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import json
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -1368,3 +1370,344 @@ async def test_an_admin_role_in_a_minting_clients_scope_is_a_conflict_until_forc
     assert forced
     assert "    remove realm-management manage-users" in forced_lines
     assert left == []
+
+
+# ----------------------------------------------------- the realm's TikTok web sign-in (union_id-keyed)
+# The community extension keycloak-tiktok cannot run here (it needs TikTok itself); a provider of any
+# type stands for it, and its accounts are made through the Admin API as the extension makes them: the
+# link's user id is TikTok's union_id, the username TikTok's, the e-mail `<username>@tiktok.com`.
+
+WEB = "tiktok-web"
+
+
+def web_sign_in_provider(bare: Bare, realm: str, alias: str = WEB) -> None:
+    with bare.admin() as admin:
+        created = admin.post(
+            f"/realms/{realm}/identity-provider/instances",
+            json={
+                "alias": alias,
+                "providerId": "oidc",
+                "enabled": True,
+                "config": {
+                    "authorizationUrl": "https://web.example/auth",
+                    "tokenUrl": "https://web.example/token",
+                    "clientId": "web",
+                    "clientSecret": "web-secret",
+                    "clientAuthMethod": "client_secret_post",
+                },
+            },
+        )
+        assert created.status_code == 201, created.text
+
+
+def web_sign_in_account(bare: Bare, realm: str, union_id: str, username: str, alias: str = WEB) -> str:
+    """An account as the extension's first web sign-in makes it (outside the bridge's group); its id."""
+    with bare.admin() as admin:
+        created = admin.post(
+            f"/realms/{realm}/users",
+            json={
+                "username": username,
+                "enabled": True,
+                "email": f"{username}@tiktok.com".lower(),
+                "federatedIdentities": [
+                    {"identityProvider": alias, "userId": union_id, "userName": username}
+                ],
+            },
+        )
+        assert created.status_code == 201, created.text
+        return str(created.headers["Location"].rsplit("/", 1)[1])
+
+
+def user_count(bare: Bare, realm: str) -> int:
+    with bare.admin() as admin:
+        return int(admin.get(f"/realms/{realm}/users/count").json())
+
+
+def web_settings(bare: Bare, realm: str, **overrides: Any) -> Settings:  # noqa: ANN401
+    return bare.settings(realm, union_id_idp_aliases=(WEB,), redis_url=None, **overrides)
+
+
+async def test_web_sign_in_accounts_are_out_of_reach_until_apply_brings_them_in(
+    bare: Bare, emulator: TikTokEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured with the least-privileged service account, as the bridge runs: an account of the web
+    sign-in outside the bridge's group is invisible to it (an empty search, no 403), so a first mobile
+    sign-in is refused rather than given a second account. apply (dry run first: the count and names)
+    gives the provider its group mapper, brings the accounts into the group with progress lines and
+    records it; then the sign-in reaches that account, and a rerun has nothing to do."""
+    monkeypatch.setattr("bridge.keycloak.realm_setup._PROGRESS_EVERY", 2)
+    realm = customer_realm(bare)
+    web_sign_in_provider(bare, realm)
+    assert run_apply(bare, realm)[0]  # the bridge as it was set up before the setting named the provider
+    tiktok = emulator.create_user(union_id=f"UnionId{secrets.token_hex(6)}X", username="webperson")
+    web_id = web_sign_in_account(bare, realm, tiktok.union_id or "", "webperson")
+    for name in ("webfriend", "webstaff"):
+        web_sign_in_account(bare, realm, f"UnionId{secrets.token_hex(6)}Y", name)
+    settings = web_settings(bare, realm)
+    with _leaked(bare, realm) as confined:
+        unseen = confined.get("/users", params={"idpAlias": WEB, "idpUserId": tiktok.union_id})
+    users_before = user_count(bare, realm)
+
+    async for bridge in running_bridge(settings, emulator):
+        refused = await bridge.exchange(emulator.issue_access_token(tiktok.open_id))
+    after_refusal = user_count(bare, realm)
+    dry_done, dry = run_apply(bare, realm, settings=settings, dry_run=True)
+    done, applied = run_apply(bare, realm, settings=settings)
+    with _leaked(bare, realm) as confined:
+        seen = confined.get("/users", params={"idpAlias": WEB, "idpUserId": tiktok.union_id})
+    async for bridge in running_bridge(settings, emulator):
+        signed_in = await bridge.exchange(emulator.issue_access_token(tiktok.open_id))
+    rerun_done, rerun = run_apply(bare, realm, settings=settings)
+
+    assert (unseen.status_code, unseen.json()) == (200, [])
+    assert refused.status_code == 500, refused.text
+    assert refused.json()["error"] == "server_error"
+    assert after_refusal == users_before  # no second account
+    assert dry_done
+    assert f"group mapper of provider '{WEB}': would create" in dry
+    assert f"accounts of provider '{WEB}' in group '/tiktok-users': would create" in dry
+    assert (
+        f"    add 3 account(s) linked to '{WEB}' but outside the group (the bridge's service account may "
+        "then manage them): webfriend, webperson, webstaff"
+    ) in dry
+    assert done, applied
+    assert [line for line in applied if line.endswith("in the group")] == [
+        f"    2/3 accounts of '{WEB}' in the group",
+        f"    3/3 accounts of '{WEB}' in the group",
+    ]
+    with bare.admin() as admin:
+        (mapper,) = admin.get(f"/realms/{realm}/identity-provider/instances/{WEB}/mappers").json()
+        group = admin.get(f"/realms/{realm}/group-by-path/tiktok-users").json()
+    assert mapper["identityProviderMapper"] == "oidc-hardcoded-group-idp-mapper"
+    assert mapper["config"] == {"group": "/tiktok-users", "syncMode": "FORCE"}
+    assert group["attributes"]["tiktok_bridge_union_id_providers"] == [WEB]
+    assert [u["id"] for u in seen.json()] == [web_id]
+    assert signed_in.status_code == 200, signed_in.text
+    assert claims(signed_in.json()["access_token"])["sub"] == web_id
+    assert user_count(bare, realm) == users_before  # the web account, no second one
+    assert rerun_done
+    assert rerun[-1] == "no changes"
+
+
+async def test_doctor_names_web_sign_in_accounts_out_of_reach_until_apply(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """With its own credentials the doctor fails while the group does not record the provider; with
+    admin credentials it also names the missing mapper and, from a sample, the accounts outside the
+    group. After apply everything passes."""
+    realm = customer_realm(bare)
+    web_sign_in_provider(bare, realm)
+    assert run_apply(bare, realm)[0]
+    web_sign_in_account(bare, realm, f"UnionId{secrets.token_hex(6)}X", "webperson")
+    settings = web_settings(bare, realm)
+    admin_login = doctor.AdminLogin("admin", ADMIN_PASSWORD)
+
+    before = await run_doctor(bare, settings, emulator, admin_login)
+    assert run_apply(bare, realm, settings=settings)[0]
+    after = await run_doctor(bare, settings, emulator, admin_login)
+
+    mapper, accounts = (
+        f"realm: group mapper of provider '{WEB}'",
+        f"realm: accounts of provider '{WEB}' in group '/tiktok-users'",
+    )
+    assert failing(before) == {"web sign-in accounts in reach", mapper, accounts}
+    assert f"does not record the accounts of {WEB}" in before["web sign-in accounts in reach"].detail
+    assert "hardcoded group /tiktok-users, sync mode FORCE" in before[mapper].detail
+    assert f"1 of the first 1 accounts linked to '{WEB}' are outside the group" in before[accounts].detail
+    assert "webperson" in before[accounts].detail
+    assert failing(after) == set(), [c.line() for c in after.values()]
+    assert "records the accounts of tiktok-web" in after["web sign-in accounts in reach"].detail
+
+
+def test_a_hand_made_group_mapper_is_kept_unless_its_sync_mode_differs_and_a_missing_provider_stops_apply(
+    bare: Bare,
+) -> None:
+    """A Hardcoded Group mapper an administrator made for the bridge's group serves as it is when it
+    syncs at every sign-in; with IMPORT it is a conflict (apply would change how their mapper works)
+    until --force. A provider the setting names but the realm lacks stops apply, named."""
+    realm = customer_realm(bare)
+    web_sign_in_provider(bare, realm)
+    assert run_apply(bare, realm)[0]
+    mappers = f"/realms/{realm}/identity-provider/instances/{WEB}/mappers"
+    hand_made = {
+        "name": "web users join the app group",
+        "identityProviderAlias": WEB,
+        "identityProviderMapper": "oidc-hardcoded-group-idp-mapper",
+        "config": {"group": "/tiktok-users", "syncMode": "IMPORT"},
+    }
+    with bare.admin() as admin:
+        assert admin.post(mappers, json=hand_made).status_code == 201
+
+    refused, lines = run_apply(bare, realm, settings=web_settings(bare, realm))
+    forced, forced_lines = run_apply(bare, realm, settings=web_settings(bare, realm), force=True)
+    again, again_lines = run_apply(bare, realm, settings=web_settings(bare, realm))
+    missing, missing_lines = run_apply(
+        bare, realm, settings=bare.settings(realm, union_id_idp_aliases=(WEB, "no-such-web"))
+    )
+
+    name = f"group mapper of provider '{WEB}' ('web users join the app group')"
+    assert not refused
+    assert f"{name}: CONFLICT" in lines
+    assert "    config.syncMode is 'IMPORT', needs 'FORCE'" in lines
+    assert forced
+    assert f"{name}: update" in forced_lines
+    assert again
+    assert again_lines[-1] == "no changes"
+    with bare.admin() as admin:
+        (kept,) = admin.get(mappers).json()
+    assert (kept["name"], kept["config"]["syncMode"]) == ("web users join the app group", "FORCE")
+    assert not missing
+    assert "web sign-in provider 'no-such-web': CONFLICT" in missing_lines
+
+
+def test_an_administrator_linked_to_the_web_provider_stops_apply_until_forced(bare: Bare) -> None:
+    """An account holding realm-admin that signs in through the web provider would, in the bridge's
+    group, have its password within the service account's reach: apply refuses (nothing written, not
+    even the mapper) naming it, and --force brings it in anyway."""
+    realm = customer_realm(bare)
+    web_sign_in_provider(bare, realm)
+    assert run_apply(bare, realm)[0]
+    staff_id = web_sign_in_account(bare, realm, f"UnionId{secrets.token_hex(6)}S", "webadmin")
+    with bare.admin() as admin:
+        base = f"/realms/{realm}"
+        (management,) = admin.get(f"{base}/clients", params={"clientId": "realm-management"}).json()
+        realm_admin = admin.get(f"{base}/clients/{management['id']}/roles/realm-admin").json()
+        mapped = admin.post(
+            f"{base}/users/{staff_id}/role-mappings/clients/{management['id']}", json=[realm_admin]
+        )
+        assert mapped.status_code == 204
+
+    refused, lines = run_apply(bare, realm, settings=web_settings(bare, realm))
+    with bare.admin() as admin:
+        mappers_after_refusal = admin.get(f"/realms/{realm}/identity-provider/instances/{WEB}/mappers").json()
+    forced, forced_lines = run_apply(bare, realm, settings=web_settings(bare, realm), force=True)
+    with bare.admin() as admin:
+        groups = admin.get(f"/realms/{realm}/users/{staff_id}/groups").json()
+
+    assert not refused
+    assert f"accounts of provider '{WEB}' in group '/tiktok-users': CONFLICT" in lines
+    held = [line for line in lines if line.startswith("    webadmin holds realm-management's ")]
+    assert len(held) == 1
+    assert "manage-users" in held[0]
+    assert "realm-admin" in held[0]
+    assert mappers_after_refusal == []
+    assert forced, forced_lines
+    assert [g["path"] for g in groups] == ["/tiktok-users"]
+
+
+def _follow(client: httpx2.Client, response: httpx2.Response, keycloak_url: str) -> httpx2.Response:
+    """Redirects followed while they stay on Keycloak (the last one leads to the app, which is not here)."""
+    while response.is_redirect and response.headers["Location"].startswith(keycloak_url):
+        response = client.get(response.headers["Location"])
+    return response
+
+
+def _page_message(page: str) -> str:
+    """What a Keycloak page says to its user (an error, a form's title), for a failing assertion."""
+    found = re.search(r'class="(?:kc-feedback-text|instruction)"[^>]*>([^<]*)<', page)
+    title = re.search(r"<h1[^>]*>\s*([^<]*?)\s*<", page)
+    return " / ".join(m.group(1).strip() for m in (found, title) if m)
+
+
+def _browser_sign_in(bare: Bare, realm: str, username: str, password: str) -> httpx2.Response:
+    """A browser signing in to the app's realm through the web provider (another realm of the same
+    Keycloak, with the user's password): the answer that redirects back to the app."""
+    url = bare.keycloak.url
+    with httpx2.Client(timeout=60) as browser:
+
+        def plain_http(_response: httpx2.Response) -> None:
+            # Keycloak marks its session cookies Secure; a browser still sends them to http://127.0.0.1
+            # (a trustworthy origin), Python's cookie jar does not unless told.
+            for cookie in browser.cookies.jar:
+                cookie.secure = False
+
+        browser.event_hooks["response"] = [plain_http]
+        start = browser.get(
+            f"{url}/realms/{realm}/protocol/openid-connect/auth",
+            params={
+                "client_id": "shop",
+                "redirect_uri": "https://shop.example/callback",
+                "response_type": "code",
+                "scope": "openid",
+                "kc_idp_hint": WEB,
+            },
+        )
+        login_page = _follow(browser, start, url)
+        assert login_page.status_code == 200, (login_page.url, _page_message(login_page.text))
+        action = re.search(r'<form[^>]*id="kc-form-login"[^>]*action="([^"]+)"', login_page.text)
+        assert action is not None, login_page.text[:2000]
+        posted = browser.post(
+            html.unescape(action.group(1)), data={"username": username, "password": password}
+        )
+        done = _follow(browser, posted, url)
+    assert done.status_code in {302, 303}, (done.url, _page_message(done.text))
+    assert done.headers["Location"].startswith("https://shop.example/callback"), done.headers["Location"]
+    return done
+
+
+def test_the_group_mapper_puts_a_real_web_sign_in_into_the_group_at_every_sign_in(bare: Bare) -> None:
+    """A real browser sign-in through a provider apply gave the group mapper (an OpenID Connect provider
+    standing for the TikTok extension: another realm of this Keycloak): its first sign-in creates the
+    account inside the bridge's group; taken out of the group, the account is back after its next web
+    sign-in (sync mode FORCE), so no account of the provider stays out of the bridge's sight."""
+    realm = customer_realm(bare)
+    web_realm, secret, password = (
+        f"web-{secrets.token_hex(4)}",
+        secrets.token_urlsafe(16),
+        secrets.token_urlsafe(12),
+    )
+    url = bare.keycloak.url
+    with bare.admin() as admin:
+        assert admin.post("/realms", json={"realm": web_realm, "enabled": True}).status_code == 201
+        broker_client = {
+            "clientId": "org-broker",
+            "secret": secret,
+            "publicClient": False,
+            "standardFlowEnabled": True,
+            "redirectUris": [f"{url}/realms/{realm}/broker/{WEB}/endpoint"],
+        }
+        assert admin.post(f"/realms/{web_realm}/clients", json=broker_client).status_code == 201
+        person = {
+            "username": "webperson",
+            "enabled": True,
+            "email": "webperson@tiktok.com",
+            "emailVerified": True,
+            "firstName": "Web",
+            "lastName": "Person",
+            "credentials": [{"type": "password", "value": password, "temporary": False}],
+        }
+        assert admin.post(f"/realms/{web_realm}/users", json=person).status_code == 201
+        oidc = f"{url}/realms/{web_realm}/protocol/openid-connect"
+        provider = {
+            "alias": WEB,
+            "providerId": "oidc",
+            "enabled": True,
+            "config": {
+                "authorizationUrl": f"{oidc}/auth",
+                "tokenUrl": f"{oidc}/token",
+                "userInfoUrl": f"{oidc}/userinfo",
+                "clientId": "org-broker",
+                "clientSecret": secret,
+                "clientAuthMethod": "client_secret_post",
+                "defaultScope": "openid email profile",
+                "validateSignature": "false",
+                "syncMode": "IMPORT",
+            },
+        }
+        assert admin.post(f"/realms/{realm}/identity-provider/instances", json=provider).status_code == 201
+    assert run_apply(bare, realm, settings=web_settings(bare, realm))[0]
+
+    _browser_sign_in(bare, realm, "webperson", password)
+    with bare.admin() as admin:
+        (account,) = admin.get(f"/realms/{realm}/users", params={"idpAlias": WEB}).json()
+        first = [g["path"] for g in admin.get(f"/realms/{realm}/users/{account['id']}/groups").json()]
+        group = admin.get(f"/realms/{realm}/group-by-path/tiktok-users").json()
+        left = admin.delete(f"/realms/{realm}/users/{account['id']}/groups/{group['id']}")
+        assert left.status_code == 204
+    _browser_sign_in(bare, realm, "webperson", password)
+    with bare.admin() as admin:
+        again = [g["path"] for g in admin.get(f"/realms/{realm}/users/{account['id']}/groups").json()]
+
+    assert account["username"] == "webperson"
+    assert first == ["/tiktok-users"]
+    assert again == ["/tiktok-users"]

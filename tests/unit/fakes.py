@@ -146,6 +146,8 @@ class FakeKeycloak:
     # The bridge's own group exists, as keycloak-config/ and `bridge keycloak apply` make it.
     groups: set[str] = field(default_factory=lambda: {"/tiktok-users"})
     realm_roles: set[str] = field(default_factory=set)
+    # Group path -> its attributes (`bridge keycloak apply` records union_id-keyed providers there).
+    group_attrs: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     fail_role_mapping: bool = False
     calls: Counter[str] = field(default_factory=Counter)
     scopes: list[tuple[str, ...]] = field(default_factory=list)  # asked of the token endpoint
@@ -216,6 +218,10 @@ class FakeKeycloak:
     async def missing_groups(self, paths: tuple[str, ...]) -> list[str]:
         self.calls["groups"] += 1
         return [path for path in paths if path not in self.groups]
+
+    async def group_attributes(self, path: str) -> dict[str, list[str]]:
+        self.calls["group_attributes"] += 1
+        return {k: list(v) for k, v in self.group_attrs.get(path, {}).items()}
 
     async def assign_realm_roles(self, user_id: str, names: tuple[str, ...]) -> None:
         self.calls["roles"] += 1

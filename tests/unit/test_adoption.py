@@ -16,10 +16,11 @@ from bridge.domain.errors import (
     AccountsAmbiguous,
     EmailTaken,
     IdentityLinkedElsewhere,
+    ServerError,
 )
 from bridge.domain.model import ExternalIdentity, VerifiedBearer
 from bridge.providers.tiktok.attributes import ATTRIBUTES
-from bridge.services.adoption import AdoptionPolicy, AdoptionService
+from bridge.services.adoption import ENROLLED_PROVIDERS, AdoptionPolicy, AdoptionService
 from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.services.provisioning import ProvisioningService
@@ -70,8 +71,13 @@ def provisioning(
     *,
     imported_users: bool = True,
     aliases: tuple[str, ...] = (WEB,),
+    recorded: tuple[str, ...] | None = None,
     **policy: Any,  # noqa: ANN401
 ) -> ProvisioningService:
+    """`recorded`: the providers the group records as enrolled (`bridge keycloak apply`); all by default."""
+    keycloak.group_attrs.setdefault(GROUP, {})[ENROLLED_PROVIDERS] = list(
+        aliases if recorded is None else recorded
+    )
     adoption = AdoptionService(
         keycloak=keycloak,
         policy=AdoptionPolicy(
@@ -265,6 +271,53 @@ async def test_no_search_when_nothing_can_be_adopted(
     assert created
     assert keycloak.calls["find_by_attribute"] + keycloak.calls["find_by_idp"] == 0
     assert tiktok_link(keycloak, "kc-7") == []
+
+
+async def test_no_new_account_while_the_web_accounts_may_be_out_of_sight(keycloak: FakeKeycloak) -> None:
+    """While the group does not record a union_id-keyed provider (its accounts may lie outside the group,
+    unseen), a first sign-in finding no account is refused rather than given one that could be the
+    person's second; once `apply` has recorded it, the same sign-in makes the account."""
+    with pytest.raises(ServerError) as refused:
+        await provisioning(keycloak, recorded=()).ensure_user(PROFILE)
+
+    assert "run `bridge keycloak apply`" in str(refused.value)
+    assert keycloak.calls["create"] == 0
+    assert keycloak.users == {}
+    _, created = await provisioning(keycloak).ensure_user(PROFILE)
+    assert created
+
+
+async def test_an_account_found_needs_no_record_and_the_record_is_read_once(keycloak: FakeKeycloak) -> None:
+    """A candidate the service account sees is adopted whatever the group records; the record itself
+    is read once per process once it names every provider."""
+    web_account(keycloak, "kc-w")
+    assert await provisioning(keycloak, recorded=()).ensure_user(PROFILE) == ("kc-w", False)
+    assert keycloak.calls["group_attributes"] == 0
+
+    service = provisioning(keycloak)
+    for open_id in ("-open-2", "-open-3"):
+        await service.ensure_user(
+            ExternalIdentity(open_id=open_id, union_id=f"U{open_id}", display_name=None)
+        )
+
+    assert keycloak.calls["group_attributes"] == 1
+
+
+async def test_without_a_group_the_record_is_not_needed(keycloak: FakeKeycloak) -> None:
+    """A bridge without a group (a service account that sees every account) needs no record: its search
+    reaches the web accounts wherever they are."""
+    adoption = AdoptionService(
+        keycloak=keycloak,
+        policy=AdoptionPolicy(
+            idp_alias="tiktok",
+            union_id_attribute=ATTRIBUTES.union_id,
+            imported=False,
+            union_id_idp_aliases=(WEB,),
+        ),
+    )
+
+    assert await adoption.find(PROFILE) is None
+    assert keycloak.calls["group_attributes"] == 0
 
 
 def linking(keycloak: FakeKeycloak) -> LinkingService:

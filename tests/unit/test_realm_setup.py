@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import pytest
@@ -19,11 +20,21 @@ from pydantic import ValidationError
 
 from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
-from bridge.keycloak.realm_setup import Admin, _read_provider, _split_own, check_server
+from bridge.keycloak.realm_setup import (
+    Admin,
+    Step,
+    _read_provider,
+    _split_own,
+    _web_sign_in_steps,
+    check_server,
+)
 from bridge.keycloak.realm_spec import version_supported
 from bridge.operations import doctor
 from bridge.settings import Settings
 from devstack.tiktok_emulator import TikTokEmulator
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYCLOAK = "http://keycloak.test"
@@ -426,3 +437,212 @@ def test_the_realm_declares_the_attributes_tiktoks_adapter_writes() -> None:
     declared, claim = spec.TIKTOK_ATTRIBUTES, spec.ATTR_OPEN_ID
     assert declared == ATTRIBUTES.owned
     assert claim == ATTRIBUTES.subject
+
+
+# ------------------------------------------------- the realm's TikTok web sign-in (union_id-keyed)
+
+
+class WebRealm:
+    """The Admin API of a realm with a web sign-in provider, as `apply` reads and writes it: its
+    mappers, the bridge's group (attributes, members) and the accounts linked to the provider."""
+
+    def __init__(
+        self, mappers: list[dict[str, Any]], linked: dict[str, list[str]], members: set[str]
+    ) -> None:
+        self.mappers = mappers
+        self.linked = linked  # user id -> its realm-management roles (effective)
+        self.members = members
+        self.attributes: dict[str, list[str]] = {}
+        self.mapper_types = {spec.GROUP_MAPPER_TYPE, "oidc-hardcoded-role-idp-mapper"}
+        self.writes: list[tuple[str, str, Any]] = []
+
+    def group(self) -> dict[str, Any]:
+        return {"id": "g1", "name": "tiktok-users", "path": "/tiktok-users", "attributes": self.attributes}
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path.removeprefix("/admin/realms/app")
+        if request.method != "GET":
+            self.writes.append(
+                (request.method, path, json.loads(request.content) if request.content else None)
+            )
+        for method, pattern, answer in self.routes():
+            match = re.fullmatch(pattern, path)
+            if match and method == request.method:
+                return answer(request, *match.groups())
+        return httpx2.Response(404, json={"error": f"unexpected {request.method} {path}"})
+
+    def routes(self) -> list[tuple[str, str, Callable[..., httpx2.Response]]]:
+        ok = httpx2.Response
+        mappers = "/identity-provider/instances/tiktok-web/mappers"
+        return [
+            (
+                "GET",
+                "/identity-provider/instances/tiktok-web",
+                lambda _: ok(200, json={"alias": "tiktok-web"}),
+            ),
+            ("GET", mappers, lambda _: ok(200, json=self.mappers)),
+            (
+                "GET",
+                f"{mappers[:-1]}-types",
+                lambda _: ok(200, json={t: {"id": t} for t in self.mapper_types}),
+            ),
+            ("POST", mappers, lambda _: ok(201)),
+            ("PUT", f"{mappers}/[^/]+", lambda _: ok(204)),
+            ("GET", "/group-by-path/tiktok-users", lambda _: ok(200, json=self.group())),
+            ("PUT", "/groups/g1", self.put_group),
+            ("GET", "/groups/g1/members", lambda r: ok(200, json=self.page(self.members, r, name=str))),
+            ("GET", "/users", lambda r: ok(200, json=self.page(self.linked, r, name=lambda i: f"user-{i}"))),
+            ("GET", "/clients", lambda _: ok(200, json=[{"id": "rm", "clientId": "realm-management"}])),
+            (
+                "GET",
+                "/users/([^/]+)/role-mappings/clients/rm/composite",
+                lambda _, user: ok(200, json=[{"name": r} for r in self.linked[user]]),
+            ),
+            ("PUT", "/users/([^/]+)/groups/g1", self.join),
+            (
+                "GET",
+                "/users/([^/]+)/groups",
+                lambda _, u: ok(200, json=[self.group()] if u in self.members else []),
+            ),
+        ]
+
+    @staticmethod
+    def page(ids: Iterable[str], request: httpx2.Request, name: Callable[[str], str]) -> list[dict[str, str]]:
+        first = int(request.url.params.get("first", "0"))
+        size = int(request.url.params["max"])
+        return [{"id": i, "username": name(i)} for i in sorted(ids)][first : first + size]
+
+    def put_group(self, request: httpx2.Request) -> httpx2.Response:
+        self.attributes = json.loads(request.content)["attributes"]
+        return httpx2.Response(204)
+
+    def join(self, _request: httpx2.Request, user: str) -> httpx2.Response:
+        self.members.add(user)
+        return httpx2.Response(204)
+
+    def admin(self) -> Admin:
+        return Admin(httpx2.Client(transport=httpx2.MockTransport(self.handle)), KEYCLOAK, "app", "token")
+
+
+def web_steps(realm: WebRealm, **kwargs: Any) -> list[Step]:  # noqa: ANN401
+    settings = _app_settings(union_id_idp_aliases=("tiktok-web",))
+    return _web_sign_in_steps(
+        realm.admin(), settings, **{"force": False, "out": lambda _: None, "sample": None, **kwargs}
+    )
+
+
+def hardcoded(name: str, sync_mode: str, group: str = "/tiktok-users") -> dict[str, Any]:
+    return {
+        "id": f"id-{name}",
+        "name": name,
+        "identityProviderAlias": "tiktok-web",
+        "identityProviderMapper": "oidc-hardcoded-group-idp-mapper",
+        "config": {"group": group, "syncMode": sync_mode},
+    }
+
+
+@pytest.mark.parametrize(
+    ("mappers", "action", "body"),
+    [
+        pytest.param([], "create", spec.group_mapper("tiktok-web", "/tiktok-users"), id="none"),
+        pytest.param(
+            [hardcoded(spec.GROUP_MAPPER_NAME, "IMPORT")], "update", None, id="ours, other sync mode"
+        ),
+        pytest.param([hardcoded("by hand", "FORCE", group="tiktok-users")], "ok", None, id="theirs, same"),
+        pytest.param([hardcoded("by hand", "IMPORT")], "conflict", None, id="theirs, other sync mode"),
+        pytest.param(
+            [hardcoded("by hand", "FORCE", group="/staff")], "create", None, id="theirs, other group"
+        ),
+    ],
+)
+def test_the_group_mapper_is_made_put_right_or_left_to_its_administrators(
+    mappers: list[dict[str, Any]], action: str, body: dict[str, Any] | None
+) -> None:
+    """No mapper for the bridge's group: one is made (FORCE). The bridge's own, drifted: put right
+    without --force. An administrator's for the same group serves as it is when it syncs at every
+    sign-in, and is a conflict otherwise; one for another group is no help."""
+    realm = WebRealm(mappers, linked={}, members=set())
+    mapper_step = web_steps(realm)[0]
+
+    assert mapper_step.action == action, mapper_step
+    if body is not None:
+        assert mapper_step.run is not None
+        mapper_step.run()
+        assert realm.writes == [("POST", "/identity-provider/instances/tiktok-web/mappers", body)]
+
+
+def test_no_mapper_of_a_type_keycloak_does_not_offer_the_provider() -> None:
+    """Keycloak stores a mapper of an unknown type and then fails every sign-in through the provider:
+    apply makes none when the provider's mapper types lack Hardcoded Group, and says so."""
+    realm = WebRealm([], linked={}, members=set())
+    realm.mapper_types = {"hardcoded-attribute-idp-mapper"}
+
+    mapper_step = web_steps(realm)[0]
+
+    assert mapper_step.action == "conflict"
+    assert "no mapper type 'oidc-hardcoded-group-idp-mapper'" in mapper_step.details[0]
+    assert mapper_step.run is None
+
+
+def test_enrollment_brings_in_the_accounts_outside_with_progress_and_records_the_provider(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Accounts linked to the provider outside the group are added (the members left alone), a progress
+    line every few, then the group records the provider; the next plan has nothing to do."""
+    monkeypatch.setattr("bridge.keycloak.realm_setup._PROGRESS_EVERY", 2)
+    monkeypatch.setattr("bridge.keycloak.realm_setup._PAGE", 2)  # several pages of each listing
+    realm = WebRealm(
+        [hardcoded(spec.GROUP_MAPPER_NAME, "FORCE")], {u: [] for u in "abcde"}, members={"b", "z"}
+    )
+    lines: list[str] = []
+
+    step = web_steps(realm, out=lines.append)[1]
+    assert step.action == "create"
+    assert step.details[0].startswith("add 4 account(s) linked to 'tiktok-web' but outside the group")
+    assert step.run is not None
+    step.run()
+
+    assert realm.members == {"a", "b", "c", "d", "e", "z"}
+    assert lines == [
+        "checked 2/4 accounts for administrative roles",  # while planning
+        "checked 4/4 accounts for administrative roles",
+        "    2/4 accounts of 'tiktok-web' in the group",  # while running
+        "    4/4 accounts of 'tiktok-web' in the group",
+    ]
+    assert realm.attributes == {"tiktok_bridge_union_id_providers": ["tiktok-web"]}
+    assert [s.action for s in web_steps(realm)] == ["ok", "ok"]
+
+
+def test_an_administrator_among_the_accounts_is_a_conflict_unless_forced() -> None:
+    """An account holding realm-admin (effective roles) stops the plan, named; --force brings it in."""
+    realm = WebRealm([], {"a": [], "boss": ["realm-admin", "manage-users", "query-users"]}, members=set())
+
+    refused = web_steps(realm)[1]
+    forced = web_steps(realm, force=True)[1]
+
+    assert refused.action == "conflict"
+    assert refused.details[0] == "user-boss holds realm-management's manage-users, realm-admin"
+    assert forced.action == "update"
+    assert "--force: user-boss holds realm-management's manage-users, realm-admin" in forced.details
+
+
+def test_the_doctors_sample_names_accounts_outside_and_administrators_and_a_missing_record() -> None:
+    """The doctor's view reads a bounded sample: outside the group, holding an administrative role, and
+    the group's record, each named; nothing is written."""
+    realm = WebRealm(
+        [hardcoded(spec.GROUP_MAPPER_NAME, "FORCE")],
+        {"a": [], "b": [], "boss": ["realm-admin"]},
+        members={"b", "boss"},
+    )
+
+    step = web_steps(realm, sample=2)[1]
+
+    assert step.action == "create"
+    assert step.details[0].startswith(
+        "1 of the first 2 accounts linked to 'tiktok-web' are outside the group"
+    )
+    assert step.details[-1].startswith("the group does not record 'tiktok-web'")
+    assert realm.writes == []
+    realm.attributes = {"tiktok_bridge_union_id_providers": ["tiktok-web"]}
+    realm.members.add("a")
+    assert web_steps(realm, sample=2)[1].action == "ok"
