@@ -208,6 +208,12 @@ class StrapiIds:
         # Where a candidate lands past a floor (tests make it predictable).
         self._randbelow = randbelow
 
+    async def numbered_by_id(self, user_id: str, open_id: str) -> KeycloakUser | None:
+        """`numbered` for the user with this id; None if Keycloak has no such user (an administrator
+        deleted the one a cache still names: the sign-in provisions a new one, numbered after it)."""
+        user = await self._keycloak.get_user(user_id)
+        return None if user is None else await self.numbered(user, open_id)
+
     async def numbered(self, user: KeycloakUser, open_id: str) -> KeycloakUser:
         """`user` with its Strapi id: as it is if it has one (or is disabled: its sign-in is refused
         anyway), else with a number allocated now under its identity's provisioning lock."""

@@ -173,13 +173,14 @@ async def _connect(request: Request) -> Response:
         # the token from the user's attribute at grant time, so the first token carries it already.
         # (The account is read here instead of after the sign-in: one Keycloak read either way.)
         user_id, _ = await resources.provisioning.ensure_user(profile)
-        numbered = await strapi_ids.numbered(await resources.provisioning.account(user_id), profile.open_id)
+        numbered = await strapi_ids.numbered_by_id(user_id, profile.open_id)
     exchanged = await resources.strapi_exchange.sign_in(profile, (), session=order)
     if numbered is not None and numbered.id == exchanged.user_id:
         user = numbered
     else:
-        # No allocation, or an administrator moved the identity's link meanwhile: the account the token
-        # is for, numbered too (its next token carries the number).
+        # No allocation, or the account the cache named was deleted or unlinked meanwhile (the sign-in
+        # provisioned or found another): the account the token is for, numbered too (its next token
+        # carries the number).
         user = await resources.provisioning.account(exchanged.user_id)
         if strapi_ids is not None:
             user = await strapi_ids.numbered(user, profile.open_id)

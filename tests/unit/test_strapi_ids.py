@@ -340,3 +340,16 @@ async def test_the_memory_counter_counts_and_jumps_past_a_floor() -> None:
     assert await cache.count_up("k", floor=2, jump=100) == 2
     assert await cache.count_up("k", floor=10, jump=100) == 110
     assert await cache.count_up("k", floor=10, jump=100) == 111
+
+
+async def test_a_user_keycloak_no_longer_has_is_left_to_the_sign_in() -> None:
+    """A cached id whose user an administrator deleted gives no user to number (the sign-in provisions
+    anew), and nothing is written; an existing one is numbered."""
+    keycloak = FakeKeycloak()
+    ids = allocator(keycloak)
+    assert await ids.numbered_by_id("user-gone", "o") is None
+    assert keycloak.calls["update"] == keycloak.calls["create"] == 0
+    user = await new_user(keycloak, "a")
+    numbered = await ids.numbered_by_id(user.id, "oa")
+    assert numbered is not None
+    assert strapi_id_of(numbered) == 1
