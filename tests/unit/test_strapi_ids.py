@@ -12,7 +12,7 @@ from bridge.domain.errors import TemporarilyUnavailable, UpstreamUnavailable, to
 from bridge.domain.strapi import ATTR_STRAPI_ID, ATTR_STRAPI_ID_HIGH_WATER, HIGH_WATER_USERNAME
 from bridge.keycloak.client import user_from_representation
 from bridge.services.strapi_ids import MARGIN, MAX_CANDIDATES, HighWaterMark, StrapiIds, strapi_id_of
-from bridge.storage.cache import MemoryCache
+from bridge.storage.cache import FallbackCache, MemoryCache
 from bridge.storage.identities import IdentityStore
 from bridge.storage.strapi_ids import StrapiIdCounter
 from tests.unit.fakes import FakeKeycloak, make_policy
@@ -353,3 +353,19 @@ async def test_a_user_keycloak_no_longer_has_is_left_to_the_sign_in() -> None:
     numbered = await ids.numbered_by_id(user.id, "oa")
     assert numbered is not None
     assert strapi_id_of(numbered) == 1
+
+
+class DownCache(MemoryCache):
+    """A primary cache whose counter does not answer, like a Redis that went away."""
+
+    async def count_up(self, key: str, *, floor: int, jump: int) -> int:
+        raise UpstreamUnavailable("cache", "down")
+
+
+async def test_with_redis_out_the_counter_counts_in_memory_above_the_floor() -> None:
+    """The fallback cache counts in this process's memory while Redis is out: from 0, so the first number
+    jumps past the floor it is given, and the next ones follow it."""
+    cache = FallbackCache(DownCache(), MemoryCache())
+    assert await cache.count_up("k", floor=501, jump=1000) == 1501
+    assert cache.degraded
+    assert await cache.count_up("k", floor=501, jump=1000) == 1502
