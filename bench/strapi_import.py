@@ -1,9 +1,12 @@
-"""Users per second of `bridge strapi import`, and of Keycloak's partial import, against Keycloak on H2.
+"""Users per second of `bridge strapi import`, and of Keycloak's partial import, against Keycloak on H2
+or on PostgreSQL.
 
     .venv/bin/python -m bench.strapi_import [--users 100000] [--probe 2000] [--concurrency 4,8,16,32]
+        [--keycloak-database h2|postgres]
 
-Starts Keycloak 26.7.4 with the project's realm (H2, in memory, a larger heap than start-dev's 512 MB so
-100,000 users fit), writes a Strapi 5 `up_users` SQLite file of synthetic TikTok users (1 % blocked),
+Starts Keycloak 26.7.4 with the project's realm (H2 in memory, or Debian's PostgreSQL server started
+here, its data under the cache folder; a larger heap than start-dev's 512 MB so 100,000 users fit),
+writes a Strapi 5 `up_users` SQLite file of synthetic TikTok users (1 % blocked),
 then:
 
 1. probes the import (the use case in this process, through the bridge's own service account, confined
@@ -13,7 +16,8 @@ then:
    is printed: the endpoint needs manage-realm) and then, as the master realm's administrator, times it
    on `--probe` users in batches of `--batch`.
 
-Each phase imports users of its own Strapi ids, so none finds the users of another.
+Each phase imports users of its own Strapi ids, so none finds the users of another. The CPU per user
+counts Keycloak's processes and, on PostgreSQL, the database server's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from bridge.settings import Settings
 from bridge.storage.strapi_database import open_strapi_database
 from devstack.bridge_env import ADMIN_CLIENT_ID, realm_variables
 from devstack.keycloak import progress, reusable_instance_dir, start_keycloak
+from devstack.postgres import running_postgres
 
 REALM = "app"
 ADMIN_SECRET = "bench-admin-secret"
@@ -64,6 +69,22 @@ def session_cpu_seconds(session_id: int) -> float:
             continue
         # After the command name: state, ppid, pgrp, session, ..., utime (12th), stime (13th).
         if int(fields[3]) == session_id:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User+system CPU of a forking server (PostgreSQL's postmaster): its own, its live children's, and
+    what its exited children used (cutime, cstime), from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid:
+            total += sum(int(f) for f in fields[11:15])
+        elif int(fields[1]) == pid:
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -185,14 +206,23 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=2_000)
     parser.add_argument("--concurrency", default="4,8,16,32")
     parser.add_argument("--batch", type=int, default=500, help="users per partialImport call")
+    parser.add_argument("--keycloak-database", choices=("h2", "postgres"), default="h2")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     os.environ["JAVA_OPTS_KC_HEAP"] = HEAP
     results: list[str] = []
     with (
+        ExitStack() as servers,
         tempfile.TemporaryDirectory(prefix="bench-strapi-") as folder,
         reusable_instance_dir("bench-strapi") as instance_dir,
     ):
+        database: dict[str, Any] = {}
+        database_pids: list[int] = []
+        if args.keycloak_database == "postgres":
+            postgres = servers.enter_context(running_postgres("bench-strapi"))
+            database["database"] = postgres.create_database("keycloak")
+            assert postgres.process is not None
+            database_pids.append(postgres.process.pid)
         work = Path(folder)
         key_file = work / "key.pem"
         key_file.write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
@@ -203,10 +233,12 @@ def main() -> None:
             issuer="http://127.0.0.1:9",
             admin_client_secret=ADMIN_SECRET,
         )
-        keycloak = start_keycloak(instance_dir, realm_env)
+        keycloak = start_keycloak(instance_dir, realm_env, **database)
+        progress(f"Keycloak on {args.keycloak_database}")
 
         def keycloak_cpu() -> float:
-            return session_cpu_seconds(keycloak.process.pid) if keycloak.process else 0.0
+            own = session_cpu_seconds(keycloak.process.pid) if keycloak.process else 0.0
+            return own + sum(server_cpu_seconds(pid) for pid in database_pids)
 
         try:
             settings = bridge_settings(keycloak.url, key_file)
@@ -285,6 +317,7 @@ def main() -> None:
             progress(results[-1])
         finally:
             keycloak.stop()
+    print(f"Keycloak on {args.keycloak_database}:")
     print("\n".join(results))
 
 

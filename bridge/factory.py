@@ -15,7 +15,7 @@ import aiohttp
 import httpx2
 from limits.aio.storage import MemoryStorage, Storage
 
-from bridge.domain.model import Policy
+from bridge.domain.model import Policy, strapi_jwt_idp_alias, strapi_jwt_issuer
 from bridge.keycloak.assertions import AssertionSigner, signer_from_settings
 from bridge.keycloak.bearer import RealmTokenVerifier
 from bridge.keycloak.client import KeycloakClient
@@ -35,7 +35,7 @@ from bridge.services.identity import IdentityService
 from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
-from bridge.services.sessions import SessionPolicy, SessionService
+from bridge.services.sessions import LinkedAccounts, SessionPolicy, SessionService
 from bridge.services.strapi_ids import HighWaterMark, StrapiIds
 from bridge.services.strapi_jwt import StrapiJwtExchange
 from bridge.services.vault import VaultPolicy, VaultService
@@ -260,7 +260,9 @@ class Resources:
             redis = RedisConnection.from_url(
                 settings.redis_url.get_secret_value(), timeout=settings.redis_timeout
             )
-            session_store = RedisCache(redis.client)
+            session_store = RedisCache(
+                redis.client, wait_replicas=settings.wait_replicas, wait_timeout=settings.redis_wait_timeout
+            )
             cache = FallbackCache(session_store, MemoryCache(), retry_interval=settings.redis_retry_interval)
             limits_storage = redis.limits_storage
         else:
@@ -326,10 +328,18 @@ class Resources:
             grants=vault,
         )
 
+        # The Strapi jwt exchange mints by a provider of its own (docs/migrating-from-strapi.md).
+        strapi_jwt = cls._strapi_jwt(settings, keycloak, cache, policy, clock or time.time)
+        strapi_jwt_signer = (
+            None if strapi_jwt is None else signer.with_issuer(strapi_jwt_issuer(settings.issuer_url))
+        )
+
         def use_case(minting: KeycloakClient, app_policy: Policy) -> App:
             # Per app: the Keycloak client it mints as, its audiences, and the identities its exchange
             # signed in lately; every app shares the process's clients, caches, limits and TikTok quota.
-            minter = MintingService(keycloak=minting, minter=signer, policy=app_policy)
+            minter = MintingService(
+                keycloak=minting, minter=signer, policy=app_policy, strapi_jwt_minter=strapi_jwt_signer
+            )
             exchange = ExchangeService(
                 identity=identity,
                 provisioning=provisioning,
@@ -368,6 +378,9 @@ class Resources:
                 ),
                 clock=clock or time.time,
                 grants=vault,
+                accounts=None
+                if strapi_jwt is None
+                else LinkedAccounts(keycloak, settings.keycloak_idp_alias),
             )
         linking = None
         if settings.link_client_ids:
@@ -384,14 +397,6 @@ class Resources:
                 sessions=sessions,
                 adoption=adoption,
                 grants=vault,
-            )
-        strapi_jwt = None
-        if settings.strapi_jwt_secret is not None:
-            strapi_jwt = StrapiJwtExchange(
-                verifier=StrapiJwtVerifier(
-                    settings.strapi_jwt_secret.get_secret_value(), clock=clock or time.time
-                ),
-                keycloak=keycloak,
             )
         return cls(
             settings=settings,
@@ -432,6 +437,28 @@ class Resources:
             )
             if settings.strapi_compat_enabled
             else None,
+        )
+
+    @staticmethod
+    def _strapi_jwt(
+        settings: Settings,
+        keycloak: KeycloakClient,
+        cache: GuardedCache,
+        policy: Policy,
+        clock: Callable[[], float],
+    ) -> StrapiJwtExchange | None:
+        """The Strapi jwt exchange, when BRIDGE_STRAPI_JWT_SECRET is set."""
+        if settings.strapi_jwt_secret is None:
+            return None
+        alias = strapi_jwt_idp_alias(settings.keycloak_idp_alias)
+        return StrapiJwtExchange(
+            verifier=StrapiJwtVerifier(settings.strapi_jwt_secret.get_secret_value(), clock=clock),
+            keycloak=keycloak,
+            # Linking locks keyed by the Keycloak user id, under the provider's alias.
+            locks=IdentityStore(
+                cache, idp_alias=alias, user_ttl=policy.user_ttl, tombstone_ttl=policy.profile_ttl
+            ),
+            idp_alias=alias,
         )
 
     @staticmethod

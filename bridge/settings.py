@@ -148,6 +148,15 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(default=0.5, gt=0, le=30)
     # While Redis is down, how often one request tries it again.
     redis_retry_interval: float = Field(default=5.0, gt=0, le=300)
+    # Ending writes (a revocation, a deauthorization's tombstone and queue entry, an identity's sessions
+    # ended, a vault grant forgotten) wait for this many replicas before they are acknowledged, so a
+    # failover cannot lose them; fewer in time answers 503 and the caller retries. Unset: 1 with
+    # `redis+sentinel://` (a failover promotes a replica), 0 otherwise (a lone Redis has no failover;
+    # Redis Cluster cannot WAIT through its client, see SECURITY.md).
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    # How long such a write waits for the replicas: below redis_timeout, so that a lagging replica is
+    # not mistaken for an outage.
+    redis_wait_timeout: float = Field(default=0.2, gt=0, le=30)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Slow clients: request headers must be complete this long after connecting (or after the last
     # response on a kept-alive connection), and a body must arrive within this long of its headers.
@@ -291,6 +300,25 @@ class Settings(BaseSettings):
                 if not all(_SCOPE_TOKEN.match(v) for v in values.split()):
                     raise ValueError(f"{name} of {client!r} is not a list of names")
         return self
+
+    @model_validator(mode="after")
+    def _check_redis_wait(self) -> Settings:
+        if self.redis_wait_timeout >= self.redis_timeout:
+            raise ValueError("redis_wait_timeout must be shorter than redis_timeout")
+        if self.redis_wait_replicas and self._redis_scheme().endswith("+cluster"):
+            raise ValueError("redis_wait_replicas must be 0 with Redis Cluster (redis+cluster://)")
+        return self
+
+    def _redis_scheme(self) -> str:
+        url = "" if self.redis_url is None else self.redis_url.get_secret_value()
+        return url.partition("://")[0].lower()
+
+    @property
+    def wait_replicas(self) -> int:
+        """`redis_wait_replicas`, or its default for the kind of Redis the URL names."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self._redis_scheme().endswith("+sentinel") else 0
 
     def vault_option(self, entries: tuple[str, ...]) -> dict[str, frozenset[str]]:
         """`vault_subject_clients` or `vault_scopes` as client -> its set."""

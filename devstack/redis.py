@@ -229,6 +229,21 @@ class RedisSentinelSet:
             self.master.process.kill()
             self.master.process.wait(timeout=5)
 
+    def rejoin(self, timeout: float = 20.0) -> None:
+        """After `kill_master` and the failover: start the killed master again as the promoted one's
+        replica (the role the sentinels give a returning master) and wait until its link is up, so the
+        set has a replica to confirm writes and to fail over to again. `master` and `replica` swap."""
+        old, promoted = self.master, self.replica
+        assert old is not None  # noqa: S101 - started
+        assert promoted is not None  # noqa: S101 - started
+        again = RedisServer(
+            work_dir=old.work_dir, port=old.port, extra_args=("--replicaof", "127.0.0.1", str(promoted.port))
+        )
+        again.start()
+        self.master, self.replica = promoted, again
+        deadline = time.monotonic() + timeout
+        self._wait(deadline, "rejoined", lambda: "master_link_status:up" in self.info(again))
+
     def wait_for_failover(self, timeout: float = 20.0) -> float:
         """Seconds until a majority of sentinels name the replica as master."""
         assert self.replica is not None  # noqa: S101 - started

@@ -47,6 +47,7 @@
     │       └── Unsealable            sealed data no configured key opens (a key removed too early)
     ├── UpstreamError                 raised by adapters; never shown to a client as it is
     │   ├── UpstreamUnavailable       the identity provider, Keycloak or the cache: unreachable or overloaded
+    │   │   └── NotReplicated         the cache took an ending write, but no replica confirmed it in time
     │   ├── UpstreamProtocolError     an upstream answered in a way the bridge cannot use
     │   ├── IdentityRefused           the identity provider refused a credential (`Refused` says which way)
     │   ├── UserConflict              Keycloak refused a user: its username or e-mail is taken (409)
@@ -411,6 +412,16 @@ class UpstreamUnavailable(UpstreamError):
         super().__init__(upstream, detail)
         self.retry_after = retry_after
         self.retryable = retryable
+
+
+class NotReplicated(UpstreamUnavailable):
+    """An ending write (a revocation, a deauthorization, an identity's sessions ended) that the Redis
+    master took but too few replicas confirmed within the wait (`BRIDGE_REDIS_WAIT_REPLICAS`): a failover
+    now would lose it, so it is not acknowledged, and the caller retries (the write is idempotent). The
+    master answered, so this is no outage: the fallback to process memory does not start."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("cache", detail, retry_after=1)
 
 
 class UpstreamProtocolError(UpstreamError):

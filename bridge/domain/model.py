@@ -29,6 +29,24 @@ DeauthorizationPolicy = Literal["record", "disable", "unlink"]
 # them: UTF-16 code units, so one emoji counts two (error-invalid-length-too-long).
 KEYCLOAK_MAX_LENGTH = 255
 
+# The realm's second identity provider of the bridge, for the Strapi jwt exchange: an imported user who
+# has not signed in with TikTok since the move has no TikTok link (Strapi never stored an open_id), so
+# the bridge links the account to this provider, by the Keycloak user id itself, and mints by it.
+# Keycloak picks a JWT Authorization Grant provider by the assertion's `iss`: this one's is the bridge's
+# issuer with this path, and it trusts the same JWKS.
+STRAPI_JWT_IDP_SUFFIX = "-strapi-jwt"
+STRAPI_JWT_ISSUER_PATH = "/strapi-jwt"
+
+
+def strapi_jwt_idp_alias(idp_alias: str) -> str:
+    """The alias of the Strapi jwt provider beside the bridge's provider `idp_alias`."""
+    return f"{idp_alias}{STRAPI_JWT_IDP_SUFFIX}"
+
+
+def strapi_jwt_issuer(issuer: str) -> str:
+    """The issuer of the bridge's assertions for the Strapi jwt provider (`issuer`: the bridge's own)."""
+    return f"{issuer.rstrip('/')}{STRAPI_JWT_ISSUER_PATH}"
+
 
 def keycloak_length(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
@@ -202,6 +220,8 @@ class NewSession:
     jkt: str | None = None  # the DPoP key thumbprint the session is bound to (RFC 9449)
     client_id: str | None = None
     audiences: tuple[str, ...] = ()
+    # Minted by the Strapi jwt provider, whose subject (`open_id` here) is the Keycloak user id.
+    by_account: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +342,7 @@ class SessionRecord:
     """What the store keeps of one session: hashes, times, and sealed TikTok tokens."""
 
     user_id: str
+    # The subject every refresh's grant names: the TikTok open_id, or with `by_account` the user id.
     open_id: str
     scope: tuple[str, ...]
     created: float
@@ -339,6 +360,11 @@ class SessionRecord:
     # SHA-256 of a secret handed out twice, by its rotation and to a grace retry: it gets no grace of
     # its own (once one holder has rotated it, the other presenting it is reuse).
     retried: str | None = None
+    # Started by a Strapi jwt for an account without a TikTok link: every refresh mints by the Strapi
+    # jwt provider (`open_id` holds the Keycloak user id, that provider's subject), and the session is
+    # ended with the account (`SessionService.end_account`), not with a TikTok identity. Absent from
+    # records written before it existed: those are TikTok sessions, as they were.
+    by_account: bool = False
 
 
 # An access token is refreshed when less than this is left of it (or half its life, if shorter), so a

@@ -3,7 +3,8 @@
 Keycloak trusts the bridge as an identity provider of type `jwt-authorization-grant`: it fetches this
 JWKS, checks the assertion's signature, issuer, audience, lifetime and single-use `jti`, and then issues
 a token for the user linked to `sub` (the identity provider's open_id). ES256 keeps signatures small
-and cheap.
+and cheap. The Strapi jwt provider trusts the same JWKS; Keycloak tells the two apart by the issuer
+(`AssertionSigner.with_issuer`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,10 @@ class AssertionSigner:
                 for kid in self.kids
             ]
         }
+
+    def with_issuer(self, issuer: str) -> AssertionSigner:
+        """The same keys, signing as `issuer`: Keycloak picks the provider by the assertion's `iss`."""
+        return replace(self, issuer=issuer)
 
     def mint(self, subject: str, audience: str) -> str:
         # joserfc makes the JWS. Signing it by hand with `cryptography` measured ~60 us less per

@@ -170,12 +170,12 @@ def check_realm(admin: Admin) -> None:
 def plan(admin: Admin, settings: Settings, *, jwks_url: str | None, force: bool = False) -> list[Step]:
     """Read the realm and decide one action per object; writes nothing. `jwks_url` None: whatever
     JWKS URL the provider has is right (the doctor's view: the grant proves it works)."""
-    return _plan(admin, settings, _read_provider(admin, settings), jwks_url=jwks_url, force=force)
+    found = _read_provider(admin, settings.keycloak_idp_alias)
+    return _plan(admin, settings, found, jwks_url=jwks_url, force=force)
 
 
-def _read_provider(admin: Admin, settings: Settings) -> dict[str, Any] | None:
-    """The realm's identity provider under the bridge's alias, None if there is none."""
-    alias = settings.keycloak_idp_alias
+def _read_provider(admin: Admin, alias: str) -> dict[str, Any] | None:
+    """The realm's identity provider under `alias`, None if there is none."""
     response = admin.call("GET", f"./identity-provider/instances/{alias}", ok=(200, 404))
     if response.status_code == HTTPStatus.NOT_FOUND:
         return None
@@ -188,7 +188,13 @@ def _read_provider(admin: Admin, settings: Settings) -> dict[str, Any] | None:
 def _plan(
     admin: Admin, settings: Settings, provider: dict[str, Any] | None, *, jwks_url: str | None, force: bool
 ) -> list[Step]:
-    steps = [_provider_step(admin, settings, provider, jwks_url, force=force), _switch_step(admin)]
+    url = jwks_url or spec.default_jwks_url(settings)
+    steps = [_provider_step(admin, spec.identity_provider(settings, url), provider, jwks_url, force=force)]
+    if spec.strapi_jwt_enabled(settings):
+        wanted = spec.strapi_jwt_provider(settings, url)
+        found = _read_provider(admin, wanted["alias"])
+        steps.append(_provider_step(admin, wanted, found, jwks_url, force=force))
+    steps.append(_switch_step(admin))
     if settings.keycloak_group:
         steps.append(_group_step(admin, settings.keycloak_group))
         steps.append(_members_step(admin, settings.keycloak_group, settings.keycloak_idp_alias))
@@ -209,45 +215,59 @@ def _plan(
 
 
 def _conflict_or_update(
-    name: str, diffs: list[str], *, force: bool, run: Callable[[], None], narrowing: list[str] | None = None
+    name: str, diffs: list[str], *, force: bool, run: Callable[[], None], own: list[str] | None = None
 ) -> Step:
-    """`narrowing`: differences that only take a power away from the bridge's own object (a service
-    account, full scope): applied without --force, since nothing but the bridge can rely on them."""
-    narrowing = narrowing or []
-    if not diffs and not narrowing:
+    """`own`: differences of settings nothing but the bridge can rely on (a power taken away from its
+    own object, its own providers granted), as labelled lines: applied without --force."""
+    own = own or []
+    if not diffs and not own:
         return Step(name, "ok")
     if force or not diffs:
-        return Step(
-            name, "update", [f"overwrite: {d}" for d in diffs] + [f"narrow: {d}" for d in narrowing], run
-        )
+        return Step(name, "update", [f"overwrite: {d}" for d in diffs] + own, run)
     return Step(name, "conflict", diffs)
 
 
 # Client settings whose change to False only narrows what the bridge's client can do.
 _NARROWING = frozenset({"fullScopeAllowed", "serviceAccountsEnabled"})
+_GRANT_PROVIDERS = f"attributes.{spec.GRANT_PROVIDERS_ATTRIBUTE}"
 
 
-def _split_narrowing(diffs: list[spec.Difference]) -> tuple[list[str], list[str]]:
-    """(other differences, narrowing ones), as lines."""
+def _split_own(diffs: list[spec.Difference], bridge_providers: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(other differences, the bridge's own ones as labelled lines). Its own: a power taken away from
+    its client, and the client's grant providers differing only by the bridge's providers (the Strapi
+    jwt one, granted or taken away as that exchange is switched on or off)."""
     narrowing = [d for d in diffs if d.key in _NARROWING and d.wanted is False]
-    return [str(d) for d in diffs if d not in narrowing], [str(d) for d in narrowing]
+    granting = [d for d in diffs if d.key == _GRANT_PROVIDERS and _only_among(d, bridge_providers)]
+    other = [str(d) for d in diffs if d not in narrowing and d not in granting]
+    return other, [f"narrow: {d}" for d in narrowing] + [f"set: {d}" for d in granting]
+
+
+def _only_among(difference: spec.Difference, aliases: frozenset[str]) -> bool:
+    """Whether two `##`-joined lists of providers differ only by some of `aliases`."""
+
+    def listed(value: object) -> set[str]:
+        return set(filter(None, str(value or "").split("##")))
+
+    return listed(difference.found) ^ listed(difference.wanted) <= aliases
 
 
 def _provider_step(
-    admin: Admin, settings: Settings, found: dict[str, Any] | None, jwks_url: str | None, *, force: bool
+    admin: Admin, wanted: dict[str, Any], found: dict[str, Any] | None, jwks_url: str | None, *, force: bool
 ) -> Step:
-    alias = settings.keycloak_idp_alias
+    """One of the bridge's identity providers (`wanted`, keys from the default JWKS URL unless
+    `jwks_url` names one; None: whatever URL it has is right)."""
+    alias = wanted["alias"]
     name = f"identity provider '{alias}'"
-    wanted = spec.identity_provider(settings, jwks_url or spec.default_jwks_url(settings))
     if found is None:
 
         def create() -> None:
             admin.call("POST", "./identity-provider/instances", ok=(201,), json=wanted)
 
+        config = wanted["config"]
         return Step(
             name,
             "create",
-            [f"type {spec.IDP_TYPE}, issuer {settings.issuer_url}, keys from {wanted['config']['jwksUrl']}"],
+            [f"type {spec.IDP_TYPE}, issuer {config['issuer']}, keys from {config['jwksUrl']}"],
             create,
         )
     if jwks_url is None:
@@ -345,7 +365,7 @@ def _client_steps(
 
         details = [
             f"confidential, secret from {wanted.secret_setting}",
-            f"JWT Authorization Grant limited to '{settings.keycloak_idp_alias}'",
+            f"JWT Authorization Grant limited to {', '.join(map(repr, spec.granted_providers(settings)))}",
             f"mappers {', '.join(repr(m['name']) for m in wanted.wanted_mappers)}",
         ]
         lifespan = wanted.representation["attributes"].get(spec.LIFESPAN_ATTRIBUTE)
@@ -356,8 +376,9 @@ def _client_steps(
         return [Step(name, "create", details + notes, create)]
     found = found_list[0]
     uuid = str(found["id"])
-    diffs, narrowing = _split_narrowing(
-        spec.differences(found, _comparable_client(wanted.representation, found))
+    diffs, own = _split_own(
+        spec.differences(found, _comparable_client(wanted.representation, found)),
+        spec.bridge_providers(settings),
     )
     current_secret = admin.get(f"./clients/{uuid}/client-secret").get("value")
     if current_secret != wanted.secret:
@@ -373,7 +394,7 @@ def _client_steps(
         merged["secret"] = wanted.secret
         admin.call("PUT", f"./clients/{uuid}", ok=(204,), json=merged)
 
-    step = _conflict_or_update(name, diffs, force=force, run=update_client, narrowing=narrowing)
+    step = _conflict_or_update(name, diffs, force=force, run=update_client, own=own)
     step.details.extend(notes)
     steps = [step]
     steps += [_mapper_step(admin, uuid, found, client_id, m, force=force) for m in wanted.wanted_mappers]
@@ -1141,7 +1162,7 @@ def survey(
 ) -> Survey:
     with _admin_session(settings, admin_user, admin_password, admin_realm, http) as (admin, version):
         # One read of the provider serves the plan and says where Keycloak fetches the bridge's keys.
-        found = _read_provider(admin, settings)
+        found = _read_provider(admin, settings.keycloak_idp_alias)
         jwks_url = ((found or {}).get("config") or {}).get("jwksUrl")
         steps = _plan(admin, settings, found, jwks_url=None, force=False)
         return Survey(version, steps, jwks_url)

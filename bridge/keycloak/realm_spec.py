@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bridge.domain.model import strapi_jwt_idp_alias, strapi_jwt_issuer
 from bridge.domain.strapi import (
     ATTR_STRAPI_CREATED_AT,
     ATTR_STRAPI_DOCUMENT_ID,
@@ -116,15 +117,61 @@ def default_jwks_url(settings: Settings) -> str:
 
 def identity_provider(settings: Settings, jwks_url: str) -> dict[str, Any]:
     """The provider that trusts the bridge's assertions (app-realm.json's `identityProviders[0]`)."""
+    return _provider(
+        settings.keycloak_idp_alias, "TikTok (via tiktok-keycloak-bridge)", settings.issuer_url, jwks_url
+    )
+
+
+def strapi_jwt_enabled(settings: Settings) -> bool:
+    """Whether the Strapi jwt exchange is on (BRIDGE_STRAPI_JWT_SECRET), and with it its provider."""
+    return settings.strapi_jwt_secret is not None
+
+
+def strapi_jwt_provider(settings: Settings, jwks_url: str) -> dict[str, Any]:
+    """The provider the Strapi jwt exchange mints by, for imported accounts without a TikTok link
+    (app-realm.json's `identityProviders[1]`): the bridge's keys, an issuer of its own (Keycloak picks
+    the provider by the assertion's `iss`), links keyed by the Keycloak user id."""
+    return _provider(
+        strapi_jwt_idp_alias(settings.keycloak_idp_alias),
+        "Strapi jwt upgrade (via tiktok-keycloak-bridge)",
+        strapi_jwt_issuer(settings.issuer_url),
+        jwks_url,
+    )
+
+
+def identity_providers(settings: Settings, jwks_url: str) -> list[dict[str, Any]]:
+    """Every provider the bridge needs: TikTok's, and the Strapi jwt one while that exchange is on."""
+    wanted = [identity_provider(settings, jwks_url)]
+    if strapi_jwt_enabled(settings):
+        wanted.append(strapi_jwt_provider(settings, jwks_url))
+    return wanted
+
+
+def granted_providers(settings: Settings) -> list[str]:
+    """The providers every minting client may use the JWT Authorization Grant with."""
+    return [provider["alias"] for provider in identity_providers(settings, "")]
+
+
+def bridge_providers(settings: Settings) -> frozenset[str]:
+    """The aliases only the bridge relies on, whether or not it needs each now: a client's grant may
+    be widened to them or narrowed from them without --force."""
+    return frozenset({settings.keycloak_idp_alias, strapi_jwt_idp_alias(settings.keycloak_idp_alias)})
+
+
+# A client's list of the providers its JWT Authorization Grant may use, joined by `##` (multivalued).
+GRANT_PROVIDERS_ATTRIBUTE = "oauth2.jwt.authorization.grant.idp"
+
+
+def _provider(alias: str, display_name: str, issuer: str, jwks_url: str) -> dict[str, Any]:
     return {
-        "alias": settings.keycloak_idp_alias,
-        "displayName": "TikTok (via tiktok-keycloak-bridge)",
+        "alias": alias,
+        "displayName": display_name,
         "providerId": IDP_TYPE,
         "enabled": True,
         "hideOnLogin": True,
         "trustEmail": False,
         "config": {
-            "issuer": settings.issuer_url,
+            "issuer": issuer,
             "useJwksUrl": "true",
             "jwksUrl": jwks_url,
             "jwtAuthorizationGrantAssertionSignatureAlg": "ES256",
@@ -206,7 +253,7 @@ def _minting_representation(
 ) -> dict[str, Any]:
     attributes = {
         "oauth2.jwt.authorization.grant.enabled": "true",
-        "oauth2.jwt.authorization.grant.idp": settings.keycloak_idp_alias,
+        GRANT_PROVIDERS_ATTRIBUTE: "##".join(granted_providers(settings)),
     }
     if lifespan is not None:
         attributes[LIFESPAN_ATTRIBUTE] = str(lifespan)

@@ -77,6 +77,13 @@ KEYCLOAK_ADMIN_API_REFUSED = Counter(
     "client scope; run `bridge keycloak apply`)",
     ["reason"],
 )
+# Ending writes (revocations, tombstones, identities' end times) that too few Redis replicas confirmed
+# within BRIDGE_REDIS_WAIT_TIMEOUT: answered 503 so that the caller retries (SECURITY.md, "Data loss").
+CACHE_WRITES_UNCONFIRMED = Counter(
+    "bridge_cache_writes_unconfirmed_total",
+    "Durable cache writes that too few Redis replicas confirmed in time (the request was answered 503)",
+    ["operation"],
+)
 
 # Token vault answers (docs/vault.md): the client label is an authenticated confidential client's id (or
 # "unauthenticated"), so its values are bounded by BRIDGE_CONFIDENTIAL_CLIENTS.

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from bridge.domain.model import strapi_jwt_idp_alias, strapi_jwt_issuer
 from bridge.keycloak import realm_spec as spec
 from bridge.keycloak.assertions import signer_from_settings
 from bridge.keycloak.client import GRANT_TYPE_JWT_BEARER
@@ -152,6 +153,13 @@ async def run_checks(
             await _grant(ctx, "jwt grant", spec.own_client(settings))
             for minting in spec.minting_clients(settings):
                 await _grant(ctx, f"jwt grant as '{minting.client_id}'", minting)
+            if spec.strapi_jwt_enabled(settings):
+                # The Strapi jwt exchange mints by its own provider, as any of these clients.
+                for minting in (spec.own_client(settings), *spec.minting_clients(settings)):
+                    name = f"jwt grant by '{strapi_jwt_idp_alias(settings.keycloak_idp_alias)}'"
+                    if minting.client_id != settings.keycloak_client_id:
+                        name += f" as '{minting.client_id}'"
+                    await _grant(ctx, name, minting, strapi_jwt=True)
         await _redis(ctx)
     finally:
         if own:
@@ -500,14 +508,18 @@ async def _profile(ctx: _Context) -> None:
     ctx.passed(name, f"{', '.join(spec.ATTRIBUTES)} declared")
 
 
-async def _grant(ctx: _Context, name: str, client: spec.MintingClient) -> None:
+async def _grant(ctx: _Context, name: str, client: spec.MintingClient, *, strapi_jwt: bool = False) -> None:
     """A real JWT grant, as `client`, for a subject nobody is linked to: only "User not found" means
-    every step before the user lookup (client, issuer, provider, JWKS, signature) was accepted."""
+    every step before the user lookup (client, issuer, provider, JWKS, signature) was accepted.
+    `strapi_jwt`: by the Strapi jwt provider (its issuer), whose links name Keycloak user ids."""
     settings = ctx.settings
-    # A fresh random subject: no TikTok open_id looks like this, so it can never reach an account.
+    # A fresh random subject: no TikTok open_id or Keycloak user id looks like this, so it can never
+    # reach an account.
     subject = f"bridge-doctor-{secrets.token_hex(8)}"
     try:
         signer = signer_from_settings(settings)
+        if strapi_jwt:
+            signer = signer.with_issuer(strapi_jwt_issuer(settings.issuer_url))
         assertion = signer.mint(subject, ctx.realm_issuer)
     except (OSError, ValueError) as exc:
         ctx.failed(name, f"cannot sign an assertion: {type(exc).__name__}", "Check BRIDGE_SIGNING_KEY_FILE.")
@@ -535,7 +547,13 @@ async def _grant(ctx: _Context, name: str, client: spec.MintingClient) -> None:
     elif description == "Invalid signature":
         detail, fix = await _signature_failure(ctx, signer.kid)
     else:
-        detail, fix = _grant_failure(settings, client.client_id, description)
+        alias = settings.keycloak_idp_alias
+        detail, fix = _grant_failure(
+            client.client_id,
+            description,
+            alias=strapi_jwt_idp_alias(alias) if strapi_jwt else alias,
+            issuer=signer.issuer,
+        )
     ctx.failed(name, detail, fix)
 
 
@@ -585,8 +603,8 @@ async def _signature_failure(ctx: _Context, kid: str) -> tuple[str, str]:
     )
 
 
-def _grant_failure(settings: Settings, client_id: str, description: str) -> tuple[str, str]:
-    alias, issuer = settings.keycloak_idp_alias, settings.issuer_url
+def _grant_failure(client_id: str, description: str, *, alias: str, issuer: str) -> tuple[str, str]:
+    """Keycloak's reason for refusing an assertion of `issuer` (provider `alias`), worded with a fix."""
     if description == "Unsupported grant_type":  # what a Keycloak without the feature answers
         return (
             f"Keycloak does not know the JWT Authorization Grant (feature '{spec.FEATURE}' is off)",
@@ -603,7 +621,7 @@ def _grant_failure(settings: Settings, client_id: str, description: str) -> tupl
     if description == "Identity Provider is not allowed for the client":
         return (
             f"client '{client_id}' may not use the provider with issuer {issuer}",
-            f"Limit the client's JWT Authorization Grant to provider '{alias}' (`bridge keycloak apply`).",
+            f"Let the client's JWT Authorization Grant use provider '{alias}' (`bridge keycloak apply`).",
         )
     if description == "JWT Authorization Grant is not supported for the requested client":
         return (

@@ -7,10 +7,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from bridge.domain.errors import BridgeError
+from bridge.domain.model import strapi_jwt_idp_alias
 from bridge.factory import Resources
 from bridge.providers.tiktok.attributes import ATTRIBUTES
 
 if TYPE_CHECKING:
+    from bridge.services.sessions import SessionService
     from bridge.settings import Settings
 
 # What can stand as one segment of Keycloak's `/users/{id}` path: no separator, query or fragment, no
@@ -30,7 +32,8 @@ def _say(line: str) -> None:
 
 
 async def end_sessions(settings: Settings, *, user_id: str | None, open_id: str | None) -> int:
-    """End every session of a Keycloak user (through its TikTok open_id) or of an open_id. Exit status."""
+    """End every session of a Keycloak user (through its TikTok open_id, and the Strapi jwt sessions
+    of the account) or of an open_id. Exit status."""
     try:
         await _end_sessions(settings, user_id=user_id, open_id=open_id)
     except _Refused as refused:
@@ -68,7 +71,8 @@ async def _end_sessions(settings: Settings, *, user_id: str | None, open_id: str
             raise _Refused("sessions are switched off (BRIDGE_SESSIONS_ENABLED=false): nothing to end")
         if open_id is None:
             assert user_id is not None  # noqa: S101 - argparse requires one of the two
-            open_id = await _open_id_of(resources, user_id)
+            await _end_user(resources, resources.sessions, user_id)
+            return
         await resources.sessions.end_identity(open_id)
         if resources.vault is not None:
             await resources.vault.forget(open_id)
@@ -78,13 +82,24 @@ async def _end_sessions(settings: Settings, *, user_id: str | None, open_id: str
         await resources.aclose()
 
 
-async def _open_id_of(resources: Resources, user_id: str) -> str:
+async def _end_user(resources: Resources, sessions: SessionService, user_id: str) -> None:
+    """The sessions of the user's TikTok identity, and those a Strapi jwt started for the account
+    (linked to the Strapi jwt provider: `bridge/services/strapi_jwt.py`)."""
     user = await resources.keycloak.get_user(user_id)
     if user is None:
         raise _Refused(f"no Keycloak user {user_id} in realm {resources.settings.keycloak_realm}")
     open_id = user.attribute(ATTRIBUTES.subject)
-    if open_id is None:
+    strapi_jwt_alias = strapi_jwt_idp_alias(resources.settings.keycloak_idp_alias)
+    by_strapi_jwt = any(
+        link.identity_provider == strapi_jwt_alias for link in await resources.keycloak.user_links(user_id)
+    )
+    if open_id is None and not by_strapi_jwt:
         raise _Refused(
             f"Keycloak user {user_id} has no TikTok identity ({ATTRIBUTES.subject}): no bridge sessions"
         )
-    return open_id
+    if by_strapi_jwt:
+        await sessions.end_account(user_id)
+    if open_id is not None:
+        await sessions.end_identity(open_id)
+        if resources.vault is not None:
+            await resources.vault.forget(open_id)

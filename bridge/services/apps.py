@@ -54,5 +54,6 @@ class Apps:
         *,
         audiences: tuple[str, ...] = (),
         client_id: str | None = None,
+        by_account: bool = False,
     ) -> IssuedToken:
-        return await self.minting_for(client_id).mint(open_id, scope, audiences)
+        return await self.minting_for(client_id).mint(open_id, scope, audiences, by_account=by_account)

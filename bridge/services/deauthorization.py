@@ -49,18 +49,25 @@ class DeauthorizationService:
         self.grants = grants
 
     async def deauthorize(self, open_id: str) -> str:
-        """Apply the deauthorization policy to the user linked to `open_id`; returns what was done, or
-        "pending" when Keycloak could not take it now (it is then retried, see `retry_deauthorizations`).
+        """`record`, then `attempt`: the whole of one deauthorization, for callers that need no answer
+        in between (the webhook answers between the two)."""
+        if not await self.record(open_id):
+            return "recorded"
+        return await self.attempt(open_id)
 
-        In every case a tombstone with the time of revocation is kept as long as a profile may stay
-        cached. The provider revoked the user's tokens before sending the event, but profiles cached under
-        them would otherwise keep signing in for their TTL; the tombstone refuses any profile verified before
-        it. It has a key of its own, which sign-ins never write, so neither a later sign-in (the user
-        authorized the app again) nor one already in flight can erase it; it is read with the user id,
-        in the same round trip, so the warm path pays nothing for it.
+    async def record(self, open_id: str) -> bool:
+        """Keep what must outlive the webhook's answer: the vault's grant forgotten, the tombstone, and
+        (unless the policy only records) the deauthorization queued for Keycloak. True if queued.
 
-        The provider already has its 200 when this runs, and will not deliver again: so the event is written
-        to the shared cache before Keycloak is asked, and stays there until Keycloak has taken it.
+        The tombstone refuses any profile verified before the event: the provider revoked the user's
+        tokens before sending it, but profiles cached under them would otherwise keep signing in for
+        their TTL. It has a key of its own, which sign-ins never write, so neither a later sign-in (the
+        user authorized the app again) nor one already in flight can erase it; it is read with the user
+        id, in the same round trip, so the warm path pays nothing for it.
+
+        Every write is durable (confirmed by the Redis replicas, or NotReplicated) and idempotent: the
+        webhook answers 200 only after this returned, so a write a failover could still lose is never
+        acknowledged to the provider, which delivers again.
         """
         now = time.time()
         if self.grants is not None:
@@ -68,8 +75,13 @@ class DeauthorizationService:
             await self.grants.forget(open_id)
         await self._identities.deauthorized(open_id, now)
         if self._policy.deauthorization == "record":
-            return "recorded"
+            return False
         await self._queue.add(open_id, now)
+        return True
+
+    async def attempt(self, open_id: str) -> str:
+        """Apply the deauthorization policy to the user linked to a recorded `open_id`: what was done,
+        or "pending" when Keycloak could not take it now (retried, see `retry_deauthorizations`)."""
         return await self._attempt_deauthorization(open_id) or "pending"
 
     async def retry_deauthorizations(self, limit: int = 20) -> int:

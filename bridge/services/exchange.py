@@ -79,6 +79,11 @@ class ExchangeService:
     def policy(self) -> Policy:
         return self._policy
 
+    @property
+    def minting(self) -> MintingService:
+        """This app's minting (the Strapi jwt exchange mints by its second provider through it)."""
+        return self._minting
+
     async def exchange(
         self, request: ExchangeRequest, caller: Caller | None = None, *, session: SessionOrder | None = None
     ) -> Exchanged:

@@ -129,6 +129,12 @@ class IdentitySessions(Protocol):
     async def end_identity(self, open_id: str) -> None: ...
 
 
+class LinkedUsers(Protocol):
+    """Who is linked to an identity (ending the sessions of a deauthorized identity's account)."""
+
+    async def linked_users(self, idp_alias: str, idp_user_id: str) -> list[KeycloakUser]: ...
+
+
 class ProfileStore(Protocol):
     """Profiles verified under an access token, tokens the identity provider refused lately, and client
     addresses that brought a token it vouched for. Every method raises UpstreamUnavailable('cache') on
@@ -186,7 +192,8 @@ class IdentityStore(Protocol):
     async def remember(self, open_id: str, user: CachedUser) -> None: ...
     async def forget(self, open_id: str) -> None: ...
     async def deauthorized(self, open_id: str, at: float) -> None:
-        """Keep the tombstone: profiles verified at or before `at` are refused while they may be cached."""
+        """Keep the tombstone: profiles verified at or before `at` are refused while they may be cached
+        (durable, as `SessionStore.end_identity`)."""
         ...
 
     def lock(self, open_id: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:
@@ -203,7 +210,10 @@ class IdentityStore(Protocol):
 class DeauthorizationQueue(Protocol):
     """Deauthorizations Keycloak has not taken yet, and when to try each next (any replica may)."""
 
-    async def add(self, open_id: str, received: float) -> None: ...
+    async def add(self, open_id: str, received: float) -> None:
+        """Keep a new deauthorization, due at once (durable, as `SessionStore.end_identity`)."""
+        ...
+
     async def due(self, until: float, limit: int) -> list[str]: ...
     async def size(self) -> int: ...
     def claim(self, open_id: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]: ...
@@ -241,7 +251,11 @@ class SessionStore(Protocol):
 
     async def save(self, session_id: str, record: SessionRecord, lasts: float) -> None: ...
     async def read(self, session_id: str) -> SessionRecord | None: ...
-    async def delete(self, session_id: str) -> None: ...
+    async def delete(self, session_id: str, *, durable: bool = False) -> None:
+        """`durable`: the deletion ends a session someone may still hold (a revocation, a reuse): it is
+        confirmed by the Redis replicas or raises NotReplicated, so that a failover cannot revive it."""
+        ...
+
     def locked(
         self, session_id: str, *, ttl: float, wait: float
     ) -> AbstractAsyncContextManager[LockedSession]: ...
@@ -253,11 +267,13 @@ class SessionStore(Protocol):
         write). The state found, written or not."""
         ...
 
-    async def end_identity(self, open_id: str, at: float) -> None:
-        """Every session of the identity started at or before `at` is over."""
+    async def end_identity(self, open_id: str, at: float, *, by_account: bool = False) -> None:
+        """Every session of the identity started at or before `at` is over; `by_account`: every session
+        a Strapi jwt started for the Keycloak account `open_id` (the Strapi jwt provider's subject).
+        Durable: confirmed by the Redis replicas, or NotReplicated."""
         ...
 
-    async def ended_at(self, open_id: str) -> float | None: ...
+    async def ended_at(self, open_id: str, *, by_account: bool = False) -> float | None: ...
 
 
 class AdminTokenStore(Protocol):
@@ -281,6 +297,10 @@ class SeenOnce(Protocol):
 
     async def first_time(self, seen: str | bytes) -> bool:
         """True the first time `seen` is shown within the store's lifetime, False after."""
+        ...
+
+    async def forget(self, seen: str | bytes) -> None:
+        """Not seen after all (what it started failed; its sender will show it again)."""
         ...
 
 
@@ -335,7 +355,10 @@ class Minter(Protocol):
         *,
         audiences: tuple[str, ...] = (),
         client_id: str | None = None,
-    ) -> IssuedToken: ...
+        by_account: bool = False,
+    ) -> IssuedToken:
+        """`by_account`: `open_id` is a Keycloak user id linked to the Strapi jwt provider."""
+        ...
 
 
 class AssertionMinter(Protocol):

@@ -18,6 +18,10 @@ only the SHA-256 of the current and of the previous secret, so a leaked store re
 - **Lifetimes**: an idle timeout and an absolute maximum; `refresh_expires_in` says which comes first.
 - **Revocation**: RFC 7009 (`revoke`), TikTok's deauthorization and an operator (`end_identity`: every
   session of a TikTok identity started before now is over), Keycloak refusing the grant.
+- **Strapi jwt sessions** (`by_account`): started by the Strapi jwt exchange for an imported account
+  without a TikTok link, they mint by the Strapi jwt provider for the Keycloak user id itself, and are
+  ended per account (`end_account`). TikTok's deauthorization (`deauthorized`) ends them too for the
+  account the identity is linked to; an identity linked to no account cannot name one (SECURITY.md).
 - **TikTok in the loop**: sessions started from a code keep TikTok's refresh and access tokens, sealed.
   At most every `provider_recheck_interval` seconds a refresh also refreshes at TikTok (TikTok rotates its
   refresh token); TikTok refusing means the user revoked the app, and the session ends. Logging out
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
     from bridge.domain.model import IdentityCheck, IssuedToken, ProviderGrant
     from bridge.services.ports import (
         GrantForgetter,
+        LinkedUsers,
         LockedSession,
         Minter,
         ProviderGrants,
@@ -76,7 +81,7 @@ if TYPE_CHECKING:
         SessionStore,
     )
 
-__all__ = ["NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
+__all__ = ["LinkedAccounts", "NewSession", "SessionGrant", "SessionPolicy", "SessionService", "parse_token"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,8 @@ _TOKEN = re.compile(r"tkb1\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})")
 # One refresh may wait on TikTok and Keycloak (each bounded by the HTTP timeout and its retries).
 LOCK_TTL = 30.0
 LOCK_WAIT = 10.0
+# Ends that someone still holding the refresh token must never get undone by a Redis failover.
+DURABLE_ENDS = frozenset({"revoked", "reused"})
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,14 @@ class SessionPolicy:
     reuse_grace: float
     provider_recheck: bool
     provider_recheck_interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedAccounts:
+    """Where to ask who is linked to a TikTok identity: Keycloak, by the bridge's provider alias."""
+
+    keycloak: LinkedUsers
+    idp_alias: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +144,7 @@ class SessionService:
         policy: SessionPolicy,
         clock: Callable[[], float] = time.time,
         grants: GrantForgetter | None = None,
+        accounts: LinkedAccounts | None = None,
     ) -> None:
         self._store = store
         self._minter = minter
@@ -139,6 +155,9 @@ class SessionService:
         # The token vault's grants, when the vault is on: a sign-out that revokes at the provider
         # leaves the vault nothing to hand out.
         self._grants = grants
+        # While the Strapi jwt exchange is on: its deauthorization also ends the Strapi jwt sessions of
+        # the account a TikTok identity is linked to.
+        self._accounts = accounts
 
     # ------------------------------------------------------------------------------ starting
 
@@ -181,6 +200,7 @@ class SessionService:
             tiktok_checked=now if sealed_tiktok else None,
             client_id=new.client_id,
             audiences=new.audiences,
+            by_account=new.by_account,
         )
         return session_id, record, SessionGrant(token, self._expires_in(record, now))
 
@@ -290,7 +310,7 @@ class SessionService:
 
     async def _refuse_if_ended(self, session_id: str, record: SessionRecord) -> None:
         """`end_identity` ended every session of the identity started until then: this one too?"""
-        if ended_by(await self._store.ended_at(record.open_id), record.created):
+        if ended_by(await self._store.ended_at(record.open_id, by_account=record.by_account), record.created):
             await self._end(session_id, record, "revoked")
             raise InvalidGrant(detail="every session of this identity was ended")
 
@@ -317,7 +337,11 @@ class SessionService:
     ) -> IssuedToken:
         try:
             issued = await self._minter.mint(
-                record.open_id, scope, audiences=audiences, client_id=record.client_id
+                record.open_id,
+                scope,
+                audiences=audiences,
+                client_id=record.client_id,
+                by_account=record.by_account,
             )
         except (NotLinked, AccountDisabled) as exc:
             # Keycloak refuses the user now (disabled, deleted, unlinked): the session is over.
@@ -382,6 +406,25 @@ class SessionService:
         """End every session of a TikTok identity started until now (deauthorization, operator)."""
         await self._store.end_identity(open_id, self._clock())
 
+    async def end_account(self, user_id: str) -> None:
+        """End every session a Strapi jwt started for the Keycloak account `user_id` until now."""
+        await self._store.end_identity(user_id, self._clock(), by_account=True)
+
+    async def deauthorized(self, open_id: str) -> None:
+        """The user removed the app at TikTok: every session of the identity ends, and (while the
+        Strapi jwt exchange is on) every Strapi jwt session of the account linked to it. The identity's
+        sessions are ended first; a Keycloak that cannot say who is linked raises (the webhook then
+        answers 503, and TikTok delivers again)."""
+        now = self._clock()
+        await self._store.end_identity(open_id, now)
+        if self._accounts is None:
+            return
+        for user in await self._accounts.keycloak.linked_users(self._accounts.idp_alias, open_id):
+            await self._store.end_identity(user.id, now, by_account=True)
+            log.info(
+                "strapi jwt sessions of a deauthorized identity ended", extra={"keycloak_user_id": user.id}
+            )
+
     async def _revoke_at_tiktok(self, record: SessionRecord) -> None:
         if record.tiktok is None:
             return
@@ -399,7 +442,9 @@ class SessionService:
                 log.warning("vault grant not forgotten at sign-out", extra={"error_type": type(exc).__name__})
 
     async def _end(self, session_id: str, record: SessionRecord, reason: str) -> None:
-        await self._store.delete(session_id)
+        # A revoked or reused session lost in a failover would be usable again: confirmed by the
+        # replicas. The others end again by themselves (idle, expired, refused at the next grant).
+        await self._store.delete(session_id, durable=reason in DURABLE_ENDS)
         self._ended(record, reason)
 
     @staticmethod

@@ -18,11 +18,11 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from bridge.domain.errors import UpstreamUnavailable
+from bridge.domain.errors import NotReplicated, UpstreamUnavailable
 from bridge.domain.model import Held, IdentityState
-from bridge.observability.metrics import timed
+from bridge.observability.metrics import CACHE_WRITES_UNCONFIRMED, count, timed
 from bridge.storage.engine import EntryCheck, ended_by
 from bridge.storage.redis_connection import REDIS_FAILURES, is_cluster
 
@@ -119,7 +119,7 @@ class MemoryCache:
     async def get_many(self, *keys: str) -> list[bytes | None]:
         return [await self.get(key) for key in keys]
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:  # noqa: ARG002 - one process: no replica to confirm
         self._entries[key] = (time.monotonic() + ttl, value)
         self._entries.move_to_end(key)
         # Least recently used entries go first, so memory stays bounded whatever the traffic.
@@ -133,7 +133,7 @@ class MemoryCache:
         await self.set(key, value, ttl)
         return True
 
-    async def delete(self, *keys: str) -> None:
+    async def delete(self, *keys: str, durable: bool = False) -> None:  # noqa: ARG002 - as for set
         for key in keys:
             self._entries.pop(key, None)
 
@@ -144,7 +144,7 @@ class MemoryCache:
         self._counters[key] = value
         return value
 
-    async def schedule(self, key: str, member: str, at: float) -> None:
+    async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:  # noqa: ARG002 - as for set
         self._schedules.setdefault(key, {})[member] = at
 
     async def due(self, key: str, until: float, limit: int) -> list[str]:
@@ -343,9 +343,17 @@ _LATE_RELEASE_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 class RedisCache:
     """Redis-backed cache; locks are SET NX PX with an owner token (single-flight across replicas)."""
 
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, *, wait_replicas: int = 0, wait_timeout: float = 0.2) -> None:
         # The process's one client (`RedisConnection`), closed by its owner, not by the cache.
         self._redis = client
+        # Durable writes: how many replicas must confirm them, and how long WAIT may block (shorter
+        # than the client's socket timeout, so a replica that lags is not taken for a Redis outage).
+        if wait_replicas and is_cluster(client):
+            # WAIT is per connection; a cluster pipeline sends it to any node, not the key's.
+            msg = "BRIDGE_REDIS_WAIT_REPLICAS must be 0 with Redis Cluster"
+            raise ValueError(msg)
+        self._wait_replicas = wait_replicas
+        self._wait_ms = _milliseconds(wait_timeout)
         self._release = client.register_script(_RELEASE_SCRIPT)
         self._lock_and_get = client.register_script(_LOCK_AND_GET_SCRIPT)
         self._set_and_unlock = client.register_script(_SET_AND_UNLOCK_SCRIPT)
@@ -374,20 +382,44 @@ class RedisCache:
         values = await self._command("mget", self._redis.mget(keys))
         return [_as_bytes(value) for value in values]
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def _replicated(self, name: str, write: Callable[[Any], object]) -> None:
+        """`write` (added to a pipeline) and WAIT on the same connection: WAIT counts the replicas that
+        have this connection's writes. Fewer than asked for within the wait is NotReplicated; the write
+        stays on the master (every durable write is idempotent, and the caller's retry repeats it)."""
+        pipe = self._redis.pipeline(transaction=False)
+        async with pipe:
+            write(pipe)
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+            results = await self._command(name, pipe.execute())
+        confirmed = int(results[-1])
+        if confirmed < self._wait_replicas:
+            count(CACHE_WRITES_UNCONFIRMED, name)
+            raise NotReplicated(f"{name}: {confirmed} of {self._wait_replicas} replicas confirmed")
+
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
+        if durable and self._wait_replicas:
+            await self._replicated("set", lambda pipe: pipe.set(key, value, px=_milliseconds(ttl)))
+            return
         await self._command("set", self._redis.set(key, value, px=_milliseconds(ttl)))
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         return bool(await self._command("add", self._redis.set(key, value, px=_milliseconds(ttl), nx=True)))
 
-    async def delete(self, *keys: str) -> None:
-        if keys:
-            await self._command("delete", self._redis.delete(*keys))
+    async def delete(self, *keys: str, durable: bool = False) -> None:
+        if not keys:
+            return
+        if durable and self._wait_replicas:
+            await self._replicated("delete", lambda pipe: pipe.delete(*keys))
+            return
+        await self._command("delete", self._redis.delete(*keys))
 
     async def count_up(self, key: str, *, floor: int, jump: int) -> int:
         return int(await self._command("count_up", self._count_up(keys=[key], args=[floor, jump])))
 
-    async def schedule(self, key: str, member: str, at: float) -> None:
+    async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
+        if durable and self._wait_replicas:
+            await self._replicated("schedule", lambda pipe: pipe.zadd(key, {member: at}))
+            return
         await self._command("schedule", self._redis.zadd(key, {member: at}))
 
     async def due(self, key: str, until: float, limit: int) -> list[str]:
@@ -603,6 +635,10 @@ class FallbackCache:
         if self._use_primary():
             try:
                 result = await primary()
+            except NotReplicated:
+                # Redis answered: no outage, and memory is no place for a write that must last.
+                self._succeeded()
+                raise
             except UpstreamUnavailable as exc:
                 self._failed(exc)
             else:
@@ -618,9 +654,10 @@ class FallbackCache:
             lambda: self._primary.get_many(*keys), lambda: self._fallback.get_many(*keys)
         )
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         await self._either(
-            lambda: self._primary.set(key, value, ttl), lambda: self._fallback.set(key, value, ttl)
+            lambda: self._primary.set(key, value, ttl, durable=durable),
+            lambda: self._fallback.set(key, value, ttl),
         )
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
@@ -628,10 +665,10 @@ class FallbackCache:
             lambda: self._primary.add(key, value, ttl), lambda: self._fallback.add(key, value, ttl)
         )
 
-    async def delete(self, *keys: str) -> None:
+    async def delete(self, *keys: str, durable: bool = False) -> None:
         # Both: an entry written to memory during an outage must not outlive its deletion.
         await self._fallback.delete(*keys)
-        await self._either(lambda: self._primary.delete(*keys), _nothing)
+        await self._either(lambda: self._primary.delete(*keys, durable=durable), _nothing)
 
     async def count_up(self, key: str, *, floor: int, jump: int) -> int:
         # While Redis is out, this process counts in memory from 0: below every floor, so it jumps
@@ -641,9 +678,10 @@ class FallbackCache:
             lambda: self._fallback.count_up(key, floor=floor, jump=jump),
         )
 
-    async def schedule(self, key: str, member: str, at: float) -> None:
+    async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
         await self._either(
-            lambda: self._primary.schedule(key, member, at), lambda: self._fallback.schedule(key, member, at)
+            lambda: self._primary.schedule(key, member, at, durable=durable),
+            lambda: self._fallback.schedule(key, member, at),
         )
 
     async def due(self, key: str, until: float, limit: int) -> list[str]:

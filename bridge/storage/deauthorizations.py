@@ -56,7 +56,8 @@ class DeauthorizationQueue:
             encode_pending(PendingDeauthorization(received)),
             self._horizon,
         )
-        await self._cache.schedule(keys.DEAUTHORIZATION_QUEUE, open_id, received)
+        # Confirmed with the second write: WAIT counts replicas that have every write before it.
+        await self._cache.schedule(keys.DEAUTHORIZATION_QUEUE, open_id, received, durable=True)
 
     async def due(self, until: float, limit: int) -> list[str]:
         """At most `limit` identities whose deauthorization is due at or before `until`, earliest first."""

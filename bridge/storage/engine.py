@@ -62,19 +62,28 @@ class Cache(Protocol):
         """One round trip; with Redis Cluster the keys must share a hash tag (one slot)."""
         ...
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
+        """`durable`: an ending write (a revocation, a tombstone, an identity's end time), confirmed by
+        the configured number of Redis replicas before it returns, or NotReplicated: one a failover must
+        not lose (SECURITY.md, "Data loss")."""
+        ...
+
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         """Set only if absent; True if this call set it."""
         ...
 
-    async def delete(self, *keys: str) -> None: ...
+    async def delete(self, *keys: str, durable: bool = False) -> None:
+        """`durable` as for `set`: a deletion that ends something (a session revoked, a grant forgotten)."""
+        ...
+
     async def count_up(self, key: str, *, floor: int, jump: int) -> int:
         """Add one to the counter `key` (absent counts as 0) and answer it; when that is below `floor`,
         set it to `floor + jump` instead. One step (a Redis script); the counter never expires."""
         ...
 
-    async def schedule(self, key: str, member: str, at: float) -> None:
-        """Put `member` in the schedule `key` (a Redis sorted set), due at time `at`; moves it if there."""
+    async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
+        """Put `member` in the schedule `key` (a Redis sorted set), due at time `at`; moves it if there.
+        `durable` as for `set`."""
         ...
 
     async def due(self, key: str, until: float, limit: int) -> list[str]:

@@ -105,7 +105,10 @@ class IdentityStore:
 
     async def deauthorized(self, open_id: str, at: float) -> None:
         await self._cache.set(
-            keys.deauthorized(self._alias, open_id), json.dumps(at).encode(), self._tombstone_ttl
+            keys.deauthorized(self._alias, open_id),
+            json.dumps(at).encode(),
+            self._tombstone_ttl,
+            durable=True,
         )
 
     def lock(self, open_id: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Held]:

@@ -37,3 +37,7 @@ class SeenOnce:
 
     async def first_time(self, seen: str | bytes) -> bool:
         return await self._cache.add(self._key(seen), b"1", self._ttl)
+
+    async def forget(self, seen: str | bytes) -> None:
+        """Not seen after all: what it started failed, and its sender will show it again."""
+        await self._cache.delete(self._key(seen))

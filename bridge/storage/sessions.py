@@ -1,5 +1,7 @@
 """The session store: bridge sessions (`SessionRecord`, as compact JSON), the lock that serialises the
-refreshes of each, and per identity the time before which its sessions are over (`end_identity`).
+refreshes of each, and per identity the time before which its sessions are over (`end_identity`): per
+TikTok identity, or per Keycloak account for the sessions a Strapi jwt started (`by_account`), each
+under its identity provider's alias.
 
 A session's record and its lock share one hash tag, so one script takes the lock and reads the record,
 and one writes the record and releases the lock (reading the identity's not-before time as it writes,
@@ -16,7 +18,7 @@ import json
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
-from bridge.domain.model import SessionRecord
+from bridge.domain.model import SessionRecord, strapi_jwt_idp_alias
 from bridge.storage import keys
 from bridge.storage.engine import end_time
 from bridge.storage.identities import entry_check
@@ -57,7 +59,7 @@ def _ttl(lasts: float) -> int:
 class LockedSession:
     """`ports.LockedSession`: a session's record as its lock was taken."""
 
-    def __init__(self, entry: StoreEntry, not_before_key: Callable[[str], str]) -> None:
+    def __init__(self, entry: StoreEntry, not_before_key: Callable[[str, bool], str]) -> None:
         self._entry = entry
         self._not_before_key = not_before_key
         self.record = decode_record(entry.value)
@@ -73,7 +75,7 @@ class LockedSession:
         return await self._entry.save_and_release_unless_ended(
             encode_record(record),
             _ttl(lasts),
-            ended_key=self._not_before_key(record.open_id),
+            ended_key=self._not_before_key(record.open_id, record.by_account),
             started=record.created,
         )
 
@@ -84,11 +86,13 @@ class SessionStore:
     def __init__(self, store: Store, *, idp_alias: str, max_lifetime: float) -> None:
         self._store = store
         self._alias = idp_alias
+        # Whether or not the Strapi jwt exchange is on now: sessions it started may still be ended.
+        self._account_alias = strapi_jwt_idp_alias(idp_alias)
         # An identity's not-before time outlives every session it can end.
         self._max_lifetime = max_lifetime
 
-    def _not_before_key(self, open_id: str) -> str:
-        return keys.sessions_not_before(self._alias, open_id)
+    def _not_before_key(self, subject: str, by_account: bool) -> str:  # noqa: FBT001 - a record's flag
+        return keys.sessions_not_before(self._account_alias if by_account else self._alias, subject)
 
     async def save(self, session_id: str, record: SessionRecord, lasts: float) -> None:
         await self._store.set(keys.session(session_id), encode_record(record), _ttl(lasts))
@@ -96,8 +100,8 @@ class SessionStore:
     async def read(self, session_id: str) -> SessionRecord | None:
         return decode_record(await self._store.get(keys.session(session_id)))
 
-    async def delete(self, session_id: str) -> None:
-        await self._store.delete(keys.session(session_id))
+    async def delete(self, session_id: str, *, durable: bool = False) -> None:
+        await self._store.delete(keys.session(session_id), durable=durable)
 
     async def start_if_current(
         self, check: IdentityCheck, session_id: str, record: SessionRecord, lasts: float
@@ -106,11 +110,16 @@ class SessionStore:
             entry_check(self._alias, check), keys.session(session_id), encode_record(record), _ttl(lasts)
         )
 
-    async def end_identity(self, open_id: str, at: float) -> None:
-        await self._store.set(self._not_before_key(open_id), json.dumps(at).encode(), self._max_lifetime)
+    async def end_identity(self, open_id: str, at: float, *, by_account: bool = False) -> None:
+        await self._store.set(
+            self._not_before_key(open_id, by_account),
+            json.dumps(at).encode(),
+            self._max_lifetime,
+            durable=True,
+        )
 
-    async def ended_at(self, open_id: str) -> float | None:
-        return end_time(await self._store.get(self._not_before_key(open_id)))
+    async def ended_at(self, open_id: str, *, by_account: bool = False) -> float | None:
+        return end_time(await self._store.get(self._not_before_key(open_id, by_account)))
 
     @asynccontextmanager
     async def _locked(self, session_id: str, ttl: float, wait: float) -> AsyncIterator[LockedSession]:

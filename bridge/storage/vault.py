@@ -95,7 +95,7 @@ class GrantStore:
         return self._codec.decode(await self._store.get(keys.vault_grant(self._alias, open_id)))
 
     async def forget(self, open_id: str) -> None:
-        await self._store.delete(keys.vault_grant(self._alias, open_id))
+        await self._store.delete(keys.vault_grant(self._alias, open_id), durable=True)
 
     @asynccontextmanager
     async def _locked(self, open_id: str, ttl: float, wait: float) -> AsyncIterator[LockedGrant]:

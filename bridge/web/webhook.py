@@ -3,9 +3,10 @@
 TikTok signs each delivery: header `TikTok-Signature: t=<unix time>,s=<hex HMAC-SHA256>` over
 `t + "." + raw body`, keyed with the app's client secret. Deliveries are at least once and retried for
 72 h unless answered 200 promptly, so the handler verifies, de-duplicates, answers 200 at once and applies
-the configured policy (record, disable or unlink) after the answer has gone out. Every bridge session of
-the user is ended before the answer: that needs only the session store, and a failure there answers 503
-so that TikTok's retries carry it.
+the configured policy (record, disable or unlink) to Keycloak after the answer has gone out. What must
+not be lost is written before the answer, each write confirmed by the Redis replicas: every bridge
+session of the user ended, the vault's grant forgotten, the tombstone, the deauthorization queued for
+Keycloak. A failure there answers 503 (and forgets the delivery), so that TikTok's retries carry it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from bridge.services.deauthorization import DeauthorizationService
-    from bridge.storage.engine import Cache
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,13 @@ def verify_signature(
     check_signature(timestamp, signature, body, secret)
 
 
-async def _apply(deauthorization: DeauthorizationService, cache: Cache, open_id: str, reason: object) -> None:
+async def _attempt(deauthorization: DeauthorizationService, open_id: str, reason: object) -> None:
     try:
-        outcome = await deauthorization.deauthorize(open_id)
+        outcome = await deauthorization.attempt(open_id)
     except BridgeError as exc:
-        # Not even kept for a retry (the cache refused it): an operator replays it from this line.
-        log.error(  # noqa: TRY400 - no traceback: its locals may hold a secret
-            "deauthorization not applied and not kept",
+        # Recorded and queued before the 200: the retry loop applies it later.
+        log.warning(
+            "deauthorization not applied yet, kept for a retry",
             extra={"error_type": type(exc).__name__, "detail": exc.detail},
         )
         return
@@ -89,13 +89,6 @@ async def _apply(deauthorization: DeauthorizationService, cache: Cache, open_id:
         log.warning("deauthorization pending: Keycloak did not take it, retrying", extra={"reason": reason})
         return
     log.info("tiktok deauthorization", extra={"outcome": outcome, "reason": reason})
-    if cache.degraded:
-        # The revocation's record lives in this process's memory only: other replicas, and this one
-        # once Redis is back, still accept the user's cached profiles until they expire.
-        log.warning(
-            "deauthorization recorded in this process only: the shared cache is unreachable",
-            extra={"outcome": outcome},
-        )
 
 
 async def retry_pending_deauthorizations(deauthorization: DeauthorizationService, interval: float) -> None:
@@ -143,18 +136,28 @@ async def tiktok_webhook(request: Request) -> Response:
         # Signed by our secret but not ours to act on (another event type): acknowledged, ignored.
         return JSONResponse({"status": "ignored"})
     if resources.sessions is not None:
-        # Before the 200, and idempotent: if the session store cannot take it, TikTok gets a 503 and
-        # delivers again (for up to 72 h), so ending the user's sessions is never lost.
-        await resources.sessions.end_identity(event["user_openid"])
+        # Before the 200, and idempotent: if the session store (or, with the Strapi jwt exchange on,
+        # Keycloak, asked for the linked account) cannot take it, TikTok gets a 503 and delivers again
+        # (for up to 72 h), so ending the user's sessions is never lost.
+        await resources.sessions.deauthorized(event["user_openid"])
     if not await resources.webhook_deliveries.first_time(body):
         return JSONResponse({"status": "duplicate"})
-    task = BackgroundTask(
-        _apply,
-        resources.deauthorization,
-        resources.cache,
-        event["user_openid"],
-        _reason(event.get("content")),
-    )
+    open_id, reason = event["user_openid"], _reason(event.get("content"))
+    try:
+        # Before the 200 too: the tombstone and the queued deauthorization must outlive a failover.
+        queued = await resources.deauthorization.record(open_id)
+    except BridgeError:
+        # Answered 503: TikTok delivers again, which must not be taken for a duplicate then.
+        await resources.webhook_deliveries.forget(body)
+        raise
+    if resources.cache.degraded:
+        # The revocation's record lives in this process's memory only: other replicas, and this one
+        # once Redis is back, still accept the user's cached profiles until they expire.
+        log.warning("deauthorization recorded in this process only: the shared cache is unreachable")
+    if not queued:
+        log.info("tiktok deauthorization", extra={"outcome": "recorded", "reason": reason})
+        return JSONResponse({"status": "accepted"})
+    task = BackgroundTask(_attempt, resources.deauthorization, open_id, reason)
     return JSONResponse({"status": "accepted"}, background=task)
 
 

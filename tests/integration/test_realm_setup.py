@@ -761,6 +761,56 @@ async def test_doctor_fails_naming_the_cause(
     assert CLIENT_SECRET not in text
 
 
+async def test_the_strapi_jwt_provider_comes_and_goes_with_its_exchange_and_the_doctor_proves_it(
+    bare: Bare, emulator: TikTokEmulator
+) -> None:
+    """With BRIDGE_STRAPI_JWT_SECRET set, apply adds the Strapi jwt provider (the bridge's issuer +
+    /strapi-jwt, its JWKS) to a realm applied before, and grants it to the bridge's client without
+    --force; the doctor proves a grant by it, and fails that one check, naming the provider, once the
+    provider is removed; with the secret unset again apply takes the grant away (no --force) and
+    leaves the provider to the administrators, who remove it by hand."""
+    realm = customer_realm(bare)
+    assert run_apply(bare, realm)[0]
+    on = bare.settings(realm, strapi_jwt_secret="strapi-jwt-secret-of-32-characters")
+    done, lines = run_apply(bare, realm, settings=on)
+    assert done, lines
+    granted = f"attributes.{spec.GRANT_PROVIDERS_ATTRIBUTE} is 'tiktok', needs 'tiktok##tiktok-strapi-jwt'"
+    assert "identity provider 'tiktok-strapi-jwt': create" in lines
+    assert "client 'tiktok-bridge': update" in lines
+    assert f"    set: {granted}" in lines
+    assert lines[-1] == "applied: 2 object(s) changed"
+    with bare.admin() as admin:
+        provider = admin.get(f"/realms/{realm}/identity-provider/instances/tiktok-strapi-jwt").json()
+    assert (provider["config"]["issuer"], provider["config"]["jwksUrl"]) == (
+        f"{bare.issuer}/strapi-jwt",
+        f"{bare.issuer}/.well-known/jwks.json",
+    )
+    assert run_apply(bare, realm, settings=on)[1][-1] == "no changes"
+
+    checks = await run_doctor(bare, on, emulator)
+    assert failing(checks) == set(), [c.line() for c in checks.values()]
+    assert "accepted its assertion for 'tiktok-bridge'" in checks["jwt grant by 'tiktok-strapi-jwt'"].detail
+
+    with bare.admin() as admin:
+        deleted = admin.delete(f"/realms/{realm}/identity-provider/instances/tiktok-strapi-jwt")
+        assert deleted.status_code == 204
+    checks = await run_doctor(bare, on, emulator)
+    assert failing(checks) == {"jwt grant by 'tiktok-strapi-jwt'"}
+    check = checks["jwt grant by 'tiktok-strapi-jwt'"]
+    assert f"no enabled identity provider has issuer {bare.issuer}/strapi-jwt" in check.detail
+    assert "'tiktok-strapi-jwt'" in check.detail
+
+    assert run_apply(bare, realm, settings=on)[0]
+    done, lines = run_apply(bare, realm)
+    assert done, lines
+    assert "client 'tiktok-bridge': update" in lines
+    assert lines[-1] == "applied: 1 object(s) changed"
+    with bare.admin() as admin:
+        aliases = [p["alias"] for p in admin.get(f"/realms/{realm}/identity-provider/instances").json()]
+        assert sorted(aliases) == ["tiktok", "tiktok-strapi-jwt"]
+    assert failing(await run_doctor(bare, bare.settings(realm), emulator)) == set()
+
+
 @pytest.mark.parametrize(
     ("case", "cause"),
     [

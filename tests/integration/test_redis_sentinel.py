@@ -8,14 +8,18 @@ one more TikTok or Keycloak call, and a lost lock is covered by Keycloak's 409 o
 username. A lost deauthorization tombstone is different: the old tokens' cached profiles sign in again
 until `BRIDGE_PROFILE_CACHE_TTL` ends. `test_an_acknowledged_write_can_be_lost_and_wait_says_so` shows
 the window on this very set-up, and what `WAIT 1 <ms>` after the write tells the writer;
-`test_wait_cost` measures what WAIT adds on a healthy set. The recommendation that follows (in the
-report of the change, for `bridge/storage/cache.py`): WAIT after the tombstone's SET only, a rare write
-off the hot path, and when it answers 0 keep the tombstone in process memory too and warn, as in an outage.
+`test_wait_cost` measures what WAIT adds on a healthy set. So the bridge's ending writes (a sign-out, a
+reused token's session end, an identity's sessions ended, a tombstone, a queued deauthorization, a vault
+grant forgotten) are confirmed by a replica before they are answered (`BRIDGE_REDIS_WAIT_REPLICAS`, 1 by
+default with Sentinel), and are 503s otherwise:
+`test_an_ending_write_is_acknowledged_only_once_a_replica_holds_it` shows both sides through the bridge.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import signal
 import statistics
@@ -32,8 +36,10 @@ from tests.integration.test_exchange import linked_users
 from tests.integration.test_webhook import deliver, removed_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
+
+    import httpx2
 
     from devstack.tiktok_emulator import EmulatedUser, TikTokEmulator
     from tests.conftest import BridgeClient, Stack
@@ -269,3 +275,93 @@ async def test_wait_cost(sentinel_set: RedisSentinelSet) -> None:
     )
     assert acknowledged == [1] * 200
     assert added_ms < 5
+
+
+def caught_up(sentinels: RedisSentinelSet) -> bool:
+    """The replica holds every write the master has taken (replication offsets equal)."""
+
+    def offset(text: str, name: str) -> str:
+        return next(line.split(":", 1)[1] for line in text.splitlines() if line.startswith(f"{name}:"))
+
+    master = offset(RedisSentinelSet.info(sentinels.master), "master_repl_offset")
+    return offset(RedisSentinelSet.info(sentinels.replica), "slave_repl_offset") == master
+
+
+@contextlib.contextmanager
+def replication_cut(sentinels: RedisSentinelSet) -> Iterator[None]:
+    """The replica frozen and its link cut by the master, so that what the master takes meanwhile
+    reaches no replica; on leaving, the master is killed and the replica thawed (the sentinels then
+    promote it, without those writes)."""
+    assert sentinels.master is not None
+    assert sentinels.replica is not None
+    assert sentinels.replica.process is not None
+    replica_pid = sentinels.replica.process.pid
+    os.kill(replica_pid, signal.SIGSTOP)
+    try:
+        RedisSentinelSet.command(sentinels.master.port, "CLIENT", "KILL", "TYPE", "replica")
+        yield
+    finally:
+        sentinels.kill_master()
+        os.kill(replica_pid, signal.SIGCONT)
+
+
+async def answered(call: Callable[[], Awaitable[httpx2.Response]], seconds: float = 15) -> httpx2.Response:
+    """The first answer of `call` that is not a 503, while the bridge finds the promoted master."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = await call()
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+async def test_an_ending_write_is_acknowledged_only_once_a_replica_holds_it(
+    stack: Stack, emulator: TikTokEmulator, sentinel_set: RedisSentinelSet, wait_replicas: int
+) -> None:
+    """A sign-out (RFC 7009) and a deauthorization arrive while the replica cannot receive writes, then
+    the master dies. With BRIDGE_REDIS_WAIT_REPLICAS=0 both are answered 200 and lost with the master:
+    the refresh token refreshes again, the deauthorized token signs in again. With 1 (the default with
+    Sentinel) both are answered 503 with Retry-After instead; their retries, once a replica is back,
+    are answered 200 and hold."""
+    settings = stack.settings(
+        redis_url=sentinel_set.url,
+        redis_timeout=0.5,
+        redis_retry_interval=0.2,
+        redis_wait_replicas=wait_replicas,
+        deauthorization_policy="record",  # the tombstone alone refuses the token (Keycloak keeps nothing)
+        readiness_cache_ttl=0,
+    )
+    signing_out, leaving = emulator.create_user(), emulator.create_user()
+
+    async for bridge in running_bridge(settings, emulator):
+        started = await bridge.exchange(emulator.issue_access_token(signing_out.open_id))
+        assert started.status_code == 200, started.text
+        refresh_token = started.json()["refresh_token"]
+        leaving_token = emulator.issue_access_token(leaving.open_id)
+        assert (await bridge.exchange(leaving_token)).status_code == 200  # its profile is now cached
+        event = removed_event(leaving.open_id)
+        assert await wait_until(lambda: caught_up(sentinel_set), 5)
+
+        with replication_cut(sentinel_set):
+            revoked = await bridge.revoke(refresh_token)
+            delivered = await deliver(bridge, event)
+        await asyncio.to_thread(sentinel_set.wait_for_failover, 15)
+        await asyncio.to_thread(sentinel_set.rejoin)
+
+        if wait_replicas == 0:
+            assert (revoked.status_code, delivered.status_code) == (200, 200)
+            # Acknowledged, and lost with the master.
+            assert (await answered(functools.partial(bridge.refresh, refresh_token))).status_code == 200
+            assert (await answered(functools.partial(bridge.exchange, leaving_token))).status_code == 200
+        else:
+            for unconfirmed in (revoked, delivered):
+                assert unconfirmed.status_code == 503, unconfirmed.text
+                assert unconfirmed.json()["error"] == "temporarily_unavailable"
+                assert unconfirmed.headers["Retry-After"] == "1"
+            # The app and TikTok retry: confirmed now, and they hold.
+            assert (await answered(functools.partial(bridge.revoke, refresh_token))).status_code == 200
+            redelivered = await answered(functools.partial(deliver, bridge, event))
+            assert redelivered.json() == {"status": "accepted"}  # not taken for a duplicate
+            assert (await bridge.refresh(refresh_token)).json()["error"] == "invalid_grant"
+            assert (await bridge.exchange(leaving_token)).status_code == 400

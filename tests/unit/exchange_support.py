@@ -40,6 +40,7 @@ def service(
     *,
     cache: GuardedCache | None = None,
     recent: RecentProfiles | None = None,
+    strapi_jwt: bool = False,
     **policy: object,
 ) -> UseCases:
     """The use cases over the fakes, with the default policy changed by `policy`."""
@@ -49,6 +50,7 @@ def service(
         cache=cache if cache is not None else MemoryCache(),
         policy=make_policy(**policy),
         recent=recent,
+        strapi_jwt=strapi_jwt,
     )
 
 

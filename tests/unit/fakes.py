@@ -258,7 +258,9 @@ class FakeKeycloak:
     async def issue_token(self, assertion: str, scope: tuple[str, ...]) -> IssuedToken:
         self.calls["token"] += 1
         self.scopes.append(scope)
-        user = self._linked("tiktok", assertion.removeprefix("assertion-for:"))
+        # Like Keycloak, the provider is picked by the assertion's issuer (`FakeMinter.issuer`).
+        issuer, _, subject = assertion.removeprefix("assertion-for:").rpartition("@")
+        user = self._linked(PROVIDERS[issuer], subject)
         if user is None:
             raise NotLinked
         if not user.enabled:
@@ -274,10 +276,19 @@ class FakeKeycloak:
         return sum(count for name, count in self.calls.items() if name != "token")
 
 
+# The providers of the fake realm by the issuer the bridge signs as: TikTok's, and the Strapi jwt one.
+PROVIDERS = {"": "tiktok", "strapi-jwt": "tiktok-strapi-jwt"}
+
+
+@dataclass(frozen=True)
 class FakeMinter:
+    """Assertions naming their issuer: "" for the TikTok provider, "strapi-jwt" for the other."""
+
+    issuer: str = ""
+
     def mint(self, subject: str, audience: str) -> str:
         assert audience == ISSUER
-        return f"assertion-for:{subject}"
+        return f"assertion-for:{self.issuer}@{subject}" if self.issuer else f"assertion-for:{subject}"
 
 
 @dataclass(frozen=True)
@@ -303,8 +314,10 @@ def use_cases(
     quota: ProviderQuota | None = None,
     recent: RecentProfiles | None = None,
     refusals: RefusalBudget | None = None,
+    strapi_jwt: bool = False,
 ) -> UseCases:
-    """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given)."""
+    """The use cases of one app over these collaborators (`FakeMinter` unless a minter is given);
+    `strapi_jwt`: minting by the Strapi jwt provider too."""
     identities = IdentityStore.from_policy(cache, policy)
     identity = IdentityService(
         provider=tiktok,
@@ -314,7 +327,12 @@ def use_cases(
         refusals=refusals,
     )
     provisioning = ProvisioningService(keycloak=keycloak, identities=identities, policy=policy)
-    minting = MintingService(keycloak=keycloak, minter=minter or FakeMinter(), policy=policy)
+    minting = MintingService(
+        keycloak=keycloak,
+        minter=minter or FakeMinter(),
+        policy=policy,
+        strapi_jwt_minter=FakeMinter("strapi-jwt") if strapi_jwt else None,
+    )
     exchange = ExchangeService(
         identity=identity,
         provisioning=provisioning,
@@ -471,6 +489,8 @@ class RecordingStore:
     def __init__(self) -> None:
         self.memory = MemoryCache()
         self.operations: list[str] = []
+        # (operation, key) of each write asked to be confirmed by Redis replicas.
+        self.durable: list[tuple[str, str]] = []
 
     def _note(self, operation: str, *keys_: str) -> None:
         self.operations.append(" ".join([operation, *map(_kind, keys_)]))
@@ -483,23 +503,29 @@ class RecordingStore:
         self._note("get_many", *keys_)
         return await self.memory.get_many(*keys_)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._note("set", key)
+        if durable:
+            self.durable.append(("set", _kind(key)))
         await self.memory.set(key, value, ttl)
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         self._note("add", key)
         return await self.memory.add(key, value, ttl)
 
-    async def delete(self, *keys_: str) -> None:
+    async def delete(self, *keys_: str, durable: bool = False) -> None:
         self._note("delete", *keys_)
+        if durable:
+            self.durable.extend(("delete", _kind(key)) for key in keys_)
         await self.memory.delete(*keys_)
 
     async def count_up(self, key: str, *, floor: int, jump: int) -> int:
         self._note("count_up", key)
         return await self.memory.count_up(key, floor=floor, jump=jump)
 
-    async def schedule(self, key: str, member: str, at: float) -> None:
+    async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
+        if durable:
+            self.durable.append(("schedule", _kind(key)))
         await self.memory.schedule(key, member, at)
 
     async def due(self, key: str, until: float, limit: int) -> list[str]:

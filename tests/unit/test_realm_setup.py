@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -18,12 +19,13 @@ from pydantic import ValidationError
 
 from bridge.domain.errors import SetupError
 from bridge.keycloak import realm_spec as spec
-from bridge.keycloak.realm_setup import Admin, _read_provider, check_server
+from bridge.keycloak.realm_setup import Admin, _read_provider, _split_own, check_server
 from bridge.keycloak.realm_spec import version_supported
 from bridge.operations import doctor
 from bridge.settings import Settings
 from devstack.tiktok_emulator import TikTokEmulator
 
+ROOT = Path(__file__).resolve().parents[2]
 KEYCLOAK = "http://keycloak.test"
 TIKTOK = "http://tiktok.test"
 GRANT_ON = {"name": "JWT_AUTHORIZATION_GRANT", "type": "DEFAULT", "enabled": True}
@@ -71,7 +73,7 @@ def test_the_provider_is_read_once_as_an_object_or_none(status: int, body: Any, 
         return httpx2.Response(status, json=body)
 
     admin = Admin(httpx2.Client(transport=httpx2.MockTransport(handler)), KEYCLOAK, "app", "token")
-    assert _read_provider(admin, _app_settings()) == expected
+    assert _read_provider(admin, _app_settings().keycloak_idp_alias) == expected
     assert seen == ["/admin/realms/app/identity-provider/instances/tiktok"]
 
 
@@ -84,7 +86,7 @@ def test_a_provider_that_is_not_a_json_object_is_a_setup_error() -> None:
         "token",
     )
     with pytest.raises(SetupError, match="not a JSON object"):
-        _read_provider(admin, _app_settings())
+        _read_provider(admin, _app_settings().keycloak_idp_alias)
 
 
 def test_apply_refuses_a_keycloak_older_than_the_oldest_supported() -> None:
@@ -336,9 +338,70 @@ def test_apps_sharing_a_keycloak_client_share_it_with_the_scopes_any_of_them_may
     assert spec.own_client(settings).scopes == ("aud-orders", "aud-pay")
     for client in clients.values():
         attributes = client.representation["attributes"]
-        assert attributes["oauth2.jwt.authorization.grant.idp"] == settings.keycloak_idp_alias
+        assert attributes[spec.GRANT_PROVIDERS_ATTRIBUTE] == settings.keycloak_idp_alias
         assert client.representation["serviceAccountsEnabled"] is False
         assert len(client.representation["description"]) <= 255  # Keycloak's column
+
+
+def test_the_strapi_jwt_provider_and_its_grant_come_with_the_strapi_jwt_exchange() -> None:
+    """With BRIDGE_STRAPI_JWT_SECRET set, apply wants a second provider trusting the same JWKS under an
+    issuer of its own, and every minting client may use both; without it, the TikTok one alone."""
+    jwks = "https://bridge.example/.well-known/jwks.json"
+    off, on = _app_settings(), _app_settings(strapi_jwt_secret="s" * 32)
+    assert [p["alias"] for p in spec.identity_providers(off, jwks)] == ["tiktok"]
+    tiktok, strapi_jwt = spec.identity_providers(on, jwks)
+    assert tiktok == spec.identity_provider(on, jwks)
+    assert (strapi_jwt["alias"], strapi_jwt["config"]["issuer"], strapi_jwt["config"]["jwksUrl"]) == (
+        "tiktok-strapi-jwt",
+        "https://bridge.example/strapi-jwt",
+        jwks,
+    )
+    assert {k: v for k, v in strapi_jwt["config"].items() if k != "issuer"} == {
+        k: v for k, v in tiktok["config"].items() if k != "issuer"
+    }
+    for settings, granted in ((off, "tiktok"), (on, "tiktok##tiktok-strapi-jwt")):
+        for client in (spec.own_client(settings), *spec.minting_clients(settings)):
+            assert client.representation["attributes"][spec.GRANT_PROVIDERS_ATTRIBUTE] == granted
+
+
+def test_the_realm_file_holds_the_providers_and_grants_apply_makes_with_the_strapi_jwt_exchange() -> None:
+    """keycloak-config/app-realm.json, its placeholders filled in, has the identity providers `apply`
+    creates when the Strapi jwt exchange is on, and grants its minting clients both."""
+    settings = _app_settings(strapi_jwt_secret="s" * 32)
+    jwks = "https://bridge.example/.well-known/jwks.json"
+    text = (
+        (ROOT / "keycloak-config" / "app-realm.json")
+        .read_text()
+        .replace("${BRIDGE_ISSUER}", settings.issuer_url)
+        .replace("${BRIDGE_JWKS_URL}", jwks)
+    )
+    realm = json.loads(text)
+    assert realm["identityProviders"] == spec.identity_providers(settings, jwks)
+    minting = [c for c in realm["clients"] if "oauth2.jwt.authorization.grant.enabled" in c["attributes"]]
+    assert len(minting) == 3
+    for client in minting:
+        assert client["attributes"][spec.GRANT_PROVIDERS_ATTRIBUTE] == "tiktok##tiktok-strapi-jwt"
+
+
+@pytest.mark.parametrize(
+    ("found", "wanted", "own"),
+    [
+        ("tiktok", "tiktok##tiktok-strapi-jwt", True),
+        ("tiktok##tiktok-strapi-jwt", "tiktok", True),
+        ("tiktok-strapi-jwt##tiktok", "tiktok##tiktok-strapi-jwt", True),
+        ("tiktok##other-idp", "tiktok", False),
+        ("tiktok##other-idp", "tiktok##tiktok-strapi-jwt", False),
+        ("other-idp", "tiktok", False),
+    ],
+)
+def test_only_the_bridges_own_providers_change_a_clients_grant_without_force(
+    found: str, wanted: str, own: bool
+) -> None:
+    """Granting or taking away the bridge's own providers is the bridge's business; a provider an
+    administrator granted the client is a conflict, as any other setting."""
+    difference = spec.Difference(f"attributes.{spec.GRANT_PROVIDERS_ATTRIBUTE}", found, wanted)
+    other, lines = _split_own([difference], spec.bridge_providers(_app_settings()))
+    assert (other, lines) == (([], [f"set: {difference}"]) if own else ([str(difference)], []))
 
 
 def test_no_strapi_client_when_the_endpoint_is_off_or_mints_as_the_bridge() -> None:

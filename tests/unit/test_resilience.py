@@ -213,9 +213,9 @@ class FlakyCache(MemoryCache):
         self._check()
         return await super().get(key)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self._check()
-        await super().set(key, value, ttl)
+        await super().set(key, value, ttl, durable=durable)
 
     async def ping(self) -> None:
         self._check()

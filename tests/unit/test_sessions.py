@@ -23,8 +23,9 @@ from bridge.domain.errors import (
     UnauthorizedClient,
     UpstreamUnavailable,
 )
-from bridge.domain.model import IssuedToken, ProviderGrant
+from bridge.domain.model import IssuedToken, KeycloakUser, ProviderGrant
 from bridge.services.sessions import (
+    LinkedAccounts,
     NewSession,
     SessionPolicy,
     SessionService,
@@ -36,7 +37,7 @@ from bridge.storage.sessions import SessionStore
 from tests.unit.fakes import RecordingStore
 
 if TYPE_CHECKING:
-    from bridge.services.ports import GrantForgetter, Minter, ProviderGrants
+    from bridge.services.ports import GrantForgetter, LinkedUsers, Minter, ProviderGrants
     from bridge.storage.engine import Store
     from tests.conftest import Clock
 
@@ -51,6 +52,9 @@ class FakeMinter:
     targets: list[tuple[tuple[str, ...], str | None]] = field(default_factory=list)
     # The Keycloak account each TikTok identity is linked to: the `sub` of the tokens minted for it.
     accounts: dict[str, str] = field(default_factory=lambda: {"-000a": "kc-1"})
+    # The accounts linked to the Strapi jwt provider (by their own id), and which provider each mint used.
+    strapi_jwt_links: set[str] = field(default_factory=lambda: {"kc-1"})
+    by_account: list[bool] = field(default_factory=list)
 
     async def mint(
         self,
@@ -59,16 +63,23 @@ class FakeMinter:
         *,
         audiences: tuple[str, ...] = (),
         client_id: str | None = None,
+        by_account: bool = False,
     ) -> IssuedToken:
         if self.refused is not None:
             raise self.refused
         self.minted.append((open_id, scope))
         self.targets.append((audiences, client_id))
+        self.by_account.append(by_account)
+        subject = self.accounts.get(open_id)
+        if by_account:
+            if open_id not in self.strapi_jwt_links:
+                raise NotLinked
+            subject = open_id
         return IssuedToken(
             access_token=f"kc-{len(self.minted)}",
             expires_in=300,
             scope=" ".join(scope) or None,
-            subject=self.accounts.get(open_id),
+            subject=subject,
         )
 
 
@@ -103,10 +114,22 @@ class FakeTikTokGrants:
         self.live.clear()
 
 
+@dataclass
+class FakeLinkedUsers:
+    """Keycloak's users per (provider alias, linked identity), and the lookups made."""
+
+    linked: dict[tuple[str, str], list[KeycloakUser]] = field(default_factory=dict)
+    asked: list[tuple[str, str]] = field(default_factory=list)
+
+    async def linked_users(self, idp_alias: str, idp_user_id: str) -> list[KeycloakUser]:
+        self.asked.append((idp_alias, idp_user_id))
+        return self.linked.get((idp_alias, idp_user_id), [])
+
+
 GRANT = ProviderGrant(
     access_token="act.1", open_id="-000a", scopes=frozenset(), expires_in=7200, refresh_token="rft.1"
 )
-_ports: tuple[Minter, ProviderGrants] = (FakeMinter(), FakeTikTokGrants())  # the fakes fit the ports
+_ports: tuple[Minter, ProviderGrants, LinkedUsers] = (FakeMinter(), FakeTikTokGrants(), FakeLinkedUsers())
 
 
 @pytest.fixture
@@ -133,6 +156,7 @@ def make_sessions(
     tiktok: FakeTikTokGrants,
     clock: Clock,
     grants: GrantForgetter | None = None,
+    accounts: LinkedAccounts | None = None,
 ) -> SessionService:
     return SessionService(
         store=SessionStore(store, idp_alias="tiktok", max_lifetime=int(90 * DAY)),
@@ -148,6 +172,7 @@ def make_sessions(
         ),
         clock=clock,
         grants=grants,
+        accounts=accounts,
     )
 
 
@@ -610,3 +635,97 @@ async def test_concurrent_refreshes_of_one_token_yield_one_live_successor(
     assert len({a.grant.refresh_token for a in answers}) == 1
     assert len(minter.minted) == 10
     assert (await sessions.refresh(answers[0].grant.refresh_token, ())).grant.refresh_token
+
+
+# ------------------------------------------------------------------------- Strapi jwt sessions
+
+
+async def start_by_account(sessions: SessionService, user_id: str = "kc-1") -> str:
+    """A session the Strapi jwt exchange started for an account without a TikTok link."""
+    started = await sessions.start(
+        NewSession(user_id=user_id, open_id=user_id, scope=("openid",), by_account=True)
+    )
+    return started.refresh_token
+
+
+async def test_a_strapi_jwt_session_refreshes_by_the_strapi_jwt_provider_and_keeps_saying_so(
+    sessions: SessionService, minter: FakeMinter, store: RecordingStore
+) -> None:
+    """Each refresh of a Strapi jwt session mints for the account by the Strapi jwt provider, and the
+    rotated record still says so; a TikTok session's refresh does not."""
+    token = await start_by_account(sessions)
+    token = (await sessions.refresh(token, ())).grant.refresh_token
+    refreshed = await sessions.refresh(token, ())
+    assert refreshed.issued.subject == "kc-1"
+    await sessions.refresh(await start(sessions), ())
+    assert minter.minted == [("kc-1", ("openid",))] * 2 + [("-000a", ("openid", "profile"))]
+    assert minter.by_account == [True, True, False]
+    raw = await store.get(keys.session(session_id(refreshed.grant.refresh_token)))
+    assert raw is not None
+    assert json.loads(raw)["by_account"] is True
+
+
+async def test_a_strapi_jwt_session_ends_when_keycloak_refuses_the_account(
+    sessions: SessionService, minter: FakeMinter
+) -> None:
+    """The account disabled, deleted, unlinked, or the Strapi jwt exchange closed: the refresh is
+    invalid_grant and the session is over, even once the account could be minted for again."""
+    token = await start_by_account(sessions)
+    minter.strapi_jwt_links.clear()
+    with pytest.raises(InvalidGrant, match="refused the session's user"):
+        await sessions.refresh(token, ())
+    minter.strapi_jwt_links.add("kc-1")
+    with pytest.raises(InvalidGrant, match="unknown, expired or revoked"):
+        await sessions.refresh(token, ())
+
+
+async def test_ending_an_account_ends_its_strapi_jwt_sessions_and_no_tiktok_session(
+    sessions: SessionService, clock: Clock
+) -> None:
+    """`end_account` ends the account's Strapi jwt sessions, not the TikTok sessions of the same
+    account; `end_identity` ends the TikTok ones, not the Strapi jwt ones; later sessions live."""
+    by_account, by_tiktok = await start_by_account(sessions), await start(sessions)
+    other_account = await start_by_account(sessions, "kc-2")
+    clock.now += 1
+    await sessions.end_account("kc-1")
+    with pytest.raises(InvalidGrant, match="every session of this identity was ended"):
+        await sessions.refresh(by_account, ())
+    by_tiktok = (await sessions.refresh(by_tiktok, ())).grant.refresh_token
+    clock.now += 1
+    later = await start_by_account(sessions)
+    await sessions.end_identity("-000a")
+    with pytest.raises(InvalidGrant, match="every session of this identity was ended"):
+        await sessions.refresh(by_tiktok, ())
+    assert (await sessions.refresh(later, ())).grant.refresh_token
+    with pytest.raises(InvalidGrant, match="refused the session's user"):
+        await sessions.refresh(other_account, ())  # kc-2 has no Strapi jwt link: ended by Keycloak
+
+
+async def test_a_deauthorization_ends_the_strapi_jwt_sessions_of_the_linked_account(
+    store: RecordingStore, minter: FakeMinter, tiktok: FakeTikTokGrants, clock: Clock
+) -> None:
+    """TikTok's deauthorization of an identity ends its sessions and, when the Strapi jwt exchange is
+    on, the Strapi jwt sessions of the account linked to it (asked of Keycloak by the TikTok alias);
+    with the exchange off nobody is asked, and a Strapi jwt session is not reached."""
+    account = KeycloakUser("kc-1", "tiktok_strapi-4", enabled=True)
+    keycloak = FakeLinkedUsers({("tiktok", "-000a"): [account]})
+    on = make_sessions(store, minter, tiktok, clock, accounts=LinkedAccounts(keycloak, "tiktok"))
+    off = make_sessions(store, minter, tiktok, clock)
+    by_account, by_tiktok, unrelated = (
+        await start_by_account(on),
+        await start(on),
+        await start_by_account(on, "kc-2"),
+    )
+    minter.strapi_jwt_links.add("kc-2")
+    clock.now += 1
+    await off.deauthorized("-000a")
+    assert keycloak.asked == []
+    by_account = (await on.refresh(by_account, ())).grant.refresh_token
+    with pytest.raises(InvalidGrant, match="every session of this identity was ended"):
+        await on.refresh(by_tiktok, ())
+    clock.now += 1
+    await on.deauthorized("-000a")
+    assert keycloak.asked == [("tiktok", "-000a")]
+    with pytest.raises(InvalidGrant, match="every session of this identity was ended"):
+        await on.refresh(by_account, ())
+    assert (await on.refresh(unrelated, ())).grant.refresh_token

@@ -43,9 +43,9 @@ class TtlCache(MemoryCache):
         self.ttls: dict[str, float] = {}
         self.reads = 0
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, durable: bool = False) -> None:
         self.ttls[key] = ttl
-        await super().set(key, value, ttl)
+        await super().set(key, value, ttl, durable=durable)
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         self.ttls[key] = ttl
@@ -301,6 +301,35 @@ async def test_a_session_written_by_a_newer_replica_is_read() -> None:
     kept = record()
     await cache.set(keys.session("sid"), json.dumps({**vars(kept), "new_field": 1}).encode(), 60)
     assert await sessions(cache).read("sid") == kept
+
+
+async def test_a_session_written_before_strapi_jwt_sessions_existed_is_a_tiktok_session() -> None:
+    """A record without `by_account` (written by an older replica) reads as the TikTok session it is."""
+    cache = MemoryCache()
+    old = {k: v for k, v in vars(record()).items() if k != "by_account"}
+    await cache.set(keys.session("sid"), json.dumps(old).encode(), 60)
+    read = await sessions(cache).read("sid")
+    assert read is not None
+    assert (read.by_account, read.open_id) == (False, "o")
+
+
+async def test_an_account_ends_under_the_strapi_jwt_providers_alias_apart_from_identities() -> None:
+    """A Strapi jwt session's not-before time lies under the Strapi jwt provider's alias: ending the
+    account ends it (and the locked write sees it), and an identity of the same name is not touched."""
+    cache = TtlCache()
+    store = sessions(cache)
+    kept = record(user_id="kc-1", open_id="kc-1", by_account=True)
+    await store.save("sid", kept, 60)
+    await store.end_identity("kc-1", kept.created)
+    assert await store.ended_at("kc-1", by_account=True) is None
+    async with store.locked("sid", ttl=5, wait=1) as entry:
+        assert await entry.save_and_release_unless_ended(kept, 60)
+    await store.end_identity("kc-1", kept.created, by_account=True)
+    assert keys.sessions_not_before("tiktok-strapi-jwt", "kc-1") in cache.ttls
+    assert await store.ended_at("kc-1", by_account=True) == kept.created
+    async with store.locked("sid", ttl=5, wait=1) as entry:
+        assert not await entry.save_and_release_unless_ended(kept, 60)
+    assert await store.read("sid") is None
 
 
 async def test_ending_an_identity_keeps_its_time_as_long_as_a_session_lasts() -> None:

@@ -1,4 +1,5 @@
-"""What the webhook's policy task reports once TikTok has had its 200."""
+"""What the webhook's policy task reports once TikTok has had its 200 (the deauthorization was recorded
+before it)."""
 
 from __future__ import annotations
 
@@ -7,41 +8,46 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from bridge.storage.cache import MemoryCache
-from bridge.web.webhook import _apply
+from bridge.domain.errors import UpstreamUnavailable
+from bridge.web.webhook import _attempt
 
 if TYPE_CHECKING:
     from bridge.services.deauthorization import DeauthorizationService
 
 
-class RecordingDeauthorization:
-    """Stands in for the deauthorization use case: records which identities were deauthorized."""
+class ScriptedDeauthorization:
+    """Stands in for the deauthorization use case: answers `outcome`, or raises it."""
 
-    def __init__(self) -> None:
-        self.deauthorized: list[str] = []
+    def __init__(self, outcome: str | Exception) -> None:
+        self.outcome = outcome
+        self.attempted: list[str] = []
 
-    async def deauthorize(self, open_id: str) -> str:
-        self.deauthorized.append(open_id)
-        return "disabled"
-
-
-class DegradedCache(MemoryCache):
-    """A cache serving from process memory because Redis is unreachable."""
-
-    @property
-    def degraded(self) -> bool:
-        return True
+    async def attempt(self, open_id: str) -> str:
+        self.attempted.append(open_id)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
 
 
-@pytest.mark.parametrize(("cache", "warned"), [(MemoryCache(), False), (DegradedCache(), True)])
-async def test_a_revocation_kept_in_one_process_only_is_reported(
-    cache: MemoryCache, warned: bool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("outcome", "logged", "level"),
+    [
+        ("disabled", "tiktok deauthorization", logging.INFO),
+        ("pending", "deauthorization pending: Keycloak did not take it, retrying", logging.WARNING),
+        (
+            UpstreamUnavailable("cache", "down"),
+            "deauthorization not applied yet, kept for a retry",
+            logging.WARNING,
+        ),
+    ],
+)
+async def test_the_attempt_after_the_answer_reports_its_outcome(
+    outcome: str | Exception, logged: str, level: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """While Redis is down the revocation reaches only this replica's memory: an operator is told."""
-    deauthorization = RecordingDeauthorization()
+    """Applied, left pending, or failed (kept for the retry loop): each is one log line, never a raise."""
+    deauthorization = ScriptedDeauthorization(outcome)
     with caplog.at_level(logging.INFO, logger="bridge.web.webhook"):
-        await _apply(cast("DeauthorizationService", deauthorization), cache, "-000AbC", 1)
-    assert deauthorization.deauthorized == ["-000AbC"]
-    messages: list[Any] = [record.getMessage() for record in caplog.records]
-    assert "tiktok deauthorization" in messages
-    assert any("this process only" in m for m in messages) is warned
+        await _attempt(cast("DeauthorizationService", deauthorization), "-000AbC", "unknown")
+    assert deauthorization.attempted == ["-000AbC"]
+    found: list[Any] = [(record.getMessage(), record.levelno) for record in caplog.records]
+    assert found == [(logged, level)]
