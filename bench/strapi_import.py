@@ -36,6 +36,7 @@ import httpx2
 from joserfc.jwk import ECKey
 
 from bridge.factory import Resources, policy_from_settings
+from bridge.services.strapi_ids import HighWaterMark
 from bridge.services.strapi_import import StrapiImport
 from bridge.settings import Settings
 from bridge.storage.strapi_database import open_strapi_database
@@ -138,10 +139,12 @@ async def import_users(settings: Settings, url: str, concurrency: int) -> tuple[
     database = open_strapi_database(url)
     resources = Resources.from_settings(settings)
     try:
+        policy = policy_from_settings(settings)
         use_case = StrapiImport(
             source=database,
             keycloak=resources.keycloak,
-            policy=policy_from_settings(settings),
+            mark=HighWaterMark(resources.keycloak, groups=policy.default_groups),
+            policy=policy,
             concurrency=concurrency,
         )
         last = [time.monotonic()]

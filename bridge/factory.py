@@ -36,6 +36,7 @@ from bridge.services.linking import LinkingService, LinkPolicy
 from bridge.services.minting import MintingService
 from bridge.services.provisioning import ProvisioningService
 from bridge.services.sessions import LinkedAccounts, SessionPolicy, SessionService
+from bridge.services.strapi_ids import HighWaterMark, StrapiIds
 from bridge.services.strapi_jwt import StrapiJwtExchange
 from bridge.services.vault import VaultPolicy, VaultService
 from bridge.storage.admin_tokens import AdminTokenStore
@@ -49,6 +50,7 @@ from bridge.storage.redis_connection import RedisConnection
 from bridge.storage.sealing import sealer_from_settings
 from bridge.storage.seen import SeenOnce
 from bridge.storage.sessions import SessionStore
+from bridge.storage.strapi_ids import StrapiIdCounter
 from bridge.storage.vault import GrantStore
 
 if TYPE_CHECKING:
@@ -205,6 +207,8 @@ class Resources:
     strapi_jwt: StrapiJwtExchange | None = None
     # The token vault (docs/vault.md); None when BRIDGE_VAULT_CLIENT_IDS is empty.
     vault: VaultService | None = None
+    # Numeric ids for the Strapi-compatible endpoint's users; None when the endpoint is off.
+    strapi_ids: StrapiIds | None = None
 
     @classmethod
     def from_settings(
@@ -425,6 +429,14 @@ class Resources:
             else with_strapi_jwt(SUBJECT_TOKEN_TYPES),
             strapi_jwt=strapi_jwt,
             vault=vault,
+            strapi_ids=StrapiIds(
+                keycloak=keycloak,
+                counter=StrapiIdCounter(cache),
+                mark=HighWaterMark(keycloak, groups=policy.default_groups),
+                identities=identities,
+            )
+            if settings.strapi_compat_enabled
+            else None,
         )
 
     @staticmethod

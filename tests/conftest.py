@@ -27,6 +27,7 @@ import hypothesis
 import pytest
 from joserfc.jwk import ECKey
 
+from bridge.domain.strapi import ATTR_STRAPI_ID_HIGH_WATER, HIGH_WATER_USERNAME
 from bridge.observability.logs import redact
 from bridge.settings import Settings
 from bridge.web.app import create_app
@@ -172,6 +173,26 @@ def keycloak_storage(postgres: PostgresServer | None, instance: str) -> tuple[st
     return f"{instance}-postgres", postgres.create_database(re.sub(r"[^a-z0-9_]", "_", instance.lower()))
 
 
+# The realm as an import of Strapi ids up to this leaves it: every number the Strapi-compatible endpoint
+# hands out in a test lies above the small ids the Strapi tests seed, whichever order the tests run in.
+SEEDED_STRAPI_ID_HIGH_WATER = 1_000_000
+
+
+def seed_strapi_id_high_water(stack: Stack) -> None:
+    """The high-water mark of numeric Strapi ids, on its marker account (`services/strapi_ids.py`)."""
+    with stack.admin() as admin:
+        made = admin.post(
+            "/users",
+            json={
+                "username": HIGH_WATER_USERNAME,
+                "enabled": False,
+                "groups": ["/tiktok-users"],
+                "attributes": {ATTR_STRAPI_ID_HIGH_WATER: [str(SEEDED_STRAPI_ID_HIGH_WATER)]},
+            },
+        )
+        assert made.status_code == 201, made.text
+
+
 @pytest.fixture(scope="session")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
@@ -232,6 +253,7 @@ def stack(
             keycloak.prepare(distribution)
             keycloak.start(java_home)
             keycloak.wait_ready()
+            seed_strapi_id_high_water(stack)
             yield stack
         finally:
             keycloak.stop()

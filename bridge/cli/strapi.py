@@ -100,6 +100,7 @@ def run_import(settings: Settings, args: argparse.Namespace) -> None:
 async def _run_import(settings: Settings, url: str, *, dry_run: bool, concurrency: int) -> int:
     from bridge.domain.errors import BridgeError  # noqa: PLC0415
     from bridge.factory import Resources, policy_from_settings  # noqa: PLC0415
+    from bridge.services.strapi_ids import HighWaterMark  # noqa: PLC0415
     from bridge.services.strapi_import import ImportRefused, StrapiImport  # noqa: PLC0415
     from bridge.storage.strapi_database import StrapiDatabaseError, open_strapi_database  # noqa: PLC0415
 
@@ -114,10 +115,12 @@ async def _run_import(settings: Settings, url: str, *, dry_run: bool, concurrenc
         database.close()
         print(f"strapi import: configuration: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)  # noqa: T201
         return 1
+    policy = policy_from_settings(settings)
     use_case = StrapiImport(
         source=database,
         keycloak=resources.keycloak,
-        policy=policy_from_settings(settings),
+        mark=HighWaterMark(resources.keycloak, groups=policy.default_groups),
+        policy=policy,
         concurrency=concurrency,
     )
     started = time.monotonic()

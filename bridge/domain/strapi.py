@@ -21,7 +21,17 @@ ATTR_STRAPI_CREATED_AT = "strapi_created_at"
 # The username Strapi answered (the plugin set it to the TikTok display name at the user's first sign-in):
 # kept apart from TikTok's display name, which later sign-ins overwrite.
 ATTR_STRAPI_USERNAME = "strapi_username"
-STRAPI_ATTRIBUTES = (ATTR_STRAPI_ID, ATTR_STRAPI_DOCUMENT_ID, ATTR_STRAPI_CREATED_AT, ATTR_STRAPI_USERNAME)
+# The highest Strapi id handed out or imported so far, kept on one marker account the bridge owns
+# (`services/strapi_ids.py`): Keycloak's durable record, which a lost Redis counter is raised above.
+ATTR_STRAPI_ID_HIGH_WATER = "strapi_id_high_water"
+HIGH_WATER_USERNAME = "tiktok-bridge-strapi-id-high-water"
+STRAPI_ATTRIBUTES = (
+    ATTR_STRAPI_ID,
+    ATTR_STRAPI_DOCUMENT_ID,
+    ATTR_STRAPI_CREATED_AT,
+    ATTR_STRAPI_USERNAME,
+    ATTR_STRAPI_ID_HIGH_WATER,
+)
 # The claim that carries `strapi_id` (a JSON number) in the Strapi-compatible client's tokens.
 STRAPI_ID_CLAIM = ATTR_STRAPI_ID
 
@@ -54,6 +64,9 @@ class StrapiCensus:
     """How many users a Strapi database holds, by users-permissions provider."""
 
     by_provider: dict[str, int]
+    # The highest `up_users` id of any provider: numbers handed out after the move start above it, so
+    # none names a Strapi user (a local one included) that an app's data may still be keyed on.
+    highest_id: int = 0
 
     @property
     def tiktok(self) -> int:

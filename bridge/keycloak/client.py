@@ -403,6 +403,23 @@ class KeycloakClient:
         wanted = value.lower()
         return [user for user in found if wanted in {v.lower() for v in user.attributes.get(name, [])}]
 
+    async def user_named(self, username: str) -> KeycloakUser | None:
+        """The user (that the service account may see) whose username is exactly `username`."""
+        response = await self._admin(
+            "GET",
+            "/users",
+            params={"username": username, "exact": "true", "briefRepresentation": "false", "max": "2"},
+        )
+        if response.status_code != HTTPStatus.OK:
+            raise UpstreamProtocolError("keycloak", f"user search HTTP {response.status_code}")
+        users = self._json(response)
+        if not isinstance(users, list):
+            raise UpstreamProtocolError("keycloak", "user search did not return a list")
+        # Keycloak keeps usernames lower-cased.
+        wanted = username.lower()
+        found = [user_from_representation(user) for user in users]
+        return next((user for user in found if user.username.lower() == wanted), None)
+
     async def user_groups(self, user_id: str) -> list[str]:
         response = await self._admin(
             "GET", f"/users/{user_id}/groups", params={"briefRepresentation": "true"}

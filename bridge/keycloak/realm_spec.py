@@ -16,6 +16,7 @@ from bridge.domain.strapi import (
     ATTR_STRAPI_CREATED_AT,
     ATTR_STRAPI_DOCUMENT_ID,
     ATTR_STRAPI_ID,
+    ATTR_STRAPI_ID_HIGH_WATER,
     ATTR_STRAPI_USERNAME,
     STRAPI_ATTRIBUTES,
     STRAPI_ID_CLAIM,
@@ -434,6 +435,8 @@ _DISPLAY_NAMES = {
     ATTR_STRAPI_DOCUMENT_ID: "Strapi document id",
     ATTR_STRAPI_CREATED_AT: "Strapi creation time",
     ATTR_STRAPI_USERNAME: "Strapi username",
+    # Only on the marker account that keeps the highest Strapi id handed out (`services/strapi_ids.py`).
+    ATTR_STRAPI_ID_HIGH_WATER: "Strapi id high-water mark",
 }
 
 

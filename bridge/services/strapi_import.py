@@ -10,8 +10,12 @@ Idempotent and resumable without any state of its own: an imported user's Keyclo
 from its Strapi id, so creating it twice is refused by Keycloak (409), and the user found by its
 `strapi_id` attribute is then counted as already imported. A run interrupted halfway is simply run again.
 
-Ports: `StrapiUserSource` (the Strapi database, read only) and `ImportGateway` (Keycloak's Admin API as
-the bridge's service account).
+Numbers handed out after the move (`strapi_ids.py`) must never name a Strapi user: every run first
+raises Keycloak's high-water mark of Strapi ids to the database's highest id, so new numbers start above
+it; and a row whose id a user the import did not create already holds is refused, naming the row.
+
+Ports: `StrapiUserSource` (the Strapi database, read only), `ImportGateway` (Keycloak's Admin API as
+the bridge's service account) and `MarkRaiser` (the high-water mark, `strapi_ids.HighWaterMark`).
 """
 
 from __future__ import annotations
@@ -74,6 +78,12 @@ class ImportGateway(Protocol):
     async def group_members(self, group_path: str, *, first: int, count: int) -> list[KeycloakUser]: ...
 
 
+class MarkRaiser(Protocol):
+    """The high-water mark of Strapi ids (`strapi_ids.HighWaterMark`)."""
+
+    async def raise_to(self, number: int) -> None: ...
+
+
 class ImportRefused(Exception):
     """The import cannot go on; the message (one line, naming the Strapi row where there is one) says why."""
 
@@ -108,11 +118,13 @@ class StrapiImport:
         *,
         source: StrapiUserSource,
         keycloak: ImportGateway,
+        mark: MarkRaiser,
         policy: Policy,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self._source = source
         self._keycloak = keycloak
+        self._mark = mark
         self._policy = policy
         self._concurrency = concurrency
 
@@ -124,15 +136,14 @@ class StrapiImport:
         summary = ImportSummary(tiktok_users=census.tiktok, skipped=skipped, dry_run=dry_run)
         if census.tiktok == 0:
             return summary
-        missing = await self._keycloak.missing_groups(self._policy.default_groups)
-        if missing:
-            raise ImportRefused(f"the bridge's groups do not exist in Keycloak: {', '.join(missing)}")
-        imported = await self._imported_ids()
+        imported, held = await self._prepare(census.highest_id, dry_run=dry_run)
         # With the group listed, a dry run knows every imported user the service account could find.
         listed = bool(self._policy.default_groups)
         limit = asyncio.Semaphore(self._concurrency)
         after_id = 0
         while batch := self._source.tiktok_users(after_id=after_id, limit=BATCH):
+            if clash := next((user for user in batch if user.id not in imported and user.id in held), None):
+                raise _held_by_another(clash, held[clash.id])
             present = [user for user in batch if user.id in imported]
             summary.seen += len(present)
             summary.already_imported += len(present)
@@ -152,25 +163,50 @@ class StrapiImport:
                 on_progress(summary.seen, summary.tiktok_users)
         return summary
 
-    async def _imported_ids(self) -> set[int]:
-        """The Strapi ids of the users imported already, read from the bridge's group in pages: a run
-        over users imported before costs a listing, not a refused create and a search per user (the
-        search, under fine-grained admin permissions, ran at 6 users/s here). Users outside the group
-        are out of the service account's sight anyway; a create refused for another reason still
-        falls back to the search."""
-        if not self._policy.default_groups:
-            return set()
+    async def _prepare(self, highest_id: int, *, dry_run: bool) -> tuple[set[int], dict[int, str]]:
+        """Before any user: the bridge's groups checked; the high-water mark raised to the highest Strapi
+        id, so that a number handed out from now on lies above every one, also on a resumed run (a no-op
+        once the mark is there); and what `_imported_ids` says."""
+        missing = await self._keycloak.missing_groups(self._policy.default_groups)
+        if missing:
+            raise ImportRefused(f"the bridge's groups do not exist in Keycloak: {', '.join(missing)}")
+        if not dry_run:
+            try:
+                await self._mark.raise_to(highest_id)
+            except UpstreamError as exc:
+                raise ImportRefused(f"Keycloak refused the Strapi id high-water mark: {exc.detail}") from exc
+        return await self._imported_ids()
+
+    async def _imported_ids(self) -> tuple[set[int], dict[int, str]]:
+        """The Strapi ids of the users imported already, and the Strapi ids other members hold (users the
+        bridge numbered: id -> Keycloak user id), read from the bridge's group in pages: a run over
+        users imported before costs a listing, not a refused create and a search per user (the search,
+        under fine-grained admin permissions, ran at 6 users/s here). Users outside the group are out
+        of the service account's sight anyway; a create refused for another reason still falls back
+        to the search."""
         ids: set[int] = set()
+        held: dict[int, str] = {}
+        if not self._policy.default_groups:
+            return ids, held
         first = 0
         while page := await self._keycloak.group_members(
             self._policy.default_groups[0], first=first, count=MEMBERS_PAGE
         ):
             for member in page:
                 value = member.attribute(ATTR_STRAPI_ID)
-                if value is not None and value.isdigit():
+                if value is None or not value.isdigit():
+                    continue
+                if self._made_by_import(member, int(value)):
                     ids.add(int(value))
+                else:
+                    held[int(value)] = member.id
             first += len(page)
-        return ids
+        return ids, held
+
+    def _made_by_import(self, user: KeycloakUser, strapi_id: int) -> bool:
+        """Whether `user` is the one this import makes of Strapi user `strapi_id` (its username says so:
+        provisioning's usernames never have a hyphen and digits in that place)."""
+        return user.username == keycloak_username(self._policy.username_prefix, strapi_id)
 
     async def _one(
         self,
@@ -184,9 +220,9 @@ class StrapiImport:
         async with limit:
             try:
                 if dry_run:
-                    outcome = "created" if listed else await self._exists(user)
+                    outcome = "created" if listed else (await self._exists(user) or "created")
                 else:
-                    outcome = await self._import(user)
+                    outcome = await self._import(user, listed=listed)
             except UpstreamError as exc:
                 raise ImportRefused(f"Strapi user {user.id}: Keycloak refused it: {exc.detail}") from exc
         summary.seen += 1
@@ -196,17 +232,25 @@ class StrapiImport:
             summary.created += 1
             summary.created_disabled += user.blocked
 
-    async def _exists(self, user: StrapiUser) -> Outcome:
+    async def _exists(self, user: StrapiUser) -> Outcome | None:
+        """ "present" if imported already, None if no one holds its id; refused if someone else does."""
         found = await self._keycloak.users_with_attribute(ATTR_STRAPI_ID, str(user.id))
-        return "present" if found else "created"
+        if any(self._made_by_import(holder, user.id) for holder in found):
+            return "present"
+        if found:
+            raise _held_by_another(user, found[0].id)
+        return None
 
-    async def _import(self, user: StrapiUser) -> Outcome:
+    async def _import(self, user: StrapiUser, *, listed: bool) -> Outcome:
+        # Unlisted (no group), nothing says who holds the id yet: asked before the create.
+        if not listed and (known := await self._exists(user)) is not None:
+            return known
         try:
             user_id = await self._keycloak.create_user(self.representation(user))
         except UserConflict as conflict:
             # Imported by an earlier run (or a run racing this one): found by its Strapi id. Anything
             # else holding its username or e-mail is not this user, and is never taken over.
-            if await self._keycloak.users_with_attribute(ATTR_STRAPI_ID, str(user.id)):
+            if await self._exists(user) is not None:
                 return "present"
             what = "e-mail" if conflict.email_taken else "username"
             raise ImportRefused(
@@ -256,6 +300,13 @@ class StrapiImport:
         if template is None or "{open_id}" in template or user.union_id is None:
             return None
         return template.format(union_id=user.union_id).lower()
+
+
+def _held_by_another(user: StrapiUser, holder_id: str) -> ImportRefused:
+    return ImportRefused(
+        f"Strapi user {user.id}: its id is already held by Keycloak user {holder_id}, which this import "
+        "did not create (a number handed out by the bridge before the import?)"
+    )
 
 
 def _flattened(group: ExceptionGroup[Exception]) -> list[Exception]:

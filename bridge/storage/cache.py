@@ -102,6 +102,8 @@ class MemoryCache:
         # a new one: two holders at once.)
         self._takers: Counter[str] = Counter()
         self._schedules: dict[str, dict[str, float]] = {}
+        # Counters are kept apart from the entries: never evicted, never expired.
+        self._counters: dict[str, int] = {}
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -134,6 +136,13 @@ class MemoryCache:
     async def delete(self, *keys: str, durable: bool = False) -> None:  # noqa: ARG002 - as for set
         for key in keys:
             self._entries.pop(key, None)
+
+    async def count_up(self, key: str, *, floor: int, jump: int) -> int:
+        value = self._counters.get(key, 0) + 1
+        if value < floor:
+            value = floor + jump
+        self._counters[key] = value
+        return value
 
     async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:  # noqa: ARG002 - as for set
         self._schedules.setdefault(key, {})[member] = at
@@ -284,6 +293,16 @@ if redis.call('get', KEYS[2]) ~= ARGV[2] then return 2 end
 redis.call('set', KEYS[3], ARGV[3], 'PX', ARGV[4])
 return 0
 """
+# `count_up`: KEYS[1] the counter, ARGV[1] the floor, ARGV[2] the jump past it. Lua's numbers are doubles,
+# exact far beyond any count of users.
+_COUNT_UP_SCRIPT = """
+local value = redis.call('incr', KEYS[1])
+if value < tonumber(ARGV[1]) then
+  value = tonumber(ARGV[1]) + tonumber(ARGV[2])
+  redis.call('set', KEYS[1], value)
+end
+return value
+"""
 _STATES = {0: IdentityState.CURRENT, 1: IdentityState.REVOKED, 2: IdentityState.STALE}
 
 # `save_and_release_unless_ended` (`engine.StoreEntry`): KEYS[1] the lock, KEYS[2] the entry, KEYS[3] the
@@ -340,6 +359,7 @@ class RedisCache:
         self._set_and_unlock = client.register_script(_SET_AND_UNLOCK_SCRIPT)
         self._set_if_current = client.register_script(_SET_IF_CURRENT_SCRIPT)
         self._set_unless_ended_and_unlock = client.register_script(_SET_UNLESS_ENDED_AND_UNLOCK_SCRIPT)
+        self._count_up = client.register_script(_COUNT_UP_SCRIPT)
         # A cluster client refuses a script whose keys lie in several slots (CROSSSLOT).
         self._one_slot_per_script = is_cluster(client)
         # Releases of locks whose fate is unknown, retried until Redis answers (`_release_later`).
@@ -392,6 +412,9 @@ class RedisCache:
             await self._replicated("delete", lambda pipe: pipe.delete(*keys))
             return
         await self._command("delete", self._redis.delete(*keys))
+
+    async def count_up(self, key: str, *, floor: int, jump: int) -> int:
+        return int(await self._command("count_up", self._count_up(keys=[key], args=[floor, jump])))
 
     async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
         if durable and self._wait_replicas:
@@ -646,6 +669,14 @@ class FallbackCache:
         # Both: an entry written to memory during an outage must not outlive its deletion.
         await self._fallback.delete(*keys)
         await self._either(lambda: self._primary.delete(*keys, durable=durable), _nothing)
+
+    async def count_up(self, key: str, *, floor: int, jump: int) -> int:
+        # While Redis is out, this process counts in memory from 0: below every floor, so it jumps
+        # past the high-water mark the caller passes (and Redis, back, is behind it the same way).
+        return await self._either(
+            lambda: self._primary.count_up(key, floor=floor, jump=jump),
+            lambda: self._fallback.count_up(key, floor=floor, jump=jump),
+        )
 
     async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
         await self._either(

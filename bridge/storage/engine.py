@@ -76,6 +76,11 @@ class Cache(Protocol):
         """`durable` as for `set`: a deletion that ends something (a session revoked, a grant forgotten)."""
         ...
 
+    async def count_up(self, key: str, *, floor: int, jump: int) -> int:
+        """Add one to the counter `key` (absent counts as 0) and answer it; when that is below `floor`,
+        set it to `floor + jump` instead. One step (a Redis script); the counter never expires."""
+        ...
+
     async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
         """Put `member` in the schedule `key` (a Redis sorted set), due at time `at`; moves it if there.
         `durable` as for `set`."""

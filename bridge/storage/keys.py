@@ -120,4 +120,8 @@ def doctor_probe(nonce: str) -> str:
     return f"{PREFIX}doctor-probe:{nonce}"
 
 
+# The Strapi-compatible endpoint's counter of numeric user ids (`strapi_ids.py`): a hint that spares
+# Keycloak a search per number, never the only guard against a repeat (Keycloak keeps the high-water mark).
+STRAPI_ID_COUNTER = f"{PREFIX}strapi-id-counter"
+
 RATE_LIMIT_PREFIX = f"{PREFIX}ratelimit"

@@ -53,8 +53,11 @@ class StrapiDatabase:
         return rows
 
     def census(self) -> StrapiCensus:
-        rows = self._rows(f"SELECT COALESCE(provider, ''), COUNT(*) FROM {TABLE} GROUP BY 1")  # noqa: S608
-        return StrapiCensus(by_provider={str(provider): int(n) for provider, n in rows})
+        rows = self._rows(f"SELECT COALESCE(provider, ''), COUNT(*), MAX(id) FROM {TABLE} GROUP BY 1")  # noqa: S608
+        return StrapiCensus(
+            by_provider={str(provider): int(n) for provider, n, _ in rows},
+            highest_id=max((int(top) for _, _, top in rows if top is not None), default=0),
+        )
 
     def tiktok_users(self, *, after_id: int, limit: int) -> list[StrapiUser]:
         columns = ", ".join((*COLUMNS, DOCUMENT_ID) if self._document_id else COLUMNS)

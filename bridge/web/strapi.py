@@ -31,15 +31,11 @@ from bridge.domain.errors import (
     to_oauth_error,
 )
 from bridge.domain.model import Caller
-from bridge.domain.strapi import (
-    ATTR_STRAPI_CREATED_AT,
-    ATTR_STRAPI_DOCUMENT_ID,
-    ATTR_STRAPI_ID,
-    ATTR_STRAPI_USERNAME,
-)
+from bridge.domain.strapi import ATTR_STRAPI_CREATED_AT, ATTR_STRAPI_DOCUMENT_ID, ATTR_STRAPI_USERNAME
 from bridge.protocol.clients import STRAPI_CLIENT_ID
 from bridge.protocol.rfc6749 import MAX_TOKEN_LENGTH
 from bridge.services.exchange import SessionOrder
+from bridge.services.strapi_ids import strapi_id_of
 from bridge.web.support import client_ip, counts_exchanges, read_body, resources_of
 
 if TYPE_CHECKING:
@@ -110,22 +106,17 @@ def _iso(timestamp_ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def strapi_id(user: KeycloakUser) -> int | None:
-    """The user's Strapi id: imported from Strapi, or allocated when the bridge created the user."""
-    value = user.attribute(ATTR_STRAPI_ID)
-    return int(value) if value is not None and value.isdigit() else None
-
-
 def strapi_user(user: KeycloakUser, display_name: str | None) -> dict[str, Any]:
     """Every field of the plugin's example answer, each with a stable value (docs/migrating-from-strapi.md).
 
     An imported user is answered as Strapi knew it: its Strapi `id` (a number), `documentId`,
-    `createdAt` and `username`. A user created after the move has no Strapi id: its Keycloak user id
-    stands in as `id` and `documentId` (no numeric id is allocated for such users yet), and `username`
-    is the TikTok display name, as the plugin set it (never the Keycloak username, which apps would
-    display)."""
+    `createdAt` and `username`. A user created after the move has the number allocated at its first
+    sign-in here (`services/strapi_ids.py`) as `id`, its Keycloak user id as `documentId`, and the
+    TikTok display name as `username`, as the plugin set it (never the Keycloak username, which apps
+    would display). Only a user without a number (the endpoint answering while allocation is off) is
+    answered its Keycloak id as `id`."""
     created = user.attribute(ATTR_STRAPI_CREATED_AT) or _iso(user.created_timestamp)
-    number = strapi_id(user)
+    number = strapi_id_of(user)
     return {
         "id": number if number is not None else user.id,
         # Strapi 5 apps key records on documentId: the Keycloak user id is as stable as it gets.
@@ -176,8 +167,23 @@ async def _connect(request: Request) -> Response:
         if resources.sessions is None
         else SessionOrder(resources.sessions, client_id=resources.clients.session_client(STRAPI_CLIENT_ID))
     )
+    numbered = None
+    if (strapi_ids := resources.strapi_ids) is not None:
+        # Numbered before the token is minted: the Strapi-compatible client's mapper puts `strapi_id` in
+        # the token from the user's attribute at grant time, so the first token carries it already.
+        # (The account is read here instead of after the sign-in: one Keycloak read either way.)
+        user_id, _ = await resources.provisioning.ensure_user(profile)
+        numbered = await strapi_ids.numbered_by_id(user_id, profile.open_id)
     exchanged = await resources.strapi_exchange.sign_in(profile, (), session=order)
-    user = await resources.provisioning.account(exchanged.user_id)
+    if numbered is not None and numbered.id == exchanged.user_id:
+        user = numbered
+    else:
+        # No allocation, or the account the cache named was deleted or unlinked meanwhile (the sign-in
+        # provisioned or found another): the account the token is for, numbered too (its next token
+        # carries the number).
+        user = await resources.provisioning.account(exchanged.user_id)
+        if strapi_ids is not None:
+            user = await strapi_ids.numbered(user, profile.open_id)
     display_name = profile.display_name or user.attribute(
         resources.strapi_exchange.policy.attributes.display_name
     )

@@ -117,7 +117,12 @@ def import_strapi_user(stack: Stack, union_id: str, **changes: Any) -> str:  # n
         document_id=f"doc{strapi_id}",
         created_at="2024-01-02T03:04:05.000Z",
     )
-    importer = StrapiImport(source=None, keycloak=None, policy=policy_from_settings(stack.settings()))  # type: ignore[arg-type]
+    importer = StrapiImport(
+        source=None,  # type: ignore[arg-type]
+        keycloak=None,  # type: ignore[arg-type]
+        mark=None,  # type: ignore[arg-type]
+        policy=policy_from_settings(stack.settings()),
+    )
     with stack.admin() as admin:
         created = admin.post("/users", json={**importer.representation(row), **changes})
         assert created.status_code == 201, created.text

@@ -301,7 +301,8 @@ async def test_strapi_connect_answers_jwt_and_user(
     (linked,) = linked_users(stack, user.open_id)
     assert verified_claims(stack, body["jwt"])["sub"] == linked["id"]
     assert body["user"] == {
-        "id": linked["id"],
+        # The number allocated at this first sign-in, kept on the user (services/strapi_ids.py).
+        "id": int(linked["attributes"]["strapi_id"][0]),
         "documentId": linked["id"],
         # The plugin's username: the TikTok display name, never Keycloak's `tiktok_…` one.
         "username": user.display_name,

@@ -289,6 +289,7 @@ def test_dry_run_changes_nothing_then_apply_configures_and_a_second_run_has_noth
         "strapi_document_id",
         "strapi_created_at",
         "strapi_username",
+        "strapi_id_high_water",
     ]
     (provider,) = after["providers"]
     assert provider["providerId"] == "jwt-authorization-grant"

@@ -187,6 +187,13 @@ class FakeKeycloak:
             if value.lower() in {v.lower() for v in rep.get("attributes", {}).get(name, [])}
         ]
 
+    async def user_named(self, username: str) -> KeycloakUser | None:
+        self.calls["find_by_username"] += 1
+        for rep in self.users.values():
+            if rep["username"] == username.lower():
+                return user_from_representation(rep)
+        return None
+
     async def user_groups(self, user_id: str) -> list[str]:
         self.calls["user_groups"] += 1
         return list(self.users[user_id].get("groups", []))
@@ -517,6 +524,10 @@ class RecordingStore:
         if durable:
             self.durable.extend(("delete", _kind(key)) for key in keys_)
         await self.memory.delete(*keys_)
+
+    async def count_up(self, key: str, *, floor: int, jump: int) -> int:
+        self._note("count_up", key)
+        return await self.memory.count_up(key, floor=floor, jump=jump)
 
     async def schedule(self, key: str, member: str, at: float, *, durable: bool = False) -> None:
         if durable:

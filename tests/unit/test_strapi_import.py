@@ -35,8 +35,11 @@ class FakeSource:
     users: list[StrapiUser]
     others: dict[str, int] = field(default_factory=lambda: {"local": 2})
 
+    highest_local_id: int = 0
+
     def census(self) -> StrapiCensus:
-        return StrapiCensus(by_provider={"tiktok": len(self.users), **self.others})
+        highest = max([u.id for u in self.users] + [self.highest_local_id])
+        return StrapiCensus(by_provider={"tiktok": len(self.users), **self.others}, highest_id=highest)
 
     def tiktok_users(self, *, after_id: int, limit: int) -> list[StrapiUser]:
         return [u for u in sorted(self.users, key=lambda u: u.id) if u.id > after_id][:limit]
@@ -93,8 +96,29 @@ class FakeKeycloak:
         return [user_from_representation(u) for u in members[first : first + count]]
 
 
-def importer(source: FakeSource, keycloak: FakeKeycloak, **policy: Any) -> StrapiImport:  # noqa: ANN401
-    return StrapiImport(source=source, keycloak=keycloak, policy=make_policy(**policy), concurrency=3)
+@dataclass
+class FakeMark:
+    """The high-water mark, remembering each raise."""
+
+    raised: list[int] = field(default_factory=list)
+
+    async def raise_to(self, number: int) -> None:
+        self.raised.append(number)
+
+
+def importer(
+    source: FakeSource,
+    keycloak: FakeKeycloak,
+    mark: FakeMark | None = None,
+    **policy: Any,  # noqa: ANN401
+) -> StrapiImport:
+    return StrapiImport(
+        source=source,
+        keycloak=keycloak,
+        mark=FakeMark() if mark is None else mark,
+        policy=make_policy(**policy),
+        concurrency=3,
+    )
 
 
 async def test_each_tiktok_user_becomes_one_keycloak_user_with_strapi_attributes() -> None:
@@ -146,14 +170,15 @@ async def test_a_second_run_changes_nothing() -> None:
     assert (keycloak.creates, keycloak.searches) == (2, 0)
 
 
-async def test_without_groups_a_refused_create_is_confirmed_by_a_search() -> None:
-    """With no group to list (BRIDGE_KEYCLOAK_GROUP and BRIDGE_DEFAULT_GROUPS empty) the second run finds
-    each user by its strapi_id after Keycloak's 409."""
+async def test_without_groups_each_row_is_searched_before_its_create() -> None:
+    """With no group to list (BRIDGE_KEYCLOAK_GROUP and BRIDGE_DEFAULT_GROUPS empty) every row is looked
+    up by its strapi_id first: the second run finds each user there and creates nothing."""
     source, keycloak = FakeSource([ALICE, BOB]), FakeKeycloak()
     await importer(source, keycloak, default_groups=()).run()
+    assert (keycloak.creates, keycloak.searches) == (2, 2)
     again = await importer(source, keycloak, default_groups=()).run()
     assert (again.created, again.already_imported) == (0, 2)
-    assert (keycloak.creates, keycloak.searches) == (4, 2)
+    assert (keycloak.creates, keycloak.searches) == (2, 4)
 
 
 async def test_a_user_imported_outside_the_listing_is_still_found() -> None:
@@ -262,3 +287,76 @@ def test_union_id_comes_from_the_pseudo_email_only() -> None:
         StrapiUser(1, "x", "x@example.com", blocked=False, document_id=None, created_at=None).union_id is None
     )
     assert StrapiUser(1, "x", None, blocked=False, document_id=None, created_at=None).union_id is None
+
+
+async def test_every_run_raises_the_high_water_mark_to_the_highest_strapi_id_first() -> None:
+    """Before any user is created, and again on a resumed run, the mark is raised to the database's
+    highest id (a local user's included); a dry run leaves it alone."""
+    mark, keycloak = FakeMark(), FakeKeycloak(refuse={"tiktok_strapi-7"})
+    source = FakeSource([ALICE, BOB], highest_local_id=9)
+    with pytest.raises(ImportRefused):
+        await importer(source, keycloak, mark).run()
+    assert mark.raised == [9]
+    keycloak.refuse.clear()
+    await importer(source, keycloak, mark).run(dry_run=True)
+    assert mark.raised == [9]
+    await importer(source, keycloak, mark).run()
+    assert mark.raised == [9, 9]
+
+
+async def test_a_mark_keycloak_refuses_stops_the_import_before_any_user() -> None:
+    """A Keycloak refusal of the high-water mark is a one-line error, and no user is created."""
+
+    class Refusing(FakeMark):
+        async def raise_to(self, number: int) -> None:
+            raise UpstreamProtocolError("keycloak", "user create HTTP 400: unknown attribute")
+
+    keycloak = FakeKeycloak()
+    with pytest.raises(
+        ImportRefused, match=r"^Keycloak refused the Strapi id high-water mark: keycloak: user"
+    ):
+        await importer(FakeSource([ALICE]), keycloak, Refusing()).run()
+    assert keycloak.users == {}
+
+
+NUMBERED: dict[str, Any] = {
+    "id": "kc-n",
+    "username": "tiktok_abcdefghijklmnopqrst",
+    "groups": ["/tiktok-users"],
+}
+
+
+async def test_a_row_whose_id_a_numbered_user_holds_is_refused_naming_the_row() -> None:
+    """A user the bridge numbered 4 (not made by the import) stops the import at Strapi row 4, in a dry
+    run too; nothing is taken over."""
+    for dry_run in (True, False):
+        keycloak = FakeKeycloak(
+            users={NUMBERED["username"]: {**NUMBERED, "attributes": {"strapi_id": ["4"]}}}
+        )
+        with pytest.raises(
+            ImportRefused,
+            match=r"^Strapi user 4: its id is already held by Keycloak user kc-n, which this import",
+        ):
+            await importer(FakeSource([ALICE]), keycloak).run(dry_run=dry_run)
+        assert list(keycloak.users) == [NUMBERED["username"]]
+
+
+async def test_without_groups_a_numbered_holder_is_found_by_the_search() -> None:
+    """With no group to list, the search before the create finds the numbered holder and refuses."""
+    keycloak = FakeKeycloak(users={NUMBERED["username"]: {**NUMBERED, "attributes": {"strapi_id": ["4"]}}})
+    with pytest.raises(ImportRefused, match=r"^Strapi user 4: its id is already held by Keycloak user kc-n"):
+        await importer(FakeSource([ALICE]), keycloak, default_groups=()).run()
+    assert keycloak.creates == 0
+
+
+async def test_a_holder_out_of_the_listing_is_refused_after_the_409() -> None:
+    """A user holding the import's username and this Strapi id is the import's only if the username is
+    the one the import gives: found after the 409, someone else's is refused, not counted as imported."""
+    keycloak = FakeKeycloak(
+        users={
+            "tiktok_strapi-4": {"id": "x", "username": "tiktok_strapi-4", "attributes": {}},
+            NUMBERED["username"]: {**NUMBERED, "groups": [], "attributes": {"strapi_id": ["4"]}},
+        }
+    )
+    with pytest.raises(ImportRefused, match=r"^Strapi user 4: its id is already held by Keycloak user kc-n"):
+        await importer(FakeSource([ALICE]), keycloak).run()
