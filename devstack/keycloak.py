@@ -306,6 +306,21 @@ class KeycloakServer:
             return ["--db=dev-mem"]
         return ["--db=postgres", f"--db-url={self.database.url}", f"--db-username={self.database.username}"]
 
+    def start_and_wait(self, java_home: Path, attempts: int = 3) -> None:
+        """`start` and `wait_ready`, on other ports again if one was taken between `free_port` choosing
+        it and Keycloak binding it (another process on a busy machine took it: seen once)."""
+        for attempt in range(1, attempts + 1):
+            self.start(java_home)
+            try:
+                self.wait_ready()
+            except SetupError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts:
+                    raise
+                progress("a port chosen for Keycloak was taken meanwhile: starting again on others")
+                self.http_port, self.management_port = free_port(), free_port()
+            else:
+                return
+
     # Generous: a first start builds Keycloak (2-4 minutes on two busy cores, seen here); a quiet
     # machine reusing a build is ready in about 15 s, and waiting longer costs nothing then.
     def wait_ready(self, timeout: float = 600.0) -> None:
@@ -411,9 +426,8 @@ def start_keycloak(instance_dir: Path, realm_env: Mapping[str, str], **kwargs: o
     distribution = fetch_distribution(version=server.version)
     java_home = find_java_home()
     server.prepare(distribution)
-    server.start(java_home)
     try:
-        server.wait_ready()
+        server.start_and_wait(java_home)
     except BaseException:
         server.stop()
         raise

@@ -251,8 +251,7 @@ def stack(
             redis.start()
             stack.jwks_server.start()
             keycloak.prepare(distribution)
-            keycloak.start(java_home)
-            keycloak.wait_ready()
+            keycloak.start_and_wait(java_home)
             seed_strapi_id_high_water(stack)
             yield stack
         finally:
