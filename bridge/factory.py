@@ -261,7 +261,7 @@ class Resources:
                 settings.redis_url.get_secret_value(), timeout=settings.redis_timeout
             )
             session_store = RedisCache(
-                redis.client, wait_replicas=settings.wait_replicas, wait_timeout=settings.redis_wait_timeout
+                redis.client, wait_replicas=settings.wait_replicas, wait_timeout=settings.wait_timeout
             )
             cache = FallbackCache(session_store, MemoryCache(), retry_interval=settings.redis_retry_interval)
             limits_storage = redis.limits_storage

@@ -155,8 +155,8 @@ class Settings(BaseSettings):
     # Redis Cluster cannot WAIT through its client, see SECURITY.md).
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
     # How long such a write waits for the replicas: below redis_timeout, so that a lagging replica is
-    # not mistaken for an outage.
-    redis_wait_timeout: float = Field(default=0.2, gt=0, le=30)
+    # not mistaken for an outage. Unset: 0.2 s, or half of redis_timeout if that is shorter.
+    redis_wait_timeout: float | None = Field(default=None, gt=0, le=30)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Slow clients: request headers must be complete this long after connecting (or after the last
     # response on a kept-alive connection), and a body must arrive within this long of its headers.
@@ -303,7 +303,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_redis_wait(self) -> Settings:
-        if self.redis_wait_timeout >= self.redis_timeout:
+        if self.redis_wait_timeout is not None and self.redis_wait_timeout >= self.redis_timeout:
             raise ValueError("redis_wait_timeout must be shorter than redis_timeout")
         if self.redis_wait_replicas and self._redis_scheme().endswith("+cluster"):
             raise ValueError("redis_wait_replicas must be 0 with Redis Cluster (redis+cluster://)")
@@ -312,6 +312,13 @@ class Settings(BaseSettings):
     def _redis_scheme(self) -> str:
         url = "" if self.redis_url is None else self.redis_url.get_secret_value()
         return url.partition("://")[0].lower()
+
+    @property
+    def wait_timeout(self) -> float:
+        """`redis_wait_timeout`, or its default below `redis_timeout`."""
+        if self.redis_wait_timeout is not None:
+            return self.redis_wait_timeout
+        return min(0.2, self.redis_timeout / 2)
 
     @property
     def wait_replicas(self) -> int:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.domain.errors import NotReplicated, TemporarilyUnavailable, to_oauth_error
 from bridge.services.deauthorization import DeauthorizationService
+from bridge.settings import Settings
 from bridge.storage.cache import FallbackCache, MemoryCache
 from bridge.storage.deauthorizations import DeauthorizationQueue
 from bridge.storage.identities import IdentityStore
@@ -95,3 +97,16 @@ async def test_an_unconfirmed_write_is_a_503_and_not_an_outage() -> None:
     assert answer.headers()["Retry-After"] == "1"
     await cache.set("profile", b"1", 60)
     assert await primary.get("profile") == b"1"  # still Redis, not memory
+
+
+def test_the_wait_defaults_below_a_short_redis_timeout_and_no_longer_one_is_taken(
+    settings: Settings,
+) -> None:
+    """A short BRIDGE_REDIS_TIMEOUT alone still starts (the wait follows it); a wait as long as the
+    timeout is refused, since a lagging replica would then read as an outage."""
+    values = settings.model_dump()
+
+    assert Settings(**{**values, "redis_timeout": 0.2}).wait_timeout == pytest.approx(0.1)
+    assert settings.wait_timeout == pytest.approx(0.2)
+    with pytest.raises(ValidationError, match="redis_wait_timeout"):
+        Settings(**{**values, "redis_timeout": 0.5, "redis_wait_timeout": 0.5})
