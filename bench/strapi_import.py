@@ -30,7 +30,7 @@ import tempfile
 import time
 from contextlib import ExitStack, closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 from joserfc.jwk import ECKey
@@ -43,6 +43,9 @@ from bridge.storage.strapi_database import open_strapi_database
 from devstack.bridge_env import ADMIN_CLIENT_ID, realm_variables
 from devstack.keycloak import progress, reusable_instance_dir, start_keycloak
 from devstack.postgres import running_postgres
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REALM = "app"
 ADMIN_SECRET = "bench-admin-secret"
@@ -59,30 +62,28 @@ CREATE TABLE up_users (
 """
 
 
-def session_cpu_seconds(session_id: int) -> float:
-    """User+system CPU of every process of a session (Keycloak's kc.sh and its JVM), from /proc."""
-    total = 0
+def _proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields after the command name) of every process, from /proc/*/stat: state, ppid,
+    pgrp, session, ..., utime (12th), stime (13th), cutime, cstime."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            yield int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # After the command name: state, ppid, pgrp, session, ..., utime (12th), stime (13th).
-        if int(fields[3]) == session_id:
-            total += int(fields[11]) + int(fields[12])
+
+
+def session_cpu_seconds(session_id: int) -> float:
+    """User+system CPU of every process of a session (Keycloak's kc.sh and its JVM)."""
+    total = sum(int(f[11]) + int(f[12]) for _, f in _proc_stats() if int(f[3]) == session_id)
     return total / os.sysconf("SC_CLK_TCK")
 
 
 def server_cpu_seconds(pid: int) -> float:
     """User+system CPU of a forking server (PostgreSQL's postmaster): its own, its live children's, and
-    what its exited children used (cutime, cstime), from /proc."""
+    what its exited children used (cutime, cstime)."""
     total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat.parent.name) == pid:
+    for found, fields in _proc_stats():
+        if found == pid:
             total += sum(int(f) for f in fields[11:15])
         elif int(fields[1]) == pid:
             total += int(fields[11]) + int(fields[12])
